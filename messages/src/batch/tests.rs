@@ -1,0 +1,245 @@
+use super::*;
+use proptest::prelude::*;
+
+fn sample_batch(compression: Compression, count: u32) -> Vec<u8> {
+    let mut builder = BatchBuilder::new(compression);
+    for i in 0..count {
+        let key = format!("key-{i}");
+        let value = format!("value-{i}").repeat(3);
+        builder.push(
+            (i % 3 != 0).then_some(key.as_bytes()),
+            Some(value.as_bytes()),
+            &[("trace", b"abc".as_slice()), ("n", &i.to_be_bytes())],
+            1_700_000_000_000 + i64::from(i) * 7 - i64::from(i % 2) * 20,
+        );
+    }
+    builder.build()
+}
+
+#[test]
+fn built_batches_validate_and_decode_for_every_compression() {
+    for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        let batch = sample_batch(compression, 50);
+        let info = validate(&batch).expect("a built batch is valid");
+        assert_eq!(info.header.record_count, 50);
+        assert_eq!(info.header.compression(), Ok(compression));
+        let records = RecordBatchRef::new(&batch).unwrap().records().unwrap();
+        assert_eq!(records.len(), 50);
+        assert_eq!(records[0].key, None);
+        assert_eq!(records[1].key.as_deref(), Some(b"key-1".as_slice()));
+        assert_eq!(records[4].value.as_deref(), Some(b"value-4value-4value-4".as_slice()));
+        assert_eq!(records[4].headers[0], ("trace".to_owned(), b"abc".to_vec()));
+        assert_eq!(records[4].offset, Offset(4));
+        assert_eq!(records[3].timestamp, 1_700_000_000_000 + 21 - 20);
+    }
+}
+
+#[test]
+fn leader_fields_do_not_change_the_crc() {
+    let mut batch = sample_batch(Compression::None, 3);
+    let before = BatchHeader::parse(&batch).unwrap().crc;
+    set_base_offset(&mut batch, Offset(1234));
+    set_partition_leader_epoch(&mut batch, LeaderEpoch(9));
+    let header = validate(&batch).unwrap().header;
+    assert_eq!(header.crc, before);
+    assert_eq!(header.base_offset, Offset(1234));
+    assert_eq!(header.last_offset(), Offset(1236));
+    assert_eq!(header.partition_leader_epoch, LeaderEpoch(9));
+}
+
+#[test]
+fn log_append_time_recomputes_the_crc_and_applies_to_every_record() {
+    let mut batch = sample_batch(Compression::Lz4, 4);
+    set_log_append_time(&mut batch, 42);
+    let header = validate(&batch).unwrap().header;
+    assert_eq!(header.timestamp_type(), TimestampType::LogAppendTime);
+    let records = RecordBatchRef::new(&batch).unwrap().records().unwrap();
+    assert!(records.iter().all(|r| r.timestamp == 42));
+}
+
+#[test]
+fn a_flipped_byte_is_a_crc_mismatch() {
+    let batch = sample_batch(Compression::None, 5);
+    for position in ATTRIBUTES_POSITION + 2..batch.len() {
+        let mut damaged = batch.clone();
+        damaged[position] ^= 0x10;
+        assert!(validate(&damaged).is_err(), "flip at {position} went unnoticed");
+    }
+    let mut damaged = batch.clone();
+    damaged[batch.len() - 1] ^= 1;
+    assert!(matches!(validate_crc(&damaged), Err(BatchError::CrcMismatch { .. })));
+}
+
+/// Rewrites the record count (and the last offset delta that must match it) and fixes the CRC,
+/// as a lying producer would.
+fn with_record_count(mut batch: Vec<u8>, count: u32) -> Vec<u8> {
+    batch[RECORD_COUNT_POSITION..RECORD_COUNT_POSITION + 4].copy_from_slice(&count.to_be_bytes());
+    batch[LAST_OFFSET_DELTA_POSITION..LAST_OFFSET_DELTA_POSITION + 4]
+        .copy_from_slice(&(count - 1).to_be_bytes());
+    let crc = compute_crc(&batch);
+    batch[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+#[test]
+fn a_lying_record_count_is_refused_even_when_compressed() {
+    for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        let more = with_record_count(sample_batch(compression, 5), 6);
+        assert_eq!(
+            validate(&more).unwrap_err(),
+            BatchError::RecordCountMismatch { declared: 6, actual: 5 }
+        );
+        let fewer = with_record_count(sample_batch(compression, 5), 4);
+        assert_eq!(
+            validate(&fewer).unwrap_err(),
+            BatchError::RecordCountMismatch { declared: 4, actual: 5 }
+        );
+    }
+}
+
+#[test]
+fn truncated_and_padded_batches_are_refused() {
+    let batch = sample_batch(Compression::None, 2);
+    assert!(matches!(validate(&batch[..30]), Err(BatchError::Truncated { .. })));
+    assert!(matches!(validate(&batch[..batch.len() - 1]), Err(BatchError::LengthMismatch { .. })));
+    let mut padded = batch.clone();
+    padded.push(0);
+    assert!(matches!(validate(&padded), Err(BatchError::LengthMismatch { .. })));
+}
+
+#[test]
+fn wrong_magic_and_reserved_attributes_are_refused() {
+    let mut batch = sample_batch(Compression::None, 2);
+    batch[MAGIC_POSITION] = 2;
+    assert_eq!(validate(&batch).unwrap_err(), BatchError::UnsupportedMagic { magic: 2 });
+    let mut batch = sample_batch(Compression::None, 2);
+    batch[ATTRIBUTES_POSITION + 1] |= ATTRIBUTE_TRANSACTIONAL as u8;
+    let crc = compute_crc(&batch);
+    batch[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_be_bytes());
+    assert!(matches!(validate(&batch), Err(BatchError::UnsupportedAttributes { .. })));
+}
+
+#[test]
+fn a_wrong_max_timestamp_is_refused() {
+    let mut batch = sample_batch(Compression::None, 3);
+    batch[MAX_TIMESTAMP_POSITION..MAX_TIMESTAMP_POSITION + 8].copy_from_slice(&5i64.to_be_bytes());
+    let crc = compute_crc(&batch);
+    batch[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_be_bytes());
+    assert!(matches!(validate(&batch), Err(BatchError::MaxTimestampMismatch { .. })));
+}
+
+#[test]
+fn a_zip_bomb_stops_at_the_decompression_bound() {
+    let mut builder = BatchBuilder::new(Compression::Zstd);
+    let zeros = vec![0u8; 1024 * 1024];
+    for _ in 0..40 {
+        builder.push(None, Some(&zeros), &[], 0);
+    }
+    let batch = builder.build();
+    assert!(batch.len() < 64 * 1024, "zeros compress well");
+    assert_eq!(
+        validate(&batch).unwrap_err(),
+        BatchError::DecompressedTooLarge { max: RECORDS_DECOMPRESSED_BYTES_MAX }
+    );
+}
+
+#[test]
+fn split_batches_walks_consecutive_batches_and_stops_at_damage() {
+    let mut buf = sample_batch(Compression::None, 2);
+    buf.extend(sample_batch(Compression::Lz4, 3));
+    let counts: Vec<u32> =
+        split_batches(&buf).map(|b| b.unwrap().header.record_count).collect();
+    assert_eq!(counts, vec![2, 3]);
+    let cut = &buf[..buf.len() - 3];
+    let results: Vec<_> = split_batches(cut).collect();
+    assert_eq!(results.len(), 2);
+    assert!(results[1].is_err());
+}
+
+/// A fixed batch, byte for byte: if this changes, the format changed, and STORAGE.md, the
+/// Python example and every client must change with it.
+#[test]
+fn golden_batch_bytes() {
+    let mut builder = BatchBuilder::new(Compression::None);
+    builder.push(Some(b"k"), Some(b"v"), &[("h", b"x")], 1000);
+    let batch = builder.build();
+    let hex: String = batch.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex,
+        concat!(
+            "0000000000000000", // base offset 0
+            "0000003e",         // batch length 62
+            "00000000",         // partition leader epoch 0
+            "01",               // magic 1
+            "85d4936f",         // crc (CRC-32C of everything after this field)
+            "0000",             // attributes: no compression, create time
+            "00000000",         // last offset delta 0
+            "00000000000003e8", // first timestamp 1000
+            "00000000000003e8", // max timestamp 1000
+            "ffffffffffffffff", // producer id: none
+            "ffff",             // producer epoch: none
+            "ffffffff",         // base sequence: none
+            "00000001",         // record count 1
+            "18",               // record length 12 (zig-zag)
+            "00",               // record attributes
+            "00",               // timestamp delta 0
+            "00",               // offset delta 0
+            "02", "6b",         // key length 1, "k"
+            "02", "76",         // value length 1, "v"
+            "02",               // one header
+            "02", "68",         // header key length 1, "h"
+            "02", "78",         // header value length 1, "x"
+        )
+    );
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = validate(&bytes);
+        let _ = split_batches(&bytes).count();
+    }
+
+    #[test]
+    fn arbitrary_bytes_behind_a_valid_header_never_panic(
+        records in proptest::collection::vec(any::<u8>(), 0..256),
+        count in 1u32..8,
+        compression in 0u16..3,
+    ) {
+        let mut batch = sample_batch(Compression::None, 1)[..HEADER_BYTES].to_vec();
+        batch.extend_from_slice(&records);
+        let len = (batch.len() - LOG_OVERHEAD_BYTES) as u32;
+        batch[BATCH_LENGTH_POSITION..BATCH_LENGTH_POSITION + 4].copy_from_slice(&len.to_be_bytes());
+        batch[ATTRIBUTES_POSITION..ATTRIBUTES_POSITION + 2].copy_from_slice(&compression.to_be_bytes());
+        let batch = with_record_count(batch, count);
+        let _ = validate(&batch);
+        if let Ok(b) = RecordBatchRef::new(&batch) {
+            let _ = b.records();
+        }
+    }
+
+    #[test]
+    fn records_round_trip(
+        events in proptest::collection::vec(
+            (proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+             any::<i32>()),
+            1..20),
+        compression in prop_oneof![Just(Compression::None), Just(Compression::Lz4), Just(Compression::Zstd)],
+    ) {
+        let mut builder = BatchBuilder::new(compression);
+        for (key, value, ts) in &events {
+            builder.push(key.as_deref(), value.as_deref(), &[("h", b"v")], i64::from(*ts));
+        }
+        let batch = builder.build();
+        validate(&batch).unwrap();
+        let records = RecordBatchRef::new(&batch).unwrap().records().unwrap();
+        prop_assert_eq!(records.len(), events.len());
+        for (i, (record, (key, value, ts))) in records.iter().zip(&events).enumerate() {
+            prop_assert_eq!(record.offset, Offset(i as u64));
+            prop_assert_eq!(&record.key, key);
+            prop_assert_eq!(&record.value, value);
+            prop_assert_eq!(record.timestamp, i64::from(*ts));
+        }
+    }
+}
