@@ -103,9 +103,15 @@ mod tests {
     #[test]
     fn truncated_and_overlong_varints_are_errors() {
         let mut pos = 0;
-        assert_eq!(get_varlong(&[0x80, 0x80], &mut pos), Err(VarintError::Truncated));
+        assert_eq!(
+            get_varlong(&[0x80, 0x80], &mut pos),
+            Err(VarintError::Truncated)
+        );
         let mut pos = 0;
-        assert_eq!(get_varint(&[0xff; 6], &mut pos), Err(VarintError::TooLong { max_bytes: 5 }));
+        assert_eq!(
+            get_varint(&[0xff; 6], &mut pos),
+            Err(VarintError::TooLong { max_bytes: 5 })
+        );
         let mut pos = 0;
         // Five bytes that decode to more than i32 can hold.
         assert!(get_varint(&[0xff, 0xff, 0xff, 0xff, 0x7f], &mut pos).is_err());

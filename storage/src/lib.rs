@@ -1,1 +1,50 @@
-//! placeholder
+//! vltava's partition log on disk.
+//!
+//! A log is a directory of segments named by base offset; each segment is a file of record
+//! batches stored byte for byte as they came off the wire, plus a sparse offset index and a
+//! time index. The crate is synchronous: every function that touches a file blocks, and the
+//! actors call it from blocking threads. STORAGE.md describes the bytes on disk, the fsync
+//! protocol and recovery.
+//!
+//! # Layout
+//! - `fs`: the `Storage` trait all file access goes through, and the real file system.
+//! - `sim`: `SimStorage`, an in-memory disk that keeps written bytes apart from fsynced ones
+//!   and injects crashes, failed fsyncs and a full disk, for tests.
+//! - `config`: `LogConfig`, per-log settings with their defaults.
+//! - `segment`: one segment: append, scan, find, truncate, index files.
+//! - `index`: the sparse offset and time indexes.
+//! - `epoch`: the leader-epoch cache and its checkpoint.
+//! - `checkpoint`: atomic, checksummed small files.
+//! - `log`: `Log`, the partition log: open with recovery, leader and follower appends,
+//!   reads, offset and timestamp lookups, truncation, roll, retention, close.
+//! - `flush`: flush jobs, the flusher thread pool (group commit) and the ack queue.
+//! - `dump`: a human-readable dump of a segment, as kafka-dump-log gives.
+//!
+//! # Invariants
+//! - `log_start_offset <= high_watermark <= log_end_offset`, and every offset below the
+//!   recovery point is durable.
+//! - Batches are never re-encoded: a leader writes the base offset and leader epoch into the
+//!   producer's bytes (fields outside the CRC) and appends them as they are.
+//! - After open, the log is a prefix of what was appended before the crash, holding every
+//!   batch that was durable; a torn or corrupt tail is cut off and reported.
+//! - After a failed fsync the log is poisoned: nothing more is appended or acknowledged until
+//!   it is reopened at its recovery point.
+
+pub mod checkpoint;
+pub mod config;
+pub mod dump;
+pub mod epoch;
+pub mod error;
+pub mod flush;
+pub mod fs;
+pub mod index;
+pub mod log;
+pub mod segment;
+pub mod sim;
+
+pub use config::LogConfig;
+pub use error::{Result, StorageError};
+pub use flush::{AckQueue, FlushDone, FlushJob, Flusher, SubmitError};
+pub use fs::{RealStorage, Storage, StorageFile};
+pub use log::{AppendInfo, Log, LogRead, RecoveryReport, SegmentInfo, Truncation};
+pub use sim::SimStorage;

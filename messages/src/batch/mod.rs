@@ -158,7 +158,10 @@ pub enum BatchError {
 
 impl From<VarintError> for BatchError {
     fn from(_: VarintError) -> Self {
-        BatchError::MalformedRecord { index: 0, reason: "bad varint" }
+        BatchError::MalformedRecord {
+            index: 0,
+            reason: "bad varint",
+        }
     }
 }
 
@@ -167,11 +170,19 @@ fn be_u16(buf: &[u8], position: usize) -> u16 {
 }
 
 fn be_u32(buf: &[u8], position: usize) -> u32 {
-    u32::from_be_bytes(buf[position..position + 4].try_into().expect("slice of 4 bytes"))
+    u32::from_be_bytes(
+        buf[position..position + 4]
+            .try_into()
+            .expect("slice of 4 bytes"),
+    )
 }
 
 fn be_u64(buf: &[u8], position: usize) -> u64 {
-    u64::from_be_bytes(buf[position..position + 8].try_into().expect("slice of 8 bytes"))
+    u64::from_be_bytes(
+        buf[position..position + 8]
+            .try_into()
+            .expect("slice of 8 bytes"),
+    )
 }
 
 /// The parsed fixed header of a batch. Parsing checks only that the bytes are present; the
@@ -197,7 +208,10 @@ impl BatchHeader {
     /// Parses the 61-byte header at the start of `buf`.
     pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         if buf.len() < HEADER_BYTES {
-            return Err(BatchError::Truncated { have: buf.len(), need: HEADER_BYTES });
+            return Err(BatchError::Truncated {
+                have: buf.len(),
+                need: HEADER_BYTES,
+            });
         }
         let producer_id = be_u64(buf, PRODUCER_ID_POSITION) as i64;
         let producer_epoch = be_u16(buf, PRODUCER_EPOCH_POSITION) as i16;
@@ -260,16 +274,24 @@ impl BatchHeader {
         }
         let total = self.total_bytes();
         if total < HEADER_BYTES as u64 {
-            return Err(BatchError::LengthMismatch { declared: total, actual: HEADER_BYTES as u64 });
+            return Err(BatchError::LengthMismatch {
+                declared: total,
+                actual: HEADER_BYTES as u64,
+            });
         }
         if total > u64::from(BATCH_BYTES_MAX) {
-            return Err(BatchError::TooLarge { bytes: total, max: BATCH_BYTES_MAX });
+            return Err(BatchError::TooLarge {
+                bytes: total,
+                max: BATCH_BYTES_MAX,
+            });
         }
         self.compression()?;
         if self.attributes & (ATTRIBUTE_RESERVED_MASK | ATTRIBUTE_TRANSACTIONAL | ATTRIBUTE_CONTROL)
             != 0
         {
-            return Err(BatchError::UnsupportedAttributes { attributes: self.attributes });
+            return Err(BatchError::UnsupportedAttributes {
+                attributes: self.attributes,
+            });
         }
         if self.record_count == 0 || self.record_count > BATCH_RECORDS_MAX {
             return Err(BatchError::RecordCountOutOfRange {
@@ -306,7 +328,10 @@ pub fn validate_crc(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     header.check_sanity()?;
     let actual = compute_crc(batch);
     if actual != header.crc {
-        return Err(BatchError::CrcMismatch { expected: header.crc, actual });
+        return Err(BatchError::CrcMismatch {
+            expected: header.crc,
+            actual,
+        });
     }
     Ok(header)
 }
@@ -334,13 +359,20 @@ pub fn validate(batch: &[u8]) -> Result<BatchInfo, BatchError> {
             });
         }
         if record.offset_delta != count as i32 {
-            return Err(BatchError::OffsetDeltaMismatch { index: count, delta: record.offset_delta });
+            return Err(BatchError::OffsetDeltaMismatch {
+                index: count,
+                delta: record.offset_delta,
+            });
         }
-        max_timestamp = max_timestamp.max(header.first_timestamp.wrapping_add(record.timestamp_delta));
+        max_timestamp =
+            max_timestamp.max(header.first_timestamp.wrapping_add(record.timestamp_delta));
         count += 1;
     }
     if count != header.record_count {
-        return Err(BatchError::RecordCountMismatch { declared: header.record_count, actual: count });
+        return Err(BatchError::RecordCountMismatch {
+            declared: header.record_count,
+            actual: count,
+        });
     }
     if header.timestamp_type() == TimestampType::CreateTime && max_timestamp != header.max_timestamp
     {
@@ -370,7 +402,8 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
     batch[ATTRIBUTES_POSITION..ATTRIBUTES_POSITION + 2].copy_from_slice(&attributes.to_be_bytes());
     batch[FIRST_TIMESTAMP_POSITION..FIRST_TIMESTAMP_POSITION + 8]
         .copy_from_slice(&now_ms.to_be_bytes());
-    batch[MAX_TIMESTAMP_POSITION..MAX_TIMESTAMP_POSITION + 8].copy_from_slice(&now_ms.to_be_bytes());
+    batch[MAX_TIMESTAMP_POSITION..MAX_TIMESTAMP_POSITION + 8]
+        .copy_from_slice(&now_ms.to_be_bytes());
     let crc = compute_crc(batch);
     batch[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_be_bytes());
 }
@@ -387,8 +420,11 @@ fn records_section<'a>(
             inflate(lz4_flex::frame::FrameDecoder::new(raw)).map(std::borrow::Cow::Owned)
         }
         Compression::Zstd => {
-            let decoder = zstd::stream::read::Decoder::with_buffer(raw)
-                .map_err(|e| BatchError::Decompression { reason: e.to_string() })?;
+            let decoder = zstd::stream::read::Decoder::with_buffer(raw).map_err(|e| {
+                BatchError::Decompression {
+                    reason: e.to_string(),
+                }
+            })?;
             inflate(decoder).map(std::borrow::Cow::Owned)
         }
     }
@@ -399,9 +435,13 @@ fn inflate(reader: impl Read) -> Result<Vec<u8>, BatchError> {
     reader
         .take(RECORDS_DECOMPRESSED_BYTES_MAX as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| BatchError::Decompression { reason: e.to_string() })?;
+        .map_err(|e| BatchError::Decompression {
+            reason: e.to_string(),
+        })?;
     if out.len() > RECORDS_DECOMPRESSED_BYTES_MAX {
-        return Err(BatchError::DecompressedTooLarge { max: RECORDS_DECOMPRESSED_BYTES_MAX });
+        return Err(BatchError::DecompressedTooLarge {
+            max: RECORDS_DECOMPRESSED_BYTES_MAX,
+        });
     }
     Ok(out)
 }
@@ -411,8 +451,12 @@ fn deflate(compression: Compression, records: &[u8]) -> Vec<u8> {
         Compression::None => records.to_vec(),
         Compression::Lz4 => {
             let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
-            encoder.write_all(records).expect("writing to a Vec cannot fail");
-            encoder.finish().expect("finishing an LZ4 frame into a Vec cannot fail")
+            encoder
+                .write_all(records)
+                .expect("writing to a Vec cannot fail");
+            encoder
+                .finish()
+                .expect("finishing an LZ4 frame into a Vec cannot fail")
         }
         Compression::Zstd => {
             // Level 3 is zstd's default: most of the ratio at a fraction of the cost.
@@ -450,8 +494,13 @@ fn read_sized<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, Ba
     if len < 0 {
         return Ok(None);
     }
-    let end = pos.checked_add(len as usize).filter(|end| *end <= buf.len());
-    let end = end.ok_or(BatchError::MalformedRecord { index: 0, reason: "field runs past its record" })?;
+    let end = pos
+        .checked_add(len as usize)
+        .filter(|end| *end <= buf.len());
+    let end = end.ok_or(BatchError::MalformedRecord {
+        index: 0,
+        reason: "field runs past its record",
+    })?;
     let bytes = &buf[*pos..end];
     *pos = end;
     Ok(Some(bytes))
@@ -474,7 +523,8 @@ impl<'a> RecordCursor<'a> {
             return Ok(None);
         }
         let malformed = |reason| BatchError::MalformedRecord { index, reason };
-        let length = varint::get_varint(self.buf, &mut self.pos).map_err(|_| malformed("bad length"))?;
+        let length =
+            varint::get_varint(self.buf, &mut self.pos).map_err(|_| malformed("bad length"))?;
         let end = usize::try_from(length)
             .ok()
             .and_then(|len| self.pos.checked_add(len))
@@ -542,7 +592,10 @@ pub struct RecordBatchRef<'a> {
 impl<'a> RecordBatchRef<'a> {
     /// Checks the header and CRC of `bytes`, which must hold exactly one batch.
     pub fn new(bytes: &'a [u8]) -> Result<Self, BatchError> {
-        Ok(RecordBatchRef { header: validate_crc(bytes)?, bytes })
+        Ok(RecordBatchRef {
+            header: validate_crc(bytes)?,
+            bytes,
+        })
     }
 
     /// Decodes every record, with its absolute offset and timestamp.
@@ -553,17 +606,24 @@ impl<'a> RecordBatchRef<'a> {
         let mut index = 0;
         while let Some(view) = cursor.next_record(index)? {
             let timestamp = match self.header.timestamp_type() {
-                TimestampType::CreateTime => {
-                    self.header.first_timestamp.wrapping_add(view.timestamp_delta)
-                }
+                TimestampType::CreateTime => self
+                    .header
+                    .first_timestamp
+                    .wrapping_add(view.timestamp_delta),
                 TimestampType::LogAppendTime => self.header.max_timestamp,
             };
             out.push(Record {
-                offset: self.header.base_offset.plus(u64::from(view.offset_delta as u32)),
+                offset: self
+                    .header
+                    .base_offset
+                    .plus(u64::from(view.offset_delta as u32)),
                 timestamp,
                 key: view.key.map(<[u8]>::to_vec),
                 value: view.value.map(<[u8]>::to_vec),
-                headers: view.headers().map(|(k, v)| (k.to_owned(), v.to_vec())).collect(),
+                headers: view
+                    .headers()
+                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                    .collect(),
             });
             index += 1;
         }
@@ -573,7 +633,9 @@ impl<'a> RecordBatchRef<'a> {
 
 /// Splits a buffer of consecutive batches (a fetch answer, a segment's bytes) into batches,
 /// checking each one's header and CRC. Stops with an error at the first bad batch.
-pub fn split_batches(mut buf: &[u8]) -> impl Iterator<Item = Result<RecordBatchRef<'_>, BatchError>> {
+pub fn split_batches(
+    mut buf: &[u8],
+) -> impl Iterator<Item = Result<RecordBatchRef<'_>, BatchError>> {
     let mut failed = false;
     std::iter::from_fn(move || {
         if failed || buf.is_empty() {
@@ -582,7 +644,10 @@ pub fn split_batches(mut buf: &[u8]) -> impl Iterator<Item = Result<RecordBatchR
         let result = BatchHeader::parse(buf).and_then(|header| {
             let total = header.total_bytes();
             if total > buf.len() as u64 {
-                return Err(BatchError::Truncated { have: buf.len(), need: total as usize });
+                return Err(BatchError::Truncated {
+                    have: buf.len(),
+                    need: total as usize,
+                });
             }
             let (batch, rest) = buf.split_at(total as usize);
             let batch = RecordBatchRef::new(batch)?;
@@ -609,12 +674,20 @@ pub struct BatchBuilder {
 impl BatchBuilder {
     #[must_use]
     pub fn new(compression: Compression) -> Self {
-        BatchBuilder { compression, ..BatchBuilder::default() }
+        BatchBuilder {
+            compression,
+            ..BatchBuilder::default()
+        }
     }
 
     /// Marks the batch as sent by an idempotent producer.
     #[must_use]
-    pub fn producer(mut self, id: ProducerId, epoch: ProducerEpoch, base_sequence: Sequence) -> Self {
+    pub fn producer(
+        mut self,
+        id: ProducerId,
+        epoch: ProducerEpoch,
+        base_sequence: Sequence,
+    ) -> Self {
         self.producer = Some((id, epoch, base_sequence));
         self
     }
@@ -640,7 +713,11 @@ impl BatchBuilder {
         timestamp: i64,
     ) {
         let first_timestamp = *self.first_timestamp.get_or_insert(timestamp);
-        self.max_timestamp = if self.count == 0 { timestamp } else { self.max_timestamp.max(timestamp) };
+        self.max_timestamp = if self.count == 0 {
+            timestamp
+        } else {
+            self.max_timestamp.max(timestamp)
+        };
         let timestamp_delta = timestamp.wrapping_sub(first_timestamp);
         let sized_len = |field: Option<&[u8]>| match field {
             Some(bytes) => varint::varlong_len(bytes.len() as i64) + bytes.len(),

@@ -27,7 +27,10 @@ fn built_batches_validate_and_decode_for_every_compression() {
         assert_eq!(records.len(), 50);
         assert_eq!(records[0].key, None);
         assert_eq!(records[1].key.as_deref(), Some(b"key-1".as_slice()));
-        assert_eq!(records[4].value.as_deref(), Some(b"value-4value-4value-4".as_slice()));
+        assert_eq!(
+            records[4].value.as_deref(),
+            Some(b"value-4value-4value-4".as_slice())
+        );
         assert_eq!(records[4].headers[0], ("trace".to_owned(), b"abc".to_vec()));
         assert_eq!(records[4].offset, Offset(4));
         assert_eq!(records[3].timestamp, 1_700_000_000_000 + 21 - 20);
@@ -63,11 +66,17 @@ fn a_flipped_byte_is_a_crc_mismatch() {
     for position in ATTRIBUTES_POSITION + 2..batch.len() {
         let mut damaged = batch.clone();
         damaged[position] ^= 0x10;
-        assert!(validate(&damaged).is_err(), "flip at {position} went unnoticed");
+        assert!(
+            validate(&damaged).is_err(),
+            "flip at {position} went unnoticed"
+        );
     }
     let mut damaged = batch.clone();
     damaged[batch.len() - 1] ^= 1;
-    assert!(matches!(validate_crc(&damaged), Err(BatchError::CrcMismatch { .. })));
+    assert!(matches!(
+        validate_crc(&damaged),
+        Err(BatchError::CrcMismatch { .. })
+    ));
 }
 
 /// Rewrites the record count (and the last offset delta that must match it) and fixes the CRC,
@@ -87,12 +96,18 @@ fn a_lying_record_count_is_refused_even_when_compressed() {
         let more = with_record_count(sample_batch(compression, 5), 6);
         assert_eq!(
             validate(&more).unwrap_err(),
-            BatchError::RecordCountMismatch { declared: 6, actual: 5 }
+            BatchError::RecordCountMismatch {
+                declared: 6,
+                actual: 5
+            }
         );
         let fewer = with_record_count(sample_batch(compression, 5), 4);
         assert_eq!(
             validate(&fewer).unwrap_err(),
-            BatchError::RecordCountMismatch { declared: 4, actual: 5 }
+            BatchError::RecordCountMismatch {
+                declared: 4,
+                actual: 5
+            }
         );
     }
 }
@@ -100,23 +115,38 @@ fn a_lying_record_count_is_refused_even_when_compressed() {
 #[test]
 fn truncated_and_padded_batches_are_refused() {
     let batch = sample_batch(Compression::None, 2);
-    assert!(matches!(validate(&batch[..30]), Err(BatchError::Truncated { .. })));
-    assert!(matches!(validate(&batch[..batch.len() - 1]), Err(BatchError::LengthMismatch { .. })));
+    assert!(matches!(
+        validate(&batch[..30]),
+        Err(BatchError::Truncated { .. })
+    ));
+    assert!(matches!(
+        validate(&batch[..batch.len() - 1]),
+        Err(BatchError::LengthMismatch { .. })
+    ));
     let mut padded = batch.clone();
     padded.push(0);
-    assert!(matches!(validate(&padded), Err(BatchError::LengthMismatch { .. })));
+    assert!(matches!(
+        validate(&padded),
+        Err(BatchError::LengthMismatch { .. })
+    ));
 }
 
 #[test]
 fn wrong_magic_and_reserved_attributes_are_refused() {
     let mut batch = sample_batch(Compression::None, 2);
     batch[MAGIC_POSITION] = 2;
-    assert_eq!(validate(&batch).unwrap_err(), BatchError::UnsupportedMagic { magic: 2 });
+    assert_eq!(
+        validate(&batch).unwrap_err(),
+        BatchError::UnsupportedMagic { magic: 2 }
+    );
     let mut batch = sample_batch(Compression::None, 2);
     batch[ATTRIBUTES_POSITION + 1] |= ATTRIBUTE_TRANSACTIONAL as u8;
     let crc = compute_crc(&batch);
     batch[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_be_bytes());
-    assert!(matches!(validate(&batch), Err(BatchError::UnsupportedAttributes { .. })));
+    assert!(matches!(
+        validate(&batch),
+        Err(BatchError::UnsupportedAttributes { .. })
+    ));
 }
 
 #[test]
@@ -125,7 +155,10 @@ fn a_wrong_max_timestamp_is_refused() {
     batch[MAX_TIMESTAMP_POSITION..MAX_TIMESTAMP_POSITION + 8].copy_from_slice(&5i64.to_be_bytes());
     let crc = compute_crc(&batch);
     batch[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_be_bytes());
-    assert!(matches!(validate(&batch), Err(BatchError::MaxTimestampMismatch { .. })));
+    assert!(matches!(
+        validate(&batch),
+        Err(BatchError::MaxTimestampMismatch { .. })
+    ));
 }
 
 #[test]
@@ -139,7 +172,9 @@ fn a_zip_bomb_stops_at_the_decompression_bound() {
     assert!(batch.len() < 64 * 1024, "zeros compress well");
     assert_eq!(
         validate(&batch).unwrap_err(),
-        BatchError::DecompressedTooLarge { max: RECORDS_DECOMPRESSED_BYTES_MAX }
+        BatchError::DecompressedTooLarge {
+            max: RECORDS_DECOMPRESSED_BYTES_MAX
+        }
     );
 }
 
@@ -147,8 +182,9 @@ fn a_zip_bomb_stops_at_the_decompression_bound() {
 fn split_batches_walks_consecutive_batches_and_stops_at_damage() {
     let mut buf = sample_batch(Compression::None, 2);
     buf.extend(sample_batch(Compression::Lz4, 3));
-    let counts: Vec<u32> =
-        split_batches(&buf).map(|b| b.unwrap().header.record_count).collect();
+    let counts: Vec<u32> = split_batches(&buf)
+        .map(|b| b.unwrap().header.record_count)
+        .collect();
     assert_eq!(counts, vec![2, 3]);
     let cut = &buf[..buf.len() - 3];
     let results: Vec<_> = split_batches(cut).collect();
@@ -184,11 +220,15 @@ fn golden_batch_bytes() {
             "00",               // record attributes
             "00",               // timestamp delta 0
             "00",               // offset delta 0
-            "02", "6b",         // key length 1, "k"
-            "02", "76",         // value length 1, "v"
-            "02",               // one header
-            "02", "68",         // header key length 1, "h"
-            "02", "78",         // header value length 1, "x"
+            "02",
+            "6b", // key length 1, "k"
+            "02",
+            "76", // value length 1, "v"
+            "02", // one header
+            "02",
+            "68", // header key length 1, "h"
+            "02",
+            "78", // header value length 1, "x"
         )
     );
 }

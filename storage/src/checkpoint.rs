@@ -1,0 +1,59 @@
+//! Small files written whole and atomically: write a temporary file, fsync it, rename it over
+//! the old one, fsync the directory. A crash at any step leaves either the old file or the new
+//! one. Each file ends with a CRC-32C of the bytes before it, so a damaged file is detected
+//! and treated as missing rather than trusted.
+
+use std::path::Path;
+
+use crate::error::{Result, StorageError};
+use crate::fs::Storage;
+
+/// Suffix of the temporary file a checkpoint is written to before the rename.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// Writes `body` plus its CRC to `path` atomically and durably. Blocks on two fsyncs.
+pub fn write_atomic(storage: &dyn Storage, path: &Path, body: &[u8]) -> Result<()> {
+    let mut temp_name = path.as_os_str().to_owned();
+    temp_name.push(TEMP_SUFFIX);
+    let temp = Path::new(&temp_name);
+    let mut bytes = body.to_vec();
+    bytes.extend_from_slice(&crc32c::crc32c(body).to_be_bytes());
+    let file = storage
+        .open(temp, true)
+        .map_err(|e| StorageError::io(temp, e))?;
+    file.set_len(0).map_err(|e| StorageError::io(temp, e))?;
+    file.write_at(&bytes, 0)
+        .map_err(|e| StorageError::io(temp, e))?;
+    // Crash here: only the temporary file may be damaged; the old checkpoint stands, and
+    // opening the log deletes leftover temporary files.
+    file.sync_data().map_err(|e| StorageError::io(temp, e))?;
+    storage
+        .rename(temp, path)
+        .map_err(|e| StorageError::io(path, e))?;
+    // Crash here: the rename may or may not have reached the disk; either file is whole.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    storage.sync_dir(dir).map_err(|e| StorageError::io(dir, e))
+}
+
+/// Reads a checkpoint written by [`write_atomic`]: `Ok(None)` if it is missing or damaged.
+pub fn read(storage: &dyn Storage, path: &Path) -> Result<Option<Vec<u8>>> {
+    if !storage.exists(path) {
+        return Ok(None);
+    }
+    let file = storage
+        .open(path, false)
+        .map_err(|e| StorageError::io(path, e))?;
+    let len = file.byte_len().map_err(|e| StorageError::io(path, e))?;
+    // Checkpoints are a few KiB at most; a larger file is damage, not data.
+    if !(4..=1 << 20).contains(&len) {
+        return Ok(None);
+    }
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| StorageError::io(path, e))?;
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body).to_be_bytes() != crc {
+        return Ok(None);
+    }
+    Ok(Some(body.to_vec()))
+}

@@ -1,0 +1,219 @@
+//! Durability off the append path: flush jobs, a bounded pool of flusher threads, and the
+//! offset-ordered queue of answers that wait for a flush.
+//!
+//! A log hands out at most one [`FlushJob`] at a time; the job fsyncs (on a flusher thread)
+//! everything appended when it was made. Appends made while it runs wait for the next job,
+//! which then covers all of them with one fsync: group commit. Many logs share one
+//! [`Flusher`] pool, so one thread count bounds the fsyncs in flight across partitions.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use vltava_messages::Offset;
+
+use crate::error::{Result, StorageError};
+use crate::fs::{Storage, StorageFile};
+
+/// One round of fsyncs for one log. Running it blocks.
+#[derive(Debug)]
+pub struct FlushJob {
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) dir: PathBuf,
+    pub(crate) sealed: Vec<(PathBuf, Arc<dyn StorageFile>)>,
+    pub(crate) sync_dir: bool,
+    pub(crate) active: (PathBuf, Arc<dyn StorageFile>),
+    pub(crate) target: Offset,
+    pub(crate) generation: u64,
+    /// Set after a roll: once the syncs succeed, the job also rewrites the recovery-point
+    /// checkpoint, so recovery after a crash skips the sealed segments. The cell holds the
+    /// log's flush generation; truncation bumps it under the same lock, so a job that raced
+    /// with a truncation never writes a recovery point the log no longer has.
+    pub(crate) checkpoint: Option<Arc<Mutex<u64>>>,
+}
+
+impl FlushJob {
+    /// The offset below which everything is durable once the job succeeds.
+    #[must_use]
+    pub fn target(&self) -> Offset {
+        self.target
+    }
+
+    /// Fsyncs the sealed segments, the active one and, after a roll, the directory. Blocks.
+    pub fn run(&self) -> Result<()> {
+        for (path, file) in &self.sealed {
+            file.sync_data().map_err(|e| StorageError::io(path, e))?;
+        }
+        let (path, file) = &self.active;
+        file.sync_data().map_err(|e| StorageError::io(path, e))?;
+        if self.sync_dir {
+            // A new segment's directory entry must be durable before anything in it is
+            // acknowledged, or a crash could lose the whole file.
+            self.storage
+                .sync_dir(&self.dir)
+                .map_err(|e| StorageError::io(&self.dir, e))?;
+        }
+        if let Some(cell) = &self.checkpoint {
+            let generation = cell
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *generation == self.generation {
+                crate::log::write_recovery_point(&*self.storage, &self.dir, self.target)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Called on the flusher thread when a job has run.
+pub type FlushDone = Box<dyn FnOnce(FlushJob, Result<()>) + Send>;
+
+/// Why a job could not be queued; the job and its completion come back to the caller.
+pub enum SubmitError {
+    /// The queue is full: retry later, or run the job some other way.
+    Full(Box<(FlushJob, FlushDone)>),
+    /// The pool has shut down.
+    Stopped(Box<(FlushJob, FlushDone)>),
+}
+
+impl std::fmt::Debug for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitError::Full(task) => write!(f, "Full({})", task.0.dir.display()),
+            SubmitError::Stopped(task) => write!(f, "Stopped({})", task.0.dir.display()),
+        }
+    }
+}
+
+/// A fixed pool of threads that run flush jobs from a bounded queue.
+#[derive(Debug)]
+pub struct Flusher {
+    sender: Option<SyncSender<(FlushJob, FlushDone)>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Flusher {
+    /// Starts `threads` flusher threads sharing a queue of `queue_capacity` jobs. Since each
+    /// log has at most one job in flight, a capacity of at least the number of logs never
+    /// turns a job away.
+    #[must_use]
+    pub fn new(threads: usize, queue_capacity: usize) -> Flusher {
+        assert!(threads > 0, "a flusher needs a thread");
+        let (sender, receiver) = std::sync::mpsc::sync_channel(queue_capacity);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let threads = (0..threads)
+            .map(|i| {
+                let receiver = Arc::clone(&receiver);
+                std::thread::Builder::new()
+                    .name(format!("vltava-flusher-{i}"))
+                    .spawn(move || run_flusher(&receiver))
+                    .expect("spawning a flusher thread")
+            })
+            .collect();
+        Flusher {
+            sender: Some(sender),
+            threads,
+        }
+    }
+
+    /// Queues a job without waiting; a full queue hands it back.
+    pub fn try_submit(
+        &self,
+        job: FlushJob,
+        done: FlushDone,
+    ) -> std::result::Result<(), SubmitError> {
+        let sender = self.sender.as_ref().expect("sender lives until drop");
+        sender.try_send((job, done)).map_err(|e| match e {
+            TrySendError::Full(task) => SubmitError::Full(Box::new(task)),
+            TrySendError::Disconnected(task) => SubmitError::Stopped(Box::new(task)),
+        })
+    }
+
+    /// Queues a job, waiting for room. Blocks.
+    pub fn submit(&self, job: FlushJob, done: FlushDone) -> std::result::Result<(), SubmitError> {
+        let sender = self.sender.as_ref().expect("sender lives until drop");
+        sender
+            .send((job, done))
+            .map_err(|e| SubmitError::Stopped(Box::new(e.0)))
+    }
+}
+
+fn run_flusher(receiver: &Mutex<Receiver<(FlushJob, FlushDone)>>) {
+    loop {
+        let next = receiver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .recv();
+        let Ok((job, done)) = next else {
+            return;
+        };
+        let result = job.run();
+        done(job, result);
+    }
+}
+
+impl Drop for Flusher {
+    /// Closes the queue; the threads finish the jobs already queued and exit.
+    fn drop(&mut self) {
+        self.sender.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Answers waiting for their batch to become durable, in offset order. Bounded: a full queue
+/// refuses the waiter, which the caller turns into a retriable "overloaded" answer.
+#[derive(Debug)]
+pub struct AckQueue<T> {
+    waiters: VecDeque<(Offset, T)>,
+    capacity: usize,
+}
+
+impl<T> AckQueue<T> {
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        AckQueue {
+            waiters: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// Adds a waiter that completes once the flushed offset reaches `next_offset` (the offset
+    /// after its batch). Waiters must arrive in offset order.
+    pub fn push(&mut self, next_offset: Offset, waiter: T) -> std::result::Result<(), T> {
+        if self.waiters.len() >= self.capacity {
+            return Err(waiter);
+        }
+        if let Some((last, _)) = self.waiters.back() {
+            assert!(next_offset >= *last, "ack waiters arrive in offset order");
+        }
+        self.waiters.push_back((next_offset, waiter));
+        Ok(())
+    }
+
+    /// Removes and returns the waiters whose batches are below `flushed`.
+    pub fn complete(&mut self, flushed: Offset) -> impl Iterator<Item = T> + '_ {
+        let done = self
+            .waiters
+            .partition_point(|(offset, _)| *offset <= flushed);
+        self.waiters.drain(..done).map(|(_, waiter)| waiter)
+    }
+
+    /// Removes every waiter (the log failed): each must be answered with the error.
+    pub fn fail_all(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.waiters.drain(..).map(|(_, waiter)| waiter)
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.waiters.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+    }
+}

@@ -1,0 +1,1140 @@
+//! The partition log: an ordered set of segments in one directory, the last of them active.
+//!
+//! The log is owned by one caller (a Partition actor) and is not thread-safe; every method
+//! blocks on file I/O and must run off the async runtime's worker threads. Only a
+//! [`FlushJob`] leaves the owner: it fsyncs on a flusher thread while appends go on, and its
+//! result comes back through [`Log::complete_flush`].
+//!
+//! Offsets: `log_start_offset <= high_watermark <= log_end_offset`, asserted on every update;
+//! `recovery_point <= log_end_offset`, and every offset below the recovery point is durable.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vltava_messages::batch::{self, BatchHeader, HEADER_BYTES};
+use vltava_messages::{LeaderEpoch, Offset, RecordBatchRef, TimestampType};
+
+use crate::checkpoint::{self, TEMP_SUFFIX};
+use crate::config::LogConfig;
+use crate::epoch::LeaderEpochCache;
+use crate::error::{Result, StorageError};
+use crate::flush::FlushJob;
+use crate::fs::{Storage, StorageFile};
+use crate::segment::{
+    self, Find, INDEX_SUFFIX, LOG_SUFFIX, ScanBounds, ScanStop, Segment, TIME_INDEX_SUFFIX,
+};
+
+/// File name of the recovery-point checkpoint.
+pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-checkpoint";
+/// File name of the clean-shutdown marker.
+pub const CLEAN_SHUTDOWN_MARKER: &str = ".clean-shutdown";
+/// Format version of the recovery-point checkpoint body.
+const RECOVERY_POINT_VERSION: u8 = 1;
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    /// The batch's byte position in its segment.
+    pub position: u64,
+    pub segment_base_offset: Offset,
+    /// The timestamp the leader stamped, for topics that keep log-append time.
+    pub log_append_time: Option<i64>,
+}
+
+/// What a read returned: whole batches, as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogRead {
+    pub bytes: Vec<u8>,
+    pub batch_count: u32,
+    /// The offset after the last batch returned (the requested offset if none was).
+    pub next_offset: Offset,
+}
+
+/// The torn or corrupt tail that recovery cut off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    pub segment: PathBuf,
+    pub position: u64,
+    pub bytes_cut: u64,
+    pub reason: String,
+    /// Later segments removed because they followed the damage.
+    pub segments_removed: Vec<Offset>,
+}
+
+/// What opening the log found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub clean_shutdown: bool,
+    /// Segments read batch by batch (those past the recovery point, or with bad indexes).
+    pub segments_scanned: usize,
+    pub truncation: Option<Truncation>,
+}
+
+/// A summary of one segment, for operators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub base_offset: Offset,
+    pub next_offset: Offset,
+    pub bytes: u64,
+    pub max_timestamp: Option<i64>,
+}
+
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    config: LogConfig,
+    /// Never empty: the last segment is the active one.
+    segments: BTreeMap<Offset, Segment>,
+    log_start_offset: Offset,
+    log_end_offset: Offset,
+    high_watermark: Offset,
+    recovery_point: Offset,
+    epoch_cache: LeaderEpochCache,
+    /// Sealed segments whose files still need an fsync.
+    unsynced_sealed: Vec<(PathBuf, Arc<dyn StorageFile>)>,
+    /// A segment was created or removed since the directory was last synced.
+    dir_sync_needed: bool,
+    /// The recovery-point checkpoint should be rewritten after the next flush (a segment
+    /// rolled, so the recovery after a crash can skip the sealed ones).
+    checkpoint_due: bool,
+    flush_in_flight: bool,
+    /// Bumped by truncation: a flush job from an older generation synced offsets that may
+    /// have been cut and written again, so its target no longer means anything. Shared with
+    /// flush jobs that write the recovery-point checkpoint (see `FlushJob::checkpoint`).
+    flush_generation: Arc<Mutex<u64>>,
+    poisoned: bool,
+    recovery: RecoveryReport,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering it after a crash: indexes are checked
+    /// and rebuilt where needed, every batch past the recovery point is checked, a torn or
+    /// corrupt tail is cut off and reported, and what remains is made durable. Blocks.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        config: LogConfig,
+        now_ms: u64,
+    ) -> Result<Log> {
+        config.validate()?;
+        storage
+            .create_dir_all(dir)
+            .map_err(|e| StorageError::io(dir, e))?;
+        let names = storage
+            .list_dir(dir)
+            .map_err(|e| StorageError::io(dir, e))?;
+        let mut bases = Vec::new();
+        for name in &names {
+            if name.ends_with(TEMP_SUFFIX) {
+                // A checkpoint write that did not finish; the old checkpoint stands.
+                let path = dir.join(name);
+                storage
+                    .remove_file(&path)
+                    .map_err(|e| StorageError::io(&path, e))?;
+            } else if let Some(base) = segment::parse_file_name(name, LOG_SUFFIX) {
+                bases.push(base);
+            }
+        }
+        bases.sort();
+        for name in &names {
+            let orphan = [INDEX_SUFFIX, TIME_INDEX_SUFFIX]
+                .iter()
+                .filter_map(|suffix| segment::parse_file_name(name, suffix))
+                .any(|base| bases.binary_search(&base).is_err());
+            if orphan {
+                let path = dir.join(name);
+                storage
+                    .remove_file(&path)
+                    .map_err(|e| StorageError::io(&path, e))?;
+            }
+        }
+
+        let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
+        let clean_shutdown = storage.exists(&marker);
+        let checkpointed_recovery_point = read_recovery_point(&*storage, dir)?;
+        let epoch_checkpoint = LeaderEpochCache::read_checkpoint(&*storage, dir)?;
+
+        let mut log = Log {
+            dir: dir.to_path_buf(),
+            storage: Arc::clone(&storage),
+            segments: BTreeMap::new(),
+            log_start_offset: Offset(0),
+            log_end_offset: Offset(0),
+            high_watermark: Offset(0),
+            recovery_point: Offset(0),
+            epoch_cache: LeaderEpochCache::default(),
+            unsynced_sealed: Vec::new(),
+            dir_sync_needed: false,
+            checkpoint_due: false,
+            flush_in_flight: false,
+            flush_generation: Arc::new(Mutex::new(0)),
+            poisoned: false,
+            recovery: RecoveryReport {
+                clean_shutdown,
+                ..RecoveryReport::default()
+            },
+            config,
+        };
+        // Without a readable epoch checkpoint, every segment is read so that the epoch cache
+        // can be rebuilt from batch headers.
+        let trust_limit = match (&epoch_checkpoint, clean_shutdown) {
+            (None, _) if !bases.is_empty() => Offset(0),
+            (_, true) => Offset(u64::MAX),
+            _ => checkpointed_recovery_point.unwrap_or(Offset(0)),
+        };
+        log.load_segments(
+            &bases,
+            trust_limit,
+            epoch_checkpoint.unwrap_or_default(),
+            now_ms,
+        )?;
+
+        if log.segments.is_empty() {
+            let segment = Segment::create(&*storage, dir, Offset(0), now_ms)?;
+            log.segments.insert(Offset(0), segment);
+            log.dir_sync_needed = true;
+        }
+        log.log_start_offset = *log.segments.keys().next().expect("a segment exists");
+        log.log_end_offset = log.active().next_offset;
+        if log.epoch_cache.truncate_from_start(log.log_start_offset)
+            | log.epoch_cache.truncate_from_end(log.log_end_offset)
+        {
+            tracing::debug!(dir = %dir.display(), "leader-epoch cache trimmed to the recovered log");
+        }
+
+        // Everything recovered is made durable, so that the recovery point can be the log end.
+        for segment in log.segments.values() {
+            segment
+                .file
+                .sync_data()
+                .map_err(|e| StorageError::io(&segment.log_path, e))?;
+        }
+        if clean_shutdown {
+            // Crash after this: no marker, so the next open checks the log again.
+            storage
+                .remove_file(&marker)
+                .map_err(|e| StorageError::io(&marker, e))?;
+        }
+        storage
+            .sync_dir(dir)
+            .map_err(|e| StorageError::io(dir, e))?;
+        log.dir_sync_needed = false;
+        log.epoch_cache.write_checkpoint(&*storage, dir)?;
+        log.recovery_point = log.log_end_offset;
+        log.write_recovery_point()?;
+        log.high_watermark = log.log_end_offset;
+        if let Some(truncation) = &log.recovery.truncation {
+            tracing::warn!(
+                segment = %truncation.segment.display(),
+                position = truncation.position,
+                bytes_cut = truncation.bytes_cut,
+                reason = %truncation.reason,
+                segments_removed = truncation.segments_removed.len(),
+                "log recovery cut off a torn or corrupt tail"
+            );
+        }
+        Ok(log)
+    }
+
+    /// Loads segments in order. Those wholly below `trust_limit` with well-formed indexes are
+    /// trusted (only their tail is read); the rest are scanned batch by batch. At the first bad
+    /// batch the segment is cut there and every later segment is removed.
+    fn load_segments(
+        &mut self,
+        bases: &[Offset],
+        trust_limit: Offset,
+        checkpointed_epochs: LeaderEpochCache,
+        now_ms: u64,
+    ) -> Result<()> {
+        let storage = Arc::clone(&self.storage);
+        let interval = self.config.index_interval_bytes;
+        let batch_bytes_max = self.config.batch_bytes_max;
+        let mut next_offset_min = Offset(0);
+        let mut epoch_min: Option<LeaderEpoch> = None;
+        let mut scanned_from: Option<Offset> = None;
+        let mut scanned_epochs: Vec<(LeaderEpoch, Offset)> = Vec::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let mut segment = Segment::open_file(&*storage, &self.dir, base, now_ms)?;
+            let next_base = bases.get(i + 1).copied();
+            let is_last = next_base.is_none();
+            if segment.is_empty() && !is_last {
+                // Nothing in it, and a later segment exists: it is a leftover of a roll.
+                segment.delete_files(&*storage)?;
+                self.dir_sync_needed = true;
+                continue;
+            }
+            let bounds = ScanBounds {
+                next_offset_min,
+                epoch_min,
+                batch_bytes_max,
+            };
+            let wholly_trusted =
+                next_base.map_or(trust_limit == Offset(u64::MAX), |n| n <= trust_limit);
+            let mut epochs_here = Vec::new();
+            let mut record_epoch = |b: &segment::ScannedBatch| {
+                epochs_here.push((b.header.partition_leader_epoch, b.header.base_offset));
+            };
+            let mut trusted = wholly_trusted
+                && base >= next_offset_min
+                && segment.load_indexes(&*storage, interval, batch_bytes_max)?;
+            if trusted {
+                let mut last_epoch = None;
+                let tail_bounds = ScanBounds {
+                    epoch_min: None,
+                    ..bounds
+                };
+                if segment
+                    .scan_tail(tail_bounds, interval, |b| {
+                        last_epoch = Some(b.header.partition_leader_epoch)
+                    })?
+                    .is_none()
+                {
+                    epoch_min = last_epoch.or(epoch_min);
+                } else {
+                    // A bad tail or a stale index in a segment believed durable: read it all.
+                    tracing::warn!(path = %segment.log_path.display(), "index or tail of a durable segment is bad; scanning it");
+                    trusted = false;
+                }
+            }
+            let stop: Option<ScanStop> = if trusted {
+                None
+            } else {
+                self.recovery.segments_scanned += 1;
+                scanned_from.get_or_insert(base);
+                segment.reset_accounting()?;
+                if base < next_offset_min {
+                    Some(ScanStop {
+                        position: 0,
+                        reason: format!("segment base offset {base} overlaps the previous segment"),
+                    })
+                } else {
+                    let stop = segment.scan(0, bounds, interval, &mut record_epoch)?;
+                    if let Some(&(epoch, _)) = epochs_here.last() {
+                        epoch_min = Some(epoch);
+                    }
+                    scanned_epochs.extend(epochs_here.iter().copied());
+                    stop
+                }
+            };
+            next_offset_min = segment.next_offset;
+            if let Some(stop) = stop {
+                let file_len = segment
+                    .file
+                    .byte_len()
+                    .map_err(|e| StorageError::io(&segment.log_path, e))?;
+                let segments_removed =
+                    self.cut_after_damage(&mut segment, &stop, &bases[i + 1..])?;
+                self.recovery.truncation = Some(Truncation {
+                    segment: segment.log_path.clone(),
+                    position: stop.position,
+                    bytes_cut: file_len - stop.position,
+                    reason: stop.reason,
+                    segments_removed,
+                });
+                if segment.is_empty() && !self.segments.is_empty() {
+                    segment.delete_files(&*storage)?;
+                } else {
+                    self.segments.insert(base, segment);
+                }
+                break;
+            }
+            self.segments.insert(base, segment);
+        }
+
+        // The epoch cache: checkpointed entries below the first scanned offset, then what the
+        // scanned batch headers say.
+        let mut cache = checkpointed_epochs;
+        if let Some(from) = scanned_from {
+            cache.truncate_from_end(from);
+        }
+        for (epoch, start_offset) in scanned_epochs {
+            if cache.latest_epoch().is_none_or(|latest| epoch > latest) {
+                cache.assign(epoch, start_offset);
+            }
+        }
+        self.epoch_cache = cache;
+        Ok(())
+    }
+
+    /// Cuts `segment` at the damage and removes every later segment, newest first, so that
+    /// what a crash in the middle leaves is still a prefix of the log.
+    fn cut_after_damage(
+        &mut self,
+        segment: &mut Segment,
+        stop: &ScanStop,
+        later: &[Offset],
+    ) -> Result<Vec<Offset>> {
+        let storage = Arc::clone(&self.storage);
+        let mut removed = Vec::new();
+        for &base in later.iter().rev() {
+            let doomed = Segment::open_file(&*storage, &self.dir, base, 0)?;
+            doomed.delete_files(&*storage)?;
+            removed.push(base);
+        }
+        removed.reverse();
+        storage
+            .sync_dir(&self.dir)
+            .map_err(|e| StorageError::io(&self.dir, e))?;
+        segment
+            .file
+            .set_len(stop.position)
+            .map_err(|e| StorageError::io(&segment.log_path, e))?;
+        segment.size = stop.position;
+        Ok(removed)
+    }
+
+    /// The directory this log lives in.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// What opening the log found.
+    #[must_use]
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The first offset still in the log.
+    #[must_use]
+    pub fn log_start_offset(&self) -> Offset {
+        self.log_start_offset
+    }
+
+    /// The offset the next appended record gets.
+    #[must_use]
+    pub fn log_end_offset(&self) -> Offset {
+        self.log_end_offset
+    }
+
+    /// Offsets below it are committed and visible to consumers.
+    #[must_use]
+    pub fn high_watermark(&self) -> Offset {
+        self.high_watermark
+    }
+
+    /// Offsets below it are durable (fsynced).
+    #[must_use]
+    pub fn recovery_point(&self) -> Offset {
+        self.recovery_point
+    }
+
+    /// The leader-epoch cache.
+    #[must_use]
+    pub fn epoch_cache(&self) -> &LeaderEpochCache {
+        &self.epoch_cache
+    }
+
+    /// The newest leader epoch in the log.
+    #[must_use]
+    pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
+        self.epoch_cache.latest_epoch()
+    }
+
+    /// Whether a failed fsync made the log unusable.
+    #[must_use]
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// One summary per segment, oldest first.
+    #[must_use]
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.segments
+            .values()
+            .map(|s| SegmentInfo {
+                base_offset: s.base_offset,
+                next_offset: s.next_offset,
+                bytes: s.size,
+                max_timestamp: s.max_timestamp,
+            })
+            .collect()
+    }
+
+    /// The log's size in bytes, all segments.
+    #[must_use]
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+
+    /// Moves the high watermark. It must stay within `[log_start_offset, log_end_offset]`.
+    pub fn set_high_watermark(&mut self, offset: Offset) {
+        assert!(
+            offset >= self.log_start_offset,
+            "high watermark below the log start"
+        );
+        assert!(
+            offset <= self.log_end_offset,
+            "high watermark past the log end"
+        );
+        self.high_watermark = offset;
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("the log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("the log always has an active segment")
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_size(&self, batch: &[u8]) -> Result<()> {
+        if batch.len() as u64 > u64::from(self.config.batch_bytes_max) {
+            return Err(StorageError::BatchTooLarge {
+                bytes: batch.len() as u64,
+                max: self.config.batch_bytes_max,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_epoch(&self, epoch: LeaderEpoch) -> Result<()> {
+        match self.latest_epoch() {
+            Some(latest) if epoch < latest => {
+                Err(StorageError::LeaderEpochRegression { epoch, latest })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends a producer's batch as the partition's leader: validates it fully (CRC, record
+    /// count, framing), assigns its offsets by writing the base offset, stamps the leader
+    /// epoch (and log-append time where the topic keeps it). The records are not re-encoded.
+    /// The batch is in the page cache when this returns, durable once a flush passes it.
+    pub fn append_as_leader(
+        &mut self,
+        batch: &mut [u8],
+        epoch: LeaderEpoch,
+        now_ms: u64,
+    ) -> Result<AppendInfo> {
+        self.check_usable()?;
+        self.check_size(batch)?;
+        batch::validate(batch)?;
+        self.check_epoch(epoch)?;
+        batch::set_base_offset(batch, self.log_end_offset);
+        batch::set_partition_leader_epoch(batch, epoch);
+        let log_append_time =
+            (self.config.timestamp_type == TimestampType::LogAppendTime).then(|| {
+                let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+                batch::set_log_append_time(batch, now);
+                now
+            });
+        let header = BatchHeader::parse(batch)?;
+        let mut info = self.append_validated(batch, &header, now_ms)?;
+        info.log_append_time = log_append_time;
+        Ok(info)
+    }
+
+    /// Appends a batch copied from the leader, header as it is: checks its CRC, that it does
+    /// not go back before the log end and that its leader epoch is not older than the log's.
+    pub fn append_as_follower(&mut self, batch: &[u8], now_ms: u64) -> Result<AppendInfo> {
+        self.check_usable()?;
+        self.check_size(batch)?;
+        let header = batch::validate_crc(batch)?;
+        if header.base_offset < self.log_end_offset {
+            return Err(StorageError::NonContiguousAppend {
+                base_offset: header.base_offset,
+                log_end_offset: self.log_end_offset,
+            });
+        }
+        self.check_epoch(header.partition_leader_epoch)?;
+        self.append_validated(batch, &header, now_ms)
+    }
+
+    fn append_validated(
+        &mut self,
+        batch: &[u8],
+        header: &BatchHeader,
+        now_ms: u64,
+    ) -> Result<AppendInfo> {
+        self.maybe_roll(header, now_ms)?;
+        let interval = self.config.index_interval_bytes;
+        let active = self.active_mut();
+        let position = active.size;
+        if let Err(error) = active.append(batch, header, interval) {
+            // Cut whatever part of the batch reached the file, so the log stays a sequence
+            // of whole batches. If even that fails, the file's end is unknown: poison.
+            if let Err(cut) = active.file.set_len(position) {
+                tracing::error!(path = %active.log_path.display(), error = %cut, "cannot cut a failed append; log poisoned");
+                self.poisoned = true;
+            }
+            tracing::warn!(dir = %self.dir.display(), %error, "append failed");
+            return Err(error);
+        }
+        let segment_base_offset = active.base_offset;
+        self.log_end_offset = header.next_offset();
+        if self
+            .epoch_cache
+            .assign(header.partition_leader_epoch, header.base_offset)
+        {
+            // A new epoch: rare (a leadership change), so a synchronous checkpoint is fine.
+            // Crash before it lands: the batch is past the recovery point, so recovery reads
+            // its header and re-derives the entry.
+            self.epoch_cache
+                .write_checkpoint(&*self.storage, &self.dir)?;
+        }
+        Ok(AppendInfo {
+            base_offset: header.base_offset,
+            last_offset: header.last_offset(),
+            position,
+            segment_base_offset,
+            log_append_time: None,
+        })
+    }
+
+    /// Rolls to a new segment when the batch would overflow the active one, the active one is
+    /// old enough, or the batch's offsets would not fit its relative index.
+    fn maybe_roll(&mut self, header: &BatchHeader, now_ms: u64) -> Result<()> {
+        let active = self.active();
+        let overflow = active.relative(header.last_offset()).is_none();
+        if active.is_empty() && !overflow {
+            return Ok(());
+        }
+        let full = active.size + header.total_bytes() > u64::from(self.config.segment_bytes_max);
+        let old = now_ms.saturating_sub(active.created_ms) >= self.config.segment_ms;
+        if !(full || old || overflow) {
+            return Ok(());
+        }
+        let new_base = if overflow {
+            header.base_offset
+        } else {
+            self.log_end_offset
+        };
+        self.roll(new_base, now_ms)
+    }
+
+    /// Seals the active segment and opens a new one at `new_base`. The sealed file and the
+    /// directory are fsynced by the next flush, before anything in the new segment counts as
+    /// durable.
+    fn roll(&mut self, new_base: Offset, now_ms: u64) -> Result<()> {
+        let storage = Arc::clone(&self.storage);
+        let active = self.active();
+        if active.is_empty() {
+            let base = active.base_offset;
+            let empty = self.segments.remove(&base).expect("active segment exists");
+            empty.delete_files(&*storage)?;
+        } else {
+            active.write_indexes(&*storage)?;
+            self.unsynced_sealed
+                .push((active.log_path.clone(), Arc::clone(&active.file)));
+        }
+        let segment = Segment::create(&*storage, &self.dir, new_base, now_ms)?;
+        self.segments.insert(new_base, segment);
+        self.dir_sync_needed = true;
+        self.checkpoint_due = true;
+        tracing::debug!(dir = %self.dir.display(), base_offset = new_base.0, "rolled to a new segment");
+        Ok(())
+    }
+
+    /// Rolls the active segment now if it is old enough (a quiet log otherwise never rolls,
+    /// and its data never expires).
+    pub fn roll_if_old(&mut self, now_ms: u64) -> Result<bool> {
+        self.check_usable()?;
+        let active = self.active();
+        if active.is_empty() || now_ms.saturating_sub(active.created_ms) < self.config.segment_ms {
+            return Ok(false);
+        }
+        self.roll(self.log_end_offset, now_ms)?;
+        Ok(true)
+    }
+
+    /// A flush job covering everything appended so far, unless one is already in flight or
+    /// nothing is unsynced. Run it on a flusher thread, then hand it to [`Log::complete_flush`].
+    pub fn begin_flush(&mut self) -> Option<FlushJob> {
+        if self.poisoned || self.flush_in_flight {
+            return None;
+        }
+        if self.recovery_point == self.log_end_offset
+            && self.unsynced_sealed.is_empty()
+            && !self.dir_sync_needed
+        {
+            return None;
+        }
+        self.flush_in_flight = true;
+        Some(self.flush_job())
+    }
+
+    fn generation(&self) -> MutexGuard<'_, u64> {
+        self.flush_generation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn flush_job(&mut self) -> FlushJob {
+        let active = self.active();
+        let active = (active.log_path.clone(), Arc::clone(&active.file));
+        let generation = *self.generation();
+        FlushJob {
+            storage: Arc::clone(&self.storage),
+            dir: self.dir.clone(),
+            sealed: std::mem::take(&mut self.unsynced_sealed),
+            sync_dir: std::mem::take(&mut self.dir_sync_needed),
+            active,
+            target: self.log_end_offset,
+            generation,
+            checkpoint: std::mem::take(&mut self.checkpoint_due)
+                .then(|| Arc::clone(&self.flush_generation)),
+        }
+    }
+
+    /// Takes a finished flush job's result. On success the recovery point moves to the job's
+    /// target and is returned; on failure the log is poisoned: the page cache may hold bytes
+    /// that will never reach the disk, so nothing is acknowledged until the log is reopened
+    /// (and truncated to its recovery point). An fsync is never retried.
+    pub fn complete_flush(&mut self, job: FlushJob, result: Result<()>) -> Result<Offset> {
+        self.flush_in_flight = false;
+        if let Err(error) = result {
+            tracing::error!(dir = %self.dir.display(), %error, "fsync failed; log poisoned until reopened");
+            self.poisoned = true;
+            return Err(error);
+        }
+        if job.generation == *self.generation() && job.target > self.recovery_point {
+            self.recovery_point = job.target.min(self.log_end_offset);
+        }
+        Ok(self.recovery_point)
+    }
+
+    /// Flushes everything appended so far, on the calling thread. Blocks on fsyncs.
+    pub fn flush(&mut self) -> Result<Offset> {
+        self.check_usable()?;
+        let job = self.flush_job();
+        let result = job.run();
+        let in_flight = self.flush_in_flight;
+        let outcome = self.complete_flush(job, result);
+        // A job that was already in flight still owes its own completion.
+        self.flush_in_flight = in_flight && !self.poisoned;
+        outcome
+    }
+
+    fn write_recovery_point(&mut self) -> Result<()> {
+        // Under the generation lock, like a flush job's write, so two writers never share
+        // the temporary file.
+        let cell = Arc::clone(&self.flush_generation);
+        let _guard = cell
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        write_recovery_point(&*self.storage, &self.dir, self.recovery_point).inspect_err(|_| {
+            self.poisoned = true;
+        })
+    }
+
+    /// Finds the segment and position of the first batch whose last offset is at or past
+    /// `offset`, rebuilding a segment's indexes if they turn out stale.
+    fn locate(&mut self, offset: Offset) -> Result<Option<(Offset, u64, BatchHeader)>> {
+        let first = self
+            .segments
+            .range(..=offset)
+            .next_back()
+            .map_or(self.log_start_offset, |(base, _)| *base);
+        let bases: Vec<Offset> = self
+            .segments
+            .range(first..)
+            .map(|(base, _)| *base)
+            .take(2)
+            .collect();
+        for base in bases {
+            for attempt in 0..2 {
+                let segment = &self.segments[&base];
+                match segment.find(offset)? {
+                    Find::Found { position, header } => return Ok(Some((base, position, header))),
+                    Find::NotInSegment => break,
+                    Find::StaleIndex if attempt == 0 => self.rebuild_indexes(base)?,
+                    Find::StaleIndex => {
+                        return Err(
+                            segment.corrupt(0, "offset index still stale after a rebuild".into())
+                        );
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn rebuild_indexes(&mut self, base: Offset) -> Result<()> {
+        let interval = self.config.index_interval_bytes;
+        let bounds = ScanBounds {
+            next_offset_min: base,
+            epoch_min: None,
+            batch_bytes_max: self.config.batch_bytes_max,
+        };
+        let segment = self.segments.get_mut(&base).expect("segment exists");
+        tracing::warn!(path = %segment.log_path.display(), "stale index found; rebuilding it from the segment");
+        let size = segment.size;
+        segment.reset_accounting()?;
+        let stop = segment.scan(0, bounds, interval, |_| {})?;
+        if let Some(stop) = stop {
+            segment.size = size;
+            return Err(segment.corrupt(stop.position, stop.reason));
+        }
+        Ok(())
+    }
+
+    /// The segment base offset and byte position of the batch holding `offset` (or the first
+    /// batch after it), `None` at or past the log end. Offset lookups use the sparse index.
+    pub fn lookup(&mut self, offset: Offset) -> Result<Option<(Offset, u64)>> {
+        self.check_range(offset)?;
+        Ok(self
+            .locate(offset)?
+            .map(|(base, position, _)| (base, position)))
+    }
+
+    fn check_range(&self, offset: Offset) -> Result<()> {
+        if offset < self.log_start_offset || offset > self.log_end_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: self.log_end_offset,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads whole batches from the first one whose last offset is at or past `offset`, up to
+    /// `bytes_max` bytes but always at least one batch, never a batch at or past `offset_max`
+    /// (the high watermark, for consumers), and from one segment only. Batches are checked
+    /// (header, CRC) unless the log's config turns that off. Blocks on reads.
+    pub fn read(
+        &mut self,
+        offset: Offset,
+        bytes_max: u32,
+        offset_max: Option<Offset>,
+    ) -> Result<LogRead> {
+        let mut out = LogRead {
+            next_offset: offset,
+            ..LogRead::default()
+        };
+        self.read_into(offset, bytes_max, offset_max, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Log::read`] into a caller's buffer, so a hot loop reuses one allocation.
+    pub fn read_into(
+        &mut self,
+        offset: Offset,
+        bytes_max: u32,
+        offset_max: Option<Offset>,
+        out: &mut LogRead,
+    ) -> Result<()> {
+        self.check_usable()?;
+        self.check_range(offset)?;
+        out.bytes.clear();
+        out.batch_count = 0;
+        out.next_offset = offset;
+        let upper = offset_max
+            .unwrap_or(self.log_end_offset)
+            .min(self.log_end_offset);
+        if offset >= upper {
+            return Ok(());
+        }
+        let Some((base, position, first)) = self.locate(offset)? else {
+            return Ok(());
+        };
+        if first.base_offset >= upper {
+            return Ok(());
+        }
+        let segment = &self.segments[&base];
+        let want = u64::from(bytes_max)
+            .max(first.total_bytes())
+            .min(segment.size - position);
+        out.bytes.resize(want as usize, 0);
+        segment
+            .file
+            .read_exact_at(&mut out.bytes, position)
+            .map_err(|e| StorageError::io(&segment.log_path, e))?;
+        let mut end = 0usize;
+        while end + HEADER_BYTES <= out.bytes.len() {
+            let header = BatchHeader::parse(&out.bytes[end..]).expect("a whole header is present");
+            if header.base_offset >= upper {
+                break;
+            }
+            let total = header.total_bytes() as usize;
+            if end + total > out.bytes.len() {
+                if out.batch_count == 0 {
+                    return Err(
+                        segment.corrupt(position, "batch runs past the end of the segment".into())
+                    );
+                }
+                break;
+            }
+            let checked = if self.config.verify_reads {
+                batch::validate_crc(&out.bytes[end..end + total]).map(|_| ())
+            } else {
+                header.check_sanity()
+            };
+            if let Err(e) = checked {
+                return Err(segment.corrupt(position + end as u64, e.to_string()));
+            }
+            if header.next_offset() <= out.next_offset && out.batch_count > 0 {
+                return Err(segment.corrupt(position + end as u64, "offsets go backwards".into()));
+            }
+            out.batch_count += 1;
+            out.next_offset = header.next_offset();
+            end += total;
+        }
+        out.bytes.truncate(end);
+        Ok(())
+    }
+
+    /// The offset of the first record whose timestamp is at or after `timestamp`, `None` if
+    /// every record is older. Uses the segments' max timestamps and the time index, then
+    /// reads a bounded run of batches.
+    pub fn offset_for_timestamp(&mut self, timestamp: i64) -> Result<Option<Offset>> {
+        self.check_usable()?;
+        let Some(segment) = self
+            .segments
+            .values()
+            .find(|s| s.max_timestamp.is_some_and(|t| t >= timestamp))
+        else {
+            return Ok(None);
+        };
+        let mut position = segment
+            .time_index
+            .lookup_before(timestamp)
+            .map_or(0, |e| u64::from(e.position));
+        while position < segment.size {
+            let header = segment.read_header(position)?;
+            if header.max_timestamp >= timestamp {
+                let mut bytes = vec![0u8; header.total_bytes() as usize];
+                segment
+                    .file
+                    .read_exact_at(&mut bytes, position)
+                    .map_err(|e| StorageError::io(&segment.log_path, e))?;
+                let batch = RecordBatchRef::new(&bytes)
+                    .map_err(|e| segment.corrupt(position, e.to_string()))?;
+                let records = batch
+                    .records()
+                    .map_err(|e| segment.corrupt(position, e.to_string()))?;
+                if let Some(record) = records.iter().find(|r| r.timestamp >= timestamp) {
+                    return Ok(Some(record.offset.max(self.log_start_offset)));
+                }
+            }
+            position += header.total_bytes();
+        }
+        Ok(None)
+    }
+
+    /// For a follower: the end offset of `epoch` (the start of the next larger epoch, or the
+    /// log end), with the largest epoch at or below it that the log knows.
+    #[must_use]
+    pub fn end_offset_for_epoch(&self, epoch: LeaderEpoch) -> Option<(LeaderEpoch, Offset)> {
+        self.epoch_cache.end_offset_for(epoch, self.log_end_offset)
+    }
+
+    /// Removes every batch at or past `offset` (a whole batch if `offset` falls inside it), as
+    /// a follower does to drop a suffix its new leader does not have. Crash-safe: the recovery
+    /// point is lowered durably first, later segments are removed newest first, and the cut is
+    /// fsynced, so a crash at any step leaves a prefix of the old log. Blocks on fsyncs.
+    pub fn truncate_to(&mut self, offset: Offset) -> Result<()> {
+        self.check_usable()?;
+        self.truncate_unchecked(offset)
+    }
+
+    /// Reopens a log poisoned by a failed fsync: cuts it back to its recovery point (the page
+    /// cache may hold bytes that never reached the disk and never will, so only what an fsync
+    /// confirmed is kept), then opens it again with the usual recovery. Blocks on fsyncs.
+    pub fn reopen_after_failure(mut self, now_ms: u64) -> Result<Log> {
+        let recovery_point = self.recovery_point;
+        tracing::warn!(dir = %self.dir.display(), recovery_point = recovery_point.0, "reopening a failed log at its recovery point");
+        self.truncate_unchecked(recovery_point)?;
+        let (storage, dir, config) = (
+            Arc::clone(&self.storage),
+            self.dir.clone(),
+            self.config.clone(),
+        );
+        drop(self);
+        Log::open(storage, &dir, config, now_ms)
+    }
+
+    fn truncate_unchecked(&mut self, offset: Offset) -> Result<()> {
+        if offset >= self.log_end_offset {
+            return Ok(());
+        }
+        if offset < self.log_start_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: self.log_end_offset,
+            });
+        }
+        // A flush job in flight checks the generation and writes its checkpoint under the
+        // same lock, so once this bump is done it can no longer write a recovery point past
+        // the cut.
+        *self.generation() += 1;
+        if self.recovery_point > offset {
+            self.recovery_point = offset;
+            self.write_recovery_point()?;
+        }
+        let storage = Arc::clone(&self.storage);
+        // Segments wholly at or past the offset go, newest first; the first segment stays
+        // (emptied) so the log keeps its start.
+        let doomed: Vec<Offset> = self
+            .segments
+            .range(offset..)
+            .map(|(b, _)| *b)
+            .filter(|b| *b > self.log_start_offset)
+            .rev()
+            .collect();
+        for base in doomed {
+            let segment = self.segments.remove(&base).expect("segment exists");
+            segment.delete_files(&*storage)?;
+        }
+        storage
+            .sync_dir(&self.dir)
+            .map_err(|e| StorageError::io(&self.dir, e))?;
+        self.unsynced_sealed
+            .retain(|(path, _)| storage.exists(path));
+        // Cut the last remaining segment at the first batch that reaches `offset`.
+        let base = *self
+            .segments
+            .keys()
+            .next_back()
+            .expect("the first segment stays");
+        let cut = match self.segments[&base].find(offset)? {
+            Find::Found { position, .. } => Some(position),
+            Find::NotInSegment => None,
+            Find::StaleIndex => {
+                self.rebuild_indexes(base)?;
+                match self.segments[&base].find(offset)? {
+                    Find::Found { position, .. } => Some(position),
+                    _ => None,
+                }
+            }
+        };
+        let bounds = ScanBounds {
+            next_offset_min: base,
+            epoch_min: None,
+            batch_bytes_max: self.config.batch_bytes_max,
+        };
+        let interval = self.config.index_interval_bytes;
+        let segment = self.segments.get_mut(&base).expect("segment exists");
+        if let Some(position) = cut {
+            segment.truncate_to_position(position, bounds, interval)?;
+        }
+        segment
+            .file
+            .sync_data()
+            .map_err(|e| StorageError::io(&segment.log_path, e))?;
+        self.log_end_offset = segment.next_offset;
+        self.high_watermark = self.high_watermark.min(self.log_end_offset);
+        self.recovery_point = self.recovery_point.min(self.log_end_offset);
+        if self.epoch_cache.truncate_from_end(self.log_end_offset) {
+            self.epoch_cache.write_checkpoint(&*storage, &self.dir)?;
+        }
+        tracing::info!(dir = %self.dir.display(), offset = offset.0, log_end_offset = self.log_end_offset.0, "log truncated");
+        Ok(())
+    }
+
+    /// Deletes the oldest sealed segments that retention lets go: whole segments only, wholly
+    /// below the high watermark, whose newest record is older than `retention_ms` or while
+    /// the log exceeds `retention_bytes`. Returns the base offsets removed.
+    pub fn delete_old_segments(&mut self, now_ms: u64) -> Result<Vec<Offset>> {
+        self.check_usable()?;
+        let storage = Arc::clone(&self.storage);
+        let mut removed = Vec::new();
+        let mut total = self.size_bytes();
+        while self.segments.len() > 1 {
+            let (&base, oldest) = self.segments.iter().next().expect("segments exist");
+            let next_base = *self.segments.keys().nth(1).expect("a later segment exists");
+            if oldest.next_offset > self.high_watermark || next_base > self.high_watermark {
+                break;
+            }
+            let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+            let expired = self.config.retention_ms.is_some_and(|retention| {
+                oldest.max_timestamp.is_none_or(|t| {
+                    now.saturating_sub(t) > i64::try_from(retention).unwrap_or(i64::MAX)
+                })
+            });
+            let oversized = self
+                .config
+                .retention_bytes
+                .is_some_and(|max| total - oldest.size >= max);
+            if !(expired || oversized) {
+                break;
+            }
+            // The log start moves first: from here on nothing reads the doomed segment. A crash
+            // before the removal lands brings the segment back, and retention takes it again.
+            self.log_start_offset = next_base;
+            let segment = self.segments.remove(&base).expect("segment exists");
+            total -= segment.size;
+            segment.delete_files(&*storage)?;
+            self.unsynced_sealed
+                .retain(|(path, _)| *path != segment.log_path);
+            removed.push(base);
+        }
+        if !removed.is_empty() {
+            self.dir_sync_needed = true;
+            if self.epoch_cache.truncate_from_start(self.log_start_offset) {
+                self.epoch_cache.write_checkpoint(&*storage, &self.dir)?;
+            }
+            tracing::info!(dir = %self.dir.display(), segments = removed.len(), log_start_offset = self.log_start_offset.0, "retention deleted segments");
+        }
+        Ok(removed)
+    }
+
+    /// Flushes, writes the indexes and the recovery point, and leaves the clean-shutdown
+    /// marker so the next open does not read the log. A poisoned log is closed without the
+    /// marker, so the next open recovers it. Blocks on fsyncs.
+    pub fn close(mut self) -> Result<()> {
+        self.check_usable()?;
+        self.flush()?;
+        let storage = Arc::clone(&self.storage);
+        self.active().write_indexes(&*storage)?;
+        self.write_recovery_point()?;
+        let marker = self.dir.join(CLEAN_SHUTDOWN_MARKER);
+        let file = storage
+            .open(&marker, true)
+            .map_err(|e| StorageError::io(&marker, e))?;
+        drop(file);
+        // Crash before this sync: no marker on disk, and the next open checks the log.
+        storage
+            .sync_dir(&self.dir)
+            .map_err(|e| StorageError::io(&self.dir, e))
+    }
+}
+
+/// Writes the recovery-point checkpoint atomically and durably. Blocks on fsyncs.
+pub(crate) fn write_recovery_point(
+    storage: &dyn Storage,
+    dir: &Path,
+    recovery_point: Offset,
+) -> Result<()> {
+    let mut body = vec![RECOVERY_POINT_VERSION];
+    body.extend_from_slice(&recovery_point.0.to_be_bytes());
+    checkpoint::write_atomic(storage, &dir.join(RECOVERY_POINT_CHECKPOINT), &body)
+}
+
+fn read_recovery_point(storage: &dyn Storage, dir: &Path) -> Result<Option<Offset>> {
+    let Some(body) = checkpoint::read(storage, &dir.join(RECOVERY_POINT_CHECKPOINT))? else {
+        return Ok(None);
+    };
+    match body.as_slice() {
+        [RECOVERY_POINT_VERSION, rest @ ..] if rest.len() == 8 => Ok(Some(Offset(
+            u64::from_be_bytes(rest.try_into().expect("8 bytes")),
+        ))),
+        _ => Ok(None),
+    }
+}
