@@ -207,6 +207,12 @@ impl<T> AckQueue<T> {
         self.waiters.drain(..).map(|(_, waiter)| waiter)
     }
 
+    /// The offset the newest waiter waits for.
+    #[must_use]
+    pub fn tail(&self) -> Option<Offset> {
+        self.waiters.back().map(|(offset, _)| *offset)
+    }
+
     #[must_use]
     pub fn len(&self) -> usize {
         self.waiters.len()

@@ -937,6 +937,21 @@ impl Log {
         Ok(None)
     }
 
+    /// Calls `f` with the header of every batch in the log, oldest first, reading only the
+    /// 61-byte headers (what a producer-state rebuild needs). Blocks on reads.
+    pub fn for_each_header(&self, mut f: impl FnMut(&BatchHeader)) -> Result<()> {
+        self.check_usable()?;
+        for segment in self.segments.values() {
+            let mut position = 0;
+            while position < segment.size {
+                let header = segment.read_header(position)?;
+                f(&header);
+                position += header.total_bytes();
+            }
+        }
+        Ok(())
+    }
+
     /// For a follower: the end offset of `epoch` (the start of the next larger epoch, or the
     /// log end), with the largest epoch at or below it that the log knows.
     #[must_use]

@@ -395,3 +395,17 @@ fn missing_or_damaged_indexes_are_rebuilt() {
         assert!(log.lookup(Offset(offset)).unwrap().is_some());
     }
 }
+
+#[test]
+fn every_header_can_be_walked_without_reading_records() {
+    let (_, storage) = sim();
+    let mut log = open(&storage, &sim_dir(), small_config());
+    for i in 0..300 {
+        log.append_as_leader(&mut batch("h", 2, 200, i), EPOCH, 1_000)
+            .unwrap();
+    }
+    let mut bases = Vec::new();
+    log.for_each_header(|h| bases.push(h.base_offset.0))
+        .unwrap();
+    assert_eq!(bases, (0..300).map(|i| i * 2).collect::<Vec<_>>());
+}

@@ -1,0 +1,181 @@
+//! The node's actor directory: every live actor (and task acting as one) registers here with
+//! its id, kind, parent and counters, so that the admin endpoint can show the supervision
+//! tree without messaging any actor. Counters are atomics updated by the sending handle
+//! (mailbox depth) and by the actor (messages handled); the map itself changes only when an
+//! actor starts, restarts or stops.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+/// What an actor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ActorKind {
+    NodeSupervisor,
+    Controller,
+    MetadataApplier,
+    PartitionSupervisor,
+    Partition,
+    Listener,
+    ClientSession,
+}
+
+impl ActorKind {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            ActorKind::NodeSupervisor => "NodeSupervisor",
+            ActorKind::Controller => "Controller",
+            ActorKind::MetadataApplier => "MetadataApplier",
+            ActorKind::PartitionSupervisor => "PartitionSupervisor",
+            ActorKind::Partition => "Partition",
+            ActorKind::Listener => "Listener",
+            ActorKind::ClientSession => "ClientSession",
+        }
+    }
+}
+
+/// Where an actor is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActorStatus {
+    Starting,
+    Running,
+    Restarting,
+    /// Crashed past its restart bound; kept in the directory so the failure stays visible.
+    Failed,
+}
+
+/// Counters shared by an actor and the handles that send to it.
+#[derive(Debug, Default)]
+pub struct ActorStats {
+    /// Messages sent and not yet handled.
+    pub depth: AtomicU64,
+    /// The largest depth seen.
+    pub depth_max: AtomicU64,
+    pub handled: AtomicU64,
+}
+
+impl ActorStats {
+    /// Counts a message into the mailbox; returns the new depth.
+    pub fn enqueued(&self) -> u64 {
+        let depth = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
+        self.depth_max.fetch_max(depth, Ordering::Relaxed);
+        depth
+    }
+
+    /// Counts a message out of the mailbox (handled, or dropped unsent).
+    pub fn dequeued(&self) {
+        self.depth.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a message handled.
+    pub fn handled(&self) {
+        self.dequeued();
+        self.handled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[must_use]
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+}
+
+/// One registered actor.
+#[derive(Clone, Debug)]
+pub struct ActorEntry {
+    pub id: String,
+    pub kind: ActorKind,
+    pub parent: Option<String>,
+    pub status: ActorStatus,
+    pub started_at: SystemTime,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+    pub stats: Arc<ActorStats>,
+}
+
+/// The directory. Cheap to clone; clones share the map.
+#[derive(Clone, Debug, Default)]
+pub struct ActorDirectory {
+    entries: Arc<RwLock<BTreeMap<String, ActorEntry>>>,
+}
+
+impl ActorDirectory {
+    #[must_use]
+    pub fn new() -> Self {
+        ActorDirectory::default()
+    }
+
+    /// Registers (or re-registers, after a restart) an actor; returns its counters.
+    pub fn register(&self, id: &str, kind: ActorKind, parent: Option<&str>) -> Arc<ActorStats> {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let restarts = entries.get(id).map_or(0, |e| e.restarts);
+        let last_error = entries.get(id).and_then(|e| e.last_error.clone());
+        let stats = entries
+            .get(id)
+            .map_or_else(|| Arc::new(ActorStats::default()), |e| Arc::clone(&e.stats));
+        entries.insert(
+            id.to_owned(),
+            ActorEntry {
+                id: id.to_owned(),
+                kind,
+                parent: parent.map(str::to_owned),
+                status: ActorStatus::Running,
+                started_at: SystemTime::now(),
+                restarts,
+                last_error,
+                stats: Arc::clone(&stats),
+            },
+        );
+        stats
+    }
+
+    /// Notes a crash and whether the actor is being restarted or has failed for good.
+    pub fn record_failure(&self, id: &str, error: &str, restarting: bool) {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = entries.get_mut(id) {
+            entry.last_error = Some(error.to_owned());
+            if restarting {
+                entry.restarts += 1;
+                entry.status = ActorStatus::Restarting;
+            } else {
+                entry.status = ActorStatus::Failed;
+            }
+        }
+    }
+
+    /// Removes an actor that stopped.
+    pub fn unregister(&self, id: &str) {
+        self.entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+    }
+
+    /// A copy of every entry, ordered by id.
+    #[must_use]
+    pub fn snapshot(&self) -> Vec<ActorEntry> {
+        self.entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// One entry.
+    #[must_use]
+    pub fn get(&self, id: &str) -> Option<ActorEntry> {
+        self.entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+}

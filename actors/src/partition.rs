@@ -1,0 +1,750 @@
+//! The Partition actor: owns one partition's log exclusively, as its leader.
+//!
+//! - Owns: the `Log` (segment files), the producer-state table, the queue of `acks=all`
+//!   answers waiting for durability, the high watermark (published on a watch channel).
+//! - Receives from: client sessions (produce, fetch, list offsets) through `PartitionHandle`,
+//!   its own flush completions (from a flusher thread), its timer.
+//! - Sends to: nobody but reply oneshots; flush jobs go to the node's `Flusher` pool.
+//! - Mailbox bound: `PARTITION_MAILBOX_MAX` messages, checked by the handle (`Overloaded`
+//!   past it); sessions bound their own in-flight requests, so the bound is rarely reached.
+//! - Blocking work (every log call) runs on tokio's blocking pool, never on a runtime worker:
+//!   the log is moved into the blocking task and back.
+//! - Shutdown: fails waiting answers with `PartitionOffline`, then closes the log (flush,
+//!   indexes, clean-shutdown marker).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{oneshot, watch};
+use vltava_messages::batch::BatchHeader;
+use vltava_messages::{LeaderEpoch, Offset, PartitionId};
+use vltava_storage::{
+    AckQueue, FlushJob, Flusher, Log, LogConfig, LogRead, RealStorage, StorageError, SubmitError,
+};
+
+use crate::directory::{ActorDirectory, ActorStats};
+use crate::producer_state::{ProducerStateTable, SequenceCheck};
+
+/// Messages a partition's mailbox may hold before its handle answers `Overloaded`. Sessions
+/// admit at most a few requests each, so this bounds many sessions hammering one partition.
+pub const PARTITION_MAILBOX_MAX: u64 = 4096;
+
+/// `acks=all` answers a partition keeps waiting for durability. Past it, produce requests are
+/// refused with `Overloaded` (before anything is appended).
+pub const ACK_WAITERS_MAX: usize = 4096;
+
+/// How often a partition checks retention and rolls an old active segment.
+pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(300);
+
+/// When an acknowledged write becomes visible and `acks=all` is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync with group commit before `acks=all` answers; the high watermark is the flushed
+    /// offset. The default.
+    Fsync,
+    /// fsync every interval in the background; `acks=all` answers after the write.
+    Interval(Duration),
+    /// Left to the operating system; `acks=all` answers after the write.
+    None,
+}
+
+/// The acknowledgement a producer asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acks {
+    /// No answer at all.
+    None,
+    /// After the leader's write to its log.
+    Leader,
+    /// Once the batch is below the high watermark.
+    All,
+}
+
+/// Which offset a list-offsets request wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetSpec {
+    Earliest,
+    /// The high watermark.
+    Latest,
+    /// The first offset whose record timestamp is at or after this (ms).
+    Timestamp(i64),
+}
+
+/// Why a partition refused a request. The session maps each to a wire error code.
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    #[error("partition is overloaded")]
+    Overloaded,
+    #[error("partition is offline")]
+    Offline,
+    #[error("leader epoch {received} is older than the current {current}")]
+    FencedLeaderEpoch {
+        current: LeaderEpoch,
+        received: LeaderEpoch,
+    },
+    #[error("leader epoch {received} is newer than the current {current}")]
+    UnknownLeaderEpoch {
+        current: LeaderEpoch,
+        received: LeaderEpoch,
+    },
+    #[error("out of order sequence: expected {expected}, received {received}")]
+    OutOfOrderSequence { expected: u32, received: u32 },
+    #[error("producer fenced: epoch {received} is older than {current}")]
+    ProducerFenced { current: u16, received: u16 },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What a produce achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProduceOk {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub log_append_time: Option<i64>,
+    pub log_start_offset: Offset,
+}
+
+/// What a fetch returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchOk {
+    pub records: Vec<u8>,
+    pub high_watermark: Offset,
+    pub log_start_offset: Offset,
+}
+
+/// A listed offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListedOffset {
+    pub offset: Option<Offset>,
+    pub timestamp: Option<i64>,
+    pub leader_epoch: LeaderEpoch,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, PartitionError>>;
+
+pub enum PartitionMsg {
+    Produce {
+        batch: Vec<u8>,
+        acks: Acks,
+        leader_epoch: Option<LeaderEpoch>,
+        reply: Reply<ProduceOk>,
+    },
+    Fetch {
+        offset: Offset,
+        bytes_max: u32,
+        leader_epoch: Option<LeaderEpoch>,
+        reply: Reply<FetchOk>,
+    },
+    ListOffsets {
+        spec: OffsetSpec,
+        leader_epoch: Option<LeaderEpoch>,
+        reply: Reply<ListedOffset>,
+    },
+    Flushed {
+        job: FlushJob,
+        result: Result<(), StorageError>,
+    },
+    /// Interval durability: time to flush.
+    FlushTick,
+    /// Time to check retention and roll an old segment.
+    RetentionTick,
+    /// Fault injection: the actor fails, as after a bug, so its supervisor restarts it.
+    Crash,
+}
+
+impl std::fmt::Debug for PartitionMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            PartitionMsg::Produce { .. } => "Produce",
+            PartitionMsg::Fetch { .. } => "Fetch",
+            PartitionMsg::ListOffsets { .. } => "ListOffsets",
+            PartitionMsg::Flushed { .. } => "Flushed",
+            PartitionMsg::FlushTick => "FlushTick",
+            PartitionMsg::RetentionTick => "RetentionTick",
+            PartitionMsg::Crash => "Crash",
+        };
+        f.write_str(name)
+    }
+}
+
+/// The only way to reach a Partition actor.
+#[derive(Clone, Debug)]
+pub struct PartitionHandle {
+    pub topic: Arc<str>,
+    pub partition: PartitionId,
+    actor: ActorRef<PartitionMsg>,
+    stats: Arc<ActorStats>,
+    high_watermark: watch::Receiver<Offset>,
+}
+
+impl PartitionHandle {
+    fn send(&self, msg: PartitionMsg) -> Result<(), PartitionError> {
+        if self.stats.depth() >= PARTITION_MAILBOX_MAX {
+            return Err(PartitionError::Overloaded);
+        }
+        self.stats.enqueued();
+        self.actor.send_message(msg).map_err(|_| {
+            self.stats.dequeued();
+            PartitionError::Offline
+        })
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> PartitionMsg,
+    ) -> Result<T, PartitionError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(make(reply))?;
+        // A dropped reply means the actor stopped or crashed mid-request.
+        answer.await.unwrap_or(Err(PartitionError::Offline))
+    }
+
+    /// Appends a batch; answers per `acks` (the caller sends nothing back for `Acks::None`).
+    pub async fn produce(
+        &self,
+        batch: Vec<u8>,
+        acks: Acks,
+        leader_epoch: Option<LeaderEpoch>,
+    ) -> Result<ProduceOk, PartitionError> {
+        self.call(|reply| PartitionMsg::Produce {
+            batch,
+            acks,
+            leader_epoch,
+            reply,
+        })
+        .await
+    }
+
+    /// Reads from `offset`, below the high watermark.
+    pub async fn fetch(
+        &self,
+        offset: Offset,
+        bytes_max: u32,
+        leader_epoch: Option<LeaderEpoch>,
+    ) -> Result<FetchOk, PartitionError> {
+        self.call(|reply| PartitionMsg::Fetch {
+            offset,
+            bytes_max,
+            leader_epoch,
+            reply,
+        })
+        .await
+    }
+
+    /// Finds an offset.
+    pub async fn list_offset(
+        &self,
+        spec: OffsetSpec,
+        leader_epoch: Option<LeaderEpoch>,
+    ) -> Result<ListedOffset, PartitionError> {
+        self.call(|reply| PartitionMsg::ListOffsets {
+            spec,
+            leader_epoch,
+            reply,
+        })
+        .await
+    }
+
+    /// The high watermark, which changes as writes become durable: long-poll fetches wait on
+    /// it.
+    #[must_use]
+    pub fn high_watermark(&self) -> watch::Receiver<Offset> {
+        self.high_watermark.clone()
+    }
+
+    /// Fault injection: makes the actor fail.
+    pub fn crash(&self) -> Result<(), PartitionError> {
+        self.send(PartitionMsg::Crash)
+    }
+
+    /// The actor, for supervision.
+    #[must_use]
+    pub fn actor(&self) -> &ActorRef<PartitionMsg> {
+        &self.actor
+    }
+}
+
+/// What a partition is started with.
+#[derive(Clone, Debug)]
+pub struct PartitionArgs {
+    pub id: String,
+    pub parent: String,
+    pub topic: Arc<str>,
+    pub partition: PartitionId,
+    pub dir: PathBuf,
+    pub log_config: LogConfig,
+    pub durability: Durability,
+    pub leader_epoch: LeaderEpoch,
+    pub flusher: Arc<Flusher>,
+    pub directory: ActorDirectory,
+}
+
+#[derive(Debug)]
+pub struct Partition;
+
+#[derive(Debug)]
+pub struct PartitionState {
+    args: PartitionArgs,
+    stats: Arc<ActorStats>,
+    /// `None` only while a blocking task holds it.
+    log: Option<Log>,
+    producers: ProducerStateTable,
+    waiters: AckQueue<(Reply<ProduceOk>, ProduceOk)>,
+    high_watermark: watch::Sender<Offset>,
+    flush_in_flight: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Partition {
+    /// Starts a partition actor under `supervisor` and returns its handle.
+    pub async fn start(
+        args: PartitionArgs,
+        supervisor: ractor::ActorCell,
+    ) -> Result<PartitionHandle, ractor::SpawnErr> {
+        let stats = args.directory.register(
+            &args.id,
+            crate::directory::ActorKind::Partition,
+            Some(&args.parent),
+        );
+        let (hw_sender, hw_receiver) = watch::channel(Offset(0));
+        let topic = Arc::clone(&args.topic);
+        let partition = args.partition;
+        let name = args.id.clone();
+        let (actor, _) = Actor::spawn_linked(
+            Some(name),
+            Partition,
+            (args, Arc::clone(&stats), hw_sender),
+            supervisor,
+        )
+        .await?;
+        Ok(PartitionHandle {
+            topic,
+            partition,
+            actor,
+            stats,
+            high_watermark: hw_receiver,
+        })
+    }
+}
+
+impl Actor for Partition {
+    type Msg = PartitionMsg;
+    type State = PartitionState;
+    type Arguments = (PartitionArgs, Arc<ActorStats>, watch::Sender<Offset>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PartitionMsg>,
+        (args, stats, high_watermark): Self::Arguments,
+    ) -> Result<PartitionState, ActorProcessingErr> {
+        let dir = args.dir.clone();
+        let config = args.log_config.clone();
+        let (log, producers) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+            let log = Log::open(Arc::new(RealStorage), &dir, config, now_ms())?;
+            let mut producers = ProducerStateTable::default();
+            log.for_each_header(|h| producers.record(h))?;
+            Ok((log, producers))
+        })
+        .await??;
+        if let Some(t) = &log.recovery_report().truncation {
+            tracing::warn!(partition = %args.id, position = t.position, bytes_cut = t.bytes_cut, reason = %t.reason, "recovered partition log");
+        }
+        tracing::info!(partition = %args.id, log_end_offset = log.log_end_offset().0, "partition open");
+        high_watermark.send_replace(log.high_watermark());
+        if let Durability::Interval(every) = args.durability {
+            myself.send_interval(every, || PartitionMsg::FlushTick);
+        }
+        myself.send_interval(RETENTION_CHECK_INTERVAL, || PartitionMsg::RetentionTick);
+        Ok(PartitionState {
+            args,
+            stats,
+            log: Some(log),
+            producers,
+            waiters: AckQueue::new(ACK_WAITERS_MAX),
+            high_watermark,
+            flush_in_flight: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<PartitionMsg>,
+        msg: PartitionMsg,
+        state: &mut PartitionState,
+    ) -> Result<(), ActorProcessingErr> {
+        let stats = Arc::clone(&state.stats);
+        // Timer messages do not pass through a handle, so they never counted into the depth.
+        let counted = !matches!(msg, PartitionMsg::FlushTick | PartitionMsg::RetentionTick);
+        let result = match msg {
+            PartitionMsg::Produce {
+                batch,
+                acks,
+                leader_epoch,
+                reply,
+            } => {
+                state
+                    .produce(&myself, batch, acks, leader_epoch, reply)
+                    .await;
+                Ok(())
+            }
+            PartitionMsg::Fetch {
+                offset,
+                bytes_max,
+                leader_epoch,
+                reply,
+            } => {
+                let answer = state.fetch(offset, bytes_max, leader_epoch).await;
+                // A dropped receiver means the session went away; nothing to do.
+                let _ = reply.send(answer);
+                Ok(())
+            }
+            PartitionMsg::ListOffsets {
+                spec,
+                leader_epoch,
+                reply,
+            } => {
+                let answer = state.list_offset(spec, leader_epoch).await;
+                let _ = reply.send(answer);
+                Ok(())
+            }
+            PartitionMsg::Flushed { job, result } => state.flushed(&myself, job, result).await,
+            PartitionMsg::FlushTick => {
+                state.start_flush(&myself);
+                Ok(())
+            }
+            PartitionMsg::RetentionTick => state.retention(&myself).await,
+            PartitionMsg::Crash => Err(ActorProcessingErr::from("crash injected")),
+        };
+        if counted {
+            stats.handled();
+        } else {
+            stats
+                .handled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<PartitionMsg>,
+        state: &mut PartitionState,
+    ) -> Result<(), ActorProcessingErr> {
+        for (reply, _) in state.waiters.fail_all() {
+            let _ = reply.send(Err(PartitionError::Offline));
+        }
+        if let Some(log) = state.log.take() {
+            let id = state.args.id.clone();
+            let closed = tokio::task::spawn_blocking(move || log.close()).await;
+            match closed {
+                Ok(Ok(())) => tracing::info!(partition = %id, "partition closed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(partition = %id, error = %e, "partition closed without a clean shutdown")
+                }
+                Err(e) => {
+                    tracing::warn!(partition = %id, error = %e, "partition close task failed")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PartitionState {
+    /// Runs `f` on the log on the blocking pool and puts the log back.
+    async fn with_log<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Log) -> T + Send + 'static,
+    ) -> Result<T, PartitionError> {
+        let mut log = self.log.take().ok_or(PartitionError::Offline)?;
+        let (log, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&mut log);
+            (log, out)
+        })
+        .await
+        .map_err(|_| PartitionError::Offline)?;
+        self.log = Some(log);
+        Ok(out)
+    }
+
+    fn log(&self) -> &Log {
+        self.log
+            .as_ref()
+            .expect("the log is back after every blocking call")
+    }
+
+    fn check_epoch(&self, received: Option<LeaderEpoch>) -> Result<(), PartitionError> {
+        let current = self.args.leader_epoch;
+        match received {
+            Some(received) if received < current => {
+                Err(PartitionError::FencedLeaderEpoch { current, received })
+            }
+            Some(received) if received > current => {
+                Err(PartitionError::UnknownLeaderEpoch { current, received })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn produce(
+        &mut self,
+        myself: &ActorRef<PartitionMsg>,
+        mut batch: Vec<u8>,
+        acks: Acks,
+        leader_epoch: Option<LeaderEpoch>,
+        reply: Reply<ProduceOk>,
+    ) {
+        if let Err(e) = self.check_epoch(leader_epoch) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        if acks == Acks::All && self.waiters.len() >= ACK_WAITERS_MAX {
+            let _ = reply.send(Err(PartitionError::Overloaded));
+            return;
+        }
+        let header = match BatchHeader::parse(&batch) {
+            Ok(header) => header,
+            Err(e) => {
+                let _ = reply.send(Err(StorageError::InvalidBatch(e).into()));
+                return;
+            }
+        };
+        let log_start_offset = self.log().log_start_offset();
+        let (base_offset, last_offset, log_append_time) = match self.producers.check(&header) {
+            SequenceCheck::Fenced { current, received } => {
+                let _ = reply.send(Err(PartitionError::ProducerFenced {
+                    current: current.0,
+                    received: received.0,
+                }));
+                return;
+            }
+            SequenceCheck::OutOfOrder { expected, received } => {
+                let _ = reply.send(Err(PartitionError::OutOfOrderSequence {
+                    expected,
+                    received,
+                }));
+                return;
+            }
+            SequenceCheck::Duplicate(original) => {
+                tracing::debug!(partition = %self.args.id, base_offset = original.base_offset.0, "duplicate batch answered with its original offsets");
+                (original.base_offset, original.last_offset, None)
+            }
+            SequenceCheck::Append => {
+                let epoch = self.args.leader_epoch;
+                let appended = self
+                    .with_log(move |log| {
+                        log.append_as_leader(&mut batch, epoch, now_ms())
+                            .map(|info| (info, BatchHeader::parse(&batch)))
+                    })
+                    .await;
+                match appended {
+                    Ok(Ok((info, Ok(stored)))) => {
+                        self.producers.record(&stored);
+                        (info.base_offset, info.last_offset, info.log_append_time)
+                    }
+                    Ok(Ok((_, Err(e)))) => {
+                        let _ = reply.send(Err(StorageError::InvalidBatch(e).into()));
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(partition = %self.args.id, error = %e, "append refused");
+                        let _ = reply.send(Err(e.into()));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        };
+        let ok = ProduceOk {
+            base_offset,
+            last_offset,
+            log_append_time,
+            log_start_offset,
+        };
+        if self.args.durability != Durability::Fsync {
+            // Visible and acknowledged once written.
+            let end = self.log().log_end_offset();
+            self.advance_high_watermark(end);
+        }
+        match acks {
+            Acks::None | Acks::Leader => {
+                let _ = reply.send(Ok(ok));
+            }
+            Acks::All => {
+                let next = last_offset.plus(1);
+                if next <= *self.high_watermark.borrow() {
+                    let _ = reply.send(Ok(ok));
+                } else {
+                    // A duplicate of a batch still waiting completes no earlier than the queue's
+                    // tail, which keeps the queue in offset order.
+                    let next = self.waiters.tail().map_or(next, |tail| tail.max(next));
+                    if let Err((reply, _)) = self.waiters.push(next, (reply, ok)) {
+                        let _ = reply.send(Err(PartitionError::Overloaded));
+                    }
+                }
+            }
+        }
+        if self.args.durability == Durability::Fsync {
+            self.start_flush(myself);
+        }
+    }
+
+    fn start_flush(&mut self, myself: &ActorRef<PartitionMsg>) {
+        if self.flush_in_flight {
+            return;
+        }
+        let Some(job) = self.log.as_mut().and_then(Log::begin_flush) else {
+            return;
+        };
+        self.flush_in_flight = true;
+        let actor = myself.clone();
+        let stats = Arc::clone(&self.stats);
+        let done: vltava_storage::FlushDone = Box::new(move |job, result| {
+            stats.enqueued();
+            if actor
+                .send_message(PartitionMsg::Flushed { job, result })
+                .is_err()
+            {
+                stats.dequeued();
+            }
+        });
+        match self.args.flusher.try_submit(job, done) {
+            Ok(()) => {}
+            Err(SubmitError::Full(task) | SubmitError::Stopped(task)) => {
+                // The pool is busy: run this one on the blocking pool instead; it is still
+                // one job for this partition at a time.
+                let (job, done) = *task;
+                tokio::task::spawn_blocking(move || {
+                    let result = job.run();
+                    done(job, result);
+                });
+            }
+        }
+    }
+
+    async fn flushed(
+        &mut self,
+        myself: &ActorRef<PartitionMsg>,
+        job: FlushJob,
+        result: Result<(), StorageError>,
+    ) -> Result<(), ActorProcessingErr> {
+        self.flush_in_flight = false;
+        let log = self.log.as_mut().ok_or("log missing")?;
+        match log.complete_flush(job, result) {
+            Ok(flushed) => {
+                if self.args.durability == Durability::Fsync {
+                    self.advance_high_watermark(flushed);
+                }
+                self.start_flush(myself);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(partition = %self.args.id, %error, "flush failed; failing waiting producers and reopening the log");
+                for (reply, _) in self.waiters.fail_all() {
+                    let _ = reply.send(Err(PartitionError::Storage(StorageError::Poisoned {
+                        dir: self.args.dir.clone(),
+                    })));
+                }
+                let log = self.log.take().ok_or("log missing")?;
+                let reopened =
+                    tokio::task::spawn_blocking(move || log.reopen_after_failure(now_ms())).await?;
+                // If even that fails the actor fails, and its supervisor decides.
+                let log = reopened?;
+                self.high_watermark.send_replace(log.high_watermark());
+                self.log = Some(log);
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves the high watermark forward, answers the producers it covers and wakes fetches.
+    fn advance_high_watermark(&mut self, offset: Offset) {
+        let Some(log) = self.log.as_mut() else { return };
+        let offset = offset.min(log.log_end_offset()).max(log.log_start_offset());
+        if offset <= log.high_watermark() && offset <= *self.high_watermark.borrow() {
+            return;
+        }
+        log.set_high_watermark(offset);
+        for (reply, ok) in self.waiters.complete(offset) {
+            let _ = reply.send(Ok(ok));
+        }
+        self.high_watermark.send_replace(offset);
+    }
+
+    async fn fetch(
+        &mut self,
+        offset: Offset,
+        bytes_max: u32,
+        leader_epoch: Option<LeaderEpoch>,
+    ) -> Result<FetchOk, PartitionError> {
+        self.check_epoch(leader_epoch)?;
+        let high_watermark = self.log().high_watermark();
+        let read: LogRead = self
+            .with_log(move |log| log.read(offset, bytes_max, Some(high_watermark)))
+            .await??;
+        let log = self.log();
+        Ok(FetchOk {
+            records: read.bytes,
+            high_watermark,
+            log_start_offset: log.log_start_offset(),
+        })
+    }
+
+    async fn list_offset(
+        &mut self,
+        spec: OffsetSpec,
+        leader_epoch: Option<LeaderEpoch>,
+    ) -> Result<ListedOffset, PartitionError> {
+        self.check_epoch(leader_epoch)?;
+        let leader_epoch = self.args.leader_epoch;
+        let high_watermark = self.log().high_watermark();
+        let offset = match spec {
+            OffsetSpec::Earliest => Some(self.log().log_start_offset()),
+            OffsetSpec::Latest => Some(high_watermark),
+            OffsetSpec::Timestamp(t) => self
+                .with_log(move |log| log.offset_for_timestamp(t))
+                .await??
+                .filter(|o| *o < high_watermark),
+        };
+        Ok(ListedOffset {
+            offset,
+            timestamp: match spec {
+                OffsetSpec::Timestamp(t) => offset.map(|_| t),
+                _ => None,
+            },
+            leader_epoch,
+        })
+    }
+
+    async fn retention(
+        &mut self,
+        _myself: &ActorRef<PartitionMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let id = self.args.id.clone();
+        let outcome = self
+            .with_log(|log| -> Result<(), StorageError> {
+                let now = now_ms();
+                log.roll_if_old(now)?;
+                log.delete_old_segments(now)?;
+                Ok(())
+            })
+            .await;
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::warn!(partition = %id, error = %e, "retention check failed");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
