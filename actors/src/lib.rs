@@ -8,6 +8,11 @@
 //! - `partition_supervisor`: starts, stops and restarts Partition actors; the partition
 //!   registry sessions route by.
 //! - `producer_state`: idempotent-producer bookkeeping per partition.
+//! - `metadata`: the `MetadataLog` trait, its single-node file implementation and the
+//!   `MetadataImage` that committed records build.
+//! - `controller`: the Controller, which checks and commits metadata changes.
+//! - `applier`: the MetadataApplier, the only thing that starts or stops partitions.
+//! - `topic_config`: topic config keys and their checks.
 //!
 //! # Invariants
 //! - Each log is owned by exactly one Partition actor; every call into it runs on tokio's
@@ -16,7 +21,15 @@
 //!   oneshots; the only back edge (a flush completion) is the consequence of an admitted
 //!   request.
 
+pub mod applier;
+pub mod client_session;
+pub mod controller;
 pub mod directory;
+pub mod listener;
+pub mod metadata;
+pub mod node;
 pub mod partition;
 pub mod partition_supervisor;
+pub mod producer_ids;
 pub mod producer_state;
+pub mod topic_config;

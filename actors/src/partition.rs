@@ -50,26 +50,7 @@ pub enum Durability {
     None,
 }
 
-/// The acknowledgement a producer asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Acks {
-    /// No answer at all.
-    None,
-    /// After the leader's write to its log.
-    Leader,
-    /// Once the batch is below the high watermark.
-    All,
-}
-
-/// Which offset a list-offsets request wants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OffsetSpec {
-    Earliest,
-    /// The high watermark.
-    Latest,
-    /// The first offset whose record timestamp is at or after this (ms).
-    Timestamp(i64),
-}
+pub use vltava_messages::protocol::{Acks, OffsetSpec};
 
 /// Why a partition refused a request. The session maps each to a wire error code.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +149,17 @@ impl std::fmt::Debug for PartitionMsg {
     }
 }
 
+/// An answer still to come from a Partition actor.
+#[derive(Debug)]
+pub struct Pending<T>(oneshot::Receiver<Result<T, PartitionError>>);
+
+impl<T> Pending<T> {
+    /// Waits for the answer. A dropped reply means the actor stopped or crashed mid-request.
+    pub async fn wait(self) -> Result<T, PartitionError> {
+        self.0.await.unwrap_or(Err(PartitionError::Offline))
+    }
+}
+
 /// The only way to reach a Partition actor.
 #[derive(Clone, Debug)]
 pub struct PartitionHandle {
@@ -190,14 +182,36 @@ impl PartitionHandle {
         })
     }
 
+    fn enqueue<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> PartitionMsg,
+    ) -> Result<Pending<T>, PartitionError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(make(reply))?;
+        Ok(Pending(answer))
+    }
+
     async fn call<T>(
         &self,
         make: impl FnOnce(Reply<T>) -> PartitionMsg,
     ) -> Result<T, PartitionError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(make(reply))?;
-        // A dropped reply means the actor stopped or crashed mid-request.
-        answer.await.unwrap_or(Err(PartitionError::Offline))
+        self.enqueue(make)?.wait().await
+    }
+
+    /// Queues a produce now and returns its answer to await later, so that a session keeps
+    /// the order of a connection's batches while it waits for many answers at once.
+    pub fn produce_enqueue(
+        &self,
+        batch: Vec<u8>,
+        acks: Acks,
+        leader_epoch: Option<LeaderEpoch>,
+    ) -> Result<Pending<ProduceOk>, PartitionError> {
+        self.enqueue(|reply| PartitionMsg::Produce {
+            batch,
+            acks,
+            leader_epoch,
+            reply,
+        })
     }
 
     /// Appends a batch; answers per `acks` (the caller sends nothing back for `Acks::None`).
@@ -674,10 +688,12 @@ impl PartitionState {
             return;
         }
         log.set_high_watermark(offset);
+        // Published before the producers hear back, so whoever learns of an acknowledged
+        // write also sees it below the high watermark.
+        self.high_watermark.send_replace(offset);
         for (reply, ok) in self.waiters.complete(offset) {
             let _ = reply.send(Ok(ok));
         }
-        self.high_watermark.send_replace(offset);
     }
 
     async fn fetch(
@@ -688,6 +704,23 @@ impl PartitionState {
     ) -> Result<FetchOk, PartitionError> {
         self.check_epoch(leader_epoch)?;
         let high_watermark = self.log().high_watermark();
+        if bytes_max == 0 {
+            // Only the watermarks were asked for (the fetch's byte budget is spent).
+            let log = self.log();
+            if offset < log.log_start_offset() || offset > log.log_end_offset() {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: log.log_start_offset(),
+                    log_end_offset: log.log_end_offset(),
+                }
+                .into());
+            }
+            return Ok(FetchOk {
+                records: Vec::new(),
+                high_watermark,
+                log_start_offset: log.log_start_offset(),
+            });
+        }
         let read: LogRead = self
             .with_log(move |log| log.read(offset, bytes_max, Some(high_watermark)))
             .await??;

@@ -1,1 +1,27 @@
-//! placeholder
+//! The Rust client of vltava: connections with pipelined requests, cluster metadata, topic
+//! administration, a batching idempotent producer and a consumer.
+//!
+//! # Layout
+//! - `connection`: one connection to one node: handshake, pipelined requests.
+//! - `cluster`: metadata, leaders, a connection per node, refresh on stale metadata.
+//! - `admin`: topic administration.
+//! - `partitioner`: the documented key hash (FNV-1a 32) and sticky partitioning.
+//! - `producer`: batching by size and linger, ordered retries, idempotence.
+//! - `consumer`: assigned partitions, seek, long-poll fetch.
+//! - `error`: `ClientError`.
+//!
+//! Binaries: `vltava` (the CLI) and `vltava-bench`.
+
+pub mod admin;
+pub mod cluster;
+pub mod connection;
+pub mod consumer;
+pub mod error;
+pub mod partitioner;
+pub mod producer;
+
+pub use admin::Admin;
+pub use cluster::Cluster;
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, SeekTo};
+pub use error::ClientError;
+pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};

@@ -10,6 +10,9 @@
 //! - `varint`: zig-zag variable-length integers used inside records.
 //! - `batch`: the record-batch format: the fixed header, records, compression, validation,
 //!   a builder for producers and a reader for consumers.
+//! - `metadata_records`: the records of the cluster metadata log (topics, partitions, nodes).
+//! - `protocol`: the client wire protocol: the 16-byte frame header and stream parser, the
+//!   MessagePack request and response bodies, error codes, the hand-written fetch answer.
 //!
 //! # Invariants
 //! - A record batch is validated (length, magic, CRC-32C, attributes, record count and every
@@ -20,11 +23,16 @@
 
 pub mod batch;
 pub mod limits;
+pub mod metadata_records;
+pub mod protocol;
 pub mod types;
 pub mod varint;
 
 pub use batch::{
     BatchBuilder, BatchError, BatchHeader, BatchInfo, Compression, Record, RecordBatchRef,
     TimestampType,
+};
+pub use protocol::{
+    ErrorCode, FrameHeader, ProtocolError, Request, RequestKind, Response, ResponseError,
 };
 pub use types::{LeaderEpoch, NodeId, Offset, PartitionId, ProducerEpoch, ProducerId, Sequence};

@@ -19,3 +19,101 @@ pub const RECORDS_DECOMPRESSED_BYTES_MAX: usize = 32 * 1024 * 1024;
 pub const RECORD_HEADERS_MAX: u32 = 1024;
 
 const _: () = assert!((BATCH_BYTES_MAX as usize) <= RECORDS_DECOMPRESSED_BYTES_MAX);
+
+// Wire protocol bounds. A frame's header is read before anything is allocated, its `length`
+// is checked against `FRAME_BYTES_MAX`, the body is decoded from that slice only with bounded
+// nesting, and the caps below are checked on the decoded request before the server acts on it.
+
+/// The largest frame, its 16-byte header included, in either direction. 8 MiB holds one
+/// produce request with a full 4 MiB batch plus room for more batches and the map around them,
+/// and bounds what a connection's read buffer can be asked to grow to.
+pub const FRAME_BYTES_MAX: u32 = 8 * 1024 * 1024;
+
+/// The deepest nesting of maps and arrays in a body (the body's own map is level 1). The
+/// deepest v1 body (a metadata answer: body, topics, topic, partitions, partition, error) needs
+/// 6; 16 leaves room for later versions while keeping serde's recursion far from the stack's
+/// end.
+pub const BODY_DEPTH_MAX: u32 = 16;
+
+/// The longest topic name, in bytes. Kafka's bound: `<topic>-<partition>` must stay a valid
+/// file name (255 bytes) with room for a 5-digit partition number.
+pub const TOPIC_NAME_BYTES_MAX: u32 = 249;
+
+/// The most topics one request may name. Bounds the per-topic work of one request and keeps a
+/// fetch answer's topic fields within `FETCH_TOPIC_FIELDS_BYTES_MAX` x this.
+pub const TOPICS_PER_REQUEST_MAX: u32 = 1024;
+
+/// The most partitions one produce, fetch or list-offsets request may name, over all its
+/// topics. 4096 is more than one client fetches from one node in practice, and keeps the
+/// per-partition fields of a fetch answer within 1.5 MiB of the frame.
+pub const PARTITIONS_PER_REQUEST_MAX: u32 = 4096;
+
+/// The most partitions a topic may have (CreateTopics, CreatePartitions). A whole topic's
+/// metadata (about 40 bytes per partition with 3 replicas) then fits well inside one frame.
+pub const PARTITIONS_PER_TOPIC_MAX: u32 = 4096;
+
+/// The most config keys one topic entry may set or delete. A topic has a few dozen keys.
+pub const CONFIGS_PER_TOPIC_MAX: u32 = 256;
+
+/// The longest config key, in bytes. Keys are short dotted names (`retention.ms`).
+pub const CONFIG_KEY_BYTES_MAX: u32 = 255;
+
+/// The longest config value, in bytes. Values are numbers, durations and short lists.
+pub const CONFIG_VALUE_BYTES_MAX: u32 = 4096;
+
+/// The longest `client_id`, in bytes: a label for logs and metrics, not a payload.
+pub const CLIENT_ID_BYTES_MAX: u32 = 255;
+
+/// The longest software name or version string in a handshake, in bytes.
+pub const SOFTWARE_FIELD_BYTES_MAX: u32 = 128;
+
+/// The longest error message a server writes, in bytes (longer ones are cut). Part of the
+/// per-partition budget of a fetch answer, `FETCH_PARTITION_FIELDS_BYTES_MAX`.
+pub const ERROR_MESSAGE_BYTES_MAX: u32 = 128;
+
+/// The longest `timeout_ms` an administrative or produce request may ask for: 5 minutes. A
+/// server holds state for a waiting request, so every wait is bounded.
+pub const TIMEOUT_MS_MAX: u32 = 5 * 60 * 1000;
+
+/// The longest `max_wait_ms` of a fetch (a long poll): 1 minute. Clients poll again; a longer
+/// hold only ties up the server's waiting state.
+pub const FETCH_WAIT_MS_MAX: u32 = 60 * 1000;
+
+/// The most record bytes a server puts in one fetch answer, over all partitions. Always at
+/// least one whole batch, so a consumer never stalls behind a large one.
+pub const FETCH_RECORDS_BYTES_MAX: u32 = 6 * 1024 * 1024;
+
+/// An upper bound on the bytes of one partition's fields in a fetch answer, records excluded:
+/// its map with every offset at its largest and an error with all extras and a message of
+/// `ERROR_MESSAGE_BYTES_MAX` bytes (about 340 bytes; a test checks the bound).
+pub const FETCH_PARTITION_FIELDS_BYTES_MAX: u32 = 384;
+
+/// An upper bound on the bytes of one topic's fields in a fetch answer, partitions excluded:
+/// its map, a name of `TOPIC_NAME_BYTES_MAX` bytes and the partitions array header.
+pub const FETCH_TOPIC_FIELDS_BYTES_MAX: u32 = 288;
+
+/// The bytes of a fetch answer around its topics: the body map, its `topics` key and the
+/// array header.
+pub const FETCH_BODY_FIELDS_BYTES_MAX: u32 = 16;
+
+const _: () = assert!(BATCH_BYTES_MAX <= FETCH_RECORDS_BYTES_MAX);
+// A produce request carrying one batch of the largest size must fit in a frame, with room for
+// the header and the map around the batch.
+const _: () = assert!(
+    FRAME_BYTES_MAX as u64
+        >= crate::protocol::FRAME_HEADER_BYTES as u64 + BATCH_BYTES_MAX as u64 + 64 * 1024
+);
+// The largest fetch answer a server can build within its budgets fits in one frame, so the
+// fetch writer never has to refuse one.
+const _: () = assert!(
+    crate::protocol::FRAME_HEADER_BYTES as u64
+        + FETCH_BODY_FIELDS_BYTES_MAX as u64
+        + TOPICS_PER_REQUEST_MAX as u64 * FETCH_TOPIC_FIELDS_BYTES_MAX as u64
+        + PARTITIONS_PER_REQUEST_MAX as u64 * FETCH_PARTITION_FIELDS_BYTES_MAX as u64
+        + FETCH_RECORDS_BYTES_MAX as u64
+        <= FRAME_BYTES_MAX as u64
+);
+// A topic name fits in the topic fields budget (map, keys, str8 header, array32 header).
+const _: () = assert!(TOPIC_NAME_BYTES_MAX + 32 <= FETCH_TOPIC_FIELDS_BYTES_MAX);
+// An error message fits in the partition fields budget with the rest of the map.
+const _: () = assert!(ERROR_MESSAGE_BYTES_MAX + 224 <= FETCH_PARTITION_FIELDS_BYTES_MAX);

@@ -1,7 +1,11 @@
 //! `vltava-node`: the vltava broker daemon, and its operator tools.
 //!
-//! Today it offers `dump-log`, which prints a segment file batch by batch; serving clients
-//! arrives with the single-node broker.
+//! With no subcommand it runs a node: settings from flags, environment and an optional TOML
+//! file (`config`), a locked data directory (`data_dir`), the supervision tree of
+//! `vltava-actors`, and a clean shutdown on SIGTERM or SIGINT. `dump-log` prints a segment.
+
+mod config;
+mod data_dir;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,14 +13,20 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use vltava_actors::node::{Node, NodeOptions};
 use vltava_storage::RealStorage;
 
-/// The vltava broker.
+use crate::config::{LogFormat, NodeConfig, NodeFlags};
+use crate::data_dir::DataDir;
+
+/// The vltava broker: a partitioned, replicated commit log.
 #[derive(Debug, Parser)]
 #[command(name = "vltava-node", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    flags: NodeFlags,
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,7 +44,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let outcome = match cli.command {
+        Some(Command::DumpLog { path, records }) => dump_log(&path, records),
+        None => run_node(cli.flags),
+    };
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("vltava-node: {error:#}");
@@ -43,17 +57,101 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Some(Command::DumpLog { path, records }) => {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            let summary = vltava_storage::dump::dump_segment(&RealStorage, &path, records, &mut out)
-                .with_context(|| format!("cannot dump {}", path.display()))?;
-            out.flush().context("cannot write to stdout")?;
-            // A damaged segment is worth a non-zero exit, so scripts notice.
-            Ok(if summary.bad_batches > 0 { ExitCode::from(3) } else { ExitCode::SUCCESS })
-        }
-        None => anyhow::bail!("serving clients is not built yet; see README.md (available now: dump-log)"),
+fn dump_log(path: &std::path::Path, records: bool) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let summary = vltava_storage::dump::dump_segment(&RealStorage, path, records, &mut out)
+        .with_context(|| format!("cannot dump {}", path.display()))?;
+    out.flush().context("cannot write to stdout")?;
+    // A damaged segment is worth a non-zero exit, so scripts notice.
+    Ok(if summary.bad_batches > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_tracing(format: LogFormat) {
+    // `VLTAVA_LOG` (or `RUST_LOG`) takes a tracing filter; openraft logs routine events at
+    // WARN, so it is quieted by default.
+    let filter = std::env::var("VLTAVA_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,openraft=error".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
+}
+
+fn run_node(flags: NodeFlags) -> anyhow::Result<ExitCode> {
+    let config = NodeConfig::load(flags)?;
+    init_tracing(config.log_format);
+    let data_dir = DataDir::open(&config.data_dir, config.node_id)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vltava-worker")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, data_dir))
+}
+
+async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is the port in use?)", config.listen))?;
+    if config.allow_remote && !config.listen.ip().is_loopback() {
+        tracing::warn!(listen = %config.listen, "listening beyond loopback: nothing is authenticated yet");
+    }
+    let (advertised_host, advertised_port) = split_host_port(&config.advertise)?;
+    let mut node = Node::start(NodeOptions {
+        node_id: config.node_id,
+        cluster_id: data_dir.cluster_id.clone(),
+        data_dir: data_dir.path.clone(),
+        listener,
+        advertised_host,
+        advertised_port,
+        durability: config.durability,
+        connections_max: config.connections_max,
+        inflight_requests_max: config.inflight_requests_max,
+        bytes_in_flight_max: config.bytes_in_flight_max,
+        flusher_threads: config.flusher_threads,
+    })
+    .await
+    .context("node failed to start")?;
+    // The admin endpoint is not built yet; its address is checked and reserved.
+    tracing::debug!(admin_listen = %config.admin_listen, "admin endpoint not served yet");
+    // A line scripts and tests can wait for.
+    tracing::info!(listen = %node.local_addr, data_dir = %data_dir.path.display(), cluster_id = %data_dir.cluster_id, "vltava-node ready");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    let code = tokio::select! {
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); ExitCode::SUCCESS }
+        _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); ExitCode::SUCCESS }
+        reason = node.failed() => { tracing::error!(%reason, "shutting down after a fatal failure"); ExitCode::FAILURE }
+    };
+    node.shutdown().await;
+    drop(data_dir);
+    Ok(code)
+}
+
+fn split_host_port(address: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .with_context(|| format!("bad advertise address {address:?} (expected HOST:PORT)"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("bad port in advertise address {address:?}"))?;
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port,
+    ))
 }

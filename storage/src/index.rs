@@ -89,7 +89,7 @@ impl OffsetIndex {
     /// a whole number of entries, or entries that do not strictly increase).
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<OffsetIndex> {
-        if bytes.len() % OFFSET_ENTRY_BYTES != 0 {
+        if !bytes.len().is_multiple_of(OFFSET_ENTRY_BYTES) {
             return None;
         }
         let mut index = OffsetIndex::default();
@@ -180,7 +180,7 @@ impl TimeIndex {
     /// Parses the on-disk form; `None` if it is not well formed.
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<TimeIndex> {
-        if bytes.len() % TIME_ENTRY_BYTES != 0 {
+        if !bytes.len().is_multiple_of(TIME_ENTRY_BYTES) {
             return None;
         }
         let mut index = TimeIndex::default();

@@ -17,6 +17,8 @@
 //! - `checkpoint`: atomic, checksummed small files.
 //! - `log`: `Log`, the partition log: open with recovery, leader and follower appends,
 //!   reads, offset and timestamp lookups, truncation, roll, retention, close.
+//! - `record_file`: an append-only file of checksummed records, fsynced per append (the
+//!   node's metadata log).
 //! - `flush`: flush jobs, the flusher thread pool (group commit) and the ack queue.
 //! - `dump`: a human-readable dump of a segment, as kafka-dump-log gives.
 //!
@@ -39,6 +41,7 @@ pub mod flush;
 pub mod fs;
 pub mod index;
 pub mod log;
+pub mod record_file;
 pub mod segment;
 pub mod sim;
 

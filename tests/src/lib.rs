@@ -1,1 +1,253 @@
-//! placeholder
+//! A harness for black-box tests: starts the real `vltava-node` binary on a free loopback
+//! port with a temporary data directory, waits until it serves, and stops it (SIGTERM,
+//! SIGKILL) when asked or when dropped.
+//!
+//! The binaries are found in the workspace's target directory (`VLTAVA_BIN_DIR` overrides);
+//! the test command in README.md builds them before running the tests.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a node may take to start serving.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node may take to stop after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The directory holding the built binaries.
+#[must_use]
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("VLTAVA_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
+        |_| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        },
+        PathBuf::from,
+    );
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    target.join(profile)
+}
+
+/// The path of a built binary, with a clear message if it is missing.
+#[must_use]
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port that was free a moment ago.
+#[must_use]
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `vltava-node` process.
+#[derive(Debug)]
+pub struct TestNode {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    /// The node's log lines (stderr), kept for assertions and failure reports.
+    pub log: Arc<Mutex<Vec<String>>>,
+    _temp: Option<Arc<tempfile::TempDir>>,
+}
+
+impl TestNode {
+    /// Starts a node on a free port with a fresh temporary data directory.
+    #[must_use]
+    pub fn start() -> TestNode {
+        let temp = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        let data_dir = temp.path().join("data");
+        let mut node = TestNode::spawn(data_dir, Vec::new());
+        node._temp = Some(temp);
+        node
+    }
+
+    /// Starts a node with extra flags on a fresh data directory.
+    #[must_use]
+    pub fn start_with(args: &[&str]) -> TestNode {
+        let temp = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        let data_dir = temp.path().join("data");
+        let mut node = TestNode::spawn(data_dir, args.iter().map(|s| (*s).to_owned()).collect());
+        node._temp = Some(temp);
+        node
+    }
+
+    fn spawn(data_dir: PathBuf, args: Vec<String>) -> TestNode {
+        // A port can be taken between our probe and the node's bind; try a few.
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut node = TestNode {
+                child: None,
+                addr,
+                data_dir: data_dir.clone(),
+                args: args.clone(),
+                log: Arc::default(),
+                _temp: None,
+            };
+            if node.launch() {
+                return node;
+            }
+        }
+        panic!("vltava-node did not start");
+    }
+
+    /// Launches the process on `self.addr`; returns whether it became ready.
+    fn launch(&mut self) -> bool {
+        let mut child = Command::new(binary("vltava-node"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .args(&self.args)
+            .env("VLTAVA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning vltava-node");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::clone(&self.log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line);
+            }
+        });
+        self.child = Some(child);
+        let ready = eventually(START_TIMEOUT, || {
+            self.logged("vltava-node ready") || self.exited()
+        });
+        if ready && self.logged("vltava-node ready") {
+            return true;
+        }
+        let _ = self.child.as_mut().map(Child::kill);
+        if !self.logged("cannot listen") {
+            panic!("vltava-node failed to start:\n{}", self.log_text());
+        }
+        false
+    }
+
+    /// Whether any log line contains `text`.
+    #[must_use]
+    pub fn logged(&self, text: &str) -> bool {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|l| l.contains(text))
+    }
+
+    /// All log lines so far.
+    #[must_use]
+    pub fn log_text(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .join("\n")
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("vltava-node did not stop within {STOP_TIMEOUT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same address and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node before restarting it");
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        assert!(
+            self.launch(),
+            "vltava-node did not restart on {}",
+            self.addr
+        );
+    }
+
+    /// Whether a TCP connection to the node succeeds.
+    #[must_use]
+    pub fn accepts(&self) -> bool {
+        TcpStream::connect(&self.addr).is_ok()
+    }
+
+    /// The bootstrap list for clients.
+    #[must_use]
+    pub fn bootstrap(&self) -> Vec<String> {
+        vec![self.addr.clone()]
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

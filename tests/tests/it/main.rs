@@ -1,1 +1,15 @@
+//! Black-box tests against real `vltava-node` processes. One module per scenario.
 
+mod bad_input;
+mod cli;
+mod produce_consume;
+mod restart;
+
+/// A multi-threaded runtime for a test's client side.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}

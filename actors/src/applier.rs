@@ -1,0 +1,264 @@
+//! The MetadataApplier: the only thing that starts, stops or re-roles this node's Partition
+//! actors. It receives each new metadata image from the controller, compares it with the
+//! partitions it runs, and makes the difference: starts partitions this node now leads,
+//! restarts those whose config changed, stops (and, for deleted topics, removes) the rest.
+//!
+//! - Receives from: the Controller (`apply`, which answers once the image is in force).
+//! - Sends to: the PartitionSupervisor (start, stop), and waits for each.
+//! - Mailbox: one message per committed metadata change, which the controller sends one at a
+//!   time and awaits, so at most one is ever queued.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+use vltava_messages::{LeaderEpoch, PartitionId};
+use vltava_storage::Flusher;
+
+use crate::directory::{ActorDirectory, ActorKind, ActorStats};
+use crate::metadata::MetadataImage;
+use crate::partition::{Durability, PartitionArgs};
+use crate::partition_supervisor::PartitionSupervisorHandle;
+use crate::topic_config;
+
+/// Suffix a partition directory gets when its topic is deleted, before it is removed.
+pub const DELETED_SUFFIX: &str = ".deleted";
+
+/// The directory of a partition's log: `<data dir>/<topic>-<partition>`. Topic names hold
+/// only `[a-zA-Z0-9._-]`, so the last `-` separates the partition.
+#[must_use]
+pub fn partition_dir(data_dir: &std::path::Path, topic: &str, partition: u32) -> PathBuf {
+    data_dir.join(format!("{topic}-{partition}"))
+}
+
+/// What the applier needs to start partitions.
+#[derive(Clone, Debug)]
+pub struct ApplierConfig {
+    pub node: String,
+    pub node_id: u32,
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub flusher: Arc<Flusher>,
+    pub directory: ActorDirectory,
+    pub partitions: PartitionSupervisorHandle,
+}
+
+#[derive(Debug)]
+pub enum ApplierMsg {
+    Apply {
+        image: Arc<MetadataImage>,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The only way to reach the applier.
+#[derive(Clone, Debug)]
+pub struct ApplierHandle {
+    actor: ActorRef<ApplierMsg>,
+    stats: Arc<ActorStats>,
+}
+
+impl ApplierHandle {
+    /// Brings this node's partitions in line with `image`; returns once they are.
+    pub async fn apply(&self, image: Arc<MetadataImage>) {
+        let (reply, done) = oneshot::channel();
+        self.stats.enqueued();
+        if self
+            .actor
+            .send_message(ApplierMsg::Apply { image, reply })
+            .is_ok()
+        {
+            let _ = done.await;
+        } else {
+            self.stats.dequeued();
+        }
+    }
+
+    #[must_use]
+    pub fn actor(&self) -> &ActorRef<ApplierMsg> {
+        &self.actor
+    }
+}
+
+/// What a running partition was started with, to notice changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Running {
+    topic_id: String,
+    leader_epoch: u32,
+    configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+pub struct MetadataApplier;
+
+#[derive(Debug)]
+pub struct ApplierState {
+    id: String,
+    config: ApplierConfig,
+    stats: Arc<ActorStats>,
+    running: BTreeMap<(String, u32), Running>,
+}
+
+impl MetadataApplier {
+    /// Starts the applier under `supervisor`.
+    pub async fn start(
+        id: String,
+        parent: &str,
+        config: ApplierConfig,
+        supervisor: Option<ractor::ActorCell>,
+    ) -> Result<ApplierHandle, ractor::SpawnErr> {
+        let stats = config
+            .directory
+            .register(&id, ActorKind::MetadataApplier, Some(parent));
+        let args = (id.clone(), config, Arc::clone(&stats));
+        let (actor, _) = match supervisor {
+            Some(cell) => Actor::spawn_linked(Some(id), MetadataApplier, args, cell).await?,
+            None => Actor::spawn(Some(id), MetadataApplier, args).await?,
+        };
+        Ok(ApplierHandle { actor, stats })
+    }
+}
+
+impl Actor for MetadataApplier {
+    type Msg = ApplierMsg;
+    type State = ApplierState;
+    type Arguments = (String, ApplierConfig, Arc<ActorStats>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ApplierMsg>,
+        (id, config, stats): Self::Arguments,
+    ) -> Result<ApplierState, ActorProcessingErr> {
+        Ok(ApplierState {
+            id,
+            config,
+            stats,
+            running: BTreeMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ApplierMsg>,
+        msg: ApplierMsg,
+        state: &mut ApplierState,
+    ) -> Result<(), ActorProcessingErr> {
+        let ApplierMsg::Apply { image, reply } = msg;
+        state.apply(&image).await;
+        let _ = reply.send(());
+        state.stats.handled();
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ApplierMsg>,
+        state: &mut ApplierState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.config.directory.unregister(&state.id);
+        Ok(())
+    }
+}
+
+impl ApplierState {
+    async fn apply(&mut self, image: &MetadataImage) {
+        let mut wanted: BTreeMap<(String, u32), Running> = BTreeMap::new();
+        for (name, topic) in &image.topics {
+            for (index, partition) in topic.partitions.iter().enumerate() {
+                if partition.leader == Some(self.config.node_id) {
+                    wanted.insert(
+                        (name.clone(), index as u32),
+                        Running {
+                            topic_id: topic.topic_id.clone(),
+                            leader_epoch: partition.leader_epoch,
+                            configs: topic.configs.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        // Stop what is no longer wanted as it runs; remove the data of deleted topics.
+        let stale: Vec<((String, u32), Running)> = self
+            .running
+            .iter()
+            .filter(|(key, running)| wanted.get(*key) != Some(*running))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        for ((topic, partition), running) in stale {
+            self.config
+                .partitions
+                .stop_partition((Arc::from(topic.as_str()), PartitionId(partition)))
+                .await;
+            self.running.remove(&(topic.clone(), partition));
+            let deleted = image
+                .topics
+                .get(&topic)
+                .is_none_or(|t| t.topic_id != running.topic_id);
+            if deleted {
+                self.remove_partition_data(&topic, partition).await;
+            }
+        }
+        for (key, running) in wanted {
+            if self.running.contains_key(&key) {
+                continue;
+            }
+            let (topic, partition) = &key;
+            let config = match topic_config::parse(&running.configs) {
+                Ok(config) => config,
+                Err(e) => {
+                    // The controller checks configs before committing them; this would be a bug.
+                    tracing::error!(topic, partition, error = %e, "committed topic config is invalid; partition not started");
+                    continue;
+                }
+            };
+            let args = PartitionArgs {
+                id: format!("{}/partition/{topic}-{partition}", self.config.node),
+                parent: format!("{}/partitions", self.config.node),
+                topic: Arc::from(topic.as_str()),
+                partition: PartitionId(*partition),
+                dir: partition_dir(&self.config.data_dir, topic, *partition),
+                log_config: config.log,
+                durability: self.config.durability,
+                leader_epoch: LeaderEpoch(running.leader_epoch),
+                flusher: Arc::clone(&self.config.flusher),
+                directory: self.config.directory.clone(),
+            };
+            match self.config.partitions.start_partition(args).await {
+                Ok(()) => {
+                    self.running.insert(key, running);
+                }
+                Err(e) => tracing::error!(topic, partition, error = %e, "partition did not start"),
+            }
+        }
+    }
+
+    /// Renames the directory out of the way (so a new topic of the same name never sees its
+    /// data), then removes it.
+    async fn remove_partition_data(&self, topic: &str, partition: u32) {
+        let dir = partition_dir(&self.config.data_dir, topic, partition);
+        let mut doomed = dir.clone().into_os_string();
+        doomed.push(DELETED_SUFFIX);
+        let doomed = PathBuf::from(doomed);
+        let removed = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if dir.exists() {
+                std::fs::rename(&dir, &doomed)?;
+            }
+            if doomed.exists() {
+                std::fs::remove_dir_all(&doomed)?;
+            }
+            Ok(())
+        })
+        .await;
+        match removed {
+            Ok(Ok(())) => {
+                tracing::info!(topic, partition, "removed the data of a deleted partition")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(topic, partition, error = %e, "could not remove a deleted partition's data")
+            }
+            Err(e) => tracing::warn!(topic, partition, error = %e, "removal task failed"),
+        }
+    }
+}

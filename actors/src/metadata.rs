@@ -1,0 +1,224 @@
+//! The cluster metadata: the log of records behind the `MetadataLog` trait (a local file on
+//! one node; the Raft log in a cluster) and the image those records build, which the
+//! controller publishes to everyone who routes by it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use vltava_messages::metadata_records::MetadataRecord;
+use vltava_storage::record_file::RecordFile;
+use vltava_storage::{RealStorage, StorageError};
+
+/// Why the metadata log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("metadata record {index} is undecodable: {reason}")]
+    Undecodable { index: usize, reason: String },
+    #[error("metadata log task failed: {0}")]
+    Task(String),
+}
+
+/// Where committed metadata records live. `append` returns once the records are committed
+/// (durable on one node; replicated to a quorum in a cluster).
+pub trait MetadataLog: Send + 'static {
+    /// Every committed record, in order.
+    fn replay(&mut self)
+    -> impl Future<Output = Result<Vec<MetadataRecord>, MetadataError>> + Send;
+    /// Commits records, in order.
+    fn append(
+        &mut self,
+        records: Vec<MetadataRecord>,
+    ) -> impl Future<Output = Result<(), MetadataError>> + Send;
+}
+
+/// The single-node metadata log: a record file, each record fsynced as it is appended.
+#[derive(Debug)]
+pub struct FileMetadataLog {
+    /// `None` only while a blocking task holds it.
+    file: Option<RecordFile>,
+    records: Vec<MetadataRecord>,
+}
+
+impl FileMetadataLog {
+    /// Opens (or creates) the file and decodes every record. Blocks.
+    pub fn open(path: &Path) -> Result<FileMetadataLog, MetadataError> {
+        let (file, contents) = RecordFile::open(Arc::new(RealStorage), path)?;
+        let records = contents
+            .records
+            .iter()
+            .enumerate()
+            .map(|(index, bytes)| {
+                MetadataRecord::decode(bytes).map_err(|e| MetadataError::Undecodable {
+                    index,
+                    reason: e.reason,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FileMetadataLog {
+            file: Some(file),
+            records,
+        })
+    }
+}
+
+impl MetadataLog for FileMetadataLog {
+    async fn replay(&mut self) -> Result<Vec<MetadataRecord>, MetadataError> {
+        Ok(self.records.clone())
+    }
+
+    async fn append(&mut self, records: Vec<MetadataRecord>) -> Result<(), MetadataError> {
+        let mut file = self.file.take().ok_or_else(|| {
+            MetadataError::Task("metadata file lost by an earlier failure".into())
+        })?;
+        let encoded: Vec<Vec<u8>> = records.iter().map(MetadataRecord::encode).collect();
+        let (file, result) = tokio::task::spawn_blocking(move || {
+            let result = encoded.iter().try_for_each(|bytes| file.append(bytes));
+            (file, result)
+        })
+        .await
+        .map_err(|e| MetadataError::Task(e.to_string()))?;
+        self.file = Some(file);
+        result?;
+        self.records.extend(records);
+        Ok(())
+    }
+}
+
+/// A node as the metadata knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeImage {
+    pub node_id: u32,
+    pub host: String,
+    pub port: u16,
+}
+
+/// A partition as the metadata knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionImage {
+    pub leader: Option<u32>,
+    pub leader_epoch: u32,
+    pub replicas: Vec<u32>,
+    pub isr: Vec<u32>,
+}
+
+/// A topic as the metadata knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicImage {
+    pub topic_id: String,
+    pub replication_factor: u16,
+    pub configs: BTreeMap<String, String>,
+    pub partitions: Vec<PartitionImage>,
+}
+
+/// Everything the metadata log says, applied. Immutable once published; a change makes a new
+/// image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetadataImage {
+    pub cluster_id: String,
+    pub controller_id: Option<u32>,
+    /// The number of records applied: grows with every change.
+    pub version: u64,
+    pub nodes: BTreeMap<u32, NodeImage>,
+    pub topics: BTreeMap<String, TopicImage>,
+}
+
+impl MetadataImage {
+    /// Applies one committed record.
+    pub fn apply(&mut self, record: &MetadataRecord) {
+        self.version += 1;
+        match record {
+            MetadataRecord::NodeRegistered {
+                node_id,
+                host,
+                port,
+            } => {
+                self.nodes.insert(
+                    *node_id,
+                    NodeImage {
+                        node_id: *node_id,
+                        host: host.clone(),
+                        port: *port,
+                    },
+                );
+            }
+            MetadataRecord::TopicCreated {
+                name,
+                topic_id,
+                partitions,
+                replication_factor,
+                configs,
+            } => {
+                let partitions = (0..*partitions)
+                    .map(|_| PartitionImage {
+                        leader: None,
+                        leader_epoch: 0,
+                        replicas: Vec::new(),
+                        isr: Vec::new(),
+                    })
+                    .collect();
+                self.topics.insert(
+                    name.clone(),
+                    TopicImage {
+                        topic_id: topic_id.clone(),
+                        replication_factor: *replication_factor,
+                        configs: configs.clone(),
+                        partitions,
+                    },
+                );
+            }
+            MetadataRecord::PartitionsAdded { topic, partitions } => {
+                if let Some(t) = self.topics.get_mut(topic) {
+                    while t.partitions.len() < *partitions as usize {
+                        t.partitions.push(PartitionImage {
+                            leader: None,
+                            leader_epoch: 0,
+                            replicas: Vec::new(),
+                            isr: Vec::new(),
+                        });
+                    }
+                }
+            }
+            MetadataRecord::TopicConfigChanged {
+                topic,
+                set,
+                removed,
+            } => {
+                if let Some(t) = self.topics.get_mut(topic) {
+                    for key in removed {
+                        t.configs.remove(key);
+                    }
+                    t.configs
+                        .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+            MetadataRecord::TopicDeleted { name } => {
+                self.topics.remove(name);
+            }
+            MetadataRecord::PartitionChange {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                replicas,
+                isr,
+            } => {
+                if let Some(p) = self
+                    .topics
+                    .get_mut(topic)
+                    .and_then(|t| t.partitions.get_mut(*partition as usize))
+                {
+                    *p = PartitionImage {
+                        leader: *leader,
+                        leader_epoch: *leader_epoch,
+                        replicas: replicas.clone(),
+                        isr: isr.clone(),
+                    };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! A node's supervision tree, started and stopped as a whole:
+//!
+//! ```text
+//! NodeSupervisor
+//! ├── PartitionSupervisor ── Partition(t, p) …
+//! ├── MetadataApplier
+//! ├── Controller
+//! └── Listener (task) ── ClientSession (task) …
+//! ```
+//!
+//! The NodeSupervisor restarts nothing itself: a partition's crash is its supervisor's
+//! business, but a failure of the controller, the applier or the partition supervisor leaves
+//! the node unable to keep its promises, so the node reports it as fatal and shuts down (the
+//! operator's service manager restarts the process, which recovers from disk).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use vltava_storage::Flusher;
+
+use crate::applier::{ApplierConfig, ApplierHandle, MetadataApplier};
+use crate::client_session::NodeServices;
+use crate::controller::{Controller, ControllerArgs, ControllerHandle};
+use crate::directory::{ActorDirectory, ActorKind};
+use crate::listener::run_listener;
+use crate::metadata::FileMetadataLog;
+use crate::partition::Durability;
+use crate::partition_supervisor::{
+    PartitionRegistry, PartitionSupervisor, PartitionSupervisorHandle,
+};
+use crate::producer_ids::LocalProducerIdAllocator;
+
+/// How long shutdown waits for an actor to stop.
+pub const ACTOR_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Flush jobs queued for the flusher pool: each partition has at most one in flight, and a
+/// partition whose job does not fit runs it on the blocking pool instead.
+pub const FLUSH_QUEUE_MAX: usize = 1024;
+
+/// What a node starts with.
+#[derive(Debug)]
+pub struct NodeOptions {
+    pub node_id: u32,
+    pub cluster_id: String,
+    pub data_dir: PathBuf,
+    /// Bound already, so the caller reports "address in use" itself.
+    pub listener: TcpListener,
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub durability: Durability,
+    pub connections_max: usize,
+    pub inflight_requests_max: usize,
+    pub bytes_in_flight_max: usize,
+    pub flusher_threads: usize,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot start actor: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+    #[error(transparent)]
+    Metadata(#[from] crate::metadata::MetadataError),
+    #[error(transparent)]
+    Storage(#[from] vltava_storage::StorageError),
+    #[error("invalid setting: {0}")]
+    Setting(&'static str),
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    pub directory: ActorDirectory,
+    pub local_addr: SocketAddr,
+    supervisor: ActorRef<()>,
+    controller: ControllerHandle,
+    applier: ApplierHandle,
+    partitions: PartitionSupervisorHandle,
+    listener: JoinHandle<()>,
+    shutdown: watch::Sender<bool>,
+    stopping: Arc<AtomicBool>,
+    fatal: watch::Receiver<Option<String>>,
+    flusher: Arc<Flusher>,
+}
+
+impl Node {
+    /// Starts the whole tree: partitions are open and the listener accepts when it returns.
+    pub async fn start(options: NodeOptions) -> Result<Node, NodeError> {
+        if options.bytes_in_flight_max < vltava_messages::limits::FRAME_BYTES_MAX as usize {
+            return Err(NodeError::Setting(
+                "bytes_in_flight_max must be at least one maximal frame (8 MiB)",
+            ));
+        }
+        let node = format!("n{}", options.node_id);
+        let directory = ActorDirectory::new();
+        let root = format!("{node}/node");
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (fatal_sender, fatal) = watch::channel(None);
+        directory.register(&root, ActorKind::NodeSupervisor, None);
+        let (supervisor, _) = Actor::spawn(
+            Some(root.clone()),
+            NodeSupervisor,
+            (Arc::clone(&stopping), fatal_sender, directory.clone()),
+        )
+        .await?;
+        let cell = supervisor.get_cell();
+
+        let flusher = Arc::new(Flusher::new(options.flusher_threads, FLUSH_QUEUE_MAX));
+        let registry = PartitionRegistry::default();
+        let partitions = PartitionSupervisor::start(
+            format!("{node}/partitions"),
+            &root,
+            directory.clone(),
+            registry.clone(),
+            Some(cell.clone()),
+        )
+        .await?;
+        let applier_config = ApplierConfig {
+            node: node.clone(),
+            node_id: options.node_id,
+            data_dir: options.data_dir.clone(),
+            durability: options.durability,
+            flusher: Arc::clone(&flusher),
+            directory: directory.clone(),
+            partitions: partitions.clone(),
+        };
+        let applier = MetadataApplier::start(
+            format!("{node}/applier"),
+            &root,
+            applier_config,
+            Some(cell.clone()),
+        )
+        .await?;
+        let metadata_path = options.data_dir.join("__metadata").join("metadata.log");
+        let log = tokio::task::spawn_blocking(move || FileMetadataLog::open(&metadata_path))
+            .await
+            .map_err(|e| crate::metadata::MetadataError::Task(e.to_string()))??;
+        let controller = Controller::start(
+            ControllerArgs {
+                id: format!("{node}/controller"),
+                parent: root.clone(),
+                node_id: options.node_id,
+                cluster_id: options.cluster_id.clone(),
+                advertised_host: options.advertised_host.clone(),
+                advertised_port: options.advertised_port,
+                log,
+                applier: applier.clone(),
+                directory: directory.clone(),
+            },
+            Some(cell.clone()),
+        )
+        .await?;
+        let producer_ids = {
+            let path = options
+                .data_dir
+                .join("__metadata")
+                .join("producer-id-block");
+            tokio::task::spawn_blocking(move || LocalProducerIdAllocator::open(path))
+                .await
+                .map_err(|e| crate::metadata::MetadataError::Task(e.to_string()))??
+        };
+        let services = Arc::new(NodeServices {
+            node: node.clone(),
+            node_id: options.node_id,
+            cluster_id: options.cluster_id,
+            controller: controller.clone(),
+            partitions: registry,
+            producer_ids,
+            directory: directory.clone(),
+            bytes_in_flight: Arc::new(Semaphore::new(options.bytes_in_flight_max)),
+            inflight_requests_max: options.inflight_requests_max,
+            sessions_started: AtomicU64::new(0),
+        });
+        let local_addr =
+            options
+                .listener
+                .local_addr()
+                .map_err(|e| vltava_storage::StorageError::Io {
+                    path: PathBuf::from("listener"),
+                    source: e,
+                })?;
+        let (shutdown, shutdown_signal) = watch::channel(false);
+        let listener = tokio::spawn(run_listener(
+            options.listener,
+            services,
+            options.connections_max,
+            shutdown_signal,
+            root,
+        ));
+        tracing::info!(%local_addr, node_id = options.node_id, "node serving clients");
+        Ok(Node {
+            directory,
+            local_addr,
+            supervisor,
+            controller,
+            applier,
+            partitions,
+            listener,
+            shutdown,
+            stopping,
+            fatal,
+            flusher,
+        })
+    }
+
+    /// Resolves when an essential actor fails; the node should then shut down.
+    pub async fn failed(&mut self) -> String {
+        match self.fatal.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => "node supervisor stopped".into(),
+        }
+    }
+
+    /// Stops accepting, finishes admitted requests, stops the actors and closes every log
+    /// (flushed, with its clean-shutdown marker).
+    pub async fn shutdown(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        let _ = self.listener.await;
+        let _ = self
+            .controller
+            .actor()
+            .stop_and_wait(None, Some(ACTOR_STOP_TIMEOUT))
+            .await;
+        let _ = self
+            .applier
+            .actor()
+            .stop_and_wait(None, Some(ACTOR_STOP_TIMEOUT))
+            .await;
+        let _ = self
+            .partitions
+            .actor()
+            .stop_and_wait(None, Some(ACTOR_STOP_TIMEOUT))
+            .await;
+        let _ = self
+            .supervisor
+            .stop_and_wait(None, Some(ACTOR_STOP_TIMEOUT))
+            .await;
+        // The pool finishes queued jobs and its threads exit.
+        let flusher = self.flusher;
+        let _ = tokio::task::spawn_blocking(move || drop(flusher)).await;
+        tracing::info!("node stopped");
+    }
+}
+
+/// The root of the tree: watches its children and reports a fatal failure.
+#[derive(Debug)]
+struct NodeSupervisor;
+
+#[derive(Debug)]
+struct NodeSupervisorState {
+    stopping: Arc<AtomicBool>,
+    fatal: watch::Sender<Option<String>>,
+    directory: ActorDirectory,
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = ();
+    type State = NodeSupervisorState;
+    type Arguments = (
+        Arc<AtomicBool>,
+        watch::Sender<Option<String>>,
+        ActorDirectory,
+    );
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        (stopping, fatal, directory): Self::Arguments,
+    ) -> Result<NodeSupervisorState, ActorProcessingErr> {
+        Ok(NodeSupervisorState {
+            stopping,
+            fatal,
+            directory,
+        })
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<()>,
+        event: SupervisionEvent,
+        state: &mut NodeSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let reason = match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                format!("{} failed: {error}", cell.get_name().unwrap_or_default())
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason)
+                if !state.stopping.load(Ordering::SeqCst) =>
+            {
+                format!(
+                    "{} stopped: {}",
+                    cell.get_name().unwrap_or_default(),
+                    reason.unwrap_or_default()
+                )
+            }
+            _ => return Ok(()),
+        };
+        tracing::error!(%reason, "an essential actor is gone; the node shuts down");
+        if let Some(name) = reason.split_whitespace().next() {
+            state.directory.record_failure(name, &reason, false);
+        }
+        state.fatal.send_replace(Some(reason));
+        Ok(())
+    }
+}

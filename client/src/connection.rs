@@ -1,0 +1,303 @@
+//! One connection to one node: the handshake, then pipelined requests answered in order.
+//!
+//! Requests are written under a lock that also queues their reply slot, so the order of the
+//! slots is the order on the wire; a reader task matches each answer to the oldest slot and
+//! checks its correlation id. At most `REQUESTS_IN_FLIGHT_MAX` requests wait at once.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Semaphore, oneshot};
+use vltava_messages::limits::FRAME_BYTES_MAX;
+use vltava_messages::protocol::{
+    FRAME_HEADER_BYTES, FrameHeader, HandshakeRequest, HandshakeResponse,
+    LENGTH_COUNTED_HEADER_BYTES, ProduceRequest, RequestBody, Response, ResponseBody,
+};
+
+use crate::error::ClientError;
+
+/// Requests one connection keeps waiting at once; the server admits 16 per connection by
+/// default, and a few more queued on our side keep its pipeline full.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 32;
+/// How long connecting (TCP and handshake) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may wait for its answer beyond its own timeout.
+pub const REQUEST_TIMEOUT_SLACK: Duration = Duration::from_secs(30);
+
+type Slot = oneshot::Sender<Result<(FrameHeader, Vec<u8>), ClientError>>;
+
+#[derive(Debug)]
+struct Inner {
+    addr: String,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Mutex<VecDeque<(u64, Slot)>>,
+    next_correlation_id: AtomicU64,
+    permits: Arc<Semaphore>,
+    failure: Mutex<Option<String>>,
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A connection to one node. Cheap to clone; clones share it.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    inner: Arc<Inner>,
+    pub handshake: Arc<HandshakeResponse>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(reader) = self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            reader.abort();
+        }
+    }
+}
+
+impl Connection {
+    /// Connects and performs the handshake.
+    pub async fn connect(addr: &str, client_id: &str) -> Result<Connection, ClientError> {
+        let connect_error = |reason: String| ClientError::Connect {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_error("timed out".into()))?
+            .map_err(|e| connect_error(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        let inner = Arc::new(Inner {
+            addr: addr.to_owned(),
+            writer: tokio::sync::Mutex::new(writer),
+            pending: Mutex::new(VecDeque::new()),
+            next_correlation_id: AtomicU64::new(1),
+            permits: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+            failure: Mutex::new(None),
+            reader: Mutex::new(None),
+        });
+        let task = tokio::spawn(read_loop(reader, Arc::downgrade(&inner)));
+        *inner
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
+        let hello = HandshakeRequest {
+            client_id: client_id.to_owned(),
+            client_software_name: "vltava-client".into(),
+            client_software_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let mut connection = Connection {
+            inner,
+            handshake: Arc::new(placeholder_handshake()),
+        };
+        let handshake =
+            tokio::time::timeout(CONNECT_TIMEOUT, connection.send(&hello, CONNECT_TIMEOUT))
+                .await
+                .map_err(|_| connect_error("handshake timed out".into()))??;
+        connection.handshake = Arc::new(handshake);
+        Ok(connection)
+    }
+
+    /// The address this connection was opened to.
+    #[must_use]
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Whether the connection has failed (it is then useless; open a new one).
+    #[must_use]
+    pub fn is_broken(&self) -> bool {
+        self.inner
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    async fn write(&self, frame: &[u8], slot: Option<Slot>) -> Result<(), ClientError> {
+        if let Some(reason) = self
+            .inner
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        {
+            return Err(ClientError::ConnectionLost(reason));
+        }
+        let mut writer = self.inner.writer.lock().await;
+        if let Some(slot) = slot {
+            let correlation_id =
+                u64::from_be_bytes(frame[8..16].try_into().expect("a frame has a header"));
+            self.inner
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push_back((correlation_id, slot));
+        }
+        if let Err(e) = writer.write_all(frame).await {
+            let reason = format!("write to {} failed: {e}", self.inner.addr);
+            fail_all(&self.inner, &reason);
+            return Err(ClientError::ConnectionLost(reason));
+        }
+        Ok(())
+    }
+
+    /// Sends a request and waits for its answer, at most `timeout` (plus slack).
+    pub async fn send<R: RequestBody>(
+        &self,
+        request: &R,
+        timeout: Duration,
+    ) -> Result<R::Response, ClientError> {
+        self.submit(request, timeout).await?.wait().await
+    }
+
+    /// Writes a request now and returns its answer to wait for later: requests submitted one
+    /// after another reach the server in that order.
+    pub async fn submit<R: RequestBody>(
+        &self,
+        request: &R,
+        timeout: Duration,
+    ) -> Result<Answer<R::Response>, ClientError> {
+        let permit = Arc::clone(&self.inner.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::ConnectionLost("closed".into()))?;
+        let correlation_id = self
+            .inner
+            .next_correlation_id
+            .fetch_add(1, Ordering::Relaxed);
+        let frame = request.encode_frame(correlation_id)?;
+        let (slot, answer) = oneshot::channel();
+        self.write(&frame, Some(slot)).await?;
+        Ok(Answer {
+            answer,
+            wait: timeout + REQUEST_TIMEOUT_SLACK,
+            _permit: permit,
+            kind: std::marker::PhantomData,
+        })
+    }
+
+    /// Sends a produce request with `acks = 0`: no answer comes.
+    pub async fn send_without_answer(&self, request: &ProduceRequest) -> Result<(), ClientError> {
+        let correlation_id = self
+            .inner
+            .next_correlation_id
+            .fetch_add(1, Ordering::Relaxed);
+        let frame = request.encode_frame(correlation_id)?;
+        self.write(&frame, None).await
+    }
+}
+
+/// An answer still to come.
+#[derive(Debug)]
+pub struct Answer<T> {
+    answer: oneshot::Receiver<Result<(FrameHeader, Vec<u8>), ClientError>>,
+    wait: Duration,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    kind: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: ResponseBody> Answer<T> {
+    /// Waits for the answer and decodes it; a failure answer becomes `ClientError::Server`.
+    pub async fn wait(self) -> Result<T, ClientError> {
+        let (header, body) = tokio::time::timeout(self.wait, self.answer)
+            .await
+            .map_err(|_| ClientError::Timeout(self.wait.as_millis() as u64))?
+            .map_err(|_| ClientError::ConnectionLost("reader stopped".into()))??;
+        match Response::decode(&header, &body)? {
+            Response::Failed(failed) => Err(ClientError::Server(failed.error)),
+            other => T::from_response(other).map_err(|r| {
+                ClientError::Protocol(format!(
+                    "answer of kind {} to a request of kind {}",
+                    r.request_kind(),
+                    T::KIND.code()
+                ))
+            }),
+        }
+    }
+}
+
+fn placeholder_handshake() -> HandshakeResponse {
+    HandshakeResponse {
+        node_id: vltava_messages::NodeId(0),
+        cluster_id: String::new(),
+        server_software_name: String::new(),
+        server_software_version: String::new(),
+        frame_bytes_max: FRAME_BYTES_MAX,
+        kinds: Vec::new(),
+    }
+}
+
+fn fail_all(inner: &Inner, reason: &str) {
+    inner
+        .failure
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get_or_insert_with(|| reason.to_owned());
+    let slots: Vec<_> = inner
+        .pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .drain(..)
+        .collect();
+    for (_, slot) in slots {
+        let _ = slot.send(Err(ClientError::ConnectionLost(reason.to_owned())));
+    }
+}
+
+async fn read_loop(mut reader: OwnedReadHalf, inner: std::sync::Weak<Inner>) {
+    let reason = loop {
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        if let Err(e) = reader.read_exact(&mut header).await {
+            break format!("read failed: {e}");
+        }
+        let header = FrameHeader::parse(&header);
+        if header.length < LENGTH_COUNTED_HEADER_BYTES
+            || header.frame_bytes() > u64::from(FRAME_BYTES_MAX)
+        {
+            break format!(
+                "answer frame of {} bytes is out of bounds",
+                header.frame_bytes()
+            );
+        }
+        let mut body = vec![0u8; (header.length - LENGTH_COUNTED_HEADER_BYTES) as usize];
+        if let Err(e) = reader.read_exact(&mut body).await {
+            break format!("read failed: {e}");
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let slot = inner
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front();
+        match slot {
+            Some((expected, slot)) if expected == header.correlation_id => {
+                let _ = slot.send(Ok((header, body)));
+            }
+            Some((expected, slot)) => {
+                let reason = format!(
+                    "answer {} arrived where {expected} was due",
+                    header.correlation_id
+                );
+                let _ = slot.send(Err(ClientError::Protocol(reason.clone())));
+                fail_all(&inner, &reason);
+                return;
+            }
+            None => {
+                fail_all(&inner, "an answer arrived that nobody asked for");
+                return;
+            }
+        }
+    };
+    if let Some(inner) = inner.upgrade() {
+        fail_all(&inner, &reason);
+    }
+}

@@ -1,0 +1,306 @@
+//! The consumer: reads assigned partitions from positions it keeps, with long-poll fetches
+//! sent to each partition's leader. Seek to an offset, the earliest or latest offset, or the
+//! first offset at or after a timestamp.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vltava_messages::batch::split_batches;
+use vltava_messages::protocol::{
+    ErrorCode, FetchPartition, FetchRequest, FetchTopic, ListOffsetsPartition, ListOffsetsRequest,
+    ListOffsetsTopic, OffsetSpec,
+};
+use vltava_messages::{Offset, PartitionId};
+
+use crate::cluster::Cluster;
+use crate::error::ClientError;
+
+/// Consumer settings.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// Longest a fetch waits on the broker for `min_bytes` to arrive.
+    pub max_wait: Duration,
+    pub min_bytes: u32,
+    /// Bytes per fetch answer, all partitions together (at least one batch comes anyway).
+    pub max_bytes: u32,
+    pub partition_max_bytes: u32,
+    /// Where to start when a position is out of range: earliest or latest.
+    pub reset_to_earliest: bool,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            max_wait: Duration::from_millis(500),
+            min_bytes: 1,
+            max_bytes: 8 << 20,
+            partition_max_bytes: 4 << 20,
+            reset_to_earliest: true,
+        }
+    }
+}
+
+/// Where to move a partition's position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeekTo {
+    Earliest,
+    Latest,
+    Offset(u64),
+    /// The first offset whose timestamp is at or after this (ms); the latest if none is.
+    Timestamp(i64),
+}
+
+/// One event read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// An assigned partition about to be fetched: topic, partition, position, leader epoch.
+type Assigned = (String, u32, u64, vltava_messages::LeaderEpoch);
+
+/// Reads assigned partitions.
+#[derive(Debug)]
+pub struct Consumer {
+    cluster: Arc<Cluster>,
+    config: ConsumerConfig,
+    positions: BTreeMap<(String, u32), u64>,
+    buffered: VecDeque<ConsumerRecord>,
+}
+
+impl Consumer {
+    #[must_use]
+    pub fn new(cluster: Arc<Cluster>, config: ConsumerConfig) -> Consumer {
+        Consumer {
+            cluster,
+            config,
+            positions: BTreeMap::new(),
+            buffered: VecDeque::new(),
+        }
+    }
+
+    /// Assigns partitions of a topic (all of them when `partitions` is `None`), each starting
+    /// at `start`.
+    pub async fn assign(
+        &mut self,
+        topic: &str,
+        partitions: Option<Vec<u32>>,
+        start: SeekTo,
+    ) -> Result<(), ClientError> {
+        let count = self.cluster.partition_count(topic).await?;
+        let partitions = partitions.unwrap_or_else(|| (0..count).collect());
+        for p in partitions {
+            if p >= count {
+                return Err(ClientError::InvalidArgument(format!(
+                    "topic {topic} has no partition {p}"
+                )));
+            }
+            let offset = self.resolve(topic, p, start).await?;
+            self.positions.insert((topic.to_owned(), p), offset);
+        }
+        Ok(())
+    }
+
+    /// Moves one partition's position.
+    pub async fn seek(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        to: SeekTo,
+    ) -> Result<(), ClientError> {
+        let offset = self.resolve(topic, partition, to).await?;
+        self.positions.insert((topic.to_owned(), partition), offset);
+        self.buffered
+            .retain(|r| !(r.topic == topic && r.partition == partition));
+        Ok(())
+    }
+
+    /// The next offset each assigned partition will read.
+    #[must_use]
+    pub fn positions(&self) -> &BTreeMap<(String, u32), u64> {
+        &self.positions
+    }
+
+    /// Looks an offset up on the partition's leader.
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<Option<u64>, ClientError> {
+        let (connection, epoch) = self.cluster.leader(topic, PartitionId(partition)).await?;
+        let request = ListOffsetsRequest {
+            topics: vec![ListOffsetsTopic {
+                name: topic.to_owned(),
+                partitions: vec![ListOffsetsPartition {
+                    partition: PartitionId(partition),
+                    spec,
+                    current_leader_epoch: Some(epoch),
+                }],
+            }],
+        };
+        let answer = connection.send(&request, Duration::from_secs(30)).await?;
+        let p = answer
+            .topics
+            .into_iter()
+            .next()
+            .and_then(|t| t.partitions.into_iter().next())
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))?;
+        if let Some(error) = p.error {
+            return Err(ClientError::Server(error));
+        }
+        Ok(p.offset.map(|o| o.0))
+    }
+
+    async fn resolve(&self, topic: &str, partition: u32, to: SeekTo) -> Result<u64, ClientError> {
+        Ok(match to {
+            SeekTo::Offset(o) => o,
+            SeekTo::Earliest => self
+                .list_offset(topic, partition, OffsetSpec::Earliest)
+                .await?
+                .unwrap_or(0),
+            SeekTo::Latest => self
+                .list_offset(topic, partition, OffsetSpec::Latest)
+                .await?
+                .unwrap_or(0),
+            SeekTo::Timestamp(t) => match self
+                .list_offset(topic, partition, OffsetSpec::Timestamp(t))
+                .await?
+            {
+                Some(o) => o,
+                None => self
+                    .list_offset(topic, partition, OffsetSpec::Latest)
+                    .await?
+                    .unwrap_or(0),
+            },
+        })
+    }
+
+    /// Returns buffered events, or fetches (one long poll per leader) and returns what came.
+    /// An empty result means nothing arrived within `max_wait`.
+    pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>, ClientError> {
+        if self.buffered.is_empty() {
+            self.fetch().await?;
+        }
+        Ok(self.buffered.drain(..).collect())
+    }
+
+    async fn fetch(&mut self) -> Result<(), ClientError> {
+        // Group the assigned partitions by leader connection.
+        let mut by_leader: HashMap<String, (crate::connection::Connection, Vec<Assigned>)> =
+            HashMap::new();
+        for ((topic, partition), offset) in &self.positions {
+            let (leader, epoch) = self.cluster.leader(topic, PartitionId(*partition)).await?;
+            let connection = self.cluster.fetch_connection_to(leader.addr()).await?;
+            by_leader
+                .entry(connection.addr().to_owned())
+                .or_insert_with(|| (connection, Vec::new()))
+                .1
+                .push((topic.clone(), *partition, *offset, epoch));
+        }
+        let mut answers = Vec::new();
+        for (_, (connection, partitions)) in by_leader {
+            let mut topics: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
+            for (topic, partition, offset, epoch) in partitions {
+                topics.entry(topic).or_default().push(FetchPartition {
+                    partition: PartitionId(partition),
+                    fetch_offset: Offset(offset),
+                    partition_max_bytes: self.config.partition_max_bytes,
+                    current_leader_epoch: Some(epoch),
+                });
+            }
+            let request = FetchRequest {
+                max_wait_ms: self.config.max_wait.as_millis() as u32,
+                min_bytes: self.config.min_bytes,
+                max_bytes: self.config.max_bytes,
+                topics: topics
+                    .into_iter()
+                    .map(|(name, partitions)| FetchTopic { name, partitions })
+                    .collect(),
+            };
+            let wait = self.config.max_wait;
+            answers.push(tokio::spawn(async move {
+                connection.send(&request, wait).await
+            }));
+        }
+        let mut refresh = false;
+        for answer in answers {
+            let answer = match answer
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                Ok(answer) => answer,
+                Err(e) if e.is_retriable() => {
+                    refresh = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for topic in answer.topics {
+                for p in topic.partitions {
+                    let key = (topic.name.clone(), p.partition.0);
+                    let Some(position) = self.positions.get(&key).copied() else {
+                        continue;
+                    };
+                    if let Some(error) = p.error {
+                        match error.error_code() {
+                            Some(ErrorCode::OffsetOutOfRange) => {
+                                let to = if self.config.reset_to_earliest {
+                                    SeekTo::Earliest
+                                } else {
+                                    SeekTo::Latest
+                                };
+                                let offset = self.resolve(&topic.name, p.partition.0, to).await?;
+                                tracing::info!(topic = %topic.name, partition = p.partition.0, position, reset_to = offset, "position out of range; reset");
+                                self.positions.insert(key, offset);
+                            }
+                            _ if error.retriable => refresh = true,
+                            _ => return Err(ClientError::Server(error)),
+                        }
+                        continue;
+                    }
+                    let mut next = position;
+                    for batch in split_batches(&p.records) {
+                        let batch = batch.map_err(|e| {
+                            ClientError::Protocol(format!(
+                                "corrupt batch from {}-{}: {e}",
+                                topic.name, p.partition.0
+                            ))
+                        })?;
+                        for record in batch
+                            .records()
+                            .map_err(|e| ClientError::Protocol(e.to_string()))?
+                        {
+                            if record.offset.0 < position {
+                                continue;
+                            }
+                            next = record.offset.0 + 1;
+                            self.buffered.push_back(ConsumerRecord {
+                                topic: topic.name.clone(),
+                                partition: p.partition.0,
+                                offset: record.offset.0,
+                                timestamp: record.timestamp,
+                                key: record.key,
+                                value: record.value,
+                                headers: record.headers,
+                            });
+                        }
+                        next = next.max(batch.header.next_offset().0);
+                    }
+                    self.positions.insert(key, next);
+                }
+            }
+        }
+        if refresh {
+            self.cluster.refresh().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+//! The client's error type.
+
+use vltava_messages::protocol::{ErrorCode, ProtocolError, ResponseError};
+
+/// Everything a client call can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("connection to {addr} failed: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("server error {}: {}", .0.name, .0.message)]
+    Server(ResponseError),
+    #[error("request timed out after {0} ms")]
+    Timeout(u64),
+    #[error("no node reachable among {0}")]
+    NoNodeAvailable(String),
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("the producer is closed")]
+    Closed,
+}
+
+impl From<ProtocolError> for ClientError {
+    fn from(e: ProtocolError) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
+}
+
+impl ClientError {
+    /// Whether sending the same request again (perhaps after refreshing metadata) may work.
+    #[must_use]
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Server(e) => e.retriable,
+            ClientError::Connect { .. }
+            | ClientError::ConnectionLost(_)
+            | ClientError::Timeout(_)
+            | ClientError::NoNodeAvailable(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The server's error code, if the server refused.
+    #[must_use]
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server(e) => e.error_code(),
+            _ => None,
+        }
+    }
+
+    /// Whether the error means the client's metadata is stale (refresh, then retry).
+    #[must_use]
+    pub fn wants_metadata_refresh(&self) -> bool {
+        matches!(
+            self.code(),
+            Some(
+                ErrorCode::NotLeader
+                    | ErrorCode::FencedLeaderEpoch
+                    | ErrorCode::UnknownTopic
+                    | ErrorCode::UnknownPartition
+                    | ErrorCode::LeaderNotAvailable
+                    | ErrorCode::PartitionOffline
+            )
+        ) || matches!(
+            self,
+            ClientError::ConnectionLost(_) | ClientError::Connect { .. }
+        )
+    }
+}
+
+/// Turns an optional per-partition error into a result.
+pub(crate) fn check(error: Option<ResponseError>) -> Result<(), ClientError> {
+    error.map_or(Ok(()), |e| Err(ClientError::Server(e)))
+}

@@ -1,0 +1,250 @@
+//! Bodies to bytes and back, and the field checks every request passes after decoding.
+//!
+//! Encoding is `rmp_serde`'s named form: structs become maps keyed by field name, integers take
+//! their smallest MessagePack form, byte fields (`serde_bytes`) become `bin`.
+//!
+//! Decoding reads only the body slice the frame parser bounded, so no length inside the body
+//! can make it read or allocate past the frame: `rmp_serde` borrows strings and `bin`s from the
+//! slice after checking they fit in it, and serde's collections preallocate at most 1 MiB
+//! whatever length a hostile array claims. Nesting is bounded by `BODY_DEPTH_MAX`, so a body of
+//! nested arrays cannot exhaust the stack.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::error::{ProtocolError, truncate_at_char_boundary};
+use super::frame::{FRAME_HEADER_BYTES, header_for_body};
+use crate::limits::{BODY_DEPTH_MAX, TOPIC_NAME_BYTES_MAX};
+
+/// The longest `reason` a `Malformed` error keeps. serde's messages can quote the offending
+/// value, which a hostile body controls.
+const MALFORMED_REASON_BYTES_MAX: usize = 256;
+
+/// Writes one frame: header, then `body` as a named MessagePack map.
+pub(crate) fn encode_frame<T: Serialize + ?Sized>(
+    kind: u16,
+    version: u16,
+    correlation_id: u64,
+    body: &T,
+) -> Result<Vec<u8>, ProtocolError> {
+    let mut out = Vec::with_capacity(256);
+    out.resize(FRAME_HEADER_BYTES, 0);
+    rmp_serde::encode::write_named(&mut out, body).map_err(|e| ProtocolError::Malformed {
+        reason: format!("cannot encode body: {e}"),
+    })?;
+    let header = header_for_body(
+        kind,
+        version,
+        correlation_id,
+        out.len() - FRAME_HEADER_BYTES,
+    )?;
+    out[..FRAME_HEADER_BYTES].copy_from_slice(&header.encode());
+    Ok(out)
+}
+
+/// Decodes one body. The body must be exactly one map: another top-level value or bytes after
+/// the map are errors, because a client that sends either has a framing bug worth seeing.
+/// Unknown fields are skipped.
+pub(crate) fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
+    match body.first() {
+        None => return Err(ProtocolError::Truncated),
+        // fixmap, map16, map32.
+        Some(0x80..=0x8f | 0xde | 0xdf) => {}
+        Some(marker) => {
+            return Err(ProtocolError::Malformed {
+                reason: format!("body starts with marker {marker:#04x}, not a map"),
+            });
+        }
+    }
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(body);
+    // rmp_serde fails when its counter, decremented on entering a map or array, reaches zero,
+    // so a setting of N admits N - 1 levels.
+    deserializer.set_max_depth(BODY_DEPTH_MAX as usize + 1);
+    let value = T::deserialize(&mut deserializer).map_err(from_rmp)?;
+    // rmp_serde does not expose the unread rest of a borrowed slice, so look for one more
+    // value: only a clean end of input means the map was the whole body.
+    match serde::de::IgnoredAny::deserialize(&mut deserializer) {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        _ => return Err(ProtocolError::TrailingBytes),
+    }
+    Ok(value)
+}
+
+fn from_rmp(error: rmp_serde::decode::Error) -> ProtocolError {
+    use rmp_serde::decode::Error;
+    match error {
+        Error::InvalidMarkerRead(e) | Error::InvalidDataRead(e)
+            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            ProtocolError::Truncated
+        }
+        Error::DepthLimitExceeded => ProtocolError::TooDeep {
+            max: BODY_DEPTH_MAX,
+        },
+        other => {
+            let mut reason = other.to_string();
+            truncate_at_char_boundary(&mut reason, MALFORMED_REASON_BYTES_MAX);
+            ProtocolError::Malformed { reason }
+        }
+    }
+}
+
+/// Checks a topic name: 1 to 249 bytes of `[a-zA-Z0-9._-]`, and neither `.` nor `..`. The
+/// bound and the alphabet are Kafka's: a partition directory is named `<topic>-<partition>`,
+/// which must stay below the 255-byte file-name limit of common file systems and must not
+/// walk out of the data directory.
+///
+/// # Errors
+/// `InvalidTopicName`, which the server answers with the code of the same name.
+pub fn validate_topic_name(name: &str) -> Result<(), ProtocolError> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name.len() > TOPIC_NAME_BYTES_MAX as usize {
+        Some("longer than 249 bytes")
+    } else if name == "." || name == ".." {
+        Some("`.` and `..` are reserved")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("only [a-zA-Z0-9._-] are allowed")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => {
+            let mut name = name.to_owned();
+            truncate_at_char_boundary(&mut name, TOPIC_NAME_BYTES_MAX as usize);
+            Err(ProtocolError::InvalidTopicName { name, reason })
+        }
+    }
+}
+
+/// Checks that a count, a byte length or a duration is at most `max`.
+pub(crate) fn check_at_most(
+    field: &'static str,
+    value: impl TryInto<u64>,
+    max: u32,
+) -> Result<(), ProtocolError> {
+    let value = value.try_into().unwrap_or(u64::MAX);
+    if value > u64::from(max) {
+        return Err(ProtocolError::FieldTooLarge {
+            field,
+            value,
+            max: u64::from(max),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a list of topic names: the count, then each name.
+pub(crate) fn check_topic_names<'a>(
+    field: &'static str,
+    names: impl ExactSizeIterator<Item = &'a str>,
+    max: u32,
+) -> Result<(), ProtocolError> {
+    check_at_most(field, names.len(), max)?;
+    for name in names {
+        validate_topic_name(name)?;
+    }
+    Ok(())
+}
+
+/// MessagePack writers for the hand-written fetch answer. Each picks the smallest form, as
+/// `rmp_serde` does, so hand-written and serde bytes are identical.
+pub(crate) mod msgpack {
+    pub(crate) fn map_len(out: &mut Vec<u8>, len: u32) {
+        match len {
+            0..=15 => out.push(0x80 | len as u8),
+            16..=0xffff => {
+                out.push(0xde);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(0xdf);
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+    }
+
+    pub(crate) fn array_len(out: &mut Vec<u8>, len: u32) {
+        match len {
+            0..=15 => out.push(0x90 | len as u8),
+            16..=0xffff => {
+                out.push(0xdc);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(0xdd);
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+    }
+
+    pub(crate) fn str(out: &mut Vec<u8>, text: &str) {
+        // Callers bound their strings far below 4 GiB (names, messages).
+        let len = text.len() as u32;
+        match len {
+            0..=31 => out.push(0xa0 | len as u8),
+            32..=0xff => {
+                out.push(0xd9);
+                out.push(len as u8);
+            }
+            0x100..=0xffff => {
+                out.push(0xda);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(0xdb);
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        out.extend_from_slice(text.as_bytes());
+    }
+
+    /// The header of a `bin` of `len` bytes; the bytes follow separately.
+    pub(crate) fn bin_header(out: &mut Vec<u8>, len: u32) {
+        match len {
+            0..=0xff => {
+                out.push(0xc4);
+                out.push(len as u8);
+            }
+            0x100..=0xffff => {
+                out.push(0xc5);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(0xc6);
+                out.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+    }
+
+    pub(crate) fn uint(out: &mut Vec<u8>, value: u64) {
+        match value {
+            0..=0x7f => out.push(value as u8),
+            0x80..=0xff => {
+                out.push(0xcc);
+                out.push(value as u8);
+            }
+            0x100..=0xffff => {
+                out.push(0xcd);
+                out.extend_from_slice(&(value as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                out.push(0xce);
+                out.extend_from_slice(&(value as u32).to_be_bytes());
+            }
+            _ => {
+                out.push(0xcf);
+                out.extend_from_slice(&value.to_be_bytes());
+            }
+        }
+    }
+
+    pub(crate) fn bool(out: &mut Vec<u8>, value: bool) {
+        out.push(if value { 0xc3 } else { 0xc2 });
+    }
+}

@@ -1,0 +1,185 @@
+//! Produce (kind 7) and InitProducerId (kind 10).
+//!
+//! A produce partition entry carries its record batches as one `bin`: one or more whole
+//! batches, concatenated, exactly as `BatchBuilder` made them. The leader validates them,
+//! writes base offsets and its leader epoch into their headers, and stores the bytes as they
+//! came.
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::{check_at_most, validate_topic_name};
+use super::error::{ProtocolError, ResponseError};
+use crate::limits::{PARTITIONS_PER_REQUEST_MAX, TIMEOUT_MS_MAX, TOPICS_PER_REQUEST_MAX};
+use crate::types::{LeaderEpoch, Offset, PartitionId, ProducerEpoch, ProducerId};
+
+/// How much replication a produce waits for before the server answers. PROTOCOL.md's acks
+/// matrix says what each level survives.
+///
+/// On the wire an integer, as in Kafka: 0, 1, or -1 for all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "i8", into = "i8")]
+pub enum Acks {
+    /// `0`: no answer at all. The server processes the request and sends no frame, not even
+    /// an error; nothing is promised.
+    None,
+    /// `1`: answer once the leader has appended to its log.
+    Leader,
+    /// `-1`: answer once the batch is below the high watermark (on every in-sync replica and,
+    /// with the default durability, fsynced).
+    All,
+}
+
+impl From<Acks> for i8 {
+    fn from(acks: Acks) -> i8 {
+        match acks {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => -1,
+        }
+    }
+}
+
+/// The error for an `acks` value other than 0, 1 or -1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("acks must be 0, 1 or -1 (all), not {0}")]
+pub struct InvalidAcks(pub i8);
+
+impl TryFrom<i8> for Acks {
+    type Error = InvalidAcks;
+
+    fn try_from(value: i8) -> Result<Acks, InvalidAcks> {
+        match value {
+            0 => Ok(Acks::None),
+            1 => Ok(Acks::Leader),
+            -1 => Ok(Acks::All),
+            other => Err(InvalidAcks(other)),
+        }
+    }
+}
+
+/// Produce request, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProduceRequest {
+    pub acks: Acks,
+    /// How long the leader may wait for replication (acks = all) before answering
+    /// `RequestTimedOut` for the partitions not yet replicated; at most 300,000.
+    pub timeout_ms: u32,
+    pub topics: Vec<ProduceTopic>,
+}
+
+/// The partitions of one topic to append to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProduceTopic {
+    pub name: String,
+    pub partitions: Vec<ProducePartition>,
+}
+
+/// The batches for one partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducePartition {
+    pub partition: PartitionId,
+    /// The leader epoch the client's metadata shows. When present, a leader whose epoch
+    /// differs refuses the write (`FencedLeaderEpoch` or `UnknownLeaderEpoch`) rather than
+    /// accept it on stale routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_leader_epoch: Option<LeaderEpoch>,
+    /// One or more whole record batches, concatenated; each at most 4 MiB.
+    #[serde(with = "serde_bytes")]
+    pub records: Vec<u8>,
+}
+
+impl ProduceRequest {
+    /// Checks counts, names and the timeout. The batches are checked by the leader, per
+    /// partition (`CorruptBatch`, `BatchTooLarge`).
+    ///
+    /// # Errors
+    /// `FieldTooLarge` or `InvalidTopicName`.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        check_at_most("timeout_ms", self.timeout_ms, TIMEOUT_MS_MAX)?;
+        check_at_most("topics", self.topics.len(), TOPICS_PER_REQUEST_MAX)?;
+        let mut partitions: usize = 0;
+        for topic in &self.topics {
+            validate_topic_name(&topic.name)?;
+            partitions = partitions.saturating_add(topic.partitions.len());
+        }
+        check_at_most(
+            "partitions per request",
+            partitions,
+            PARTITIONS_PER_REQUEST_MAX,
+        )
+    }
+
+    /// Whether the server answers at all: not with `acks = 0`.
+    #[must_use]
+    pub fn expects_response(&self) -> bool {
+        self.acks != Acks::None
+    }
+}
+
+/// Produce response, version 1: every requested partition, grouped by topic, in request order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProduceResponse {
+    pub topics: Vec<ProduceTopicResponse>,
+}
+
+/// The results for one topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProduceTopicResponse {
+    pub name: String,
+    pub partitions: Vec<ProducePartitionResponse>,
+}
+
+/// The result for one partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducePartitionResponse {
+    pub partition: PartitionId,
+    /// Absent: every batch was appended (and replicated as `acks` asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ResponseError>,
+    /// The offset given to the first record of the first batch; present on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_offset: Option<Offset>,
+    /// The time the leader stamped, in ms since the Unix epoch; present only when the topic
+    /// keeps log-append time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_append_time: Option<i64>,
+    /// The partition's log start offset after the append.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_start_offset: Option<Offset>,
+}
+
+/// InitProducerId request, version 1: asks for an idempotent producer identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitProducerIdRequest {
+    /// Absent for a new producer. Present (with `producer_epoch`) for a producer that already
+    /// holds an id and wants its epoch bumped, e.g. after `OutOfOrderSequence`: the server
+    /// answers the same id with a higher epoch, which fences the older incarnation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer_id: Option<ProducerId>,
+    /// The epoch held with `producer_id`; present exactly when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer_epoch: Option<ProducerEpoch>,
+}
+
+impl InitProducerIdRequest {
+    /// Checks that `producer_id` and `producer_epoch` come together.
+    ///
+    /// # Errors
+    /// `InvalidField`.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        if self.producer_id.is_some() != self.producer_epoch.is_some() {
+            return Err(ProtocolError::InvalidField {
+                field: "producer_id",
+                reason: "producer_id and producer_epoch must be both present or both absent",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// InitProducerId response, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitProducerIdResponse {
+    pub producer_id: ProducerId,
+    pub producer_epoch: ProducerEpoch,
+}

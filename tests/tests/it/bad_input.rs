@@ -1,0 +1,324 @@
+//! Bad input from a client: each case gets a typed error (or the connection is closed where
+//! the frame cannot be parsed) and a log line, and nothing else: other connections keep
+//! working and nothing stored changes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use vltava_messages::batch::{
+    CRC_POSITION, LAST_OFFSET_DELTA_POSITION, RECORD_COUNT_POSITION, compute_crc,
+};
+use vltava_messages::protocol::{
+    Acks, CreateTopicsRequest, ErrorCode, FRAME_HEADER_BYTES, FetchPartition, FetchRequest,
+    FetchTopic, FrameHeader, HandshakeRequest, NewTopic, ProducePartition, ProduceRequest,
+    ProduceTopic, Request, Response,
+};
+use vltava_messages::{BatchBuilder, Compression, Offset, PartitionId};
+use vltava_tests::TestNode;
+
+/// A raw connection that speaks frames.
+struct Raw {
+    stream: TcpStream,
+    next: u64,
+}
+
+impl Raw {
+    fn open(node: &TestNode) -> Raw {
+        let stream = TcpStream::connect(&node.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Raw { stream, next: 1 }
+    }
+
+    fn handshaken(node: &TestNode) -> Raw {
+        let mut raw = Raw::open(node);
+        let answer = raw.call(&Request::Handshake(HandshakeRequest {
+            client_id: "raw".into(),
+            client_software_name: "test".into(),
+            client_software_version: "0".into(),
+        }));
+        assert!(matches!(answer, Some(Response::Handshake(_))), "{answer:?}");
+        raw
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one answer frame; `None` if the connection closed.
+    fn read(&mut self) -> Option<Response> {
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        self.stream.read_exact(&mut header).ok()?;
+        let header = FrameHeader::parse(&header);
+        let mut body = vec![0u8; header.length as usize - 12];
+        self.stream.read_exact(&mut body).ok()?;
+        Some(Response::decode(&header, &body).expect("the server's answers decode"))
+    }
+
+    fn call(&mut self, request: &Request) -> Option<Response> {
+        let frame = request.encode(self.next).unwrap();
+        self.next += 1;
+        self.send_bytes(&frame);
+        self.read()
+    }
+
+    fn closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+fn failed_code(response: Option<Response>) -> ErrorCode {
+    match response {
+        Some(Response::Failed(failed)) => failed.error.error_code().expect("a known code"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+fn produce(topic: &str, partition: u32, records: Vec<u8>) -> Request {
+    Request::Produce(ProduceRequest {
+        acks: Acks::All,
+        timeout_ms: 10_000,
+        topics: vec![ProduceTopic {
+            name: topic.into(),
+            partitions: vec![ProducePartition {
+                partition: PartitionId(partition),
+                current_leader_epoch: None,
+                records,
+            }],
+        }],
+    })
+}
+
+fn partition_error(response: Option<Response>) -> Option<ErrorCode> {
+    match response {
+        Some(Response::Produce(p)) => p.topics[0].partitions[0]
+            .error
+            .as_ref()
+            .and_then(|e| e.error_code()),
+        Some(Response::Fetch(f)) => f.topics[0].partitions[0]
+            .error
+            .as_ref()
+            .and_then(|e| e.error_code()),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+fn good_batch(value: &str) -> Vec<u8> {
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(None, Some(value.as_bytes()), &[], 1);
+    b.build()
+}
+
+fn fetch_all(raw: &mut Raw, topic: &str) -> Vec<u8> {
+    let request = Request::Fetch(FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        topics: vec![FetchTopic {
+            name: topic.into(),
+            partitions: vec![FetchPartition {
+                partition: PartitionId(0),
+                fetch_offset: Offset(0),
+                partition_max_bytes: 1 << 20,
+                current_leader_epoch: None,
+            }],
+        }],
+    });
+    match raw.call(&request) {
+        Some(Response::Fetch(f)) => f.topics[0].partitions[0].records.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn every_kind_of_bad_input_gets_its_typed_answer_and_harms_nobody() {
+    let node = TestNode::start();
+    let mut good = Raw::handshaken(&node);
+    let created = good.call(&Request::CreateTopics(CreateTopicsRequest {
+        topics: vec![NewTopic {
+            name: "safe".into(),
+            partitions: Some(1),
+            replication_factor: Some(1),
+            configs: Default::default(),
+        }],
+        timeout_ms: 10_000,
+        validate_only: false,
+    }));
+    assert!(
+        matches!(created, Some(Response::CreateTopics(ref c)) if c.topics[0].error.is_none()),
+        "{created:?}"
+    );
+    assert!(partition_error(good.call(&produce("safe", 0, good_batch("precious")))).is_none());
+    let stored = fetch_all(&mut good, "safe");
+    assert!(!stored.is_empty());
+
+    // Garbage bytes: a header with a nonsense length is answered or the connection closes.
+    let mut garbage = Raw::open(&node);
+    garbage.send_bytes(&[0xde; 64]);
+    assert!(
+        garbage
+            .read()
+            .is_none_or(|r| matches!(r, Response::Failed(_)))
+    );
+
+    // An oversized frame is refused from its header alone.
+    let mut big = Raw::open(&node);
+    let mut header = FrameHeader {
+        length: 0xffff_fff0,
+        kind: 7,
+        version: 1,
+        correlation_id: 42,
+    }
+    .encode()
+    .to_vec();
+    header.extend_from_slice(&[0; 100]);
+    big.send_bytes(&header);
+    assert_eq!(failed_code(big.read()), ErrorCode::RequestTooLarge);
+    assert!(big.closed());
+
+    // A request before the handshake.
+    let mut early = Raw::open(&node);
+    assert_eq!(
+        failed_code(early.call(&produce("safe", 0, good_batch("x")))),
+        ErrorCode::HandshakeRequired
+    );
+    assert!(early.closed());
+
+    let mut raw = Raw::handshaken(&node);
+    // Valid MessagePack of the wrong shape.
+    let mut frame = FrameHeader {
+        length: 12 + 3,
+        kind: 1,
+        version: 1,
+        correlation_id: 7,
+    }
+    .encode()
+    .to_vec();
+    frame.extend_from_slice(&[0x93, 0x01, 0x02]); // [1, 2, …] truncated array
+    raw.send_bytes(&frame);
+    let code = failed_code(raw.read());
+    assert!(
+        matches!(code, ErrorCode::CorruptFrame | ErrorCode::InvalidRequest),
+        "{code:?}"
+    );
+    // An unknown kind, and a known kind at a version the server does not speak.
+    let mut frame = FrameHeader {
+        length: 12 + 1,
+        kind: 999,
+        version: 1,
+        correlation_id: 8,
+    }
+    .encode()
+    .to_vec();
+    frame.push(0x80);
+    raw.send_bytes(&frame);
+    assert_eq!(failed_code(raw.read()), ErrorCode::UnknownRequestKind);
+    let mut frame = FrameHeader {
+        length: 12 + 1,
+        kind: 1,
+        version: 99,
+        correlation_id: 9,
+    }
+    .encode()
+    .to_vec();
+    frame.push(0x80);
+    raw.send_bytes(&frame);
+    assert_eq!(failed_code(raw.read()), ErrorCode::UnsupportedVersion);
+
+    // A batch with a bad CRC, and one that lies about its record count (CRC fixed up).
+    let mut bad_crc = good_batch("evil");
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 1;
+    assert_eq!(
+        partition_error(raw.call(&produce("safe", 0, bad_crc))),
+        Some(ErrorCode::CorruptBatch)
+    );
+    let mut liar = good_batch("liar");
+    liar[RECORD_COUNT_POSITION..RECORD_COUNT_POSITION + 4].copy_from_slice(&2u32.to_be_bytes());
+    liar[LAST_OFFSET_DELTA_POSITION..LAST_OFFSET_DELTA_POSITION + 4]
+        .copy_from_slice(&1u32.to_be_bytes());
+    let crc = compute_crc(&liar);
+    liar[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_be_bytes());
+    assert_eq!(
+        partition_error(raw.call(&produce("safe", 0, liar))),
+        Some(ErrorCode::CorruptBatch)
+    );
+    // Unknown topic and partition.
+    assert_eq!(
+        partition_error(raw.call(&produce("nope", 0, good_batch("x")))),
+        Some(ErrorCode::UnknownTopic)
+    );
+    assert_eq!(
+        partition_error(raw.call(&produce("safe", 9, good_batch("x")))),
+        Some(ErrorCode::UnknownPartition)
+    );
+    // An absurd offset.
+    let request = Request::Fetch(FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        topics: vec![FetchTopic {
+            name: "safe".into(),
+            partitions: vec![FetchPartition {
+                partition: PartitionId(0),
+                fetch_offset: Offset(u64::MAX / 2),
+                partition_max_bytes: 1 << 20,
+                current_leader_epoch: None,
+            }],
+        }],
+    });
+    assert_eq!(
+        partition_error(raw.call(&request)),
+        Some(ErrorCode::OffsetOutOfRange)
+    );
+    // An absurd byte budget is refused as a whole.
+    let request = Request::Fetch(FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 1,
+        max_bytes: u32::MAX,
+        topics: vec![FetchTopic {
+            name: "safe".into(),
+            partitions: vec![FetchPartition {
+                partition: PartitionId(0),
+                fetch_offset: Offset(0),
+                partition_max_bytes: u32::MAX,
+                current_leader_epoch: None,
+            }],
+        }],
+    });
+    let frame = request.encode(99).unwrap();
+    raw.send_bytes(&frame);
+    match raw.read() {
+        Some(Response::Failed(f)) => {
+            assert_eq!(f.error.error_code(), Some(ErrorCode::InvalidRequest))
+        }
+        Some(Response::Fetch(f)) => assert!(f.topics[0].partitions[0].records.len() <= 6 << 20),
+        other => panic!("{other:?}"),
+    }
+
+    // After all of that: the good connection still works and the stored bytes are unchanged.
+    assert_eq!(fetch_all(&mut good, "safe"), stored);
+    assert!(partition_error(good.call(&produce("safe", 0, good_batch("after")))).is_none());
+    assert!(
+        node.logged("bad request"),
+        "bad input is logged:\n{}",
+        node.log_text()
+    );
+}
+
+#[test]
+fn a_client_that_says_nothing_is_closed() {
+    let node = TestNode::start();
+    let mut silent = Raw::open(&node);
+    let started = Instant::now();
+    assert!(silent.closed(), "the server closes a silent connection");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "after its handshake timeout, not at once"
+    );
+    let mut good = Raw::handshaken(&node);
+    assert!(good.call(&Request::Metadata(Default::default())).is_some());
+}

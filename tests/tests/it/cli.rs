@@ -1,0 +1,197 @@
+//! The `vltava` CLI end to end against a real node: topics, produce from stdin, consume as
+//! text and JSON, exit codes.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use vltava_tests::{TestNode, binary};
+
+fn vltava(node: &TestNode, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(binary("vltava"))
+        .args(args)
+        .env("VLTAVA_BOOTSTRAP", &node.addr)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+#[test]
+fn topics_produce_and_consume_through_the_cli() {
+    let node = TestNode::start();
+    let created = vltava(
+        &node,
+        &[
+            "topic",
+            "create",
+            "cli",
+            "--partitions",
+            "3",
+            "--config",
+            "retention.ms=3600000",
+        ],
+        None,
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let listed = vltava(&node, &["topic", "list", "--format", "json"], None);
+    assert_eq!(stdout(&listed).trim(), r#"{"name":"cli","partitions":3}"#);
+    let described = vltava(
+        &node,
+        &["topic", "describe", "cli", "--format", "json"],
+        None,
+    );
+    let json: serde_json::Value = serde_json::from_str(stdout(&described).trim()).unwrap();
+    assert_eq!(json["partitions"].as_array().unwrap().len(), 3);
+    assert_eq!(json["configs"]["retention.ms"], "3600000");
+
+    let produced = vltava(
+        &node,
+        &[
+            "produce",
+            "cli",
+            "--key-separator",
+            ":",
+            "--header",
+            "source=cli",
+        ],
+        Some("a:1\nb:2\na:3\n"),
+    );
+    assert!(produced.status.success(), "{}", stderr(&produced));
+    let produced = vltava(
+        &node,
+        &["produce", "cli", "--partition", "2", "--acks", "1"],
+        Some("plain\n"),
+    );
+    assert!(produced.status.success(), "{}", stderr(&produced));
+
+    let consumed = vltava(
+        &node,
+        &[
+            "consume",
+            "cli",
+            "--format",
+            "json",
+            "--max-messages",
+            "4",
+            "--timeout-ms",
+            "10000",
+        ],
+        None,
+    );
+    assert!(consumed.status.success(), "{}", stderr(&consumed));
+    let lines: Vec<serde_json::Value> = stdout(&consumed)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("stdout is only JSON"))
+        .collect();
+    assert_eq!(lines.len(), 4);
+    let keyed: Vec<&serde_json::Value> = lines.iter().filter(|l| l["key"] == "a").collect();
+    assert_eq!(keyed.len(), 2);
+    assert_eq!(
+        keyed[0]["partition"], keyed[1]["partition"],
+        "same key, same partition"
+    );
+    assert_eq!(keyed[0]["value"], "1");
+    assert_eq!(keyed[1]["value"], "3");
+    assert_eq!(keyed[0]["headers"]["source"], "cli");
+    for field in [
+        "topic",
+        "partition",
+        "offset",
+        "timestamp",
+        "key",
+        "value",
+        "headers",
+    ] {
+        assert!(lines[0].get(field).is_some(), "json has {field}");
+    }
+    let text = vltava(
+        &node,
+        &[
+            "consume",
+            "cli",
+            "--partition",
+            "2",
+            "--offset",
+            "0",
+            "--timeout-ms",
+            "1500",
+        ],
+        None,
+    );
+    assert!(text.status.success());
+    assert!(
+        stdout(&text).lines().any(|l| l == "plain"),
+        "{}",
+        stdout(&text)
+    );
+
+    let altered = vltava(
+        &node,
+        &[
+            "topic",
+            "alter",
+            "cli",
+            "--partitions",
+            "4",
+            "--set",
+            "segment.bytes=1048576",
+        ],
+        None,
+    );
+    assert!(altered.status.success(), "{}", stderr(&altered));
+    let deleted = vltava(&node, &["topic", "delete", "cli"], None);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert_eq!(stdout(&vltava(&node, &["topic", "list"], None)).trim(), "");
+}
+
+#[test]
+fn cli_exit_codes_say_what_went_wrong() {
+    let node = TestNode::start();
+    let missing = vltava(&node, &["topic", "describe", "nope"], None);
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        stderr(&missing).lines().count(),
+        1,
+        "one line: {}",
+        stderr(&missing)
+    );
+    assert!(
+        stderr(&missing).contains("UnknownTopic"),
+        "{}",
+        stderr(&missing)
+    );
+    let usage = vltava(&node, &["topic", "create"], None);
+    assert_eq!(usage.status.code(), Some(2));
+    let unreachable = Command::new(binary("vltava"))
+        .args(["--bootstrap", "127.0.0.1:1", "topic", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        unreachable.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&unreachable.stderr)
+    );
+}
