@@ -163,13 +163,38 @@ async fn read_loop(
             },
         }
         let header = FrameHeader::parse(&header_bytes);
+        if header.length < LENGTH_COUNTED_HEADER_BYTES {
+            // Not even a whole header: there is no frame to answer.
+            tracing::warn!(
+                length = header.length,
+                "frame shorter than its header; closing"
+            );
+            return Err("frame shorter than its header".into());
+        }
         let permit = Arc::clone(&inflight)
             .acquire_owned()
             .await
             .map_err(|_| "session closing".to_owned())?;
-        if header.length < LENGTH_COUNTED_HEADER_BYTES
-            || header.frame_bytes() > u64::from(FRAME_BYTES_MAX)
-        {
+        if !handshaken && header.kind != RequestKind::Handshake.code() {
+            // Checked before decoding, so any first request but a Handshake, even one that
+            // cannot be decoded, gets the same answer.
+            tracing::warn!(kind = header.kind, "request before handshake");
+            let bytes = failure_frame(
+                &header,
+                ErrorCode::HandshakeRequired,
+                "the first request on a connection must be Handshake",
+            );
+            let _ = queue
+                .send(Queued {
+                    answer: Answer::Frame { bytes, close: true },
+                    correlation_id: header.correlation_id,
+                    request: header,
+                    _permit: permit,
+                })
+                .await;
+            return Err("no handshake".into());
+        }
+        if header.frame_bytes() > u64::from(FRAME_BYTES_MAX) {
             // The body is not read: answer by correlation id, then close.
             tracing::warn!(
                 length = header.length,
@@ -230,25 +255,7 @@ async fn read_loop(
             }
         };
         drop(body);
-        let is_handshake = matches!(request, Request::Handshake(_));
-        if !handshaken && !is_handshake {
-            tracing::warn!(kind = header.kind, "request before handshake");
-            let bytes = failure_frame(
-                &header,
-                ErrorCode::HandshakeRequired,
-                "the first request on a connection must be Handshake",
-            );
-            let _ = queue
-                .send(Queued {
-                    answer: Answer::Frame { bytes, close: true },
-                    correlation_id: header.correlation_id,
-                    request: header,
-                    _permit: permit,
-                })
-                .await;
-            return Err("no handshake".into());
-        }
-        handshaken |= is_handshake;
+        handshaken |= matches!(request, Request::Handshake(_));
         let expects_response = request.expects_response();
         let answer = dispatch(request, &header, services, bytes_permit);
         if expects_response {
@@ -422,6 +429,7 @@ pub fn partition_error(error: &PartitionError) -> ResponseError {
         PartitionError::UnknownLeaderEpoch { .. } => ErrorCode::UnknownLeaderEpoch,
         PartitionError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
         PartitionError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+        PartitionError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         PartitionError::Storage(storage) => match storage {
             S::InvalidBatch(_) => ErrorCode::CorruptBatch,
             S::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
@@ -975,7 +983,19 @@ async fn fetch_once(
                                 answer.records = records;
                             }
                         }
-                        Err(e) => answer.error = Some(partition_error(&e)),
+                        Err(e) => {
+                            if let PartitionError::OffsetOutOfRange {
+                                high_watermark,
+                                log_start_offset,
+                                ..
+                            } = e
+                            {
+                                // The watermarks tell the consumer where it may resume.
+                                answer.high_watermark = Some(high_watermark);
+                                answer.log_start_offset = Some(log_start_offset);
+                            }
+                            answer.error = Some(partition_error(&e));
+                        }
                     }
                 }
             }

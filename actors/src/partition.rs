@@ -73,6 +73,12 @@ pub enum PartitionError {
     OutOfOrderSequence { expected: u32, received: u32 },
     #[error("producer fenced: epoch {received} is older than {current}")]
     ProducerFenced { current: u16, received: u16 },
+    #[error("offset {offset} is outside [{log_start_offset}, {high_watermark}]")]
+    OffsetOutOfRange {
+        offset: Offset,
+        log_start_offset: Offset,
+        high_watermark: Offset,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -704,31 +710,31 @@ impl PartitionState {
     ) -> Result<FetchOk, PartitionError> {
         self.check_epoch(leader_epoch)?;
         let high_watermark = self.log().high_watermark();
+        let log_start_offset = self.log().log_start_offset();
+        // Past the high watermark is out of range for a consumer, even if the leader's log
+        // holds it already.
+        if offset < log_start_offset || offset > high_watermark {
+            return Err(PartitionError::OffsetOutOfRange {
+                offset,
+                log_start_offset,
+                high_watermark,
+            });
+        }
         if bytes_max == 0 {
             // Only the watermarks were asked for (the fetch's byte budget is spent).
-            let log = self.log();
-            if offset < log.log_start_offset() || offset > log.log_end_offset() {
-                return Err(StorageError::OffsetOutOfRange {
-                    offset,
-                    log_start_offset: log.log_start_offset(),
-                    log_end_offset: log.log_end_offset(),
-                }
-                .into());
-            }
             return Ok(FetchOk {
                 records: Vec::new(),
                 high_watermark,
-                log_start_offset: log.log_start_offset(),
+                log_start_offset,
             });
         }
         let read: LogRead = self
             .with_log(move |log| log.read(offset, bytes_max, Some(high_watermark)))
             .await??;
-        let log = self.log();
         Ok(FetchOk {
             records: read.bytes,
             high_watermark,
-            log_start_offset: log.log_start_offset(),
+            log_start_offset,
         })
     }
 
@@ -738,23 +744,38 @@ impl PartitionState {
         leader_epoch: Option<LeaderEpoch>,
     ) -> Result<ListedOffset, PartitionError> {
         self.check_epoch(leader_epoch)?;
-        let leader_epoch = self.args.leader_epoch;
         let high_watermark = self.log().high_watermark();
-        let offset = match spec {
-            OffsetSpec::Earliest => Some(self.log().log_start_offset()),
-            OffsetSpec::Latest => Some(high_watermark),
-            OffsetSpec::Timestamp(t) => self
-                .with_log(move |log| log.offset_for_timestamp(t))
-                .await??
-                .filter(|o| *o < high_watermark),
+        let (offset, timestamp) = match spec {
+            OffsetSpec::Earliest => (Some(self.log().log_start_offset()), None),
+            OffsetSpec::Latest => (Some(high_watermark), None),
+            OffsetSpec::Timestamp(t) => {
+                match self
+                    .with_log(move |log| log.offset_for_timestamp(t))
+                    .await??
+                {
+                    Some((offset, timestamp)) if offset < high_watermark => {
+                        (Some(offset), Some(timestamp))
+                    }
+                    _ => (None, None),
+                }
+            }
+        };
+        // The epoch of the batch holding the offset (for latest, of the last batch below the
+        // high watermark), so a client can check it against its own log.
+        let cache = self.log().epoch_cache();
+        let epoch_at = match (spec, offset) {
+            (OffsetSpec::Latest, Some(o)) => {
+                o.0.checked_sub(1)
+                    .map(Offset)
+                    .and_then(|o| cache.epoch_for_offset(o))
+            }
+            (_, Some(o)) => cache.epoch_for_offset(o),
+            (_, None) => None,
         };
         Ok(ListedOffset {
             offset,
-            timestamp: match spec {
-                OffsetSpec::Timestamp(t) => offset.map(|_| t),
-                _ => None,
-            },
-            leader_epoch,
+            timestamp,
+            leader_epoch: epoch_at.unwrap_or(self.args.leader_epoch),
         })
     }
 

@@ -103,6 +103,11 @@ fn run_node(flags: NodeFlags) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode> {
+    // Signals are watched before anything listens, so a SIGTERM that arrives during start-up
+    // still leads to a clean shutdown rather than the default abrupt exit.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (is the port in use?)", config.listen))?;
@@ -129,10 +134,8 @@ async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode
     tracing::debug!(admin_listen = %config.admin_listen, "admin endpoint not served yet");
     // A line scripts and tests can wait for.
     tracing::info!(listen = %node.local_addr, data_dir = %data_dir.path.display(), cluster_id = %data_dir.cluster_id, "vltava-node ready");
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot watch SIGTERM")?;
     let code = tokio::select! {
-        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); ExitCode::SUCCESS }
+        _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); ExitCode::SUCCESS }
         _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); ExitCode::SUCCESS }
         reason = node.failed() => { tracing::error!(%reason, "shutting down after a fatal failure"); ExitCode::FAILURE }
     };

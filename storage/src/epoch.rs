@@ -93,6 +93,13 @@ impl LeaderEpochCache {
         Some((found.epoch, end))
     }
 
+    /// The epoch of the batch holding `offset`: the last entry starting at or before it.
+    #[must_use]
+    pub fn epoch_for_offset(&self, offset: Offset) -> Option<LeaderEpoch> {
+        let index = self.entries.partition_point(|e| e.start_offset <= offset);
+        index.checked_sub(1).map(|i| self.entries[i].epoch)
+    }
+
     /// Drops entries that start at or past `offset` (after a truncation of the log's end).
     /// Returns whether anything changed.
     pub fn truncate_from_end(&mut self, offset: Offset) -> bool {

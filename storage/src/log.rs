@@ -899,10 +899,10 @@ impl Log {
         Ok(())
     }
 
-    /// The offset of the first record whose timestamp is at or after `timestamp`, `None` if
-    /// every record is older. Uses the segments' max timestamps and the time index, then
+    /// The offset of the first record whose timestamp is at or after `timestamp`, with that
+    /// record's timestamp; `None` if every record is older. Uses the segments' max timestamps and the time index, then
     /// reads a bounded run of batches.
-    pub fn offset_for_timestamp(&mut self, timestamp: i64) -> Result<Option<Offset>> {
+    pub fn offset_for_timestamp(&mut self, timestamp: i64) -> Result<Option<(Offset, i64)>> {
         self.check_usable()?;
         let Some(segment) = self
             .segments
@@ -929,7 +929,10 @@ impl Log {
                     .records()
                     .map_err(|e| segment.corrupt(position, e.to_string()))?;
                 if let Some(record) = records.iter().find(|r| r.timestamp >= timestamp) {
-                    return Ok(Some(record.offset.max(self.log_start_offset)));
+                    return Ok(Some((
+                        record.offset.max(self.log_start_offset),
+                        record.timestamp,
+                    )));
                 }
             }
             position += header.total_bytes();

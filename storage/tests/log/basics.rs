@@ -173,6 +173,29 @@ fn offset_lookup_finds_every_offset_through_the_sparse_index() {
     }
 }
 
+trait OffsetOnly {
+    fn offset_for_timestamp_offset(
+        &mut self,
+        timestamp: i64,
+    ) -> vltava_storage::Result<Option<Offset>>;
+}
+
+impl OffsetOnly for Log {
+    fn offset_for_timestamp_offset(
+        &mut self,
+        timestamp: i64,
+    ) -> vltava_storage::Result<Option<Offset>> {
+        let found = self.offset_for_timestamp(timestamp)?;
+        if let Some((_, record_timestamp)) = found {
+            assert!(
+                record_timestamp >= timestamp,
+                "the record found is not older than asked"
+            );
+        }
+        Ok(found.map(|(offset, _)| offset))
+    }
+}
+
 #[test]
 fn offset_for_timestamp_finds_the_first_record_at_or_after_it() {
     let (_, storage) = sim();
@@ -182,22 +205,25 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after_it() {
         log.append_as_leader(&mut batch("t", 10, 50, 1000 * i), EPOCH, 1_000)
             .unwrap();
     }
-    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some(Offset(0)));
-    assert_eq!(log.offset_for_timestamp(5).unwrap(), Some(Offset(5)));
-    assert_eq!(log.offset_for_timestamp(10).unwrap(), Some(Offset(10)));
+    assert_eq!(log.offset_for_timestamp_offset(0).unwrap(), Some(Offset(0)));
+    assert_eq!(log.offset_for_timestamp_offset(5).unwrap(), Some(Offset(5)));
     assert_eq!(
-        log.offset_for_timestamp(150_003).unwrap(),
+        log.offset_for_timestamp_offset(10).unwrap(),
+        Some(Offset(10))
+    );
+    assert_eq!(
+        log.offset_for_timestamp_offset(150_003).unwrap(),
         Some(Offset(1503))
     );
     assert_eq!(
-        log.offset_for_timestamp(150_500).unwrap(),
+        log.offset_for_timestamp_offset(150_500).unwrap(),
         Some(Offset(1510))
     );
     assert_eq!(
-        log.offset_for_timestamp(199_009).unwrap(),
+        log.offset_for_timestamp_offset(199_009).unwrap(),
         Some(Offset(1999))
     );
-    assert_eq!(log.offset_for_timestamp(199_010).unwrap(), None);
+    assert_eq!(log.offset_for_timestamp_offset(199_010).unwrap(), None);
 }
 
 #[test]

@@ -165,7 +165,7 @@ fn every_kind_of_bad_input_gets_its_typed_answer_and_harms_nobody() {
     );
 
     // An oversized frame is refused from its header alone.
-    let mut big = Raw::open(&node);
+    let mut big = Raw::handshaken(&node);
     let mut header = FrameHeader {
         length: 0xffff_fff0,
         kind: 7,
@@ -186,6 +186,32 @@ fn every_kind_of_bad_input_gets_its_typed_answer_and_harms_nobody() {
         ErrorCode::HandshakeRequired
     );
     assert!(early.closed());
+    // Even a first request that cannot be decoded gets HandshakeRequired.
+    let mut early = Raw::open(&node);
+    let mut frame = FrameHeader {
+        length: 12 + 1,
+        kind: 50,
+        version: 1,
+        correlation_id: 3,
+    }
+    .encode()
+    .to_vec();
+    frame.push(0x90);
+    early.send_bytes(&frame);
+    assert_eq!(failed_code(early.read()), ErrorCode::HandshakeRequired);
+    assert!(early.closed());
+    // A length too short to hold the header: nothing to answer, the connection closes.
+    let mut short = Raw::handshaken(&node);
+    short.send_bytes(
+        &FrameHeader {
+            length: 5,
+            kind: 1,
+            version: 1,
+            correlation_id: 4,
+        }
+        .encode(),
+    );
+    assert!(short.read().is_none());
 
     let mut raw = Raw::handshaken(&node);
     // Valid MessagePack of the wrong shape.
@@ -270,10 +296,17 @@ fn every_kind_of_bad_input_gets_its_typed_answer_and_harms_nobody() {
             }],
         }],
     });
-    assert_eq!(
-        partition_error(raw.call(&request)),
-        Some(ErrorCode::OffsetOutOfRange)
-    );
+    let answer = raw.call(&request);
+    if let Some(Response::Fetch(f)) = &answer {
+        let p = &f.topics[0].partitions[0];
+        assert_eq!(
+            p.high_watermark,
+            Some(Offset(1)),
+            "out of range still says where the log is"
+        );
+        assert_eq!(p.log_start_offset, Some(Offset(0)));
+    }
+    assert_eq!(partition_error(answer), Some(ErrorCode::OffsetOutOfRange));
     // An absurd byte budget is refused as a whole.
     let request = Request::Fetch(FetchRequest {
         max_wait_ms: 0,

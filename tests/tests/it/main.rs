@@ -2,7 +2,9 @@
 
 mod bad_input;
 mod cli;
+mod daemon;
 mod produce_consume;
+mod python_example;
 mod restart;
 
 /// A multi-threaded runtime for a test's client side.

@@ -231,6 +231,7 @@ fn seek_by_timestamp_and_list_offsets() {
             r.timestamp = Some(1_000_000 + i * 1000);
             producer.send(r).await.unwrap().wait().await.unwrap();
         }
+        let check = cluster.clone();
         let mut consumer = Consumer::new(cluster, ConsumerConfig::default());
         consumer
             .assign("times", None, SeekTo::Timestamp(1_004_500))
@@ -259,6 +260,30 @@ fn seek_by_timestamp_and_list_offsets() {
                 .await
                 .unwrap(),
             None
+        );
+        // The answer carries the found record's own timestamp, not the one asked for.
+        let (connection, _) = check
+            .leader("times", vltava_messages::PartitionId(0))
+            .await
+            .unwrap();
+        let request = vltava_messages::protocol::ListOffsetsRequest {
+            topics: vec![vltava_messages::protocol::ListOffsetsTopic {
+                name: "times".into(),
+                partitions: vec![vltava_messages::protocol::ListOffsetsPartition {
+                    partition: vltava_messages::PartitionId(0),
+                    spec: OffsetSpec::Timestamp(1_004_500),
+                    current_leader_epoch: None,
+                }],
+            }],
+        };
+        let answer = connection
+            .send(&request, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let p = &answer.topics[0].partitions[0];
+        assert_eq!(
+            (p.offset.map(|o| o.0), p.timestamp),
+            (Some(5), Some(1_005_000))
         );
     });
 }

@@ -1,0 +1,451 @@
+#!/usr/bin/env python3
+"""A small vltava client in Python, written from PROTOCOL.md (and STORAGE.md for records).
+
+It needs only the `msgpack` package. Section numbers below (section 2, 6.7, ...) are those
+of PROTOCOL.md at the repository root.
+
+Run the demo against a node:  python3 vltava_client.py 127.0.0.1:9420
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import zip_longest
+
+import msgpack
+
+CLIENT_VERSION = "0.1.0"
+
+# Request kinds (section 4) and the versions this client speaks of each.
+HANDSHAKE, METADATA, CREATE_TOPICS, PRODUCE, FETCH, LIST_OFFSETS = 0, 1, 2, 7, 8, 9
+CLIENT_VERSIONS = {kind: (1, 1) for kind in (HANDSHAKE, METADATA, CREATE_TOPICS, PRODUCE, FETCH, LIST_OFFSETS)}
+RESPONSE_BIT = 0x8000
+FRAME_HEADER = struct.Struct(">IHHQ")  # length, kind, version, correlation_id (section 2)
+FRAME_BYTES_MAX = 8 * 1024 * 1024
+
+# The 61-byte record batch header (section 7): base_offset, batch_length,
+# partition_leader_epoch, magic, crc, attributes, last_offset_delta, first_timestamp,
+# max_timestamp, producer_id, producer_epoch, base_sequence, record_count.
+BATCH_HEADER = struct.Struct(">QIIBIHIqqqhiI")
+BATCH_FIELDS = ("base_offset", "batch_length", "partition_leader_epoch", "magic", "crc", "attributes",
+                "last_offset_delta", "first_timestamp", "max_timestamp", "producer_id", "producer_epoch",
+                "base_sequence", "record_count")
+CRC_START = 21  # the CRC covers bytes 21 to the end of the batch
+
+
+class VltavaError(Exception):
+    """An error map from the node (section 5): the whole request failed, or one entry did."""
+
+    def __init__(self, error):
+        self.code = error.get("code")
+        self.name = error.get("name")
+        self.retriable = bool(error.get("retriable"))
+        self.error = error
+        super().__init__(f"{self.name} (code {self.code}): {error.get('message', '')}")
+
+
+def check_entry(entry):
+    """Raises the per-topic or per-partition `error` of a success body entry, if any."""
+    if entry.get("error") is not None:
+        raise VltavaError(entry["error"])
+    return entry
+
+
+# --- Checksums and hashes -------------------------------------------------------------
+
+def _crc32c_table():
+    table = []
+    for n in range(256):
+        crc = n
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data):
+    """CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as record batches use (section 7)."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def fnv1a_32(data):
+    """FNV-1a, 32 bits: the key hash of "Choosing a partition" (section 7)."""
+    h = 2166136261
+    for byte in data:
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def partition_for_key(key, partition_count):
+    """The partition of a keyed event, the same in every client (PROTOCOL.md, section 7)."""
+    return fnv1a_32(key) % partition_count
+
+
+# --- Records (STORAGE.md, "Records") --------------------------------------------------
+
+def put_varint(out, n):
+    """Appends `n` zig-zag encoded, 7 bits at a time, least significant group first."""
+    z = ((n << 1) ^ (n >> 63)) & 0xFFFFFFFFFFFFFFFF
+    while z >= 0x80:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+
+
+def get_varint(buf, pos, max_bytes=10):
+    """Reads a zig-zag varint at `pos`; returns (value, next position)."""
+    raw = 0
+    for i in range(max_bytes):
+        if pos + i >= len(buf):
+            raise ValueError("varint runs past the end of its buffer")
+        byte = buf[pos + i]
+        raw |= (byte & 0x7F) << (7 * i)
+        if byte & 0x80 == 0:
+            return (raw >> 1) ^ -(raw & 1), pos + i + 1
+    raise ValueError("varint too long")
+
+
+def _put_sized(out, data):
+    if data is None:
+        put_varint(out, -1)
+    else:
+        put_varint(out, len(data))
+        out += data
+
+
+def _get_sized(buf, pos):
+    length, pos = get_varint(buf, pos, 5)
+    if length < 0:
+        return None, pos
+    if pos + length > len(buf):
+        raise ValueError("field runs past its record")
+    return bytes(buf[pos:pos + length]), pos + length
+
+
+@dataclass
+class Record:
+    """One event. `offset` is set on records read back; headers are (str, bytes) pairs."""
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    headers: list = field(default_factory=list)
+    offset: int | None = None
+
+
+def build_batch(records):
+    """Builds an uncompressed, non-idempotent record batch (section 7) from `records`.
+
+    The base offset and partition leader epoch are 0: the leader writes them.
+    """
+    first_ts = records[0].timestamp
+    body = bytearray()
+    for index, rec in enumerate(records):
+        r = bytearray([0])  # record attributes, unused
+        put_varint(r, rec.timestamp - first_ts)
+        put_varint(r, index)  # offset_delta: the record's index in the batch
+        _put_sized(r, rec.key)
+        _put_sized(r, rec.value)
+        put_varint(r, len(rec.headers))
+        for hkey, hvalue in rec.headers:
+            _put_sized(r, hkey.encode("utf-8"))
+            _put_sized(r, hvalue)
+        put_varint(body, len(r))
+        body += r
+    max_ts = max(rec.timestamp for rec in records)
+    header = BATCH_HEADER.pack(0, BATCH_HEADER.size - 12 + len(body), 0, 1, 0, 0, len(records) - 1,
+                               first_ts, max_ts, -1, -1, -1, len(records))
+    batch = bytearray(header) + body
+    struct.pack_into(">I", batch, 17, crc32c(batch[CRC_START:]))
+    return bytes(batch)
+
+
+def parse_batches(buf):
+    """Splits concatenated batches (a Fetch `records` bin), checks each one's CRC and yields
+    (header dict, [Record]) with absolute offsets and timestamps (section 7, 6.8)."""
+    pos = 0
+    while pos < len(buf):
+        if len(buf) - pos < BATCH_HEADER.size:
+            raise ValueError("truncated batch header")
+        h = dict(zip(BATCH_FIELDS, BATCH_HEADER.unpack_from(buf, pos)))
+        end = pos + 12 + h["batch_length"]
+        if end > len(buf):
+            raise ValueError("truncated batch")
+        batch = buf[pos:end]
+        if h["magic"] != 1:
+            raise ValueError(f"unsupported batch magic {h['magic']}")
+        actual = crc32c(batch[CRC_START:])
+        if actual != h["crc"]:
+            raise ValueError(f"CRC mismatch at offset {h['base_offset']}: {actual:#010x} != {h['crc']:#010x}")
+        if h["attributes"] & 0b111:
+            raise ValueError("compressed batches need an LZ4 or zstd library; this client has none")
+        log_append_time = bool(h["attributes"] & 0b1000)
+        records, rpos = [], BATCH_HEADER.size
+        for _ in range(h["record_count"]):
+            length, rpos = get_varint(batch, rpos, 5)
+            rend = rpos + length
+            p = rpos + 1  # skip the record attributes byte
+            ts_delta, p = get_varint(batch, p)
+            offset_delta, p = get_varint(batch, p, 5)
+            key, p = _get_sized(batch, p)
+            value, p = _get_sized(batch, p)
+            header_count, p = get_varint(batch, p, 5)
+            headers = []
+            for _ in range(header_count):
+                hkey, p = _get_sized(batch, p)
+                hvalue, p = _get_sized(batch, p)
+                headers.append((hkey.decode("utf-8"), hvalue))
+            if p != rend:
+                raise ValueError("record framing does not match its length")
+            timestamp = h["max_timestamp"] if log_append_time else h["first_timestamp"] + ts_delta
+            records.append(Record(key, value, timestamp, headers, h["base_offset"] + offset_delta))
+            rpos = rend
+        if rpos != len(batch):
+            raise ValueError("bytes left over after the records")
+        yield h, records
+        pos = end
+
+
+# --- Connections (sections 1, 2, 4) -----------------------------------------------------
+
+class Connection:
+    """One TCP connection to one node, handshaken (section 4). Requests are sent one at a
+    time; answers are matched by correlation id (section 2)."""
+
+    def __init__(self, address, client_id="python-example", timeout=90.0):
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.correlation_id = 0
+        self.versions = {HANDSHAKE: 1}
+        self.frame_bytes_max = FRAME_BYTES_MAX
+        hello = self.request(HANDSHAKE, {"client_id": client_id, "client_software_name": "vltava-python-example",
+                                         "client_software_version": CLIENT_VERSION})
+        self.node_id, self.cluster_id = hello["node_id"], hello["cluster_id"]
+        self.frame_bytes_max = hello.get("frame_bytes_max", FRAME_BYTES_MAX)
+        spoken = {k["kind"]: (k["version_min"], k["version_max"]) for k in hello["kinds"]}
+        for kind, (lo, hi) in CLIENT_VERSIONS.items():
+            node_lo, node_hi = spoken.get(kind, (1, 0))
+            if max(lo, node_lo) <= min(hi, node_hi):  # the highest version both speak
+                self.versions[kind] = min(hi, node_hi)
+
+    def close(self):
+        self.sock.close()
+
+    def _read_exact(self, n):
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("the node closed the connection")
+            buf += chunk
+        return bytes(buf)
+
+    def request(self, kind, body):
+        """Sends one request and returns its success body (a dict). A failed request as a
+        whole (`{"error": {...}}`, section 5) raises VltavaError."""
+        if kind not in self.versions:
+            raise RuntimeError(f"the node speaks no version of kind {kind} this client speaks")
+        self.correlation_id += 1
+        version = self.versions[kind]
+        payload = msgpack.packb(body, use_bin_type=True)
+        self.sock.sendall(FRAME_HEADER.pack(12 + len(payload), kind, version, self.correlation_id) + payload)
+        length, rkind, rversion, cid = FRAME_HEADER.unpack(self._read_exact(FRAME_HEADER.size))
+        if length < 12 or 4 + length > self.frame_bytes_max:
+            raise ConnectionError(f"bad frame length {length}")
+        answer = msgpack.unpackb(self._read_exact(length - 12), raw=False)
+        if rkind != kind | RESPONSE_BIT or rversion != version or cid != self.correlation_id:
+            raise ConnectionError(f"unexpected answer: kind {rkind:#06x} v{rversion}, correlation id {cid}")
+        if not isinstance(answer, dict):
+            raise ConnectionError("the body is not a map")
+        if answer.get("error") is not None:
+            raise VltavaError(answer["error"])
+        return answer
+
+    # The requests of section 6, each returning its success body.
+
+    def metadata(self, topics=None):
+        return self.request(METADATA, {} if topics is None else {"topics": topics})
+
+    def create_topics(self, topics, timeout_ms=30000):
+        return self.request(CREATE_TOPICS, {"topics": topics, "timeout_ms": timeout_ms, "validate_only": False})
+
+    def produce(self, topic, partition, batches, leader_epoch=None, acks=-1, timeout_ms=30000):
+        """Appends `batches` (bytes each) to one partition; returns its produce_result."""
+        entry = {"partition": partition, "records": b"".join(batches)}
+        if leader_epoch is not None:
+            entry["current_leader_epoch"] = leader_epoch
+        answer = self.request(PRODUCE, {"acks": acks, "timeout_ms": timeout_ms,
+                                        "topics": [{"name": topic, "partitions": [entry]}]})
+        return check_entry(answer["topics"][0]["partitions"][0])
+
+    def fetch(self, topic, positions, max_wait_ms=5000, min_bytes=1, max_bytes=1 << 20):
+        """Reads from `positions` ({partition: offset}); returns {partition: fetch_result}."""
+        parts = [{"partition": p, "fetch_offset": off, "partition_max_bytes": max_bytes} for p, off in positions.items()]
+        answer = self.request(FETCH, {"max_wait_ms": max_wait_ms, "min_bytes": min_bytes, "max_bytes": max_bytes,
+                                      "topics": [{"name": topic, "partitions": parts}]})
+        return {r["partition"]: check_entry(r) for r in answer["topics"][0]["partitions"]}
+
+    def list_offsets(self, topic, partitions, spec):
+        """`spec` is "earliest" or "latest"; returns {partition: offset}."""
+        parts = [{"partition": p, "spec": spec} for p in partitions]
+        answer = self.request(LIST_OFFSETS, {"topics": [{"name": topic, "partitions": parts}]})
+        return {r["partition"]: check_entry(r)["offset"] for r in answer["topics"][0]["partitions"]}
+
+
+def wait_for_leaders(conn, topic, deadline_s=30.0):
+    """Metadata (section 6.1) until every partition of `topic` has a leader."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        meta = conn.metadata([topic])
+        t = meta["topics"][0]
+        if t.get("error") is None and t["partitions"] and all(p.get("leader") is not None for p in t["partitions"]):
+            return meta
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"partitions of {topic} have no leader: {t}")
+        time.sleep(0.1)
+
+
+def self_test():
+    """Checks the CRC, the key hash and the batch builder against published vectors and the
+    examples of PROTOCOL.md (section 11) and STORAGE.md; returns what does not match."""
+    doc_batch = ("0000000000000000 0000003f 00000000 01 5028da91 0000 00000000 0000018bcfe56800"
+                 " 0000018bcfe56800 ffffffffffffffff ffff ffffffff 00000001 1a000000046b310a68656c6c6f00")
+    checks = {
+        "crc32c('123456789')": crc32c(b"123456789") == 0xE3069283,
+        "fnv1a_32 vectors": [fnv1a_32(s) for s in (b"", b"a", b"foobar")] == [0x811C9DC5, 0xE40C292C, 0xBF9CF968],
+        "PROTOCOL.md batch": build_batch([Record(b"k1", b"hello", 1700000000000)]) == bytes.fromhex(
+            doc_batch.replace(" ", "")),
+        "STORAGE.md batch CRC": build_batch([Record(b"k", b"v", 1000, [("h", b"x")])])[17:21].hex() == "85d4936f",
+    }
+    return [f"self-test failed: {name}" for name, ok in checks.items() if not ok]
+
+
+# --- The demo ------------------------------------------------------------------------------
+
+def main(bootstrap):
+    """The demo: returns 0 if everything read back equals what was written, else 1."""
+    problems = self_test()
+    conn = Connection(bootstrap)
+    print(f"connected to node {conn.node_id} of cluster {conn.cluster_id}")
+
+    # A request that fails as a whole (section 5): an invalid topic name.
+    try:
+        conn.metadata(["not a valid name!"])
+        problems.append("an invalid topic name was accepted")
+    except VltavaError as e:
+        print(f"expected failure: {e}")
+        if e.name != "InvalidTopicName" or e.code != 23:
+            problems.append(f"expected InvalidTopicName (23), got {e.name} ({e.code})")
+
+    topic = f"python-demo-{os.getpid()}-{int(time.time() * 1000)}"
+    check_entry(conn.create_topics([{"name": topic, "partitions": 3}])["topics"][0])
+    try:  # A failure of one entry (section 5): the topic exists now.
+        check_entry(conn.create_topics([{"name": topic, "partitions": 3}])["topics"][0])
+        problems.append("creating the topic twice succeeded")
+    except VltavaError as e:
+        if e.name != "TopicAlreadyExists":
+            problems.append(f"expected TopicAlreadyExists, got {e}")
+    meta = wait_for_leaders(conn, topic)
+    partitions = meta["topics"][0]["partitions"]
+    addresses = {n["node_id"]: f"{n['host']}:{n['port']}" for n in meta["nodes"]}
+    if len(partitions) != 3:
+        problems.append(f"expected 3 partitions, metadata shows {len(partitions)}")
+    leaders = {}  # partition -> (connection to its leader, leader epoch)
+    for p in partitions:
+        leader = p["leader"]
+        c = conn if leader == conn.node_id else Connection(addresses[leader])
+        leaders[p["partition"]] = (c, p["leader_epoch"])
+
+    # Twelve events over four keys; each key's events go to the key's partition.
+    now = int(time.time() * 1000)
+    written = {p: [] for p in leaders}
+    for i in range(12):
+        key = f"customer-{i % 4}".encode()
+        value = f'{{"order": {i}, "amount": {10 * i + 5}}}'.encode()
+        rec = Record(key, value, now + i, [("source", b"python"), ("seq", str(i).encode())])
+        written[partition_for_key(key, len(leaders))].append(rec)
+
+    # Produce with acks = -1: per partition, the first batch alone, then two batches in one
+    # request (a `records` bin may hold several). Base offsets must follow on (section 6.7).
+    for p, recs in written.items():
+        if not recs:
+            continue
+        c, epoch = leaders[p]
+        chunks = [recs[i:i + 2] for i in range(0, len(recs), 2)]
+        sends = [chunks[:1], chunks[1:3], chunks[3:]]
+        next_offset = 0
+        for send in filter(None, sends):
+            result = c.produce(topic, p, [build_batch(chunk) for chunk in send], leader_epoch=epoch)
+            if result.get("base_offset") != next_offset:
+                problems.append(f"partition {p}: base_offset {result.get('base_offset')}, expected {next_offset}")
+            next_offset += sum(len(chunk) for chunk in send)
+        for offset, rec in enumerate(recs):
+            rec.offset = offset
+        print(f"partition {p}: produced {len(recs)} records in {len(chunks)} batches")
+
+    # ListOffsets (section 6.9): earliest 0, latest = the number of records written.
+    for p, (c, _) in leaders.items():
+        earliest = c.list_offsets(topic, [p], "earliest")[p]
+        latest = c.list_offsets(topic, [p], "latest")[p]
+        if (earliest, latest) != (0, len(written[p])):
+            problems.append(f"partition {p}: offsets {earliest}..{latest}, expected 0..{len(written[p])}")
+
+    # Fetch (section 6.8) from offset 0 with a long poll, until each partition's position
+    # reaches what was written.
+    read = {p: [] for p in leaders}
+    batches = 0
+    for p, (c, _) in leaders.items():
+        position = 0
+        deadline = time.monotonic() + 30
+        while position < len(written[p]) and time.monotonic() < deadline:
+            result = c.fetch(topic, {p: position}, max_wait_ms=5000, min_bytes=1)[p]
+            for _, recs in parse_batches(result.get("records") or b""):
+                batches += 1
+                for rec in recs:
+                    if rec.offset >= position:  # skip records below fetch_offset
+                        read[p].append(rec)
+                        position = rec.offset + 1
+        mismatch = next(((w, r) for w, r in zip_longest(written[p], read[p]) if w != r), None)
+        if mismatch:
+            problems.append(f"partition {p}: wrote {mismatch[0]}, read back {mismatch[1]}")
+
+    # A long poll with nothing new to read waits max_wait_ms, then answers with no records.
+    c, _ = leaders[0]
+    started = time.monotonic()
+    result = c.fetch(topic, {0: len(written[0])}, max_wait_ms=300, min_bytes=1)[0]
+    waited = time.monotonic() - started
+    if result.get("records") or waited < 0.25:
+        problems.append(f"an empty long poll answered after {waited:.3f} s with {len(result.get('records') or b'')} bytes")
+
+    for c in {c for c, _ in leaders.values()} | {conn}:
+        c.close()
+    total = sum(len(r) for r in read.values())
+    if problems:
+        for problem in problems:
+            print(f"PROBLEM: {problem}", file=sys.stderr)
+        print(f"vltava python client demo: FAILED ({len(problems)} problems)")
+        return 1
+    print(f"vltava python client demo: OK ({total} records in {batches} batches over {len(leaders)} partitions "
+          f"of {topic} read back as written)")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: vltava_client.py HOST:PORT", file=sys.stderr)
+        sys.exit(2)
+    try:
+        sys.exit(main(sys.argv[1]))
+    except (VltavaError, OSError, ValueError) as e:
+        print(f"vltava python client demo: FAILED ({type(e).__name__}: {e})")
+        sys.exit(1)
