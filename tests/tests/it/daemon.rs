@@ -171,7 +171,7 @@ fn settings_come_from_environment_and_toml() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(binary("vltava-node"))
+    let child = Command::new(binary("vltava-node"))
         .env("VLTAVA_CONFIG", &config)
         .env("VLTAVA_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("VLTAVA_LOG_FORMAT", "json")
