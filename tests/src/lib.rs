@@ -233,6 +233,20 @@ impl TestNode {
         );
     }
 
+    /// The node's resident memory in KiB (from /proc), if it runs.
+    #[must_use]
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
     /// Whether a TCP connection to the node succeeds.
     #[must_use]
     pub fn accepts(&self) -> bool {
