@@ -649,12 +649,17 @@ async fn create_topics(
                 request.validate_only,
             )
             .await;
-        topics.push(TopicResult {
-            name: topic.name,
-            error: outcome.err().map(|e| controller_error(&e)),
-        });
+        topics.push(topic_result(topic.name, outcome));
     }
     CreateTopicsResponse { topics }
+}
+
+/// One topic's outcome of an admin request.
+fn topic_result(name: String, outcome: Result<(), ControllerError>) -> TopicResult {
+    TopicResult {
+        name,
+        error: outcome.err().map(|e| controller_error(&e)),
+    }
 }
 
 async fn delete_topics(
@@ -664,10 +669,7 @@ async fn delete_topics(
     let mut topics = Vec::with_capacity(request.topics.len());
     for name in request.topics {
         let outcome = services.controller.delete_topic(name.clone()).await;
-        topics.push(TopicResult {
-            name,
-            error: outcome.err().map(|e| controller_error(&e)),
-        });
+        topics.push(topic_result(name, outcome));
     }
     DeleteTopicsResponse { topics }
 }
@@ -687,10 +689,7 @@ async fn alter_configs(
                 request.validate_only,
             )
             .await;
-        topics.push(TopicResult {
-            name: change.name,
-            error: outcome.err().map(|e| controller_error(&e)),
-        });
+        topics.push(topic_result(change.name, outcome));
     }
     AlterTopicConfigsResponse { topics }
 }
@@ -705,10 +704,7 @@ async fn create_partitions(
             .controller
             .create_partitions(change.name.clone(), change.count, request.validate_only)
             .await;
-        topics.push(TopicResult {
-            name: change.name,
-            error: outcome.err().map(|e| controller_error(&e)),
-        });
+        topics.push(topic_result(change.name, outcome));
     }
     CreatePartitionsResponse { topics }
 }

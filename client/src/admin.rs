@@ -10,11 +10,18 @@ use vltava_messages::protocol::{
     TopicDescription,
 };
 
+use vltava_messages::protocol::{RequestBody, TopicResult};
+
 use crate::cluster::Cluster;
 use crate::error::{ClientError, check};
 
 /// How long an admin request may take: creating a topic waits for its partitions to open.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The first topic error of an admin answer, if any.
+fn check_topics(topics: Vec<TopicResult>) -> Result<(), ClientError> {
+    topics.into_iter().try_for_each(|topic| check(topic.error))
+}
 
 /// Topic administration over a cluster.
 #[derive(Clone, Debug)]
@@ -26,6 +33,14 @@ impl Admin {
     #[must_use]
     pub fn new(cluster: Arc<Cluster>) -> Admin {
         Admin { cluster }
+    }
+
+    async fn send<R: RequestBody>(&self, request: &R) -> Result<R::Response, ClientError> {
+        self.cluster
+            .any_connection()
+            .await?
+            .send(request, ADMIN_TIMEOUT)
+            .await
     }
 
     /// Creates a topic; returns once its partitions serve.
@@ -46,15 +61,8 @@ impl Admin {
             timeout_ms: ADMIN_TIMEOUT.as_millis() as u32,
             validate_only: false,
         };
-        let answer = self
-            .cluster
-            .any_connection()
-            .await?
-            .send(&request, ADMIN_TIMEOUT)
-            .await?;
-        for topic in answer.topics {
-            check(topic.error)?;
-        }
+        let answer = self.send(&request).await?;
+        check_topics(answer.topics)?;
         self.cluster.refresh().await?;
         Ok(())
     }
@@ -65,15 +73,8 @@ impl Admin {
             topics: vec![name.to_owned()],
             timeout_ms: ADMIN_TIMEOUT.as_millis() as u32,
         };
-        let answer = self
-            .cluster
-            .any_connection()
-            .await?
-            .send(&request, ADMIN_TIMEOUT)
-            .await?;
-        for topic in answer.topics {
-            check(topic.error)?;
-        }
+        let answer = self.send(&request).await?;
+        check_topics(answer.topics)?;
         Ok(())
     }
 
@@ -90,13 +91,7 @@ impl Admin {
         let request = DescribeTopicsRequest {
             topics: names.to_vec(),
         };
-        Ok(self
-            .cluster
-            .any_connection()
-            .await?
-            .send(&request, ADMIN_TIMEOUT)
-            .await?
-            .topics)
+        Ok(self.send(&request).await?.topics)
     }
 
     /// Sets and removes config keys of a topic.
@@ -114,15 +109,8 @@ impl Admin {
             }],
             validate_only: false,
         };
-        let answer = self
-            .cluster
-            .any_connection()
-            .await?
-            .send(&request, ADMIN_TIMEOUT)
-            .await?;
-        for topic in answer.topics {
-            check(topic.error)?;
-        }
+        let answer = self.send(&request).await?;
+        check_topics(answer.topics)?;
         Ok(())
     }
 
@@ -136,15 +124,8 @@ impl Admin {
             timeout_ms: ADMIN_TIMEOUT.as_millis() as u32,
             validate_only: false,
         };
-        let answer = self
-            .cluster
-            .any_connection()
-            .await?
-            .send(&request, ADMIN_TIMEOUT)
-            .await?;
-        for topic in answer.topics {
-            check(topic.error)?;
-        }
+        let answer = self.send(&request).await?;
+        check_topics(answer.topics)?;
         self.cluster.refresh().await?;
         Ok(())
     }
