@@ -18,6 +18,7 @@ use vltava_client::{
     Admin, ClientError, Cluster, Consumer, ConsumerConfig, Producer, ProducerConfig,
     ProducerRecord, SeekTo,
 };
+use vltava_messages::Compression;
 use vltava_messages::protocol::Acks;
 
 #[derive(Debug, Parser)]
@@ -118,6 +119,9 @@ struct ProduceArgs {
     /// 0, 1 or all.
     #[arg(long, default_value = "all")]
     acks: String,
+    /// Compression of each batch: none, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    compression: String,
 }
 
 #[derive(Debug, Args)]
@@ -342,11 +346,18 @@ async fn produce(cluster: Arc<Cluster>, args: ProduceArgs) -> anyhow::Result<()>
         .partition_count(&args.topic)
         .await
         .with_context(|| format!("cannot produce to {}", args.topic))?;
+    let compression = match args.compression.as_str() {
+        "none" => Compression::None,
+        "lz4" => Compression::Lz4,
+        "zstd" => Compression::Zstd,
+        other => bail!("bad --compression {other:?} (expected none, lz4 or zstd)"),
+    };
     let producer = Producer::new(
         cluster,
         ProducerConfig {
             client_id: "vltava-cli".into(),
             acks,
+            compression,
             ..ProducerConfig::default()
         },
     )

@@ -195,3 +195,44 @@ fn cli_exit_codes_say_what_went_wrong() {
         String::from_utf8_lossy(&unreachable.stderr)
     );
 }
+
+#[test]
+fn compressed_batches_round_trip_through_the_cli() {
+    let node = TestNode::start();
+    assert!(
+        vltava(&node, &["topic", "create", "cz"], None)
+            .status
+            .success()
+    );
+    for compression in ["lz4", "zstd", "none"] {
+        let lines = format!("{compression}-1\n{compression}-2\n");
+        let produced = vltava(
+            &node,
+            &["produce", "cz", "--compression", compression],
+            Some(&lines),
+        );
+        assert!(produced.status.success(), "{}", stderr(&produced));
+    }
+    let bad = vltava(
+        &node,
+        &["produce", "cz", "--compression", "gzip"],
+        Some("x\n"),
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    let consumed = vltava(
+        &node,
+        &[
+            "consume",
+            "cz",
+            "--max-messages",
+            "6",
+            "--timeout-ms",
+            "10000",
+        ],
+        None,
+    );
+    assert_eq!(
+        stdout(&consumed).lines().collect::<Vec<_>>(),
+        ["lz4-1", "lz4-2", "zstd-1", "zstd-2", "none-1", "none-2"]
+    );
+}

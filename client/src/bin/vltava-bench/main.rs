@@ -1,0 +1,560 @@
+//! `vltava-bench`: the load generator of vltava, in the manner of kafka-producer-perf-test and
+//! iggy-bench.
+//!
+//! `vltava-bench produce|consume|both` runs producers and/or consumers against a cluster and
+//! reports events/s, MB/s (1 MB = 10^6 bytes; of event values, "payload", and of record-batch
+//! bytes, what crosses the wire less a few dozen bytes of framing per request) and latency
+//! percentiles from a log-bucketed histogram (under 0.8 % error).
+//!
+//! Two modes:
+//! - `raw` (default): each producer builds its record batch once and sends the same bytes
+//!   again and again with `Connection::submit`, keeping `--in-flight` batches waiting per
+//!   partition; consumers fetch and count records from batch headers (CRCs are checked). This
+//!   measures the broker, not the client's per-event path. Latency is per batch (per fetch).
+//! - `client`: events go through `Producer::send` and come back through `Consumer::poll`.
+//!   Latency is per event for producers, per poll for consumers.
+//!
+//! Latency is free of coordinated omission: with `--rate` a pacing thread releases each batch
+//! at its intended time on a fixed schedule and latency counts from that intended time, so a
+//! stall that delays later sends shows up in their latency; without `--rate` it counts from
+//! the moment the request is submitted.
+//!
+//! Every wait is bounded: requests carry timeouts, and the run stops after `--messages` events
+//! or `--duration-s` seconds, whichever comes first.
+
+mod consume;
+mod histogram;
+mod produce;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use serde_json::{Value, json};
+use tokio::sync::Barrier;
+use vltava_client::{Admin, Cluster};
+use vltava_messages::ErrorCode;
+use vltava_messages::protocol::Acks;
+
+use crate::histogram::Histogram;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Command {
+    /// Producers only.
+    Produce,
+    /// Consumers only, reading the topic from its earliest offset.
+    Consume,
+    /// Producers and consumers at once; consumers start at the latest offset.
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Prebuilt batches over `Connection::submit`, fetches counted from batch headers.
+    Raw,
+    /// Through `Producer::send` and `Consumer::poll`, event by event.
+    Client,
+}
+
+/// The vltava load generator.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "vltava-bench", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[arg(value_enum)]
+    command: Command,
+    /// Nodes to bootstrap from, comma-separated.
+    #[arg(long, env = "VLTAVA_BOOTSTRAP", default_value = "127.0.0.1:9420")]
+    bootstrap: String,
+    #[arg(long, default_value = "vltava-bench")]
+    pub topic: String,
+    /// Create the topic first (with --partitions, replication factor 1); an existing topic
+    /// is used as it is.
+    #[arg(long)]
+    create: bool,
+    /// Partitions of the topic (with --create); producers and consumers split them.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Events to send (all producers together), or to read (all consumers together).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: u64,
+    /// Bytes of each event's value (no key, no headers).
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Events per batch (raw mode: exactly; client mode: the producer's batch_bytes is set
+    /// to hold this many).
+    #[arg(long, default_value_t = 1000)]
+    pub batch: u32,
+    /// The producer's linger (client mode).
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+    /// Batches in flight per partition of each producer (a connection carries at most 32
+    /// requests and the node admits 16 per connection by default).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// 0, 1 or all (-1).
+    #[arg(long, default_value = "1", value_parser = parse_acks)]
+    pub acks: Acks,
+    /// Idempotent producer (client mode, acks=all only).
+    #[arg(long)]
+    pub idempotent: bool,
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Target events/s of all producers together, paced on a fixed schedule; latency then
+    /// counts from each send's intended time.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    #[arg(long, value_enum, default_value_t = Mode::Raw)]
+    pub mode: Mode,
+    /// Stop sending and reading after this long, whatever --messages says.
+    #[arg(long, default_value_t = 300)]
+    duration_s: u64,
+    /// Timeout of each produce request.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u32,
+    /// Most record bytes per fetch answer (the node caps it at 6 MiB).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub fetch_bytes: u32,
+    /// Also report the CPU time this process used (from /proc/<pid>/stat), e.g. the node's.
+    #[arg(long)]
+    node_pid: Option<u32>,
+    /// Print one JSON object with every figure and nothing else on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_acks(value: &str) -> Result<Acks, String> {
+    match value {
+        "0" => Ok(Acks::None),
+        "1" => Ok(Acks::Leader),
+        "all" | "-1" => Ok(Acks::All),
+        other => Err(format!("acks must be 0, 1 or all, not {other:?}")),
+    }
+}
+
+fn acks_name(acks: Acks) -> &'static str {
+    match acks {
+        Acks::None => "0",
+        Acks::Leader => "1",
+        Acks::All => "all",
+    }
+}
+
+/// What one producer or consumer did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub events: u64,
+    /// Requests answered (batches produced, fetches or polls made).
+    pub requests: u64,
+    /// Bytes of event values.
+    pub payload_bytes: u64,
+    /// Bytes of record batches.
+    pub batch_bytes: u64,
+    pub started: Instant,
+    pub finished: Instant,
+    pub latency: Histogram,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    pub fn new(started: Instant) -> Outcome {
+        Outcome {
+            events: 0,
+            requests: 0,
+            payload_bytes: 0,
+            batch_bytes: 0,
+            started,
+            finished: started,
+            latency: Histogram::default(),
+            error: None,
+        }
+    }
+}
+
+/// What every task shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub cli: Cli,
+    /// Everyone waits here once set up, so the clocks start together.
+    pub start: Barrier,
+    pub deadline_after: Duration,
+    /// Events consumers read so far, all together.
+    pub consumed: AtomicU64,
+    /// Events consumers should read: `--messages`, lowered to what producers really sent
+    /// when they stop early.
+    pub consume_target: AtomicU64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json_output = cli.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("vltava-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let limit = Duration::from_secs(cli.duration_s) + Duration::from_secs(180);
+    let outcome = runtime.block_on(async {
+        match tokio::time::timeout(limit, run(cli)).await {
+            Ok(result) => result,
+            Err(_) => Err(anyhow::anyhow!(
+                "the run did not end within {} s",
+                limit.as_secs()
+            )),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok((report, ok)) => {
+            if json_output {
+                println!("{report}");
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("vltava-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(cli: &Cli) -> anyhow::Result<()> {
+    if cli.messages == 0 || cli.size == 0 || cli.batch == 0 || cli.in_flight == 0 {
+        bail!("--messages, --size, --batch and --in-flight must be positive");
+    }
+    if cli.producers == 0 || cli.consumers == 0 || cli.partitions == 0 {
+        bail!("--producers, --consumers and --partitions must be positive");
+    }
+    if let Some(rate) = cli.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        bail!("--rate must be a positive number of events per second");
+    }
+    let batch_estimate = cli.batch as u64 * (cli.size as u64 + 16) + 61;
+    if batch_estimate > u64::from(vltava_messages::limits::BATCH_BYTES_MAX) {
+        bail!(
+            "a batch of {} events of {} bytes (~{batch_estimate} bytes) exceeds the 4 MiB batch limit",
+            cli.batch,
+            cli.size
+        );
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<(Value, bool)> {
+    validate(&cli)?;
+    let bootstrap: Vec<String> = cli
+        .bootstrap
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let admin_cluster = Cluster::connect(&bootstrap, "vltava-bench-admin")
+        .await
+        .context("cannot reach the cluster")?;
+    if cli.create {
+        match Admin::new(Arc::clone(&admin_cluster))
+            .create_topic(&cli.topic, cli.partitions, 1, BTreeMap::new())
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {
+                eprintln!("vltava-bench: topic {} exists; using it", cli.topic);
+            }
+            Err(e) => return Err(e).context("cannot create the topic"),
+        }
+    }
+    let partitions = admin_cluster
+        .partition_count(&cli.topic)
+        .await
+        .with_context(|| format!("topic {}", cli.topic))?;
+    drop(admin_cluster);
+
+    let producing = cli.command != Command::Consume;
+    let consuming = cli.command != Command::Produce;
+    let producers = if producing { cli.producers } else { 0 };
+    let consumers = if consuming { cli.consumers } else { 0 };
+    let shared = Arc::new(Shared {
+        cli: cli.clone(),
+        start: Barrier::new(producers + consumers + 1),
+        deadline_after: Duration::from_secs(cli.duration_s),
+        consumed: AtomicU64::new(0),
+        consume_target: AtomicU64::new(cli.messages),
+    });
+
+    // Split partitions and events among producers and consumers.
+    // Partition p goes to task p % count; with more tasks than partitions, task i takes
+    // partition i % partitions (producers then share it; surplus consumers get none).
+    let assign = |count: usize, index: usize| -> Vec<u32> {
+        if count <= partitions as usize {
+            (0..partitions)
+                .filter(|p| *p as usize % count == index)
+                .collect()
+        } else {
+            vec![(index % partitions as usize) as u32]
+        }
+    };
+    let mut producer_tasks = Vec::new();
+    for i in 0..producers {
+        let mine = assign(producers, i);
+        let events = cli.messages / producers as u64
+            + u64::from((i as u64) < cli.messages % producers as u64);
+        let cluster = Cluster::connect(&bootstrap, &format!("vltava-bench-producer-{i}"))
+            .await
+            .context("cannot reach the cluster")?;
+        let shared = Arc::clone(&shared);
+        producer_tasks.push(tokio::spawn(async move {
+            produce::run(shared, cluster, mine, events, i).await
+        }));
+    }
+    let mut consumer_tasks = Vec::new();
+    for i in 0..consumers {
+        let mine = if i < partitions as usize {
+            assign(consumers, i)
+        } else {
+            Vec::new()
+        };
+        let cluster = Cluster::connect(&bootstrap, &format!("vltava-bench-consumer-{i}"))
+            .await
+            .context("cannot reach the cluster")?;
+        let shared = Arc::clone(&shared);
+        let from_latest = cli.command == Command::Both;
+        consumer_tasks.push(tokio::spawn(async move {
+            consume::run(shared, cluster, mine, from_latest).await
+        }));
+    }
+
+    let load_start = loadavg();
+    let cpu_start = (
+        cpu_seconds(None),
+        cli.node_pid.map(|p| cpu_seconds(Some(p))),
+    );
+    // Tasks that fail during set-up still reach the barrier, so this never waits forever.
+    shared.start.wait().await;
+
+    let mut produced = Vec::new();
+    for task in producer_tasks {
+        produced.push(task.await.context("a producer panicked")?);
+    }
+    if producing {
+        let sent: u64 = produced.iter().map(|o| o.events).sum();
+        shared.consume_target.store(sent, Ordering::SeqCst);
+    }
+    let mut consumed = Vec::new();
+    for task in consumer_tasks {
+        consumed.push(task.await.context("a consumer panicked")?);
+    }
+    let cpu_end = (
+        cpu_seconds(None),
+        cli.node_pid.map(|p| cpu_seconds(Some(p))),
+    );
+    let load_end = loadavg();
+
+    let mut ok = true;
+    let mut report = json!({
+        "command": format!("{:?}", cli.command).to_lowercase(),
+        "mode": format!("{:?}", cli.mode).to_lowercase(),
+        "bootstrap": cli.bootstrap,
+        "topic": cli.topic,
+        "partitions": partitions,
+        "messages": cli.messages,
+        "size": cli.size,
+        "batch": cli.batch,
+        "in_flight": cli.in_flight,
+        "acks": acks_name(cli.acks),
+        "linger_ms": cli.linger_ms,
+        "producers": producers,
+        "consumers": consumers,
+        "rate": cli.rate,
+        "nproc": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        "loadavg_start": load_start,
+        "loadavg_end": load_end,
+        "mb": "10^6 bytes",
+        "bench_cpu_s": diff(cpu_start.0, cpu_end.0),
+        "node_cpu_s": cpu_start.1.zip(cpu_end.1).map(|(a, b)| diff(a, b)),
+    });
+    if producing {
+        let unit = match cli.mode {
+            Mode::Raw => "batch",
+            Mode::Client => "event",
+        };
+        let from = if cli.rate.is_some() {
+            "intended send time (paced)"
+        } else {
+            "submission"
+        };
+        let section = summarize(&produced, unit, from);
+        ok &= section["errors"].as_array().is_some_and(Vec::is_empty);
+        if cli.acks == Acks::None {
+            report["produce_note"] =
+                json!("acks=0: counted when written to the socket; no latency");
+        }
+        report["produce"] = section;
+    }
+    if consuming {
+        let unit = match cli.mode {
+            Mode::Raw => "fetch",
+            Mode::Client => "poll",
+        };
+        let section = summarize(&consumed, unit, "request");
+        ok &= section["errors"].as_array().is_some_and(Vec::is_empty);
+        report["consume"] = section;
+    }
+    if !cli.json {
+        print_text(&report);
+    }
+    Ok((report, ok))
+}
+
+fn diff(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    a.zip(b).map(|(a, b)| ((b - a) * 100.0).round() / 100.0)
+}
+
+/// Adds up the outcomes of one side.
+fn summarize(outcomes: &[Outcome], unit: &str, from: &str) -> Value {
+    let mut latency = Histogram::default();
+    let (mut events, mut requests, mut payload, mut batches) = (0u64, 0u64, 0u64, 0u64);
+    let mut errors = Vec::new();
+    let started = outcomes.iter().map(|o| o.started).min();
+    let finished = outcomes.iter().map(|o| o.finished).max();
+    for o in outcomes {
+        latency.merge(&o.latency);
+        events += o.events;
+        requests += o.requests;
+        payload += o.payload_bytes;
+        batches += o.batch_bytes;
+        if let Some(e) = &o.error {
+            errors.push(e.clone());
+        }
+    }
+    let elapsed = started
+        .zip(finished)
+        .map_or(0.0, |(s, f)| f.duration_since(s).as_secs_f64());
+    let per_s = |n: u64| {
+        if elapsed > 0.0 {
+            n as f64 / elapsed
+        } else {
+            0.0
+        }
+    };
+    let round = |x: f64, digits: i32| {
+        let scale = 10f64.powi(digits);
+        (x * scale).round() / scale
+    };
+    json!({
+        "events": events,
+        "requests": requests,
+        "elapsed_s": round(elapsed, 4),
+        "events_per_s": round(per_s(events), 0),
+        "payload_mb_per_s": round(per_s(payload) / 1e6, 1),
+        "batch_mb_per_s": round(per_s(batches) / 1e6, 1),
+        "payload_bytes": payload,
+        "batch_bytes": batches,
+        "latency_per": unit,
+        "latency_from": from,
+        "latency_us": latency.summary_us(),
+        "errors": errors,
+    })
+}
+
+fn print_text(report: &Value) {
+    eprintln!(
+        "vltava-bench {} mode={} acks={} size={} batch={} in_flight={} partitions={} producers={} consumers={} rate={} load {} -> {}",
+        report["command"].as_str().unwrap_or(""),
+        report["mode"].as_str().unwrap_or(""),
+        report["acks"].as_str().unwrap_or(""),
+        report["size"],
+        report["batch"],
+        report["in_flight"],
+        report["partitions"],
+        report["producers"],
+        report["consumers"],
+        report["rate"],
+        report["loadavg_start"].as_str().unwrap_or("?"),
+        report["loadavg_end"].as_str().unwrap_or("?"),
+    );
+    for side in ["produce", "consume"] {
+        let s = &report[side];
+        if s.is_null() {
+            continue;
+        }
+        let l = &s["latency_us"];
+        println!(
+            "{side}: {} events in {} s: {} events/s, {} MB/s payload, {} MB/s batches ({} requests)",
+            s["events"],
+            s["elapsed_s"],
+            s["events_per_s"],
+            s["payload_mb_per_s"],
+            s["batch_mb_per_s"],
+            s["requests"],
+        );
+        if l["count"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "{side}: latency per {} from {} (us): p50 {} p90 {} p99 {} p99.9 {} max {} mean {} ({} samples)",
+                s["latency_per"].as_str().unwrap_or(""),
+                s["latency_from"].as_str().unwrap_or(""),
+                l["p50"],
+                l["p90"],
+                l["p99"],
+                l["p999"],
+                l["max"],
+                l["mean"],
+                l["count"],
+            );
+        }
+        if let Some(errors) = s["errors"].as_array() {
+            for e in errors {
+                println!("{side}: error: {}", e.as_str().unwrap_or(""));
+            }
+        }
+    }
+    if let Some(cpu) = report["bench_cpu_s"].as_f64() {
+        print!("cpu: bench {cpu} s");
+        if let Some(node) = report["node_cpu_s"].as_f64() {
+            print!(", node {node} s");
+        }
+        println!();
+    }
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// User plus system CPU seconds of a process (this one when `None`), from /proc (USER_HZ is
+/// 100 on Linux).
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    let after = text.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
