@@ -754,9 +754,10 @@ async fn init_producer_id(
 // ---- produce ----
 
 /// Splits a partition's records into whole batches (each then validated by the partition).
+/// The common case, one batch, hands the buffer on without copying it.
 fn split_batches(records: Vec<u8>) -> Result<Vec<Vec<u8>>, ResponseError> {
     let corrupt = |message: &str| ResponseError::new(ErrorCode::CorruptBatch, message.to_owned());
-    let mut batches = Vec::new();
+    let mut ends = Vec::new();
     let mut position = 0usize;
     while position < records.len() {
         let header =
@@ -765,13 +766,24 @@ fn split_batches(records: Vec<u8>) -> Result<Vec<Vec<u8>>, ResponseError> {
         if total < LOG_OVERHEAD_BYTES || position + total > records.len() {
             return Err(corrupt("batch length runs past the records"));
         }
-        batches.push(records[position..position + total].to_vec());
         position += total;
+        ends.push(position);
     }
-    if batches.is_empty() {
-        return Err(corrupt("no record batch"));
+    match ends.len() {
+        0 => Err(corrupt("no record batch")),
+        1 => Ok(vec![records]),
+        _ => {
+            let mut start = 0;
+            Ok(ends
+                .into_iter()
+                .map(|end| {
+                    let batch = records[start..end].to_vec();
+                    start = end;
+                    batch
+                })
+                .collect())
+        }
     }
-    Ok(batches)
 }
 
 enum ProduceSlot {

@@ -366,9 +366,9 @@ impl Actor for Partition {
         let dir = args.dir.clone();
         let config = args.log_config.clone();
         let (log, producers) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
-            let log = Log::open(Arc::new(RealStorage), &dir, config, now_ms())?;
-            let mut producers = ProducerStateTable::default();
-            log.for_each_header(|h| producers.record(h))?;
+            let mut log = Log::open(Arc::new(RealStorage), &dir, config, now_ms())?;
+            let (producers, from) = ProducerStateTable::rebuild(&mut log)?;
+            tracing::debug!(dir = %dir.display(), from = from.0, producers = producers.len(), "producer state rebuilt");
             Ok((log, producers))
         })
         .await??;
@@ -461,7 +461,16 @@ impl Actor for Partition {
         }
         if let Some(log) = state.log.take() {
             let id = state.args.id.clone();
-            let closed = tokio::task::spawn_blocking(move || log.close()).await;
+            let producers = std::mem::take(&mut state.producers);
+            let closed = tokio::task::spawn_blocking(move || {
+                // The snapshot first: if it is written and the close fails, recovery still
+                // ignores a snapshot past the recovered log end.
+                if let Err(e) = producers.write_snapshot(log.dir(), log.log_end_offset()) {
+                    tracing::warn!(dir = %log.dir().display(), error = %e, "producer-state snapshot not written");
+                }
+                log.close()
+            })
+            .await;
             match closed {
                 Ok(Ok(())) => tracing::info!(partition = %id, "partition closed"),
                 Ok(Err(e)) => {

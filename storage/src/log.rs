@@ -942,10 +942,30 @@ impl Log {
 
     /// Calls `f` with the header of every batch in the log, oldest first, reading only the
     /// 61-byte headers (what a producer-state rebuild needs). Blocks on reads.
-    pub fn for_each_header(&self, mut f: impl FnMut(&BatchHeader)) -> Result<()> {
+    pub fn for_each_header(&mut self, f: impl FnMut(&BatchHeader)) -> Result<()> {
+        self.for_each_header_from(self.log_start_offset, f)
+    }
+
+    /// Like [`Log::for_each_header`], from the batch holding `from` (or the first after it).
+    pub fn for_each_header_from(
+        &mut self,
+        from: Offset,
+        mut f: impl FnMut(&BatchHeader),
+    ) -> Result<()> {
         self.check_usable()?;
-        for segment in self.segments.values() {
-            let mut position = 0;
+        if from >= self.log_end_offset {
+            return Ok(());
+        }
+        let Some((first_base, first_position, _)) = self.locate(from.max(self.log_start_offset))?
+        else {
+            return Ok(());
+        };
+        for (base, segment) in self.segments.range(first_base..) {
+            let mut position = if *base == first_base {
+                first_position
+            } else {
+                0
+            };
             while position < segment.size {
                 let header = segment.read_header(position)?;
                 f(&header);
