@@ -47,7 +47,7 @@ pub struct HandshakeResponse {
     pub node_id: NodeId,
     /// The cluster's identity, fixed when the cluster was first started.
     pub cluster_id: String,
-    /// The server software, `"vltava"`.
+    /// The server software, `"vltava-node"`.
     pub server_software_name: String,
     /// The server software's version.
     pub server_software_version: String,
