@@ -111,8 +111,15 @@ impl Segment {
             .open(&log_path, true)
             .map_err(|e| StorageError::io(&log_path, e))?;
         // A leftover file of the same name (an earlier, abandoned segment) must not leak in.
-        file.set_len(0)
+        // Only then is it cut: truncating a new file makes ext4 (auto_da_alloc) write back
+        // all of its pages when it is closed, which makes dropping unsynced data slow.
+        let len = file
+            .byte_len()
             .map_err(|e| StorageError::io(&log_path, e))?;
+        if len > 0 {
+            file.set_len(0)
+                .map_err(|e| StorageError::io(&log_path, e))?;
+        }
         Ok(Segment::empty(base_offset, log_path, file, now_ms))
     }
 
@@ -407,8 +414,11 @@ impl Segment {
             let file = storage
                 .open(&path, true)
                 .map_err(|e| StorageError::io(&path, e))?;
-            file.set_len(0).map_err(|e| StorageError::io(&path, e))?;
+            // Write, then set the final length (shorter than an old file's, never a truncate to
+            // zero first; see `create`).
             file.write_at(&bytes, 0)
+                .map_err(|e| StorageError::io(&path, e))?;
+            file.set_len(bytes.len() as u64)
                 .map_err(|e| StorageError::io(&path, e))?;
         }
         Ok(())
