@@ -47,13 +47,16 @@ struct Position {
     partition: u32,
     epoch: LeaderEpoch,
     next: u64,
-    /// The high watermark when the run began (consume mode): read up to here, then stop.
+    /// The high watermark when the run began (consume mode): once read up to here and a
+    /// fetch brings nothing more, the partition is done.
     end: Option<u64>,
+    /// The last fetch brought nothing new.
+    idle: bool,
 }
 
 impl Position {
     fn done(&self) -> bool {
-        self.end.is_some_and(|end| self.next >= end)
+        self.idle && self.end.is_some_and(|end| self.next >= end)
     }
 }
 
@@ -117,6 +120,7 @@ async fn raw(
                     epoch,
                     next,
                     end,
+                    idle: false,
                 });
         }
         Ok::<_, ClientError>(groups)
@@ -169,8 +173,6 @@ async fn raw(
                 }
             };
             let now = Instant::now();
-            outcome.latency.record_duration(now - sent);
-            outcome.requests += 1;
             let mut read = 0u64;
             for p in answer.topics.into_iter().flat_map(|t| t.partitions) {
                 if let Some(e) = p.error {
@@ -184,6 +186,7 @@ async fn raw(
                 else {
                     continue;
                 };
+                let before = position.next;
                 for batch in split_batches(&p.records) {
                     let batch = match batch {
                         Ok(batch) => batch,
@@ -205,16 +208,21 @@ async fn raw(
                     outcome.batch_bytes += batch.bytes.len() as u64;
                     position.next = next;
                 }
+                position.idle = position.next == before;
             }
             outcome.events += read;
             outcome.payload_bytes += read * size;
             if read > 0 {
+                outcome.latency.record_duration(now - sent);
+                outcome.requests += 1;
                 outcome.finished = now;
+            } else {
+                outcome.empty_requests += 1;
             }
             shared.consumed.fetch_add(read, Ordering::SeqCst);
         }
         if !progress {
-            // Every partition is read to where it ended when the run began.
+            // Every partition is read to where it ended when the run began, and no more came.
             break;
         }
     }
@@ -279,14 +287,6 @@ async fn client(
     }
     let deadline = started + shared.deadline_after;
     while !enough(&shared, deadline) {
-        if let Some(ends) = &ends
-            && consumer
-                .positions()
-                .iter()
-                .all(|(key, next)| ends.get(key).is_none_or(|end| next >= end))
-        {
-            break;
-        }
         let sent = Instant::now();
         let records = match tokio::time::timeout(FETCH_WAIT + FETCH_SLACK, consumer.poll()).await {
             Ok(Ok(records)) => records,
@@ -300,8 +300,6 @@ async fn client(
             }
         };
         let now = Instant::now();
-        outcome.latency.record_duration(now - sent);
-        outcome.requests += 1;
         let read = records.len() as u64;
         outcome.events += read;
         outcome.payload_bytes += records
@@ -309,9 +307,23 @@ async fn client(
             .map(|r| r.value.as_ref().map_or(0, Vec::len) as u64)
             .sum::<u64>();
         if read > 0 {
+            outcome.latency.record_duration(now - sent);
+            outcome.requests += 1;
             outcome.finished = now;
+        } else {
+            outcome.empty_requests += 1;
         }
         shared.consumed.fetch_add(read, Ordering::SeqCst);
+        // Read to where the partitions ended when the run began, and no more came.
+        if read == 0
+            && let Some(ends) = &ends
+            && consumer
+                .positions()
+                .iter()
+                .all(|(key, next)| ends.get(key).is_none_or(|end| next >= end))
+        {
+            break;
+        }
     }
     outcome
 }

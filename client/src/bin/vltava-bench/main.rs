@@ -24,12 +24,14 @@
 
 mod consume;
 mod histogram;
+mod malloc;
 mod produce;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -62,7 +64,11 @@ pub enum Mode {
 
 /// The vltava load generator.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "vltava-bench", version, about)]
+#[command(
+    name = "vltava-bench",
+    version,
+    about = "The vltava load generator: events/s, MB/s and latency percentiles of producers and consumers"
+)]
 pub struct Cli {
     /// What to run.
     #[arg(value_enum)]
@@ -118,8 +124,9 @@ pub struct Cli {
     /// Timeout of each produce request.
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u32,
-    /// Most record bytes per fetch answer (the node caps it at 6 MiB).
-    #[arg(long, default_value_t = 8 << 20)]
+    /// Most record bytes per fetch answer and per partition (the node caps it at 6 MiB; as
+    /// Kafka's max.partition.fetch.bytes, 1 MiB by default).
+    #[arg(long, default_value_t = 1 << 20)]
     pub fetch_bytes: u32,
     /// Also report the CPU time this process used (from /proc/<pid>/stat), e.g. the node's.
     #[arg(long)]
@@ -127,7 +134,16 @@ pub struct Cli {
     /// Print one JSON object with every figure and nothing else on stdout.
     #[arg(long)]
     json: bool,
+    /// Leave glibc's malloc thresholds alone. By default the bench keeps buffers up to
+    /// 16 MiB on the heap, because the client allocates a fresh buffer (two, with decoding)
+    /// for every answer and glibc otherwise maps and unmaps each one of 128 KiB or more,
+    /// which makes consume figures swing between runs by 3x (see docs/benchmarks.md).
+    #[arg(long)]
+    malloc_default: bool,
 }
+
+/// Whether `malloc::keep_large_buffers_on_heap` took effect.
+static MALLOC_TUNED: AtomicBool = AtomicBool::new(false);
 
 fn parse_acks(value: &str) -> Result<Acks, String> {
     match value {
@@ -150,8 +166,10 @@ fn acks_name(acks: Acks) -> &'static str {
 #[derive(Debug)]
 pub struct Outcome {
     pub events: u64,
-    /// Requests answered (batches produced, fetches or polls made).
+    /// Requests answered (batches produced, fetches or polls that brought events).
     pub requests: u64,
+    /// Fetches or polls that brought nothing (long polls that ran out); not in the latency.
+    pub empty_requests: u64,
     /// Bytes of event values.
     pub payload_bytes: u64,
     /// Bytes of record batches.
@@ -159,6 +177,9 @@ pub struct Outcome {
     pub started: Instant,
     pub finished: Instant,
     pub latency: Histogram,
+    /// With `--rate`: how late each send left after its intended time (the sender's own
+    /// delay, already inside `latency`).
+    pub lag: Histogram,
     pub error: Option<String>,
 }
 
@@ -167,11 +188,13 @@ impl Outcome {
         Outcome {
             events: 0,
             requests: 0,
+            empty_requests: 0,
             payload_bytes: 0,
             batch_bytes: 0,
             started,
             finished: started,
             latency: Histogram::default(),
+            lag: Histogram::default(),
             error: None,
         }
     }
@@ -194,6 +217,10 @@ pub struct Shared {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_output = cli.json;
+    MALLOC_TUNED.store(
+        !cli.malloc_default && malloc::keep_large_buffers_on_heap(),
+        Ordering::SeqCst,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -218,7 +245,8 @@ fn main() -> ExitCode {
     match outcome {
         Ok((report, ok)) => {
             if json_output {
-                println!("{report}");
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{report}");
             }
             if ok {
                 ExitCode::SUCCESS
@@ -386,6 +414,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Value, bool)> {
         "loadavg_start": load_start,
         "loadavg_end": load_end,
         "mb": "10^6 bytes",
+        "malloc_tuned": MALLOC_TUNED.load(Ordering::SeqCst),
         "bench_cpu_s": diff(cpu_start.0, cpu_end.0),
         "node_cpu_s": cpu_start.1.zip(cpu_end.1).map(|(a, b)| diff(a, b)),
     });
@@ -429,14 +458,18 @@ fn diff(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 /// Adds up the outcomes of one side.
 fn summarize(outcomes: &[Outcome], unit: &str, from: &str) -> Value {
     let mut latency = Histogram::default();
+    let mut lag = Histogram::default();
     let (mut events, mut requests, mut payload, mut batches) = (0u64, 0u64, 0u64, 0u64);
+    let mut empty = 0u64;
     let mut errors = Vec::new();
     let started = outcomes.iter().map(|o| o.started).min();
     let finished = outcomes.iter().map(|o| o.finished).max();
     for o in outcomes {
         latency.merge(&o.latency);
+        lag.merge(&o.lag);
         events += o.events;
         requests += o.requests;
+        empty += o.empty_requests;
         payload += o.payload_bytes;
         batches += o.batch_bytes;
         if let Some(e) = &o.error {
@@ -460,21 +493,31 @@ fn summarize(outcomes: &[Outcome], unit: &str, from: &str) -> Value {
     json!({
         "events": events,
         "requests": requests,
+        "empty_requests": empty,
         "elapsed_s": round(elapsed, 4),
         "events_per_s": round(per_s(events), 0),
         "payload_mb_per_s": round(per_s(payload) / 1e6, 1),
-        "batch_mb_per_s": round(per_s(batches) / 1e6, 1),
+        // Unknown when a consumer decodes events (client mode).
+        "batch_mb_per_s": (batches > 0).then(|| round(per_s(batches) / 1e6, 1)),
         "payload_bytes": payload,
         "batch_bytes": batches,
         "latency_per": unit,
         "latency_from": from,
         "latency_us": latency.summary_us(),
+        "send_lag_us": (lag.count() > 0).then(|| lag.summary_us()),
         "errors": errors,
     })
 }
 
+/// The report for people. Written with `writeln!` so that a closed pipe (`| head`) ends the
+/// output quietly instead of panicking.
 fn print_text(report: &Value) {
-    eprintln!(
+    let _ = write_text(report, &mut std::io::stdout().lock());
+}
+
+fn write_text(report: &Value, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
         "vltava-bench {} mode={} acks={} size={} batch={} in_flight={} partitions={} producers={} consumers={} rate={} load {} -> {}",
         report["command"].as_str().unwrap_or(""),
         report["mode"].as_str().unwrap_or(""),
@@ -488,24 +531,30 @@ fn print_text(report: &Value) {
         report["rate"],
         report["loadavg_start"].as_str().unwrap_or("?"),
         report["loadavg_end"].as_str().unwrap_or("?"),
-    );
+    )?;
     for side in ["produce", "consume"] {
         let s = &report[side];
         if s.is_null() {
             continue;
         }
         let l = &s["latency_us"];
-        println!(
-            "{side}: {} events in {} s: {} events/s, {} MB/s payload, {} MB/s batches ({} requests)",
+        let batches = match s["batch_mb_per_s"].as_f64() {
+            Some(mb) => format!(", {mb} MB/s batches"),
+            None => String::new(),
+        };
+        writeln!(
+            out,
+            "{side}: {} events in {} s: {} events/s, {} MB/s payload{batches} ({} requests, {} empty)",
             s["events"],
             s["elapsed_s"],
             s["events_per_s"],
             s["payload_mb_per_s"],
-            s["batch_mb_per_s"],
             s["requests"],
-        );
+            s["empty_requests"],
+        )?;
         if l["count"].as_u64().unwrap_or(0) > 0 {
-            println!(
+            writeln!(
+                out,
                 "{side}: latency per {} from {} (us): p50 {} p90 {} p99 {} p99.9 {} max {} mean {} ({} samples)",
                 s["latency_per"].as_str().unwrap_or(""),
                 s["latency_from"].as_str().unwrap_or(""),
@@ -516,21 +565,30 @@ fn print_text(report: &Value) {
                 l["max"],
                 l["mean"],
                 l["count"],
-            );
+            )?;
+        }
+        let lag = &s["send_lag_us"];
+        if !lag.is_null() {
+            writeln!(
+                out,
+                "{side}: sends left after their intended time by (us): p50 {} p99 {} max {}",
+                lag["p50"], lag["p99"], lag["max"],
+            )?;
         }
         if let Some(errors) = s["errors"].as_array() {
             for e in errors {
-                println!("{side}: error: {}", e.as_str().unwrap_or(""));
+                writeln!(out, "{side}: error: {}", e.as_str().unwrap_or(""))?;
             }
         }
     }
     if let Some(cpu) = report["bench_cpu_s"].as_f64() {
-        print!("cpu: bench {cpu} s");
+        write!(out, "cpu: bench {cpu} s")?;
         if let Some(node) = report["node_cpu_s"].as_f64() {
-            print!(", node {node} s");
+            write!(out, ", node {node} s")?;
         }
-        println!();
+        writeln!(out)?;
     }
+    Ok(())
 }
 
 /// The 1, 5 and 15 minute load averages.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use vltava_client::connection::{Answer, Connection};
 use vltava_client::{ClientError, Cluster, Delivery, Producer, ProducerConfig, ProducerRecord};
 use vltava_messages::protocol::{
@@ -17,6 +17,11 @@ use crate::{Mode, Outcome, Shared};
 
 /// The longest a producer waits for room to send before giving up.
 const ROOM_WAIT: Duration = Duration::from_secs(120);
+/// Intended send times the pacer may hand over ahead of the senders.
+const PACER_QUEUE_MAX: usize = 4096;
+/// Client-mode deliveries awaiting their answer per partition; past it sending waits, like a
+/// producer application with bounded memory.
+const DELIVERIES_QUEUE_MAX: usize = 65_536;
 
 pub async fn run(
     shared: Arc<Shared>,
@@ -60,8 +65,10 @@ fn pacer(
     deadline: Instant,
     interval: Duration,
     units: u64,
-) -> mpsc::UnboundedReceiver<Instant> {
-    let (sender, receiver) = mpsc::unbounded_channel();
+) -> mpsc::Receiver<Instant> {
+    // Bounded: a pacer that runs ahead waits. That does not hide latency, which is measured
+    // from each send's intended time, not from when the pacer handed it over.
+    let (sender, receiver) = mpsc::channel(PACER_QUEUE_MAX);
     std::thread::Builder::new()
         .name("vltava-bench-pacer".into())
         .spawn(move || {
@@ -70,11 +77,8 @@ fn pacer(
                 if due >= deadline {
                     return;
                 }
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-                if sender.send(due).is_err() {
+                wait_until(due);
+                if sender.blocking_send(due).is_err() {
                     return;
                 }
             }
@@ -121,7 +125,7 @@ fn check_answer(answer: ProduceResponse) -> Result<(), String> {
 /// Waits for the answers in the order the requests were written (a connection answers in
 /// that order), counting each when it arrives.
 async fn complete(
-    mut pending: mpsc::UnboundedReceiver<Pending>,
+    mut pending: mpsc::Receiver<Pending>,
     failed: Arc<AtomicBool>,
     started: Instant,
     size: usize,
@@ -194,105 +198,223 @@ async fn raw(
     .await;
     shared.start.wait().await;
     let started = Instant::now();
-    let mut outcome = Outcome::new(started);
     let lanes = match setup {
         Ok(lanes) => lanes,
         Err(e) => {
+            let mut outcome = Outcome::new(started);
             outcome.error = Some(format!("set-up failed: {e}"));
             return outcome;
         }
     };
     if lanes.is_empty() || events == 0 {
-        return outcome;
+        return Outcome::new(started);
     }
     let deadline = started + shared.deadline_after;
     let batch = u64::from(cli.batch);
-    let request_timeout = Duration::from_millis(u64::from(cli.timeout_ms));
     let room = Arc::new(Semaphore::new(cli.in_flight * lanes.len()));
     let failed = Arc::new(AtomicBool::new(false));
-    let (pending, receiver) = mpsc::unbounded_channel();
+    // Each pending answer holds a `room` permit, so the in-flight window bounds this queue.
+    let (pending, receiver) = mpsc::channel(cli.in_flight * lanes.len() + 1);
     let completer = tokio::spawn(complete(receiver, Arc::clone(&failed), started, cli.size));
-    let mut schedule = cli.rate.map(|rate| {
-        let per_producer = rate / cli.producers as f64;
-        pacer(
-            started,
-            deadline,
-            Duration::from_secs_f64(batch as f64 / per_producer),
-            events.div_ceil(batch),
-        )
-    });
-    let mut sent = 0u64;
-    let mut k = 0usize;
-    let mut error = None;
-    while sent < events && !failed.load(Ordering::SeqCst) {
-        let intended = match &mut schedule {
-            Some(schedule) => match schedule.recv().await {
-                Some(due) => Some(due),
-                None => break,
-            },
-            None => None,
-        };
-        if Instant::now() >= deadline {
-            break;
+    let sending = Sending {
+        lanes,
+        room,
+        failed,
+        pending,
+        acks: cli.acks,
+        size: cli.size as u64,
+        batch,
+        events,
+        deadline,
+        request_timeout: Duration::from_millis(u64::from(cli.timeout_ms)),
+        started,
+    };
+    let sent = match cli.rate {
+        // Paced: a thread of its own sleeps until each send is due and sends it itself, so
+        // no wake-up of another thread stands between the schedule and the socket.
+        Some(rate) => {
+            let schedule = Schedule {
+                start: started,
+                interval: Duration::from_secs_f64(batch as f64 / (rate / cli.producers as f64)),
+            };
+            let runtime = tokio::runtime::Handle::current();
+            let (done, result) = oneshot::channel();
+            std::thread::Builder::new()
+                .name("vltava-bench-sender".into())
+                .spawn(move || {
+                    let _ = done.send(runtime.block_on(send_all(sending, Some(schedule))));
+                })
+                .expect("cannot start a thread");
+            result.await.unwrap_or_else(|_| {
+                let mut sent = Outcome::new(started);
+                sent.error = Some("the sending thread failed".into());
+                sent
+            })
         }
-        let permit = match tokio::time::timeout(ROOM_WAIT, Arc::clone(&room).acquire_owned()).await
-        {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                error = Some("no answer came to free a slot in the window".to_owned());
-                break;
+        None => send_all(sending, None).await,
+    };
+    let mut outcome = if cli.acks == Acks::None {
+        completer.abort();
+        sent
+    } else {
+        let mut outcome = match completer.await {
+            Ok(done) => done,
+            Err(e) => {
+                let mut outcome = Outcome::new(started);
+                outcome.error = Some(format!("the completer failed: {e}"));
+                outcome
             }
         };
-        let n = batch.min(events - sent);
-        let lane = &lanes[k % lanes.len()];
-        let request = if n == batch {
+        outcome.lag = sent.lag;
+        if let Some(e) = sent.error {
+            outcome.error.get_or_insert(e);
+        }
+        outcome
+    };
+    if outcome.events == 0 && outcome.error.is_none() && events > 0 {
+        outcome.error = Some("nothing was sent before the deadline".into());
+    }
+    outcome
+}
+
+/// A fixed schedule of sends.
+struct Schedule {
+    start: Instant,
+    interval: Duration,
+}
+
+impl Schedule {
+    fn due(&self, k: u64) -> Instant {
+        self.start + self.interval.mul_f64(k as f64)
+    }
+}
+
+/// Blocks the thread until `due`: sleeps until shortly before it, then spins, because a
+/// sleeping thread on a virtual machine often wakes 100 us or more late.
+fn wait_until(due: Instant) {
+    const SPIN: Duration = Duration::from_micros(200);
+    loop {
+        let now = Instant::now();
+        if now >= due {
+            return;
+        }
+        let left = due - now;
+        if left > SPIN {
+            std::thread::sleep(left - SPIN);
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// What the sending loop needs.
+struct Sending {
+    lanes: Vec<Lane>,
+    room: Arc<Semaphore>,
+    failed: Arc<AtomicBool>,
+    pending: mpsc::Sender<Pending>,
+    acks: Acks,
+    size: u64,
+    batch: u64,
+    events: u64,
+    deadline: Instant,
+    request_timeout: Duration,
+    started: Instant,
+}
+
+/// Sends every batch, round-robin over the lanes, each when there is room in the window
+/// (and, with a schedule, when it is due: then this blocks its thread between sends and must
+/// run on a thread of its own). Returns the counts for `acks = 0`, the schedule lag and the
+/// error that stopped it.
+async fn send_all(s: Sending, schedule: Option<Schedule>) -> Outcome {
+    let mut outcome = Outcome::new(s.started);
+    let mut sent = 0u64;
+    let mut k = 0u64;
+    while sent < s.events && !s.failed.load(Ordering::SeqCst) {
+        let intended = match &schedule {
+            Some(schedule) => {
+                let due = schedule.due(k);
+                if due >= s.deadline {
+                    break;
+                }
+                wait_until(due);
+                Some(due)
+            }
+            None => None,
+        };
+        if Instant::now() >= s.deadline {
+            break;
+        }
+        let permit =
+            match tokio::time::timeout(ROOM_WAIT, Arc::clone(&s.room).acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                _ => {
+                    outcome.error = Some("no answer came to free a slot in the window".into());
+                    break;
+                }
+            };
+        let n = s.batch.min(s.events - sent);
+        let lane = &s.lanes[(k % s.lanes.len() as u64) as usize];
+        let request = if n == s.batch {
             &lane.full
         } else {
             lane.partial.as_ref().expect("a partial batch exists")
         };
         let since = intended.unwrap_or_else(Instant::now);
-        if cli.acks == Acks::None {
-            if let Err(e) = lane.connection.send_without_answer(request).await {
-                error = Some(e.to_string());
-                break;
+        if let Some(intended) = intended {
+            outcome.lag.record_duration(intended.elapsed());
+        }
+        if s.acks == Acks::None {
+            match tokio::time::timeout(ROOM_WAIT, lane.connection.send_without_answer(request))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    outcome.error = Some(e.to_string());
+                    break;
+                }
+                Err(_) => {
+                    outcome.error = Some("writing a request timed out".into());
+                    break;
+                }
             }
             drop(permit);
             outcome.events += n;
             outcome.requests += 1;
-            outcome.payload_bytes += n * cli.size as u64;
+            outcome.payload_bytes += n * s.size;
             outcome.batch_bytes += records_len(request);
             outcome.finished = Instant::now();
         } else {
-            match lane.connection.submit(request, request_timeout).await {
-                Ok(answer) => {
-                    let _ = pending.send(Pending {
-                        since,
-                        answer,
-                        _room: permit,
-                        events: n,
-                        batch_bytes: records_len(request),
-                    });
+            match tokio::time::timeout(
+                ROOM_WAIT,
+                lane.connection.submit(request, s.request_timeout),
+            )
+            .await
+            {
+                Ok(Ok(answer)) => {
+                    let _ = s
+                        .pending
+                        .send(Pending {
+                            since,
+                            answer,
+                            _room: permit,
+                            events: n,
+                            batch_bytes: records_len(request),
+                        })
+                        .await;
                 }
-                Err(e) => {
-                    error = Some(e.to_string());
+                Ok(Err(e)) => {
+                    outcome.error = Some(e.to_string());
+                    break;
+                }
+                Err(_) => {
+                    outcome.error = Some("writing a request timed out".into());
                     break;
                 }
             }
         }
         sent += n;
         k += 1;
-    }
-    drop(pending);
-    if cli.acks != Acks::None {
-        match completer.await {
-            Ok(done) => outcome = done,
-            Err(e) => error = Some(format!("the completer failed: {e}")),
-        }
-    } else {
-        completer.abort();
-    }
-    if let Some(e) = error {
-        outcome.error.get_or_insert(e);
     }
     outcome
 }
@@ -344,7 +466,7 @@ async fn client(
     let mut lanes = Vec::new();
     let mut completers = Vec::new();
     for _ in &partitions {
-        let (sender, mut receiver) = mpsc::unbounded_channel::<(Instant, Delivery)>();
+        let (sender, mut receiver) = mpsc::channel::<(Instant, Delivery)>(DELIVERIES_QUEUE_MAX);
         lanes.push(sender);
         let size = cli.size as u64;
         completers.push(tokio::spawn(async move {
@@ -412,9 +534,12 @@ async fn client(
                 timestamp: None,
             };
             let since = intended.unwrap_or_else(Instant::now);
+            if let Some(intended) = intended {
+                outcome.lag.record_duration(intended.elapsed());
+            }
             match tokio::time::timeout(ROOM_WAIT, producer.send(record)).await {
                 Ok(Ok(delivery)) => {
-                    let _ = lanes[lane].send((since, delivery));
+                    let _ = lanes[lane].send((since, delivery)).await;
                 }
                 Ok(Err(e)) => {
                     error = Some(e.to_string());
