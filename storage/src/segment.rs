@@ -40,6 +40,24 @@ pub fn parse_file_name(name: &str, suffix: &str) -> Option<Offset> {
         .flatten()
 }
 
+/// Opens (or creates) the `.log` file of the segment at `base_offset`: its path, handle and
+/// length.
+fn open_log_file(
+    storage: &dyn Storage,
+    dir: &Path,
+    base_offset: Offset,
+    create: bool,
+) -> Result<(PathBuf, Arc<dyn StorageFile>, u64)> {
+    let log_path = dir.join(format!("{}{LOG_SUFFIX}", file_stem(base_offset)));
+    let file = storage
+        .open(&log_path, create)
+        .map_err(|e| StorageError::io(&log_path, e))?;
+    let len = file
+        .byte_len()
+        .map_err(|e| StorageError::io(&log_path, e))?;
+    Ok((log_path, file, len))
+}
+
 /// Why a scan stopped before the end of the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScanStop {
@@ -106,16 +124,10 @@ impl Segment {
         base_offset: Offset,
         now_ms: u64,
     ) -> Result<Segment> {
-        let log_path = dir.join(format!("{}{LOG_SUFFIX}", file_stem(base_offset)));
-        let file = storage
-            .open(&log_path, true)
-            .map_err(|e| StorageError::io(&log_path, e))?;
+        let (log_path, file, len) = open_log_file(storage, dir, base_offset, true)?;
         // A leftover file of the same name (an earlier, abandoned segment) must not leak in.
         // Only then is it cut: truncating a new file makes ext4 (auto_da_alloc) write back
         // all of its pages when it is closed, which makes dropping unsynced data slow.
-        let len = file
-            .byte_len()
-            .map_err(|e| StorageError::io(&log_path, e))?;
         if len > 0 {
             file.set_len(0)
                 .map_err(|e| StorageError::io(&log_path, e))?;
@@ -150,15 +162,9 @@ impl Segment {
         base_offset: Offset,
         now_ms: u64,
     ) -> Result<Segment> {
-        let log_path = dir.join(format!("{}{LOG_SUFFIX}", file_stem(base_offset)));
-        let file = storage
-            .open(&log_path, false)
-            .map_err(|e| StorageError::io(&log_path, e))?;
+        let (log_path, file, len) = open_log_file(storage, dir, base_offset, false)?;
         let mut segment = Segment::empty(base_offset, log_path, file, now_ms);
-        segment.size = segment
-            .file
-            .byte_len()
-            .map_err(|e| StorageError::io(&segment.log_path, e))?;
+        segment.size = len;
         Ok(segment)
     }
 
