@@ -145,9 +145,11 @@ impl Actor for MetadataApplier {
         msg: ApplierMsg,
         state: &mut ApplierState,
     ) -> Result<(), ActorProcessingErr> {
+        let started = std::time::Instant::now();
         let ApplierMsg::Apply { image, reply } = msg;
         state.apply(&image).await;
         let _ = reply.send(());
+        state.stats.time("Apply", started.elapsed());
         state.stats.handled();
         Ok(())
     }

@@ -45,9 +45,10 @@ use vltava_messages::protocol::{
 use vltava_messages::{LeaderEpoch, NodeId, Offset, PartitionId, ProducerEpoch};
 
 use crate::controller::{ControllerError, ControllerHandle};
-use crate::directory::{ActorDirectory, ActorKind};
+use crate::directory::{ActorDirectory, ActorKind, ActorStats, PublishedState, SessionGauges};
 use crate::listener::stopped;
 use crate::metadata::MetadataImage;
+use crate::metrics::RequestMetrics;
 use crate::partition::{Acks, FetchOk, PartitionError, PartitionHandle, Pending, ProduceOk};
 use crate::partition_supervisor::{PartitionRegistry, PartitionSlot};
 use crate::producer_ids::{LocalProducerIdAllocator, ProducerIdAllocator};
@@ -78,6 +79,8 @@ pub struct NodeServices {
     pub bytes_in_flight: Arc<Semaphore>,
     pub inflight_requests_max: usize,
     pub sessions_started: AtomicU64,
+    /// Requests received and answer latency per kind, for `/metrics`.
+    pub requests: Arc<RequestMetrics>,
 }
 
 /// An answer being prepared, in request order.
@@ -101,6 +104,8 @@ struct Queued {
     answer: Answer,
     correlation_id: u64,
     request: FrameHeader,
+    /// When the request's header arrived.
+    received: Instant,
     /// Held until the answer is written: this is what bounds a connection's requests.
     _permit: OwnedSemaphorePermit,
 }
@@ -115,14 +120,28 @@ pub async fn run_session(
 ) {
     let n = services.sessions_started.fetch_add(1, Ordering::Relaxed);
     let id = format!("{}/session/{n}-{peer}", services.node);
-    let stats = services
-        .directory
-        .register(&id, ActorKind::ClientSession, Some(&listener_id));
+    let gauges = Arc::new(SessionGauges {
+        peer: peer.to_string(),
+        ..SessionGauges::default()
+    });
+    let stats = services.directory.register_with_state(
+        &id,
+        ActorKind::ClientSession,
+        Some(&listener_id),
+        Some(PublishedState::Session(Arc::clone(&gauges))),
+    );
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
     let (queue, answers) = mpsc::channel(services.inflight_requests_max);
-    let writer = tokio::spawn(write_loop(writer, answers, id.clone()));
-    let outcome = read_loop(reader, queue, &services, shutdown, &stats).await;
+    let writer = tokio::spawn(write_loop(
+        writer,
+        answers,
+        id.clone(),
+        Arc::clone(&gauges),
+        Arc::clone(&stats),
+        Arc::clone(&services.requests),
+    ));
+    let outcome = read_loop(reader, queue, &services, shutdown, &gauges).await;
     match &outcome {
         Ok(()) => tracing::debug!(session = %id, "connection closed"),
         Err(reason) => tracing::info!(session = %id, %reason, "connection closed"),
@@ -142,7 +161,7 @@ async fn read_loop(
     queue: mpsc::Sender<Queued>,
     services: &Arc<NodeServices>,
     mut shutdown: watch::Receiver<bool>,
-    stats: &crate::directory::ActorStats,
+    gauges: &SessionGauges,
 ) -> Result<(), String> {
     let inflight = Arc::new(Semaphore::new(services.inflight_requests_max));
     let mut handshaken = false;
@@ -163,6 +182,8 @@ async fn read_loop(
             },
         }
         let header = FrameHeader::parse(&header_bytes);
+        let received = Instant::now();
+        services.requests.received(header.kind);
         if header.length < LENGTH_COUNTED_HEADER_BYTES {
             // Not even a whole header: there is no frame to answer.
             tracing::warn!(
@@ -184,11 +205,13 @@ async fn read_loop(
                 ErrorCode::HandshakeRequired,
                 "the first request on a connection must be Handshake",
             );
+            gauges.requests_in_flight.fetch_add(1, Ordering::Relaxed);
             let _ = queue
                 .send(Queued {
                     answer: Answer::Frame { bytes, close: true },
                     correlation_id: header.correlation_id,
                     request: header,
+                    received,
                     _permit: permit,
                 })
                 .await;
@@ -209,11 +232,13 @@ async fn read_loop(
                     header.frame_bytes()
                 ),
             );
+            gauges.requests_in_flight.fetch_add(1, Ordering::Relaxed);
             let _ = queue
                 .send(Queued {
                     answer: Answer::Frame { bytes, close: true },
                     correlation_id: header.correlation_id,
                     request: header,
+                    received,
                     _permit: permit,
                 })
                 .await;
@@ -230,7 +255,9 @@ async fn read_loop(
             Ok(Err(e)) => return Err(format!("truncated frame: {e}")),
             Ok(Ok(_)) => {}
         }
-        stats.handled.fetch_add(1, Ordering::Relaxed);
+        gauges
+            .bytes_in
+            .fetch_add((FRAME_HEADER_BYTES + body_len) as u64, Ordering::Relaxed);
         let request = match Request::decode(&header, &body) {
             Ok(request) => request,
             Err(error) => {
@@ -239,11 +266,13 @@ async fn read_loop(
                 let bytes = Response::failed(&header, error.response_error())
                     .encode(header.correlation_id)
                     .unwrap_or_default();
+                gauges.requests_in_flight.fetch_add(1, Ordering::Relaxed);
                 queue
                     .send(Queued {
                         answer: Answer::Frame { bytes, close },
                         correlation_id: header.correlation_id,
                         request: header,
+                        received,
                         _permit: permit,
                     })
                     .await
@@ -255,15 +284,21 @@ async fn read_loop(
             }
         };
         drop(body);
-        handshaken |= matches!(request, Request::Handshake(_));
+        if let Request::Handshake(hello) = &request {
+            handshaken = true;
+            set_text(&gauges.client_id, &hello.client_id);
+            set_text(&gauges.client_software, &hello.client_software_name);
+        }
         let expects_response = request.expects_response();
         let answer = dispatch(request, &header, services, bytes_permit);
         if expects_response {
+            gauges.requests_in_flight.fetch_add(1, Ordering::Relaxed);
             queue
                 .send(Queued {
                     answer,
                     correlation_id: header.correlation_id,
                     request: header,
+                    received,
                     _permit: permit,
                 })
                 .await
@@ -272,8 +307,25 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(mut writer: OwnedWriteHalf, mut answers: mpsc::Receiver<Queued>, id: String) {
+/// Replaces a published text field.
+fn set_text(field: &std::sync::Mutex<String>, value: &str) {
+    let mut text = field
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    text.clear();
+    text.push_str(value);
+}
+
+async fn write_loop(
+    mut writer: OwnedWriteHalf,
+    mut answers: mpsc::Receiver<Queued>,
+    id: String,
+    gauges: Arc<SessionGauges>,
+    stats: Arc<ActorStats>,
+    requests: Arc<RequestMetrics>,
+) {
     while let Some(queued) = answers.recv().await {
+        let kind = queued.request.kind;
         let (outgoing, close) = match queued.answer {
             Answer::Frame { bytes, close } => (Outgoing::Frame(bytes), close),
             Answer::Later(task) => match task.await {
@@ -296,8 +348,17 @@ async fn write_loop(mut writer: OwnedWriteHalf, mut answers: mpsc::Receiver<Queu
             write_outgoing(&mut writer, outgoing, queued.correlation_id),
         )
         .await;
+        // Every queued answer counted into the in-flight gauge, written or not.
+        gauges.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
         match written {
-            Ok(Ok(())) => {}
+            Ok(Ok(bytes)) => {
+                gauges.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+                let elapsed = queued.received.elapsed();
+                requests.answered(kind, elapsed);
+                let name = RequestKind::from_code(kind).map_or("Unknown", RequestKind::name);
+                stats.time(name, elapsed);
+                stats.handled.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(Err(e)) => {
                 tracing::debug!(session = %id, error = %e, "write failed");
                 return;
@@ -319,9 +380,12 @@ async fn write_outgoing(
     writer: &mut OwnedWriteHalf,
     outgoing: Outgoing,
     _correlation_id: u64,
-) -> std::io::Result<()> {
+) -> std::io::Result<u64> {
     match outgoing {
-        Outgoing::Frame(bytes) => writer.write_all(&bytes).await,
+        Outgoing::Frame(bytes) => {
+            writer.write_all(&bytes).await?;
+            Ok(bytes.len() as u64)
+        }
         Outgoing::Fetch {
             correlation_id,
             answer,
@@ -329,10 +393,12 @@ async fn write_outgoing(
             let reference = answer.as_ref();
             let parts =
                 encode_fetch_response(correlation_id, &reference).map_err(std::io::Error::other)?;
+            let mut written = 0;
             for part in parts.parts() {
                 writer.write_all(part.as_slice()).await?;
+                written += part.as_slice().len() as u64;
             }
-            Ok(())
+            Ok(written)
         }
     }
 }

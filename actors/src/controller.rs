@@ -316,6 +316,13 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
         msg: ControllerMsg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let started = std::time::Instant::now();
+        let kind = match &msg {
+            ControllerMsg::CreateTopic { .. } => "CreateTopic",
+            ControllerMsg::DeleteTopic { .. } => "DeleteTopic",
+            ControllerMsg::AlterConfigs { .. } => "AlterConfigs",
+            ControllerMsg::CreatePartitions { .. } => "CreatePartitions",
+        };
         let (outcome, reply) = match msg {
             ControllerMsg::CreateTopic {
                 name,
@@ -359,6 +366,7 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             tracing::info!(error = %e, "metadata change refused");
         }
         let _ = reply.send(outcome);
+        state.stats.time(kind, started.elapsed());
         state.stats.handled();
         Ok(())
     }

@@ -6,8 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use crate::metrics::KindTimes;
 
 /// What an actor is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,6 +36,26 @@ impl ActorKind {
             ActorKind::ClientSession => "ClientSession",
         }
     }
+
+    /// Every kind, for parsing and listing.
+    pub const ALL: &'static [ActorKind] = &[
+        ActorKind::NodeSupervisor,
+        ActorKind::Controller,
+        ActorKind::MetadataApplier,
+        ActorKind::PartitionSupervisor,
+        ActorKind::Partition,
+        ActorKind::Listener,
+        ActorKind::ClientSession,
+    ];
+
+    /// The kind with this name (as `name` spells it, any case).
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<ActorKind> {
+        ActorKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name().eq_ignore_ascii_case(name))
+    }
 }
 
 /// Where an actor is in its life.
@@ -46,6 +68,18 @@ pub enum ActorStatus {
     Failed,
 }
 
+impl ActorStatus {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            ActorStatus::Starting => "starting",
+            ActorStatus::Running => "running",
+            ActorStatus::Restarting => "restarting",
+            ActorStatus::Failed => "failed",
+        }
+    }
+}
+
 /// Counters shared by an actor and the handles that send to it.
 #[derive(Debug, Default)]
 pub struct ActorStats {
@@ -54,6 +88,8 @@ pub struct ActorStats {
     /// The largest depth seen.
     pub depth_max: AtomicU64,
     pub handled: AtomicU64,
+    /// Processing time per message kind.
+    pub times: KindTimes,
 }
 
 impl ActorStats {
@@ -79,6 +115,52 @@ impl ActorStats {
     pub fn depth(&self) -> u64 {
         self.depth.load(Ordering::Relaxed)
     }
+
+    /// Records how long handling one message of `kind` took.
+    pub fn time(&self, kind: &'static str, elapsed: Duration) {
+        self.times.record(kind, elapsed);
+    }
+}
+
+/// What a partition publishes about itself: gauges it stores after each message it handles,
+/// and counters of what went in and out. Read by the admin endpoint, never locked.
+#[derive(Debug, Default)]
+pub struct PartitionGauges {
+    pub topic: String,
+    pub partition: u32,
+    pub log_start_offset: AtomicU64,
+    pub log_end_offset: AtomicU64,
+    pub high_watermark: AtomicU64,
+    /// Every offset below it is on disk (fsynced).
+    pub flushed_offset: AtomicU64,
+    pub leader_epoch: AtomicU64,
+    pub segments: AtomicU64,
+    pub size_bytes: AtomicU64,
+    /// Batch bytes appended by producers, and the offsets they took.
+    pub bytes_in: AtomicU64,
+    pub events_in: AtomicU64,
+    /// Batch bytes served to fetches, and the offsets they covered.
+    pub bytes_out: AtomicU64,
+    pub events_out: AtomicU64,
+}
+
+/// What a client session publishes about itself.
+#[derive(Debug, Default)]
+pub struct SessionGauges {
+    pub peer: String,
+    /// From the handshake; empty until then.
+    pub client_id: Mutex<String>,
+    pub client_software: Mutex<String>,
+    pub requests_in_flight: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// The state an actor publishes for the admin endpoint, by kind.
+#[derive(Clone, Debug)]
+pub enum PublishedState {
+    Partition(Arc<PartitionGauges>),
+    Session(Arc<SessionGauges>),
 }
 
 /// One registered actor.
@@ -92,6 +174,7 @@ pub struct ActorEntry {
     pub restarts: u32,
     pub last_error: Option<String>,
     pub stats: Arc<ActorStats>,
+    pub state: Option<PublishedState>,
 }
 
 /// The directory. Cheap to clone; clones share the map.
@@ -108,6 +191,17 @@ impl ActorDirectory {
 
     /// Registers (or re-registers, after a restart) an actor; returns its counters.
     pub fn register(&self, id: &str, kind: ActorKind, parent: Option<&str>) -> Arc<ActorStats> {
+        self.register_with_state(id, kind, parent, None)
+    }
+
+    /// Registers an actor that publishes state; a restart replaces the published state.
+    pub fn register_with_state(
+        &self,
+        id: &str,
+        kind: ActorKind,
+        parent: Option<&str>,
+        state: Option<PublishedState>,
+    ) -> Arc<ActorStats> {
         let mut entries = self
             .entries
             .write()
@@ -128,6 +222,7 @@ impl ActorDirectory {
                 restarts,
                 last_error,
                 stats: Arc::clone(&stats),
+                state,
             },
         );
         stats
@@ -167,6 +262,20 @@ impl ActorDirectory {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// The number of registered actors.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// One entry.

@@ -3,6 +3,7 @@
 //! # Layout
 //! - `directory`: the node's actor directory (id, kind, parent, status, counters), read by the
 //!   admin endpoint without messaging actors.
+//! - `metrics`: atomic latency histograms and request counters for the admin endpoint.
 //! - `partition`: the Partition actor and its handle: produce, fetch, list offsets, group
 //!   commit, the high watermark.
 //! - `partition_supervisor`: starts, stops and restarts Partition actors; the partition
@@ -27,6 +28,7 @@ pub mod controller;
 pub mod directory;
 pub mod listener;
 pub mod metadata;
+pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod partition_supervisor;

@@ -30,7 +30,8 @@ use crate::client_session::NodeServices;
 use crate::controller::{Controller, ControllerArgs, ControllerHandle};
 use crate::directory::{ActorDirectory, ActorKind};
 use crate::listener::run_listener;
-use crate::metadata::FileMetadataLog;
+use crate::metadata::{FileMetadataLog, MetadataImage};
+use crate::metrics::RequestMetrics;
 use crate::partition::Durability;
 use crate::partition_supervisor::{
     PartitionRegistry, PartitionSupervisor, PartitionSupervisorHandle,
@@ -60,6 +61,45 @@ pub struct NodeOptions {
     pub flusher_threads: usize,
 }
 
+/// A read-only view of a running node for the admin endpoint: the actor directory, the
+/// metadata image the controller publishes and the node's request counters. Reading it never
+/// sends a message to an actor.
+#[derive(Clone, Debug)]
+pub struct NodeView {
+    pub node_id: u32,
+    pub cluster_id: String,
+    /// The client address the node advertises, `HOST:PORT`.
+    pub advertised: String,
+    pub started_at: std::time::SystemTime,
+    pub directory: ActorDirectory,
+    pub image: watch::Receiver<Arc<MetadataImage>>,
+    /// Used only by fault injection, to reach a partition to crash.
+    pub partitions: PartitionRegistry,
+    pub requests: Arc<RequestMetrics>,
+    /// True from when the listener accepts until shutdown begins.
+    pub serving: Arc<AtomicBool>,
+}
+
+impl NodeView {
+    /// Whether the node accepts and serves clients.
+    #[must_use]
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
+    /// Fault injection: crashes the partition actor `id`, as a bug would, so its supervisor
+    /// restarts it. `Err` names why it could not.
+    pub fn crash_partition(&self, id: &str) -> Result<(), String> {
+        let handle = self
+            .partitions
+            .online()
+            .into_iter()
+            .find(|h| h.actor().get_name().as_deref() == Some(id))
+            .ok_or_else(|| format!("no online partition actor {id}"))?;
+        handle.crash().map_err(|e| e.to_string())
+    }
+}
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -77,6 +117,9 @@ pub enum NodeError {
 #[derive(Debug)]
 pub struct Node {
     pub directory: ActorDirectory,
+    /// What the admin endpoint reads.
+    pub view: NodeView,
+    serving: Arc<AtomicBool>,
     pub local_addr: SocketAddr,
     supervisor: ActorRef<()>,
     controller: ControllerHandle,
@@ -101,6 +144,7 @@ impl Node {
         let directory = ActorDirectory::new();
         let root = format!("{node}/node");
         let stopping = Arc::new(AtomicBool::new(false));
+        let serving = Arc::new(AtomicBool::new(false));
         let (fatal_sender, fatal) = watch::channel(None);
         directory.register(&root, ActorKind::NodeSupervisor, None);
         let (supervisor, _) = Actor::spawn(
@@ -165,6 +209,18 @@ impl Node {
                 .await
                 .map_err(|e| crate::metadata::MetadataError::Task(e.to_string()))??
         };
+        let requests = Arc::new(RequestMetrics::default());
+        let view = NodeView {
+            node_id: options.node_id,
+            cluster_id: options.cluster_id.clone(),
+            advertised: format!("{}:{}", options.advertised_host, options.advertised_port),
+            started_at: std::time::SystemTime::now(),
+            directory: directory.clone(),
+            image: controller.image(),
+            partitions: registry.clone(),
+            requests: Arc::clone(&requests),
+            serving: Arc::clone(&serving),
+        };
         let services = Arc::new(NodeServices {
             node: node.clone(),
             node_id: options.node_id,
@@ -176,6 +232,7 @@ impl Node {
             bytes_in_flight: Arc::new(Semaphore::new(options.bytes_in_flight_max)),
             inflight_requests_max: options.inflight_requests_max,
             sessions_started: AtomicU64::new(0),
+            requests: Arc::clone(&requests),
         });
         let local_addr =
             options
@@ -194,8 +251,11 @@ impl Node {
             root,
         ));
         tracing::info!(%local_addr, node_id = options.node_id, "node serving clients");
+        serving.store(true, Ordering::SeqCst);
         Ok(Node {
             directory,
+            view,
+            serving,
             local_addr,
             supervisor,
             controller,
@@ -220,6 +280,7 @@ impl Node {
     /// Stops accepting, finishes admitted requests, stops the actors and closes every log
     /// (flushed, with its clean-shutdown marker).
     pub async fn shutdown(self) {
+        self.serving.store(false, Ordering::SeqCst);
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
         let _ = self.listener.await;

@@ -14,7 +14,8 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, watch};
@@ -24,7 +25,7 @@ use vltava_storage::{
     AckQueue, FlushJob, Flusher, Log, LogConfig, LogRead, RealStorage, StorageError, SubmitError,
 };
 
-use crate::directory::{ActorDirectory, ActorStats};
+use crate::directory::{ActorDirectory, ActorStats, PartitionGauges, PublishedState};
 use crate::producer_state::{ProducerStateTable, SequenceCheck};
 
 /// Messages a partition's mailbox may hold before its handle answers `Overloaded`. Sessions
@@ -140,9 +141,11 @@ pub enum PartitionMsg {
     Crash,
 }
 
-impl std::fmt::Debug for PartitionMsg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self {
+impl PartitionMsg {
+    /// The message's kind, as the admin endpoint shows processing times.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
             PartitionMsg::Produce { .. } => "Produce",
             PartitionMsg::Fetch { .. } => "Fetch",
             PartitionMsg::ListOffsets { .. } => "ListOffsets",
@@ -150,8 +153,13 @@ impl std::fmt::Debug for PartitionMsg {
             PartitionMsg::FlushTick => "FlushTick",
             PartitionMsg::RetentionTick => "RetentionTick",
             PartitionMsg::Crash => "Crash",
-        };
-        f.write_str(name)
+        }
+    }
+}
+
+impl std::fmt::Debug for PartitionMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind())
     }
 }
 
@@ -307,6 +315,7 @@ pub struct Partition;
 pub struct PartitionState {
     args: PartitionArgs,
     stats: Arc<ActorStats>,
+    gauges: Arc<PartitionGauges>,
     /// `None` only while a blocking task holds it.
     log: Option<Log>,
     producers: ProducerStateTable,
@@ -327,10 +336,20 @@ impl Partition {
         args: PartitionArgs,
         supervisor: ractor::ActorCell,
     ) -> Result<PartitionHandle, ractor::SpawnErr> {
-        let stats = args.directory.register(
+        // A restarted partition keeps its gauges, so its in/out counters run on.
+        let gauges = match args.directory.get(&args.id).and_then(|e| e.state) {
+            Some(PublishedState::Partition(gauges)) => gauges,
+            _ => Arc::new(PartitionGauges {
+                topic: args.topic.to_string(),
+                partition: args.partition.0,
+                ..PartitionGauges::default()
+            }),
+        };
+        let stats = args.directory.register_with_state(
             &args.id,
             crate::directory::ActorKind::Partition,
             Some(&args.parent),
+            Some(PublishedState::Partition(Arc::clone(&gauges))),
         );
         let (hw_sender, hw_receiver) = watch::channel(Offset(0));
         let topic = Arc::clone(&args.topic);
@@ -339,7 +358,7 @@ impl Partition {
         let (actor, _) = Actor::spawn_linked(
             Some(name),
             Partition,
-            (args, Arc::clone(&stats), hw_sender),
+            (args, Arc::clone(&stats), gauges, hw_sender),
             supervisor,
         )
         .await?;
@@ -356,12 +375,17 @@ impl Partition {
 impl Actor for Partition {
     type Msg = PartitionMsg;
     type State = PartitionState;
-    type Arguments = (PartitionArgs, Arc<ActorStats>, watch::Sender<Offset>);
+    type Arguments = (
+        PartitionArgs,
+        Arc<ActorStats>,
+        Arc<PartitionGauges>,
+        watch::Sender<Offset>,
+    );
 
     async fn pre_start(
         &self,
         myself: ActorRef<PartitionMsg>,
-        (args, stats, high_watermark): Self::Arguments,
+        (args, stats, gauges, high_watermark): Self::Arguments,
     ) -> Result<PartitionState, ActorProcessingErr> {
         let dir = args.dir.clone();
         let config = args.log_config.clone();
@@ -381,15 +405,19 @@ impl Actor for Partition {
             myself.send_interval(every, || PartitionMsg::FlushTick);
         }
         myself.send_interval(RETENTION_CHECK_INTERVAL, || PartitionMsg::RetentionTick);
-        Ok(PartitionState {
+        let state = PartitionState {
             args,
             stats,
+            gauges,
             log: Some(log),
             producers,
             waiters: AckQueue::new(ACK_WAITERS_MAX),
             high_watermark,
             flush_in_flight: false,
-        })
+        };
+        state.publish_segments();
+        state.publish();
+        Ok(state)
     }
 
     async fn handle(
@@ -399,6 +427,8 @@ impl Actor for Partition {
         state: &mut PartitionState,
     ) -> Result<(), ActorProcessingErr> {
         let stats = Arc::clone(&state.stats);
+        let started = Instant::now();
+        let kind = msg.kind();
         // Timer messages do not pass through a handle, so they never counted into the depth.
         let counted = !matches!(msg, PartitionMsg::FlushTick | PartitionMsg::RetentionTick);
         let result = match msg {
@@ -441,6 +471,8 @@ impl Actor for Partition {
             PartitionMsg::RetentionTick => state.retention(&myself).await,
             PartitionMsg::Crash => Err(ActorProcessingErr::from("crash injected")),
         };
+        state.publish();
+        stats.time(kind, started.elapsed());
         if counted {
             stats.handled();
         } else {
@@ -486,6 +518,35 @@ impl Actor for Partition {
 }
 
 impl PartitionState {
+    /// Stores the log's offsets where the admin endpoint reads them.
+    fn publish(&self) {
+        let Some(log) = self.log.as_ref() else { return };
+        let g = &self.gauges;
+        g.log_start_offset
+            .store(log.log_start_offset().0, Ordering::Relaxed);
+        g.log_end_offset
+            .store(log.log_end_offset().0, Ordering::Relaxed);
+        g.high_watermark
+            .store(log.high_watermark().0, Ordering::Relaxed);
+        g.flushed_offset
+            .store(log.recovery_point().0, Ordering::Relaxed);
+        g.leader_epoch
+            .store(u64::from(self.args.leader_epoch.0), Ordering::Relaxed);
+    }
+
+    /// Stores the segment count and size; they change only on a roll or a retention pass, so
+    /// this runs then (and on appends that roll), not after every message.
+    fn publish_segments(&self) {
+        let Some(log) = self.log.as_ref() else { return };
+        let segments = log.segments();
+        self.gauges
+            .segments
+            .store(segments.len() as u64, Ordering::Relaxed);
+        self.gauges
+            .size_bytes
+            .store(log.size_bytes(), Ordering::Relaxed);
+    }
+
     /// Runs `f` on the log on the blocking pool and puts the log back.
     async fn with_log<T: Send + 'static>(
         &mut self,
@@ -566,6 +627,7 @@ impl PartitionState {
             }
             SequenceCheck::Append => {
                 let epoch = self.args.leader_epoch;
+                let batch_bytes = batch.len() as u64;
                 let appended = self
                     .with_log(move |log| {
                         log.append_as_leader(&mut batch, epoch, now_ms())
@@ -575,6 +637,18 @@ impl PartitionState {
                 match appended {
                     Ok(Ok((info, Ok(stored)))) => {
                         self.producers.record(&stored);
+                        let g = &self.gauges;
+                        g.bytes_in.fetch_add(batch_bytes, Ordering::Relaxed);
+                        g.events_in.fetch_add(
+                            info.last_offset.0 - info.base_offset.0 + 1,
+                            Ordering::Relaxed,
+                        );
+                        if info.position == 0 {
+                            // The batch opened a new segment.
+                            self.publish_segments();
+                        } else {
+                            g.size_bytes.fetch_add(batch_bytes, Ordering::Relaxed);
+                        }
                         (info.base_offset, info.last_offset, info.log_append_time)
                     }
                     Ok(Ok((_, Err(e)))) => {
@@ -740,6 +814,12 @@ impl PartitionState {
         let read: LogRead = self
             .with_log(move |log| log.read(offset, bytes_max, Some(high_watermark)))
             .await??;
+        self.gauges
+            .bytes_out
+            .fetch_add(read.bytes.len() as u64, Ordering::Relaxed);
+        self.gauges
+            .events_out
+            .fetch_add(offsets_in(&read.bytes), Ordering::Relaxed);
         Ok(FetchOk {
             records: read.bytes,
             high_watermark,
@@ -801,6 +881,7 @@ impl PartitionState {
                 Ok(())
             })
             .await;
+        self.publish_segments();
         match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
@@ -810,4 +891,20 @@ impl PartitionState {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The offsets the whole batches in `bytes` cover, read from their headers.
+fn offsets_in(mut bytes: &[u8]) -> u64 {
+    let mut offsets = 0;
+    while let Ok(header) = BatchHeader::parse(bytes) {
+        offsets += header.last_offset().0.saturating_sub(header.base_offset.0) + 1;
+        let Some(rest) = usize::try_from(header.total_bytes())
+            .ok()
+            .and_then(|n| bytes.get(n..))
+        else {
+            break;
+        };
+        bytes = rest;
+    }
+    offsets
 }

@@ -196,6 +196,11 @@ impl Actor for PartitionSupervisor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let started = std::time::Instant::now();
+        let kind = match &msg {
+            PartitionSupervisorMsg::Start { .. } => "Start",
+            PartitionSupervisorMsg::Stop { .. } => "Stop",
+        };
         match msg {
             PartitionSupervisorMsg::Start { args, reply } => {
                 let key = (Arc::clone(&args.topic), args.partition);
@@ -247,6 +252,7 @@ impl Actor for PartitionSupervisor {
                 let _ = reply.send(());
             }
         }
+        state.stats.time(kind, started.elapsed());
         state.stats.handled();
         Ok(())
     }

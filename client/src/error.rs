@@ -23,6 +23,9 @@ pub enum ClientError {
     InvalidArgument(String),
     #[error("the producer is closed")]
     Closed,
+    /// The admin endpoint answered with an HTTP error.
+    #[error("admin endpoint answered {status}: {message}")]
+    Admin { status: u16, message: String },
 }
 
 impl From<ProtocolError> for ClientError {

@@ -5,6 +5,7 @@
 //! - `connection`: one connection to one node: handshake, pipelined requests.
 //! - `cluster`: metadata, leaders, a connection per node, refresh on stale metadata.
 //! - `admin`: topic administration.
+//! - `admin_http`: GETs on a node's admin HTTP endpoint (ADMIN.md).
 //! - `partitioner`: the documented key hash (FNV-1a 32) and sticky partitioning.
 //! - `producer`: batching by size and linger, ordered retries, idempotence.
 //! - `consumer`: assigned partitions, seek, long-poll fetch.
@@ -13,6 +14,7 @@
 //! Binaries: `vltava` (the CLI) and `vltava-bench`.
 
 pub mod admin;
+pub mod admin_http;
 pub mod cluster;
 pub mod connection;
 pub mod consumer;

@@ -56,7 +56,7 @@ pub struct NodeFlags {
     #[arg(long, env = "VLTAVA_DURABILITY")]
     pub durability: Option<String>,
     /// Accept a non-loopback listen address. Nothing is authenticated yet.
-    #[arg(long, env = "VLTAVA_ALLOW_REMOTE")]
+    #[arg(long, env = "VLTAVA_ALLOW_REMOTE", num_args = 0..=1, default_missing_value = "true")]
     pub allow_remote: Option<bool>,
     /// Most client connections at once [default: 512].
     #[arg(long, env = "VLTAVA_CONNECTIONS_MAX")]
@@ -70,6 +70,17 @@ pub struct NodeFlags {
     /// Threads that run fsyncs for all partitions [default: 2].
     #[arg(long, env = "VLTAVA_FLUSHER_THREADS")]
     pub flusher_threads: Option<usize>,
+    /// A bearer token the admin endpoint requires on every route [default: none].
+    #[arg(long, env = "VLTAVA_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// Serve the admin routes that inject faults (crash an actor). For tests only.
+    #[arg(
+        long,
+        env = "VLTAVA_ENABLE_FAULT_INJECTION",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub enable_fault_injection: Option<bool>,
 }
 
 /// The same settings as read from a TOML file.
@@ -88,6 +99,8 @@ struct FileSettings {
     inflight_requests_max: Option<usize>,
     bytes_in_flight_max: Option<usize>,
     flusher_threads: Option<usize>,
+    admin_token: Option<String>,
+    enable_fault_injection: Option<bool>,
 }
 
 /// How log lines are written.
@@ -112,6 +125,8 @@ pub struct NodeConfig {
     pub inflight_requests_max: usize,
     pub bytes_in_flight_max: usize,
     pub flusher_threads: usize,
+    pub admin_token: Option<String>,
+    pub enable_fault_injection: bool,
 }
 
 fn parse_addr(what: &str, value: &str) -> anyhow::Result<SocketAddr> {
@@ -179,7 +194,17 @@ impl NodeConfig {
             }
             Ok(value)
         };
+        let admin_token = flags.admin_token.or(file.admin_token);
+        if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            bail!("admin token must not be empty");
+        }
+        let enable_fault_injection = flags
+            .enable_fault_injection
+            .or(file.enable_fault_injection)
+            .unwrap_or(false);
         Ok(NodeConfig {
+            admin_token,
+            enable_fault_injection,
             node_id: flags.node_id.or(file.node_id).unwrap_or(1),
             data_dir: flags
                 .data_dir

@@ -4,6 +4,7 @@
 //! file (`config`), a locked data directory (`data_dir`), the supervision tree of
 //! `vltava-actors`, and a clean shutdown on SIGTERM or SIGINT. `dump-log` prints a segment.
 
+mod admin;
 mod config;
 mod data_dir;
 
@@ -111,6 +112,17 @@ async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (is the port in use?)", config.listen))?;
+    // Bound before the node starts, so a taken admin port fails start-up with a clear line
+    // instead of leaving a node without its endpoint.
+    let admin_listener = std::net::TcpListener::bind(config.admin_listen).with_context(|| {
+        format!(
+            "cannot listen on {} for the admin endpoint (is the port in use?)",
+            config.admin_listen
+        )
+    })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .context("cannot read the admin endpoint's address")?;
     if config.allow_remote && !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "listening beyond loopback: nothing is authenticated yet");
     }
@@ -130,16 +142,27 @@ async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode
     })
     .await
     .context("node failed to start")?;
-    // The admin endpoint is not built yet; its address is checked and reserved.
-    tracing::debug!(admin_listen = %config.admin_listen, "admin endpoint not served yet");
+    let admin = admin::start(
+        admin_listener,
+        node.view.clone(),
+        admin::AdminOptions {
+            token: config.admin_token.clone(),
+            fault_injection: config.enable_fault_injection,
+        },
+    )
+    .context("cannot start the admin endpoint")?;
+    if config.enable_fault_injection {
+        tracing::warn!("fault injection is enabled: the admin endpoint can crash actors");
+    }
     // A line scripts and tests can wait for.
-    tracing::info!(listen = %node.local_addr, data_dir = %data_dir.path.display(), cluster_id = %data_dir.cluster_id, "vltava-node ready");
+    tracing::info!(listen = %node.local_addr, admin = %admin_addr, data_dir = %data_dir.path.display(), cluster_id = %data_dir.cluster_id, "vltava-node ready");
     let code = tokio::select! {
         _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); ExitCode::SUCCESS }
         _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); ExitCode::SUCCESS }
         reason = node.failed() => { tracing::error!(%reason, "shutting down after a fatal failure"); ExitCode::FAILURE }
     };
     node.shutdown().await;
+    admin.stop(true).await;
     drop(data_dir);
     Ok(code)
 }

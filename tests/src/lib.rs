@@ -79,6 +79,8 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 pub struct TestNode {
     child: Option<Child>,
     pub addr: String,
+    /// The admin endpoint's address (a new one at every launch).
+    pub admin_addr: String,
     pub data_dir: PathBuf,
     args: Vec<String>,
     /// The node's log lines (stderr), kept for assertions and failure reports.
@@ -114,6 +116,7 @@ impl TestNode {
             let mut node = TestNode {
                 child: None,
                 addr,
+                admin_addr: String::new(),
                 data_dir: data_dir.clone(),
                 args: args.clone(),
                 log: Arc::default(),
@@ -128,13 +131,14 @@ impl TestNode {
 
     /// Launches the process on `self.addr`; returns whether it became ready.
     fn launch(&mut self) -> bool {
+        self.admin_addr = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(binary("vltava-node"))
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(&self.addr)
             .arg("--admin-listen")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(&self.admin_addr)
             .args(&self.args)
             .env("VLTAVA_LOG", "info")
             .stdin(Stdio::null())
@@ -264,4 +268,76 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Largest admin answer `http` reads.
+pub const HTTP_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// How long `http` waits for the admin endpoint.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A plain HTTP/1.1 request to `addr` (the admin endpoint): returns the status code and the
+/// body. `headers` are extra `Name: value` lines.
+pub fn http(method: &str, addr: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).expect("connecting to the admin endpoint");
+    stream
+        .set_read_timeout(Some(HTTP_TIMEOUT))
+        .expect("timeout");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .expect("sending the request");
+    let mut answer = Vec::new();
+    stream
+        .take(HTTP_BODY_BYTES_MAX as u64)
+        .read_to_end(&mut answer)
+        .expect("reading the answer");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .expect("an HTTP answer has a head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("an HTTP status line");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+impl TestNode {
+    /// `GET path` on the node's admin endpoint.
+    #[must_use]
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http("GET", &self.admin_addr, path, &[])
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }

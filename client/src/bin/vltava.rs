@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
+use vltava_client::admin_http::admin_get;
 use vltava_client::{
     Admin, ClientError, Cluster, Consumer, ConsumerConfig, Producer, ProducerConfig,
     ProducerRecord, SeekTo,
@@ -25,7 +26,7 @@ use vltava_messages::protocol::Acks;
 #[command(
     name = "vltava",
     version,
-    about = "The vltava command line: topics, produce, consume"
+    about = "The vltava command line: topics, produce, consume, admin"
 )]
 struct Cli {
     /// Nodes to bootstrap from, comma-separated.
@@ -51,6 +52,35 @@ enum Command {
     Produce(ProduceArgs),
     /// Print events as they are read.
     Consume(ConsumeArgs),
+    /// Look inside a node through its admin endpoint.
+    Admin {
+        /// The node's admin endpoint.
+        #[arg(long, env = "VLTAVA_ADMIN", default_value = "127.0.0.1:9422")]
+        admin: String,
+        /// The admin endpoint's bearer token, if the node requires one.
+        #[arg(long, env = "VLTAVA_ADMIN_TOKEN")]
+        admin_token: Option<String>,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Print the node's actor tree.
+    Actors {
+        /// Only actors of this kind (Partition, ClientSession, ...), listed flat.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Print one actor: counters, processing times, published state, children.
+    Actor {
+        id: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -187,6 +217,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Admin {
+        admin,
+        admin_token,
+        command,
+    } = cli.command
+    {
+        return admin_command(&admin, admin_token.as_deref(), command).await;
+    }
     let bootstrap: Vec<String> = cli
         .bootstrap
         .split(',')
@@ -201,7 +239,163 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic { command } => topic(Admin::new(cluster), command).await,
         Command::Produce(args) => produce(cluster, args).await,
         Command::Consume(args) => consume(cluster, args).await,
+        Command::Admin { .. } => unreachable!("answered above without a cluster connection"),
     }
+}
+
+async fn admin_command(
+    addr: &str,
+    token: Option<&str>,
+    command: AdminCommand,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        AdminCommand::Actors { kind, format } => {
+            let path = match &kind {
+                Some(kind) => format!("/actors?kind={}", query_escape(kind)),
+                None => "/actors".to_owned(),
+            };
+            let answer = admin_get(addr, &path, token).await?;
+            let actors = answer["actors"].as_array().cloned().unwrap_or_default();
+            match format {
+                Format::Json => writeln!(out, "{answer}")?,
+                Format::Text if kind.is_some() => {
+                    for actor in &actors {
+                        writeln!(out, "{}", actor_line(actor))?;
+                    }
+                }
+                Format::Text => print_tree(&mut out, &actors)?,
+            }
+        }
+        AdminCommand::Actor { id, format } => {
+            let path = format!("/actors/{}", id.trim_start_matches('/'));
+            let actor = admin_get(addr, &path, token).await?;
+            match format {
+                Format::Json => writeln!(out, "{actor}")?,
+                Format::Text => print_actor(&mut out, &actor)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Escapes a query value (actor kinds are letters, but a typo should not break the URL).
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                char::from(b).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+fn actor_line(actor: &Value) -> String {
+    let mut line = format!(
+        "{}  {}  {}  mailbox {}/{}  handled {}",
+        actor["id"].as_str().unwrap_or("?"),
+        actor["kind"].as_str().unwrap_or("?"),
+        actor["status"].as_str().unwrap_or("?"),
+        actor["mailbox_depth"],
+        actor["mailbox_depth_max"],
+        actor["messages_handled"],
+    );
+    let restarts = actor["restarts"].as_u64().unwrap_or(0);
+    if restarts > 0 {
+        line.push_str(&format!("  restarts {restarts}"));
+    }
+    if let Some(error) = actor["last_error"].as_str() {
+        line.push_str(&format!("  last error: {error}"));
+    }
+    line
+}
+
+/// Prints actors as a tree built from their parent ids; actors whose parent is not listed are
+/// printed as roots, so nothing is dropped.
+fn print_tree(out: &mut impl Write, actors: &[Value]) -> std::io::Result<()> {
+    let ids: std::collections::BTreeSet<&str> =
+        actors.iter().filter_map(|a| a["id"].as_str()).collect();
+    let mut children: BTreeMap<Option<&str>, Vec<&Value>> = BTreeMap::new();
+    for actor in actors {
+        let parent = actor["parent"].as_str().filter(|p| ids.contains(p));
+        children.entry(parent).or_default().push(actor);
+    }
+    fn walk(
+        out: &mut impl Write,
+        children: &BTreeMap<Option<&str>, Vec<&Value>>,
+        parent: Option<&str>,
+        prefix: &str,
+    ) -> std::io::Result<()> {
+        let Some(list) = children.get(&parent) else {
+            return Ok(());
+        };
+        for (i, actor) in list.iter().enumerate() {
+            let last = i + 1 == list.len();
+            let (branch, next) = match (parent, last) {
+                (None, _) => ("", String::new()),
+                (Some(_), false) => ("├── ", format!("{prefix}│   ")),
+                (Some(_), true) => ("└── ", format!("{prefix}    ")),
+            };
+            writeln!(out, "{prefix}{branch}{}", actor_line(actor))?;
+            walk(out, children, actor["id"].as_str(), &next)?;
+        }
+        Ok(())
+    }
+    walk(out, &children, None, "")
+}
+
+fn print_actor(out: &mut impl Write, actor: &Value) -> std::io::Result<()> {
+    for key in [
+        "id",
+        "kind",
+        "parent",
+        "status",
+        "started_at_ms",
+        "mailbox_depth",
+        "mailbox_depth_max",
+        "messages_handled",
+        "restarts",
+        "last_error",
+    ] {
+        let value = &actor[key];
+        match value.as_str() {
+            Some(text) => writeln!(out, "{key}: {text}")?,
+            None => writeln!(out, "{key}: {value}")?,
+        }
+    }
+    if let Some(kinds) = actor["processing"].as_array().filter(|k| !k.is_empty()) {
+        writeln!(out, "processing (µs):")?;
+        for k in kinds {
+            writeln!(
+                out,
+                "  {:<20} count {}  mean {}  p50 {}  p99 {}  max {}",
+                k["message_kind"].as_str().unwrap_or("?"),
+                k["count"],
+                k["mean_us"],
+                k["p50_us"],
+                k["p99_us"],
+                k["max_us"]
+            )?;
+        }
+    }
+    if let Some(state) = actor["state"].as_object() {
+        writeln!(out, "state:")?;
+        for (key, value) in state {
+            match value.as_str() {
+                Some(text) => writeln!(out, "  {key}: {text}")?,
+                None => writeln!(out, "  {key}: {value}")?,
+            }
+        }
+    }
+    if let Some(children) = actor["children"].as_array().filter(|c| !c.is_empty()) {
+        writeln!(out, "children:")?;
+        for child in children {
+            writeln!(out, "  {}", child.as_str().unwrap_or("?"))?;
+        }
+    }
+    Ok(())
 }
 
 async fn topic(admin: Admin, command: TopicCommand) -> anyhow::Result<()> {

@@ -236,3 +236,82 @@ fn compressed_batches_round_trip_through_the_cli() {
         ["lz4-1", "lz4-2", "zstd-1", "zstd-2", "none-1", "none-2"]
     );
 }
+
+#[test]
+fn admin_commands_print_the_actor_tree_and_one_actor() {
+    let node = TestNode::start_with(&["--admin-token", "tok"]);
+    let created = vltava(
+        &node,
+        &["topic", "create", "seen", "--partitions", "2"],
+        None,
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let admin = [
+        "admin",
+        "--admin",
+        node.admin_addr.as_str(),
+        "--admin-token",
+        "tok",
+    ];
+
+    let tree = vltava(&node, &[&admin[..], &["actors"]].concat(), None);
+    assert!(tree.status.success(), "{}", stderr(&tree));
+    let text = stdout(&tree);
+    assert!(
+        text.starts_with("n1/node  NodeSupervisor  running"),
+        "{text}"
+    );
+    assert!(
+        text.contains("└── n1/partitions  PartitionSupervisor")
+            || text.contains("├── n1/partitions  PartitionSupervisor"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    ├── n1/partition/seen-0  Partition  running"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    └── n1/partition/seen-1  Partition  running"),
+        "{text}"
+    );
+
+    let partitions = vltava(
+        &node,
+        &[
+            &admin[..],
+            &["actors", "--kind", "partition", "--format", "json"],
+        ]
+        .concat(),
+        None,
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout(&partitions)).unwrap();
+    assert_eq!(json["count"], 2);
+
+    let one = vltava(
+        &node,
+        &[&admin[..], &["actor", "n1/partition/seen-1"]].concat(),
+        None,
+    );
+    assert!(one.status.success(), "{}", stderr(&one));
+    let text = stdout(&one);
+    assert!(text.contains("kind: Partition"), "{text}");
+    assert!(text.contains("  topic: seen"), "{text}");
+    assert!(text.contains("  high_watermark: 0"), "{text}");
+
+    let missing = vltava(
+        &node,
+        &[&admin[..], &["actor", "n1/nothing"]].concat(),
+        None,
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
+    let unauthorized = vltava(
+        &node,
+        &["admin", "--admin", node.admin_addr.as_str(), "actors"],
+        None,
+    );
+    assert_eq!(unauthorized.status.code(), Some(1));
+    assert!(stderr(&unauthorized).contains("401"));
+    let unreachable = vltava(&node, &["admin", "--admin", "127.0.0.1:1", "actors"], None);
+    assert_eq!(unreachable.status.code(), Some(3));
+}

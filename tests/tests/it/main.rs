@@ -1,5 +1,6 @@
 //! Black-box tests against real `vltava-node` processes. One module per scenario.
 
+mod admin;
 mod backpressure;
 mod bad_input;
 mod cli;

@@ -1,0 +1,306 @@
+//! The JSON documents the admin endpoint serves, built from the node's view. Shapes are
+//! documented in ADMIN.md; a field added here is added there.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use vltava_actors::directory::{
+    ActorEntry, ActorKind, PartitionGauges, PublishedState, SessionGauges,
+};
+use vltava_actors::metadata::{PartitionImage, TopicImage};
+use vltava_actors::node::NodeView;
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn load(value: &std::sync::atomic::AtomicU64) -> u64 {
+    value.load(Ordering::Relaxed)
+}
+
+fn text(value: &std::sync::Mutex<String>) -> String {
+    value
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// One actor's directory entry, without its published state.
+fn actor_summary(entry: &ActorEntry) -> Value {
+    let stats = &entry.stats;
+    let processing: Vec<Value> = stats
+        .times
+        .summaries()
+        .into_iter()
+        .map(|(kind, s)| {
+            json!({
+                "message_kind": kind,
+                "count": s.count,
+                "mean_us": (s.mean_us * 10.0).round() / 10.0,
+                "p50_us": s.p50_us,
+                "p99_us": s.p99_us,
+                "max_us": s.max_us,
+            })
+        })
+        .collect();
+    json!({
+        "id": entry.id,
+        "kind": entry.kind.name(),
+        "parent": entry.parent,
+        "status": entry.status.name(),
+        "started_at_ms": unix_ms(entry.started_at),
+        "mailbox_depth": load(&stats.depth),
+        "mailbox_depth_max": load(&stats.depth_max),
+        "messages_handled": load(&stats.handled),
+        "processing": processing,
+        "restarts": entry.restarts,
+        "last_error": entry.last_error,
+    })
+}
+
+fn partition_state(g: &PartitionGauges) -> Value {
+    json!({
+        "topic": g.topic,
+        "partition": g.partition,
+        "log_start_offset": load(&g.log_start_offset),
+        "log_end_offset": load(&g.log_end_offset),
+        "high_watermark": load(&g.high_watermark),
+        "flushed_offset": load(&g.flushed_offset),
+        "leader_epoch": load(&g.leader_epoch),
+        "segments": load(&g.segments),
+        "size_bytes": load(&g.size_bytes),
+        "bytes_in": load(&g.bytes_in),
+        "events_in": load(&g.events_in),
+        "bytes_out": load(&g.bytes_out),
+        "events_out": load(&g.events_out),
+    })
+}
+
+fn session_state(g: &SessionGauges) -> Value {
+    json!({
+        "peer": g.peer,
+        "client_id": text(&g.client_id),
+        "client_software": text(&g.client_software),
+        "requests_in_flight": load(&g.requests_in_flight),
+        "bytes_in": load(&g.bytes_in),
+        "bytes_out": load(&g.bytes_out),
+    })
+}
+
+fn published(state: &PublishedState) -> Value {
+    match state {
+        PublishedState::Partition(g) => partition_state(g),
+        PublishedState::Session(g) => session_state(g),
+    }
+}
+
+/// `GET /actors[?kind=K]`: every live actor, ordered by id, each with its parent id so the
+/// tree can be drawn.
+pub fn actors(view: &NodeView, kind: Option<&str>) -> Result<Value, String> {
+    let kind = match kind {
+        None => None,
+        Some(name) => Some(ActorKind::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = ActorKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown actor kind {name:?}; known: {}", known.join(", "))
+        })?),
+    };
+    let actors: Vec<Value> = view
+        .directory
+        .snapshot()
+        .iter()
+        .filter(|e| kind.is_none_or(|k| e.kind == k))
+        .map(actor_summary)
+        .collect();
+    Ok(json!({ "node_id": view.node_id, "count": actors.len(), "actors": actors }))
+}
+
+/// `GET /actors/{id}`: one actor with its published state and its children's ids.
+pub fn actor(view: &NodeView, id: &str) -> Option<Value> {
+    let entries = view.directory.snapshot();
+    let entry = entries.iter().find(|e| e.id == id)?;
+    let mut body = actor_summary(entry);
+    let children: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.parent.as_deref() == Some(id))
+        .map(|e| e.id.as_str())
+        .collect();
+    body["children"] = json!(children);
+    body["state"] = entry.state.as_ref().map_or(Value::Null, published);
+    Some(body)
+}
+
+/// The gauges of this node's partitions, by topic and index.
+fn local_partitions(view: &NodeView) -> BTreeMap<(String, u32), (ActorEntry, Value)> {
+    view.directory
+        .snapshot()
+        .into_iter()
+        .filter_map(|e| match &e.state {
+            Some(PublishedState::Partition(g)) => {
+                let state = partition_state(g);
+                Some(((g.topic.clone(), g.partition), (e, state)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn partition_view(
+    topic: &str,
+    index: u32,
+    image: &PartitionImage,
+    local: &BTreeMap<(String, u32), (ActorEntry, Value)>,
+) -> Value {
+    let mut body = json!({
+        "topic": topic,
+        "partition": index,
+        "leader": image.leader,
+        "leader_epoch": image.leader_epoch,
+        "replicas": image.replicas,
+        "isr": image.isr,
+    });
+    match local.get(&(topic.to_owned(), index)) {
+        Some((entry, state)) => {
+            body["actor"] = json!(entry.id);
+            body["status"] = json!(entry.status.name());
+            for key in [
+                "log_start_offset",
+                "log_end_offset",
+                "high_watermark",
+                "flushed_offset",
+                "segments",
+                "size_bytes",
+                "bytes_in",
+                "events_in",
+                "bytes_out",
+                "events_out",
+            ] {
+                body[key] = state[key].clone();
+            }
+        }
+        // In metadata but with no actor here: not (yet) started, or stopped.
+        None => body["status"] = json!("not running on this node"),
+    }
+    body
+}
+
+fn topic_view(
+    name: &str,
+    topic: &TopicImage,
+    local: &BTreeMap<(String, u32), (ActorEntry, Value)>,
+) -> Value {
+    let partitions: Vec<Value> = topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| partition_view(name, i as u32, p, local))
+        .collect();
+    let sum = |key: &str| -> u64 { partitions.iter().filter_map(|p| p[key].as_u64()).sum() };
+    json!({
+        "name": name,
+        "topic_id": topic.topic_id,
+        "partition_count": topic.partitions.len(),
+        "replication_factor": topic.replication_factor,
+        "configs": topic.configs,
+        "size_bytes": sum("size_bytes"),
+        "bytes_in": sum("bytes_in"),
+        "events_in": sum("events_in"),
+        "bytes_out": sum("bytes_out"),
+        "events_out": sum("events_out"),
+        "partitions": partitions,
+    })
+}
+
+/// `GET /topics`.
+pub fn topics(view: &NodeView) -> Value {
+    let image = view.image.borrow().clone();
+    let local = local_partitions(view);
+    let topics: Vec<Value> = image
+        .topics
+        .iter()
+        .map(|(name, topic)| {
+            let mut body = topic_view(name, topic, &local);
+            // The list stays short; partitions are at /topics/{name} and /partitions.
+            if let Some(map) = body.as_object_mut() {
+                map.remove("partitions");
+            }
+            body
+        })
+        .collect();
+    json!({ "count": topics.len(), "topics": topics })
+}
+
+/// `GET /topics/{name}`.
+pub fn topic(view: &NodeView, name: &str) -> Option<Value> {
+    let image = view.image.borrow().clone();
+    let topic = image.topics.get(name)?;
+    Some(topic_view(name, topic, &local_partitions(view)))
+}
+
+/// `GET /partitions`.
+pub fn partitions(view: &NodeView) -> Value {
+    let image = view.image.borrow().clone();
+    let local = local_partitions(view);
+    let partitions: Vec<Value> = image
+        .topics
+        .iter()
+        .flat_map(|(name, topic)| {
+            topic
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(i, p)| partition_view(name, i as u32, p, &local))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    json!({ "count": partitions.len(), "partitions": partitions })
+}
+
+/// `GET /connections`: the client sessions.
+pub fn connections(view: &NodeView) -> Value {
+    let connections: Vec<Value> = view
+        .directory
+        .snapshot()
+        .iter()
+        .filter_map(|e| match &e.state {
+            Some(PublishedState::Session(g)) => {
+                let mut body = session_state(g);
+                body["actor"] = json!(e.id);
+                body["connected_at_ms"] = json!(unix_ms(e.started_at));
+                body["requests_answered"] = json!(load(&e.stats.handled));
+                Some(body)
+            }
+            _ => None,
+        })
+        .collect();
+    json!({ "count": connections.len(), "connections": connections })
+}
+
+/// `GET /cluster`: the nodes the metadata knows, the controller and the metadata version.
+pub fn cluster(view: &NodeView) -> Value {
+    let image = view.image.borrow().clone();
+    let nodes: Vec<Value> = image
+        .nodes
+        .values()
+        .map(|n| {
+            json!({
+                "node_id": n.node_id,
+                "host": n.host,
+                "port": n.port,
+                // Liveness of other nodes comes with the cluster; this one answers, so it is up.
+                "this_node": n.node_id == view.node_id,
+            })
+        })
+        .collect();
+    json!({
+        "cluster_id": view.cluster_id,
+        "node_id": view.node_id,
+        "advertised": view.advertised,
+        "started_at_ms": unix_ms(view.started_at),
+        "controller_id": image.controller_id,
+        "metadata_version": image.version,
+        "nodes": nodes,
+    })
+}
