@@ -18,10 +18,12 @@ use vltava_messages::{LeaderEpoch, PartitionId};
 use vltava_storage::Flusher;
 
 use crate::directory::{ActorDirectory, ActorKind, ActorStats};
+use crate::groups::GroupManagerHandle;
 use crate::metadata::MetadataImage;
 use crate::partition::{Durability, PartitionArgs};
 use crate::partition_supervisor::PartitionSupervisorHandle;
 use crate::topic_config;
+use vltava_messages::group_records::OFFSETS_TOPIC;
 
 /// Suffix a partition directory gets when its topic is deleted, before it is removed.
 pub const DELETED_SUFFIX: &str = ".deleted";
@@ -43,6 +45,8 @@ pub struct ApplierConfig {
     pub flusher: Arc<Flusher>,
     pub directory: ActorDirectory,
     pub partitions: PartitionSupervisorHandle,
+    /// Told when this node starts or stops leading a partition of `__consumer_offsets`.
+    pub groups: Option<GroupManagerHandle>,
 }
 
 #[derive(Debug)]
@@ -189,6 +193,12 @@ impl ApplierState {
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
         for ((topic, partition), running) in stale {
+            // Coordinators stop before the offsets partition they write to.
+            if topic == OFFSETS_TOPIC
+                && let Some(groups) = &self.config.groups
+            {
+                groups.unload(partition);
+            }
             self.config
                 .partitions
                 .stop_partition((Arc::from(topic.as_str()), PartitionId(partition)))
@@ -229,6 +239,11 @@ impl ApplierState {
             };
             match self.config.partitions.start_partition(args).await {
                 Ok(()) => {
+                    if topic == OFFSETS_TOPIC
+                        && let Some(groups) = &self.config.groups
+                    {
+                        groups.load(*partition);
+                    }
                     self.running.insert(key, running);
                 }
                 Err(e) => tracing::error!(topic, partition, error = %e, "partition did not start"),

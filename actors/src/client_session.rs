@@ -46,6 +46,8 @@ use vltava_messages::{LeaderEpoch, NodeId, Offset, PartitionId, ProducerEpoch};
 
 use crate::controller::{ControllerError, ControllerHandle};
 use crate::directory::{ActorDirectory, ActorKind, ActorStats, PublishedState, SessionGauges};
+use crate::group_requests::{self, GroupAnswer};
+use crate::groups::GroupManagerHandle;
 use crate::listener::stopped;
 use crate::metadata::MetadataImage;
 use crate::metrics::RequestMetrics;
@@ -81,6 +83,8 @@ pub struct NodeServices {
     pub sessions_started: AtomicU64,
     /// Requests received and answer latency per kind, for `/metrics`.
     pub requests: Arc<RequestMetrics>,
+    /// Consumer groups: routes group requests to their coordinators.
+    pub groups: GroupManagerHandle,
 }
 
 /// An answer being prepared, in request order.
@@ -290,7 +294,7 @@ async fn read_loop(
             set_text(&gauges.client_software, &hello.client_software_name);
         }
         let expects_response = request.expects_response();
-        let answer = dispatch(request, &header, services, bytes_permit);
+        let answer = dispatch(request, &header, services, bytes_permit, gauges);
         if expects_response {
             gauges.requests_in_flight.fetch_add(1, Ordering::Relaxed);
             queue
@@ -413,6 +417,7 @@ fn dispatch(
     header: &FrameHeader,
     services: &Arc<NodeServices>,
     bytes_permit: OwnedSemaphorePermit,
+    session: &SessionGauges,
 ) -> Answer {
     let correlation_id = header.correlation_id;
     let ready = |response: Response| Answer::Frame {
@@ -441,11 +446,41 @@ fn dispatch(
             ready(describe_topics(&services.controller.image().borrow(), &request).into())
         }
         Request::Produce(request) => produce(request, correlation_id, services, bytes_permit),
+        Request::FindCoordinator(request) => {
+            group_frame(group_requests::find_coordinator(&request, services), header)
+        }
+        Request::ListGroups(_) => group_frame(group_requests::list_groups(services), header),
         other => {
             let services = Arc::clone(services);
+            let header = *header;
+            let client_id = session
+                .client_id
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let host = session.peer.clone();
             Answer::Later(tokio::spawn(async move {
                 let _bytes = bytes_permit;
+                let group = |answer| Outgoing::Frame(group_bytes(answer, &header));
                 match other {
+                    Request::ConsumerGroupHeartbeat(request) => {
+                        group(group_requests::heartbeat(request, client_id, host, &services).await)
+                    }
+                    Request::OffsetCommit(request) => {
+                        group(group_requests::commit(request, &services).await)
+                    }
+                    Request::OffsetFetch(request) => {
+                        group(group_requests::fetch_offsets(request, &services).await)
+                    }
+                    Request::DescribeGroups(request) => {
+                        group(group_requests::describe_groups(request, &services).await)
+                    }
+                    Request::DeleteGroups(request) => {
+                        group(group_requests::delete_groups(request, &services).await)
+                    }
+                    Request::ResetOffsets(request) => {
+                        group(group_requests::reset_offsets(request, &services).await)
+                    }
                     Request::Fetch(request) => fetch(request, correlation_id, &services).await,
                     Request::ListOffsets(request) => Outgoing::Frame(encode(
                         list_offsets(request, &services).await,
@@ -473,12 +508,31 @@ fn dispatch(
                     Request::Handshake(_)
                     | Request::Metadata(_)
                     | Request::DescribeTopics(_)
-                    | Request::Produce(_) => {
+                    | Request::Produce(_)
+                    | Request::FindCoordinator(_)
+                    | Request::ListGroups(_) => {
                         unreachable!("answered without a task above")
                     }
                 }
             }))
         }
+    }
+}
+
+/// The frame of a group request's answer: its response, or a whole-request failure.
+fn group_bytes(answer: GroupAnswer, header: &FrameHeader) -> Vec<u8> {
+    match answer {
+        GroupAnswer::Ok(response) => encode(response, header.correlation_id),
+        GroupAnswer::Failed(error) => Response::failed(header, error)
+            .encode(header.correlation_id)
+            .unwrap_or_default(),
+    }
+}
+
+fn group_frame(answer: GroupAnswer, header: &FrameHeader) -> Answer {
+    Answer::Frame {
+        bytes: group_bytes(answer, header),
+        close: false,
     }
 }
 
@@ -871,7 +925,18 @@ fn produce(
     for topic in request.topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in topic.partitions {
-            let slot = match route(services, &topic.name, p.partition).and_then(|handle| {
+            let internal = if topic.name.starts_with("__") {
+                // Only the node writes its internal topics (group commits go through
+                // OffsetCommit), so a client cannot forge a group's offsets.
+                Err(ResponseError::new(
+                    ErrorCode::InvalidTopicName,
+                    "internal topics are written by the node only",
+                ))
+            } else {
+                Ok(())
+            };
+            let routed = internal.and_then(|()| route(services, &topic.name, p.partition));
+            let slot = match routed.and_then(|handle| {
                 let batches = split_batches(p.records)?;
                 let mut pending = Vec::with_capacity(batches.len());
                 for batch in batches {

@@ -78,6 +78,18 @@ pub fn check_topic_name(name: &str) -> Result<(), ControllerError> {
     Ok(())
 }
 
+/// Internal topics (names starting with `__`) belong to the node: clients cannot delete them,
+/// change their configs or add partitions (a group's offsets partition depends on the count).
+fn refuse_internal(name: &str) -> Result<(), ControllerError> {
+    if name.starts_with("__") {
+        return Err(ControllerError::InvalidTopicName {
+            name: name.to_owned(),
+            reason: "internal topics cannot be changed by clients",
+        });
+    }
+    Ok(())
+}
+
 type Reply = oneshot::Sender<Result<(), ControllerError>>;
 
 #[derive(Debug)]
@@ -88,6 +100,8 @@ pub enum ControllerMsg {
         replication_factor: u16,
         configs: BTreeMap<String, String>,
         validate_only: bool,
+        /// The node's own internal topic (a name starting with `__`).
+        internal: bool,
         reply: Reply,
     },
     DeleteTopic {
@@ -145,9 +159,37 @@ impl ControllerHandle {
             replication_factor,
             configs,
             validate_only,
+            internal: false,
             reply,
         })
         .await
+    }
+
+    /// Creates one of the node's internal topics (`__consumer_offsets`) unless it exists.
+    pub async fn ensure_internal_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), ControllerError> {
+        if self.image.borrow().topics.contains_key(name) {
+            return Ok(());
+        }
+        let created = self
+            .call(|reply| ControllerMsg::CreateTopic {
+                name: name.to_owned(),
+                partitions,
+                replication_factor: 1,
+                configs,
+                validate_only: false,
+                internal: true,
+                reply,
+            })
+            .await;
+        match created {
+            Err(ControllerError::TopicAlreadyExists(_)) => Ok(()),
+            other => other,
+        }
     }
 
     pub async fn delete_topic(&self, name: String) -> Result<(), ControllerError> {
@@ -211,6 +253,9 @@ pub struct ControllerArgs<L> {
     pub log: L,
     pub applier: ApplierHandle,
     pub directory: ActorDirectory,
+    /// Where the controller publishes the metadata image; the node made it so that actors
+    /// started before the controller can watch it.
+    pub publish: watch::Sender<Arc<MetadataImage>>,
 }
 
 #[derive(Debug)]
@@ -238,7 +283,8 @@ impl<L: MetadataLog + std::fmt::Debug> Controller<L> {
         let stats = args
             .directory
             .register(&args.id, ActorKind::Controller, Some(&args.parent));
-        let (publish, image) = watch::channel(Arc::new(MetadataImage::default()));
+        let publish = args.publish.clone();
+        let image = publish.subscribe();
         let name = args.id.clone();
         let actor_args = (args, publish, Arc::clone(&stats));
         let controller = Controller(std::marker::PhantomData);
@@ -330,10 +376,18 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
                 replication_factor,
                 configs,
                 validate_only,
+                internal,
                 reply,
             } => (
                 state
-                    .create_topic(name, partitions, replication_factor, configs, validate_only)
+                    .create_topic(
+                        name,
+                        partitions,
+                        replication_factor,
+                        configs,
+                        validate_only,
+                        internal,
+                    )
                     .await,
                 reply,
             ),
@@ -423,8 +477,11 @@ impl<L: MetadataLog> ControllerState<L> {
         replication_factor: u16,
         configs: BTreeMap<String, String>,
         validate_only: bool,
+        internal: bool,
     ) -> Result<(), ControllerError> {
-        check_topic_name(&name)?;
+        if !(internal && name.starts_with("__")) {
+            check_topic_name(&name)?;
+        }
         Self::check_partitions(partitions)?;
         let nodes = self.image.nodes.len();
         if replication_factor == 0 || usize::from(replication_factor) > nodes {
@@ -454,6 +511,7 @@ impl<L: MetadataLog> ControllerState<L> {
     }
 
     async fn delete_topic(&mut self, name: String) -> Result<(), ControllerError> {
+        refuse_internal(&name)?;
         if !self.image.topics.contains_key(&name) {
             return Err(ControllerError::UnknownTopic(name));
         }
@@ -469,6 +527,7 @@ impl<L: MetadataLog> ControllerState<L> {
         removed: Vec<String>,
         validate_only: bool,
     ) -> Result<(), ControllerError> {
+        refuse_internal(&topic)?;
         let current = self
             .image
             .topics
@@ -505,6 +564,7 @@ impl<L: MetadataLog> ControllerState<L> {
         partitions: u32,
         validate_only: bool,
     ) -> Result<(), ControllerError> {
+        refuse_internal(&topic)?;
         let current = self
             .image
             .topics

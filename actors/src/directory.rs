@@ -21,6 +21,8 @@ pub enum ActorKind {
     Partition,
     Listener,
     ClientSession,
+    GroupManager,
+    GroupCoordinator,
 }
 
 impl ActorKind {
@@ -34,6 +36,8 @@ impl ActorKind {
             ActorKind::Partition => "Partition",
             ActorKind::Listener => "Listener",
             ActorKind::ClientSession => "ClientSession",
+            ActorKind::GroupManager => "GroupManager",
+            ActorKind::GroupCoordinator => "GroupCoordinator",
         }
     }
 
@@ -46,6 +50,8 @@ impl ActorKind {
         ActorKind::Partition,
         ActorKind::Listener,
         ActorKind::ClientSession,
+        ActorKind::GroupManager,
+        ActorKind::GroupCoordinator,
     ];
 
     /// The kind with this name (as `name` spells it, any case).
@@ -161,6 +167,8 @@ pub struct SessionGauges {
 pub enum PublishedState {
     Partition(Arc<PartitionGauges>),
     Session(Arc<SessionGauges>),
+    /// A group coordinator's view of its group, replaced after every change.
+    Group(Arc<Mutex<crate::groups::GroupSnapshot>>),
 }
 
 /// One registered actor.

@@ -26,6 +26,8 @@ pub mod applier;
 pub mod client_session;
 pub mod controller;
 pub mod directory;
+pub mod group_requests;
+pub mod groups;
 pub mod listener;
 pub mod metadata;
 pub mod metrics;

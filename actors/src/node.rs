@@ -29,6 +29,8 @@ use crate::applier::{ApplierConfig, ApplierHandle, MetadataApplier};
 use crate::client_session::NodeServices;
 use crate::controller::{Controller, ControllerArgs, ControllerHandle};
 use crate::directory::{ActorDirectory, ActorKind};
+use crate::groups::state::GroupSettings;
+use crate::groups::{GroupManager, GroupManagerHandle, ManagerConfig};
 use crate::listener::run_listener;
 use crate::metadata::{FileMetadataLog, MetadataImage};
 use crate::metrics::RequestMetrics;
@@ -37,6 +39,7 @@ use crate::partition_supervisor::{
     PartitionRegistry, PartitionSupervisor, PartitionSupervisorHandle,
 };
 use crate::producer_ids::LocalProducerIdAllocator;
+use vltava_messages::group_records::OFFSETS_TOPIC;
 
 /// How long shutdown waits for an actor to stop.
 pub const ACTOR_STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,6 +62,12 @@ pub struct NodeOptions {
     pub inflight_requests_max: usize,
     pub bytes_in_flight_max: usize,
     pub flusher_threads: usize,
+    /// Consumer group timings.
+    pub group_settings: GroupSettings,
+    /// Partitions of `__consumer_offsets` if the node creates it.
+    pub offsets_topic_partitions: u32,
+    /// How long an empty group keeps its committed offsets.
+    pub offsets_retention: Duration,
 }
 
 /// A read-only view of a running node for the admin endpoint: the actor directory, the
@@ -111,6 +120,8 @@ pub enum NodeError {
     Storage(#[from] vltava_storage::StorageError),
     #[error("invalid setting: {0}")]
     Setting(&'static str),
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// A running node.
@@ -120,6 +131,7 @@ pub struct Node {
     /// What the admin endpoint reads.
     pub view: NodeView,
     serving: Arc<AtomicBool>,
+    groups: GroupManagerHandle,
     pub local_addr: SocketAddr,
     supervisor: ActorRef<()>,
     controller: ControllerHandle,
@@ -165,7 +177,23 @@ impl Node {
             Some(cell.clone()),
         )
         .await?;
+        let (publish, image) = watch::channel(Arc::new(MetadataImage::default()));
+        let groups = GroupManager::start(
+            format!("{node}/groups"),
+            &root,
+            ManagerConfig {
+                node: node.clone(),
+                settings: options.group_settings,
+                offsets_retention: options.offsets_retention,
+                directory: directory.clone(),
+                partitions: registry.clone(),
+                image: image.clone(),
+            },
+            Some(cell.clone()),
+        )
+        .await?;
         let applier_config = ApplierConfig {
+            groups: Some(groups.clone()),
             node: node.clone(),
             node_id: options.node_id,
             data_dir: options.data_dir.clone(),
@@ -196,6 +224,7 @@ impl Node {
                 log,
                 applier: applier.clone(),
                 directory: directory.clone(),
+                publish,
             },
             Some(cell.clone()),
         )
@@ -209,6 +238,25 @@ impl Node {
                 .await
                 .map_err(|e| crate::metadata::MetadataError::Task(e.to_string()))??
         };
+        // Consumer groups keep their offsets in a compacted internal topic with a fixed
+        // partition count; a node creates it when it first starts.
+        let offsets_configs = [
+            ("cleanup.policy".to_owned(), "compact".to_owned()),
+            (
+                "segment.bytes".to_owned(),
+                crate::groups::OFFSETS_TOPIC_SEGMENT_BYTES.to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        controller
+            .ensure_internal_topic(
+                OFFSETS_TOPIC,
+                options.offsets_topic_partitions,
+                offsets_configs,
+            )
+            .await
+            .map_err(|e| NodeError::Internal(format!("cannot create {OFFSETS_TOPIC}: {e}")))?;
         let requests = Arc::new(RequestMetrics::default());
         let view = NodeView {
             node_id: options.node_id,
@@ -233,6 +281,7 @@ impl Node {
             inflight_requests_max: options.inflight_requests_max,
             sessions_started: AtomicU64::new(0),
             requests: Arc::clone(&requests),
+            groups: groups.clone(),
         });
         let local_addr =
             options
@@ -256,6 +305,7 @@ impl Node {
             directory,
             view,
             serving,
+            groups,
             local_addr,
             supervisor,
             controller,
@@ -286,6 +336,11 @@ impl Node {
         let _ = self.listener.await;
         let _ = self
             .controller
+            .actor()
+            .stop_and_wait(None, Some(ACTOR_STOP_TIMEOUT))
+            .await;
+        let _ = self
+            .groups
             .actor()
             .stop_and_wait(None, Some(ACTOR_STOP_TIMEOUT))
             .await;

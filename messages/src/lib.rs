@@ -10,6 +10,8 @@
 //! - `varint`: zig-zag variable-length integers used inside records.
 //! - `batch`: the record-batch format: the fixed header, records, compression, validation,
 //!   a builder for producers and a reader for consumers.
+//! - `group_records`: the keys and values of the `__consumer_offsets` topic (offset commits,
+//!   group settings) and the group-to-partition hash.
 //! - `metadata_records`: the records of the cluster metadata log (topics, partitions, nodes).
 //! - `protocol`: the client wire protocol: the 16-byte frame header and stream parser, the
 //!   MessagePack request and response bodies, error codes, the hand-written fetch answer.
@@ -22,6 +24,7 @@
 //!   offset, batch length, partition leader epoch) never force it to be recomputed.
 
 pub mod batch;
+pub mod group_records;
 pub mod limits;
 pub mod metadata_records;
 pub mod protocol;

@@ -96,6 +96,21 @@ pub const FETCH_TOPIC_FIELDS_BYTES_MAX: u32 = 288;
 /// array header.
 pub const FETCH_BODY_FIELDS_BYTES_MAX: u32 = 16;
 
+/// The longest consumer group id, in bytes.
+pub const GROUP_ID_BYTES_MAX: u32 = 255;
+
+/// The longest member id, instance id or assignor name, in bytes.
+pub const GROUP_MEMBER_FIELD_BYTES_MAX: u32 = 255;
+
+/// The most groups one DescribeGroups or DeleteGroups request may name.
+pub const GROUPS_PER_REQUEST_MAX: u32 = 1024;
+
+/// The longest a heartbeat may be parked (`max_wait_ms`): 1 minute, like a fetch's long poll.
+pub const GROUP_WAIT_MS_MAX: u32 = 60 * 1000;
+
+/// The longest free-text metadata kept with a committed offset, in bytes.
+pub const OFFSET_METADATA_BYTES_MAX: u32 = 4096;
+
 const _: () = assert!(BATCH_BYTES_MAX <= FETCH_RECORDS_BYTES_MAX);
 // A produce request carrying one batch of the largest size must fit in a frame, with room for
 // the header and the map around the batch.

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
+use vltava_actors::groups::state::{GroupSettings, SESSION_TIMEOUT_MAX, SESSION_TIMEOUT_MIN};
+use vltava_actors::groups::{OFFSETS_RETENTION_DEFAULT, OFFSETS_TOPIC_PARTITIONS_DEFAULT};
 use vltava_actors::partition::Durability;
 
 /// Default client port.
@@ -70,6 +72,20 @@ pub struct NodeFlags {
     /// Threads that run fsyncs for all partitions [default: 2].
     #[arg(long, env = "VLTAVA_FLUSHER_THREADS")]
     pub flusher_threads: Option<usize>,
+    /// Partitions of the internal __consumer_offsets topic, used when the node creates it
+    /// [default: 8].
+    #[arg(long, env = "VLTAVA_OFFSETS_TOPIC_PARTITIONS")]
+    pub offsets_topic_partitions: Option<u32>,
+    /// How long an empty consumer group keeps its committed offsets, in ms [default: 7 days].
+    #[arg(long, env = "VLTAVA_OFFSETS_RETENTION_MS")]
+    pub offsets_retention_ms: Option<u64>,
+    /// How often group members heartbeat, in ms [default: 5000].
+    #[arg(long, env = "VLTAVA_GROUP_HEARTBEAT_INTERVAL_MS")]
+    pub group_heartbeat_interval_ms: Option<u64>,
+    /// How long a member may go without a heartbeat when it asks for no session timeout of
+    /// its own, in ms [default: 45000].
+    #[arg(long, env = "VLTAVA_GROUP_SESSION_TIMEOUT_MS")]
+    pub group_session_timeout_ms: Option<u64>,
     /// A bearer token the admin endpoint requires on every route [default: none].
     #[arg(long, env = "VLTAVA_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
@@ -101,6 +117,10 @@ struct FileSettings {
     flusher_threads: Option<usize>,
     admin_token: Option<String>,
     enable_fault_injection: Option<bool>,
+    offsets_topic_partitions: Option<u32>,
+    offsets_retention_ms: Option<u64>,
+    group_heartbeat_interval_ms: Option<u64>,
+    group_session_timeout_ms: Option<u64>,
 }
 
 /// How log lines are written.
@@ -127,6 +147,9 @@ pub struct NodeConfig {
     pub flusher_threads: usize,
     pub admin_token: Option<String>,
     pub enable_fault_injection: bool,
+    pub offsets_topic_partitions: u32,
+    pub offsets_retention: Duration,
+    pub group_settings: GroupSettings,
 }
 
 fn parse_addr(what: &str, value: &str) -> anyhow::Result<SocketAddr> {
@@ -202,7 +225,51 @@ impl NodeConfig {
             .enable_fault_injection
             .or(file.enable_fault_injection)
             .unwrap_or(false);
+        let offsets_topic_partitions = flags
+            .offsets_topic_partitions
+            .or(file.offsets_topic_partitions)
+            .unwrap_or(OFFSETS_TOPIC_PARTITIONS_DEFAULT);
+        if !(1..=1024).contains(&offsets_topic_partitions) {
+            bail!("offsets_topic_partitions must be between 1 and 1024");
+        }
+        let offsets_retention = Duration::from_millis(
+            flags
+                .offsets_retention_ms
+                .or(file.offsets_retention_ms)
+                .unwrap_or(OFFSETS_RETENTION_DEFAULT.as_millis() as u64),
+        );
+        let defaults = GroupSettings::default();
+        let group_settings = GroupSettings {
+            heartbeat_interval: Duration::from_millis(
+                flags
+                    .group_heartbeat_interval_ms
+                    .or(file.group_heartbeat_interval_ms)
+                    .unwrap_or(defaults.heartbeat_interval.as_millis() as u64),
+            ),
+            session_timeout: Duration::from_millis(
+                flags
+                    .group_session_timeout_ms
+                    .or(file.group_session_timeout_ms)
+                    .unwrap_or(defaults.session_timeout.as_millis() as u64),
+            ),
+            rebalance_timeout: defaults.rebalance_timeout,
+        };
+        if group_settings.heartbeat_interval < Duration::from_millis(100)
+            || group_settings.heartbeat_interval >= group_settings.session_timeout
+        {
+            bail!("group_heartbeat_interval_ms must be at least 100 and below the session timeout");
+        }
+        if !(SESSION_TIMEOUT_MIN..=SESSION_TIMEOUT_MAX).contains(&group_settings.session_timeout) {
+            bail!(
+                "group_session_timeout_ms must be between {} and {}",
+                SESSION_TIMEOUT_MIN.as_millis(),
+                SESSION_TIMEOUT_MAX.as_millis()
+            );
+        }
         Ok(NodeConfig {
+            offsets_topic_partitions,
+            offsets_retention,
+            group_settings,
             admin_token,
             enable_fault_injection,
             node_id: flags.node_id.or(file.node_id).unwrap_or(1),

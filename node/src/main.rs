@@ -139,6 +139,9 @@ async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode
         inflight_requests_max: config.inflight_requests_max,
         bytes_in_flight_max: config.bytes_in_flight_max,
         flusher_threads: config.flusher_threads,
+        group_settings: config.group_settings,
+        offsets_topic_partitions: config.offsets_topic_partitions,
+        offsets_retention: config.offsets_retention,
     })
     .await
     .context("node failed to start")?;

@@ -109,6 +109,21 @@ error_codes! {
     80 OutOfOrderSequence false "An idempotent producer's sequence number skips ahead: a batch in between was lost.";
     81 ProducerFenced false "A newer incarnation of this producer id holds a higher epoch; this one must stop.";
     82 UnknownProducerId false "The broker holds no state for this producer id; the producer must call InitProducerId again.";
+    100 CoordinatorNotAvailable true "The group's coordinator is not available (its offsets partition has no leader, or the offsets topic is being created). Retry after FindCoordinator.";
+    101 NotCoordinator true "This node does not coordinate the group; call FindCoordinator and retry there.";
+    102 CoordinatorLoadInProgress true "The coordinator is still loading the group's offsets. Retry.";
+    103 InvalidGroupId false "The group id is empty or too long.";
+    104 GroupIdNotFound false "No such group: it has no members and no committed offsets.";
+    105 UnknownMemberId false "The group has no member with this id (it left or was removed); join again with member epoch 0.";
+    106 FencedMemberEpoch false "The member's epoch is not the coordinator's: it was fenced (removed after a timeout, or replaced). Give up every partition and join again with member epoch 0.";
+    107 StaleMemberEpoch false "An offset commit carries an older member epoch than the member's current one; heartbeat, then commit again.";
+    108 UnreleasedInstanceId false "Another live member holds this instance id.";
+    109 UnsupportedAssignor false "The assignor is not one the coordinator knows (range, round-robin, sticky).";
+    110 InconsistentAssignor false "The group already uses another assignor; it can change only while the group is empty.";
+    111 NonEmptyGroup false "The group still has members: it cannot be deleted or have its offsets reset.";
+    112 PartitionNotAssigned false "The member commits a partition it does not own (it was never assigned, or its revocation was acknowledged).";
+    113 GroupMaxSizeReached false "The group is at its member limit.";
+    114 InvalidSessionTimeout false "The session or rebalance timeout is outside the range the node allows.";
 }
 
 impl ErrorCode {

@@ -27,6 +27,7 @@ mod error;
 mod fetch;
 mod fetch_writer;
 mod frame;
+mod groups;
 mod handshake;
 mod metadata;
 mod produce;
@@ -56,6 +57,17 @@ pub use fetch_writer::{
 pub use frame::{
     FRAME_HEADER_BYTES, FrameHeader, FrameParse, LENGTH_COUNTED_HEADER_BYTES, LENGTH_FIELD_BYTES,
     RESPONSE_BIT, RawFrame, parse_frame,
+};
+pub use groups::{
+    CommittedOffset, CommittedTopic, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,
+    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupDescription, GroupListing, GroupResult,
+    ListGroupsRequest, ListGroupsResponse, MEMBER_EPOCH_JOIN, MEMBER_EPOCH_LEAVE,
+    MEMBER_EPOCH_LEAVE_STATIC, MEMBER_EPOCH_NONE, MemberDescription, OffsetCommitPartition,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetCommitTopic, OffsetFetchRequest,
+    OffsetFetchResponse, PartitionLag, PartitionMove, PartitionResult, PartitionResults,
+    RebalanceRecord, ResetOffsetsRequest, ResetOffsetsResponse, ResetPartition, ResetTo,
+    TopicPartitions,
 };
 pub use handshake::{HandshakeRequest, HandshakeResponse, KindVersions};
 pub use metadata::{MetadataRequest, MetadataResponse, NodeInfo, PartitionMetadata, TopicMetadata};
@@ -116,8 +128,8 @@ macro_rules! request_kinds {
         $(#[$doc:meta])*
         $code:literal $variant:ident($request:ty, $response:ty) versions $min:literal ..= $max:literal;
     )*) => {
-        /// A request kind: the `kind` field of the frame header. Numbers 11-19 are reserved
-        /// for consumer groups.
+        /// A request kind: the `kind` field of the frame header. Number 19 is reserved for
+        /// consumer groups.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
         #[repr(u16)]
         pub enum RequestKind {
@@ -319,6 +331,22 @@ request_kinds! {
     9 ListOffsets(ListOffsetsRequest, ListOffsetsResponse) versions 1..=1;
     /// Get an idempotent producer id and epoch.
     10 InitProducerId(InitProducerIdRequest, InitProducerIdResponse) versions 1..=1;
+    /// Which node coordinates a consumer group.
+    11 FindCoordinator(FindCoordinatorRequest, FindCoordinatorResponse) versions 1..=1;
+    /// Join, stay in, or leave a consumer group; get the member's assignment.
+    12 ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse) versions 1..=1;
+    /// Commit a group's offsets.
+    13 OffsetCommit(OffsetCommitRequest, OffsetCommitResponse) versions 1..=1;
+    /// Read a group's committed offsets.
+    14 OffsetFetch(OffsetFetchRequest, OffsetFetchResponse) versions 1..=1;
+    /// The groups a node coordinates.
+    15 ListGroups(ListGroupsRequest, ListGroupsResponse) versions 1..=1;
+    /// Members, assignment, offsets, lag and recent rebalances of groups.
+    16 DescribeGroups(DescribeGroupsRequest, DescribeGroupsResponse) versions 1..=1;
+    /// Delete empty groups and their offsets.
+    17 DeleteGroups(DeleteGroupsRequest, DeleteGroupsResponse) versions 1..=1;
+    /// Set an empty group's offsets to earliest, latest, an offset or a timestamp.
+    18 ResetOffsets(ResetOffsetsRequest, ResetOffsetsResponse) versions 1..=1;
 }
 
 impl RequestKind {

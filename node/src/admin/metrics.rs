@@ -67,6 +67,7 @@ pub fn render(view: &NodeView) -> String {
     let mut by_topic: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
     let mut by_partition: BTreeMap<(&str, u32), PartitionValues> = BTreeMap::new();
     let mut sessions = 0u64;
+    let mut groups = Vec::new();
     for entry in &entries {
         match &entry.state {
             Some(PublishedState::Partition(g)) => {
@@ -86,6 +87,13 @@ pub fn render(view: &NodeView) -> String {
                 );
             }
             Some(PublishedState::Session(_)) => sessions += 1,
+            Some(PublishedState::Group(g)) => {
+                groups.push(
+                    g.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone(),
+                );
+            }
             None => {}
         }
     }
@@ -215,6 +223,41 @@ pub fn render(view: &NodeView) -> String {
         "Open client connections.",
     );
     let _ = writeln!(out, "vltava_connections {sessions}");
+
+    family(
+        &mut out,
+        "vltava_group_members",
+        "gauge",
+        "Members of each consumer group this node coordinates.",
+    );
+    for g in &groups {
+        let _ = writeln!(
+            out,
+            "vltava_group_members{{group=\"{}\"}} {}",
+            label(&g.group_id),
+            g.members.len()
+        );
+    }
+    family(
+        &mut out,
+        "vltava_group_lag",
+        "gauge",
+        "High watermark minus committed offset, per group and partition.",
+    );
+    for g in &groups {
+        for (tp, committed) in &g.offsets {
+            if let Some(values) = by_partition.get(&(tp.0.as_str(), tp.1)) {
+                let _ = writeln!(
+                    out,
+                    "vltava_group_lag{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
+                    label(&g.group_id),
+                    label(&tp.0),
+                    tp.1,
+                    values[3].saturating_sub(committed.0)
+                );
+            }
+        }
+    }
     out
 }
 

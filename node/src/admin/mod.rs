@@ -75,6 +75,8 @@ pub fn start(
             .route("/partitions", web::get().to(partitions))
             .route("/connections", web::get().to(connections))
             .route("/cluster", web::get().to(cluster))
+            .route("/groups", web::get().to(groups))
+            .route("/groups/{group}", web::get().to(group))
             .route("/metrics", web::get().to(metrics));
         if fault_injection {
             app = app.route("/faults/actors/{id:.*}/crash", web::post().to(crash_actor));
@@ -121,7 +123,9 @@ async fn authorize(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned)
+            .or_else(|| console_token(&request));
         if !given.is_some_and(|g| same_secret(g.as_bytes(), expected.as_bytes())) {
             tracing::warn!(path = %request.path(), peer = ?request.peer_addr(), "admin request without the right bearer token");
             let mut response = error(
@@ -135,6 +139,17 @@ async fn authorize(
         }
     }
     Ok(next.call(request).await?.map_into_boxed_body())
+}
+
+/// The console page (and only it) also takes the token as `/?access_token=…` (RFC 6750's
+/// query form), so a person can open it in a browser; the page then sends the header itself.
+fn console_token(request: &ServiceRequest) -> Option<String> {
+    if request.path() != "/" {
+        return None;
+    }
+    web::Query::<std::collections::HashMap<String, String>>::from_query(request.query_string())
+        .ok()
+        .and_then(|q| q.get("access_token").cloned())
 }
 
 /// Compares secrets in time that does not depend on where they first differ.
@@ -210,6 +225,17 @@ async fn partitions(state: web::Data<AdminState>) -> HttpResponse {
 
 async fn connections(state: web::Data<AdminState>) -> HttpResponse {
     ok(&views::connections(&state.view))
+}
+
+async fn groups(state: web::Data<AdminState>) -> HttpResponse {
+    ok(&views::groups(&state.view))
+}
+
+async fn group(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResponse {
+    match views::group(&state.view, &id) {
+        Some(body) => ok(&body),
+        None => error(StatusCode::NOT_FOUND, format!("no group {id} on this node")),
+    }
 }
 
 async fn cluster(state: web::Data<AdminState>) -> HttpResponse {

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use vltava_actors::directory::{
     ActorEntry, ActorKind, PartitionGauges, PublishedState, SessionGauges,
 };
+use vltava_actors::groups::GroupSnapshot;
 use vltava_actors::metadata::{PartitionImage, TopicImage};
 use vltava_actors::node::NodeView;
 
@@ -90,11 +91,147 @@ fn session_state(g: &SessionGauges) -> Value {
     })
 }
 
-fn published(state: &PublishedState) -> Value {
+fn published(state: &PublishedState, view: &NodeView) -> Value {
     match state {
         PublishedState::Partition(g) => partition_state(g),
         PublishedState::Session(g) => session_state(g),
+        PublishedState::Group(g) => {
+            let snapshot = g
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            group_state(&snapshot, &high_watermarks(view))
+        }
     }
+}
+
+/// The high watermark of every partition on this node.
+fn high_watermarks(view: &NodeView) -> BTreeMap<(String, u32), u64> {
+    view.directory
+        .snapshot()
+        .into_iter()
+        .filter_map(|e| match &e.state {
+            Some(PublishedState::Partition(g)) => {
+                Some(((g.topic.clone(), g.partition), load(&g.high_watermark)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A group as its coordinator last published it, with lag from this node's partitions.
+fn group_state(g: &GroupSnapshot, hws: &BTreeMap<(String, u32), u64>) -> Value {
+    let members: Vec<Value> = g
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "member_id": m.member_id,
+                "instance_id": m.instance_id,
+                "client_id": m.client_id,
+                "host": m.host,
+                "member_epoch": m.member_epoch,
+                "subscribed_topics": m.subscribed_topics,
+                "assigned": m.assigned.iter().map(|t| json!({
+                    "topic": t.topic,
+                    "partitions": t.partitions.iter().map(|p| p.0).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "pending_revocation": m.pending_revocation.iter().map(|t| json!({
+                    "topic": t.topic,
+                    "partitions": t.partitions.iter().map(|p| p.0).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let mut keys: std::collections::BTreeSet<&(String, u32)> = g.subscribed.iter().collect();
+    keys.extend(g.offsets.keys());
+    let mut lag_total = 0u64;
+    let partitions: Vec<Value> = keys
+        .into_iter()
+        .map(|tp| {
+            let committed = g.offsets.get(tp).map(|o| o.0);
+            let hw = hws.get(tp).copied();
+            let lag = match (committed, hw) {
+                (Some(c), Some(h)) => Some(h.saturating_sub(c)),
+                _ => None,
+            };
+            lag_total += lag.unwrap_or(0);
+            json!({
+                "topic": tp.0,
+                "partition": tp.1,
+                "committed_offset": committed,
+                "high_watermark": hw,
+                "lag": lag,
+                "owner": g.owners.get(tp),
+            })
+        })
+        .collect();
+    let rebalances: Vec<Value> = g
+        .rebalances
+        .iter()
+        .map(|r| {
+            json!({
+                "at_ms": r.at_ms,
+                "reason": r.reason,
+                "group_epoch": r.group_epoch,
+                "moves": r.moves.iter().map(|m| json!({
+                    "topic": m.topic,
+                    "partition": m.partition.0,
+                    "from": m.from,
+                    "to": m.to,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "group_id": g.group_id,
+        "state": g.state,
+        "assignor": g.assignor,
+        "group_epoch": g.group_epoch,
+        "assignment_epoch": g.assignment_epoch,
+        "members": members,
+        "lag": lag_total,
+        "partitions": partitions,
+        "rebalances": rebalances,
+    })
+}
+
+/// The snapshots of the groups this node coordinates.
+fn group_snapshots(view: &NodeView) -> Vec<GroupSnapshot> {
+    let mut groups: Vec<GroupSnapshot> = view
+        .directory
+        .snapshot()
+        .into_iter()
+        .filter_map(|e| match &e.state {
+            Some(PublishedState::Group(g)) => Some(
+                g.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
+            ),
+            _ => None,
+        })
+        .collect();
+    groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+    groups
+}
+
+/// `GET /groups`: the groups this node coordinates, with members and lag.
+pub fn groups(view: &NodeView) -> Value {
+    let hws = high_watermarks(view);
+    let groups: Vec<Value> = group_snapshots(view)
+        .iter()
+        .map(|g| group_state(g, &hws))
+        .collect();
+    json!({ "count": groups.len(), "groups": groups })
+}
+
+/// `GET /groups/{id}`.
+pub fn group(view: &NodeView, group_id: &str) -> Option<Value> {
+    let hws = high_watermarks(view);
+    group_snapshots(view)
+        .iter()
+        .find(|g| g.group_id == group_id)
+        .map(|g| group_state(g, &hws))
 }
 
 /// `GET /actors[?kind=K]`: every live actor, ordered by id, each with its parent id so the
@@ -128,7 +265,10 @@ pub fn actor(view: &NodeView, id: &str) -> Option<Value> {
         .map(|e| e.id.as_str())
         .collect();
     body["children"] = json!(children);
-    body["state"] = entry.state.as_ref().map_or(Value::Null, published);
+    body["state"] = entry
+        .state
+        .as_ref()
+        .map_or(Value::Null, |state| published(state, view));
     Some(body)
 }
 

@@ -1,6 +1,7 @@
 //! Black-box tests against real `vltava-node` processes. One module per scenario.
 
 mod admin;
+mod admin_console;
 mod backpressure;
 mod bad_input;
 mod cli;

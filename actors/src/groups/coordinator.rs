@@ -1,0 +1,934 @@
+//! The GroupCoordinator actor: one per consumer group.
+//!
+//! - Owns: the group's `GroupState` (members, epochs, target assignment, committed offsets,
+//!   rebalance history) and the heartbeats parked until a member's assignment changes.
+//! - Receives from: client sessions (heartbeat, commit, offset fetch, describe, delete,
+//!   reset), its own timers (ticks that expire members, parked heartbeats coming due).
+//! - Sends to: the Partition actor of its `__consumer_offsets` partition (commits as acks=all
+//!   appends, so a commit is answered once it is durable), and Partition actors of the
+//!   topics it describes or resets (high watermarks, offsets by time).
+//! - Publishes: a snapshot of the group for the admin endpoint after every change.
+//! - Mailbox bound: `COORDINATOR_MAILBOX_MAX`, checked by its handle (`Overloaded`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{oneshot, watch};
+use vltava_messages::batch::{BatchBuilder, RecordBatchRef, split_batches};
+use vltava_messages::group_records::{
+    GROUP_RECORD_VERSION, GroupRecordKey, GroupValue, OFFSETS_TOPIC, OffsetValue,
+};
+use vltava_messages::protocol::{
+    Acks, CommittedOffset, CommittedTopic, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse, ErrorCode, GroupDescription, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, OffsetSpec, PartitionLag,
+    PartitionResult, PartitionResults, ResetOffsetsRequest, ResetOffsetsResponse, ResetPartition,
+    ResetTo, ResponseError,
+};
+use vltava_messages::{Compression, Offset, PartitionId};
+
+use super::assignor::{Assignor, TopicPartition};
+use super::state::{Committed, GroupSettings, GroupState, HeartbeatOutcome, Refusal};
+use super::{GroupRegistry, GroupSnapshot};
+use crate::directory::{ActorDirectory, ActorKind, ActorStats, PublishedState};
+use crate::metadata::MetadataImage;
+use crate::partition::PartitionHandle;
+use crate::partition_supervisor::{PartitionRegistry, PartitionSlot};
+
+/// Messages a coordinator queues before its handle answers `Overloaded`: heartbeats of up to
+/// 1,000 members plus their commits.
+pub const COORDINATOR_MAILBOX_MAX: u64 = 4096;
+/// How often a coordinator checks sessions, revocation deadlines and offset expiry.
+pub const COORDINATOR_TICK: Duration = Duration::from_millis(250);
+/// The byte budget of one read when looking up a lagging partition's oldest event.
+const LAG_PROBE_BYTES: u32 = 1;
+
+type Reply<T> = oneshot::Sender<Result<T, Refusal>>;
+
+pub enum CoordinatorMsg {
+    Heartbeat {
+        request: ConsumerGroupHeartbeatRequest,
+        client_id: String,
+        host: String,
+        reply: Reply<ConsumerGroupHeartbeatResponse>,
+    },
+    Commit {
+        request: OffsetCommitRequest,
+        reply: Reply<OffsetCommitResponse>,
+    },
+    FetchOffsets {
+        request: OffsetFetchRequest,
+        reply: Reply<OffsetFetchResponse>,
+    },
+    Describe {
+        reply: Reply<GroupDescription>,
+    },
+    Delete {
+        reply: Reply<()>,
+    },
+    Reset {
+        request: ResetOffsetsRequest,
+        reply: Reply<ResetOffsetsResponse>,
+    },
+    Tick,
+    /// A parked heartbeat's wait is over.
+    ParkDue {
+        member_id: String,
+        seq: u64,
+    },
+}
+
+impl CoordinatorMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            CoordinatorMsg::Heartbeat { .. } => "Heartbeat",
+            CoordinatorMsg::Commit { .. } => "Commit",
+            CoordinatorMsg::FetchOffsets { .. } => "FetchOffsets",
+            CoordinatorMsg::Describe { .. } => "Describe",
+            CoordinatorMsg::Delete { .. } => "Delete",
+            CoordinatorMsg::Reset { .. } => "Reset",
+            CoordinatorMsg::Tick => "Tick",
+            CoordinatorMsg::ParkDue { .. } => "ParkDue",
+        }
+    }
+}
+
+impl std::fmt::Debug for CoordinatorMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind())
+    }
+}
+
+/// The only way to reach a GroupCoordinator.
+#[derive(Clone, Debug)]
+pub struct CoordinatorHandle {
+    actor: ActorRef<CoordinatorMsg>,
+    stats: Arc<ActorStats>,
+}
+
+impl CoordinatorHandle {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> CoordinatorMsg) -> Result<T, Refusal> {
+        if self.stats.depth() >= COORDINATOR_MAILBOX_MAX {
+            return Err((
+                ErrorCode::Overloaded,
+                "the group coordinator is busy".into(),
+            ));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.stats.enqueued();
+        if self.actor.send_message(make(reply)).is_err() {
+            self.stats.dequeued();
+            return Err(gone());
+        }
+        answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    pub async fn heartbeat(
+        &self,
+        request: ConsumerGroupHeartbeatRequest,
+        client_id: String,
+        host: String,
+    ) -> Result<ConsumerGroupHeartbeatResponse, Refusal> {
+        self.call(|reply| CoordinatorMsg::Heartbeat {
+            request,
+            client_id,
+            host,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn commit(
+        &self,
+        request: OffsetCommitRequest,
+    ) -> Result<OffsetCommitResponse, Refusal> {
+        self.call(|reply| CoordinatorMsg::Commit { request, reply })
+            .await
+    }
+
+    pub async fn fetch_offsets(
+        &self,
+        request: OffsetFetchRequest,
+    ) -> Result<OffsetFetchResponse, Refusal> {
+        self.call(|reply| CoordinatorMsg::FetchOffsets { request, reply })
+            .await
+    }
+
+    pub async fn describe(&self) -> Result<GroupDescription, Refusal> {
+        self.call(|reply| CoordinatorMsg::Describe { reply }).await
+    }
+
+    pub async fn delete(&self) -> Result<(), Refusal> {
+        self.call(|reply| CoordinatorMsg::Delete { reply }).await
+    }
+
+    pub async fn reset(
+        &self,
+        request: ResetOffsetsRequest,
+    ) -> Result<ResetOffsetsResponse, Refusal> {
+        self.call(|reply| CoordinatorMsg::Reset { request, reply })
+            .await
+    }
+
+    #[must_use]
+    pub fn actor(&self) -> &ActorRef<CoordinatorMsg> {
+        &self.actor
+    }
+}
+
+fn gone() -> Refusal {
+    (
+        ErrorCode::CoordinatorNotAvailable,
+        "the group coordinator stopped; find it again".into(),
+    )
+}
+
+/// What a coordinator starts with.
+#[derive(Clone, Debug)]
+pub struct CoordinatorArgs {
+    pub id: String,
+    pub parent: String,
+    pub group_id: String,
+    pub offsets_partition: u32,
+    /// Loaded from the offsets topic; empty for a new group.
+    pub offsets: BTreeMap<TopicPartition, Committed>,
+    pub assignor: Option<Assignor>,
+    pub created_ms: Option<u64>,
+    pub settings: GroupSettings,
+    /// How long an empty group keeps its offsets.
+    pub offsets_retention: Duration,
+    pub directory: ActorDirectory,
+    pub partitions: PartitionRegistry,
+    pub image: watch::Receiver<Arc<MetadataImage>>,
+    pub registry: GroupRegistry,
+}
+
+#[derive(Debug)]
+pub struct GroupCoordinator;
+
+/// A heartbeat waiting for news.
+struct Parked {
+    seq: u64,
+    reply: Reply<ConsumerGroupHeartbeatResponse>,
+}
+
+pub struct CoordinatorState {
+    args: CoordinatorArgs,
+    stats: Arc<ActorStats>,
+    snapshot: Arc<std::sync::Mutex<GroupSnapshot>>,
+    group: GroupState,
+    parked: HashMap<String, Parked>,
+    park_seq: u64,
+    /// Whether the group's settings record is in the offsets topic.
+    group_record_written: bool,
+}
+
+impl std::fmt::Debug for CoordinatorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorState")
+            .field("group", &self.args.group_id)
+            .field("members", &self.group.members.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn error(refusal: &Refusal) -> ResponseError {
+    ResponseError::new(refusal.0, refusal.1.clone())
+}
+
+impl GroupCoordinator {
+    /// Starts a coordinator under `supervisor`.
+    pub async fn start(
+        args: CoordinatorArgs,
+        supervisor: ractor::ActorCell,
+    ) -> Result<CoordinatorHandle, ractor::SpawnErr> {
+        let snapshot = Arc::new(std::sync::Mutex::new(GroupSnapshot {
+            group_id: args.group_id.clone(),
+            ..GroupSnapshot::default()
+        }));
+        let stats = args.directory.register_with_state(
+            &args.id,
+            ActorKind::GroupCoordinator,
+            Some(&args.parent),
+            Some(PublishedState::Group(Arc::clone(&snapshot))),
+        );
+        let (actor, _) = Actor::spawn_linked(
+            Some(args.id.clone()),
+            GroupCoordinator,
+            (args, Arc::clone(&stats), snapshot),
+            supervisor,
+        )
+        .await?;
+        Ok(CoordinatorHandle { actor, stats })
+    }
+}
+
+impl Actor for GroupCoordinator {
+    type Msg = CoordinatorMsg;
+    type State = CoordinatorState;
+    type Arguments = (
+        CoordinatorArgs,
+        Arc<ActorStats>,
+        Arc<std::sync::Mutex<GroupSnapshot>>,
+    );
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CoordinatorMsg>,
+        (args, stats, snapshot): Self::Arguments,
+    ) -> Result<CoordinatorState, ActorProcessingErr> {
+        let now = Instant::now();
+        let loaded = args.assignor.is_some();
+        let mut group = GroupState::new(
+            args.group_id.clone(),
+            args.assignor.unwrap_or(super::assignor::DEFAULT_ASSIGNOR),
+            args.settings,
+            now,
+        );
+        group.offsets.clone_from(&args.offsets);
+        if let Some(created) = args.created_ms {
+            group.created_ms = created;
+        }
+        myself.send_interval(COORDINATOR_TICK, || CoordinatorMsg::Tick);
+        let state = CoordinatorState {
+            args,
+            stats,
+            snapshot,
+            group,
+            parked: HashMap::new(),
+            park_seq: 0,
+            group_record_written: loaded,
+        };
+        state.publish();
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CoordinatorMsg>,
+        msg: CoordinatorMsg,
+        state: &mut CoordinatorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let started = Instant::now();
+        let kind = msg.kind();
+        let counted = !matches!(msg, CoordinatorMsg::Tick | CoordinatorMsg::ParkDue { .. });
+        match msg {
+            CoordinatorMsg::Heartbeat {
+                request,
+                client_id,
+                host,
+                reply,
+            } => state.heartbeat(&myself, &request, &client_id, &host, reply),
+            CoordinatorMsg::Commit { request, reply } => {
+                let answer = state.commit(request).await;
+                let _ = reply.send(answer);
+            }
+            CoordinatorMsg::FetchOffsets { request, reply } => {
+                let _ = reply.send(Ok(state.fetch_offsets(&request)));
+            }
+            CoordinatorMsg::Describe { reply } => {
+                let _ = reply.send(Ok(state.describe().await));
+            }
+            CoordinatorMsg::Delete { reply } => {
+                let answer = state.delete().await;
+                let deleted = answer.is_ok();
+                let _ = reply.send(answer);
+                if deleted {
+                    myself.stop(Some("group deleted".into()));
+                }
+            }
+            CoordinatorMsg::Reset { request, reply } => {
+                let _ = reply.send(state.reset(request).await);
+            }
+            CoordinatorMsg::Tick => {
+                if state.tick().await {
+                    myself.stop(Some("group expired".into()));
+                }
+            }
+            CoordinatorMsg::ParkDue { member_id, seq } => {
+                if state.parked.get(&member_id).is_some_and(|p| p.seq == seq) {
+                    let parked = state.parked.remove(&member_id).expect("checked above");
+                    let answer = if state.group.members.contains_key(&member_id) {
+                        Ok(state.group.answer_for(&member_id))
+                    } else {
+                        Err(fenced(&member_id))
+                    };
+                    let _ = parked.reply.send(answer);
+                }
+            }
+        }
+        state.answer_parked();
+        state.publish();
+        state.stats.time(kind, started.elapsed());
+        if counted {
+            state.stats.handled();
+        } else {
+            state.stats.handled.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<CoordinatorMsg>,
+        state: &mut CoordinatorState,
+    ) -> Result<(), ActorProcessingErr> {
+        for (member_id, parked) in state.parked.drain() {
+            let _ = parked.reply.send(Err(fenced(&member_id)));
+        }
+        state.args.registry.remove_group(&state.args.group_id);
+        state.args.directory.unregister(&state.args.id);
+        Ok(())
+    }
+}
+
+fn fenced(member_id: &str) -> Refusal {
+    (
+        ErrorCode::FencedMemberEpoch,
+        format!("member {member_id} was removed from the group; join again"),
+    )
+}
+
+impl CoordinatorState {
+    /// Partition counts of the topics the group's members subscribe to (or, with `all`, of
+    /// every topic).
+    fn counts(&self) -> BTreeMap<String, u32> {
+        let image = self.args.image.borrow();
+        let subscribed: BTreeSet<&String> = self
+            .group
+            .members
+            .values()
+            .flat_map(|m| m.subscribed.iter())
+            .collect();
+        subscribed
+            .into_iter()
+            .filter_map(|t| {
+                image
+                    .topics
+                    .get(t)
+                    .map(|topic| (t.clone(), topic.partitions.len() as u32))
+            })
+            .collect()
+    }
+
+    fn heartbeat(
+        &mut self,
+        myself: &ActorRef<CoordinatorMsg>,
+        request: &ConsumerGroupHeartbeatRequest,
+        client_id: &str,
+        host: &str,
+        reply: Reply<ConsumerGroupHeartbeatResponse>,
+    ) {
+        // A new heartbeat of a member answers its parked one first (a client sends one at a
+        // time, so this happens only after a client gave up waiting).
+        if let Some(old) = self.parked.remove(&request.member_id)
+            && self.group.members.contains_key(&request.member_id)
+        {
+            let _ = old
+                .reply
+                .send(Ok(self.group.answer_for(&request.member_id)));
+        }
+        let mut counts = self.counts();
+        if let Some(topics) = &request.subscribed_topics {
+            let image = self.args.image.borrow();
+            for t in topics {
+                if let Some(topic) = image.topics.get(t) {
+                    counts.insert(t.clone(), topic.partitions.len() as u32);
+                }
+            }
+        }
+        let now = Instant::now();
+        match self.group.heartbeat(request, client_id, host, now, &counts) {
+            Ok(HeartbeatOutcome::Answer(answer)) => {
+                let _ = reply.send(Ok(answer));
+            }
+            Ok(HeartbeatOutcome::Park { member_id, wait }) => {
+                self.park_seq += 1;
+                let seq = self.park_seq;
+                self.parked.insert(member_id.clone(), Parked { seq, reply });
+                myself.send_after(wait, move || CoordinatorMsg::ParkDue { member_id, seq });
+            }
+            Err(refusal) => {
+                tracing::debug!(group = %self.args.group_id, code = refusal.0.name(), reason = %refusal.1, "heartbeat refused");
+                let _ = reply.send(Err(refusal));
+            }
+        }
+    }
+
+    /// Answers parked heartbeats whose members have news, and those of removed members.
+    fn answer_parked(&mut self) {
+        let due: Vec<String> = self
+            .parked
+            .keys()
+            .filter(|m| !self.group.members.contains_key(*m) || self.group.has_news(m))
+            .cloned()
+            .collect();
+        for member_id in due {
+            let parked = self.parked.remove(&member_id).expect("listed above");
+            let answer = if self.group.members.contains_key(&member_id) {
+                Ok(self.group.answer_for(&member_id))
+            } else {
+                Err(fenced(&member_id))
+            };
+            let _ = parked.reply.send(answer);
+        }
+    }
+
+    /// Expires members and, for an empty group past its retention, deletes it. Returns
+    /// whether the coordinator should stop.
+    async fn tick(&mut self) -> bool {
+        let counts = self.counts();
+        self.group.expire(Instant::now(), &counts);
+        if self.group.members.is_empty()
+            && self.group.empty_since.elapsed() > self.args.offsets_retention
+        {
+            let newest = self.group.offsets.values().map(|c| c.commit_ms).max();
+            let retention_ms =
+                u64::try_from(self.args.offsets_retention.as_millis()).unwrap_or(u64::MAX);
+            if newest.is_none_or(|ms| now_ms().saturating_sub(ms) > retention_ms) {
+                tracing::info!(group = %self.args.group_id, "group empty past its offsets retention; expiring its offsets");
+                return match self.write_tombstones().await {
+                    Ok(()) => true,
+                    Err(refusal) => {
+                        tracing::warn!(group = %self.args.group_id, reason = %refusal.1, "offset expiry failed; will retry");
+                        false
+                    }
+                };
+            }
+        }
+        false
+    }
+
+    fn offsets_handle(&self) -> Result<PartitionHandle, Refusal> {
+        match self
+            .args
+            .partitions
+            .get(OFFSETS_TOPIC, PartitionId(self.args.offsets_partition))
+        {
+            Some(PartitionSlot::Online(handle)) => Ok(handle),
+            _ => Err((
+                ErrorCode::CoordinatorNotAvailable,
+                "the group's offsets partition is not online".into(),
+            )),
+        }
+    }
+
+    /// Appends records to the group's offsets partition and waits until they are durable.
+    async fn append(&self, records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), Refusal> {
+        let handle = self.offsets_handle()?;
+        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        let mut builder = BatchBuilder::new(Compression::None);
+        for (key, value) in records {
+            builder.push(Some(key), value.as_deref(), &[], now);
+        }
+        handle
+            .produce(builder.build(), Acks::All, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                (
+                    ErrorCode::CoordinatorNotAvailable,
+                    format!("offsets could not be written: {e}"),
+                )
+            })
+    }
+
+    fn group_record(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+        (
+            GroupRecordKey::Group {
+                group: self.args.group_id.clone(),
+            }
+            .encode(),
+            Some(
+                GroupValue {
+                    v: GROUP_RECORD_VERSION,
+                    assignor: self.group.assignor.name().to_owned(),
+                    created_ms: self.group.created_ms,
+                }
+                .encode(),
+            ),
+        )
+    }
+
+    async fn commit(
+        &mut self,
+        request: OffsetCommitRequest,
+    ) -> Result<OffsetCommitResponse, Refusal> {
+        let partitions: Vec<TopicPartition> = request
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (t.topic.clone(), p.partition.0))
+            })
+            .collect();
+        let mut verdicts =
+            self.group
+                .check_commit(&request.member_id, request.member_epoch, &partitions)?;
+        {
+            let image = self.args.image.borrow();
+            for (tp, verdict) in partitions.iter().zip(verdicts.iter_mut()) {
+                if verdict.is_some() {
+                    continue;
+                }
+                match image.topics.get(&tp.0) {
+                    None => {
+                        *verdict = Some((ErrorCode::UnknownTopic, format!("no topic {}", tp.0)))
+                    }
+                    Some(topic) if tp.1 as usize >= topic.partitions.len() => {
+                        *verdict = Some((
+                            ErrorCode::UnknownPartition,
+                            format!("topic {} has no partition {}", tp.0, tp.1),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let commit_ms = now_ms();
+        let mut records = Vec::new();
+        let mut accepted: Vec<(TopicPartition, Committed)> = Vec::new();
+        let mut index = 0;
+        for topic in &request.topics {
+            for p in &topic.partitions {
+                if verdicts[index].is_none() {
+                    let committed = Committed {
+                        offset: p.offset,
+                        leader_epoch: p.leader_epoch,
+                        metadata: p.metadata.clone(),
+                        commit_ms,
+                    };
+                    records.push((
+                        GroupRecordKey::Offset {
+                            group: self.args.group_id.clone(),
+                            topic: topic.topic.clone(),
+                            partition: p.partition.0,
+                        }
+                        .encode(),
+                        Some(
+                            OffsetValue {
+                                v: GROUP_RECORD_VERSION,
+                                offset: p.offset,
+                                leader_epoch: p.leader_epoch,
+                                metadata: p.metadata.clone(),
+                                commit_ms,
+                            }
+                            .encode(),
+                        ),
+                    ));
+                    accepted.push(((topic.topic.clone(), p.partition.0), committed));
+                }
+                index += 1;
+            }
+        }
+        if !records.is_empty() {
+            if !self.group_record_written {
+                records.push(self.group_record());
+            }
+            self.append(&records).await?;
+            self.group_record_written = true;
+            self.group.offsets.extend(accepted);
+        }
+        let mut index = 0;
+        let topics = request
+            .topics
+            .iter()
+            .map(|t| PartitionResults {
+                topic: t.topic.clone(),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let error = verdicts[index].as_ref().map(error);
+                        index += 1;
+                        PartitionResult {
+                            partition: p.partition,
+                            error,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(OffsetCommitResponse { topics })
+    }
+
+    fn fetch_offsets(&self, request: &OffsetFetchRequest) -> OffsetFetchResponse {
+        let wanted: Vec<TopicPartition> = match &request.topics {
+            Some(topics) => super::state::from_wire(topics).into_iter().collect(),
+            None => self.group.offsets.keys().cloned().collect(),
+        };
+        let mut topics: Vec<CommittedTopic> = Vec::new();
+        for tp in wanted {
+            let committed = self.group.offsets.get(&tp);
+            let entry = CommittedOffset {
+                partition: PartitionId(tp.1),
+                offset: committed.map(|c| c.offset),
+                leader_epoch: committed.and_then(|c| c.leader_epoch),
+                metadata: committed.map(|c| c.metadata.clone()).unwrap_or_default(),
+            };
+            match topics.last_mut() {
+                Some(last) if last.topic == tp.0 => last.partitions.push(entry),
+                _ => topics.push(CommittedTopic {
+                    topic: tp.0,
+                    partitions: vec![entry],
+                }),
+            }
+        }
+        OffsetFetchResponse { topics }
+    }
+
+    fn high_watermark(&self, tp: &TopicPartition) -> Option<(Offset, PartitionHandle)> {
+        match self.args.partitions.get(&tp.0, PartitionId(tp.1)) {
+            Some(PartitionSlot::Online(handle)) => {
+                let hw = *handle.high_watermark().borrow();
+                Some((hw, handle))
+            }
+            _ => None,
+        }
+    }
+
+    async fn describe(&self) -> GroupDescription {
+        let owners = self.group.owners();
+        let mut partitions: BTreeSet<TopicPartition> = self.group.subscribed_partitions();
+        partitions.extend(self.group.offsets.keys().cloned());
+        let mut offsets = Vec::new();
+        for tp in partitions {
+            let committed = self.group.offsets.get(&tp).map(|c| c.offset);
+            let mut lag = PartitionLag {
+                topic: tp.0.clone(),
+                partition: PartitionId(tp.1),
+                committed_offset: committed,
+                owner: owners.get(&tp).cloned(),
+                ..PartitionLag::default()
+            };
+            if let Some((hw, handle)) = self.high_watermark(&tp) {
+                lag.high_watermark = Some(hw);
+                if let Some(committed) = committed {
+                    let behind = hw.0.saturating_sub(committed.0);
+                    lag.lag = Some(behind);
+                    lag.lag_ms = Some(if behind == 0 {
+                        0
+                    } else {
+                        oldest_unconsumed_age_ms(&handle, committed)
+                            .await
+                            .unwrap_or(0)
+                    });
+                }
+            }
+            offsets.push(lag);
+        }
+        GroupDescription {
+            group_id: self.args.group_id.clone(),
+            error: None,
+            state: self.group.state_name().to_owned(),
+            group_epoch: self.group.group_epoch,
+            assignment_epoch: self.group.assignment_epoch,
+            assignor: self.group.assignor.name().to_owned(),
+            members: self.group.describe_members(),
+            offsets,
+            rebalances: self.group.rebalances.iter().cloned().collect(),
+        }
+    }
+
+    fn check_empty(&self, what: &str) -> Result<(), Refusal> {
+        if self.group.members.is_empty() {
+            Ok(())
+        } else {
+            Err((
+                ErrorCode::NonEmptyGroup,
+                format!(
+                    "the group has {} members; {what} needs an empty group",
+                    self.group.members.len()
+                ),
+            ))
+        }
+    }
+
+    async fn write_tombstones(&mut self) -> Result<(), Refusal> {
+        let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
+            .group
+            .offsets
+            .keys()
+            .map(|(topic, partition)| {
+                (
+                    GroupRecordKey::Offset {
+                        group: self.args.group_id.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                    }
+                    .encode(),
+                    None,
+                )
+            })
+            .collect();
+        records.push((
+            GroupRecordKey::Group {
+                group: self.args.group_id.clone(),
+            }
+            .encode(),
+            None,
+        ));
+        self.append(&records).await?;
+        self.group.offsets.clear();
+        Ok(())
+    }
+
+    async fn delete(&mut self) -> Result<(), Refusal> {
+        self.check_empty("deleting it")?;
+        self.write_tombstones().await?;
+        tracing::info!(group = %self.args.group_id, "group deleted");
+        Ok(())
+    }
+
+    async fn reset(
+        &mut self,
+        request: ResetOffsetsRequest,
+    ) -> Result<ResetOffsetsResponse, Refusal> {
+        self.check_empty("resetting its offsets")?;
+        let target = request
+            .target()
+            .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
+        let count = self
+            .args
+            .image
+            .borrow()
+            .topics
+            .get(&request.topic)
+            .map(|t| t.partitions.len() as u32)
+            .ok_or_else(|| {
+                (
+                    ErrorCode::UnknownTopic,
+                    format!("no topic {}", request.topic),
+                )
+            })?;
+        let partitions: Vec<u32> = match &request.partitions {
+            Some(list) => list.iter().map(|p| p.0).collect(),
+            None => (0..count).collect(),
+        };
+        let mut results = Vec::new();
+        let mut commits = Vec::new();
+        for p in partitions {
+            let tp = (request.topic.clone(), p);
+            let outcome: Result<Offset, Refusal> = async {
+                if p >= count {
+                    return Err((
+                        ErrorCode::UnknownPartition,
+                        format!("topic {} has no partition {p}", request.topic),
+                    ));
+                }
+                let Some((hw, handle)) = self.high_watermark(&tp) else {
+                    return Err((ErrorCode::PartitionOffline, "partition offline".into()));
+                };
+                let listed = |spec| {
+                    let handle = handle.clone();
+                    async move {
+                        handle
+                            .list_offset(spec, None)
+                            .await
+                            .map_err(|e| (ErrorCode::StorageError, e.to_string()))
+                    }
+                };
+                let earliest = listed(OffsetSpec::Earliest).await?.offset.unwrap_or(hw);
+                Ok(match target {
+                    ResetTo::Earliest => earliest,
+                    ResetTo::Latest => hw,
+                    // Clamped to what the log holds, as Kafka's tool does.
+                    ResetTo::Offset(o) => Offset(o.0.clamp(earliest.0, hw.0)),
+                    ResetTo::Timestamp(t) => {
+                        listed(OffsetSpec::Timestamp(t)).await?.offset.unwrap_or(hw)
+                    }
+                })
+            }
+            .await;
+            match outcome {
+                Ok(offset) => {
+                    commits.push((tp, offset));
+                    results.push(ResetPartition {
+                        partition: PartitionId(p),
+                        offset: Some(offset),
+                        error: None,
+                    });
+                }
+                Err(refusal) => results.push(ResetPartition {
+                    partition: PartitionId(p),
+                    offset: None,
+                    error: Some(error(&refusal)),
+                }),
+            }
+        }
+        if !request.dry_run && !commits.is_empty() {
+            let by_topic = vltava_messages::protocol::OffsetCommitTopic {
+                topic: request.topic.clone(),
+                partitions: commits
+                    .iter()
+                    .map(
+                        |(tp, offset)| vltava_messages::protocol::OffsetCommitPartition {
+                            partition: PartitionId(tp.1),
+                            offset: *offset,
+                            leader_epoch: None,
+                            metadata: "reset".into(),
+                        },
+                    )
+                    .collect(),
+            };
+            self.commit(OffsetCommitRequest {
+                group_id: self.args.group_id.clone(),
+                member_id: String::new(),
+                member_epoch: -1,
+                topics: vec![by_topic],
+            })
+            .await?;
+        }
+        Ok(ResetOffsetsResponse {
+            partitions: results,
+        })
+    }
+
+    /// Publishes the group for the admin endpoint.
+    fn publish(&self) {
+        let mut snapshot = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        snapshot.state = self.group.state_name();
+        snapshot.assignor = self.group.assignor.name();
+        snapshot.group_epoch = self.group.group_epoch;
+        snapshot.assignment_epoch = self.group.assignment_epoch;
+        snapshot.members = self.group.describe_members();
+        snapshot.owners = self.group.owners();
+        snapshot.offsets = self
+            .group
+            .offsets
+            .iter()
+            .map(|(tp, c)| (tp.clone(), c.offset))
+            .collect();
+        snapshot.subscribed = self.group.subscribed_partitions();
+        snapshot.rebalances = self.group.rebalances.iter().take(5).cloned().collect();
+    }
+}
+
+/// How old the event at `offset` is: now minus its batch's first timestamp.
+async fn oldest_unconsumed_age_ms(handle: &PartitionHandle, offset: Offset) -> Option<u64> {
+    let read = handle.fetch(offset, LAG_PROBE_BYTES, None).await.ok()?;
+    let batch = split_batches(&read.records).next()?.ok()?;
+    let first = oldest_timestamp(&batch, offset)?;
+    Some(now_ms().saturating_sub(u64::try_from(first).unwrap_or(0)))
+}
+
+fn oldest_timestamp(batch: &RecordBatchRef<'_>, offset: Offset) -> Option<i64> {
+    let records = batch.records().ok()?;
+    records
+        .iter()
+        .find(|r| r.offset >= offset)
+        .map(|r| r.timestamp)
+}
