@@ -66,6 +66,8 @@ pub struct NodeOptions {
     pub group_settings: GroupSettings,
     /// Partitions of `__consumer_offsets` if the node creates it.
     pub offsets_topic_partitions: u32,
+    /// Its segment size.
+    pub offsets_topic_segment_bytes: u64,
     /// How long an empty group keeps its committed offsets.
     pub offsets_retention: Duration,
 }
@@ -244,7 +246,7 @@ impl Node {
             ("cleanup.policy".to_owned(), "compact".to_owned()),
             (
                 "segment.bytes".to_owned(),
-                crate::groups::OFFSETS_TOPIC_SEGMENT_BYTES.to_string(),
+                options.offsets_topic_segment_bytes.to_string(),
             ),
         ]
         .into_iter()

@@ -21,6 +21,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, watch};
 use vltava_messages::batch::BatchHeader;
 use vltava_messages::{LeaderEpoch, Offset, PartitionId};
+use vltava_storage::compaction::CompactionOutput;
+use vltava_storage::config::CleanupPolicy;
 use vltava_storage::{
     AckQueue, FlushJob, Flusher, Log, LogConfig, LogRead, RealStorage, StorageError, SubmitError,
 };
@@ -35,6 +37,10 @@ pub const PARTITION_MAILBOX_MAX: u64 = 4096;
 /// `acks=all` answers a partition keeps waiting for durability. Past it, produce requests are
 /// refused with `Overloaded` (before anything is appended).
 pub const ACK_WAITERS_MAX: usize = 4096;
+
+/// How often a compacted partition checks whether a compaction pass is due (cheap when none
+/// is: it compares byte counts).
+pub const COMPACTION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often a partition checks retention and rolls an old active segment.
 pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(300);
@@ -137,6 +143,10 @@ pub enum PartitionMsg {
     FlushTick,
     /// Time to check retention and roll an old segment.
     RetentionTick,
+    /// A compacted log: time to see whether a compaction pass is due.
+    CompactionTick,
+    /// A compaction pass ran off the actor; swap its output in.
+    Compacted { output: CompactionOutput },
     /// Fault injection: the actor fails, as after a bug, so its supervisor restarts it.
     Crash,
 }
@@ -152,6 +162,8 @@ impl PartitionMsg {
             PartitionMsg::Flushed { .. } => "Flushed",
             PartitionMsg::FlushTick => "FlushTick",
             PartitionMsg::RetentionTick => "RetentionTick",
+            PartitionMsg::CompactionTick => "CompactionTick",
+            PartitionMsg::Compacted { .. } => "Compacted",
             PartitionMsg::Crash => "Crash",
         }
     }
@@ -322,6 +334,8 @@ pub struct PartitionState {
     waiters: AckQueue<(Reply<ProduceOk>, ProduceOk)>,
     high_watermark: watch::Sender<Offset>,
     flush_in_flight: bool,
+    /// A compaction pass is running on the blocking pool.
+    compaction_in_flight: bool,
 }
 
 fn now_ms() -> u64 {
@@ -405,6 +419,9 @@ impl Actor for Partition {
             myself.send_interval(every, || PartitionMsg::FlushTick);
         }
         myself.send_interval(RETENTION_CHECK_INTERVAL, || PartitionMsg::RetentionTick);
+        if args.log_config.cleanup_policy == CleanupPolicy::Compact {
+            myself.send_interval(COMPACTION_CHECK_INTERVAL, || PartitionMsg::CompactionTick);
+        }
         let state = PartitionState {
             args,
             stats,
@@ -414,6 +431,7 @@ impl Actor for Partition {
             waiters: AckQueue::new(ACK_WAITERS_MAX),
             high_watermark,
             flush_in_flight: false,
+            compaction_in_flight: false,
         };
         state.publish_segments();
         state.publish();
@@ -430,7 +448,10 @@ impl Actor for Partition {
         let started = Instant::now();
         let kind = msg.kind();
         // Timer messages do not pass through a handle, so they never counted into the depth.
-        let counted = !matches!(msg, PartitionMsg::FlushTick | PartitionMsg::RetentionTick);
+        let counted = !matches!(
+            msg,
+            PartitionMsg::FlushTick | PartitionMsg::RetentionTick | PartitionMsg::CompactionTick
+        );
         let result = match msg {
             PartitionMsg::Produce {
                 batch,
@@ -469,6 +490,11 @@ impl Actor for Partition {
                 Ok(())
             }
             PartitionMsg::RetentionTick => state.retention(&myself).await,
+            PartitionMsg::CompactionTick => {
+                state.start_compaction(&myself);
+                Ok(())
+            }
+            PartitionMsg::Compacted { output } => state.compacted(output).await,
             PartitionMsg::Crash => Err(ActorProcessingErr::from("crash injected")),
         };
         state.publish();
@@ -866,6 +892,58 @@ impl PartitionState {
             timestamp,
             leader_epoch: epoch_at.unwrap_or(self.args.leader_epoch),
         })
+    }
+
+    /// Starts a compaction pass off the actor if one is due; appends and reads go on.
+    fn start_compaction(&mut self, myself: &ActorRef<PartitionMsg>) {
+        if self.compaction_in_flight {
+            return;
+        }
+        let Some(job) = self
+            .log
+            .as_mut()
+            .and_then(|log| log.begin_compaction(now_ms()))
+        else {
+            return;
+        };
+        self.compaction_in_flight = true;
+        let actor = myself.clone();
+        let stats = Arc::clone(&self.stats);
+        tokio::task::spawn_blocking(move || {
+            let output = job.run();
+            stats.enqueued();
+            if actor
+                .send_message(PartitionMsg::Compacted { output })
+                .is_err()
+            {
+                stats.dequeued();
+            }
+        });
+    }
+
+    async fn compacted(&mut self, output: CompactionOutput) -> Result<(), ActorProcessingErr> {
+        self.compaction_in_flight = false;
+        let id = self.args.id.clone();
+        match self
+            .with_log(move |log| log.complete_compaction(output))
+            .await?
+        {
+            Ok(report) => {
+                tracing::info!(
+                    partition = %id,
+                    outcome = ?report.outcome,
+                    segments_before = report.segments_before,
+                    segments_after = report.segments_after,
+                    bytes_before = report.bytes_before,
+                    bytes_after = report.bytes_after,
+                    "compaction pass done"
+                );
+                self.publish_segments();
+            }
+            // A failed pass leaves the old segments in place; the next tick tries again.
+            Err(e) => tracing::warn!(partition = %id, error = %e, "compaction pass failed"),
+        }
+        Ok(())
     }
 
     async fn retention(

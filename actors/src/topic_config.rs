@@ -6,11 +6,14 @@ use std::collections::BTreeMap;
 use vltava_messages::TimestampType;
 use vltava_messages::limits::BATCH_BYTES_MAX;
 use vltava_storage::LogConfig;
+use vltava_storage::config::CleanupPolicy;
 use vltava_storage::config::SEGMENT_BYTES_MIN;
 
 /// Keys a topic may set.
-pub const TOPIC_CONFIG_KEYS: [&str; 8] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 10] = [
     "cleanup.policy",
+    "delete.retention.ms",
+    "min.cleanable.dirty.ratio",
     "retention.ms",
     "retention.bytes",
     "segment.bytes",
@@ -41,7 +44,7 @@ fn bad(key: &str, value: &str, reason: &'static str) -> TopicConfigError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicConfig {
     pub log: LogConfig,
-    /// `delete` or `compact`; compaction itself comes with consumer groups.
+    /// `delete` or `compact` (also in `log.cleanup_policy`).
     pub cleanup_policy: String,
     pub min_insync_replicas: u16,
 }
@@ -54,10 +57,30 @@ pub fn parse(configs: &BTreeMap<String, String>) -> Result<TopicConfig, TopicCon
     for (key, value) in configs {
         let number = |v: &str| v.parse::<i64>().map_err(|_| bad(key, v, "not an integer"));
         match key.as_str() {
-            "cleanup.policy" => match value.as_str() {
-                "delete" | "compact" => cleanup_policy.clone_from(value),
-                _ => return Err(bad(key, value, "expected delete or compact")),
-            },
+            "cleanup.policy" => {
+                log.cleanup_policy = match value.as_str() {
+                    "delete" => CleanupPolicy::Delete,
+                    "compact" => CleanupPolicy::Compact,
+                    _ => return Err(bad(key, value, "expected delete or compact")),
+                };
+                cleanup_policy.clone_from(value);
+            }
+            "delete.retention.ms" => {
+                let ms = number(value)?;
+                if ms < 0 {
+                    return Err(bad(key, value, "expected 0 or more ms"));
+                }
+                log.delete_retention_ms = ms as u64;
+            }
+            "min.cleanable.dirty.ratio" => {
+                let ratio: f64 = value
+                    .parse()
+                    .map_err(|_| bad(key, value, "expected a number from 0 to 1"))?;
+                if !(0.0..=1.0).contains(&ratio) {
+                    return Err(bad(key, value, "expected a number from 0 to 1"));
+                }
+                log.cleanable_dirty_percent_min = (ratio * 100.0).round() as u8;
+            }
             "retention.ms" => {
                 log.retention_ms = match number(value)? {
                     -1 => None,
@@ -143,13 +166,20 @@ mod tests {
                 "LogAppendTime".to_owned(),
             ),
             ("cleanup.policy".to_owned(), "compact".to_owned()),
+            ("delete.retention.ms".to_owned(), "1000".to_owned()),
+            ("min.cleanable.dirty.ratio".to_owned(), "0.25".to_owned()),
         ]);
         let config = parse(&good).unwrap();
         assert_eq!(config.log.retention_ms, Some(60_000));
         assert_eq!(config.log.segment_bytes_max, 1 << 20);
         assert_eq!(config.log.timestamp_type, TimestampType::LogAppendTime);
         assert_eq!(config.cleanup_policy, "compact");
+        assert_eq!(config.log.cleanup_policy, CleanupPolicy::Compact);
+        assert_eq!(config.log.delete_retention_ms, 1000);
+        assert_eq!(config.log.cleanable_dirty_percent_min, 25);
         for (key, value) in [
+            ("delete.retention.ms", "-5"),
+            ("min.cleanable.dirty.ratio", "1.5"),
             ("retention.ms", "soon"),
             ("segment.bytes", "10"),
             ("colour", "blue"),

@@ -10,8 +10,11 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
 use vltava_actors::groups::state::{GroupSettings, SESSION_TIMEOUT_MAX, SESSION_TIMEOUT_MIN};
-use vltava_actors::groups::{OFFSETS_RETENTION_DEFAULT, OFFSETS_TOPIC_PARTITIONS_DEFAULT};
+use vltava_actors::groups::{
+    OFFSETS_RETENTION_DEFAULT, OFFSETS_TOPIC_PARTITIONS_DEFAULT, OFFSETS_TOPIC_SEGMENT_BYTES,
+};
 use vltava_actors::partition::Durability;
+use vltava_storage::config::SEGMENT_BYTES_MIN;
 
 /// Default client port.
 pub const CLIENT_PORT_DEFAULT: u16 = 9420;
@@ -76,6 +79,10 @@ pub struct NodeFlags {
     /// [default: 8].
     #[arg(long, env = "VLTAVA_OFFSETS_TOPIC_PARTITIONS")]
     pub offsets_topic_partitions: Option<u32>,
+    /// Segment size of __consumer_offsets, used when the node creates it: compaction cleans
+    /// only sealed segments [default: 16 MiB].
+    #[arg(long, env = "VLTAVA_OFFSETS_TOPIC_SEGMENT_BYTES")]
+    pub offsets_topic_segment_bytes: Option<u64>,
     /// How long an empty consumer group keeps its committed offsets, in ms [default: 7 days].
     #[arg(long, env = "VLTAVA_OFFSETS_RETENTION_MS")]
     pub offsets_retention_ms: Option<u64>,
@@ -119,6 +126,7 @@ struct FileSettings {
     enable_fault_injection: Option<bool>,
     offsets_topic_partitions: Option<u32>,
     offsets_retention_ms: Option<u64>,
+    offsets_topic_segment_bytes: Option<u64>,
     group_heartbeat_interval_ms: Option<u64>,
     group_session_timeout_ms: Option<u64>,
 }
@@ -148,6 +156,7 @@ pub struct NodeConfig {
     pub admin_token: Option<String>,
     pub enable_fault_injection: bool,
     pub offsets_topic_partitions: u32,
+    pub offsets_topic_segment_bytes: u64,
     pub offsets_retention: Duration,
     pub group_settings: GroupSettings,
 }
@@ -232,6 +241,15 @@ impl NodeConfig {
         if !(1..=1024).contains(&offsets_topic_partitions) {
             bail!("offsets_topic_partitions must be between 1 and 1024");
         }
+        let offsets_topic_segment_bytes = flags
+            .offsets_topic_segment_bytes
+            .or(file.offsets_topic_segment_bytes)
+            .unwrap_or(OFFSETS_TOPIC_SEGMENT_BYTES);
+        if !(u64::from(SEGMENT_BYTES_MIN)..=u64::from(u32::MAX))
+            .contains(&offsets_topic_segment_bytes)
+        {
+            bail!("offsets_topic_segment_bytes must be between 65536 and 4294967295");
+        }
         let offsets_retention = Duration::from_millis(
             flags
                 .offsets_retention_ms
@@ -268,6 +286,7 @@ impl NodeConfig {
         }
         Ok(NodeConfig {
             offsets_topic_partitions,
+            offsets_topic_segment_bytes,
             offsets_retention,
             group_settings,
             admin_token,

@@ -24,6 +24,10 @@
 //! - `read`: sequential 1 MiB reads over a 2 GiB log in the page cache, with and without CRC
 //!   checks; `lookup`: random offsets over the same log (256 MiB segments, nine of them).
 //! - `validate`: `batch::validate` and `batch::validate_crc` alone, the CPU part of an append.
+//! - `compact`: one compaction pass (`Log::compact`, fsyncs included) over a freshly written
+//!   dirty log of `COMPACT_LOG_BYTES` in 8 MiB segments, 100-event batches of 1 KiB values
+//!   whose keys are drawn from `COMPACT_KEYS`, uncompressed or LZ4; the throughput counts the
+//!   dirty bytes read. Writing the log is not timed.
 
 use std::fs::{File, OpenOptions};
 use std::hint::black_box;
@@ -39,7 +43,9 @@ use criterion::{
 use tempfile::TempDir;
 use vltava_messages::batch;
 use vltava_messages::{BatchBuilder, Compression, LeaderEpoch, Offset};
-use vltava_storage::{AckQueue, FlushJob, Flusher, Log, LogConfig, LogRead, RealStorage};
+use vltava_storage::{
+    AckQueue, CleanupPolicy, FlushJob, Flusher, Log, LogConfig, LogRead, RealStorage,
+};
 
 /// Bytes of every event's value.
 const VALUE_BYTES: usize = 1024;
@@ -57,6 +63,12 @@ const READ_SEGMENT_BYTES: u32 = 256 << 20;
 const READ_BYTES_MAX: u32 = 1 << 20;
 /// The clock every append is stamped with.
 const NOW_MS: u64 = 1_700_000_000_000;
+/// Size of the dirty log each compaction iteration cleans.
+const COMPACT_LOG_BYTES: u64 = 64 << 20;
+/// Segment size of that log: eight sealed segments.
+const COMPACT_SEGMENT_BYTES: u32 = 8 << 20;
+/// Distinct keys of that log: about 65,000 records of which some 10,000 stay.
+const COMPACT_KEYS: u64 = 10_000;
 const EPOCH: LeaderEpoch = LeaderEpoch(1);
 
 /// A batch shape: how many 1 KiB events a batch holds.
@@ -706,6 +718,91 @@ fn bench_read(c: &mut Criterion) {
     group.finish();
 }
 
+/// A batch of 100 events with 1 KiB values and keys drawn from `COMPACT_KEYS` by `state`.
+fn build_keyed_batch(state: &mut u64, compression: Compression) -> Vec<u8> {
+    let mut builder = BatchBuilder::new(compression);
+    for i in 0..100 {
+        *state = xorshift(*state);
+        let key = format!("key-{:06}", *state % COMPACT_KEYS);
+        let value: Vec<u8> = (0..VALUE_BYTES)
+            .map(|j| (*state >> (j % 8 * 8)) as u8 ^ j as u8)
+            .collect();
+        builder.push(Some(key.as_bytes()), Some(&value), &[], NOW_MS as i64 + i);
+    }
+    builder.build()
+}
+
+/// Writes a compacted log of `COMPACT_LOG_BYTES`, seals its last segment and makes it
+/// durable and committed, so that all of it is dirty and cleanable.
+fn write_dirty_log(dir: &Path, compression: Compression) -> Log {
+    let config = LogConfig {
+        segment_bytes_max: COMPACT_SEGMENT_BYTES,
+        segment_ms: 1,
+        retention_ms: None,
+        cleanup_policy: CleanupPolicy::Compact,
+        cleanable_dirty_percent_min: 0,
+        ..LogConfig::default()
+    };
+    let mut log = Log::open(Arc::new(RealStorage), dir, config, NOW_MS).expect("opening a log");
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    while log.size_bytes() < COMPACT_LOG_BYTES {
+        let mut batch = build_keyed_batch(&mut state, compression);
+        log.append_as_leader(&mut batch, EPOCH, NOW_MS)
+            .expect("append");
+    }
+    assert!(log.roll_if_old(NOW_MS + 1).expect("roll"), "the log rolls");
+    log.flush().expect("flush");
+    let end = log.log_end_offset();
+    log.set_high_watermark(end);
+    log
+}
+
+/// One compaction pass over a dirty log, per iteration.
+fn bench_compact(c: &mut Criterion) {
+    let mut group = c.benchmark_group("compact");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::BytesDecimal(COMPACT_LOG_BYTES));
+    for (name, compression) in [("none", Compression::None), ("lz4", Compression::Lz4)] {
+        let mut reported = false;
+        group.bench_function(BenchmarkId::new("10k_keys_1KiB", name), |b| {
+            b.iter_custom(|iters| {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    let dir = temp_dir();
+                    let mut log = write_dirty_log(dir.path(), compression);
+                    let bytes_before = log.size_bytes();
+                    let start = Instant::now();
+                    let report = log
+                        .compact(NOW_MS)
+                        .expect("compaction")
+                        .expect("a pass is due");
+                    elapsed += start.elapsed();
+                    if !reported {
+                        reported = true;
+                        println!(
+                            "compact/{name}: {bytes_before} bytes in {} segments -> {} bytes in {}, \
+                             {} records removed",
+                            report.segments_before,
+                            log.size_bytes(),
+                            report.segments_after,
+                            report.stats.records_removed
+                        );
+                    }
+                    drop(log);
+                    cut_files(dir.path());
+                    remove_dir(dir);
+                }
+                elapsed
+            });
+        });
+    }
+    group.finish();
+}
+
 /// The CPU part of a leader append: full validation, and the CRC check alone.
 fn bench_validate(c: &mut Criterion) {
     let mut group = c.benchmark_group("validate");
@@ -733,6 +830,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_buffered, bench_fsync, bench_group_commit, bench_read, bench_validate
+    targets = bench_buffered, bench_fsync, bench_group_commit, bench_read, bench_validate, bench_compact
 }
 criterion_main!(benches);

@@ -50,6 +50,13 @@ pub enum StorageError {
     Poisoned { dir: PathBuf },
     #[error("invalid log configuration: {reason}")]
     InvalidConfig { reason: &'static str },
+    #[error("compaction of {dir} was cancelled: the log was closed")]
+    CompactionCancelled { dir: PathBuf },
+    #[error("compacting the segment at {base_offset} would {reason}")]
+    CompactionOverflow {
+        base_offset: Offset,
+        reason: &'static str,
+    },
 }
 
 impl StorageError {

@@ -15,6 +15,8 @@
 //! - `index`: the sparse offset and time indexes.
 //! - `epoch`: the leader-epoch cache and its checkpoint.
 //! - `checkpoint`: atomic, checksummed small files.
+//! - `compaction`: compaction jobs for logs whose cleanup policy is `compact` (keep the newest
+//!   record per key, drop expired tombstones, merge segments) and their crash-safe swap.
 //! - `log`: `Log`, the partition log: open with recovery, leader and follower appends,
 //!   reads, offset and timestamp lookups, truncation, roll, retention, close.
 //! - `record_file`: an append-only file of checksummed records, fsynced per append (the
@@ -31,8 +33,12 @@
 //!   batch that was durable; a torn or corrupt tail is cut off and reported.
 //! - After a failed fsync the log is poisoned: nothing more is appended or acknowledged until
 //!   it is reopened at its recovery point.
+//! - Compaction never changes an offset and never rewrites the active segment or anything at
+//!   or past the high watermark or the recovery point; after a crash at any step of its swap,
+//!   each cleaned range holds either its old segments or its new ones.
 
 pub mod checkpoint;
+pub mod compaction;
 pub mod config;
 pub mod dump;
 pub mod epoch;
@@ -45,7 +51,10 @@ pub mod record_file;
 pub mod segment;
 pub mod sim;
 
-pub use config::LogConfig;
+pub use compaction::{
+    CompactionJob, CompactionOutcome, CompactionOutput, CompactionReport, PassStats,
+};
+pub use config::{CleanupPolicy, LogConfig};
 pub use error::{Result, StorageError};
 pub use flush::{AckQueue, FlushDone, FlushJob, Flusher, SubmitError};
 pub use fs::{RealStorage, Storage, StorageFile};

@@ -2,21 +2,27 @@
 //!
 //! The log is owned by one caller (a Partition actor) and is not thread-safe; every method
 //! blocks on file I/O and must run off the async runtime's worker threads. Only a
-//! [`FlushJob`] leaves the owner: it fsyncs on a flusher thread while appends go on, and its
-//! result comes back through [`Log::complete_flush`].
+//! [`FlushJob`] and a [`CompactionJob`] leave the owner: the first fsyncs on a flusher thread
+//! while appends go on, the second rewrites sealed segments on another thread; their results
+//! come back through [`Log::complete_flush`] and [`Log::complete_compaction`].
 //!
 //! Offsets: `log_start_offset <= high_watermark <= log_end_offset`, asserted on every update;
 //! `recovery_point <= log_end_offset`, and every offset below the recovery point is durable.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vltava_messages::batch::{self, BatchHeader, HEADER_BYTES};
 use vltava_messages::{LeaderEpoch, Offset, RecordBatchRef, TimestampType};
 
 use crate::checkpoint::{self, TEMP_SUFFIX};
-use crate::config::LogConfig;
+use crate::compaction::{
+    self, CompactionJob, CompactionOutcome, CompactionOutput, CompactionReport, PassSettings,
+    PassStats, SourceSegment, SwapError,
+};
+use crate::config::{CleanupPolicy, LogConfig};
 use crate::epoch::LeaderEpochCache;
 use crate::error::{Result, StorageError};
 use crate::flush::FlushJob;
@@ -108,6 +114,26 @@ pub struct Log {
     flush_generation: Arc<Mutex<u64>>,
     poisoned: bool,
     recovery: RecoveryReport,
+    /// The id of the compaction job in flight, if one is.
+    compaction_job: Option<u64>,
+    /// The first dirty offset of a compacted log: below it, every key's older records are
+    /// gone. Persisted in the cleaner checkpoint; the log start when unknown.
+    cleaner_checkpoint: Offset,
+    /// When a tombstone kept by compaction may be dropped (ms since the Unix epoch): a pass
+    /// is due then even with nothing dirty.
+    tombstone_due_ms: Option<u64>,
+    /// The next pass maps the clean part's expired tombstones too: no pass ran since the log
+    /// opened (so nothing is known about them), or the last one held some back.
+    scan_clean_tombstones: bool,
+    /// Set when the log is dropped, so a compaction job still running stops early.
+    compaction_cancel: Arc<AtomicBool>,
+}
+
+impl Drop for Log {
+    /// Cancels a compaction job still running: its output could never be swapped in.
+    fn drop(&mut self) {
+        self.compaction_cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Log {
@@ -124,6 +150,11 @@ impl Log {
         storage
             .create_dir_all(dir)
             .map_err(|e| StorageError::io(dir, e))?;
+        // A compaction swap that was committed is finished, any other leftover removed, before
+        // the segments are listed.
+        if compaction::recover(&*storage, dir)? {
+            tracing::warn!(dir = %dir.display(), "cleaned up after an interrupted compaction");
+        }
         let names = storage
             .list_dir(dir)
             .map_err(|e| StorageError::io(dir, e))?;
@@ -177,6 +208,11 @@ impl Log {
                 clean_shutdown,
                 ..RecoveryReport::default()
             },
+            compaction_job: None,
+            cleaner_checkpoint: Offset(0),
+            tombstone_due_ms: None,
+            scan_clean_tombstones: true,
+            compaction_cancel: Arc::new(AtomicBool::new(false)),
             config,
         };
         // Without a readable epoch checkpoint, every segment is read so that the epoch cache
@@ -227,6 +263,9 @@ impl Log {
         log.recovery_point = log.log_end_offset;
         log.write_recovery_point()?;
         log.high_watermark = log.log_end_offset;
+        log.cleaner_checkpoint = compaction::read_cleaner_checkpoint(&*storage, dir)?
+            .unwrap_or(log.log_start_offset)
+            .clamp(log.log_start_offset, log.log_end_offset);
         if let Some(truncation) = &log.recovery.truncation {
             tracing::warn!(
                 segment = %truncation.segment.display(),
@@ -261,8 +300,10 @@ impl Log {
             let mut segment = Segment::open_file(&*storage, &self.dir, base, now_ms)?;
             let next_base = bases.get(i + 1).copied();
             let is_last = next_base.is_none();
-            if segment.is_empty() && !is_last {
-                // Nothing in it, and a later segment exists: it is a leftover of a roll.
+            if segment.is_empty() && !is_last && i > 0 {
+                // Nothing in it, and a later segment exists: it is a leftover of a roll. An
+                // empty first segment stays: compaction leaves one when it removed every record
+                // of the cleaned range, and it holds the log start.
                 segment.delete_files(&*storage)?;
                 self.dir_sync_needed = true;
                 continue;
@@ -750,13 +791,12 @@ impl Log {
             .range(..=offset)
             .next_back()
             .map_or(self.log_start_offset, |(base, _)| *base);
-        let bases: Vec<Offset> = self
-            .segments
-            .range(first..)
-            .map(|(base, _)| *base)
-            .take(2)
-            .collect();
-        for base in bases {
+        // Compaction leaves gaps: the offset may lie past the last batch of the segment that
+        // covers it, and then the next segment's first batch is the answer. Only an empty
+        // first segment and a segment ending before the offset answer `NotInSegment`, each
+        // without a read, so this walks at most two or three segments.
+        let mut next = self.segments.range(first..).next().map(|(base, _)| *base);
+        while let Some(base) = next {
             for attempt in 0..2 {
                 let segment = &self.segments[&base];
                 match segment.find(offset)? {
@@ -770,6 +810,11 @@ impl Log {
                     }
                 }
             }
+            next = self
+                .segments
+                .range(base.plus(1)..)
+                .next()
+                .map(|(base, _)| *base);
         }
         Ok(None)
     }
@@ -1026,6 +1071,13 @@ impl Log {
             self.recovery_point = offset;
             self.write_recovery_point()?;
         }
+        if self.cleaner_checkpoint > offset {
+            // Offsets past the cut will be written again, uncleaned: the checkpoint must not
+            // claim them. Lowered durably first, like the recovery point.
+            self.cleaner_checkpoint = offset;
+            compaction::write_cleaner_checkpoint(&*self.storage, &self.dir, offset)
+                .inspect_err(|_| self.poisoned = true)?;
+        }
         let storage = Arc::clone(&self.storage);
         // Segments wholly at or past the offset go, newest first; the first segment stays
         // (emptied) so the log keeps its start.
@@ -1088,9 +1140,14 @@ impl Log {
 
     /// Deletes the oldest sealed segments that retention lets go: whole segments only, wholly
     /// below the high watermark, whose newest record is older than `retention_ms` or while
-    /// the log exceeds `retention_bytes`. Returns the base offsets removed.
+    /// the log exceeds `retention_bytes`. Returns the base offsets removed. A compacted log
+    /// (`CleanupPolicy::Compact`) deletes nothing.
     pub fn delete_old_segments(&mut self, now_ms: u64) -> Result<Vec<Offset>> {
         self.check_usable()?;
+        if self.config.cleanup_policy == CleanupPolicy::Compact {
+            // A compacted log keeps every key's newest record however old.
+            return Ok(Vec::new());
+        }
         let storage = Arc::clone(&self.storage);
         let mut removed = Vec::new();
         let mut total = self.size_bytes();
@@ -1131,6 +1188,257 @@ impl Log {
             tracing::info!(dir = %self.dir.display(), segments = removed.len(), log_start_offset = self.log_start_offset.0, "retention deleted segments");
         }
         Ok(removed)
+    }
+
+    /// The first offset compaction has not cleaned yet (the cleaner checkpoint).
+    #[must_use]
+    pub fn first_dirty_offset(&self) -> Offset {
+        self.cleaner_checkpoint
+    }
+
+    /// Starts a compaction pass if the log is compacted, no pass is in flight, and either the
+    /// dirty share of the cleanable range reaches `cleanable_dirty_percent_min` or a kept
+    /// tombstone has expired by `now_ms`. The cleanable range is the sealed segments, from the
+    /// log start, that lie wholly below both the high watermark and the recovery point (so a
+    /// pass never rewrites what a consumer cannot read yet, nor what a crash could still cut).
+    /// Cheap: it reads nothing. Run the job on another thread, then hand its output to
+    /// [`Log::complete_compaction`]; appends and reads may go on meanwhile.
+    pub fn begin_compaction(&mut self, now_ms: u64) -> Option<CompactionJob> {
+        if self.config.cleanup_policy != CleanupPolicy::Compact
+            || self.poisoned
+            || self.compaction_job.is_some()
+        {
+            return None;
+        }
+        let limit = self.high_watermark.min(self.recovery_point);
+        let active_base = self.active().base_offset;
+        let sources: Vec<SourceSegment> = self
+            .segments
+            .values()
+            .take_while(|s| s.base_offset < active_base && s.next_offset <= limit)
+            .map(|s| SourceSegment {
+                base_offset: s.base_offset,
+                next_offset: s.next_offset,
+                size: s.size,
+                log_path: s.log_path.clone(),
+                file: Arc::clone(&s.file),
+            })
+            .collect();
+        let range_end = sources.last()?.next_offset;
+        let first_dirty = self
+            .cleaner_checkpoint
+            .clamp(self.log_start_offset, range_end);
+        let total_bytes: u64 = sources.iter().map(|s| s.size).sum();
+        let dirty_bytes: u64 = sources
+            .iter()
+            .filter(|s| s.next_offset > first_dirty)
+            .map(|s| s.size)
+            .sum();
+        let percent_min = u64::from(self.config.cleanable_dirty_percent_min);
+        let dirty_enough = dirty_bytes > 0 && dirty_bytes * 100 >= total_bytes * percent_min;
+        let tombstones_due = self.tombstone_due_ms.is_some_and(|t| t <= now_ms);
+        if !(dirty_enough || tombstones_due) {
+            return None;
+        }
+        let id = compaction::next_job_id();
+        self.compaction_job = Some(id);
+        let generation = *self.generation();
+        Some(CompactionJob {
+            storage: Arc::clone(&self.storage),
+            dir: self.dir.clone(),
+            id,
+            generation,
+            sources,
+            first_dirty,
+            settings: PassSettings {
+                now_ms,
+                delete_retention_ms: self.config.delete_retention_ms,
+                segment_bytes_max: self.config.segment_bytes_max,
+                index_interval_bytes: self.config.index_interval_bytes,
+                batch_bytes_max: self.config.batch_bytes_max,
+                map_bytes_max: self.config.compaction_map_bytes_max,
+                scan_clean_tombstones: tombstones_due || self.scan_clean_tombstones,
+            },
+            cancelled: Arc::clone(&self.compaction_cancel),
+        })
+    }
+
+    /// Why the log can no longer take this job's output, if it cannot.
+    fn compaction_invalid(&self, output: &CompactionOutput) -> Option<&'static str> {
+        self.compaction_invalid_parts(&output.dir, output.generation, &output.sources)
+    }
+
+    fn compaction_invalid_parts(
+        &self,
+        dir: &Path,
+        generation: u64,
+        sources: &[SourceSegment],
+    ) -> Option<&'static str> {
+        if dir != self.dir {
+            return Some("the job belongs to another log");
+        }
+        if self.poisoned {
+            return Some("the log is poisoned");
+        }
+        if generation != *self.generation() {
+            return Some("the log was truncated");
+        }
+        let active_base = self.active().base_offset;
+        let unchanged = sources.iter().all(|source| {
+            self.segments.get(&source.base_offset).is_some_and(|s| {
+                Arc::ptr_eq(&s.file, &source.file)
+                    && s.size == source.size
+                    && s.base_offset < active_base
+            })
+        });
+        if !unchanged {
+            return Some("a segment of the job was removed or changed");
+        }
+        None
+    }
+
+    /// Takes a finished compaction job's output. If the log changed in a way that invalidates
+    /// it (truncation, a segment removed or cut, poisoning, a reopen), the cleaned files are
+    /// removed and nothing else changes: `CompactionOutcome::Discarded`. Otherwise the cleaned
+    /// segments replace the old ones with the crash-safe swap of STORAGE.md (*Compaction*):
+    /// renames, a small commit record and directory fsyncs; then the cleaner checkpoint moves
+    /// to the job's end. A failed job returns its error and changes nothing. A failure after
+    /// the swap's commit point poisons the log; reopening it finishes the swap. Blocks on
+    /// those fsyncs, never on the segments' data.
+    pub fn complete_compaction(&mut self, output: CompactionOutput) -> Result<CompactionReport> {
+        if self.compaction_job == Some(output.id) {
+            self.compaction_job = None;
+        } else {
+            compaction::discard(&*self.storage, &output.cleaned_paths);
+            return Ok(self.discarded("the job was not started by this log"));
+        }
+        let invalid = self.compaction_invalid(&output);
+        let cleaned = match output.result {
+            Ok(cleaned) => cleaned,
+            Err(error) => {
+                compaction::discard(&*self.storage, &output.cleaned_paths);
+                return Err(error);
+            }
+        };
+        if let Some(reason) = invalid {
+            compaction::discard(&*self.storage, &output.cleaned_paths);
+            tracing::info!(dir = %self.dir.display(), reason, "compaction output discarded");
+            return Ok(self.discarded(reason));
+        }
+        let storage = Arc::clone(&self.storage);
+        if let Err(error) = compaction::swap_in(&*storage, &self.dir, &cleaned.groups) {
+            return Err(match error {
+                SwapError::BeforeCommit(error) => {
+                    let swaps: Vec<PathBuf> = output
+                        .cleaned_paths
+                        .iter()
+                        .map(|p| {
+                            let mut name = p.as_os_str().to_owned();
+                            name.push(compaction::SWAP_SUFFIX);
+                            PathBuf::from(name)
+                        })
+                        .collect();
+                    compaction::discard(&*storage, &output.cleaned_paths);
+                    compaction::discard(&*storage, &swaps);
+                    tracing::warn!(dir = %self.dir.display(), %error, "compaction swap failed before its commit; old segments kept");
+                    error
+                }
+                SwapError::AfterCommit(error) => {
+                    tracing::error!(dir = %self.dir.display(), %error, "compaction swap failed after its commit; log poisoned until reopened");
+                    self.poisoned = true;
+                    error
+                }
+            });
+        }
+
+        // The swap is durable; the in-memory segments follow it.
+        let mut report = CompactionReport {
+            outcome: CompactionOutcome::Swapped,
+            cleaned_range: self.log_start_offset..self.log_start_offset,
+            first_dirty_offset: cleaned.end,
+            segments_before: 0,
+            segments_after: cleaned.groups.len(),
+            bytes_before: 0,
+            bytes_after: 0,
+            stats: cleaned.stats,
+        };
+        let mut replaced_paths = Vec::new();
+        for group in cleaned.groups {
+            for base in &group.members {
+                let old = self
+                    .segments
+                    .remove(base)
+                    .expect("a validated member exists");
+                report.segments_before += 1;
+                report.bytes_before += old.size;
+                replaced_paths.push(old.log_path);
+            }
+            let mut segment = group.segment;
+            segment.log_path = self.dir.join(format!(
+                "{}{}",
+                segment::file_stem(group.base_offset),
+                segment::LOG_SUFFIX
+            ));
+            // Indexes are never fsynced: if these are lost, the next open rebuilds them.
+            if let Err(error) = segment.write_indexes(&*storage) {
+                tracing::warn!(path = %segment.log_path.display(), %error, "could not write a cleaned segment's indexes");
+            }
+            report.bytes_after += segment.size;
+            report.cleaned_range.end = group.end_offset;
+            self.segments.insert(group.base_offset, segment);
+        }
+        assert_eq!(
+            self.segments.keys().next().copied(),
+            Some(self.log_start_offset),
+            "compaction keeps the log start"
+        );
+        // The replaced files were unlinked; their data lives on, fsynced, in the new segments.
+        self.unsynced_sealed
+            .retain(|(path, _)| !replaced_paths.contains(path));
+        self.tombstone_due_ms = cleaned.tombstone_due_ms;
+        self.scan_clean_tombstones = cleaned.tombstones_held;
+        if cleaned.end > self.cleaner_checkpoint {
+            self.cleaner_checkpoint = cleaned.end;
+            // Crash before it lands: the old checkpoint says more is dirty, and the next pass
+            // cleans it again.
+            compaction::write_cleaner_checkpoint(&*storage, &self.dir, cleaned.end)
+                .inspect_err(|_| self.poisoned = true)?;
+        }
+        tracing::info!(
+            dir = %self.dir.display(),
+            segments_before = report.segments_before,
+            segments_after = report.segments_after,
+            bytes_before = report.bytes_before,
+            bytes_after = report.bytes_after,
+            records_removed = report.stats.records_removed,
+            first_dirty_offset = cleaned.end.0,
+            "log compacted"
+        );
+        Ok(report)
+    }
+
+    fn discarded(&self, reason: &'static str) -> CompactionReport {
+        CompactionReport {
+            outcome: CompactionOutcome::Discarded { reason },
+            cleaned_range: self.log_start_offset..self.log_start_offset,
+            first_dirty_offset: self.cleaner_checkpoint,
+            segments_before: 0,
+            segments_after: 0,
+            bytes_before: 0,
+            bytes_after: 0,
+            stats: PassStats::default(),
+        }
+    }
+
+    /// A whole compaction pass on the calling thread: [`Log::begin_compaction`], the job's
+    /// run, [`Log::complete_compaction`]. `None` when no pass is due. Blocks.
+    pub fn compact(&mut self, now_ms: u64) -> Result<Option<CompactionReport>> {
+        self.check_usable()?;
+        let Some(job) = self.begin_compaction(now_ms) else {
+            return Ok(None);
+        };
+        let output = job.run();
+        self.complete_compaction(output).map(Some)
     }
 
     /// Flushes, writes the indexes and the recovery point, and leaves the clean-shutdown

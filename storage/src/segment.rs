@@ -124,7 +124,24 @@ impl Segment {
         base_offset: Offset,
         now_ms: u64,
     ) -> Result<Segment> {
-        let (log_path, file, len) = open_log_file(storage, dir, base_offset, true)?;
+        let log_path = dir.join(format!("{}{LOG_SUFFIX}", file_stem(base_offset)));
+        Segment::create_at(storage, log_path, base_offset, now_ms)
+    }
+
+    /// Creates an empty segment file at `log_path`, which need not be a segment's final name
+    /// (compaction writes `<base>.log.cleaned` and renames it later).
+    pub fn create_at(
+        storage: &dyn Storage,
+        log_path: PathBuf,
+        base_offset: Offset,
+        now_ms: u64,
+    ) -> Result<Segment> {
+        let file = storage
+            .open(&log_path, true)
+            .map_err(|e| StorageError::io(&log_path, e))?;
+        let len = file
+            .byte_len()
+            .map_err(|e| StorageError::io(&log_path, e))?;
         // A leftover file of the same name (an earlier, abandoned segment) must not leak in.
         // Only then is it cut: truncating a new file makes ext4 (auto_da_alloc) write back
         // all of its pages when it is closed, which makes dropping unsynced data slow.

@@ -2,6 +2,7 @@
 //! directories) and on the simulated disk.
 
 mod basics;
+mod compact;
 mod crash;
 mod faults;
 
