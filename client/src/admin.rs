@@ -1,4 +1,7 @@
-//! Topic administration: create, delete, list, describe, alter configs, add partitions.
+//! Topic administration (create, delete, list, describe, alter configs, add partitions) and
+//! consumer-group administration (find the coordinator, list, describe, delete, read and reset
+//! committed offsets). Each group request goes to the group's coordinator, found afresh and
+//! retried while it moves (`coordinator`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,9 +13,15 @@ use vltava_messages::protocol::{
     TopicDescription,
 };
 
-use vltava_messages::protocol::{RequestBody, TopicResult};
+use vltava_messages::PartitionId;
+use vltava_messages::protocol::{
+    CommittedTopic, DeleteGroupsRequest, DescribeGroupsRequest, FindCoordinatorResponse,
+    GroupDescription, GroupListing, GroupResult, ListGroupsRequest, OffsetFetchRequest,
+    RequestBody, ResetOffsetsRequest, ResetPartition, ResetTo, TopicPartitions, TopicResult,
+};
 
 use crate::cluster::Cluster;
+use crate::coordinator::{GROUP_REQUEST_TIMEOUT, find_coordinator, send_to_coordinator};
 use crate::error::{ClientError, check};
 
 /// How long an admin request may take: creating a topic waits for its partitions to open.
@@ -23,7 +32,7 @@ fn check_topics(topics: Vec<TopicResult>) -> Result<(), ClientError> {
     topics.into_iter().try_for_each(|topic| check(topic.error))
 }
 
-/// Topic administration over a cluster.
+/// Topic and group administration over a cluster.
 #[derive(Clone, Debug)]
 pub struct Admin {
     cluster: Arc<Cluster>,
@@ -128,5 +137,123 @@ impl Admin {
         check_topics(answer.topics)?;
         self.cluster.refresh().await?;
         Ok(())
+    }
+
+    /// Which node coordinates `group_id` (retried while the coordinator is not available).
+    pub async fn find_coordinator(
+        &self,
+        group_id: &str,
+    ) -> Result<FindCoordinatorResponse, ClientError> {
+        find_coordinator(&self.cluster, group_id).await
+    }
+
+    /// Every group of the cluster: each node lists the groups it coordinates. Sorted by id.
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>, ClientError> {
+        let metadata = self.cluster.refresh().await?;
+        let mut groups: BTreeMap<String, GroupListing> = BTreeMap::new();
+        for node in &metadata.nodes {
+            let addr = format!("{}:{}", node.host, node.port);
+            let answer = self
+                .cluster
+                .connection_to(&addr)
+                .await?
+                .send(&ListGroupsRequest {}, GROUP_REQUEST_TIMEOUT)
+                .await?;
+            for group in answer.groups {
+                groups.insert(group.group_id.clone(), group);
+            }
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    /// Members, assignment, offsets with lag, and recent rebalances of groups, in the order
+    /// asked. A group's own failure (e.g. `GroupIdNotFound`) is in its `error` field. One
+    /// request per group, each to its coordinator.
+    pub async fn describe_groups(
+        &self,
+        group_ids: &[String],
+    ) -> Result<Vec<GroupDescription>, ClientError> {
+        let mut descriptions = Vec::with_capacity(group_ids.len());
+        for group_id in group_ids {
+            let request = DescribeGroupsRequest {
+                group_ids: vec![group_id.clone()],
+            };
+            let answer = send_to_coordinator(&self.cluster, group_id, &request, |a| {
+                a.groups.first().and_then(|g| g.error.as_ref())
+            })
+            .await?;
+            let description = answer.groups.into_iter().next().ok_or_else(|| {
+                ClientError::Protocol(format!("empty DescribeGroups answer for {group_id}"))
+            })?;
+            descriptions.push(description);
+        }
+        Ok(descriptions)
+    }
+
+    /// Deletes empty groups and their committed offsets; one result per group, in order (a
+    /// group with members answers `NonEmptyGroup`).
+    pub async fn delete_groups(
+        &self,
+        group_ids: &[String],
+    ) -> Result<Vec<GroupResult>, ClientError> {
+        let mut results = Vec::with_capacity(group_ids.len());
+        for group_id in group_ids {
+            let request = DeleteGroupsRequest {
+                group_ids: vec![group_id.clone()],
+            };
+            let answer = send_to_coordinator(&self.cluster, group_id, &request, |a| {
+                a.groups.first().and_then(|g| g.error.as_ref())
+            })
+            .await?;
+            let result = answer.groups.into_iter().next().ok_or_else(|| {
+                ClientError::Protocol(format!("empty DeleteGroups answer for {group_id}"))
+            })?;
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    /// Sets an empty group's committed offsets for `topic` (the given partitions, or all) to
+    /// `to`; with `dry_run`, only computes them. Returns each partition's new offset or error.
+    pub async fn reset_offsets(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partitions: Option<Vec<u32>>,
+        to: ResetTo,
+        dry_run: bool,
+    ) -> Result<Vec<ResetPartition>, ClientError> {
+        let (to, offset, timestamp) = match to {
+            ResetTo::Earliest => ("earliest", None, None),
+            ResetTo::Latest => ("latest", None, None),
+            ResetTo::Offset(offset) => ("offset", Some(offset), None),
+            ResetTo::Timestamp(ms) => ("timestamp", None, Some(ms)),
+        };
+        let request = ResetOffsetsRequest {
+            group_id: group_id.to_owned(),
+            topic: topic.to_owned(),
+            partitions: partitions.map(|p| p.into_iter().map(PartitionId).collect()),
+            to: to.to_owned(),
+            offset,
+            timestamp,
+            dry_run,
+        };
+        let answer = send_to_coordinator(&self.cluster, group_id, &request, |_| None).await?;
+        Ok(answer.partitions)
+    }
+
+    /// A group's committed offsets: of these partitions, or (`None`) of every partition it
+    /// has committed.
+    pub async fn fetch_offsets(
+        &self,
+        group_id: &str,
+        topics: Option<Vec<TopicPartitions>>,
+    ) -> Result<Vec<CommittedTopic>, ClientError> {
+        let request = OffsetFetchRequest {
+            group_id: group_id.to_owned(),
+            topics,
+        };
+        let answer = send_to_coordinator(&self.cluster, group_id, &request, |_| None).await?;
+        Ok(answer.topics)
     }
 }

@@ -66,6 +66,12 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The client id this cluster's connections introduce themselves with.
+    #[must_use]
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
     /// A connection to `addr`, reusing a healthy one.
     pub async fn connection_to(&self, addr: &str) -> Result<Connection, ClientError> {
         self.pooled(addr, Purpose::Requests).await

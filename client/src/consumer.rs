@@ -128,6 +128,50 @@ impl Consumer {
         &self.positions
     }
 
+    /// Stops reading a partition and drops its buffered events. Returns the offset of the
+    /// first event of that partition not yet returned by `poll` (the offset to commit), or
+    /// `None` if the partition was not assigned.
+    pub fn unassign(&mut self, topic: &str, partition: u32) -> Option<u64> {
+        let returned = self.returned_position(topic, partition);
+        self.positions.remove(&(topic.to_owned(), partition));
+        self.buffered
+            .retain(|r| !(r.topic == topic && r.partition == partition));
+        returned
+    }
+
+    /// The offset of the first event of a partition that `poll` has not returned yet: the
+    /// position, or the first buffered event when an interrupted fetch left some behind.
+    /// This, not the position, is what a consumer may commit.
+    #[must_use]
+    pub fn returned_position(&self, topic: &str, partition: u32) -> Option<u64> {
+        let position = *self.positions.get(&(topic.to_owned(), partition))?;
+        let first_buffered = self
+            .buffered
+            .iter()
+            .find(|r| r.topic == topic && r.partition == partition)
+            .map(|r| r.offset);
+        Some(first_buffered.map_or(position, |o| o.min(position)))
+    }
+
+    /// Assigns a partition (or moves it) to a known offset without asking the cluster, and
+    /// drops its buffered events.
+    pub(crate) fn set_position(&mut self, topic: &str, partition: u32, offset: u64) {
+        self.positions.insert((topic.to_owned(), partition), offset);
+        self.buffered
+            .retain(|r| !(r.topic == topic && r.partition == partition));
+    }
+
+    /// The offset `to` names for a partition, looked up on its leader for `Earliest`,
+    /// `Latest` and `Timestamp` (a timestamp after the last event gives the latest offset).
+    pub async fn resolve_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        to: SeekTo,
+    ) -> Result<u64, ClientError> {
+        self.resolve(topic, partition, to).await
+    }
+
     /// Looks an offset up on the partition's leader.
     pub async fn list_offset(
         &self,

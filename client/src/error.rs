@@ -21,8 +21,13 @@ pub enum ClientError {
     UnknownTopic(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    #[error("the producer is closed")]
+    /// The producer or group consumer was closed.
+    #[error("the client is closed")]
     Closed,
+    /// A group request that needs membership (a commit) came while the consumer is not a
+    /// member: before its first join, or between losing its membership and joining again.
+    #[error("not a member of group {group_id} (not joined yet, or rejoining)")]
+    NotGroupMember { group_id: String },
     /// The admin endpoint answered with an HTTP error.
     #[error("admin endpoint answered {status}: {message}")]
     Admin { status: u16, message: String },
@@ -43,7 +48,8 @@ impl ClientError {
             ClientError::Connect { .. }
             | ClientError::ConnectionLost(_)
             | ClientError::Timeout(_)
-            | ClientError::NoNodeAvailable(_) => true,
+            | ClientError::NoNodeAvailable(_)
+            | ClientError::NotGroupMember { .. } => true,
             _ => false,
         }
     }

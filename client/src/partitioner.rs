@@ -5,16 +5,9 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// FNV-1a, 32 bits: offset basis 2166136261, prime 16777619, arithmetic modulo 2^32.
-#[must_use]
-pub fn fnv1a_32(bytes: &[u8]) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in bytes {
-        hash ^= u32::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash
-}
+/// FNV-1a, 32 bits (offset basis 2166136261, prime 16777619): the one definition, shared with
+/// the node, which hashes group ids with it.
+pub use vltava_messages::group_records::fnv1a_32;
 
 /// The partition of a keyed event.
 #[must_use]

@@ -3,6 +3,10 @@
 //! Exit codes: 0 success; 1 the cluster or the client refused or failed (one line on stderr);
 //! 2 bad usage; 3 no node of the cluster could be reached. In `--format json` mode stdout
 //! holds only JSON, one object per line.
+//!
+//! Logs of the client library (group joins, assignments, revocations, retries) go to stderr
+//! when `VLTAVA_LOG` is set to a filter such as `info` or `vltava_client=debug`; by default
+//! there are none.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -16,11 +20,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use vltava_client::admin_http::admin_get;
 use vltava_client::{
-    Admin, ClientError, Cluster, Consumer, ConsumerConfig, Producer, ProducerConfig,
-    ProducerRecord, SeekTo,
+    Admin, Assignor, ClientError, Cluster, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig,
+    GroupConsumer, OffsetReset, Producer, ProducerConfig, ProducerRecord, SeekTo,
 };
-use vltava_messages::Compression;
-use vltava_messages::protocol::Acks;
+use vltava_messages::protocol::{
+    Acks, DescribeGroupsResponse, GroupDescription, ResetOffsetsResponse, ResetTo, TopicPartitions,
+};
+use vltava_messages::{Compression, Offset};
+
+/// How long `consume --group` may take to commit and leave after a signal; a second signal
+/// stops at once.
+const GROUP_CLOSE_TIMEOUT: Duration = Duration::from_secs(40);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,6 +62,11 @@ enum Command {
     Produce(ProduceArgs),
     /// Print events as they are read.
     Consume(ConsumeArgs),
+    /// List, describe and delete consumer groups; reset their committed offsets.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
     /// Look inside a node through its admin endpoint.
     Admin {
         /// The node's admin endpoint.
@@ -154,18 +169,90 @@ struct ProduceArgs {
     compression: String,
 }
 
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// List every group of the cluster.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show members, assignments, committed offsets with lag, and recent rebalances.
+    Describe {
+        #[arg(required = true)]
+        groups: Vec<String>,
+        /// `json` prints the DescribeGroups answer as it came.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Move the committed offsets of an empty group for one topic.
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// earliest, latest or an offset; with --by-time a time: ms since the Unix epoch, a UTC
+        /// time YYYY-MM-DD[THH:MM[:SS[.mmm]]Z], or a time ago -N<unit> (unit ms, s, m, h or d;
+        /// e.g. --to=-2h).
+        #[arg(long, allow_hyphen_values = true)]
+        to: String,
+        /// Read --to as a time: each partition goes to its first event at or after it (or to
+        /// its end if there is none).
+        #[arg(long)]
+        by_time: bool,
+        /// Only this partition (repeatable; default: all).
+        #[arg(long = "partition")]
+        partitions: Vec<u32>,
+        /// Show the new offsets without committing them.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Delete empty groups and their committed offsets.
+    Delete {
+        #[arg(required = true)]
+        groups: Vec<String>,
+    },
+}
+
 #[derive(Debug, Args)]
 struct ConsumeArgs {
-    topic: String,
+    /// The topics to read (without --group, reading several topics reads all their
+    /// partitions).
+    #[arg(required_unless_present = "pattern")]
+    topics: Vec<String>,
     /// Read only this partition (default: all).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     partition: Option<u32>,
     /// Where to start: earliest, latest or an offset.
-    #[arg(long, default_value = "earliest")]
+    #[arg(long, default_value = "earliest", conflicts_with = "group")]
     offset: String,
     /// Start at the first event at or after this time (ms since the Unix epoch).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     from_timestamp: Option<i64>,
+    /// Read as a member of this consumer group: the group's coordinator assigns the
+    /// partitions, positions are committed as events are printed (every 5 s and on exit),
+    /// and SIGINT or SIGTERM commits and leaves the group before exiting.
+    #[arg(long)]
+    group: Option<String>,
+    /// With --group: every topic whose name matches this glob (`*` any run of characters, `?`
+    /// one character), now and as topics are created.
+    #[arg(long, requires = "group", conflicts_with = "topics")]
+    pattern: Option<String>,
+    /// With --group: a static member id that survives restarts (its partitions wait for it
+    /// for the session timeout).
+    #[arg(long, requires = "group")]
+    instance_id: Option<String>,
+    /// With --group: where partitions without a committed offset start, earliest or latest
+    /// (default earliest).
+    #[arg(long, requires = "group")]
+    from: Option<String>,
+    /// With --group: range, round-robin or sticky (default sticky); applies while the group
+    /// is empty.
+    #[arg(long, requires = "group")]
+    assignor: Option<String>,
+    /// With --group: how long the coordinator keeps a silent member (default: the node's).
+    #[arg(long, requires = "group")]
+    session_timeout_ms: Option<u32>,
     /// Stop after this many events.
     #[arg(long)]
     max_messages: Option<u64>,
@@ -183,6 +270,13 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
+    if let Ok(filter) = std::env::var("VLTAVA_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -238,7 +332,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Topic { command } => topic(Admin::new(cluster), command).await,
         Command::Produce(args) => produce(cluster, args).await,
+        Command::Consume(args) if args.group.is_some() => consume_group(cluster, args).await,
         Command::Consume(args) => consume(cluster, args).await,
+        Command::Group { command } => group(Admin::new(cluster), command).await,
         Command::Admin { .. } => unreachable!("answered above without a cluster connection"),
     }
 }
@@ -641,10 +737,12 @@ async fn consume(cluster: Arc<Cluster>, args: ConsumeArgs) -> anyhow::Result<()>
         })?),
     };
     let mut consumer = Consumer::new(cluster, ConsumerConfig::default());
-    consumer
-        .assign(&args.topic, args.partition.map(|p| vec![p]), start)
-        .await
-        .with_context(|| format!("cannot consume {}", args.topic))?;
+    for topic in &args.topics {
+        consumer
+            .assign(topic, args.partition.map(|p| vec![p]), start)
+            .await
+            .with_context(|| format!("cannot consume {topic}"))?;
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut printed = 0u64;
     let mut last_event = Instant::now();
@@ -666,29 +764,561 @@ async fn consume(cluster: Arc<Cluster>, args: ConsumeArgs) -> anyhow::Result<()>
             if args.max_messages.is_some_and(|max| printed >= max) {
                 break;
             }
-            match args.format {
-                Format::Text => writeln!(
-                    out,
-                    "{}",
-                    r.value.as_deref().map_or("null".into(), bytes_text)
-                )?,
-                Format::Json => {
-                    let headers: serde_json::Map<String, Value> = r
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.clone(), bytes_json(v)))
-                        .collect();
-                    writeln!(
-                        out,
-                        "{}",
-                        json!({"topic": r.topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
-                            "key": r.key.as_deref().map(bytes_json), "value": r.value.as_deref().map(bytes_json), "headers": headers})
-                    )?;
-                }
-            }
+            print_record(&mut out, args.format, &r)?;
             printed += 1;
         }
         out.flush()?;
     }
     Ok(())
 }
+
+fn print_record(out: &mut impl Write, format: Format, r: &ConsumerRecord) -> std::io::Result<()> {
+    match format {
+        Format::Text => writeln!(
+            out,
+            "{}",
+            r.value.as_deref().map_or("null".into(), bytes_text)
+        ),
+        Format::Json => {
+            let headers: serde_json::Map<String, Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), bytes_json(v)))
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                json!({"topic": r.topic, "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp,
+                    "key": r.key.as_deref().map(bytes_json), "value": r.value.as_deref().map(bytes_json), "headers": headers})
+            )
+        }
+    }
+}
+
+/// Resolves when the process gets SIGINT (or, on Unix, SIGTERM).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `consume --group`: reads as a group member, commits what it printed, and on a signal,
+/// `--max-messages` or `--timeout-ms` commits and leaves the group.
+async fn consume_group(cluster: Arc<Cluster>, args: ConsumeArgs) -> anyhow::Result<()> {
+    let group_id = args.group.clone().expect("dispatched on --group");
+    let mut config = GroupConfig::new(group_id.clone());
+    config.instance_id = args.instance_id.clone();
+    if let Some(assignor) = &args.assignor {
+        config.assignor = Some(assignor.parse::<Assignor>()?);
+    }
+    if let Some(from) = &args.from {
+        config.auto_offset_reset = from.parse::<OffsetReset>()?;
+    }
+    config.session_timeout = args
+        .session_timeout_ms
+        .map(|ms| Duration::from_millis(u64::from(ms)));
+    let mut consumer = GroupConsumer::new(cluster, ConsumerConfig::default(), config)?;
+    match &args.pattern {
+        Some(pattern) => consumer.subscribe_pattern(pattern)?,
+        None => consumer.subscribe(&args.topics)?,
+    }
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut printed = 0u64;
+    let mut last_event = Instant::now();
+    let read: anyhow::Result<()> = async {
+        loop {
+            if args.max_messages.is_some_and(|max| printed >= max)
+                || args
+                    .timeout_ms
+                    .is_some_and(|ms| last_event.elapsed() >= Duration::from_millis(ms))
+            {
+                return Ok(());
+            }
+            // Cancelling a poll is safe: commits cover only what poll() returned.
+            let records = tokio::select! {
+                records = consumer.poll() => records?,
+                () = &mut stop => return Ok(()),
+            };
+            if !records.is_empty() {
+                last_event = Instant::now();
+            }
+            for (index, r) in records.iter().enumerate() {
+                if args.max_messages.is_some_and(|max| printed >= max) {
+                    // Commit only what was printed: move each partition back to its first
+                    // unprinted event.
+                    let mut unprinted: BTreeMap<(&str, u32), u64> = BTreeMap::new();
+                    for r in &records[index..] {
+                        unprinted.entry((&r.topic, r.partition)).or_insert(r.offset);
+                    }
+                    for ((topic, partition), offset) in unprinted {
+                        consumer.seek(topic, partition, offset)?;
+                    }
+                    break;
+                }
+                print_record(&mut out, args.format, r)?;
+                printed += 1;
+            }
+            out.flush()?;
+        }
+    }
+    .await;
+    let closed = tokio::select! {
+        closed = tokio::time::timeout(GROUP_CLOSE_TIMEOUT, consumer.close()) => {
+            closed.map_err(|_| anyhow::anyhow!("leaving group {group_id} timed out"))
+        }
+        () = stop_signal() => Err(anyhow::anyhow!("interrupted while leaving group {group_id}")),
+    };
+    read.with_context(|| format!("cannot consume as group {group_id}"))?;
+    closed?.with_context(|| format!("cannot commit before leaving group {group_id}"))?;
+    Ok(())
+}
+
+/// Partitions as `topic[0,1] other[3]`.
+fn partitions_text(topics: &[TopicPartitions]) -> String {
+    if topics.is_empty() {
+        return "-".into();
+    }
+    topics
+        .iter()
+        .map(|t| {
+            let list: Vec<String> = t.partitions.iter().map(|p| p.0.to_string()).collect();
+            format!("{}[{}]", t.topic, list.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Prints rows under headers, each column as wide as its widest cell.
+fn print_table(
+    out: &mut impl Write,
+    headers: &[&str],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        text
+    };
+    writeln!(out, "{}", line(headers.to_vec()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+fn print_group(out: &mut impl Write, g: &GroupDescription) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "group {}  state {}  assignor {}  group epoch {}  assignment epoch {}  members {}",
+        g.group_id,
+        g.state,
+        g.assignor,
+        g.group_epoch,
+        g.assignment_epoch,
+        g.members.len()
+    )?;
+    if !g.members.is_empty() {
+        writeln!(out)?;
+        let rows: Vec<Vec<String>> = g
+            .members
+            .iter()
+            .map(|m| {
+                let mut assigned = partitions_text(&m.assigned);
+                if !m.pending_revocation.is_empty() {
+                    assigned.push_str(&format!(
+                        "  (revoking {})",
+                        partitions_text(&m.pending_revocation)
+                    ));
+                }
+                vec![
+                    m.member_id.clone(),
+                    m.instance_id.clone().unwrap_or_else(|| "-".into()),
+                    m.client_id.clone(),
+                    m.host.clone(),
+                    m.member_epoch.to_string(),
+                    m.subscribed_topics.join(","),
+                    assigned,
+                ]
+            })
+            .collect();
+        print_table(
+            out,
+            &[
+                "MEMBER",
+                "INSTANCE",
+                "CLIENT",
+                "HOST",
+                "EPOCH",
+                "SUBSCRIBED",
+                "ASSIGNED",
+            ],
+            &rows,
+        )?;
+    }
+    if !g.offsets.is_empty() {
+        writeln!(out)?;
+        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        let rows: Vec<Vec<String>> = g
+            .offsets
+            .iter()
+            .map(|p| {
+                vec![
+                    p.topic.clone(),
+                    p.partition.0.to_string(),
+                    opt(p.committed_offset.map(|o| o.0)),
+                    opt(p.high_watermark.map(|o| o.0)),
+                    opt(p.lag),
+                    opt(p.lag_ms),
+                    p.owner.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        print_table(
+            out,
+            &[
+                "TOPIC",
+                "PARTITION",
+                "COMMITTED",
+                "HIGH-WATERMARK",
+                "LAG",
+                "LAG-MS",
+                "OWNER",
+            ],
+            &rows,
+        )?;
+    }
+    if !g.rebalances.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "REBALANCES (newest first)")?;
+        for r in &g.rebalances {
+            writeln!(
+                out,
+                "{}  group epoch {}  {}",
+                format_time_ms(r.at_ms),
+                r.group_epoch,
+                r.reason
+            )?;
+            for m in &r.moves {
+                writeln!(
+                    out,
+                    "  {}-{}: {} -> {}",
+                    m.topic,
+                    m.partition.0,
+                    m.from.as_deref().unwrap_or("(none)"),
+                    m.to.as_deref().unwrap_or("(none)")
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where `group reset-offsets --to` points.
+fn parse_reset_to(to: &str, by_time: bool, now_ms: i64) -> Result<ResetTo, String> {
+    if by_time {
+        return parse_time_ms(to, now_ms).map(ResetTo::Timestamp);
+    }
+    match to {
+        "earliest" => Ok(ResetTo::Earliest),
+        "latest" => Ok(ResetTo::Latest),
+        n => n.parse::<u64>().map(|o| ResetTo::Offset(Offset(o))).map_err(|_| {
+            format!("bad --to {n:?} (expected earliest, latest or an offset; a time needs --by-time)")
+        }),
+    }
+}
+
+/// A time for `--by-time`, in ms since the Unix epoch: a number of ms, a UTC time
+/// `YYYY-MM-DD[THH:MM[:SS[.mmm]]Z]`, or `-N<unit>` (ms, s, m, h, d) before `now_ms`.
+fn parse_time_ms(text: &str, now_ms: i64) -> Result<i64, String> {
+    let bad = || {
+        format!(
+            "bad time {text:?} (expected ms since the Unix epoch, YYYY-MM-DD[THH:MM[:SS[.mmm]]Z] in UTC, or -N followed by ms, s, m, h or d)"
+        )
+    };
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| bad());
+    }
+    if let Some(ago) = text.strip_prefix('-') {
+        let split = ago
+            .find(|c: char| !c.is_ascii_digit())
+            .filter(|i| *i > 0)
+            .ok_or_else(bad)?;
+        let (count, unit) = ago.split_at(split);
+        let count: i64 = count.parse().map_err(|_| bad())?;
+        let unit_ms: i64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        return count
+            .checked_mul(unit_ms)
+            .and_then(|ms| now_ms.checked_sub(ms))
+            .ok_or_else(bad);
+    }
+    parse_utc_ms(text).ok_or_else(bad)
+}
+
+/// `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM[:SS[.mmm]]Z`, UTC, to ms since the Unix epoch.
+fn parse_utc_ms(text: &str) -> Option<i64> {
+    let (date, time) = match text.split_once('T') {
+        Some((date, time)) => (date, Some(time.strip_suffix('Z')?)),
+        None => (text, None),
+    };
+    let mut date_parts = date.split('-');
+    let year: i64 = fixed_digits(date_parts.next()?, 4)?;
+    let month: u32 = fixed_digits(date_parts.next()?, 2)?;
+    let day: u32 = fixed_digits(date_parts.next()?, 2)?;
+    if date_parts.next().is_some() || !(1..=12).contains(&month) || day == 0 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    if civil_from_days(days) != (year, month, day) {
+        return None;
+    }
+    let mut ms = days * 86_400_000;
+    if let Some(time) = time {
+        let (clock, millis) = match time.split_once('.') {
+            Some((clock, millis)) => (clock, fixed_digits::<i64>(millis, 3)?),
+            None => (time, 0),
+        };
+        let mut clock_parts = clock.split(':');
+        let hour: i64 = fixed_digits(clock_parts.next()?, 2)?;
+        let minute: i64 = fixed_digits(clock_parts.next()?, 2)?;
+        let second: i64 = match clock_parts.next() {
+            Some(s) => fixed_digits(s, 2)?,
+            None => 0,
+        };
+        if clock_parts.next().is_some() || hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+        ms += ((hour * 60 + minute) * 60 + second) * 1_000 + millis;
+    }
+    Some(ms)
+}
+
+/// Exactly `width` ASCII digits.
+fn fixed_digits<T: std::str::FromStr>(text: &str, width: usize) -> Option<T> {
+    (text.len() == width && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = if year >= 0 { year } else { year - 399 } / 400;
+    let year_of_era = year - era * 400;
+    let month_from_march = i64::from((month + 9) % 12);
+    let day_of_year = (153 * month_from_march + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The date of a day count since 1970-01-01 (the inverse of `days_from_civil`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// ms since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn format_time_ms(ms: u64) -> String {
+    let ms = ms as i64;
+    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1_000 % 60,
+        ms_of_day % 1_000
+    )
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn group(admin: Admin, command: GroupCommand) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        GroupCommand::List { format } => {
+            let groups = admin.list_groups().await.context("cannot list groups")?;
+            match format {
+                Format::Text => {
+                    let rows: Vec<Vec<String>> = groups
+                        .iter()
+                        .map(|g| {
+                            vec![
+                                g.group_id.clone(),
+                                g.state.clone(),
+                                g.members.to_string(),
+                                g.assignor.clone(),
+                            ]
+                        })
+                        .collect();
+                    if !rows.is_empty() {
+                        print_table(&mut out, &["GROUP", "STATE", "MEMBERS", "ASSIGNOR"], &rows)?;
+                    }
+                }
+                Format::Json => {
+                    for g in &groups {
+                        writeln!(out, "{}", serde_json::to_value(g)?)?;
+                    }
+                }
+            }
+        }
+        GroupCommand::Describe { groups, format } => {
+            let descriptions = admin
+                .describe_groups(&groups)
+                .await
+                .context("cannot describe groups")?;
+            let failed = descriptions
+                .iter()
+                .find_map(|g| g.error.clone().map(|e| (g.group_id.clone(), e)));
+            match format {
+                Format::Json => {
+                    let answer = DescribeGroupsResponse {
+                        groups: descriptions,
+                    };
+                    writeln!(out, "{}", serde_json::to_value(&answer)?)?;
+                }
+                Format::Text => {
+                    for (i, g) in descriptions
+                        .iter()
+                        .filter(|g| g.error.is_none())
+                        .enumerate()
+                    {
+                        if i > 0 {
+                            writeln!(out)?;
+                        }
+                        print_group(&mut out, g)?;
+                    }
+                }
+            }
+            if let Some((group_id, error)) = failed {
+                return Err(ClientError::Server(error))
+                    .with_context(|| format!("cannot describe group {group_id}"));
+            }
+        }
+        GroupCommand::ResetOffsets {
+            group,
+            topic,
+            to,
+            by_time,
+            partitions,
+            dry_run,
+            format,
+        } => {
+            let target = parse_reset_to(&to, by_time, now_ms()).map_err(anyhow::Error::msg)?;
+            let partitions = (!partitions.is_empty()).then_some(partitions);
+            let answer = admin
+                .reset_offsets(&group, &topic, partitions, target, dry_run)
+                .await
+                .with_context(|| format!("cannot reset the offsets of group {group} on {topic}"))?;
+            match format {
+                Format::Json => {
+                    let answer = ResetOffsetsResponse {
+                        partitions: answer.clone(),
+                    };
+                    writeln!(out, "{}", serde_json::to_value(&answer)?)?;
+                }
+                Format::Text => {
+                    let verb = if dry_run { "would reset" } else { "reset" };
+                    writeln!(out, "{verb} group {group} on topic {topic}:")?;
+                    for p in &answer {
+                        match (&p.offset, &p.error) {
+                            (_, Some(error)) => {
+                                writeln!(out, "  partition {}: {error}", p.partition.0)?;
+                            }
+                            (Some(offset), None) => {
+                                writeln!(out, "  partition {}: offset {offset}", p.partition.0)?;
+                            }
+                            (None, None) => writeln!(out, "  partition {}: -", p.partition.0)?,
+                        }
+                    }
+                }
+            }
+            if let Some(p) = answer.iter().find(|p| p.error.is_some()) {
+                let error = p.error.clone().expect("found by its error");
+                return Err(ClientError::Server(error)).with_context(|| {
+                    format!(
+                        "cannot reset partition {} of {topic} for group {group}",
+                        p.partition.0
+                    )
+                });
+            }
+        }
+        GroupCommand::Delete { groups } => {
+            let results = admin
+                .delete_groups(&groups)
+                .await
+                .context("cannot delete groups")?;
+            let mut failed = None;
+            for r in results {
+                match r.error {
+                    None => writeln!(out, "deleted group {}", r.group_id)?,
+                    Some(error) => {
+                        failed.get_or_insert((r.group_id, error));
+                    }
+                }
+            }
+            if let Some((group_id, error)) = failed {
+                return Err(ClientError::Server(error))
+                    .with_context(|| format!("cannot delete group {group_id}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "vltava/tests.rs"]
+mod tests;

@@ -6,6 +6,7 @@ mod backpressure;
 mod bad_input;
 mod cli;
 mod daemon;
+mod groups;
 mod produce_consume;
 mod python_example;
 mod restart;
