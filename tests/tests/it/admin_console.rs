@@ -13,7 +13,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vltava_client::{Admin, Cluster, Producer, ProducerConfig, ProducerRecord};
+use vltava_client::{
+    Admin, Cluster, ConsumerConfig, GroupConfig, GroupConsumer, Producer, ProducerConfig,
+    ProducerRecord,
+};
 use vltava_tests::{TestNode, http};
 
 use super::runtime;
@@ -30,6 +33,9 @@ const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(90);
 const CHROMIUM_POLL: Duration = Duration::from_millis(50);
 /// Events produced to partition 1 of the topic, so its high watermark is this number.
 const EVENTS_PRODUCED: u64 = 5;
+/// The group the page must show, and the offset it commits on partition 1.
+const GROUP: &str = "console-readers";
+const COMMITTED: u64 = 2;
 /// A client id with markup in it: the page must show it as text, never parse it.
 const HOSTILE_CLIENT_ID: &str = "<b>console-test</b>";
 
@@ -173,6 +179,25 @@ fn console_renders_actor_tree_partitions_and_connections_in_a_browser() {
     let cluster_view: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     let cluster_id = cluster_view["cluster_id"].as_str().expect("a cluster id");
 
+    // A group with one live member that committed offset 2 of partition 1: the page must show
+    // its lag (high watermark 5 minus 2).
+    let mut member = runtime.block_on(async {
+        let mut config = GroupConfig::new(GROUP);
+        config.auto_commit = false;
+        config.commit_on_revoke = false;
+        let mut member = GroupConsumer::new(cluster.clone(), ConsumerConfig::default(), config)
+            .expect("a group consumer");
+        member.subscribe(&[topic]).expect("subscribing");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while member.assignment().is_empty() {
+            assert!(Instant::now() < deadline, "the member got no partitions");
+            member.poll().await.expect("polling");
+        }
+        let offsets = BTreeMap::from([((topic.to_owned(), 1), COMMITTED)]);
+        member.commit_offsets(offsets).await.expect("committing");
+        member
+    });
+
     let dom = dump_dom(&format!("http://{}/", node.admin_addr));
 
     let tree = &dom[dom.find(r#"id="actor-tree""#).expect("an actor tree")..];
@@ -234,6 +259,16 @@ fn console_renders_actor_tree_partitions_and_connections_in_a_browser() {
             "with /groups the section renders it:\n{groups}"
         ),
     }
+    assert!(
+        groups.contains(&format!(r#"data-group-id="{GROUP}""#)),
+        "the group is shown:\n{groups}"
+    );
+    let lag = EVENTS_PRODUCED - COMMITTED;
+    assert!(
+        groups.contains(&format!(r#"data-field="lag" data-value="{lag}""#)),
+        "the group's lag {lag} is shown:\n{groups}"
+    );
+    runtime.block_on(member.close()).expect("leaving the group");
 
     let connections = &dom[dom
         .find(r#"id="connections""#)

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use vltava_tests::{TestNode, binary};
 
@@ -321,4 +322,154 @@ fn admin_commands_print_the_actor_tree_and_one_actor() {
     assert!(stderr(&unauthorized).contains("401"));
     let unreachable = vltava(&node, &["admin", "--admin", "127.0.0.1:1", "actors"], None);
     assert_eq!(unreachable.status.code(), Some(3));
+}
+
+/// The committed offset and lag of partition 0 in `vltava group describe G --format json`.
+fn group_offsets(node: &TestNode, group: &str) -> (Option<u64>, Option<u64>) {
+    let described = vltava(
+        node,
+        &["group", "describe", group, "--format", "json"],
+        None,
+    );
+    assert!(described.status.success(), "{}", stderr(&described));
+    let json: serde_json::Value = serde_json::from_str(stdout(&described).trim()).unwrap();
+    let group = if json["groups"].is_array() {
+        json["groups"][0].clone()
+    } else {
+        json
+    };
+    let p0 = group["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["partition"] == 0)
+        .cloned()
+        .unwrap_or_default();
+    (p0["committed_offset"].as_u64(), p0["lag"].as_u64())
+}
+
+#[test]
+fn group_commands_list_describe_reset_and_delete() {
+    let node = TestNode::start();
+    let created = vltava(
+        &node,
+        &["topic", "create", "gcli", "--partitions", "1"],
+        None,
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let events: String = (0..10).map(|i| format!("e{i}\n")).collect();
+    assert!(
+        vltava(&node, &["produce", "gcli"], Some(&events))
+            .status
+            .success()
+    );
+    let consumed = vltava(
+        &node,
+        &[
+            "consume",
+            "gcli",
+            "--group",
+            "gc",
+            "--max-messages",
+            "10",
+            "--timeout-ms",
+            "20000",
+        ],
+        None,
+    );
+    assert!(consumed.status.success(), "{}", stderr(&consumed));
+    assert_eq!(stdout(&consumed).lines().count(), 10);
+
+    let listed = vltava(&node, &["group", "list"], None);
+    assert!(stdout(&listed).contains("gc"), "{}", stdout(&listed));
+    assert_eq!(group_offsets(&node, "gc"), (Some(10), Some(0)));
+    assert!(
+        vltava(&node, &["produce", "gcli"], Some("x\ny\nz\n"))
+            .status
+            .success()
+    );
+    assert_eq!(group_offsets(&node, "gc"), (Some(10), Some(3)));
+    let text = stdout(&vltava(&node, &["group", "describe", "gc"], None));
+    assert!(text.contains("gcli"), "{text}");
+
+    let reset = vltava(
+        &node,
+        &[
+            "group",
+            "reset-offsets",
+            "gc",
+            "--topic",
+            "gcli",
+            "--to",
+            "earliest",
+        ],
+        None,
+    );
+    assert!(reset.status.success(), "{}", stderr(&reset));
+    assert_eq!(group_offsets(&node, "gc"), (Some(0), Some(13)));
+    // A consumer of the group starts where the reset put it.
+    let again = vltava(
+        &node,
+        &[
+            "consume",
+            "gcli",
+            "--group",
+            "gc",
+            "--max-messages",
+            "1",
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    let first: serde_json::Value = serde_json::from_str(stdout(&again).trim()).unwrap();
+    assert_eq!(first["offset"], 0, "{first}");
+
+    let deleted = vltava(&node, &["group", "delete", "gc"], None);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    let gone = vltava(&node, &["group", "describe", "gc"], None);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(stderr(&gone).contains("GroupIdNotFound") || stdout(&gone).contains("GroupIdNotFound"));
+}
+
+#[test]
+fn a_group_consumer_leaves_cleanly_on_sigterm() {
+    let node = TestNode::start();
+    let created = vltava(
+        &node,
+        &["topic", "create", "sig", "--partitions", "2"],
+        None,
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let mut child = Command::new(binary("vltava"))
+        .args(["consume", "sig", "--group", "leavers"])
+        .env("VLTAVA_BOOTSTRAP", &node.addr)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let members = || -> u64 {
+        let (status, body) = node.admin_get("/groups/leavers");
+        if status != 200 {
+            return 0;
+        }
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        body["members"].as_array().map_or(0, |m| m.len() as u64)
+    };
+    assert!(vltava_tests::eventually(
+        Duration::from_secs(20),
+        || members() == 1
+    ));
+    // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // Gone at once, by its leave, not after the 45 s session timeout.
+    assert!(vltava_tests::eventually(
+        Duration::from_secs(3),
+        || members() == 0
+    ));
 }
