@@ -487,3 +487,154 @@ fn stale_epochs_and_bad_requests_get_typed_errors_and_the_group_goes_on() {
         assert_eq!(all.iter().map(|t| t.partitions.len()).sum::<usize>(), 2);
     });
 }
+
+#[test]
+fn a_static_member_that_restarts_gets_its_partitions_back_without_a_rebalance() {
+    let node = TestNode::start_with(&FAST_GROUPS);
+    runtime().block_on(async {
+        let cluster = Cluster::connect(&node.bootstrap(), "groups-test")
+            .await
+            .unwrap();
+        create(&cluster, "static", 4).await;
+        let static_config = || {
+            let mut config = group_config("statics");
+            config.instance_id = Some("worker-1".into());
+            config.session_timeout = Some(Duration::from_secs(10));
+            config
+        };
+        let mut a =
+            GroupConsumer::new(Arc::clone(&cluster), consumer_config(), static_config()).unwrap();
+        a.subscribe(&["static"]).unwrap();
+        let mut b = GroupConsumer::new(
+            Arc::clone(&cluster),
+            consumer_config(),
+            group_config("statics"),
+        )
+        .unwrap();
+        b.subscribe(&["static"]).unwrap();
+        let deadline = Instant::now() + SETTLE;
+        while owned(&a).len() != 2 || owned(&b).len() != 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the members never split 4 partitions"
+            );
+            a.poll().await.unwrap();
+            b.poll().await.unwrap();
+        }
+        let a_partitions = owned(&a);
+        b.rebalance_events();
+        // a restarts: it leaves for now (epoch -2) and a new incarnation joins with the same
+        // instance id, well within the session timeout.
+        a.close().await.unwrap();
+        let mut a2 =
+            GroupConsumer::new(Arc::clone(&cluster), consumer_config(), static_config()).unwrap();
+        a2.subscribe(&["static"]).unwrap();
+        let deadline = Instant::now() + SETTLE;
+        while owned(&a2).len() != 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the restarted member got nothing back"
+            );
+            a2.poll().await.unwrap();
+            b.poll().await.unwrap();
+        }
+        assert_eq!(owned(&a2), a_partitions, "the same partitions come back");
+        for _ in 0..5 {
+            b.poll().await.unwrap();
+        }
+        assert!(
+            b.rebalance_events()
+                .iter()
+                .all(|e| !matches!(e, RebalanceEvent::Revoked { .. })),
+            "the other member kept reading"
+        );
+        assert_eq!(owned(&b).len(), 2);
+        a2.close().await.unwrap();
+        b.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_pattern_subscription_follows_new_topics() {
+    let node = TestNode::start_with(&FAST_GROUPS);
+    runtime().block_on(async {
+        let cluster = Cluster::connect(&node.bootstrap(), "groups-test")
+            .await
+            .unwrap();
+        create(&cluster, "metrics-eu", 1).await;
+        create(&cluster, "logs", 1).await;
+        let mut member = GroupConsumer::new(
+            Arc::clone(&cluster),
+            consumer_config(),
+            group_config("pattern"),
+        )
+        .unwrap();
+        member.subscribe_pattern("metrics-*").unwrap();
+        let deadline = Instant::now() + SETTLE;
+        while owned(&member).is_empty() {
+            assert!(Instant::now() < deadline);
+            member.poll().await.unwrap();
+        }
+        assert_eq!(
+            owned(&member),
+            BTreeSet::from([("metrics-eu".to_owned(), 0)])
+        );
+        create(&cluster, "metrics-us", 1).await;
+        let deadline = Instant::now() + SETTLE;
+        while owned(&member).len() != 2 {
+            assert!(Instant::now() < deadline, "the new topic was not picked up");
+            member.poll().await.unwrap();
+        }
+        assert!(owned(&member).contains(&("metrics-us".to_owned(), 0)));
+        member.close().await.unwrap();
+    });
+}
+
+#[test]
+fn an_empty_groups_offsets_expire_after_the_retention() {
+    let node = TestNode::start_with(&["--offsets-retention-ms", "1500"]);
+    runtime().block_on(async {
+        let cluster = Cluster::connect(&node.bootstrap(), "groups-test")
+            .await
+            .unwrap();
+        create(&cluster, "fleeting", 1).await;
+        let admin = Admin::new(Arc::clone(&cluster));
+        // A commit from outside the group (an operator's reset) makes an empty group.
+        admin
+            .reset_offsets(
+                "short-lived",
+                "fleeting",
+                None,
+                vltava_messages::protocol::ResetTo::Earliest,
+                false,
+            )
+            .await
+            .unwrap();
+        let committed = admin.fetch_offsets("short-lived", None).await.unwrap();
+        assert_eq!(committed.len(), 1, "{committed:?}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let described = admin
+                .describe_groups(&["short-lived".to_owned()])
+                .await
+                .unwrap();
+            if described[0]
+                .error
+                .as_ref()
+                .is_some_and(|e| e.code == ErrorCode::GroupIdNotFound.code())
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the offsets never expired");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            admin
+                .fetch_offsets("short-lived", None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    });
+    assert!(node.logged("expiring its offsets"));
+}
