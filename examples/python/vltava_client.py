@@ -23,7 +23,10 @@ CLIENT_VERSION = "0.1.0"
 
 # Request kinds (section 4) and the versions this client speaks of each.
 HANDSHAKE, METADATA, CREATE_TOPICS, PRODUCE, FETCH, LIST_OFFSETS = 0, 1, 2, 7, 8, 9
-CLIENT_VERSIONS = {kind: (1, 1) for kind in (HANDSHAKE, METADATA, CREATE_TOPICS, PRODUCE, FETCH, LIST_OFFSETS)}
+FIND_COORDINATOR, GROUP_HEARTBEAT, OFFSET_COMMIT, OFFSET_FETCH, DESCRIBE_GROUPS = 11, 12, 13, 14, 16
+CLIENT_VERSIONS = {kind: (1, 1) for kind in (HANDSHAKE, METADATA, CREATE_TOPICS, PRODUCE, FETCH, LIST_OFFSETS,
+                                             FIND_COORDINATOR, GROUP_HEARTBEAT, OFFSET_COMMIT, OFFSET_FETCH,
+                                             DESCRIBE_GROUPS)}
 RESPONSE_BIT = 0x8000
 FRAME_HEADER = struct.Struct(">IHHQ")  # length, kind, version, correlation_id (section 2)
 FRAME_BYTES_MAX = 8 * 1024 * 1024
@@ -302,6 +305,80 @@ class Connection:
         return {r["partition"]: check_entry(r)["offset"] for r in answer["topics"][0]["partitions"]}
 
 
+    # Consumer groups (sections 6.11 to 6.19).
+
+    def find_coordinator(self, group_id):
+        return self.request(FIND_COORDINATOR, {"group_id": group_id})
+
+    def heartbeat(self, group_id, member_id, member_epoch, owned, subscribed=None, max_wait_ms=0):
+        """One ConsumerGroupHeartbeat; `owned` is {topic: [partitions]}."""
+        body = {"group_id": group_id, "member_id": member_id, "member_epoch": member_epoch,
+                "owned_partitions": [{"topic": t, "partitions": sorted(ps)} for t, ps in owned.items()],
+                "max_wait_ms": max_wait_ms}
+        if subscribed is not None:
+            body["subscribed_topics"] = subscribed
+        return self.request(GROUP_HEARTBEAT, body)
+
+    def commit(self, group_id, member_id, member_epoch, topic, offsets):
+        """OffsetCommit of {partition: next offset}; returns {partition: error or None}."""
+        parts = [{"partition": p, "offset": o, "metadata": ""} for p, o in offsets.items()]
+        answer = self.request(OFFSET_COMMIT, {"group_id": group_id, "member_id": member_id,
+                                              "member_epoch": member_epoch,
+                                              "topics": [{"topic": topic, "partitions": parts}]})
+        return {r["partition"]: r.get("error") for r in answer["topics"][0]["partitions"]}
+
+    def committed(self, group_id):
+        """OffsetFetch of every committed partition: {(topic, partition): offset}."""
+        answer = self.request(OFFSET_FETCH, {"group_id": group_id})
+        return {(t["topic"], p["partition"]): p.get("offset") for t in answer["topics"] for p in t["partitions"]}
+
+
+def assignment_of(answer):
+    """A heartbeat answer's assignment as {topic: set of partitions}."""
+    return {t["topic"]: set(t["partitions"]) for t in answer["assignment"]}
+
+
+def group_demo(conn, topic, partition_count, problems):
+    """Two members share `topic` (section 6.11): the second waits until the first gives up the
+    partitions revoked from it, commits are fenced by epochs, and offsets can be read back."""
+    group = f"{topic}-readers"
+    coordinator = conn.find_coordinator(group)
+    c = conn if coordinator["node_id"] == conn.node_id else Connection(f"{coordinator['host']}:{coordinator['port']}")
+    a = c.heartbeat(group, "", 0, {}, subscribed=[topic])
+    a_owned = assignment_of(a)
+    if sum(len(ps) for ps in a_owned.values()) != partition_count:
+        problems.append(f"the first member got {a_owned}, expected every partition")
+    b = c.heartbeat(group, "", 0, {}, subscribed=[topic])
+    # a's next answer leaves some partitions out: they are revoked. a may still commit them,
+    # then reports them gone by not listing them; only then can b have them.
+    a = c.heartbeat(group, a["member_id"], a["member_epoch"], a_owned)
+    kept = assignment_of(a)
+    revoked = {p for p in a_owned.get(topic, set()) if p not in kept.get(topic, set())}
+    if not revoked:
+        problems.append("no partition was revoked from the first member when a second joined")
+    errors = c.commit(group, a["member_id"], a["member_epoch"], topic, {p: 1 for p in revoked})
+    if any(errors.values()):
+        problems.append(f"commit on revoke refused: {errors}")
+    a = c.heartbeat(group, a["member_id"], a["member_epoch"], kept)
+    b = c.heartbeat(group, b["member_id"], b["member_epoch"], {})
+    if assignment_of(b).get(topic, set()) != revoked:
+        problems.append(f"the second member got {assignment_of(b)}, expected {revoked}")
+    try:  # an old epoch is fenced (section 6.13)
+        c.heartbeat(group, a["member_id"], a["member_epoch"] - 1, assignment_of(a))
+        problems.append("a heartbeat with an old member epoch was accepted")
+    except VltavaError as e:
+        if e.name != "FencedMemberEpoch":
+            problems.append(f"expected FencedMemberEpoch, got {e}")
+    committed = c.committed(group)
+    if committed != {(topic, p): 1 for p in revoked}:
+        problems.append(f"committed offsets read back as {committed}")
+    for member in (a, b):  # leave (member epoch -1)
+        c.heartbeat(group, member["member_id"], -1, {})
+    print(f"group {group}: {len(revoked)} partitions moved between two members, commits read back")
+    if c is not conn:
+        c.close()
+
+
 def wait_for_leaders(conn, topic, deadline_s=30.0):
     """Metadata (section 6.1) until every partition of `topic` has a leader."""
     deadline = time.monotonic() + deadline_s
@@ -426,6 +503,8 @@ def main(bootstrap):
     waited = time.monotonic() - started
     if result.get("records") or waited < 0.25:
         problems.append(f"an empty long poll answered after {waited:.3f} s with {len(result.get('records') or b'')} bytes")
+
+    group_demo(conn, topic, len(leaders), problems)
 
     for c in {c for c, _ in leaders.values()} | {conn}:
         c.close()
