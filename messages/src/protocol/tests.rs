@@ -376,6 +376,302 @@ fn request() -> impl Strategy<Value = Request> {
         fetch,
         list_offsets,
         init_producer,
+        group_request(),
+    ]
+}
+
+fn group_id() -> impl Strategy<Value = String> {
+    "[a-z0-9._-]{1,40}"
+}
+
+fn topic_partitions() -> impl Strategy<Value = Vec<TopicPartitions>> {
+    vec(
+        (topic_name(), vec(partition_id(), 0..4))
+            .prop_map(|(topic, partitions)| TopicPartitions { topic, partitions }),
+        0..3,
+    )
+}
+
+/// The consumer-group requests, kinds 11 to 18.
+fn group_request() -> impl Strategy<Value = Request> {
+    let find = group_id().prop_map(|group_id| Request::from(FindCoordinatorRequest { group_id }));
+    let heartbeat = (
+        (
+            group_id(),
+            "[a-f0-9-]{0,36}",
+            any::<i32>(),
+            option::of(text()),
+        ),
+        (option::of(any::<u32>()), option::of(any::<u32>())),
+        (
+            option::of(vec(topic_name(), 0..3)),
+            option::of("[a-z-]{1,12}"),
+            option::of(topic_partitions()),
+            0..=crate::limits::GROUP_WAIT_MS_MAX,
+        ),
+    )
+        .prop_map(
+            |(
+                (group_id, member_id, member_epoch, instance_id),
+                (rebalance_timeout_ms, session_timeout_ms),
+                (subscribed_topics, assignor, owned_partitions, max_wait_ms),
+            )| {
+                Request::from(ConsumerGroupHeartbeatRequest {
+                    group_id,
+                    member_id,
+                    member_epoch,
+                    instance_id,
+                    rebalance_timeout_ms,
+                    session_timeout_ms,
+                    subscribed_topics,
+                    assignor,
+                    owned_partitions,
+                    max_wait_ms,
+                })
+            },
+        );
+    let commit_partition = (partition_id(), offset(), option::of(epoch()), text()).prop_map(
+        |(partition, offset, leader_epoch, metadata)| OffsetCommitPartition {
+            partition,
+            offset,
+            leader_epoch,
+            metadata,
+        },
+    );
+    let commit = (
+        group_id(),
+        text(),
+        any::<i32>(),
+        vec(
+            (topic_name(), vec(commit_partition, 0..3))
+                .prop_map(|(topic, partitions)| OffsetCommitTopic { topic, partitions }),
+            0..3,
+        ),
+    )
+        .prop_map(|(group_id, member_id, member_epoch, topics)| {
+            Request::from(OffsetCommitRequest {
+                group_id,
+                member_id,
+                member_epoch,
+                topics,
+            })
+        });
+    let fetch = (group_id(), option::of(topic_partitions()))
+        .prop_map(|(group_id, topics)| Request::from(OffsetFetchRequest { group_id, topics }));
+    let list = Just(Request::from(ListGroupsRequest {}));
+    let describe = vec(group_id(), 0..4)
+        .prop_map(|group_ids| Request::from(DescribeGroupsRequest { group_ids }));
+    let delete = vec(group_id(), 0..4)
+        .prop_map(|group_ids| Request::from(DeleteGroupsRequest { group_ids }));
+    let target = prop_oneof![
+        Just(("earliest".to_owned(), None, None)),
+        Just(("latest".to_owned(), None, None)),
+        offset().prop_map(|o| ("offset".to_owned(), Some(o), None)),
+        any::<i64>().prop_map(|t| ("timestamp".to_owned(), None, Some(t))),
+    ];
+    let reset = (
+        group_id(),
+        topic_name(),
+        option::of(vec(partition_id(), 0..4)),
+        target,
+        any::<bool>(),
+    )
+        .prop_map(
+            |(group_id, topic, partitions, (to, offset, timestamp), dry_run)| {
+                Request::from(ResetOffsetsRequest {
+                    group_id,
+                    topic,
+                    partitions,
+                    to,
+                    offset,
+                    timestamp,
+                    dry_run,
+                })
+            },
+        );
+    prop_oneof![
+        find, heartbeat, commit, fetch, list, describe, delete, reset
+    ]
+}
+
+/// The consumer-group responses, kinds 11 to 18.
+fn group_response() -> impl Strategy<Value = Response> {
+    let find = (node_id(), text(), any::<u16>(), partition_id()).prop_map(
+        |(node_id, host, port, offsets_partition)| {
+            Response::from(FindCoordinatorResponse {
+                node_id,
+                host,
+                port,
+                offsets_partition,
+            })
+        },
+    );
+    let heartbeat = (
+        text(),
+        any::<i32>(),
+        any::<u32>(),
+        any::<u32>(),
+        topic_partitions(),
+    )
+        .prop_map(
+            |(member_id, member_epoch, heartbeat_interval_ms, session_timeout_ms, assignment)| {
+                Response::from(ConsumerGroupHeartbeatResponse {
+                    member_id,
+                    member_epoch,
+                    heartbeat_interval_ms,
+                    session_timeout_ms,
+                    assignment,
+                })
+            },
+        );
+    let results = vec(
+        (
+            topic_name(),
+            vec(
+                (partition_id(), maybe_error())
+                    .prop_map(|(partition, error)| PartitionResult { partition, error }),
+                0..3,
+            ),
+        )
+            .prop_map(|(topic, partitions)| PartitionResults { topic, partitions }),
+        0..3,
+    );
+    let commit = results.prop_map(|topics| Response::from(OffsetCommitResponse { topics }));
+    let committed = vec(
+        (
+            topic_name(),
+            vec(
+                (
+                    partition_id(),
+                    option::of(offset()),
+                    option::of(epoch()),
+                    text(),
+                )
+                    .prop_map(|(partition, offset, leader_epoch, metadata)| {
+                        CommittedOffset {
+                            partition,
+                            offset,
+                            leader_epoch,
+                            metadata,
+                        }
+                    }),
+                0..3,
+            ),
+        )
+            .prop_map(|(topic, partitions)| CommittedTopic { topic, partitions }),
+        0..3,
+    );
+    let fetch = committed.prop_map(|topics| Response::from(OffsetFetchResponse { topics }));
+    let listing = (group_id(), text(), any::<u32>(), text()).prop_map(
+        |(group_id, state, members, assignor)| GroupListing {
+            group_id,
+            state,
+            members,
+            assignor,
+        },
+    );
+    let list = vec(listing, 0..3).prop_map(|groups| Response::from(ListGroupsResponse { groups }));
+    let member = (
+        text(),
+        option::of(text()),
+        text(),
+        any::<i32>(),
+        topic_partitions(),
+    )
+        .prop_map(
+            |(member_id, instance_id, host, member_epoch, assigned)| MemberDescription {
+                member_id,
+                instance_id,
+                client_id: "c".into(),
+                host,
+                member_epoch,
+                subscribed_topics: vec!["t".into()],
+                assigned,
+                pending_revocation: Vec::new(),
+            },
+        );
+    let lag = (
+        topic_name(),
+        partition_id(),
+        option::of(offset()),
+        option::of(any::<u64>()),
+        option::of(text()),
+    )
+        .prop_map(
+            |(topic, partition, committed_offset, lag, owner)| PartitionLag {
+                topic,
+                partition,
+                committed_offset,
+                high_watermark: committed_offset,
+                lag,
+                lag_ms: lag,
+                owner,
+            },
+        );
+    let movement = (
+        topic_name(),
+        partition_id(),
+        option::of(text()),
+        option::of(text()),
+    )
+        .prop_map(|(topic, partition, from, to)| PartitionMove {
+            topic,
+            partition,
+            from,
+            to,
+        });
+    let rebalance = (any::<u64>(), text(), any::<i32>(), vec(movement, 0..3)).prop_map(
+        |(at_ms, reason, group_epoch, moves)| RebalanceRecord {
+            at_ms,
+            reason,
+            group_epoch,
+            moves,
+        },
+    );
+    let description = (
+        group_id(),
+        maybe_error(),
+        text(),
+        any::<i32>(),
+        vec(member, 0..3),
+        vec(lag, 0..3),
+        vec(rebalance, 0..2),
+    )
+        .prop_map(
+            |(group_id, error, state, group_epoch, members, offsets, rebalances)| {
+                GroupDescription {
+                    group_id,
+                    error,
+                    state,
+                    group_epoch,
+                    assignment_epoch: group_epoch,
+                    assignor: "sticky".into(),
+                    members,
+                    offsets,
+                    rebalances,
+                }
+            },
+        );
+    let describe =
+        vec(description, 0..3).prop_map(|groups| Response::from(DescribeGroupsResponse { groups }));
+    let delete = vec(
+        (group_id(), maybe_error()).prop_map(|(group_id, error)| GroupResult { group_id, error }),
+        0..3,
+    )
+    .prop_map(|groups| Response::from(DeleteGroupsResponse { groups }));
+    let reset = vec(
+        (partition_id(), option::of(offset()), maybe_error()).prop_map(
+            |(partition, offset, error)| ResetPartition {
+                partition,
+                offset,
+                error,
+            },
+        ),
+        0..3,
+    )
+    .prop_map(|partitions| Response::from(ResetOffsetsResponse { partitions }));
+    prop_oneof![
+        find, heartbeat, commit, fetch, list, describe, delete, reset
     ]
 }
 
@@ -541,6 +837,7 @@ fn response() -> impl Strategy<Value = Response> {
         fetch,
         list_offsets,
         init_producer,
+        group_response(),
         failed,
     ]
 }
