@@ -224,6 +224,8 @@ pub struct CoordinatorState {
     park_seq: u64,
     /// Whether the group's settings record is in the offsets topic.
     group_record_written: bool,
+    /// The group version last published.
+    published_version: Option<u64>,
 }
 
 impl std::fmt::Debug for CoordinatorState {
@@ -299,7 +301,7 @@ impl Actor for GroupCoordinator {
             group.created_ms = created;
         }
         myself.send_interval(COORDINATOR_TICK, || CoordinatorMsg::Tick);
-        let state = CoordinatorState {
+        let mut state = CoordinatorState {
             args,
             stats,
             snapshot,
@@ -307,6 +309,7 @@ impl Actor for GroupCoordinator {
             parked: HashMap::new(),
             park_seq: 0,
             group_record_written: loaded,
+            published_version: None,
         };
         state.publish();
         Ok(state)
@@ -638,6 +641,7 @@ impl CoordinatorState {
             self.append(&records).await?;
             self.group_record_written = true;
             self.group.offsets.extend(accepted);
+            self.group.version += 1;
         }
         let mut index = 0;
         let topics = request
@@ -780,6 +784,7 @@ impl CoordinatorState {
         ));
         self.append(&records).await?;
         self.group.offsets.clear();
+        self.group.version += 1;
         Ok(())
     }
 
@@ -894,8 +899,14 @@ impl CoordinatorState {
         })
     }
 
-    /// Publishes the group for the admin endpoint.
-    fn publish(&self) {
+    /// Publishes the group for the admin endpoint, when it changed since the last time: most
+    /// messages (heartbeats with nothing new, ticks) change nothing an observer sees, and
+    /// rebuilding the snapshot for each was most of an idle group's cost.
+    fn publish(&mut self) {
+        if self.published_version == Some(self.group.version) {
+            return;
+        }
+        self.published_version = Some(self.group.version);
         let mut snapshot = self
             .snapshot
             .lock()

@@ -126,6 +126,9 @@ pub struct GroupState {
     settings: GroupSettings,
     /// Why the group epoch was last bumped, for the rebalance history.
     reason: String,
+    /// Grows with every change an observer could see (members, epochs, assignments,
+    /// revocations, offsets), so that a snapshot is rebuilt only when something changed.
+    pub version: u64,
 }
 
 fn now_ms() -> u64 {
@@ -185,6 +188,7 @@ impl GroupState {
             empty_since: now,
             settings,
             reason: String::new(),
+            version: 0,
         }
     }
 
@@ -205,6 +209,7 @@ impl GroupState {
     fn bump(&mut self, reason: String) {
         self.group_epoch += 1;
         self.reason = reason;
+        self.version += 1;
     }
 
     fn heartbeat_interval(&self, member: &Member) -> Duration {
@@ -285,7 +290,11 @@ impl GroupState {
                 .get_mut(&member_id)
                 .expect("the member was found or created above");
             // What it no longer holds is given up: those revocations are done.
+            let pending = member.pending_revocation.len();
             member.pending_revocation.retain(|tp| owned.contains(tp));
+            if member.pending_revocation.len() != pending {
+                self.version += 1;
+            }
             if member.pending_revocation.is_empty() {
                 member.revocation_deadline = None;
             }
@@ -393,6 +402,7 @@ impl GroupState {
                     self.target.insert(member_id.clone(), target);
                 }
                 self.members.insert(member_id.clone(), member);
+                self.version += 1;
                 return Ok(member_id);
             }
         }
@@ -438,6 +448,7 @@ impl GroupState {
             // Its partitions stay reserved until the session timeout passes.
             member.departed = Some(now);
             member.last_heartbeat = now;
+            self.version += 1;
             return Ok(HeartbeatOutcome::Answer(answer));
         }
         self.remove_member(&request.member_id, "left the group", now);
@@ -507,6 +518,7 @@ impl GroupState {
                 member.assigned.remove(&tp);
                 member.pending_revocation.insert(tp);
             }
+            self.version += 1;
             if !member.pending_revocation.is_empty() && member.revocation_deadline.is_none() {
                 member.revocation_deadline = Some(now + member.rebalance_timeout);
             }
@@ -603,9 +615,14 @@ impl GroupState {
             .members
             .get_mut(member_id)
             .expect("answers go to members");
+        let epoch_before = member.member_epoch;
+        let granted = !grant.is_empty();
         member.assigned.extend(grant);
         if reached_target && member.member_epoch < assignment_epoch {
             member.member_epoch = assignment_epoch;
+        }
+        if granted || member.member_epoch != epoch_before {
+            self.version += 1;
         }
         member.told = member.assigned.clone();
         ConsumerGroupHeartbeatResponse {

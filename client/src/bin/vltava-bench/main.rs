@@ -21,8 +21,18 @@
 //!
 //! Every wait is bounded: requests carry timeouts, and the run stops after `--messages` events
 //! or `--duration-s` seconds, whichever comes first.
+//!
+//! Consumer groups have two commands of their own:
+//! - `groups-rebalance`: `--members` `GroupConsumer`s read a topic that receives a steady
+//!   stream; once the group is stable one more member joins, and the bench reports how long
+//!   each partition went unread (see `groups_rebalance`).
+//! - `groups-scale`: `--groups` × `--members-per-group` simulated members speak
+//!   ConsumerGroupHeartbeat over a few shared connections; the bench reports heartbeats/s,
+//!   heartbeat latency and the node's CPU and memory (see `groups_scale`).
 
 mod consume;
+mod groups_rebalance;
+mod groups_scale;
 mod histogram;
 mod malloc;
 mod produce;
@@ -52,6 +62,26 @@ enum Command {
     Consume,
     /// Producers and consumers at once; consumers start at the latest offset.
     Both,
+    /// A consumer group under a steady stream gains a member: how long partitions go unread.
+    GroupsRebalance,
+    /// Many simulated group members heartbeating: the coordinator's capacity and cost.
+    GroupsScale,
+}
+
+impl Command {
+    fn is_groups(self) -> bool {
+        matches!(self, Command::GroupsRebalance | Command::GroupsScale)
+    }
+}
+
+/// How simulated members of `groups-scale` pace their heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HeartbeatMode {
+    /// Each member heartbeats once per heartbeat interval (the node's, from its answers),
+    /// on a fixed schedule, as a real member does.
+    Paced,
+    /// Each worker sends its members' heartbeats back to back: the most the node answers.
+    Capacity,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -79,12 +109,13 @@ pub struct Cli {
     #[arg(long, default_value = "vltava-bench")]
     pub topic: String,
     /// Create the topic first (with --partitions, replication factor 1); an existing topic
-    /// is used as it is.
+    /// is used as it is. The groups commands always create their topic if it is missing.
     #[arg(long)]
     create: bool,
-    /// Partitions of the topic (with --create); producers and consumers split them.
-    #[arg(long, default_value_t = 1)]
-    partitions: u32,
+    /// Partitions of the topic (when creating it); producers and consumers split them
+    /// [default: 1; groups-rebalance 64; groups-scale 10].
+    #[arg(long)]
+    partitions: Option<u32>,
     /// Events to send (all producers together), or to read (all consumers together).
     #[arg(long, default_value_t = 1_000_000)]
     pub messages: u64,
@@ -118,9 +149,10 @@ pub struct Cli {
     pub rate: Option<f64>,
     #[arg(long, value_enum, default_value_t = Mode::Raw)]
     pub mode: Mode,
-    /// Stop sending and reading after this long, whatever --messages says.
-    #[arg(long, default_value_t = 300)]
-    duration_s: u64,
+    /// Stop sending and reading after this long, whatever --messages says; groups-scale:
+    /// how long to measure once every group is stable [default: 300; groups-scale 30].
+    #[arg(long)]
+    duration_s: Option<u64>,
     /// Timeout of each produce request.
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u32,
@@ -140,6 +172,86 @@ pub struct Cli {
     /// which makes consume figures swing between runs by 3x (see docs/benchmarks.md).
     #[arg(long)]
     malloc_default: bool,
+    /// groups-rebalance: members of the group at first (one more joins later).
+    #[arg(long, default_value_t = 8)]
+    members: usize,
+    /// groups-rebalance: how long the fetches of a member wait on the node for events.
+    #[arg(long, default_value_t = 50)]
+    fetch_wait_ms: u64,
+    /// groups-rebalance: how long to watch the stable group (the steady-state gaps) before
+    /// the extra member joins.
+    #[arg(long, default_value_t = 10)]
+    steady_s: u64,
+    /// groups-rebalance: how long to keep watching after the group is stable again.
+    #[arg(long, default_value_t = 5)]
+    settle_s: u64,
+    /// groups-*: the longest wait for the group (every group) to become stable.
+    #[arg(long, default_value_t = 120)]
+    stable_timeout_s: u64,
+    /// groups-rebalance: the group id [default: vltava-bench-<pid>-<unix seconds>, new each
+    /// run]; groups-scale: the prefix of the group ids (`<prefix>-<n>`).
+    #[arg(long)]
+    group: Option<String>,
+    /// groups-*: the node's --group-heartbeat-interval-ms, copied into the report only: the
+    /// bench uses the interval the node announces in its heartbeat answers, and reports that
+    /// too.
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    /// groups-scale: consumer groups.
+    #[arg(long, default_value_t = 1000)]
+    groups: usize,
+    /// groups-scale: simulated members per group.
+    #[arg(long, default_value_t = 10)]
+    members_per_group: usize,
+    /// groups-scale: connections to each coordinator; each carries at most 16 requests at
+    /// once (the node's default per-connection limit).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// groups-scale: heartbeat on each member's schedule, or as fast as answers come.
+    #[arg(long, value_enum, default_value_t = HeartbeatMode::Paced)]
+    heartbeat_mode: HeartbeatMode,
+}
+
+impl Cli {
+    fn partitions(&self) -> u32 {
+        self.partitions.unwrap_or(match self.command {
+            Command::GroupsRebalance => 64,
+            Command::GroupsScale => 10,
+            Command::Produce | Command::Consume | Command::Both => 1,
+        })
+    }
+
+    fn duration_s(&self) -> u64 {
+        self.duration_s.unwrap_or(match self.command {
+            Command::GroupsScale => 30,
+            _ => 300,
+        })
+    }
+
+    /// The longest the whole run may take: its own duration plus every bounded wait of the
+    /// command, plus slack for set-up and shutdown.
+    fn run_limit(&self) -> Duration {
+        let extra = match self.command {
+            Command::GroupsRebalance => self.steady_s + self.settle_s + 2 * self.stable_timeout_s,
+            Command::GroupsScale => {
+                groups_scale::JOIN_TIMEOUT.as_secs()
+                    + groups_scale::LEAVE_TIMEOUT.as_secs()
+                    + self.stable_timeout_s
+            }
+            Command::Produce | Command::Consume | Command::Both => 0,
+        };
+        Duration::from_secs(self.duration_s() + extra + 180)
+    }
+
+    /// The bootstrap addresses, split.
+    fn bootstrap_addrs(&self) -> Vec<String> {
+        self.bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 /// Whether `malloc::keep_large_buffers_on_heap` took effect.
@@ -231,7 +343,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let limit = Duration::from_secs(cli.duration_s) + Duration::from_secs(180);
+    let limit = cli.run_limit();
     let outcome = runtime.block_on(async {
         match tokio::time::timeout(limit, run(cli)).await {
             Ok(result) => result,
@@ -262,10 +374,13 @@ fn main() -> ExitCode {
 }
 
 fn validate(cli: &Cli) -> anyhow::Result<()> {
+    if cli.command.is_groups() {
+        return Ok(());
+    }
     if cli.messages == 0 || cli.size == 0 || cli.batch == 0 || cli.in_flight == 0 {
         bail!("--messages, --size, --batch and --in-flight must be positive");
     }
-    if cli.producers == 0 || cli.consumers == 0 || cli.partitions == 0 {
+    if cli.producers == 0 || cli.consumers == 0 || cli.partitions() == 0 {
         bail!("--producers, --consumers and --partitions must be positive");
     }
     if let Some(rate) = cli.rate
@@ -285,20 +400,19 @@ fn validate(cli: &Cli) -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<(Value, bool)> {
+    match cli.command {
+        Command::GroupsRebalance => return groups_rebalance::run(&cli).await,
+        Command::GroupsScale => return groups_scale::run(&cli).await,
+        Command::Produce | Command::Consume | Command::Both => {}
+    }
     validate(&cli)?;
-    let bootstrap: Vec<String> = cli
-        .bootstrap
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let bootstrap = cli.bootstrap_addrs();
     let admin_cluster = Cluster::connect(&bootstrap, "vltava-bench-admin")
         .await
         .context("cannot reach the cluster")?;
     if cli.create {
         match Admin::new(Arc::clone(&admin_cluster))
-            .create_topic(&cli.topic, cli.partitions, 1, BTreeMap::new())
+            .create_topic(&cli.topic, cli.partitions(), 1, BTreeMap::new())
             .await
         {
             Ok(()) => {}
@@ -321,7 +435,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Value, bool)> {
     let shared = Arc::new(Shared {
         cli: cli.clone(),
         start: Barrier::new(producers + consumers + 1),
-        deadline_after: Duration::from_secs(cli.duration_s),
+        deadline_after: Duration::from_secs(cli.duration_s()),
         consumed: AtomicU64::new(0),
         consume_target: AtomicU64::new(cli.messages),
     });
@@ -600,6 +714,56 @@ fn loadavg() -> Option<String> {
             .collect::<Vec<_>>()
             .join(" "),
     )
+}
+
+/// Resident memory of a process in bytes (`VmRSS` of /proc/<pid>/status).
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Bytes as MiB with one decimal.
+fn mib(bytes: Option<u64>) -> Option<f64> {
+    bytes.map(|b| (b as f64 / (1 << 20) as f64 * 10.0).round() / 10.0)
+}
+
+/// Creates `topic` with `partitions` (replication factor 1) unless it exists, and returns
+/// its partition count.
+async fn ensure_topic(cluster: &Arc<Cluster>, topic: &str, partitions: u32) -> anyhow::Result<u32> {
+    match Admin::new(Arc::clone(cluster))
+        .create_topic(topic, partitions, 1, BTreeMap::new())
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {
+            eprintln!("vltava-bench: topic {topic} exists; using it");
+        }
+        Err(e) => return Err(e).context("cannot create the topic"),
+    }
+    cluster
+        .partition_count(topic)
+        .await
+        .with_context(|| format!("topic {topic}"))
+}
+
+/// Wall-clock milliseconds since the Unix epoch (event timestamps use it).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Rounds to `digits` decimals.
+fn round_to(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
+/// A duration in milliseconds with one decimal.
+fn ms(d: Duration) -> f64 {
+    round_to(d.as_secs_f64() * 1000.0, 1)
 }
 
 /// User plus system CPU seconds of a process (this one when `None`), from /proc (USER_HZ is
