@@ -209,16 +209,8 @@ async fn read_loop(
                 ErrorCode::HandshakeRequired,
                 "the first request on a connection must be Handshake",
             );
-            gauges.requests_in_flight.fetch_add(1, Ordering::Relaxed);
-            let _ = queue
-                .send(Queued {
-                    answer: Answer::Frame { bytes, close: true },
-                    correlation_id: header.correlation_id,
-                    request: header,
-                    received,
-                    _permit: permit,
-                })
-                .await;
+            let answer = Answer::Frame { bytes, close: true };
+            let _ = enqueue(&queue, gauges, header, received, permit, answer).await;
             return Err("no handshake".into());
         }
         if header.frame_bytes() > u64::from(FRAME_BYTES_MAX) {
@@ -236,16 +228,8 @@ async fn read_loop(
                     header.frame_bytes()
                 ),
             );
-            gauges.requests_in_flight.fetch_add(1, Ordering::Relaxed);
-            let _ = queue
-                .send(Queued {
-                    answer: Answer::Frame { bytes, close: true },
-                    correlation_id: header.correlation_id,
-                    request: header,
-                    received,
-                    _permit: permit,
-                })
-                .await;
+            let answer = Answer::Frame { bytes, close: true };
+            let _ = enqueue(&queue, gauges, header, received, permit, answer).await;
             return Err("oversized frame".into());
         }
         let body_len = (header.length - LENGTH_COUNTED_HEADER_BYTES) as usize;
@@ -253,10 +237,16 @@ async fn read_loop(
             .acquire_many_owned(body_len.max(1) as u32)
             .await
             .map_err(|_| "node shutting down".to_owned())?;
-        let mut body = vec![0u8; body_len];
-        match tokio::time::timeout(BODY_READ_TIMEOUT, reader.read_exact(&mut body)).await {
+        // Read into spare capacity: tokio fills it without zeroing it first, which for large
+        // produce requests was a measurable share of the node's CPU.
+        let mut body = Vec::with_capacity(body_len);
+        let mut limited = (&mut reader).take(body_len as u64);
+        match tokio::time::timeout(BODY_READ_TIMEOUT, limited.read_to_end(&mut body)).await {
             Err(_) => return Err("frame body not sent in time".into()),
             Ok(Err(e)) => return Err(format!("truncated frame: {e}")),
+            Ok(Ok(n)) if n < body_len => {
+                return Err(format!("truncated frame: {n} of {body_len} body bytes"));
+            }
             Ok(Ok(_)) => {}
         }
         gauges
@@ -270,17 +260,8 @@ async fn read_loop(
                 let bytes = Response::failed(&header, error.response_error())
                     .encode(header.correlation_id)
                     .unwrap_or_default();
-                gauges.requests_in_flight.fetch_add(1, Ordering::Relaxed);
-                queue
-                    .send(Queued {
-                        answer: Answer::Frame { bytes, close },
-                        correlation_id: header.correlation_id,
-                        request: header,
-                        received,
-                        _permit: permit,
-                    })
-                    .await
-                    .map_err(|_| "writer gone")?;
+                let answer = Answer::Frame { bytes, close };
+                enqueue(&queue, gauges, header, received, permit, answer).await?;
                 if close {
                     return Err("undecodable request".into());
                 }
@@ -296,19 +277,33 @@ async fn read_loop(
         let expects_response = request.expects_response();
         let answer = dispatch(request, &header, services, bytes_permit, gauges);
         if expects_response {
-            gauges.requests_in_flight.fetch_add(1, Ordering::Relaxed);
-            queue
-                .send(Queued {
-                    answer,
-                    correlation_id: header.correlation_id,
-                    request: header,
-                    received,
-                    _permit: permit,
-                })
-                .await
-                .map_err(|_| "writer gone")?;
+            enqueue(&queue, gauges, header, received, permit, answer).await?;
         }
     }
+}
+
+/// Queues an answer for the writer, in request order; it counts as in flight until written.
+async fn enqueue(
+    queue: &mpsc::Sender<Queued>,
+    gauges: &SessionGauges,
+    request: FrameHeader,
+    received: Instant,
+    permit: OwnedSemaphorePermit,
+    answer: Answer,
+) -> Result<(), String> {
+    gauges.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+    let queued = Queued {
+        answer,
+        correlation_id: request.correlation_id,
+        request,
+        received,
+        _permit: permit,
+    };
+    if queue.send(queued).await.is_err() {
+        gauges.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+        return Err("writer gone".into());
+    }
+    Ok(())
 }
 
 /// Replaces a published text field.
