@@ -270,6 +270,10 @@ impl GroupState {
                     );
                 }
                 member.last_heartbeat = now;
+                // A static member that said it was leaving but heartbeats on is back.
+                if member.departed.take().is_some() {
+                    self.version += 1;
+                }
                 if let Some(topics) = &request.subscribed_topics {
                     let subscribed: BTreeSet<String> = topics.iter().cloned().collect();
                     if subscribed != member.subscribed {
