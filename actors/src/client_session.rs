@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -38,9 +39,9 @@ use vltava_messages::protocol::{
     FrameHeader, HandshakeResponse, InitProducerIdRequest, InitProducerIdResponse,
     LENGTH_COUNTED_HEADER_BYTES, ListOffsetsPartitionResponse, ListOffsetsRequest,
     ListOffsetsResponse, ListOffsetsTopicResponse, MetadataRequest, MetadataResponse, NodeInfo,
-    PartitionMetadata, ProducePartitionResponse, ProduceRequest, ProduceResponse,
-    ProduceTopicResponse, Request, RequestKind, Response, ResponseError, TopicDescription,
-    TopicMetadata, TopicResult, encode_fetch_response,
+    PartitionMetadata, ProducePartitionResponse, ProduceRequest, ProduceRequestRef,
+    ProduceResponse, ProduceTopicResponse, ProtocolError, Request, RequestKind, Response,
+    ResponseError, TopicDescription, TopicMetadata, TopicResult, encode_fetch_response,
 };
 use vltava_messages::{LeaderEpoch, NodeId, Offset, PartitionId, ProducerEpoch};
 
@@ -51,7 +52,9 @@ use crate::groups::GroupManagerHandle;
 use crate::listener::stopped;
 use crate::metadata::MetadataImage;
 use crate::metrics::RequestMetrics;
-use crate::partition::{Acks, FetchOk, PartitionError, PartitionHandle, Pending, ProduceOk};
+use crate::partition::{
+    Acks, FetchOk, IntoBatch, PartitionError, PartitionHandle, Pending, ProduceOk,
+};
 use crate::partition_supervisor::{PartitionRegistry, PartitionSlot};
 use crate::producer_ids::{LocalProducerIdAllocator, ProducerIdAllocator};
 use crate::topic_config;
@@ -252,6 +255,37 @@ async fn read_loop(
         gauges
             .bytes_in
             .fetch_add((FRAME_HEADER_BYTES + body_len) as u64, Ordering::Relaxed);
+        if header.kind == RequestKind::Produce.code() {
+            // Produce, the hot path, is decoded borrowing its batches (no copy).
+            match decode_produce(&header, body) {
+                Ok(produce_request) => {
+                    let expects_response = produce_request.acks != Acks::None;
+                    let answer = produce(
+                        produce_request,
+                        header.correlation_id,
+                        services,
+                        bytes_permit,
+                    );
+                    if expects_response {
+                        enqueue(&queue, gauges, header, received, permit, answer).await?;
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(kind = header.kind, version = header.version, %error, "bad request");
+                    let close = error.closes_connection();
+                    let bytes = Response::failed(&header, error.response_error())
+                        .encode(header.correlation_id)
+                        .unwrap_or_default();
+                    let answer = Answer::Frame { bytes, close };
+                    enqueue(&queue, gauges, header, received, permit, answer).await?;
+                    if close {
+                        return Err("undecodable request".into());
+                    }
+                    continue;
+                }
+            }
+        }
         let request = match Request::decode(&header, &body) {
             Ok(request) => request,
             Err(error) => {
@@ -440,7 +474,9 @@ fn dispatch(
         Request::DescribeTopics(request) => {
             ready(describe_topics(&services.controller.image().borrow(), &request).into())
         }
-        Request::Produce(request) => produce(request, correlation_id, services, bytes_permit),
+        Request::Produce(request) => {
+            produce(request.into(), correlation_id, services, bytes_permit)
+        }
         Request::FindCoordinator(request) => {
             group_frame(group_requests::find_coordinator(&request, services), header)
         }
@@ -870,35 +906,22 @@ async fn init_producer_id(
 
 /// Splits a partition's records into whole batches (each then validated by the partition).
 /// The common case, one batch, hands the buffer on without copying it.
-fn split_batches(records: Vec<u8>) -> Result<Vec<Vec<u8>>, ResponseError> {
+/// Splits a partition's records into its batches, each its own part of the same allocation.
+fn split_batches(mut records: BytesMut) -> Result<Vec<BytesMut>, ResponseError> {
     let corrupt = |message: &str| ResponseError::new(ErrorCode::CorruptBatch, message.to_owned());
-    let mut ends = Vec::new();
-    let mut position = 0usize;
-    while position < records.len() {
-        let header =
-            BatchHeader::parse(&records[position..]).map_err(|e| corrupt(&e.to_string()))?;
+    let mut batches = Vec::new();
+    while !records.is_empty() {
+        let header = BatchHeader::parse(&records).map_err(|e| corrupt(&e.to_string()))?;
         let total = header.total_bytes() as usize;
-        if total < LOG_OVERHEAD_BYTES || position + total > records.len() {
+        if total < LOG_OVERHEAD_BYTES || total > records.len() {
             return Err(corrupt("batch length runs past the records"));
         }
-        position += total;
-        ends.push(position);
+        batches.push(records.split_to(total));
     }
-    match ends.len() {
-        0 => Err(corrupt("no record batch")),
-        1 => Ok(vec![records]),
-        _ => {
-            let mut start = 0;
-            Ok(ends
-                .into_iter()
-                .map(|end| {
-                    let batch = records[start..end].to_vec();
-                    start = end;
-                    batch
-                })
-                .collect())
-        }
+    if batches.is_empty() {
+        return Err(corrupt("no record batch"));
     }
+    Ok(batches)
 }
 
 enum ProduceSlot {
@@ -906,8 +929,101 @@ enum ProduceSlot {
     Waiting(Vec<Pending<ProduceOk>>),
 }
 
+/// A Produce request whose batches are parts of the buffer the request was read into.
+struct OwnedProduce {
+    acks: Acks,
+    timeout_ms: u32,
+    topics: Vec<(String, Vec<OwnedPartition>)>,
+}
+
+struct OwnedPartition {
+    partition: PartitionId,
+    current_leader_epoch: Option<LeaderEpoch>,
+    records: BytesMut,
+}
+
+impl From<ProduceRequest> for OwnedProduce {
+    fn from(request: ProduceRequest) -> OwnedProduce {
+        OwnedProduce {
+            acks: request.acks,
+            timeout_ms: request.timeout_ms,
+            topics: request
+                .topics
+                .into_iter()
+                .map(|t| {
+                    let partitions = t
+                        .partitions
+                        .into_iter()
+                        .map(|p| OwnedPartition {
+                            partition: p.partition,
+                            current_leader_epoch: p.current_leader_epoch,
+                            records: p.records.into_batch(),
+                        })
+                        .collect();
+                    (t.name, partitions)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Decodes a Produce body without copying its batches: the records of each partition become
+/// their own part of `body`'s allocation (`BytesMut::split_to`), to be stamped in place by the
+/// partition and written to the log as they are.
+fn decode_produce(header: &FrameHeader, body: Vec<u8>) -> Result<OwnedProduce, ProtocolError> {
+    let request = ProduceRequestRef::decode(header, &body)?;
+    let base = body.as_ptr() as usize;
+    let mut layout = Vec::with_capacity(request.topics.len());
+    let mut next = 0usize;
+    let mut in_order = true;
+    for topic in request.topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in topic.partitions {
+            let start = p.records.as_ptr() as usize - base;
+            in_order &= start >= next;
+            next = start + p.records.len();
+            partitions.push((p.partition, p.current_leader_epoch, start..next));
+        }
+        layout.push((topic.name, partitions));
+    }
+    let acks = request.acks;
+    let timeout_ms = request.timeout_ms;
+    let mut rest = body.into_batch();
+    let mut consumed = 0usize;
+    let topics = layout
+        .into_iter()
+        .map(|(name, partitions)| {
+            let partitions = partitions
+                .into_iter()
+                .map(|(partition, current_leader_epoch, range)| {
+                    let records = if in_order {
+                        // MessagePack writes a map's values in order, so the records follow
+                        // one another through the body; each split takes the next piece.
+                        rest.advance(range.start - consumed);
+                        consumed = range.end;
+                        rest.split_to(range.len())
+                    } else {
+                        BytesMut::from(&rest[range.start - consumed..range.end - consumed])
+                    };
+                    OwnedPartition {
+                        partition,
+                        current_leader_epoch,
+                        records,
+                    }
+                })
+                .collect();
+            (name, partitions)
+        })
+        .collect();
+    Ok(OwnedProduce {
+        acks,
+        timeout_ms,
+        topics,
+    })
+}
+
 fn produce(
-    request: ProduceRequest,
+    request: OwnedProduce,
     correlation_id: u64,
     services: &Arc<NodeServices>,
     bytes_permit: OwnedSemaphorePermit,
@@ -917,10 +1033,10 @@ fn produce(
     // Queue every batch at its partition now, in the order they came.
     let mut slots: Vec<(String, Vec<(PartitionId, ProduceSlot)>)> =
         Vec::with_capacity(request.topics.len());
-    for topic in request.topics {
-        let mut partitions = Vec::with_capacity(topic.partitions.len());
-        for p in topic.partitions {
-            let internal = if topic.name.starts_with("__") {
+    for (name, topic_partitions) in request.topics {
+        let mut partitions = Vec::with_capacity(topic_partitions.len());
+        for p in topic_partitions {
+            let internal = if name.starts_with("__") {
                 // Only the node writes its internal topics (group commits go through
                 // OffsetCommit), so a client cannot forge a group's offsets.
                 Err(ResponseError::new(
@@ -930,7 +1046,7 @@ fn produce(
             } else {
                 Ok(())
             };
-            let routed = internal.and_then(|()| route(services, &topic.name, p.partition));
+            let routed = internal.and_then(|()| route(services, &name, p.partition));
             let slot = match routed.and_then(|handle| {
                 let batches = split_batches(p.records)?;
                 let mut pending = Vec::with_capacity(batches.len());
@@ -948,7 +1064,7 @@ fn produce(
             };
             partitions.push((p.partition, slot));
         }
-        slots.push((topic.name, partitions));
+        slots.push((name, partitions));
     }
     let task = tokio::spawn(async move {
         let _bytes = bytes_permit;

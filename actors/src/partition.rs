@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, watch};
 use vltava_messages::batch::BatchHeader;
@@ -119,7 +120,9 @@ type Reply<T> = oneshot::Sender<Result<T, PartitionError>>;
 
 pub enum PartitionMsg {
     Produce {
-        batch: Vec<u8>,
+        /// One record batch: its own part of the request buffer it arrived in, so it is
+        /// stamped in place and stored without a copy.
+        batch: BytesMut,
         acks: Acks,
         leader_epoch: Option<LeaderEpoch>,
         reply: Reply<ProduceOk>,
@@ -172,6 +175,27 @@ impl PartitionMsg {
 impl std::fmt::Debug for PartitionMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.kind())
+    }
+}
+
+/// What a produce call takes: a batch as its own buffer. A `BytesMut` split off a request
+/// buffer is used as it is; a `Vec` is taken over without a copy.
+pub trait IntoBatch {
+    fn into_batch(self) -> BytesMut;
+}
+
+impl IntoBatch for BytesMut {
+    fn into_batch(self) -> BytesMut {
+        self
+    }
+}
+
+impl IntoBatch for Vec<u8> {
+    fn into_batch(self) -> BytesMut {
+        // A `Bytes` made from a `Vec` owns its allocation alone, so this never copies.
+        bytes::Bytes::from(self)
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
     }
 }
 
@@ -228,10 +252,11 @@ impl PartitionHandle {
     /// the order of a connection's batches while it waits for many answers at once.
     pub fn produce_enqueue(
         &self,
-        batch: Vec<u8>,
+        batch: impl IntoBatch,
         acks: Acks,
         leader_epoch: Option<LeaderEpoch>,
     ) -> Result<Pending<ProduceOk>, PartitionError> {
+        let batch = batch.into_batch();
         self.enqueue(|reply| PartitionMsg::Produce {
             batch,
             acks,
@@ -243,10 +268,11 @@ impl PartitionHandle {
     /// Appends a batch; answers per `acks` (the caller sends nothing back for `Acks::None`).
     pub async fn produce(
         &self,
-        batch: Vec<u8>,
+        batch: impl IntoBatch,
         acks: Acks,
         leader_epoch: Option<LeaderEpoch>,
     ) -> Result<ProduceOk, PartitionError> {
+        let batch = batch.into_batch();
         self.call(|reply| PartitionMsg::Produce {
             batch,
             acks,
@@ -611,7 +637,7 @@ impl PartitionState {
     async fn produce(
         &mut self,
         myself: &ActorRef<PartitionMsg>,
-        mut batch: Vec<u8>,
+        mut batch: BytesMut,
         acks: Acks,
         leader_epoch: Option<LeaderEpoch>,
         reply: Reply<ProduceOk>,

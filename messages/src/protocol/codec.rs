@@ -9,7 +9,6 @@
 //! whatever length a hostile array claims. Nesting is bounded by `BODY_DEPTH_MAX`, so a body of
 //! nested arrays cannot exhaust the stack.
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ProtocolError, truncate_at_char_boundary};
@@ -45,7 +44,7 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(
 /// Decodes one body. The body must be exactly one map: another top-level value or bytes after
 /// the map are errors, because a client that sends either has a framing bug worth seeing.
 /// Unknown fields are skipped.
-pub(crate) fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
+pub(crate) fn decode_body<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ProtocolError> {
     match body.first() {
         None => return Err(ProtocolError::Truncated),
         // fixmap, map16, map32.

@@ -73,7 +73,8 @@ pub use handshake::{HandshakeRequest, HandshakeResponse, KindVersions};
 pub use metadata::{MetadataRequest, MetadataResponse, NodeInfo, PartitionMetadata, TopicMetadata};
 pub use produce::{
     Acks, InitProducerIdRequest, InitProducerIdResponse, InvalidAcks, ProducePartition,
-    ProducePartitionResponse, ProduceRequest, ProduceResponse, ProduceTopic, ProduceTopicResponse,
+    ProducePartitionRef, ProducePartitionResponse, ProduceRequest, ProduceRequestRef,
+    ProduceResponse, ProduceTopic, ProduceTopicRef, ProduceTopicResponse,
 };
 pub use topics::{
     AlterTopicConfigsRequest, AlterTopicConfigsResponse, ConfigEntry, CreatePartitionsRequest,

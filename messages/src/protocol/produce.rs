@@ -116,6 +116,65 @@ impl ProduceRequest {
     }
 }
 
+/// A Produce request decoded without copying its batches: every partition's `records` borrow
+/// the frame body, so a node can hand the batches on as parts of the buffer it read.
+#[derive(Debug, Deserialize)]
+pub struct ProduceRequestRef<'a> {
+    pub acks: Acks,
+    pub timeout_ms: u32,
+    #[serde(borrow)]
+    pub topics: Vec<ProduceTopicRef<'a>>,
+}
+
+/// The partitions of one topic, borrowed.
+#[derive(Debug, Deserialize)]
+pub struct ProduceTopicRef<'a> {
+    pub name: String,
+    #[serde(borrow)]
+    pub partitions: Vec<ProducePartitionRef<'a>>,
+}
+
+/// The batches of one partition, borrowed from the body.
+#[derive(Debug, Deserialize)]
+pub struct ProducePartitionRef<'a> {
+    pub partition: PartitionId,
+    #[serde(default)]
+    pub current_leader_epoch: Option<LeaderEpoch>,
+    #[serde(borrow, with = "serde_bytes")]
+    pub records: &'a [u8],
+}
+
+impl<'a> ProduceRequestRef<'a> {
+    /// Decodes and checks a Produce body as `Request::decode` does (same errors), borrowing
+    /// the records.
+    ///
+    /// # Errors
+    /// The `ProtocolError` `Request::decode` gives for the same body.
+    pub fn decode(header: &super::FrameHeader, body: &'a [u8]) -> Result<Self, ProtocolError> {
+        if header.is_response() {
+            return Err(ProtocolError::WrongDirection {
+                kind: header.kind,
+                expected: super::error::Direction::Request,
+            });
+        }
+        super::RequestKind::check(header.kind, header.version)?;
+        let request: ProduceRequestRef<'a> = super::codec::decode_body(body)?;
+        check_at_most("timeout_ms", request.timeout_ms, TIMEOUT_MS_MAX)?;
+        check_at_most("topics", request.topics.len(), TOPICS_PER_REQUEST_MAX)?;
+        let mut partitions: usize = 0;
+        for topic in &request.topics {
+            validate_topic_name(&topic.name)?;
+            partitions = partitions.saturating_add(topic.partitions.len());
+        }
+        check_at_most(
+            "partitions per request",
+            partitions,
+            PARTITIONS_PER_REQUEST_MAX,
+        )?;
+        Ok(request)
+    }
+}
+
 /// Produce response, version 1: every requested partition, grouped by topic, in request order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProduceResponse {

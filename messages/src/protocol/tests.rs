@@ -1915,3 +1915,39 @@ fn protocol_md_lists_every_kind() {
         .collect();
     assert_eq!(rows, expected);
 }
+
+proptest! {
+    /// The borrowing Produce decoder agrees with the owned one: the same fields, records that
+    /// are the very bytes of the body, and the same error for any body the owned one refuses.
+    #[test]
+    fn borrowed_produce_decoding_agrees_with_owned(
+        request in request().prop_filter("produce only", |r| matches!(r, Request::Produce(_))),
+        garbage in vec(any::<u8>(), 0..64),
+    ) {
+        let bytes = request.encode(7).unwrap();
+        let frame = whole_frame(&bytes);
+        let body = &bytes[frame.body.clone()];
+        let Ok(Request::Produce(owned)) = Request::decode(&frame.header, body) else {
+            panic!("the owned decoder reads what was encoded");
+        };
+        let borrowed = ProduceRequestRef::decode(&frame.header, body).unwrap();
+        prop_assert_eq!(borrowed.acks, owned.acks);
+        prop_assert_eq!(borrowed.timeout_ms, owned.timeout_ms);
+        prop_assert_eq!(borrowed.topics.len(), owned.topics.len());
+        for (b, o) in borrowed.topics.iter().zip(&owned.topics) {
+            prop_assert_eq!(&b.name, &o.name);
+            for (bp, op) in b.partitions.iter().zip(&o.partitions) {
+                prop_assert_eq!(bp.partition, op.partition);
+                prop_assert_eq!(bp.current_leader_epoch, op.current_leader_epoch);
+                prop_assert_eq!(bp.records, &op.records[..]);
+                let start = bp.records.as_ptr() as usize - body.as_ptr() as usize;
+                prop_assert!(start + bp.records.len() <= body.len(), "records borrow the body");
+            }
+        }
+        // Any other body: the same verdict both ways.
+        let header = frame.header;
+        let owned = Request::decode(&header, &garbage).map(|_| ());
+        let borrowed = ProduceRequestRef::decode(&header, &garbage).map(|_| ());
+        prop_assert_eq!(borrowed, owned);
+    }
+}
