@@ -272,12 +272,8 @@ async fn read_loop(
                     continue;
                 }
                 Err(error) => {
-                    tracing::warn!(kind = header.kind, version = header.version, %error, "bad request");
                     let close = error.closes_connection();
-                    let bytes = Response::failed(&header, error.response_error())
-                        .encode(header.correlation_id)
-                        .unwrap_or_default();
-                    let answer = Answer::Frame { bytes, close };
+                    let answer = bad_request(&header, &error);
                     enqueue(&queue, gauges, header, received, permit, answer).await?;
                     if close {
                         return Err("undecodable request".into());
@@ -289,12 +285,8 @@ async fn read_loop(
         let request = match Request::decode(&header, &body) {
             Ok(request) => request,
             Err(error) => {
-                tracing::warn!(kind = header.kind, version = header.version, %error, "bad request");
                 let close = error.closes_connection();
-                let bytes = Response::failed(&header, error.response_error())
-                    .encode(header.correlation_id)
-                    .unwrap_or_default();
-                let answer = Answer::Frame { bytes, close };
+                let answer = bad_request(&header, &error);
                 enqueue(&queue, gauges, header, received, permit, answer).await?;
                 if close {
                     return Err("undecodable request".into());
@@ -313,6 +305,19 @@ async fn read_loop(
         if expects_response {
             enqueue(&queue, gauges, header, received, permit, answer).await?;
         }
+    }
+}
+
+/// The answer to a request that could not be decoded (logged); it closes the connection when
+/// the error says the stream can no longer be trusted.
+fn bad_request(header: &FrameHeader, error: &ProtocolError) -> Answer {
+    tracing::warn!(kind = header.kind, version = header.version, %error, "bad request");
+    let bytes = Response::failed(header, error.response_error())
+        .encode(header.correlation_id)
+        .unwrap_or_default();
+    Answer::Frame {
+        bytes,
+        close: error.closes_connection(),
     }
 }
 
