@@ -38,6 +38,11 @@ fn check_group_id(group_id: &str) -> Result<(), ProtocolError> {
     Ok(())
 }
 
+fn check_group_ids(group_ids: &[String]) -> Result<(), ProtocolError> {
+    check_at_most("group_ids", group_ids.len(), GROUPS_PER_REQUEST_MAX)?;
+    group_ids.iter().try_for_each(|g| check_group_id(g))
+}
+
 fn check_partitions(topics: &[TopicPartitions]) -> Result<(), ProtocolError> {
     check_at_most("topics", topics.len(), TOPICS_PER_REQUEST_MAX)?;
     let mut partitions = 0usize;
@@ -339,8 +344,7 @@ impl DescribeGroupsRequest {
     /// # Errors
     /// The first field out of bounds.
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        check_at_most("group_ids", self.group_ids.len(), GROUPS_PER_REQUEST_MAX)?;
-        self.group_ids.iter().try_for_each(|g| check_group_id(g))
+        check_group_ids(&self.group_ids)
     }
 }
 
@@ -441,8 +445,7 @@ impl DeleteGroupsRequest {
     /// # Errors
     /// The first field out of bounds.
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        check_at_most("group_ids", self.group_ids.len(), GROUPS_PER_REQUEST_MAX)?;
-        self.group_ids.iter().try_for_each(|g| check_group_id(g))
+        check_group_ids(&self.group_ids)
     }
 }
 

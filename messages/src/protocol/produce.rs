@@ -57,6 +57,26 @@ impl TryFrom<i8> for Acks {
     }
 }
 
+/// The checks of a Produce request, owned or borrowed: the timeout, the topic count and names
+/// (given with their partition counts), and the partition count over all topics.
+fn check_request_shape<'a>(
+    timeout_ms: u32,
+    topics: impl ExactSizeIterator<Item = (&'a str, usize)>,
+) -> Result<(), ProtocolError> {
+    check_at_most("timeout_ms", timeout_ms, TIMEOUT_MS_MAX)?;
+    check_at_most("topics", topics.len(), TOPICS_PER_REQUEST_MAX)?;
+    let mut partitions: usize = 0;
+    for (name, count) in topics {
+        validate_topic_name(name)?;
+        partitions = partitions.saturating_add(count);
+    }
+    check_at_most(
+        "partitions per request",
+        partitions,
+        PARTITIONS_PER_REQUEST_MAX,
+    )
+}
+
 /// Produce request, version 1.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProduceRequest {
@@ -95,17 +115,11 @@ impl ProduceRequest {
     /// # Errors
     /// `FieldTooLarge` or `InvalidTopicName`.
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        check_at_most("timeout_ms", self.timeout_ms, TIMEOUT_MS_MAX)?;
-        check_at_most("topics", self.topics.len(), TOPICS_PER_REQUEST_MAX)?;
-        let mut partitions: usize = 0;
-        for topic in &self.topics {
-            validate_topic_name(&topic.name)?;
-            partitions = partitions.saturating_add(topic.partitions.len());
-        }
-        check_at_most(
-            "partitions per request",
-            partitions,
-            PARTITIONS_PER_REQUEST_MAX,
+        check_request_shape(
+            self.timeout_ms,
+            self.topics
+                .iter()
+                .map(|t| (t.name.as_str(), t.partitions.len())),
         )
     }
 
@@ -159,17 +173,12 @@ impl<'a> ProduceRequestRef<'a> {
         }
         super::RequestKind::check(header.kind, header.version)?;
         let request: ProduceRequestRef<'a> = super::codec::decode_body(body)?;
-        check_at_most("timeout_ms", request.timeout_ms, TIMEOUT_MS_MAX)?;
-        check_at_most("topics", request.topics.len(), TOPICS_PER_REQUEST_MAX)?;
-        let mut partitions: usize = 0;
-        for topic in &request.topics {
-            validate_topic_name(&topic.name)?;
-            partitions = partitions.saturating_add(topic.partitions.len());
-        }
-        check_at_most(
-            "partitions per request",
-            partitions,
-            PARTITIONS_PER_REQUEST_MAX,
+        check_request_shape(
+            request.timeout_ms,
+            request
+                .topics
+                .iter()
+                .map(|t| (t.name.as_str(), t.partitions.len())),
         )?;
         Ok(request)
     }

@@ -696,10 +696,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<(Value, bool)> {
 
 /// The report for people.
 fn print_text(report: &Value) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = write_text(report, &mut out);
-    let _ = out.flush();
+    crate::print_with(report, write_text);
 }
 
 fn write_text(r: &Value, out: &mut impl std::io::Write) -> std::io::Result<()> {

@@ -623,10 +623,19 @@ fn summarize(outcomes: &[Outcome], unit: &str, from: &str) -> Value {
     })
 }
 
-/// The report for people. Written with `writeln!` so that a closed pipe (`| head`) ends the
-/// output quietly instead of panicking.
+/// Prints a report for people with its command's writer. Written with `writeln!` so that a
+/// closed pipe (`| head`) ends the output quietly instead of panicking.
+pub(crate) fn print_with(
+    report: &Value,
+    write: impl FnOnce(&Value, &mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) {
+    let mut out = std::io::stdout().lock();
+    let _ = write(report, &mut out);
+    let _ = out.flush();
+}
+
 fn print_text(report: &Value) {
-    let _ = write_text(report, &mut std::io::stdout().lock());
+    print_with(report, write_text);
 }
 
 fn write_text(report: &Value, out: &mut impl Write) -> std::io::Result<()> {
