@@ -42,6 +42,8 @@ pub struct ApplierConfig {
     pub node_id: u32,
     pub data_dir: PathBuf,
     pub durability: Durability,
+    /// Whether partitions re-check batch CRCs on reads.
+    pub verify_reads: bool,
     pub flusher: Arc<Flusher>,
     pub directory: ActorDirectory,
     pub partitions: PartitionSupervisorHandle,
@@ -231,7 +233,10 @@ impl ApplierState {
                 topic: Arc::from(topic.as_str()),
                 partition: PartitionId(*partition),
                 dir: partition_dir(&self.config.data_dir, topic, *partition),
-                log_config: config.log,
+                log_config: vltava_storage::LogConfig {
+                    verify_reads: self.config.verify_reads,
+                    ..config.log
+                },
                 durability: self.config.durability,
                 leader_epoch: LeaderEpoch(running.leader_epoch),
                 flusher: Arc::clone(&self.config.flusher),

@@ -58,6 +58,8 @@ pub struct NodeOptions {
     pub advertised_host: String,
     pub advertised_port: u16,
     pub durability: Durability,
+    /// Re-check batch CRCs on reads for consumers (`LogConfig::verify_reads`).
+    pub verify_reads: bool,
     pub connections_max: usize,
     pub inflight_requests_max: usize,
     pub bytes_in_flight_max: usize,
@@ -200,6 +202,7 @@ impl Node {
             node_id: options.node_id,
             data_dir: options.data_dir.clone(),
             durability: options.durability,
+            verify_reads: options.verify_reads,
             flusher: Arc::clone(&flusher),
             directory: directory.clone(),
             partitions: partitions.clone(),

@@ -60,6 +60,12 @@ pub struct NodeFlags {
     /// the background), or none (left to the operating system).
     #[arg(long, env = "VLTAVA_DURABILITY")]
     pub durability: Option<String>,
+    /// Check every batch's CRC again when it is read for a consumer, so a batch damaged on
+    /// disk after it was written is refused instead of served. Off by default, as in Kafka:
+    /// batches are checked when appended and when recovery reads an unclean tail, and
+    /// consumers check the CRC of what they receive.
+    #[arg(long, env = "VLTAVA_VERIFY_READS", num_args = 0..=1, default_missing_value = "true")]
+    pub verify_reads: Option<bool>,
     /// Accept a non-loopback listen address. Nothing is authenticated yet.
     #[arg(long, env = "VLTAVA_ALLOW_REMOTE", num_args = 0..=1, default_missing_value = "true")]
     pub allow_remote: Option<bool>,
@@ -117,6 +123,7 @@ struct FileSettings {
     admin_listen: Option<String>,
     log_format: Option<String>,
     durability: Option<String>,
+    verify_reads: Option<bool>,
     allow_remote: Option<bool>,
     connections_max: Option<usize>,
     inflight_requests_max: Option<usize>,
@@ -148,6 +155,7 @@ pub struct NodeConfig {
     pub admin_listen: SocketAddr,
     pub log_format: LogFormat,
     pub durability: Durability,
+    pub verify_reads: bool,
     pub allow_remote: bool,
     pub connections_max: usize,
     pub inflight_requests_max: usize,
@@ -285,6 +293,7 @@ impl NodeConfig {
             );
         }
         Ok(NodeConfig {
+            verify_reads: flags.verify_reads.or(file.verify_reads).unwrap_or(false),
             offsets_topic_partitions,
             offsets_topic_segment_bytes,
             offsets_retention,

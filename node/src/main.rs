@@ -135,6 +135,7 @@ async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode
         advertised_host,
         advertised_port,
         durability: config.durability,
+        verify_reads: config.verify_reads,
         connections_max: config.connections_max,
         inflight_requests_max: config.inflight_requests_max,
         bytes_in_flight_max: config.bytes_in_flight_max,

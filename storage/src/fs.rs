@@ -7,6 +7,7 @@
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -57,6 +58,18 @@ pub trait StorageFile: Send + Sync + Debug {
             done += n;
         }
         Ok(())
+    }
+
+    /// Appends exactly `len` bytes read at `position` to `out`. The real file reads into the
+    /// vector's spare capacity, so a large read costs no zeroing pass first.
+    fn read_exact_at_into(&self, out: &mut Vec<u8>, len: usize, position: u64) -> io::Result<()> {
+        let start = out.len();
+        out.resize(start + len, 0);
+        let result = self.read_exact_at(&mut out[start..], position);
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
     }
 }
 
@@ -120,6 +133,50 @@ impl StorageFile for RealFile {
                 other => return other,
             }
         }
+    }
+
+    fn read_exact_at_into(&self, out: &mut Vec<u8>, len: usize, position: u64) -> io::Result<()> {
+        out.reserve(len);
+        let start = out.len();
+        let mut done = 0;
+        while done < len {
+            let spare = &mut out.spare_capacity_mut()[..len - done];
+            // SAFETY: `pread` writes at most `spare.len()` bytes into memory the vector owns
+            // and has reserved; the length is raised only over bytes the kernel reported
+            // written, so no uninitialised byte ever becomes part of the vector.
+            let n = unsafe {
+                libc::pread(
+                    self.0.as_raw_fd(),
+                    spare.as_mut_ptr().cast::<libc::c_void>(),
+                    spare.len(),
+                    libc::off_t::try_from(position + done as u64)
+                        .map_err(|_| io::Error::other("position past off_t"))?,
+                )
+            };
+            match n {
+                n if n > 0 => {
+                    let n = n as usize;
+                    // SAFETY: see above: the first `n` spare bytes were just written.
+                    unsafe { out.set_len(out.len() + n) };
+                    done += n;
+                }
+                0 => {
+                    out.truncate(start);
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "read past end of file",
+                    ));
+                }
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        out.truncate(start);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn write_at(&self, buf: &[u8], position: u64) -> io::Result<()> {

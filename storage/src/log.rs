@@ -905,10 +905,9 @@ impl Log {
         let want = u64::from(bytes_max)
             .max(first.total_bytes())
             .min(segment.size - position);
-        out.bytes.resize(want as usize, 0);
         segment
             .file
-            .read_exact_at(&mut out.bytes, position)
+            .read_exact_at_into(&mut out.bytes, want as usize, position)
             .map_err(|e| StorageError::io(&segment.log_path, e))?;
         let mut end = 0usize;
         while end + HEADER_BYTES <= out.bytes.len() {

@@ -355,3 +355,93 @@ fn a_client_that_says_nothing_is_closed() {
     let mut good = Raw::handshaken(&node);
     assert!(good.call(&Request::Metadata(Default::default())).is_some());
 }
+
+/// Stores 50 one-event batches of 1 KiB in `damaged`, stops the node cleanly, flips the last
+/// byte of the first batch in its segment file (a byte its CRC covers) and starts the node
+/// again. A clean restart checks only the segment's tail (past its last index entry), so the
+/// damage is found only by whoever reads the first batch.
+fn node_with_a_damaged_first_batch(args: &[&str]) -> TestNode {
+    let mut node = TestNode::start_with(args);
+    let mut raw = Raw::handshaken(&node);
+    let created = raw.call(&Request::CreateTopics(CreateTopicsRequest {
+        topics: vec![NewTopic {
+            name: "damaged".into(),
+            partitions: Some(1),
+            replication_factor: Some(1),
+            configs: Default::default(),
+        }],
+        timeout_ms: 10_000,
+        validate_only: false,
+    }));
+    assert!(
+        matches!(created, Some(Response::CreateTopics(_))),
+        "{created:?}"
+    );
+    let value = "v".repeat(1024);
+    for _ in 0..50 {
+        assert_eq!(
+            partition_error(raw.call(&produce("damaged", 0, good_batch(&value)))),
+            None
+        );
+    }
+    drop(raw);
+    assert_eq!(node.terminate(), Some(0));
+    let dir = node.data_dir.join("damaged-0");
+    let segment = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .expect("a segment file");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let first_len = 12 + u32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    assert!(first_len * 50 <= bytes.len(), "50 batches were stored");
+    bytes[first_len - 1] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+    node.restart();
+    node
+}
+
+#[test]
+fn a_batch_damaged_on_disk_reaches_the_consumer_which_refuses_it() {
+    // Without --verify-reads the node serves stored bytes as they are (as Kafka does) and
+    // the consumer's CRC check is what catches the damage.
+    let node = node_with_a_damaged_first_batch(&[]);
+    let records = fetch_all(&mut Raw::handshaken(&node), "damaged");
+    let batches: Vec<_> = vltava_messages::batch::split_batches(&records).collect();
+    assert!(
+        matches!(
+            batches.first(),
+            Some(Err(vltava_messages::batch::BatchError::CrcMismatch { .. }))
+        ),
+        "{batches:?}"
+    );
+}
+
+#[test]
+fn with_verify_reads_the_node_refuses_to_serve_a_batch_damaged_on_disk() {
+    let node = node_with_a_damaged_first_batch(&["--verify-reads"]);
+    let mut raw = Raw::handshaken(&node);
+    let request = Request::Fetch(FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        topics: vec![FetchTopic {
+            name: "damaged".into(),
+            partitions: vec![FetchPartition {
+                partition: PartitionId(0),
+                fetch_offset: Offset(0),
+                partition_max_bytes: 1 << 20,
+                current_leader_epoch: None,
+            }],
+        }],
+    });
+    assert_eq!(
+        partition_error(raw.call(&request)),
+        Some(ErrorCode::StorageError)
+    );
+    assert!(
+        vltava_tests::eventually(Duration::from_secs(5), || node.logged("corrupt")),
+        "{}",
+        node.log_text()
+    );
+}
