@@ -15,7 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, oneshot};
 use vltava_messages::limits::FRAME_BYTES_MAX;
 use vltava_messages::protocol::{
-    FRAME_HEADER_BYTES, FrameHeader, HandshakeRequest, HandshakeResponse,
+    EncodedRequest, FRAME_HEADER_BYTES, FrameHeader, HandshakeRequest, HandshakeResponse,
     LENGTH_COUNTED_HEADER_BYTES, ProduceRequest, RequestBody, Response, ResponseBody,
 };
 
@@ -122,7 +122,9 @@ impl Connection {
             .is_some()
     }
 
-    async fn write(&self, frame: &[u8], slot: Option<Slot>) -> Result<(), ClientError> {
+    /// Writes one frame, `head` then `tail` (empty when `head` is the whole frame), queueing
+    /// `slot` for its answer under the same lock so slots keep the wire order.
+    async fn write(&self, head: &[u8], tail: &[u8], slot: Option<Slot>) -> Result<(), ClientError> {
         if let Some(reason) = self
             .inner
             .failure
@@ -135,14 +137,14 @@ impl Connection {
         let mut writer = self.inner.writer.lock().await;
         if let Some(slot) = slot {
             let correlation_id =
-                u64::from_be_bytes(frame[8..16].try_into().expect("a frame has a header"));
+                u64::from_be_bytes(head[8..16].try_into().expect("a frame has a header"));
             self.inner
                 .pending
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push_back((correlation_id, slot));
         }
-        if let Err(e) = writer.write_all(frame).await {
+        if let Err(e) = write_all_vectored(&mut writer, head, tail).await {
             let reason = format!("write to {} failed: {e}", self.inner.addr);
             fail_all(&self.inner, &reason);
             return Err(ClientError::ConnectionLost(reason));
@@ -176,13 +178,52 @@ impl Connection {
             .fetch_add(1, Ordering::Relaxed);
         let frame = request.encode_frame(correlation_id)?;
         let (slot, answer) = oneshot::channel();
-        self.write(&frame, Some(slot)).await?;
+        self.write(&frame, &[], Some(slot)).await?;
         Ok(Answer {
             answer,
             wait: timeout + REQUEST_TIMEOUT_SLACK,
             _permit: permit,
             kind: std::marker::PhantomData,
         })
+    }
+
+    /// [`Connection::submit`] for a body encoded once (`RequestBody::encode_body`): only a
+    /// fresh frame header is made, and the body is written as it is.
+    pub async fn submit_encoded<R: RequestBody>(
+        &self,
+        request: &EncodedRequest<R>,
+        timeout: Duration,
+    ) -> Result<Answer<R::Response>, ClientError> {
+        let permit = Arc::clone(&self.inner.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::ConnectionLost("closed".into()))?;
+        let correlation_id = self
+            .inner
+            .next_correlation_id
+            .fetch_add(1, Ordering::Relaxed);
+        let (slot, answer) = oneshot::channel();
+        self.write(&request.header(correlation_id), request.body(), Some(slot))
+            .await?;
+        Ok(Answer {
+            answer,
+            wait: timeout + REQUEST_TIMEOUT_SLACK,
+            _permit: permit,
+            kind: std::marker::PhantomData,
+        })
+    }
+
+    /// [`Connection::send_without_answer`] for a body encoded once.
+    pub async fn send_encoded_without_answer(
+        &self,
+        request: &EncodedRequest<ProduceRequest>,
+    ) -> Result<(), ClientError> {
+        let correlation_id = self
+            .inner
+            .next_correlation_id
+            .fetch_add(1, Ordering::Relaxed);
+        self.write(&request.header(correlation_id), request.body(), None)
+            .await
     }
 
     /// Sends a produce request with `acks = 0`: no answer comes.
@@ -192,8 +233,26 @@ impl Connection {
             .next_correlation_id
             .fetch_add(1, Ordering::Relaxed);
         let frame = request.encode_frame(correlation_id)?;
-        self.write(&frame, None).await
+        self.write(&frame, &[], None).await
     }
+}
+
+/// Writes `head` then `tail` with as few system calls as the socket allows.
+async fn write_all_vectored(
+    writer: &mut OwnedWriteHalf,
+    head: &[u8],
+    tail: &[u8],
+) -> std::io::Result<()> {
+    let mut parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(tail)];
+    let mut left = &mut parts[..];
+    while !left.is_empty() && left.iter().any(|p| !p.is_empty()) {
+        let n = writer.write_vectored(left).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut left, n);
+    }
+    Ok(())
 }
 
 /// An answer still to come.
@@ -268,9 +327,17 @@ async fn read_loop(mut reader: OwnedReadHalf, inner: std::sync::Weak<Inner>) {
                 header.frame_bytes()
             );
         }
-        let mut body = vec![0u8; (header.length - LENGTH_COUNTED_HEADER_BYTES) as usize];
-        if let Err(e) = reader.read_exact(&mut body).await {
-            break format!("read failed: {e}");
+        // Read into the spare capacity of a new vector: no zeroing pass over a large answer.
+        let body_bytes = (header.length - LENGTH_COUNTED_HEADER_BYTES) as usize;
+        let mut body = Vec::with_capacity(body_bytes);
+        match (&mut reader)
+            .take(body_bytes as u64)
+            .read_to_end(&mut body)
+            .await
+        {
+            Ok(n) if n == body_bytes => {}
+            Ok(_) => break "read failed: the connection closed inside a frame".to_owned(),
+            Err(e) => break format!("read failed: {e}"),
         }
         let Some(inner) = inner.upgrade() else { return };
         let slot = inner

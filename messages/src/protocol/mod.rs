@@ -108,6 +108,52 @@ pub trait RequestBody: Serialize + DeserializeOwned + Into<Request> {
             self,
         )
     }
+
+    /// The body encoded once, to be sent any number of times under fresh correlation ids
+    /// (`EncodedRequest::header`) without encoding it again.
+    ///
+    /// # Errors
+    /// `EncodedTooLarge` if the frame would exceed `FRAME_BYTES_MAX`.
+    fn encode_body(&self) -> Result<EncodedRequest<Self>, ProtocolError>
+    where
+        Self: Sized,
+    {
+        let mut body = self.encode_frame(0)?;
+        body.drain(..FRAME_HEADER_BYTES);
+        Ok(EncodedRequest {
+            body,
+            kind: std::marker::PhantomData,
+        })
+    }
+}
+
+/// A request body encoded once: a producer resending the same batch, or a benchmark, writes
+/// `header(correlation_id)` and then `body` for every send.
+#[derive(Clone, Debug)]
+pub struct EncodedRequest<R> {
+    body: Vec<u8>,
+    kind: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: RequestBody> EncodedRequest<R> {
+    /// The frame header for one send of this body.
+    #[must_use]
+    pub fn header(&self, correlation_id: u64) -> [u8; FRAME_HEADER_BYTES] {
+        frame::header_for_body(
+            R::KIND.code(),
+            R::KIND.version_max(),
+            correlation_id,
+            self.body.len(),
+        )
+        .expect("the size was checked when the body was encoded")
+        .encode()
+    }
+
+    /// The encoded body (one MessagePack map).
+    #[must_use]
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
 }
 
 /// A successful response body.

@@ -1951,3 +1951,34 @@ proptest! {
         prop_assert_eq!(borrowed, owned);
     }
 }
+
+fn one_mib_produce() -> ProduceRequest {
+    let mut builder = BatchBuilder::new(Compression::None);
+    let value = vec![7u8; 1024];
+    for _ in 0..1000 {
+        builder.push(None, Some(&value), &[], 1);
+    }
+    ProduceRequest {
+        acks: Acks::Leader,
+        timeout_ms: 1000,
+        topics: vec![ProduceTopic {
+            name: "t".into(),
+            partitions: vec![ProducePartition {
+                partition: PartitionId(0),
+                current_leader_epoch: None,
+                records: builder.build(),
+            }],
+        }],
+    }
+}
+
+#[test]
+fn a_body_encoded_once_frames_exactly_as_encoding_it_each_time() {
+    let request = one_mib_produce();
+    let encoded = request.encode_body().unwrap();
+    for correlation_id in [1, 42, u64::MAX] {
+        let mut framed = encoded.header(correlation_id).to_vec();
+        framed.extend_from_slice(encoded.body());
+        assert_eq!(framed, request.encode_frame(correlation_id).unwrap());
+    }
+}

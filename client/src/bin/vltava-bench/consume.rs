@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use vltava_client::connection::Connection;
+use vltava_client::connection::{Answer, Connection};
 use vltava_client::{ClientError, Cluster, Consumer, ConsumerConfig, SeekTo};
-use vltava_messages::batch::split_batches;
+use vltava_messages::batch::{BatchHeader, split_batches};
 use vltava_messages::protocol::{
-    FetchPartition, FetchRequest, FetchTopic, ListOffsetsPartition, ListOffsetsRequest,
-    ListOffsetsTopic, OffsetSpec,
+    FetchPartition, FetchRequest, FetchResponse, FetchTopic, ListOffsetsPartition,
+    ListOffsetsRequest, ListOffsetsTopic, OffsetSpec,
 };
 use vltava_messages::{LeaderEpoch, Offset, PartitionId};
 
@@ -138,34 +138,26 @@ async fn raw(
     };
     let deadline = started + shared.deadline_after;
     let size = cli.size as u64;
+    // One fetch stays in flight per connection: as soon as an answer's batch headers give the
+    // next offsets the next fetch goes out, and only then are the answer's CRCs checked, as a
+    // consumer that fetches ahead while it processes does.
+    let mut in_flight: BTreeMap<String, (Instant, Answer<FetchResponse>)> = BTreeMap::new();
     'reading: while !enough(&shared, deadline) {
         let mut progress = false;
-        for (connection, positions) in groups.values_mut() {
-            let wanted: Vec<FetchPartition> = positions
-                .iter()
-                .filter(|p| !p.done())
-                .map(|p| FetchPartition {
-                    partition: PartitionId(p.partition),
-                    fetch_offset: Offset(p.next),
-                    partition_max_bytes: cli.fetch_bytes,
-                    current_leader_epoch: Some(p.epoch),
-                })
-                .collect();
-            if wanted.is_empty() {
-                continue;
-            }
-            progress = true;
-            let request = FetchRequest {
-                max_wait_ms: FETCH_WAIT.as_millis() as u32,
-                min_bytes: 1,
-                max_bytes: cli.fetch_bytes,
-                topics: vec![FetchTopic {
-                    name: cli.topic.clone(),
-                    partitions: wanted,
-                }],
+        for (leader, (connection, positions)) in &mut groups {
+            let (sent, answer) = match in_flight.remove(leader) {
+                Some(pending) => pending,
+                None => match submit_fetch(cli, connection, positions).await {
+                    Ok(Some(pending)) => pending,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        outcome.error = Some(format!("fetch failed: {e}"));
+                        break 'reading;
+                    }
+                },
             };
-            let sent = Instant::now();
-            let answer = match connection.send(&request, FETCH_WAIT).await {
+            progress = true;
+            let answer = match answer.wait().await {
                 Ok(answer) => answer,
                 Err(e) => {
                     outcome.error = Some(format!("fetch failed: {e}"));
@@ -174,41 +166,37 @@ async fn raw(
             };
             let now = Instant::now();
             let mut read = 0u64;
-            for p in answer.topics.into_iter().flat_map(|t| t.partitions) {
-                if let Some(e) = p.error {
-                    outcome.error = Some(format!(
-                        "fetch of partition {} failed: {}: {}",
-                        p.partition.0, e.name, e.message
-                    ));
-                    break 'reading;
-                }
-                let Some(position) = positions.iter_mut().find(|x| x.partition == p.partition.0)
-                else {
-                    continue;
-                };
-                let before = position.next;
-                for batch in split_batches(&p.records) {
-                    let batch = match batch {
-                        Ok(batch) => batch,
-                        Err(e) => {
-                            outcome.error = Some(format!("corrupt batch: {e}"));
-                            break 'reading;
-                        }
-                    };
-                    let next = batch.header.next_offset().0;
-                    if next <= position.next {
-                        continue;
+            for p in &answer.topics[..] {
+                for p in &p.partitions {
+                    if let Some(e) = &p.error {
+                        outcome.error = Some(format!(
+                            "fetch of partition {} failed: {}: {}",
+                            p.partition.0, e.name, e.message
+                        ));
+                        break 'reading;
                     }
-                    let from = batch.header.base_offset.0.max(position.next);
-                    read += if from == batch.header.base_offset.0 {
-                        u64::from(batch.header.record_count)
-                    } else {
-                        next - from
+                    let Some(position) =
+                        positions.iter_mut().find(|x| x.partition == p.partition.0)
+                    else {
+                        continue;
                     };
-                    outcome.batch_bytes += batch.bytes.len() as u64;
-                    position.next = next;
+                    let before = position.next;
+                    for header in batch_headers(&p.records) {
+                        let next = header.next_offset().0;
+                        if next <= position.next {
+                            continue;
+                        }
+                        let from = header.base_offset.0.max(position.next);
+                        read += if from == header.base_offset.0 {
+                            u64::from(header.record_count)
+                        } else {
+                            next - from
+                        };
+                        outcome.batch_bytes += header.total_bytes();
+                        position.next = next;
+                    }
+                    position.idle = position.next == before;
                 }
-                position.idle = position.next == before;
             }
             outcome.events += read;
             outcome.payload_bytes += read * size;
@@ -220,6 +208,24 @@ async fn raw(
                 outcome.empty_requests += 1;
             }
             shared.consumed.fetch_add(read, Ordering::SeqCst);
+            if !enough(&shared, deadline) {
+                match submit_fetch(cli, connection, positions).await {
+                    Ok(Some(pending)) => {
+                        in_flight.insert(leader.clone(), pending);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        outcome.error = Some(format!("fetch failed: {e}"));
+                        break 'reading;
+                    }
+                }
+            }
+            for p in answer.topics.iter().flat_map(|t| &t.partitions) {
+                if let Some(Err(e)) = split_batches(&p.records).find(Result::is_err) {
+                    outcome.error = Some(format!("corrupt batch: {e}"));
+                    break 'reading;
+                }
+            }
         }
         if !progress {
             // Every partition is read to where it ended when the run began, and no more came.
@@ -227,6 +233,50 @@ async fn raw(
         }
     }
     outcome
+}
+
+/// Sends a fetch for every partition of `positions` not yet done; `None` if all are.
+async fn submit_fetch(
+    cli: &crate::Cli,
+    connection: &Connection,
+    positions: &[Position],
+) -> Result<Option<(Instant, Answer<FetchResponse>)>, ClientError> {
+    let wanted: Vec<FetchPartition> = positions
+        .iter()
+        .filter(|p| !p.done())
+        .map(|p| FetchPartition {
+            partition: PartitionId(p.partition),
+            fetch_offset: Offset(p.next),
+            partition_max_bytes: cli.fetch_bytes,
+            current_leader_epoch: Some(p.epoch),
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    let request = FetchRequest {
+        max_wait_ms: FETCH_WAIT.as_millis() as u32,
+        min_bytes: 1,
+        max_bytes: cli.fetch_bytes,
+        topics: vec![FetchTopic {
+            name: cli.topic.clone(),
+            partitions: wanted,
+        }],
+    };
+    let sent = Instant::now();
+    Ok(Some((sent, connection.submit(&request, FETCH_WAIT).await?)))
+}
+
+/// The headers of the whole batches in `records`, read without checking CRCs.
+fn batch_headers(mut records: &[u8]) -> impl Iterator<Item = BatchHeader> + '_ {
+    std::iter::from_fn(move || {
+        let header = BatchHeader::parse(records).ok()?;
+        let rest = usize::try_from(header.total_bytes())
+            .ok()
+            .and_then(|n| records.get(n..))?;
+        records = rest;
+        Some(header)
+    })
 }
 
 async fn client(

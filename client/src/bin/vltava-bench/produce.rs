@@ -9,7 +9,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use vltava_client::connection::{Answer, Connection};
 use vltava_client::{ClientError, Cluster, Delivery, Producer, ProducerConfig, ProducerRecord};
 use vltava_messages::protocol::{
-    Acks, ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic,
+    Acks, EncodedRequest, ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic,
+    RequestBody,
 };
 use vltava_messages::{BatchBuilder, Compression, PartitionId};
 
@@ -88,15 +89,26 @@ fn pacer(
 }
 
 /// One partition's prebuilt requests and the connection to its leader.
+/// One partition's connection and its requests, each encoded once and resent as they are.
 struct Lane {
     connection: Connection,
-    full: ProduceRequest,
+    full: Prebuilt,
     /// The last, shorter batch when the events do not divide into whole batches.
-    partial: Option<ProduceRequest>,
+    partial: Option<Prebuilt>,
 }
 
-fn records_len(request: &ProduceRequest) -> u64 {
-    request.topics[0].partitions[0].records.len() as u64
+struct Prebuilt {
+    request: EncodedRequest<ProduceRequest>,
+    batch_bytes: u64,
+}
+
+impl Prebuilt {
+    fn new(request: &ProduceRequest) -> Result<Prebuilt, ClientError> {
+        Ok(Prebuilt {
+            request: request.encode_body()?,
+            batch_bytes: request.topics[0].partitions[0].records.len() as u64,
+        })
+    }
 }
 
 /// A request written and not yet answered.
@@ -189,8 +201,11 @@ async fn raw(
             };
             lanes.push(Lane {
                 connection,
-                full: request(full.clone()),
-                partial: partial.clone().map(request),
+                full: Prebuilt::new(&request(full.clone()))?,
+                partial: partial
+                    .clone()
+                    .map(|p| Prebuilt::new(&request(p)))
+                    .transpose()?,
             });
         }
         Ok::<_, ClientError>(lanes)
@@ -355,18 +370,22 @@ async fn send_all(s: Sending, schedule: Option<Schedule>) -> Outcome {
             };
         let n = s.batch.min(s.events - sent);
         let lane = &s.lanes[(k % s.lanes.len() as u64) as usize];
-        let request = if n == s.batch {
+        let prebuilt = if n == s.batch {
             &lane.full
         } else {
             lane.partial.as_ref().expect("a partial batch exists")
         };
+        let request = &prebuilt.request;
         let since = intended.unwrap_or_else(Instant::now);
         if let Some(intended) = intended {
             outcome.lag.record_duration(intended.elapsed());
         }
         if s.acks == Acks::None {
-            match tokio::time::timeout(ROOM_WAIT, lane.connection.send_without_answer(request))
-                .await
+            match tokio::time::timeout(
+                ROOM_WAIT,
+                lane.connection.send_encoded_without_answer(request),
+            )
+            .await
             {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -382,12 +401,12 @@ async fn send_all(s: Sending, schedule: Option<Schedule>) -> Outcome {
             outcome.events += n;
             outcome.requests += 1;
             outcome.payload_bytes += n * s.size;
-            outcome.batch_bytes += records_len(request);
+            outcome.batch_bytes += prebuilt.batch_bytes;
             outcome.finished = Instant::now();
         } else {
             match tokio::time::timeout(
                 ROOM_WAIT,
-                lane.connection.submit(request, s.request_timeout),
+                lane.connection.submit_encoded(request, s.request_timeout),
             )
             .await
             {
@@ -399,7 +418,7 @@ async fn send_all(s: Sending, schedule: Option<Schedule>) -> Outcome {
                             answer,
                             _room: permit,
                             events: n,
-                            batch_bytes: records_len(request),
+                            batch_bytes: prebuilt.batch_bytes,
                         })
                         .await;
                 }
