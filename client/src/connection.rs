@@ -168,6 +168,13 @@ impl Connection {
         request: &R,
         timeout: Duration,
     ) -> Result<Answer<R::Response>, ClientError> {
+        let (permit, correlation_id) = self.reserve().await?;
+        let frame = request.encode_frame(correlation_id)?;
+        self.submit_frame(permit, &frame, &[], timeout).await
+    }
+
+    /// A slot in the in-flight window and a fresh correlation id.
+    async fn reserve(&self) -> Result<(tokio::sync::OwnedSemaphorePermit, u64), ClientError> {
         let permit = Arc::clone(&self.inner.permits)
             .acquire_owned()
             .await
@@ -176,9 +183,19 @@ impl Connection {
             .inner
             .next_correlation_id
             .fetch_add(1, Ordering::Relaxed);
-        let frame = request.encode_frame(correlation_id)?;
+        Ok((permit, correlation_id))
+    }
+
+    /// Writes a frame (`head` then `tail`) and returns its answer to wait for.
+    async fn submit_frame<T>(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        head: &[u8],
+        tail: &[u8],
+        timeout: Duration,
+    ) -> Result<Answer<T>, ClientError> {
         let (slot, answer) = oneshot::channel();
-        self.write(&frame, &[], Some(slot)).await?;
+        self.write(head, tail, Some(slot)).await?;
         Ok(Answer {
             answer,
             wait: timeout + REQUEST_TIMEOUT_SLACK,
@@ -194,23 +211,14 @@ impl Connection {
         request: &EncodedRequest<R>,
         timeout: Duration,
     ) -> Result<Answer<R::Response>, ClientError> {
-        let permit = Arc::clone(&self.inner.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| ClientError::ConnectionLost("closed".into()))?;
-        let correlation_id = self
-            .inner
-            .next_correlation_id
-            .fetch_add(1, Ordering::Relaxed);
-        let (slot, answer) = oneshot::channel();
-        self.write(&request.header(correlation_id), request.body(), Some(slot))
-            .await?;
-        Ok(Answer {
-            answer,
-            wait: timeout + REQUEST_TIMEOUT_SLACK,
-            _permit: permit,
-            kind: std::marker::PhantomData,
-        })
+        let (permit, correlation_id) = self.reserve().await?;
+        self.submit_frame(
+            permit,
+            &request.header(correlation_id),
+            request.body(),
+            timeout,
+        )
+        .await
     }
 
     /// [`Connection::send_without_answer`] for a body encoded once.

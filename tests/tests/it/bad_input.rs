@@ -112,8 +112,27 @@ fn good_batch(value: &str) -> Vec<u8> {
     b.build()
 }
 
-fn fetch_all(raw: &mut Raw, topic: &str) -> Vec<u8> {
-    let request = Request::Fetch(FetchRequest {
+/// Creates a one-partition topic and checks it was created.
+fn create_topic(raw: &mut Raw, name: &str) {
+    let created = raw.call(&Request::CreateTopics(CreateTopicsRequest {
+        topics: vec![NewTopic {
+            name: name.into(),
+            partitions: Some(1),
+            replication_factor: Some(1),
+            configs: Default::default(),
+        }],
+        timeout_ms: 10_000,
+        validate_only: false,
+    }));
+    assert!(
+        matches!(created, Some(Response::CreateTopics(ref c)) if c.topics[0].error.is_none()),
+        "{created:?}"
+    );
+}
+
+/// A fetch of partition 0 of `topic` from offset 0, up to 1 MiB, without waiting.
+fn fetch_from_start(topic: &str) -> Request {
+    Request::Fetch(FetchRequest {
         max_wait_ms: 0,
         min_bytes: 1,
         max_bytes: 1 << 20,
@@ -126,8 +145,11 @@ fn fetch_all(raw: &mut Raw, topic: &str) -> Vec<u8> {
                 current_leader_epoch: None,
             }],
         }],
-    });
-    match raw.call(&request) {
+    })
+}
+
+fn fetch_all(raw: &mut Raw, topic: &str) -> Vec<u8> {
+    match raw.call(&fetch_from_start(topic)) {
         Some(Response::Fetch(f)) => f.topics[0].partitions[0].records.clone(),
         other => panic!("{other:?}"),
     }
@@ -137,20 +159,7 @@ fn fetch_all(raw: &mut Raw, topic: &str) -> Vec<u8> {
 fn every_kind_of_bad_input_gets_its_typed_answer_and_harms_nobody() {
     let node = TestNode::start();
     let mut good = Raw::handshaken(&node);
-    let created = good.call(&Request::CreateTopics(CreateTopicsRequest {
-        topics: vec![NewTopic {
-            name: "safe".into(),
-            partitions: Some(1),
-            replication_factor: Some(1),
-            configs: Default::default(),
-        }],
-        timeout_ms: 10_000,
-        validate_only: false,
-    }));
-    assert!(
-        matches!(created, Some(Response::CreateTopics(ref c)) if c.topics[0].error.is_none()),
-        "{created:?}"
-    );
+    create_topic(&mut good, "safe");
     assert!(partition_error(good.call(&produce("safe", 0, good_batch("precious")))).is_none());
     let stored = fetch_all(&mut good, "safe");
     assert!(!stored.is_empty());
@@ -363,20 +372,7 @@ fn a_client_that_says_nothing_is_closed() {
 fn node_with_a_damaged_first_batch(args: &[&str]) -> TestNode {
     let mut node = TestNode::start_with(args);
     let mut raw = Raw::handshaken(&node);
-    let created = raw.call(&Request::CreateTopics(CreateTopicsRequest {
-        topics: vec![NewTopic {
-            name: "damaged".into(),
-            partitions: Some(1),
-            replication_factor: Some(1),
-            configs: Default::default(),
-        }],
-        timeout_ms: 10_000,
-        validate_only: false,
-    }));
-    assert!(
-        matches!(created, Some(Response::CreateTopics(_))),
-        "{created:?}"
-    );
+    create_topic(&mut raw, "damaged");
     let value = "v".repeat(1024);
     for _ in 0..50 {
         assert_eq!(
@@ -421,22 +417,8 @@ fn a_batch_damaged_on_disk_reaches_the_consumer_which_refuses_it() {
 fn with_verify_reads_the_node_refuses_to_serve_a_batch_damaged_on_disk() {
     let node = node_with_a_damaged_first_batch(&["--verify-reads"]);
     let mut raw = Raw::handshaken(&node);
-    let request = Request::Fetch(FetchRequest {
-        max_wait_ms: 0,
-        min_bytes: 1,
-        max_bytes: 1 << 20,
-        topics: vec![FetchTopic {
-            name: "damaged".into(),
-            partitions: vec![FetchPartition {
-                partition: PartitionId(0),
-                fetch_offset: Offset(0),
-                partition_max_bytes: 1 << 20,
-                current_leader_epoch: None,
-            }],
-        }],
-    });
     assert_eq!(
-        partition_error(raw.call(&request)),
+        partition_error(raw.call(&fetch_from_start("damaged"))),
         Some(ErrorCode::StorageError)
     );
     assert!(
