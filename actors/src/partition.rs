@@ -1,16 +1,24 @@
 //! The Partition actor: owns one partition's log exclusively, as its leader.
 //!
-//! - Owns: the `Log` (segment files), the producer-state table, the queue of `acks=all`
-//!   answers waiting for durability, the high watermark (published on a watch channel).
-//! - Receives from: client sessions (produce, fetch, list offsets) through `PartitionHandle`,
-//!   its own flush completions (from a flusher thread), its timer.
-//! - Sends to: nobody but reply oneshots; flush jobs go to the node's `Flusher` pool.
-//! - Mailbox bound: `PARTITION_MAILBOX_MAX` messages, checked by the handle (`Overloaded`
-//!   past it); sessions bound their own in-flight requests, so the bound is rarely reached.
-//! - Blocking work (every log call) runs on tokio's blocking pool, never on a runtime worker:
-//!   the log is moved into the blocking task and back.
-//! - Shutdown: fails waiting answers with `PartitionOffline`, then closes the log (flush,
-//!   indexes, clean-shutdown marker).
+//! The actor is the supervised, addressable part; the work is done by its log thread, a
+//! dedicated OS thread the actor starts and stops, which owns the `Log` (segment files), the
+//! producer-state table, the queue of `acks=all` answers waiting for durability and the high
+//! watermark (published on a watch channel). Produce, fetch and list-offsets requests go from
+//! `PartitionHandle` straight to the log thread's inbox and their answers straight back to the
+//! caller: one hand-off each way, where a `spawn_blocking` per request took four (session,
+//! actor, blocking-pool thread, actor, session). File I/O still never runs on a runtime
+//! worker.
+//!
+//! - Receives from: client sessions and group coordinators through `PartitionHandle` (log
+//!   thread), flush completions from the `Flusher` pool (log thread), its timers (actor, which
+//!   forwards them), its log thread stopping on a failure (actor, which then fails so its
+//!   supervisor restarts it).
+//! - Sends to: nobody but reply oneshots; flush jobs go to the node's `Flusher` pool,
+//!   compaction passes to tokio's blocking pool.
+//! - Inbox bound: `PARTITION_MAILBOX_MAX` messages, checked by the handle (`Overloaded` past
+//!   it); sessions bound their own in-flight requests, so the bound is rarely reached.
+//! - Shutdown: the actor asks the log thread to stop, which fails waiting answers with
+//!   `PartitionOffline`, then closes the log (flush, indexes, clean-shutdown marker).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +27,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::mpsc;
+
 use tokio::sync::{oneshot, watch};
 use vltava_messages::batch::BatchHeader;
 use vltava_messages::{LeaderEpoch, Offset, PartitionId};
@@ -118,7 +128,32 @@ pub struct ListedOffset {
 
 type Reply<T> = oneshot::Sender<Result<T, PartitionError>>;
 
+/// The actor's mailbox: timers and supervision only; requests go to the log thread.
 pub enum PartitionMsg {
+    /// Interval durability: time to flush.
+    FlushTick,
+    /// Time to check retention and roll an old segment.
+    RetentionTick,
+    /// A compacted log: time to see whether a compaction pass is due.
+    CompactionTick,
+    /// The log thread stopped on a failure (or an injected crash): the actor fails with it,
+    /// so its supervisor restarts the partition.
+    LogThreadStopped { error: String },
+}
+
+impl std::fmt::Debug for PartitionMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PartitionMsg::FlushTick => f.write_str("FlushTick"),
+            PartitionMsg::RetentionTick => f.write_str("RetentionTick"),
+            PartitionMsg::CompactionTick => f.write_str("CompactionTick"),
+            PartitionMsg::LogThreadStopped { error } => write!(f, "LogThreadStopped({error})"),
+        }
+    }
+}
+
+/// The log thread's inbox.
+enum CoreMsg {
     Produce {
         /// One record batch: its own part of the request buffer it arrived in, so it is
         /// stamped in place and stored without a copy.
@@ -142,39 +177,48 @@ pub enum PartitionMsg {
         job: FlushJob,
         result: Result<(), StorageError>,
     },
-    /// Interval durability: time to flush.
     FlushTick,
-    /// Time to check retention and roll an old segment.
     RetentionTick,
-    /// A compacted log: time to see whether a compaction pass is due.
     CompactionTick,
-    /// A compaction pass ran off the actor; swap its output in.
-    Compacted { output: CompactionOutput },
-    /// Fault injection: the actor fails, as after a bug, so its supervisor restarts it.
+    /// A compaction pass ran off the thread; swap its output in.
+    Compacted {
+        output: CompactionOutput,
+    },
+    /// Fault injection: the thread stops as after a bug, so the actor's supervisor restarts it.
     Crash,
+    /// Close the log and stop; `done` is answered once the log is closed.
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
 }
 
-impl PartitionMsg {
+impl CoreMsg {
     /// The message's kind, as the admin endpoint shows processing times.
-    #[must_use]
-    pub fn kind(&self) -> &'static str {
+    fn kind(&self) -> &'static str {
         match self {
-            PartitionMsg::Produce { .. } => "Produce",
-            PartitionMsg::Fetch { .. } => "Fetch",
-            PartitionMsg::ListOffsets { .. } => "ListOffsets",
-            PartitionMsg::Flushed { .. } => "Flushed",
-            PartitionMsg::FlushTick => "FlushTick",
-            PartitionMsg::RetentionTick => "RetentionTick",
-            PartitionMsg::CompactionTick => "CompactionTick",
-            PartitionMsg::Compacted { .. } => "Compacted",
-            PartitionMsg::Crash => "Crash",
+            CoreMsg::Produce { .. } => "Produce",
+            CoreMsg::Fetch { .. } => "Fetch",
+            CoreMsg::ListOffsets { .. } => "ListOffsets",
+            CoreMsg::Flushed { .. } => "Flushed",
+            CoreMsg::FlushTick => "FlushTick",
+            CoreMsg::RetentionTick => "RetentionTick",
+            CoreMsg::CompactionTick => "CompactionTick",
+            CoreMsg::Compacted { .. } => "Compacted",
+            CoreMsg::Crash => "Crash",
+            CoreMsg::Shutdown { .. } => "Shutdown",
         }
     }
-}
 
-impl std::fmt::Debug for PartitionMsg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.kind())
+    /// Whether a handle counted the message into the inbox depth (timers and the actor's
+    /// own messages are not).
+    fn counted(&self) -> bool {
+        !matches!(
+            self,
+            CoreMsg::FlushTick
+                | CoreMsg::RetentionTick
+                | CoreMsg::CompactionTick
+                | CoreMsg::Shutdown { .. }
+        )
     }
 }
 
@@ -216,17 +260,19 @@ pub struct PartitionHandle {
     pub topic: Arc<str>,
     pub partition: PartitionId,
     actor: ActorRef<PartitionMsg>,
+    /// The log thread's inbox.
+    core: mpsc::Sender<CoreMsg>,
     stats: Arc<ActorStats>,
     high_watermark: watch::Receiver<Offset>,
 }
 
 impl PartitionHandle {
-    fn send(&self, msg: PartitionMsg) -> Result<(), PartitionError> {
+    fn send(&self, msg: CoreMsg) -> Result<(), PartitionError> {
         if self.stats.depth() >= PARTITION_MAILBOX_MAX {
             return Err(PartitionError::Overloaded);
         }
         self.stats.enqueued();
-        self.actor.send_message(msg).map_err(|_| {
+        self.core.send(msg).map_err(|_| {
             self.stats.dequeued();
             PartitionError::Offline
         })
@@ -234,17 +280,14 @@ impl PartitionHandle {
 
     fn enqueue<T>(
         &self,
-        make: impl FnOnce(Reply<T>) -> PartitionMsg,
+        make: impl FnOnce(Reply<T>) -> CoreMsg,
     ) -> Result<Pending<T>, PartitionError> {
         let (reply, answer) = oneshot::channel();
         self.send(make(reply))?;
         Ok(Pending(answer))
     }
 
-    async fn call<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> PartitionMsg,
-    ) -> Result<T, PartitionError> {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> CoreMsg) -> Result<T, PartitionError> {
         self.enqueue(make)?.wait().await
     }
 
@@ -257,7 +300,7 @@ impl PartitionHandle {
         leader_epoch: Option<LeaderEpoch>,
     ) -> Result<Pending<ProduceOk>, PartitionError> {
         let batch = batch.into_batch();
-        self.enqueue(|reply| PartitionMsg::Produce {
+        self.enqueue(|reply| CoreMsg::Produce {
             batch,
             acks,
             leader_epoch,
@@ -273,7 +316,7 @@ impl PartitionHandle {
         leader_epoch: Option<LeaderEpoch>,
     ) -> Result<ProduceOk, PartitionError> {
         let batch = batch.into_batch();
-        self.call(|reply| PartitionMsg::Produce {
+        self.call(|reply| CoreMsg::Produce {
             batch,
             acks,
             leader_epoch,
@@ -289,7 +332,7 @@ impl PartitionHandle {
         bytes_max: u32,
         leader_epoch: Option<LeaderEpoch>,
     ) -> Result<FetchOk, PartitionError> {
-        self.call(|reply| PartitionMsg::Fetch {
+        self.call(|reply| CoreMsg::Fetch {
             offset,
             bytes_max,
             leader_epoch,
@@ -304,7 +347,7 @@ impl PartitionHandle {
         spec: OffsetSpec,
         leader_epoch: Option<LeaderEpoch>,
     ) -> Result<ListedOffset, PartitionError> {
-        self.call(|reply| PartitionMsg::ListOffsets {
+        self.call(|reply| CoreMsg::ListOffsets {
             spec,
             leader_epoch,
             reply,
@@ -319,9 +362,9 @@ impl PartitionHandle {
         self.high_watermark.clone()
     }
 
-    /// Fault injection: makes the actor fail.
+    /// Fault injection: makes the log thread stop and the actor fail.
     pub fn crash(&self) -> Result<(), PartitionError> {
-        self.send(PartitionMsg::Crash)
+        self.send(CoreMsg::Crash)
     }
 
     /// The actor, for supervision.
@@ -349,12 +392,20 @@ pub struct PartitionArgs {
 #[derive(Debug)]
 pub struct Partition;
 
+/// The actor's state: the way to its log thread.
 #[derive(Debug)]
 pub struct PartitionState {
+    id: String,
+    core: mpsc::Sender<CoreMsg>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the log thread owns: everything about the log.
+struct Core {
     args: PartitionArgs,
     stats: Arc<ActorStats>,
     gauges: Arc<PartitionGauges>,
-    /// `None` only while a blocking task holds it.
+    /// `None` only while the log is being reopened after a failed flush.
     log: Option<Log>,
     producers: ProducerStateTable,
     waiters: AckQueue<(Reply<ProduceOk>, ProduceOk)>,
@@ -362,6 +413,28 @@ pub struct PartitionState {
     flush_in_flight: bool,
     /// A compaction pass is running on the blocking pool.
     compaction_in_flight: bool,
+    /// The thread's own inbox, for flush and compaction completions.
+    inbox: mpsc::Sender<CoreMsg>,
+    /// For work the thread hands to tokio's blocking pool (compaction passes, flushes when
+    /// the flusher pool is full).
+    runtime: tokio::runtime::Handle,
+}
+
+impl Drop for PartitionState {
+    fn drop(&mut self) {
+        // An actor dropped without its `post_stop` still must not leave its log thread
+        // (which keeps its own inbox alive) running with the log open.
+        if self.thread.is_some() {
+            let (done, _) = oneshot::channel();
+            let _ = self.core.send(CoreMsg::Shutdown { done });
+        }
+    }
+}
+
+/// Why the log thread's loop ended.
+enum Stop {
+    Shutdown(oneshot::Sender<()>),
+    Failed(String),
 }
 
 fn now_ms() -> u64 {
@@ -392,13 +465,21 @@ impl Partition {
             Some(PublishedState::Partition(Arc::clone(&gauges))),
         );
         let (hw_sender, hw_receiver) = watch::channel(Offset(0));
+        let (core, inbox) = mpsc::channel();
         let topic = Arc::clone(&args.topic);
         let partition = args.partition;
         let name = args.id.clone();
         let (actor, _) = Actor::spawn_linked(
             Some(name),
             Partition,
-            (args, Arc::clone(&stats), gauges, hw_sender),
+            PartitionStart {
+                args,
+                stats: Arc::clone(&stats),
+                gauges,
+                high_watermark: hw_sender,
+                core: core.clone(),
+                inbox,
+            },
             supervisor,
         )
         .await?;
@@ -406,27 +487,42 @@ impl Partition {
             topic,
             partition,
             actor,
+            core,
             stats,
             high_watermark: hw_receiver,
         })
     }
 }
 
+/// What the actor starts its log thread with.
+#[derive(Debug)]
+pub struct PartitionStart {
+    args: PartitionArgs,
+    stats: Arc<ActorStats>,
+    gauges: Arc<PartitionGauges>,
+    high_watermark: watch::Sender<Offset>,
+    core: mpsc::Sender<CoreMsg>,
+    inbox: mpsc::Receiver<CoreMsg>,
+}
+
 impl Actor for Partition {
     type Msg = PartitionMsg;
     type State = PartitionState;
-    type Arguments = (
-        PartitionArgs,
-        Arc<ActorStats>,
-        Arc<PartitionGauges>,
-        watch::Sender<Offset>,
-    );
+    type Arguments = PartitionStart;
 
     async fn pre_start(
         &self,
         myself: ActorRef<PartitionMsg>,
-        (args, stats, gauges, high_watermark): Self::Arguments,
+        start: PartitionStart,
     ) -> Result<PartitionState, ActorProcessingErr> {
+        let PartitionStart {
+            args,
+            stats,
+            gauges,
+            high_watermark,
+            core,
+            inbox,
+        } = start;
         let dir = args.dir.clone();
         let config = args.log_config.clone();
         let (log, producers) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
@@ -448,7 +544,8 @@ impl Actor for Partition {
         if args.log_config.cleanup_policy == CleanupPolicy::Compact {
             myself.send_interval(COMPACTION_CHECK_INTERVAL, || PartitionMsg::CompactionTick);
         }
-        let state = PartitionState {
+        let id = args.id.clone();
+        let state = Core {
             args,
             stats,
             gauges,
@@ -458,81 +555,39 @@ impl Actor for Partition {
             high_watermark,
             flush_in_flight: false,
             compaction_in_flight: false,
+            inbox: core.clone(),
+            runtime: tokio::runtime::Handle::current(),
         };
         state.publish_segments();
         state.publish();
-        Ok(state)
+        let actor = myself.clone();
+        let thread = std::thread::Builder::new()
+            .name("vltava-log".into())
+            .spawn(move || run_log_thread(state, &inbox, &actor))?;
+        Ok(PartitionState {
+            id,
+            core,
+            thread: Some(thread),
+        })
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<PartitionMsg>,
+        _myself: ActorRef<PartitionMsg>,
         msg: PartitionMsg,
         state: &mut PartitionState,
     ) -> Result<(), ActorProcessingErr> {
-        let stats = Arc::clone(&state.stats);
-        let started = Instant::now();
-        let kind = msg.kind();
-        // Timer messages do not pass through a handle, so they never counted into the depth.
-        let counted = !matches!(
-            msg,
-            PartitionMsg::FlushTick | PartitionMsg::RetentionTick | PartitionMsg::CompactionTick
-        );
-        let result = match msg {
-            PartitionMsg::Produce {
-                batch,
-                acks,
-                leader_epoch,
-                reply,
-            } => {
-                state
-                    .produce(&myself, batch, acks, leader_epoch, reply)
-                    .await;
-                Ok(())
+        let forward = match msg {
+            PartitionMsg::FlushTick => CoreMsg::FlushTick,
+            PartitionMsg::RetentionTick => CoreMsg::RetentionTick,
+            PartitionMsg::CompactionTick => CoreMsg::CompactionTick,
+            PartitionMsg::LogThreadStopped { error } => {
+                return Err(ActorProcessingErr::from(error));
             }
-            PartitionMsg::Fetch {
-                offset,
-                bytes_max,
-                leader_epoch,
-                reply,
-            } => {
-                let answer = state.fetch(offset, bytes_max, leader_epoch).await;
-                // A dropped receiver means the session went away; nothing to do.
-                let _ = reply.send(answer);
-                Ok(())
-            }
-            PartitionMsg::ListOffsets {
-                spec,
-                leader_epoch,
-                reply,
-            } => {
-                let answer = state.list_offset(spec, leader_epoch).await;
-                let _ = reply.send(answer);
-                Ok(())
-            }
-            PartitionMsg::Flushed { job, result } => state.flushed(&myself, job, result).await,
-            PartitionMsg::FlushTick => {
-                state.start_flush(&myself);
-                Ok(())
-            }
-            PartitionMsg::RetentionTick => state.retention(&myself).await,
-            PartitionMsg::CompactionTick => {
-                state.start_compaction(&myself);
-                Ok(())
-            }
-            PartitionMsg::Compacted { output } => state.compacted(output).await,
-            PartitionMsg::Crash => Err(ActorProcessingErr::from("crash injected")),
         };
-        state.publish();
-        stats.time(kind, started.elapsed());
-        if counted {
-            stats.handled();
-        } else {
-            stats
-                .handled
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        result
+        // A send fails only once the thread has stopped, and then its own message follows.
+        let _ = state.core.send(forward);
+        Ok(())
     }
 
     async fn post_stop(
@@ -540,36 +595,142 @@ impl Actor for Partition {
         _myself: ActorRef<PartitionMsg>,
         state: &mut PartitionState,
     ) -> Result<(), ActorProcessingErr> {
-        for (reply, _) in state.waiters.fail_all() {
-            let _ = reply.send(Err(PartitionError::Offline));
+        let (done, closed) = oneshot::channel();
+        if state.core.send(CoreMsg::Shutdown { done }).is_ok() {
+            // The thread answers once the log is closed (or drops `done` if it stopped first).
+            let _ = closed.await;
         }
-        if let Some(log) = state.log.take() {
-            let id = state.args.id.clone();
-            let producers = std::mem::take(&mut state.producers);
-            let closed = tokio::task::spawn_blocking(move || {
-                // The snapshot first: if it is written and the close fails, recovery still
-                // ignores a snapshot past the recovered log end.
-                if let Err(e) = producers.write_snapshot(log.dir(), log.log_end_offset()) {
-                    tracing::warn!(dir = %log.dir().display(), error = %e, "producer-state snapshot not written");
-                }
-                log.close()
-            })
-            .await;
-            match closed {
-                Ok(Ok(())) => tracing::info!(partition = %id, "partition closed"),
-                Ok(Err(e)) => {
-                    tracing::warn!(partition = %id, error = %e, "partition closed without a clean shutdown")
-                }
-                Err(e) => {
-                    tracing::warn!(partition = %id, error = %e, "partition close task failed")
-                }
+        if let Some(thread) = state.thread.take() {
+            let id = state.id.clone();
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::warn!(partition = %id, "log thread ended abnormally");
             }
         }
         Ok(())
     }
 }
 
-impl PartitionState {
+/// The log thread: serves its inbox until told to stop or until something fails, then
+/// closes (on a stop) or drops (on a failure) the log and, on a failure, tells the actor.
+fn run_log_thread(mut core: Core, inbox: &mpsc::Receiver<CoreMsg>, actor: &ActorRef<PartitionMsg>) {
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.serve(inbox)));
+    let stop = served.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned());
+        Stop::Failed(format!("log thread panicked: {what}"))
+    });
+    for (reply, _) in core.waiters.fail_all() {
+        let _ = reply.send(Err(PartitionError::Offline));
+    }
+    match stop {
+        Stop::Shutdown(done) => {
+            core.close();
+            let _ = done.send(());
+        }
+        Stop::Failed(error) => {
+            tracing::error!(partition = %core.args.id, %error, "partition log thread stopped");
+            // Dropped without a clean close, as after a crash: the next start recovers.
+            drop(core.log.take());
+            let _ = actor.send_message(PartitionMsg::LogThreadStopped { error });
+        }
+    }
+}
+
+impl Core {
+    /// Handles messages one at a time until a shutdown or a failure.
+    fn serve(&mut self, inbox: &mpsc::Receiver<CoreMsg>) -> Stop {
+        loop {
+            let Ok(msg) = inbox.recv() else {
+                // Every sender gone: the actor and all handles are dropped.
+                return Stop::Failed("the partition's inbox closed".into());
+            };
+            let started = Instant::now();
+            let kind = msg.kind();
+            let counted = msg.counted();
+            let outcome = match msg {
+                CoreMsg::Produce {
+                    batch,
+                    acks,
+                    leader_epoch,
+                    reply,
+                } => {
+                    self.produce(batch, acks, leader_epoch, reply);
+                    Ok(())
+                }
+                CoreMsg::Fetch {
+                    offset,
+                    bytes_max,
+                    leader_epoch,
+                    reply,
+                } => {
+                    // A dropped receiver means the session went away; nothing to do.
+                    let _ = reply.send(self.fetch(offset, bytes_max, leader_epoch));
+                    Ok(())
+                }
+                CoreMsg::ListOffsets {
+                    spec,
+                    leader_epoch,
+                    reply,
+                } => {
+                    let _ = reply.send(self.list_offset(spec, leader_epoch));
+                    Ok(())
+                }
+                CoreMsg::Flushed { job, result } => self.flushed(job, result),
+                CoreMsg::FlushTick => {
+                    self.start_flush();
+                    Ok(())
+                }
+                CoreMsg::RetentionTick => {
+                    self.retention();
+                    Ok(())
+                }
+                CoreMsg::CompactionTick => {
+                    self.start_compaction();
+                    Ok(())
+                }
+                CoreMsg::Compacted { output } => {
+                    self.compacted(output);
+                    Ok(())
+                }
+                CoreMsg::Crash => Err("crash injected".to_owned()),
+                CoreMsg::Shutdown { done } => return Stop::Shutdown(done),
+            };
+            self.publish();
+            self.stats.time(kind, started.elapsed());
+            if counted {
+                self.stats.handled();
+            } else {
+                self.stats.handled.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Err(error) = outcome {
+                return Stop::Failed(error);
+            }
+        }
+    }
+
+    /// Writes the producer-state snapshot and closes the log cleanly.
+    fn close(&mut self) {
+        let Some(log) = self.log.take() else { return };
+        // The snapshot first: if it is written and the close fails, recovery still ignores a
+        // snapshot past the recovered log end.
+        if let Err(e) = self
+            .producers
+            .write_snapshot(log.dir(), log.log_end_offset())
+        {
+            tracing::warn!(dir = %log.dir().display(), error = %e, "producer-state snapshot not written");
+        }
+        match log.close() {
+            Ok(()) => tracing::info!(partition = %self.args.id, "partition closed"),
+            Err(e) => {
+                tracing::warn!(partition = %self.args.id, error = %e, "partition closed without a clean shutdown")
+            }
+        }
+    }
+
     /// Stores the log's offsets where the admin endpoint reads them.
     fn publish(&self) {
         let Some(log) = self.log.as_ref() else { return };
@@ -599,26 +760,10 @@ impl PartitionState {
             .store(log.size_bytes(), Ordering::Relaxed);
     }
 
-    /// Runs `f` on the log on the blocking pool and puts the log back.
-    async fn with_log<T: Send + 'static>(
-        &mut self,
-        f: impl FnOnce(&mut Log) -> T + Send + 'static,
-    ) -> Result<T, PartitionError> {
-        let mut log = self.log.take().ok_or(PartitionError::Offline)?;
-        let (log, out) = tokio::task::spawn_blocking(move || {
-            let out = f(&mut log);
-            (log, out)
-        })
-        .await
-        .map_err(|_| PartitionError::Offline)?;
-        self.log = Some(log);
-        Ok(out)
-    }
-
     fn log(&self) -> &Log {
         self.log
             .as_ref()
-            .expect("the log is back after every blocking call")
+            .expect("the log is there except while it is reopened")
     }
 
     fn check_epoch(&self, received: Option<LeaderEpoch>) -> Result<(), PartitionError> {
@@ -634,9 +779,8 @@ impl PartitionState {
         }
     }
 
-    async fn produce(
+    fn produce(
         &mut self,
-        myself: &ActorRef<PartitionMsg>,
         mut batch: BytesMut,
         acks: Acks,
         leader_epoch: Option<LeaderEpoch>,
@@ -681,13 +825,11 @@ impl PartitionState {
                 let epoch = self.args.leader_epoch;
                 let batch_bytes = batch.len() as u64;
                 let appended = self
-                    .with_log(move |log| {
-                        log.append_as_leader(&mut batch, epoch, now_ms())
-                            .map(|info| (info, BatchHeader::parse(&batch)))
-                    })
-                    .await;
+                    .log_mut()
+                    .append_as_leader(&mut batch, epoch, now_ms())
+                    .map(|info| (info, BatchHeader::parse(&batch)));
                 match appended {
-                    Ok(Ok((info, Ok(stored)))) => {
+                    Ok((info, Ok(stored))) => {
                         self.producers.record(&stored);
                         let g = &self.gauges;
                         g.bytes_in.fetch_add(batch_bytes, Ordering::Relaxed);
@@ -703,17 +845,13 @@ impl PartitionState {
                         }
                         (info.base_offset, info.last_offset, info.log_append_time)
                     }
-                    Ok(Ok((_, Err(e)))) => {
+                    Ok((_, Err(e))) => {
                         let _ = reply.send(Err(StorageError::InvalidBatch(e).into()));
                         return;
                     }
-                    Ok(Err(e)) => {
+                    Err(e) => {
                         tracing::debug!(partition = %self.args.id, error = %e, "append refused");
                         let _ = reply.send(Err(e.into()));
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
                         return;
                     }
                 }
@@ -749,11 +887,11 @@ impl PartitionState {
             }
         }
         if self.args.durability == Durability::Fsync {
-            self.start_flush(myself);
+            self.start_flush();
         }
     }
 
-    fn start_flush(&mut self, myself: &ActorRef<PartitionMsg>) {
+    fn start_flush(&mut self) {
         if self.flush_in_flight {
             return;
         }
@@ -761,14 +899,11 @@ impl PartitionState {
             return;
         };
         self.flush_in_flight = true;
-        let actor = myself.clone();
+        let inbox = self.inbox.clone();
         let stats = Arc::clone(&self.stats);
         let done: vltava_storage::FlushDone = Box::new(move |job, result| {
             stats.enqueued();
-            if actor
-                .send_message(PartitionMsg::Flushed { job, result })
-                .is_err()
-            {
+            if inbox.send(CoreMsg::Flushed { job, result }).is_err() {
                 stats.dequeued();
             }
         });
@@ -778,7 +913,7 @@ impl PartitionState {
                 // The pool is busy: run this one on the blocking pool instead; it is still
                 // one job for this partition at a time.
                 let (job, done) = *task;
-                tokio::task::spawn_blocking(move || {
+                self.runtime.spawn_blocking(move || {
                     let result = job.run();
                     done(job, result);
                 });
@@ -786,12 +921,7 @@ impl PartitionState {
         }
     }
 
-    async fn flushed(
-        &mut self,
-        myself: &ActorRef<PartitionMsg>,
-        job: FlushJob,
-        result: Result<(), StorageError>,
-    ) -> Result<(), ActorProcessingErr> {
+    fn flushed(&mut self, job: FlushJob, result: Result<(), StorageError>) -> Result<(), String> {
         self.flush_in_flight = false;
         let log = self.log.as_mut().ok_or("log missing")?;
         match log.complete_flush(job, result) {
@@ -799,7 +929,7 @@ impl PartitionState {
                 if self.args.durability == Durability::Fsync {
                     self.advance_high_watermark(flushed);
                 }
-                self.start_flush(myself);
+                self.start_flush();
                 Ok(())
             }
             Err(error) => {
@@ -810,10 +940,11 @@ impl PartitionState {
                     })));
                 }
                 let log = self.log.take().ok_or("log missing")?;
-                let reopened =
-                    tokio::task::spawn_blocking(move || log.reopen_after_failure(now_ms())).await?;
-                // If even that fails the actor fails, and its supervisor decides.
-                let log = reopened?;
+                // If even that fails the thread stops and the actor fails: its supervisor
+                // decides.
+                let log = log
+                    .reopen_after_failure(now_ms())
+                    .map_err(|e| format!("reopening the log failed: {e}"))?;
                 self.high_watermark.send_replace(log.high_watermark());
                 self.log = Some(log);
                 Ok(())
@@ -837,7 +968,7 @@ impl PartitionState {
         }
     }
 
-    async fn fetch(
+    fn fetch(
         &mut self,
         offset: Offset,
         bytes_max: u32,
@@ -864,8 +995,8 @@ impl PartitionState {
             });
         }
         let read: LogRead = self
-            .with_log(move |log| log.read(offset, bytes_max, Some(high_watermark)))
-            .await??;
+            .log_mut()
+            .read(offset, bytes_max, Some(high_watermark))?;
         self.gauges
             .bytes_out
             .fetch_add(read.bytes.len() as u64, Ordering::Relaxed);
@@ -879,7 +1010,7 @@ impl PartitionState {
         })
     }
 
-    async fn list_offset(
+    fn list_offset(
         &mut self,
         spec: OffsetSpec,
         leader_epoch: Option<LeaderEpoch>,
@@ -889,17 +1020,12 @@ impl PartitionState {
         let (offset, timestamp) = match spec {
             OffsetSpec::Earliest => (Some(self.log().log_start_offset()), None),
             OffsetSpec::Latest => (Some(high_watermark), None),
-            OffsetSpec::Timestamp(t) => {
-                match self
-                    .with_log(move |log| log.offset_for_timestamp(t))
-                    .await??
-                {
-                    Some((offset, timestamp)) if offset < high_watermark => {
-                        (Some(offset), Some(timestamp))
-                    }
-                    _ => (None, None),
+            OffsetSpec::Timestamp(t) => match self.log_mut().offset_for_timestamp(t)? {
+                Some((offset, timestamp)) if offset < high_watermark => {
+                    (Some(offset), Some(timestamp))
                 }
-            }
+                _ => (None, None),
+            },
         };
         // The epoch of the batch holding the offset (for latest, of the last batch below the
         // high watermark), so a client can check it against its own log.
@@ -921,7 +1047,7 @@ impl PartitionState {
     }
 
     /// Starts a compaction pass off the actor if one is due; appends and reads go on.
-    fn start_compaction(&mut self, myself: &ActorRef<PartitionMsg>) {
+    fn start_compaction(&mut self) {
         if self.compaction_in_flight {
             return;
         }
@@ -933,27 +1059,21 @@ impl PartitionState {
             return;
         };
         self.compaction_in_flight = true;
-        let actor = myself.clone();
+        let inbox = self.inbox.clone();
         let stats = Arc::clone(&self.stats);
-        tokio::task::spawn_blocking(move || {
+        self.runtime.spawn_blocking(move || {
             let output = job.run();
             stats.enqueued();
-            if actor
-                .send_message(PartitionMsg::Compacted { output })
-                .is_err()
-            {
+            if inbox.send(CoreMsg::Compacted { output }).is_err() {
                 stats.dequeued();
             }
         });
     }
 
-    async fn compacted(&mut self, output: CompactionOutput) -> Result<(), ActorProcessingErr> {
+    fn compacted(&mut self, output: CompactionOutput) {
         self.compaction_in_flight = false;
         let id = self.args.id.clone();
-        match self
-            .with_log(move |log| log.complete_compaction(output))
-            .await?
-        {
+        match self.log_mut().complete_compaction(output) {
             Ok(report) => {
                 tracing::info!(
                     partition = %id,
@@ -969,31 +1089,24 @@ impl PartitionState {
             // A failed pass leaves the old segments in place; the next tick tries again.
             Err(e) => tracing::warn!(partition = %id, error = %e, "compaction pass failed"),
         }
-        Ok(())
     }
 
-    async fn retention(
-        &mut self,
-        _myself: &ActorRef<PartitionMsg>,
-    ) -> Result<(), ActorProcessingErr> {
-        let id = self.args.id.clone();
-        let outcome = self
-            .with_log(|log| -> Result<(), StorageError> {
-                let now = now_ms();
-                log.roll_if_old(now)?;
-                log.delete_old_segments(now)?;
-                Ok(())
-            })
-            .await;
+    fn retention(&mut self) {
+        let now = now_ms();
+        let log = self.log_mut();
+        let outcome = log
+            .roll_if_old(now)
+            .and_then(|_| log.delete_old_segments(now).map(|_| ()));
         self.publish_segments();
-        match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::warn!(partition = %id, error = %e, "retention check failed");
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
+        if let Err(e) = outcome {
+            tracing::warn!(partition = %self.args.id, error = %e, "retention check failed");
         }
+    }
+
+    fn log_mut(&mut self) -> &mut Log {
+        self.log
+            .as_mut()
+            .expect("the log is there except while it is reopened")
     }
 }
 
