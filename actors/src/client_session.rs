@@ -272,12 +272,7 @@ async fn read_loop(
                     continue;
                 }
                 Err(error) => {
-                    let close = error.closes_connection();
-                    let answer = bad_request(&header, &error);
-                    enqueue(&queue, gauges, header, received, permit, answer).await?;
-                    if close {
-                        return Err("undecodable request".into());
-                    }
+                    refuse(&queue, gauges, header, received, permit, &error).await?;
                     continue;
                 }
             }
@@ -285,12 +280,7 @@ async fn read_loop(
         let request = match Request::decode(&header, &body) {
             Ok(request) => request,
             Err(error) => {
-                let close = error.closes_connection();
-                let answer = bad_request(&header, &error);
-                enqueue(&queue, gauges, header, received, permit, answer).await?;
-                if close {
-                    return Err("undecodable request".into());
-                }
+                refuse(&queue, gauges, header, received, permit, &error).await?;
                 continue;
             }
         };
@@ -322,6 +312,24 @@ fn bad_request(header: &FrameHeader, error: &ProtocolError) -> Answer {
 }
 
 /// Queues an answer for the writer, in request order; it counts as in flight until written.
+/// Answers a request that could not be decoded; an error when the connection must close
+/// (the frame cannot be trusted to end where it says).
+async fn refuse(
+    queue: &mpsc::Sender<Queued>,
+    gauges: &SessionGauges,
+    header: FrameHeader,
+    received: Instant,
+    permit: OwnedSemaphorePermit,
+    error: &ProtocolError,
+) -> Result<(), String> {
+    let answer = bad_request(&header, error);
+    enqueue(queue, gauges, header, received, permit, answer).await?;
+    if error.closes_connection() {
+        return Err("undecodable request".into());
+    }
+    Ok(())
+}
+
 async fn enqueue(
     queue: &mpsc::Sender<Queued>,
     gauges: &SessionGauges,
