@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ProtocolError, truncate_at_char_boundary};
 use super::frame::{FRAME_HEADER_BYTES, header_for_body};
-use crate::limits::{BODY_DEPTH_MAX, TOPIC_NAME_BYTES_MAX};
+use crate::limits::{
+    BODY_DEPTH_MAX, PARTITIONS_PER_REQUEST_MAX, TOPIC_NAME_BYTES_MAX, TOPICS_PER_REQUEST_MAX,
+};
 
 /// The longest `reason` a `Malformed` error keeps. serde's messages can quote the offending
 /// value, which a hostile body controls.
@@ -246,4 +248,21 @@ pub(crate) mod msgpack {
     pub(crate) fn bool(out: &mut Vec<u8>, value: bool) {
         out.push(if value { 0xc3 } else { 0xc2 });
     }
+}
+
+/// Checks a topic list's count, names and total partition count.
+pub(crate) fn check_topics<'a>(
+    topics: impl ExactSizeIterator<Item = (&'a str, usize)>,
+) -> Result<(), ProtocolError> {
+    check_at_most("topics", topics.len(), TOPICS_PER_REQUEST_MAX)?;
+    let mut partitions: usize = 0;
+    for (name, count) in topics {
+        validate_topic_name(name)?;
+        partitions = partitions.saturating_add(count);
+    }
+    check_at_most(
+        "partitions per request",
+        partitions,
+        PARTITIONS_PER_REQUEST_MAX,
+    )
 }

@@ -7,27 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::{check_at_most, validate_topic_name};
+use super::codec::{check_at_most, check_topics};
 use super::error::{ProtocolError, ResponseError};
-use crate::limits::{FETCH_WAIT_MS_MAX, PARTITIONS_PER_REQUEST_MAX, TOPICS_PER_REQUEST_MAX};
+use crate::limits::FETCH_WAIT_MS_MAX;
 use crate::types::{LeaderEpoch, Offset, PartitionId};
-
-/// Checks a topic list's count, names and total partition count.
-fn check_topics<'a>(
-    topics: impl ExactSizeIterator<Item = (&'a str, usize)>,
-) -> Result<(), ProtocolError> {
-    check_at_most("topics", topics.len(), TOPICS_PER_REQUEST_MAX)?;
-    let mut partitions: usize = 0;
-    for (name, count) in topics {
-        validate_topic_name(name)?;
-        partitions = partitions.saturating_add(count);
-    }
-    check_at_most(
-        "partitions per request",
-        partitions,
-        PARTITIONS_PER_REQUEST_MAX,
-    )
-}
 
 /// Fetch request, version 1.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,9 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::{check_at_most, validate_topic_name};
+use super::codec::{check_at_most, check_topics};
 use super::error::{ProtocolError, ResponseError};
-use crate::limits::{PARTITIONS_PER_REQUEST_MAX, TIMEOUT_MS_MAX, TOPICS_PER_REQUEST_MAX};
+use crate::limits::TIMEOUT_MS_MAX;
 use crate::types::{LeaderEpoch, Offset, PartitionId, ProducerEpoch, ProducerId};
 
 /// How much replication a produce waits for before the server answers. PROTOCOL.md's acks
@@ -64,17 +64,7 @@ fn check_request_shape<'a>(
     topics: impl ExactSizeIterator<Item = (&'a str, usize)>,
 ) -> Result<(), ProtocolError> {
     check_at_most("timeout_ms", timeout_ms, TIMEOUT_MS_MAX)?;
-    check_at_most("topics", topics.len(), TOPICS_PER_REQUEST_MAX)?;
-    let mut partitions: usize = 0;
-    for (name, count) in topics {
-        validate_topic_name(name)?;
-        partitions = partitions.saturating_add(count);
-    }
-    check_at_most(
-        "partitions per request",
-        partitions,
-        PARTITIONS_PER_REQUEST_MAX,
-    )
+    check_topics(topics)
 }
 
 /// Produce request, version 1.
