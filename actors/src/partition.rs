@@ -1111,17 +1111,8 @@ impl Core {
 }
 
 /// The offsets the whole batches in `bytes` cover, read from their headers.
-fn offsets_in(mut bytes: &[u8]) -> u64 {
-    let mut offsets = 0;
-    while let Ok(header) = BatchHeader::parse(bytes) {
-        offsets += header.last_offset().0.saturating_sub(header.base_offset.0) + 1;
-        let Some(rest) = usize::try_from(header.total_bytes())
-            .ok()
-            .and_then(|n| bytes.get(n..))
-        else {
-            break;
-        };
-        bytes = rest;
-    }
-    offsets
+fn offsets_in(bytes: &[u8]) -> u64 {
+    vltava_messages::batch::batch_headers(bytes)
+        .map(|h| h.last_offset().0.saturating_sub(h.base_offset.0) + 1)
+        .sum()
 }

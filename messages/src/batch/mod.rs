@@ -631,6 +631,18 @@ impl<'a> RecordBatchRef<'a> {
     }
 }
 
+/// The headers of the whole batches at the start of `bytes`, read without checking CRCs: a
+/// walk of what was checked before (on append, or by a consumer that checks CRCs next).
+pub fn batch_headers(mut bytes: &[u8]) -> impl Iterator<Item = BatchHeader> + '_ {
+    std::iter::from_fn(move || {
+        let header = BatchHeader::parse(bytes).ok()?;
+        bytes = usize::try_from(header.total_bytes())
+            .ok()
+            .and_then(|n| bytes.get(n..))?;
+        Some(header)
+    })
+}
+
 /// Splits a buffer of consecutive batches (a fetch answer, a segment's bytes) into batches,
 /// checking each one's header and CRC. Stops with an error at the first bad batch.
 pub fn split_batches(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use vltava_client::connection::{Answer, Connection};
 use vltava_client::{ClientError, Cluster, Consumer, ConsumerConfig, SeekTo};
-use vltava_messages::batch::{BatchHeader, split_batches};
+use vltava_messages::batch::{batch_headers, split_batches};
 use vltava_messages::protocol::{
     FetchPartition, FetchRequest, FetchResponse, FetchTopic, ListOffsetsPartition,
     ListOffsetsRequest, ListOffsetsTopic, OffsetSpec,
@@ -265,18 +265,6 @@ async fn submit_fetch(
     };
     let sent = Instant::now();
     Ok(Some((sent, connection.submit(&request, FETCH_WAIT).await?)))
-}
-
-/// The headers of the whole batches in `records`, read without checking CRCs.
-fn batch_headers(mut records: &[u8]) -> impl Iterator<Item = BatchHeader> + '_ {
-    std::iter::from_fn(move || {
-        let header = BatchHeader::parse(records).ok()?;
-        let rest = usize::try_from(header.total_bytes())
-            .ok()
-            .and_then(|n| records.get(n..))?;
-        records = rest;
-        Some(header)
-    })
 }
 
 async fn client(
