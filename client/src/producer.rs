@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use vltava_messages::protocol::{
     Acks, ErrorCode, InitProducerIdRequest, ProducePartition, ProduceRequest, ProduceTopic,
 };
@@ -124,14 +124,6 @@ impl Delivery {
     }
 }
 
-enum Command {
-    Send(
-        ProducerRecord,
-        oneshot::Sender<Result<Delivery, ClientError>>,
-    ),
-    Flush(oneshot::Sender<()>),
-}
-
 /// A sealed batch on its way.
 struct Sealed {
     bytes: Vec<u8>,
@@ -147,10 +139,28 @@ struct Open {
 }
 
 /// Sends events to a cluster.
+///
+/// `send` adds the event to its partition's open batch in the caller's task (under a lock
+/// the linger timer shares), so queuing an event costs no hand-off to another task; only a
+/// sealed batch crosses to its partition's sender task.
 #[derive(Debug)]
 pub struct Producer {
-    commands: mpsc::Sender<Command>,
-    task: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
+    linger: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    accumulator: tokio::sync::Mutex<Accumulator>,
+    /// Batches sealed and not yet answered, for `flush`.
+    outstanding: Arc<(AtomicUsize, Notify)>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("outstanding", &self.outstanding.0.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 fn now_ms() -> i64 {
@@ -183,49 +193,80 @@ impl Producer {
         } else {
             None
         };
-        let (commands, receiver) = mpsc::channel(SEND_BUFFER_EVENTS);
+        let outstanding = Arc::new((AtomicUsize::new(0), Notify::new()));
+        let linger = config.linger;
         let accumulator = Accumulator {
             cluster,
             config: Arc::new(config),
             identity,
-            open: HashMap::new(),
-            senders: HashMap::new(),
-            sequences: HashMap::new(),
-            sticky: HashMap::new(),
+            topics: HashMap::new(),
             partitioner: StickyPartitioner::default(),
-            outstanding: Arc::new((AtomicUsize::new(0), Notify::new())),
+            outstanding: Arc::clone(&outstanding),
         };
-        let task = tokio::spawn(accumulator.run(receiver));
-        Ok(Producer { commands, task })
+        let shared = Arc::new(Shared {
+            accumulator: tokio::sync::Mutex::new(accumulator),
+            outstanding,
+        });
+        let linger = tokio::spawn(seal_lingering(Arc::downgrade(&shared), linger));
+        Ok(Producer { shared, linger })
     }
 
     /// Queues an event; the returned `Delivery` resolves when it is acknowledged. Waits when
-    /// the producer's buffer is full.
+    /// the partition's queue of sealed batches is full. If this future is dropped before it
+    /// resolves, the event may still be sent: it is in its batch once the call has begun.
     pub async fn send(&self, record: ProducerRecord) -> Result<Delivery, ClientError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Send(record, reply))
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        answer.await.map_err(|_| ClientError::Closed)?
+        self.shared.accumulator.lock().await.add(record).await
     }
 
     /// Seals every open batch and waits until every event sent so far is answered.
     pub async fn flush(&self) -> Result<(), ClientError> {
-        let (reply, done) = oneshot::channel();
-        self.commands
-            .send(Command::Flush(reply))
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        done.await.map_err(|_| ClientError::Closed)
+        self.shared.accumulator.lock().await.seal_all(true).await;
+        let (count, notify) = &*self.shared.outstanding;
+        loop {
+            let notified = notify.notified();
+            if count.load(Ordering::SeqCst) == 0 {
+                return Ok(());
+            }
+            notified.await;
+        }
     }
 
     /// Flushes and stops.
     pub async fn close(self) -> Result<(), ClientError> {
         self.flush().await?;
-        drop(self.commands);
-        let _ = self.task.await;
+        // Dropping the partition queues lets each sender task finish.
+        self.shared.accumulator.lock().await.topics.clear();
         Ok(())
+    }
+}
+
+impl Drop for Producer {
+    /// A producer dropped without `close` still sends what it holds: its open batches are
+    /// sealed on the runtime, if there is one.
+    fn drop(&mut self) {
+        self.linger.abort();
+        let shared = Arc::clone(&self.shared);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut accumulator = shared.accumulator.lock().await;
+                accumulator.seal_all(true).await;
+                accumulator.topics.clear();
+            });
+        }
+    }
+}
+
+/// Seals batches older than `linger`, checking every `linger` (at least every millisecond),
+/// until the producer is gone.
+async fn seal_lingering(shared: std::sync::Weak<Shared>, linger: Duration) {
+    let mut timer = tokio::time::interval(linger.max(Duration::from_millis(1)));
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        timer.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.accumulator.lock().await.seal_all(false).await;
     }
 }
 
@@ -233,51 +274,43 @@ struct Accumulator {
     cluster: Arc<Cluster>,
     config: Arc<ProducerConfig>,
     identity: Option<(ProducerId, ProducerEpoch)>,
-    open: HashMap<(String, u32), Open>,
-    senders: HashMap<(String, u32), mpsc::Sender<Sealed>>,
-    sequences: HashMap<(String, u32), u32>,
-    /// The current sticky partition of each topic, for events without key or partition.
-    sticky: HashMap<String, u32>,
+    /// Per topic, looked up by `&str` so that queuing an event allocates nothing for the map.
+    topics: HashMap<String, TopicState>,
     partitioner: StickyPartitioner,
-    /// Batches sealed and not yet answered, for `flush`.
     outstanding: Arc<(AtomicUsize, Notify)>,
 }
 
-impl Accumulator {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let tick = self.config.linger.max(Duration::from_millis(1));
-        let mut timer = tokio::time::interval(tick);
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                command = commands.recv() => match command {
-                    Some(Command::Send(record, reply)) => {
-                        let _ = reply.send(self.add(record).await);
-                    }
-                    Some(Command::Flush(reply)) => {
-                        self.seal_all(true).await;
-                        let (count, notify) = &*self.outstanding;
-                        loop {
-                            let notified = notify.notified();
-                            if count.load(Ordering::SeqCst) == 0 {
-                                break;
-                            }
-                            notified.await;
-                        }
-                        let _ = reply.send(());
-                    }
-                    None => {
-                        self.seal_all(true).await;
-                        return;
-                    }
-                },
-                _ = timer.tick() => self.seal_all(false).await,
-            }
-        }
-    }
+#[derive(Default)]
+struct TopicState {
+    /// The current sticky partition, for events without key or partition.
+    sticky: Option<u32>,
+    partitions: HashMap<u32, PartitionState>,
+}
 
+struct PartitionState {
+    open: Option<Open>,
+    /// The next batch's base sequence (idempotent producers).
+    sequence: u32,
+    /// The size of the last sealed batch: the next one reserves it up front, so a full batch
+    /// is built without growing its buffer (bounded by the batch size setting).
+    last_batch_bytes: usize,
+    queue: mpsc::Sender<Sealed>,
+}
+
+/// Room for the record that crosses `batch_bytes` (one large event at most).
+const BATCH_SLACK_BYTES: usize = 64 * 1024;
+
+impl Accumulator {
     async fn add(&mut self, record: ProducerRecord) -> Result<Delivery, ClientError> {
         let partitions = self.cluster.partition_count(&record.topic).await?;
+        if !self.topics.contains_key(record.topic.as_str()) {
+            self.topics
+                .insert(record.topic.clone(), TopicState::default());
+        }
+        let topic = self
+            .topics
+            .get_mut(record.topic.as_str())
+            .expect("inserted above");
         let partition = match (record.partition, &record.key) {
             (Some(p), _) if p < partitions => p,
             (Some(p), _) => {
@@ -288,96 +321,137 @@ impl Accumulator {
             }
             (None, Some(key)) => partition_for_key(key, partitions),
             (None, None) => {
-                *self
+                *topic
                     .sticky
-                    .entry(record.topic.clone())
-                    .or_insert_with(|| self.partitioner.next(partitions))
+                    .get_or_insert_with(|| self.partitioner.next(partitions))
                     % partitions
             }
         };
-        let key = (record.topic.clone(), partition);
-        let headers: Vec<(&str, &[u8])> = record
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect();
-        let open = self.open.entry(key.clone()).or_insert_with(|| {
+        let state = topic.partitions.entry(partition).or_insert_with(|| {
+            PartitionState::start(
+                &self.cluster,
+                &self.config,
+                &record.topic,
+                partition,
+                &self.outstanding,
+            )
+        });
+        let open = state.open.get_or_insert_with(|| {
             let (outcome, receiver) = watch::channel(None);
+            let reserve = state
+                .last_batch_bytes
+                .min(self.config.batch_bytes + BATCH_SLACK_BYTES);
             Open {
-                builder: BatchBuilder::new(self.config.compression),
+                builder: BatchBuilder::with_capacity(self.config.compression, reserve),
                 outcome,
                 receiver,
                 created: Instant::now(),
             }
         });
         let index = open.builder.record_count();
+        let headers: Vec<(&str, &[u8])> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
         open.builder.push(
             record.key.as_deref(),
             record.value.as_deref(),
             &headers,
             record.timestamp.unwrap_or_else(now_ms),
         );
+        let full = open.builder.uncompressed_bytes() >= self.config.batch_bytes;
         let delivery = Delivery {
-            topic: record.topic.clone(),
             partition,
             outcome: open.receiver.clone(),
             index,
+            topic: record.topic,
         };
-        if open.builder.uncompressed_bytes() >= self.config.batch_bytes {
-            self.seal(&key).await;
+        if full {
             if record.partition.is_none() && record.key.is_none() {
                 // A full sticky batch: move on to the next partition.
-                let next = self.partitioner.next(partitions);
-                self.sticky.insert(record.topic, next);
+                topic.sticky = Some(self.partitioner.next(partitions));
             }
+            state.seal(self.identity, &self.outstanding).await;
         }
         Ok(delivery)
     }
 
     async fn seal_all(&mut self, everything: bool) {
-        let due: Vec<(String, u32)> = self
-            .open
-            .iter()
-            .filter(|(_, o)| everything || o.created.elapsed() >= self.config.linger)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
-            self.seal(&key).await;
+        let linger = self.config.linger;
+        for topic in self.topics.values_mut() {
+            for state in topic.partitions.values_mut() {
+                let due = state
+                    .open
+                    .as_ref()
+                    .is_some_and(|o| everything || o.created.elapsed() >= linger);
+                if due {
+                    state.seal(self.identity, &self.outstanding).await;
+                }
+            }
+        }
+    }
+}
+
+impl PartitionState {
+    /// A partition's state and the task that sends its batches.
+    fn start(
+        cluster: &Arc<Cluster>,
+        config: &Arc<ProducerConfig>,
+        topic: &str,
+        partition: u32,
+        outstanding: &Arc<(AtomicUsize, Notify)>,
+    ) -> PartitionState {
+        let (queue, receiver) = mpsc::channel(PARTITION_QUEUE_BATCHES);
+        let sender = PartitionSender {
+            cluster: Arc::clone(cluster),
+            config: Arc::clone(config),
+            topic: topic.to_owned(),
+            partition: PartitionId(partition),
+            outstanding: Arc::clone(outstanding),
+        };
+        tokio::spawn(sender.run(receiver));
+        PartitionState {
+            open: None,
+            sequence: 0,
+            last_batch_bytes: 0,
+            queue,
         }
     }
 
-    async fn seal(&mut self, key: &(String, u32)) {
-        let Some(open) = self.open.remove(key) else {
+    /// Seals the open batch and queues it. Room in the queue is taken first, so a caller
+    /// that gives up while the queue is full leaves the batch open (and whole) for the next
+    /// call or the linger timer.
+    async fn seal(
+        &mut self,
+        identity: Option<(ProducerId, ProducerEpoch)>,
+        outstanding: &(AtomicUsize, Notify),
+    ) {
+        let permit = self.queue.reserve().await;
+        let Some(open) = self.open.take() else {
             return;
         };
         let mut builder = open.builder;
-        if let Some((id, epoch)) = self.identity {
-            let sequence = self.sequences.entry(key.clone()).or_insert(0);
+        if let Some((id, epoch)) = identity {
             let count = builder.record_count();
-            builder = builder.producer(id, epoch, Sequence(*sequence));
-            *sequence = ((u64::from(*sequence) + u64::from(count)) % (i32::MAX as u64 + 1)) as u32;
+            builder = builder.producer(id, epoch, Sequence(self.sequence));
+            self.sequence =
+                ((u64::from(self.sequence) + u64::from(count)) % (i32::MAX as u64 + 1)) as u32;
         }
+        let bytes = builder.build();
+        self.last_batch_bytes = bytes.len();
         let sealed = Sealed {
-            bytes: builder.build(),
+            bytes,
             outcome: open.outcome,
             created: open.created,
         };
-        let sender = self.senders.entry(key.clone()).or_insert_with(|| {
-            let (sender, receiver) = mpsc::channel(PARTITION_QUEUE_BATCHES);
-            let partition = PartitionSender {
-                cluster: Arc::clone(&self.cluster),
-                config: Arc::clone(&self.config),
-                topic: key.0.clone(),
-                partition: PartitionId(key.1),
-                outstanding: Arc::clone(&self.outstanding),
-            };
-            tokio::spawn(partition.run(receiver));
-            sender
-        });
-        self.outstanding.0.fetch_add(1, Ordering::SeqCst);
-        if let Err(mpsc::error::SendError(batch)) = sender.send(sealed).await {
-            batch.outcome.send_replace(Some(Err(ClientError::Closed)));
-            finish(&self.outstanding);
+        outstanding.0.fetch_add(1, Ordering::SeqCst);
+        match permit {
+            Ok(permit) => permit.send(sealed),
+            Err(_) => {
+                sealed.outcome.send_replace(Some(Err(ClientError::Closed)));
+                finish(outstanding);
+            }
         }
     }
 }
@@ -428,8 +502,8 @@ impl PartitionSender {
                 return;
             }
             // Send what waits, in order.
-            while let Some(batch) = waiting.pop_front() {
-                let answer = self.submit(batch.bytes.clone()).await;
+            while let Some(mut batch) = waiting.pop_front() {
+                let answer = self.submit(&mut batch.bytes).await;
                 in_flight.push_back((batch, answer));
             }
             // The oldest answer decides.
@@ -486,12 +560,13 @@ impl PartitionSender {
     }
 
     /// Writes the batch's request now (so batches leave in order) and returns the answer
-    /// to wait for.
-    async fn submit(&self, records: Vec<u8>) -> AnswerFuture {
+    /// to wait for. The batch's bytes move into the request while it is encoded and back
+    /// out afterwards, so they are copied once, into the frame, and kept for a retry.
+    async fn submit(&self, records: &mut Vec<u8>) -> AnswerFuture {
         let submitted = async {
             let (connection, epoch): (Connection, LeaderEpoch) =
                 self.cluster.leader(&self.topic, self.partition).await?;
-            let request = ProduceRequest {
+            let mut request = ProduceRequest {
                 acks: self.config.acks,
                 timeout_ms: self.config.request_timeout.as_millis() as u32,
                 topics: vec![ProduceTopic {
@@ -499,19 +574,23 @@ impl PartitionSender {
                     partitions: vec![ProducePartition {
                         partition: self.partition,
                         current_leader_epoch: Some(epoch),
-                        records,
+                        records: std::mem::take(records),
                     }],
                 }],
             };
-            if self.config.acks == Acks::None {
-                connection.send_without_answer(&request).await?;
-                return Ok(None);
-            }
-            Ok(Some(
+            let submitted = if self.config.acks == Acks::None {
+                connection
+                    .send_without_answer(&request)
+                    .await
+                    .map(|()| None)
+            } else {
                 connection
                     .submit(&request, self.config.request_timeout)
-                    .await?,
-            ))
+                    .await
+                    .map(Some)
+            };
+            *records = std::mem::take(&mut request.topics[0].partitions[0].records);
+            submitted
         }
         .await;
         Box::pin(async move {

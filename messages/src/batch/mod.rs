@@ -673,22 +673,43 @@ pub fn split_batches(
 
 /// Builds a batch from records, as a producer does. Offsets start at 0 and the leader epoch
 /// is 0; the leader writes both when it appends.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BatchBuilder {
     compression: Compression,
     producer: Option<(ProducerId, ProducerEpoch, Sequence)>,
-    records: Vec<u8>,
+    /// The batch as it will be sent: `HEADER_BYTES` left blank until `build` fills them in,
+    /// then the records, so an uncompressed batch is built without copying its records.
+    batch: Vec<u8>,
     count: u32,
     first_timestamp: Option<i64>,
     max_timestamp: i64,
 }
 
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        BatchBuilder::new(Compression::None)
+    }
+}
+
 impl BatchBuilder {
     #[must_use]
     pub fn new(compression: Compression) -> Self {
+        BatchBuilder::with_capacity(compression, 0)
+    }
+
+    /// A builder whose buffer holds `bytes` of batch (header included) before it grows: a
+    /// producer that knows its batch size builds a full batch without reallocating.
+    #[must_use]
+    pub fn with_capacity(compression: Compression, bytes: usize) -> Self {
+        let mut batch = Vec::with_capacity(bytes.max(HEADER_BYTES));
+        batch.resize(HEADER_BYTES, 0);
         BatchBuilder {
             compression,
-            ..BatchBuilder::default()
+            producer: None,
+            batch,
+            count: 0,
+            first_timestamp: None,
+            max_timestamp: 0,
         }
     }
 
@@ -713,7 +734,7 @@ impl BatchBuilder {
     /// The size of the uncompressed batch if it were built now.
     #[must_use]
     pub fn uncompressed_bytes(&self) -> usize {
-        HEADER_BYTES + self.records.len()
+        self.batch.len()
     }
 
     /// Appends one record with the given timestamp (ms since the Unix epoch).
@@ -744,7 +765,7 @@ impl BatchBuilder {
         for (k, v) in headers {
             body_len += sized_len(Some(k.as_bytes())) + sized_len(Some(v));
         }
-        let out = &mut self.records;
+        let out = &mut self.batch;
         out.reserve(body_len + 5);
         varint::put_varint(out, body_len as i32);
         out.push(0);
@@ -767,28 +788,37 @@ impl BatchBuilder {
     #[must_use]
     pub fn build(self) -> Vec<u8> {
         assert!(self.count > 0, "a batch holds at least one record");
-        let records = deflate(self.compression, &self.records);
-        let mut batch = Vec::with_capacity(HEADER_BYTES + records.len());
-        let batch_length = (HEADER_BYTES - LOG_OVERHEAD_BYTES + records.len()) as u32;
+        let mut batch = match self.compression {
+            Compression::None => self.batch,
+            compression => {
+                let records = deflate(compression, &self.batch[HEADER_BYTES..]);
+                let mut batch = Vec::with_capacity(HEADER_BYTES + records.len());
+                batch.resize(HEADER_BYTES, 0);
+                batch.extend_from_slice(&records);
+                batch
+            }
+        };
+        let batch_length = (batch.len() - LOG_OVERHEAD_BYTES) as u32;
         let (producer_id, producer_epoch, base_sequence) = match self.producer {
             Some((id, epoch, sequence)) => (id.0 as i64, epoch.0 as i16, sequence.0 as i32),
             None => (-1, -1, -1),
         };
-        batch.extend_from_slice(&0u64.to_be_bytes());
-        batch.extend_from_slice(&batch_length.to_be_bytes());
-        batch.extend_from_slice(&0u32.to_be_bytes());
-        batch.push(MAGIC);
-        batch.extend_from_slice(&0u32.to_be_bytes());
-        batch.extend_from_slice(&self.compression.code().to_be_bytes());
-        batch.extend_from_slice(&(self.count - 1).to_be_bytes());
-        batch.extend_from_slice(&self.first_timestamp.unwrap_or_default().to_be_bytes());
-        batch.extend_from_slice(&self.max_timestamp.to_be_bytes());
-        batch.extend_from_slice(&producer_id.to_be_bytes());
-        batch.extend_from_slice(&producer_epoch.to_be_bytes());
-        batch.extend_from_slice(&base_sequence.to_be_bytes());
-        batch.extend_from_slice(&self.count.to_be_bytes());
-        debug_assert_eq!(batch.len(), HEADER_BYTES);
-        batch.extend_from_slice(&records);
+        let mut header = Vec::with_capacity(HEADER_BYTES);
+        header.extend_from_slice(&0u64.to_be_bytes());
+        header.extend_from_slice(&batch_length.to_be_bytes());
+        header.extend_from_slice(&0u32.to_be_bytes());
+        header.push(MAGIC);
+        header.extend_from_slice(&0u32.to_be_bytes());
+        header.extend_from_slice(&self.compression.code().to_be_bytes());
+        header.extend_from_slice(&(self.count - 1).to_be_bytes());
+        header.extend_from_slice(&self.first_timestamp.unwrap_or_default().to_be_bytes());
+        header.extend_from_slice(&self.max_timestamp.to_be_bytes());
+        header.extend_from_slice(&producer_id.to_be_bytes());
+        header.extend_from_slice(&producer_epoch.to_be_bytes());
+        header.extend_from_slice(&base_sequence.to_be_bytes());
+        header.extend_from_slice(&self.count.to_be_bytes());
+        debug_assert_eq!(header.len(), HEADER_BYTES);
+        batch[..HEADER_BYTES].copy_from_slice(&header);
         let crc = compute_crc(&batch);
         batch[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_be_bytes());
         batch

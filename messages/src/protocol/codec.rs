@@ -28,7 +28,13 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(
     correlation_id: u64,
     body: &T,
 ) -> Result<Vec<u8>, ProtocolError> {
-    let mut out = Vec::with_capacity(256);
+    // Counting first costs a walk of the body without copying its byte strings, and saves
+    // the copies of a buffer grown by doubling, which for a 1 MiB batch add up to 2 MiB.
+    let mut counter = ByteCounter(0);
+    rmp_serde::encode::write_named(&mut counter, body).map_err(|e| ProtocolError::Malformed {
+        reason: format!("cannot encode body: {e}"),
+    })?;
+    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + counter.0);
     out.resize(FRAME_HEADER_BYTES, 0);
     rmp_serde::encode::write_named(&mut out, body).map_err(|e| ProtocolError::Malformed {
         reason: format!("cannot encode body: {e}"),
@@ -41,6 +47,20 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(
     )?;
     out[..FRAME_HEADER_BYTES].copy_from_slice(&header.encode());
     Ok(out)
+}
+
+/// A writer that only counts what it is given.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Decodes one body. The body must be exactly one map: another top-level value or bytes after

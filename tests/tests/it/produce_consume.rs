@@ -106,6 +106,56 @@ fn keyed_events_keep_their_partition_and_order_and_unkeyed_ones_spread() {
     });
 }
 
+/// `send` only queues: a producer dropped without `close` (an early return, a panic in the
+/// caller's task) still sends the events it holds, here in batches that would otherwise wait
+/// an hour for their linger.
+#[test]
+fn a_producer_dropped_without_close_still_sends_what_it_holds() {
+    let node = TestNode::start();
+    runtime().block_on(async {
+        let cluster = Cluster::connect(&node.bootstrap(), "test").await.unwrap();
+        Admin::new(cluster.clone())
+            .create_topic("dropped", 3, 1, BTreeMap::new())
+            .await
+            .unwrap();
+        let config = ProducerConfig {
+            linger: Duration::from_secs(3600),
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(cluster.clone(), config).await.unwrap();
+        let mut deliveries = Vec::new();
+        for i in 0..120 {
+            let key = format!("k{}", i % 7);
+            deliveries.push(
+                producer
+                    .send(record("dropped", Some(&key), format!("{i}")))
+                    .await
+                    .unwrap(),
+            );
+        }
+        drop(producer);
+        for delivery in deliveries {
+            let meta = tokio::time::timeout(Duration::from_secs(10), delivery.wait())
+                .await
+                .expect("answered within 10 s")
+                .expect("delivered");
+            assert!(meta.offset.is_some());
+        }
+        let mut consumer = Consumer::new(cluster, ConsumerConfig::default());
+        consumer
+            .assign("dropped", None, SeekTo::Earliest)
+            .await
+            .unwrap();
+        let mut values: Vec<u32> = read_n(&mut consumer, 120)
+            .await
+            .iter()
+            .map(|r| std::str::from_utf8(r.value.as_deref().unwrap()).unwrap().parse().unwrap())
+            .collect();
+        values.sort_unstable();
+        assert_eq!(values, (0..120).collect::<Vec<_>>(), "every event once");
+    });
+}
+
 #[test]
 fn headers_timestamps_and_every_acks_level_round_trip() {
     let node = TestNode::start();

@@ -326,7 +326,7 @@ async fn client(
     let deadline = started + shared.deadline_after;
     while !enough(&shared, deadline) {
         let sent = Instant::now();
-        let records = match tokio::time::timeout(FETCH_WAIT + FETCH_SLACK, consumer.poll()).await {
+        let records = match crate::within(FETCH_WAIT + FETCH_SLACK, consumer.poll()).await {
             Ok(Ok(records)) => records,
             Ok(Err(e)) => {
                 outcome.error = Some(format!("poll failed: {e}"));

@@ -491,7 +491,7 @@ async fn client(
         completers.push(tokio::spawn(async move {
             let mut outcome = Outcome::new(started);
             while let Some((since, delivery)) = receiver.recv().await {
-                let result = tokio::time::timeout(delivery_wait, delivery.wait()).await;
+                let result = crate::within(delivery_wait, delivery.wait()).await;
                 let now = Instant::now();
                 match result {
                     Ok(Ok(_)) => {
@@ -556,7 +556,7 @@ async fn client(
             if let Some(intended) = intended {
                 outcome.lag.record_duration(intended.elapsed());
             }
-            match tokio::time::timeout(ROOM_WAIT, producer.send(record)).await {
+            match crate::within(ROOM_WAIT, producer.send(record)).await {
                 Ok(Ok(delivery)) => {
                     let _ = lanes[lane].send((since, delivery)).await;
                 }
