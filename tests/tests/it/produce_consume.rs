@@ -149,7 +149,12 @@ fn a_producer_dropped_without_close_still_sends_what_it_holds() {
         let mut values: Vec<u32> = read_n(&mut consumer, 120)
             .await
             .iter()
-            .map(|r| std::str::from_utf8(r.value.as_deref().unwrap()).unwrap().parse().unwrap())
+            .map(|r| {
+                std::str::from_utf8(r.value.as_deref().unwrap())
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
             .collect();
         values.sort_unstable();
         assert_eq!(values, (0..120).collect::<Vec<_>>(), "every event once");
