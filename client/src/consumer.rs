@@ -2,14 +2,14 @@
 //! sent to each partition's leader. Seek to an offset, the earliest or latest offset, or the
 //! first offset at or after a timestamp.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use vltava_messages::batch::split_batches;
 use vltava_messages::protocol::{
-    ErrorCode, FetchPartition, FetchRequest, FetchTopic, ListOffsetsPartition, ListOffsetsRequest,
-    ListOffsetsTopic, OffsetSpec,
+    ErrorCode, FetchPartition, FetchRequest, FetchResponse, FetchTopic, ListOffsetsPartition,
+    ListOffsetsRequest, ListOffsetsTopic, OffsetSpec,
 };
 use vltava_messages::{Offset, PartitionId};
 
@@ -66,13 +66,26 @@ pub struct ConsumerRecord {
 /// An assigned partition about to be fetched: topic, partition, position, leader epoch.
 type Assigned = (String, u32, u64, vltava_messages::LeaderEpoch);
 
+/// The fetches in flight, one per leader.
+type FetchAnswers = Vec<tokio::task::JoinHandle<Result<FetchResponse, ClientError>>>;
+
+/// A fetch sent ahead while the caller handles the events of the last one.
+#[derive(Debug)]
+struct Prefetch {
+    /// The positions it was sent from: it is used only if they are still the positions
+    /// (a seek, an assignment or an unassignment in between makes it stale).
+    from: BTreeMap<(String, u32), u64>,
+    answers: FetchAnswers,
+}
+
 /// Reads assigned partitions.
 #[derive(Debug)]
 pub struct Consumer {
     cluster: Arc<Cluster>,
     config: ConsumerConfig,
     positions: BTreeMap<(String, u32), u64>,
-    buffered: VecDeque<ConsumerRecord>,
+    buffered: Vec<ConsumerRecord>,
+    prefetched: Option<Prefetch>,
 }
 
 impl Consumer {
@@ -82,7 +95,8 @@ impl Consumer {
             cluster,
             config,
             positions: BTreeMap::new(),
-            buffered: VecDeque::new(),
+            buffered: Vec::new(),
+            prefetched: None,
         }
     }
 
@@ -233,10 +247,42 @@ impl Consumer {
         if self.buffered.is_empty() {
             self.fetch().await?;
         }
-        Ok(self.buffered.drain(..).collect())
+        Ok(std::mem::take(&mut self.buffered))
     }
 
     async fn fetch(&mut self) -> Result<(), ClientError> {
+        let answers = match self.prefetched.take() {
+            Some(prefetch) if prefetch.from == self.positions => prefetch.answers,
+            stale => {
+                for answer in stale.into_iter().flat_map(|p| p.answers) {
+                    answer.abort();
+                }
+                self.send_fetches(self.config.max_wait, self.config.min_bytes)
+                    .await?
+            }
+        };
+        self.take_answers(answers).await?;
+        // Read ahead: while the caller handles these events the next ones travel. It asks
+        // for what is there now and does not long-poll, so that a seek or a new assignment
+        // never queues behind a waiting fetch on the connection; an error here is left for
+        // the next poll's own fetch to meet.
+        if !self.buffered.is_empty()
+            && let Ok(answers) = self.send_fetches(Duration::ZERO, 0).await
+        {
+            self.prefetched = Some(Prefetch {
+                from: self.positions.clone(),
+                answers,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends one fetch per leader of the assigned partitions, from their positions.
+    async fn send_fetches(
+        &self,
+        max_wait: Duration,
+        min_bytes: u32,
+    ) -> Result<FetchAnswers, ClientError> {
         // Group the assigned partitions by leader connection.
         let mut by_leader: HashMap<String, (crate::connection::Connection, Vec<Assigned>)> =
             HashMap::new();
@@ -261,19 +307,23 @@ impl Consumer {
                 });
             }
             let request = FetchRequest {
-                max_wait_ms: self.config.max_wait.as_millis() as u32,
-                min_bytes: self.config.min_bytes,
+                max_wait_ms: max_wait.as_millis() as u32,
+                min_bytes,
                 max_bytes: self.config.max_bytes,
                 topics: topics
                     .into_iter()
                     .map(|(name, partitions)| FetchTopic { name, partitions })
                     .collect(),
             };
-            let wait = self.config.max_wait;
             answers.push(tokio::spawn(async move {
-                connection.send(&request, wait).await
+                connection.send(&request, max_wait).await
             }));
         }
+        Ok(answers)
+    }
+
+    /// Buffers the events of fetch answers and moves the positions past them.
+    async fn take_answers(&mut self, answers: FetchAnswers) -> Result<(), ClientError> {
         let mut refresh = false;
         for answer in answers {
             let answer = match answer
@@ -318,24 +368,29 @@ impl Consumer {
                                 topic.name, p.partition.0
                             ))
                         })?;
-                        for record in batch
-                            .records()
-                            .map_err(|e| ClientError::Protocol(e.to_string()))?
-                        {
-                            if record.offset.0 < position {
-                                continue;
-                            }
-                            next = record.offset.0 + 1;
-                            self.buffered.push_back(ConsumerRecord {
-                                topic: topic.name.clone(),
-                                partition: p.partition.0,
-                                offset: record.offset.0,
-                                timestamp: record.timestamp,
-                                key: record.key,
-                                value: record.value,
-                                headers: record.headers,
-                            });
-                        }
+                        let partition = p.partition.0;
+                        let buffered = &mut self.buffered;
+                        buffered.reserve(batch.header.record_count.min(65_536) as usize);
+                        batch
+                            .for_each_record(|offset, timestamp, record| {
+                                if offset.0 < position {
+                                    return;
+                                }
+                                next = offset.0 + 1;
+                                buffered.push(ConsumerRecord {
+                                    topic: topic.name.clone(),
+                                    partition,
+                                    offset: offset.0,
+                                    timestamp,
+                                    key: record.key.map(<[u8]>::to_vec),
+                                    value: record.value.map(<[u8]>::to_vec),
+                                    headers: record
+                                        .headers()
+                                        .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                                        .collect(),
+                                });
+                            })
+                            .map_err(|e| ClientError::Protocol(e.to_string()))?;
                         next = next.max(batch.header.next_offset().0);
                     }
                     self.positions.insert(key, next);

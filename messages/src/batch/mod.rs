@@ -600,9 +600,31 @@ impl<'a> RecordBatchRef<'a> {
 
     /// Decodes every record, with its absolute offset and timestamp.
     pub fn records(&self) -> Result<Vec<Record>, BatchError> {
+        let mut out = Vec::with_capacity(self.header.record_count.min(4096) as usize);
+        self.for_each_record(|offset, timestamp, view| {
+            out.push(Record {
+                offset,
+                timestamp,
+                key: view.key.map(<[u8]>::to_vec),
+                value: view.value.map(<[u8]>::to_vec),
+                headers: view
+                    .headers()
+                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                    .collect(),
+            });
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `visit` with each record's absolute offset, timestamp and borrowed view, in
+    /// order, decompressing the records section first if it is compressed: a reader that
+    /// keeps records in its own shape copies each field once.
+    pub fn for_each_record(
+        &self,
+        mut visit: impl FnMut(Offset, i64, RecordView<'_>),
+    ) -> Result<(), BatchError> {
         let section = records_section(&self.header, self.bytes)?;
         let mut cursor = RecordCursor::new(&section);
-        let mut out = Vec::with_capacity(self.header.record_count.min(4096) as usize);
         let mut index = 0;
         while let Some(view) = cursor.next_record(index)? {
             let timestamp = match self.header.timestamp_type() {
@@ -612,22 +634,14 @@ impl<'a> RecordBatchRef<'a> {
                     .wrapping_add(view.timestamp_delta),
                 TimestampType::LogAppendTime => self.header.max_timestamp,
             };
-            out.push(Record {
-                offset: self
-                    .header
-                    .base_offset
-                    .plus(u64::from(view.offset_delta as u32)),
-                timestamp,
-                key: view.key.map(<[u8]>::to_vec),
-                value: view.value.map(<[u8]>::to_vec),
-                headers: view
-                    .headers()
-                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
-                    .collect(),
-            });
+            let offset = self
+                .header
+                .base_offset
+                .plus(u64::from(view.offset_delta as u32));
+            visit(offset, timestamp, view);
             index += 1;
         }
-        Ok(out)
+        Ok(())
     }
 }
 

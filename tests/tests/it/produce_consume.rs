@@ -263,6 +263,74 @@ fn a_long_poll_fetch_wakes_when_data_arrives() {
     });
 }
 
+/// The consumer reads ahead while the caller handles what `poll` returned. Read straight
+/// through, that must neither skip nor repeat an offset; after a seek, what was read ahead
+/// from the old position must not be delivered.
+#[test]
+fn reading_ahead_keeps_order_and_a_seek_drops_what_was_read_ahead() {
+    let node = TestNode::start();
+    runtime().block_on(async {
+        let cluster = Cluster::connect(&node.bootstrap(), "test").await.unwrap();
+        Admin::new(cluster.clone())
+            .create_topic("ahead", 1, 1, BTreeMap::new())
+            .await
+            .unwrap();
+        // Small batches and small fetches: many fetches, each answered with a batch or two.
+        let config = ProducerConfig {
+            batch_bytes: 2048,
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(cluster.clone(), config).await.unwrap();
+        for i in 0..3000 {
+            producer
+                .send(record("ahead", None, format!("{i:08}")))
+                .await
+                .unwrap();
+        }
+        producer.close().await.unwrap();
+        let config = ConsumerConfig {
+            max_bytes: 4096,
+            partition_max_bytes: 4096,
+            ..ConsumerConfig::default()
+        };
+        let mut consumer = Consumer::new(cluster, config);
+        consumer
+            .assign("ahead", None, SeekTo::Earliest)
+            .await
+            .unwrap();
+        let first = consumer.poll().await.unwrap();
+        assert!(!first.is_empty() && first.len() < 3000, "a small fetch");
+        assert_eq!(first[0].offset, 0);
+        // A fetch from the position after `first` is now in flight; seek back.
+        consumer.seek("ahead", 0, SeekTo::Offset(0)).await.unwrap();
+        let again = consumer.poll().await.unwrap();
+        assert_eq!(again[0].offset, 0, "the seek wins over what was read ahead");
+        let mut offsets: Vec<u64> = again.iter().map(|r| r.offset).collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while offsets.len() < 3000 && Instant::now() < deadline {
+            offsets.extend(consumer.poll().await.unwrap().iter().map(|r| r.offset));
+        }
+        assert_eq!(
+            offsets,
+            (0..3000).collect::<Vec<u64>>(),
+            "every offset once, in order"
+        );
+        // And forwards: a seek past what was read ahead.
+        consumer
+            .seek("ahead", 0, SeekTo::Offset(2500))
+            .await
+            .unwrap();
+        let _ = consumer.poll().await.unwrap();
+        consumer
+            .seek("ahead", 0, SeekTo::Offset(1000))
+            .await
+            .unwrap();
+        let records = consumer.poll().await.unwrap();
+        assert_eq!(records[0].offset, 1000);
+        assert_eq!(records[0].value.as_deref(), Some(&b"00001000"[..]));
+    });
+}
+
 #[test]
 fn seek_by_timestamp_and_list_offsets() {
     let node = TestNode::start();
