@@ -144,7 +144,13 @@ impl Connection {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push_back((correlation_id, slot));
         }
-        if let Err(e) = write_all_vectored(&mut writer, head, tail).await {
+        // A caller that drops this future (a timeout, an aborted task) may do so inside a
+        // frame; the bytes already written cannot be taken back, so the connection is failed
+        // rather than left to carry the next frame after half of this one.
+        let mut unfinished = UnfinishedWrite(Some(&self.inner));
+        let written = write_all_vectored(&mut writer, head, tail).await;
+        unfinished.0 = None;
+        if let Err(e) = written {
             let reason = format!("write to {} failed: {e}", self.inner.addr);
             fail_all(&self.inner, &reason);
             return Err(ClientError::ConnectionLost(reason));
@@ -303,6 +309,20 @@ fn placeholder_handshake() -> HandshakeResponse {
     }
 }
 
+/// Fails the connection if dropped while still armed: see `Connection::write`.
+struct UnfinishedWrite<'a>(Option<&'a Inner>);
+
+impl Drop for UnfinishedWrite<'_> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0 {
+            fail_all(
+                inner,
+                "a request was abandoned while its frame was being written",
+            );
+        }
+    }
+}
+
 fn fail_all(inner: &Inner, reason: &str) {
     inner
         .failure
@@ -374,5 +394,90 @@ async fn read_loop(mut reader: OwnedReadHalf, inner: std::sync::Weak<Inner>) {
     };
     if let Some(inner) = inner.upgrade() {
         fail_all(&inner, &reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpSocket;
+    use vltava_messages::protocol::{
+        Acks, FrameParse, ProducePartition, ProduceTopic, Request, RequestKind, parse_frame,
+    };
+    use vltava_messages::{NodeId, PartitionId};
+
+    use super::*;
+
+    /// A send dropped while its frame is half written (here by a timeout, against a peer that
+    /// answered the handshake and then stopped reading) must not leave the connection to carry
+    /// the next frame after half of this one: it is broken, and a pool replaces it.
+    #[tokio::test]
+    async fn a_send_dropped_inside_its_frame_breaks_the_connection() {
+        let socket = TcpSocket::new_v4().unwrap();
+        // A small receive buffer fixes the window: the frame below cannot all be in flight.
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap().to_string();
+        let listener = socket.listen(1).unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let header = loop {
+                if let Ok(FrameParse::Complete(frame)) = parse_frame(&buffer) {
+                    let request = Request::decode(&frame.header, &buffer[frame.body.clone()]);
+                    assert!(matches!(request, Ok(Request::Handshake(_))));
+                    break frame.header;
+                }
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the client closed before its handshake");
+                buffer.extend_from_slice(&chunk[..n]);
+            };
+            let answer = Response::Handshake(HandshakeResponse {
+                node_id: NodeId(1),
+                cluster_id: "stalled".into(),
+                server_software_name: "test".into(),
+                server_software_version: "0".into(),
+                frame_bytes_max: FRAME_BYTES_MAX,
+                kinds: RequestKind::handshake_list(),
+            });
+            stream
+                .write_all(&answer.encode(header.correlation_id).unwrap())
+                .await
+                .unwrap();
+            // Read nothing more; hold the connection open until the test ends.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(stream);
+        });
+        let connection = Connection::connect(&addr, "test").await.unwrap();
+        assert!(!connection.is_broken());
+        let request = ProduceRequest {
+            acks: Acks::Leader,
+            timeout_ms: 1000,
+            topics: vec![ProduceTopic {
+                name: "t".into(),
+                partitions: vec![ProducePartition {
+                    partition: PartitionId(0),
+                    current_leader_epoch: None,
+                    // Larger than the largest send buffer (4 MiB) plus the peer's window.
+                    records: vec![0; 7 << 20],
+                }],
+            }],
+        };
+        let sent = tokio::time::timeout(
+            Duration::from_millis(300),
+            connection.submit(&request, Duration::from_secs(1)),
+        )
+        .await;
+        assert!(sent.is_err(), "the frame cannot have been written whole");
+        assert!(
+            connection.is_broken(),
+            "a half-written frame breaks the connection"
+        );
+        let again = connection
+            .send(&request, Duration::from_secs(1))
+            .await
+            .expect_err("a broken connection takes no more requests");
+        assert!(matches!(again, ClientError::ConnectionLost(_)), "{again:?}");
+        peer.abort();
     }
 }

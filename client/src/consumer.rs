@@ -253,10 +253,9 @@ impl Consumer {
     async fn fetch(&mut self) -> Result<(), ClientError> {
         let answers = match self.prefetched.take() {
             Some(prefetch) if prefetch.from == self.positions => prefetch.answers,
-            stale => {
-                for answer in stale.into_iter().flat_map(|p| p.answers) {
-                    answer.abort();
-                }
+            _stale => {
+                // A stale fetch is left to finish and its answer dropped: cancelling it could
+                // cut its frame in half on the connection.
                 self.send_fetches(self.config.max_wait, self.config.min_bytes)
                     .await?
             }
