@@ -251,16 +251,23 @@ impl Consumer {
     }
 
     async fn fetch(&mut self) -> Result<(), ClientError> {
-        let answers = match self.prefetched.take() {
-            Some(prefetch) if prefetch.from == self.positions => prefetch.answers,
-            _stale => {
-                // A stale fetch is left to finish and its answer dropped: cancelling it could
-                // cut its frame in half on the connection.
-                self.send_fetches(self.config.max_wait, self.config.min_bytes)
-                    .await?
-            }
-        };
-        self.take_answers(answers).await?;
+        // A stale read-ahead is left to finish and its answer dropped: cancelling it could cut
+        // its frame in half on the connection.
+        let read_ahead = self
+            .prefetched
+            .take()
+            .filter(|prefetch| prefetch.from == self.positions);
+        if let Some(prefetch) = read_ahead {
+            self.take_answers(prefetch.answers).await?;
+        }
+        if self.buffered.is_empty() {
+            // Nothing read ahead (or it found nothing new): a long poll, so that an empty
+            // `poll` still means nothing arrived within `max_wait`.
+            let answers = self
+                .send_fetches(self.config.max_wait, self.config.min_bytes)
+                .await?;
+            self.take_answers(answers).await?;
+        }
         // Read ahead: while the caller handles these events the next ones travel. It asks
         // for what is there now and does not long-poll, so that a seek or a new assignment
         // never queues behind a waiting fetch on the connection; an error here is left for

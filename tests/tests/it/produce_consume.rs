@@ -291,6 +291,7 @@ fn reading_ahead_keeps_order_and_a_seek_drops_what_was_read_ahead() {
         let config = ConsumerConfig {
             max_bytes: 4096,
             partition_max_bytes: 4096,
+            max_wait: Duration::from_millis(300),
             ..ConsumerConfig::default()
         };
         let mut consumer = Consumer::new(cluster, config);
@@ -314,6 +315,15 @@ fn reading_ahead_keeps_order_and_a_seek_drops_what_was_read_ahead() {
             offsets,
             (0..3000).collect::<Vec<u64>>(),
             "every offset once, in order"
+        );
+        // At the end, what was read ahead is empty; `poll` still long-polls before it says
+        // that nothing came.
+        let started = Instant::now();
+        assert!(consumer.poll().await.unwrap().is_empty());
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "an empty poll waited {:?}, not max_wait",
+            started.elapsed()
         );
         // And forwards: a seek past what was read ahead.
         consumer
