@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vltava_messages::batch::split_batches;
+use vltava_messages::batch::{Record, split_batches};
 use vltava_messages::protocol::{
     ErrorCode, FetchPartition, FetchRequest, FetchResponse, FetchTopic, ListOffsetsPartition,
     ListOffsetsRequest, ListOffsetsTopic, OffsetSpec,
@@ -383,17 +383,15 @@ impl Consumer {
                                     return;
                                 }
                                 next = offset.0 + 1;
+                                let record = Record::from_view(offset, timestamp, &record);
                                 buffered.push(ConsumerRecord {
                                     topic: topic.name.clone(),
                                     partition,
                                     offset: offset.0,
                                     timestamp,
-                                    key: record.key.map(<[u8]>::to_vec),
-                                    value: record.value.map(<[u8]>::to_vec),
-                                    headers: record
-                                        .headers()
-                                        .map(|(k, v)| (k.to_owned(), v.to_vec()))
-                                        .collect(),
+                                    key: record.key,
+                                    value: record.value,
+                                    headers: record.headers,
                                 });
                             })
                             .map_err(|e| ClientError::Protocol(e.to_string()))?;

@@ -582,6 +582,23 @@ pub struct Record {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl Record {
+    /// An owned copy of a record view, given its absolute offset and timestamp.
+    #[must_use]
+    pub fn from_view(offset: Offset, timestamp: i64, view: &RecordView<'_>) -> Record {
+        Record {
+            offset,
+            timestamp,
+            key: view.key.map(<[u8]>::to_vec),
+            value: view.value.map(<[u8]>::to_vec),
+            headers: view
+                .headers()
+                .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                .collect(),
+        }
+    }
+}
+
 /// A validated view of one batch's bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct RecordBatchRef<'a> {
@@ -602,16 +619,7 @@ impl<'a> RecordBatchRef<'a> {
     pub fn records(&self) -> Result<Vec<Record>, BatchError> {
         let mut out = Vec::with_capacity(self.header.record_count.min(4096) as usize);
         self.for_each_record(|offset, timestamp, view| {
-            out.push(Record {
-                offset,
-                timestamp,
-                key: view.key.map(<[u8]>::to_vec),
-                value: view.value.map(<[u8]>::to_vec),
-                headers: view
-                    .headers()
-                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
-                    .collect(),
-            });
+            out.push(Record::from_view(offset, timestamp, &view));
         })?;
         Ok(out)
     }
