@@ -30,15 +30,14 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(
 ) -> Result<Vec<u8>, ProtocolError> {
     // Counting first costs a walk of the body without copying its byte strings, and saves
     // the copies of a buffer grown by doubling, which for a 1 MiB batch add up to 2 MiB.
-    let mut counter = ByteCounter(0);
-    rmp_serde::encode::write_named(&mut counter, body).map_err(|e| ProtocolError::Malformed {
+    let malformed = |e: rmp_serde::encode::Error| ProtocolError::Malformed {
         reason: format!("cannot encode body: {e}"),
-    })?;
+    };
+    let mut counter = ByteCounter(0);
+    rmp_serde::encode::write_named(&mut counter, body).map_err(malformed)?;
     let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + counter.0);
     out.resize(FRAME_HEADER_BYTES, 0);
-    rmp_serde::encode::write_named(&mut out, body).map_err(|e| ProtocolError::Malformed {
-        reason: format!("cannot encode body: {e}"),
-    })?;
+    rmp_serde::encode::write_named(&mut out, body).map_err(malformed)?;
     let header = header_for_body(
         kind,
         version,
