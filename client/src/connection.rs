@@ -15,8 +15,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, oneshot};
 use vltava_messages::limits::FRAME_BYTES_MAX;
 use vltava_messages::protocol::{
-    EncodedRequest, FRAME_HEADER_BYTES, FrameHeader, HandshakeRequest, HandshakeResponse,
-    LENGTH_COUNTED_HEADER_BYTES, ProduceRequest, RequestBody, Response, ResponseBody,
+    EncodedRequest, FRAME_HEADER_BYTES, FrameAround, FrameHeader, HandshakeRequest,
+    HandshakeResponse, LENGTH_COUNTED_HEADER_BYTES, ProduceRequest, ProduceResponse, RequestBody,
+    Response, ResponseBody,
 };
 
 use crate::error::ClientError;
@@ -122,9 +123,10 @@ impl Connection {
             .is_some()
     }
 
-    /// Writes one frame, `head` then `tail` (empty when `head` is the whole frame), queueing
-    /// `slot` for its answer under the same lock so slots keep the wire order.
-    async fn write(&self, head: &[u8], tail: &[u8], slot: Option<Slot>) -> Result<(), ClientError> {
+    /// Writes one frame from its parts, in order (the first holds the frame header; the
+    /// others may be empty), queueing `slot` for its answer under the same lock so slots keep
+    /// the wire order.
+    async fn write(&self, parts: [&[u8]; 3], slot: Option<Slot>) -> Result<(), ClientError> {
         if let Some(reason) = self
             .inner
             .failure
@@ -137,7 +139,7 @@ impl Connection {
         let mut writer = self.inner.writer.lock().await;
         if let Some(slot) = slot {
             let correlation_id =
-                u64::from_be_bytes(head[8..16].try_into().expect("a frame has a header"));
+                u64::from_be_bytes(parts[0][8..16].try_into().expect("a frame has a header"));
             self.inner
                 .pending
                 .lock()
@@ -148,7 +150,7 @@ impl Connection {
         // frame; the bytes already written cannot be taken back, so the connection is failed
         // rather than left to carry the next frame after half of this one.
         let mut unfinished = UnfinishedWrite(Some(&self.inner));
-        let written = write_all_vectored(&mut writer, head, tail).await;
+        let written = write_all_vectored(&mut writer, parts).await;
         unfinished.0 = None;
         if let Err(e) = written {
             let reason = format!("write to {} failed: {e}", self.inner.addr);
@@ -176,7 +178,20 @@ impl Connection {
     ) -> Result<Answer<R::Response>, ClientError> {
         let (permit, correlation_id) = self.reserve().await?;
         let frame = request.encode_frame(correlation_id)?;
-        self.submit_frame(permit, &frame, &[], timeout).await
+        self.submit_frame(permit, [&frame, &[], &[]], timeout).await
+    }
+
+    /// [`Connection::submit`] for a Produce request, written without copying the first
+    /// partition's records into the frame (`ProduceRequest::encode_frame_around_records`).
+    pub async fn submit_produce(
+        &self,
+        request: &ProduceRequest,
+        timeout: Duration,
+    ) -> Result<Answer<ProduceResponse>, ClientError> {
+        let (permit, correlation_id) = self.reserve().await?;
+        let frame = request.encode_frame_around_records(correlation_id)?;
+        self.submit_frame(permit, around_records(&frame, request), timeout)
+            .await
     }
 
     /// A slot in the in-flight window and a fresh correlation id.
@@ -192,16 +207,15 @@ impl Connection {
         Ok((permit, correlation_id))
     }
 
-    /// Writes a frame (`head` then `tail`) and returns its answer to wait for.
+    /// Writes a frame from its parts and returns its answer to wait for.
     async fn submit_frame<T>(
         &self,
         permit: tokio::sync::OwnedSemaphorePermit,
-        head: &[u8],
-        tail: &[u8],
+        parts: [&[u8]; 3],
         timeout: Duration,
     ) -> Result<Answer<T>, ClientError> {
         let (slot, answer) = oneshot::channel();
-        self.write(head, tail, Some(slot)).await?;
+        self.write(parts, Some(slot)).await?;
         Ok(Answer {
             answer,
             wait: timeout + REQUEST_TIMEOUT_SLACK,
@@ -220,8 +234,7 @@ impl Connection {
         let (permit, correlation_id) = self.reserve().await?;
         self.submit_frame(
             permit,
-            &request.header(correlation_id),
-            request.body(),
+            [&request.header(correlation_id), request.body(), &[]],
             timeout,
         )
         .await
@@ -236,7 +249,7 @@ impl Connection {
             .inner
             .next_correlation_id
             .fetch_add(1, Ordering::Relaxed);
-        self.write(&request.header(correlation_id), request.body(), None)
+        self.write([&request.header(correlation_id), request.body(), &[]], None)
             .await
     }
 
@@ -246,18 +259,23 @@ impl Connection {
             .inner
             .next_correlation_id
             .fetch_add(1, Ordering::Relaxed);
-        let frame = request.encode_frame(correlation_id)?;
-        self.write(&frame, &[], None).await
+        let frame = request.encode_frame_around_records(correlation_id)?;
+        self.write(around_records(&frame, request), None).await
     }
 }
 
-/// Writes `head` then `tail` with as few system calls as the socket allows.
-async fn write_all_vectored(
-    writer: &mut OwnedWriteHalf,
-    head: &[u8],
-    tail: &[u8],
-) -> std::io::Result<()> {
-    let mut parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(tail)];
+/// The parts of a Produce frame made around its first records (see `submit_produce`).
+fn around_records<'a>(frame: &'a FrameAround, request: &'a ProduceRequest) -> [&'a [u8]; 3] {
+    let records = match request.topics.first().and_then(|t| t.partitions.first()) {
+        Some(partition) if frame.around_hole => partition.records.as_slice(),
+        _ => &[],
+    };
+    [&frame.head, records, &frame.tail]
+}
+
+/// Writes `parts` in order with as few system calls as the socket allows.
+async fn write_all_vectored(writer: &mut OwnedWriteHalf, parts: [&[u8]; 3]) -> std::io::Result<()> {
+    let mut parts = parts.map(std::io::IoSlice::new);
     let mut left = &mut parts[..];
     while !left.is_empty() && left.iter().any(|p| !p.is_empty()) {
         let n = writer.write_vectored(left).await?;

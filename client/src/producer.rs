@@ -560,8 +560,9 @@ impl PartitionSender {
     }
 
     /// Writes the batch's request now (so batches leave in order) and returns the answer
-    /// to wait for. The batch's bytes move into the request while it is encoded and back
-    /// out afterwards, so they are copied once, into the frame, and kept for a retry.
+    /// to wait for. The batch's bytes move into the request while it is written and back
+    /// out afterwards, kept for a retry; they go to the socket from where they are, not
+    /// through a copy in the frame (`Connection::submit_produce`).
     async fn submit(&self, records: &mut Vec<u8>) -> AnswerFuture {
         let submitted = async {
             let (connection, epoch): (Connection, LeaderEpoch) =
@@ -585,7 +586,7 @@ impl PartitionSender {
                     .map(|()| None)
             } else {
                 connection
-                    .submit(&request, self.config.request_timeout)
+                    .submit_produce(&request, self.config.request_timeout)
                     .await
                     .map(Some)
             };

@@ -48,6 +48,86 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(
     Ok(out)
 }
 
+/// A frame written in parts: `head`, then (if `around_hole`) the byte string that was left
+/// out, borrowed from the body instead of copied, then `tail`.
+#[derive(Debug)]
+pub struct FrameAround {
+    pub head: Vec<u8>,
+    /// Whether the left-out bytes belong between `head` and `tail`; `false` when the body did
+    /// not contain them (an empty byte string, say), and `head` is then the whole frame.
+    pub around_hole: bool,
+    pub tail: Vec<u8>,
+}
+
+/// Encodes a frame leaving out `hole`, one of the body's byte strings (found by address, as
+/// the encoder writes it in one piece after its length prefix): a 1 MiB batch reaches the
+/// socket without being copied into the frame first.
+pub(crate) fn encode_frame_around<T: Serialize + ?Sized>(
+    kind: u16,
+    version: u16,
+    correlation_id: u64,
+    body: &T,
+    hole: &[u8],
+) -> Result<FrameAround, ProtocolError> {
+    let mut writer = HoleWriter {
+        head: vec![0; FRAME_HEADER_BYTES],
+        tail: Vec::new(),
+        hole,
+        found: false,
+    };
+    rmp_serde::encode::write_named(&mut writer, body).map_err(|e| ProtocolError::Malformed {
+        reason: format!("cannot encode body: {e}"),
+    })?;
+    let HoleWriter {
+        mut head,
+        tail,
+        found,
+        ..
+    } = writer;
+    let hole_bytes = if found { hole.len() } else { 0 };
+    let header = header_for_body(
+        kind,
+        version,
+        correlation_id,
+        head.len() - FRAME_HEADER_BYTES + hole_bytes + tail.len(),
+    )?;
+    head[..FRAME_HEADER_BYTES].copy_from_slice(&header.encode());
+    Ok(FrameAround {
+        head,
+        around_hole: found,
+        tail,
+    })
+}
+
+/// Collects what an encoder writes before and after one byte string, which it skips.
+struct HoleWriter<'a> {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    hole: &'a [u8],
+    found: bool,
+}
+
+impl std::io::Write for HoleWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !self.found
+            && !buf.is_empty()
+            && buf.as_ptr() == self.hole.as_ptr()
+            && buf.len() == self.hole.len()
+        {
+            self.found = true;
+        } else if self.found {
+            self.tail.extend_from_slice(buf);
+        } else {
+            self.head.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A writer that only counts what it is given.
 struct ByteCounter(usize);
 

@@ -113,6 +113,30 @@ impl ProduceRequest {
         )
     }
 
+    /// The frame with the records of the first partition of the first topic left out, to be
+    /// written between `head` and `tail` (see `FrameAround`): what a producer sending one
+    /// batch writes without copying the batch. Byte for byte the frame `encode_frame` makes.
+    ///
+    /// # Errors
+    /// `EncodedTooLarge` if the frame would exceed `FRAME_BYTES_MAX`.
+    pub fn encode_frame_around_records(
+        &self,
+        correlation_id: u64,
+    ) -> Result<super::FrameAround, ProtocolError> {
+        let hole = self
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .map_or(&[][..], |p| p.records.as_slice());
+        super::codec::encode_frame_around(
+            super::RequestKind::Produce.code(),
+            super::RequestKind::Produce.version_max(),
+            correlation_id,
+            self,
+            hole,
+        )
+    }
+
     /// Whether the server answers at all: not with `acks = 0`.
     #[must_use]
     pub fn expects_response(&self) -> bool {

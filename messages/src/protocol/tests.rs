@@ -1982,3 +1982,42 @@ fn a_body_encoded_once_frames_exactly_as_encoding_it_each_time() {
         assert_eq!(framed, request.encode_frame(correlation_id).unwrap());
     }
 }
+
+/// The frame around the records, with the records put back between its parts, is the frame
+/// itself: for a 1 MiB batch, for one byte, for none (then there is nothing to leave out),
+/// with a second partition holding equal bytes elsewhere (only the first one's are left out),
+/// and an oversized body is refused as the whole frame would be.
+#[test]
+fn a_frame_around_the_records_is_the_frame_with_them() {
+    let batch = one_mib_produce().topics[0].partitions[0].records.clone();
+    for records in [batch, vec![9], Vec::new()] {
+        for second_partition in [false, true] {
+            let mut request = one_mib_produce();
+            request.topics[0].partitions[0].records = records.clone();
+            if second_partition {
+                request.topics[0].partitions.push(ProducePartition {
+                    partition: PartitionId(1),
+                    current_leader_epoch: Some(LeaderEpoch(3)),
+                    records: records.clone(),
+                });
+            }
+            for correlation_id in [0, 7, u64::MAX] {
+                let whole = request.encode_frame(correlation_id).unwrap();
+                let around = request.encode_frame_around_records(correlation_id).unwrap();
+                assert_eq!(around.around_hole, !records.is_empty());
+                let mut joined = around.head.clone();
+                if around.around_hole {
+                    joined.extend_from_slice(&request.topics[0].partitions[0].records);
+                }
+                joined.extend_from_slice(&around.tail);
+                assert_eq!(joined, whole);
+            }
+        }
+    }
+    let mut oversized = one_mib_produce();
+    oversized.topics[0].partitions[0].records = vec![0; FRAME_BYTES_MAX as usize];
+    assert!(matches!(
+        oversized.encode_frame_around_records(1),
+        Err(ProtocolError::EncodedTooLarge { .. })
+    ));
+}
