@@ -266,9 +266,10 @@ impl Connection {
 
 /// The parts of a Produce frame made around its first records (see `submit_produce`).
 fn around_records<'a>(frame: &'a FrameAround, request: &'a ProduceRequest) -> [&'a [u8]; 3] {
-    let records = match request.topics.first().and_then(|t| t.partitions.first()) {
-        Some(partition) if frame.around_hole => partition.records.as_slice(),
-        _ => &[],
+    let records = if frame.around_hole {
+        request.first_records()
+    } else {
+        &[]
     };
     [&frame.head, records, &frame.tail]
 }

@@ -123,18 +123,23 @@ impl ProduceRequest {
         &self,
         correlation_id: u64,
     ) -> Result<super::FrameAround, ProtocolError> {
-        let hole = self
-            .topics
-            .first()
-            .and_then(|t| t.partitions.first())
-            .map_or(&[][..], |p| p.records.as_slice());
         super::codec::encode_frame_around(
             super::RequestKind::Produce.code(),
             super::RequestKind::Produce.version_max(),
             correlation_id,
             self,
-            hole,
+            self.first_records(),
         )
+    }
+
+    /// The records of the first partition of the first topic (empty if there is none): the
+    /// bytes `encode_frame_around_records` leaves out of its frame.
+    #[must_use]
+    pub fn first_records(&self) -> &[u8] {
+        self.topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .map_or(&[][..], |p| p.records.as_slice())
     }
 
     /// Whether the server answers at all: not with `acks = 0`.
