@@ -47,6 +47,17 @@ struct Cli {
         global = true
     )]
     bootstrap: String,
+    /// The node's admin endpoint (for `admin` commands).
+    #[arg(
+        long,
+        env = "VLTAVA_ADMIN",
+        default_value = "127.0.0.1:9422",
+        global = true
+    )]
+    admin: String,
+    /// The admin endpoint's bearer token, if the node requires one.
+    #[arg(long, env = "VLTAVA_ADMIN_TOKEN", global = true)]
+    admin_token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,12 +80,6 @@ enum Command {
     },
     /// Look inside a node through its admin endpoint.
     Admin {
-        /// The node's admin endpoint.
-        #[arg(long, env = "VLTAVA_ADMIN", default_value = "127.0.0.1:9422")]
-        admin: String,
-        /// The admin endpoint's bearer token, if the node requires one.
-        #[arg(long, env = "VLTAVA_ADMIN_TOKEN")]
-        admin_token: Option<String>,
         #[command(subcommand)]
         command: AdminCommand,
     },
@@ -311,13 +316,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Admin {
-        admin,
-        admin_token,
-        command,
-    } = cli.command
-    {
-        return admin_command(&admin, admin_token.as_deref(), command).await;
+    if let Command::Admin { command } = cli.command {
+        return admin_command(&cli.admin, cli.admin_token.as_deref(), command).await;
     }
     let bootstrap: Vec<String> = cli
         .bootstrap

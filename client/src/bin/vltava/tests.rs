@@ -126,3 +126,30 @@ fn group_flags_need_a_group_and_exclude_plain_positions() {
     );
     assert!(parse(&["group", "describe"]).is_err());
 }
+
+/// Issue 11: `vltava admin actors --admin HOST:PORT` was refused because `--admin` was accepted
+/// only between `admin` and its subcommand. Connection flags are global, as kafka tools and rpk
+/// accept them anywhere on the line.
+#[test]
+fn connection_flags_are_accepted_anywhere_on_the_line() {
+    use clap::Parser;
+    let parse = |args: &[&str]| {
+        Cli::try_parse_from(std::iter::once("vltava").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
+    };
+    for args in [
+        &["--admin", "10.0.0.1:1", "admin", "actors"][..],
+        &["admin", "--admin", "10.0.0.1:1", "actors"][..],
+        &["admin", "actors", "--admin", "10.0.0.1:1"][..],
+        &["admin", "actor", "n1/x", "--admin", "10.0.0.1:1"][..],
+    ] {
+        let cli = parse(args).unwrap_or_else(|e| panic!("{args:?} refused: {e}"));
+        assert_eq!(cli.admin, "10.0.0.1:1", "{args:?}");
+    }
+    let cli = parse(&["admin", "actors", "--admin-token", "tok"]).expect("token after subcommand");
+    assert_eq!(cli.admin_token.as_deref(), Some("tok"));
+    let cli = parse(&["topic", "list", "--bootstrap", "127.0.0.2:9420"]).expect("bootstrap last");
+    assert_eq!(cli.bootstrap, "127.0.0.2:9420");
+    let cli = parse(&["--bootstrap", "127.0.0.2:9420", "topic", "list"]).expect("bootstrap first");
+    assert_eq!(cli.bootstrap, "127.0.0.2:9420");
+}
