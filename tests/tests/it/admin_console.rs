@@ -4,8 +4,9 @@
 //! (`data-actor-id`, `data-topic` / `data-partition`, `data-field` / `data-value`), so they
 //! check what an operator would see, not only that the routes answer.
 //!
-//! Chromium is a system package: `.ci/run` installs it. Without it the test fails rather than
-//! skips, so that a CI image that lost it cannot pass while checking nothing.
+//! Chromium is a system package: `scripts/test` (README's test command) installs it. Without
+//! it the test fails rather than skips, so that a CI image that lost it cannot pass while
+//! checking nothing.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -21,7 +22,7 @@ use vltava_tests::{TestNode, http};
 
 use super::runtime;
 
-/// Where Debian's `chromium` package puts the browser (what `.ci/run` installs).
+/// Where Debian's `chromium` package puts the browser (what `scripts/test` installs).
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Virtual time the page may run before the DOM is dumped. The page refreshes every 2 s and
 /// Chromium holds virtual time still while a fetch is pending, so this covers the first
@@ -44,7 +45,8 @@ fn assert_chromium_installed() {
     assert!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: the admin console test renders the page in headless Chromium, \
-         and .ci/run installs it (apt-get install -y chromium); run that step or install it"
+         and `bash scripts/test` (README's test command) installs it; run the suite through it, \
+         or apt-get install -y chromium"
     );
 }
 

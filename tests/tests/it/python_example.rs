@@ -19,7 +19,7 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/vltava_client.py")
 }
 
-/// Fails (does not skip) when python3 or its msgpack package is missing: CI installs both.
+/// Fails (does not skip) when python3 or its msgpack package is missing: `scripts/test` installs msgpack.
 fn require_msgpack() {
     let check = Command::new("python3")
         .args(["-c", "import msgpack"])
