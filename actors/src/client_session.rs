@@ -28,6 +28,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+use crate::log_limit::{SharedWarnLimiter, Verdict, WarnKind, WarnLimiter};
 use tokio::task::JoinHandle;
 use vltava_messages::batch::{BatchHeader, LOG_OVERHEAD_BYTES};
 use vltava_messages::limits::FRAME_BYTES_MAX;
@@ -88,6 +90,23 @@ pub struct NodeServices {
     pub requests: Arc<RequestMetrics>,
     /// Consumer groups: routes group requests to their coordinators.
     pub groups: GroupManagerHandle,
+    /// The node-wide budget of log lines that clients can cause (each session also has its
+    /// own): see `log_limit`.
+    pub warnings: SharedWarnLimiter,
+}
+
+/// Writes a WARN line that a client caused, within the connection's and the node's budgets
+/// for its kind (`log_limit`), with the count of lines of that kind held back before it.
+macro_rules! limited_warn {
+    ($services:expr, $connection:expr, $kind:expr, $($line:tt)+) => {
+        if let Verdict::Log { suppressed } =
+            $services
+                .warnings
+                .check_after($connection, $kind, Instant::now())
+        {
+            tracing::warn!(suppressed, $($line)+);
+        }
+    };
 }
 
 /// An answer being prepared, in request order.
@@ -148,10 +167,25 @@ pub async fn run_session(
         Arc::clone(&stats),
         Arc::clone(&services.requests),
     ));
-    let outcome = read_loop(reader, queue, &services, shutdown, &gauges).await;
+    let mut warnings = WarnLimiter::default();
+    let outcome = read_loop(reader, queue, &services, shutdown, &gauges, &mut warnings).await;
     match &outcome {
         Ok(()) => tracing::debug!(session = %id, "connection closed"),
-        Err(reason) => tracing::info!(session = %id, %reason, "connection closed"),
+        Err(reason) => {
+            // A client that opens connections only to break them would otherwise write a line
+            // per connection: this line has a budget too.
+            if let Verdict::Log { suppressed } = services.warnings.check_after(
+                &mut warnings,
+                WarnKind::ConnectionClosed,
+                Instant::now(),
+            ) {
+                tracing::info!(session = %id, %reason, suppressed, "connection closed");
+            }
+        }
+    }
+    let held_back = warnings.take_suppressed();
+    if held_back > 0 {
+        tracing::info!(session = %id, held_back, "log lines this connection caused were held back by the rate limit");
     }
     let _ = writer.await;
     services.directory.unregister(&id);
@@ -169,6 +203,7 @@ async fn read_loop(
     services: &Arc<NodeServices>,
     mut shutdown: watch::Receiver<bool>,
     gauges: &SessionGauges,
+    warnings: &mut WarnLimiter,
 ) -> Result<(), String> {
     let inflight = Arc::new(Semaphore::new(services.inflight_requests_max));
     let mut handshaken = false;
@@ -193,7 +228,10 @@ async fn read_loop(
         services.requests.received(header.kind);
         if header.length < LENGTH_COUNTED_HEADER_BYTES {
             // Not even a whole header: there is no frame to answer.
-            tracing::warn!(
+            limited_warn!(
+                services,
+                warnings,
+                WarnKind::BadFrameLength,
                 length = header.length,
                 "frame shorter than its header; closing"
             );
@@ -206,7 +244,13 @@ async fn read_loop(
         if !handshaken && header.kind != RequestKind::Handshake.code() {
             // Checked before decoding, so any first request but a Handshake, even one that
             // cannot be decoded, gets the same answer.
-            tracing::warn!(kind = header.kind, "request before handshake");
+            limited_warn!(
+                services,
+                warnings,
+                WarnKind::NoHandshake,
+                kind = header.kind,
+                "request before handshake"
+            );
             let bytes = failure_frame(
                 &header,
                 ErrorCode::HandshakeRequired,
@@ -218,7 +262,10 @@ async fn read_loop(
         }
         if header.frame_bytes() > u64::from(FRAME_BYTES_MAX) {
             // The body is not read: answer by correlation id, then close.
-            tracing::warn!(
+            limited_warn!(
+                services,
+                warnings,
+                WarnKind::BadFrameLength,
                 length = header.length,
                 kind = header.kind,
                 "frame length out of bounds"
@@ -272,6 +319,15 @@ async fn read_loop(
                     continue;
                 }
                 Err(error) => {
+                    limited_warn!(
+                        services,
+                        warnings,
+                        WarnKind::BadRequest,
+                        kind = header.kind,
+                        version = header.version,
+                        %error,
+                        "bad request"
+                    );
                     refuse(&queue, gauges, header, received, permit, &error).await?;
                     continue;
                 }
@@ -280,6 +336,15 @@ async fn read_loop(
         let request = match Request::decode(&header, &body) {
             Ok(request) => request,
             Err(error) => {
+                limited_warn!(
+                    services,
+                    warnings,
+                    WarnKind::BadRequest,
+                    kind = header.kind,
+                    version = header.version,
+                    %error,
+                    "bad request"
+                );
                 refuse(&queue, gauges, header, received, permit, &error).await?;
                 continue;
             }
@@ -298,10 +363,9 @@ async fn read_loop(
     }
 }
 
-/// The answer to a request that could not be decoded (logged); it closes the connection when
-/// the error says the stream can no longer be trusted.
+/// The answer to a request that could not be decoded (the caller logs it); it closes the
+/// connection when the error says the stream can no longer be trusted.
 fn bad_request(header: &FrameHeader, error: &ProtocolError) -> Answer {
-    tracing::warn!(kind = header.kind, version = header.version, %error, "bad request");
     let bytes = Response::failed(header, error.response_error())
         .encode(header.correlation_id)
         .unwrap_or_default();

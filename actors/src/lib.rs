@@ -14,6 +14,8 @@
 //! - `controller`: the Controller, which checks and commits metadata changes.
 //! - `applier`: the MetadataApplier, the only thing that starts or stops partitions.
 //! - `topic_config`: topic config keys and their checks.
+//! - `log_limit`: per-kind budgets for the log lines clients can cause (per connection and per
+//!   node), with counts of what was held back.
 //!
 //! # Invariants
 //! - Each log is owned by exactly one Partition actor; every call into it runs on tokio's
@@ -29,6 +31,7 @@ pub mod directory;
 pub mod group_requests;
 pub mod groups;
 pub mod listener;
+pub mod log_limit;
 pub mod metadata;
 pub mod metrics;
 pub mod node;

@@ -287,6 +287,7 @@ impl Node {
             sessions_started: AtomicU64::new(0),
             requests: Arc::clone(&requests),
             groups: groups.clone(),
+            warnings: crate::log_limit::SharedWarnLimiter::default(),
         });
         let local_addr =
             options

@@ -3,10 +3,12 @@
 //! With no subcommand it runs a node: settings from flags, environment and an optional TOML
 //! file (`config`), a locked data directory (`data_dir`), the supervision tree of
 //! `vltava-actors`, and a clean shutdown on SIGTERM or SIGINT. `dump-log` prints a segment.
+//! `log_format` keeps every human log event on one line, whatever text it carries.
 
 mod admin;
 mod config;
 mod data_dir;
+mod log_format;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -86,7 +88,15 @@ fn init_tracing(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
-        LogFormat::Human => builder.init(),
+        LogFormat::Human => {
+            use tracing_subscriber::field::MakeExt;
+            builder
+                .fmt_fields(
+                    tracing_subscriber::fmt::format::debug_fn(log_format::write_field)
+                        .delimited(" "),
+                )
+                .init();
+        }
         LogFormat::Json => builder.json().init(),
     }
 }

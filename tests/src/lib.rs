@@ -109,6 +109,12 @@ impl TestNode {
         node
     }
 
+    /// Starts a node with extra flags in `data_dir` (which the caller keeps and removes).
+    #[must_use]
+    pub fn start_in(data_dir: PathBuf, args: &[&str]) -> TestNode {
+        TestNode::spawn(data_dir, args.iter().map(|s| (*s).to_owned()).collect())
+    }
+
     fn spawn(data_dir: PathBuf, args: Vec<String>) -> TestNode {
         // A port can be taken between our probe and the node's bind; try a few.
         for _ in 0..5 {

@@ -427,3 +427,58 @@ fn with_verify_reads_the_node_refuses_to_serve_a_batch_damaged_on_disk() {
         node.log_text()
     );
 }
+
+/// Issue 11: every bad request logged a WARN with no bound (about 25 MB of log in two minutes
+/// of bad input), and a configured value holding a newline was written into the human log as
+/// a forged line of its own. Now a flood of bad requests on one connection writes at most its
+/// connection's budget of lines, the rest are counted and reported when it closes, and text
+/// with line breaks stays inside its own log line, escaped.
+#[test]
+fn bad_input_floods_are_rate_limited_and_text_cannot_forge_log_lines() {
+    const FLOOD: u64 = 300;
+    let temp = tempfile::tempdir().expect("temporary directory");
+    let data_dir = temp
+        .path()
+        .join("data\nFORGED-LINE pretending to be the node");
+    let mut node = TestNode::start_in(data_dir, &[]);
+    let mut raw = Raw::handshaken(&node);
+    for correlation_id in 0..FLOOD {
+        let mut frame = FrameHeader {
+            length: 12 + 1,
+            kind: 1,
+            version: 1,
+            correlation_id,
+        }
+        .encode()
+        .to_vec();
+        frame.push(0xc1); // a byte MessagePack never uses
+        raw.send_bytes(&frame);
+        let code = failed_code(raw.read());
+        assert!(
+            matches!(code, ErrorCode::CorruptFrame | ErrorCode::InvalidRequest),
+            "{code:?}"
+        );
+    }
+    drop(raw);
+    assert!(
+        vltava_tests::eventually(Duration::from_secs(10), || node.logged("held_back=")),
+        "the count of held-back lines is reported when the connection closes:\n{}",
+        node.log_text()
+    );
+    let log = node.log_text();
+    let bad_request_lines = log.lines().filter(|l| l.contains("bad request")).count() as u64;
+    // Five per ten-second window; the flood takes well under a window, two at most.
+    assert!(
+        (1..=10).contains(&bad_request_lines),
+        "{bad_request_lines} 'bad request' lines for {FLOOD} bad requests:\n{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED-LINE")),
+        "a configured value started a log line of its own:\n{log}"
+    );
+    assert!(
+        log.contains("data\\nFORGED-LINE"),
+        "the data directory is logged, escaped:\n{log}"
+    );
+    node.terminate();
+}
