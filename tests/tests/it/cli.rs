@@ -315,9 +315,11 @@ fn admin_commands_print_the_actor_tree_and_one_actor() {
     assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
     let unauthorized = vltava(
         &node,
-        &["admin", "--admin", node.admin_addr.as_str(), "actors"],
+        &["admin", "actors", "--admin", node.admin_addr.as_str()],
         None,
     );
+    // The connection flags may also follow the subcommand (issue 11): reaching the node
+    // without its token is a 401, not a usage error.
     assert_eq!(unauthorized.status.code(), Some(1));
     assert!(stderr(&unauthorized).contains("401"));
     let unreachable = vltava(&node, &["admin", "--admin", "127.0.0.1:1", "actors"], None);
@@ -546,4 +548,53 @@ fn the_bench_produces_and_consumes_every_event_it_counts() {
         .map(|p| p["log_end_offset"].as_u64().unwrap())
         .sum();
     assert_eq!(ends, 25_500, "{body}");
+}
+
+/// Issue 11: the ratio of acks=all produce to the disk's own write + fdatasync loop is one
+/// command. The loop runs before and after the run with the run's batch size, in the given
+/// directory, and leaves no file behind.
+#[test]
+fn the_bench_reports_produce_as_a_ratio_of_the_disks_own_pace() {
+    let node = TestNode::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let report = bench(
+        &node,
+        &[
+            "produce",
+            "--create",
+            "--topic",
+            "ratio",
+            "--messages",
+            "3000",
+            "--size",
+            "1024",
+            "--batch",
+            "1000",
+            "--acks",
+            "all",
+            "--baseline-dir",
+            scratch.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(report["produce"]["events"], 3000, "{report}");
+    let baseline = &report["baseline"];
+    for run in ["before", "after"] {
+        assert_eq!(baseline[run]["batches"], 3, "{report}");
+        let batch_bytes = baseline[run]["batch_bytes"].as_u64().unwrap();
+        // The loop writes the batches the run sends: 1000 events of 1 KiB and their framing.
+        assert_eq!(
+            batch_bytes * 3,
+            report["produce"]["batch_bytes"].as_u64().unwrap(),
+            "{report}"
+        );
+        assert!(
+            baseline[run]["mb_per_s"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    }
+    assert!(
+        baseline["produce_ratio"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }

@@ -22,6 +22,10 @@
 //! Every wait is bounded: requests carry timeouts, and the run stops after `--messages` events
 //! or `--duration-s` seconds, whichever comes first.
 //!
+//! `produce --baseline-dir DIR` also runs a loop of one write and one fdatasync per batch (no
+//! broker, see `disk_baseline`) in DIR before and after the produce run, and reports the
+//! produce MB/s as a ratio of it: how close the broker comes to its disk, in one command.
+//!
 //! Consumer groups have two commands of their own:
 //! - `groups-rebalance`: `--members` `GroupConsumer`s read a topic that receives a steady
 //!   stream; once the group is stable one more member joins, and the bench reports how long
@@ -31,6 +35,7 @@
 //!   heartbeat latency and the node's CPU and memory (see `groups_scale`).
 
 mod consume;
+mod disk_baseline;
 mod groups_rebalance;
 mod groups_scale;
 mod histogram;
@@ -39,6 +44,7 @@ mod produce;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -163,6 +169,11 @@ pub struct Cli {
     /// Also report the CPU time this process used (from /proc/<pid>/stat), e.g. the node's.
     #[arg(long)]
     node_pid: Option<u32>,
+    /// produce: before and after the run, write and fdatasync batches of the run's batch size
+    /// into a new file in this directory (put it on the node's data disk), with no broker,
+    /// and report the produce batch MB/s as a ratio of that loop's mean MB/s.
+    #[arg(long)]
+    baseline_dir: Option<PathBuf>,
     /// Print one JSON object with every figure and nothing else on stdout.
     #[arg(long)]
     json: bool,
@@ -498,6 +509,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Value, bool)> {
         }));
     }
 
+    let baseline_before = baseline(&cli).await?;
     let load_start = loadavg();
     let cpu_start = (
         cpu_seconds(None),
@@ -523,6 +535,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Value, bool)> {
         cli.node_pid.map(|p| cpu_seconds(Some(p))),
     );
     let load_end = loadavg();
+    let baseline_after = baseline(&cli).await?;
 
     let mut ok = true;
     let mut report = json!({
@@ -564,6 +577,21 @@ async fn run(cli: Cli) -> anyhow::Result<(Value, bool)> {
             report["produce_note"] =
                 json!("acks=0: counted when written to the socket; no latency");
         }
+        if let (Some(before), Some(after)) = (baseline_before, baseline_after) {
+            let rates = [&before, &after].map(|b| b["mb_per_s"].as_f64().unwrap_or(0.0));
+            let mean = f64::midpoint(rates[0], rates[1]);
+            let ratio = section["batch_mb_per_s"]
+                .as_f64()
+                .filter(|_| mean > 0.0)
+                .map(|mb| (mb / mean * 1000.0).round() / 1000.0);
+            report["baseline"] = json!({
+                "what": "write + fdatasync per batch into a new file, no broker",
+                "before": before,
+                "after": after,
+                "mean_mb_per_s": (mean * 10.0).round() / 10.0,
+                "produce_ratio": ratio,
+            });
+        }
         report["produce"] = section;
     }
     if consuming {
@@ -579,6 +607,24 @@ async fn run(cli: Cli) -> anyhow::Result<(Value, bool)> {
         print_text(&report);
     }
     Ok((report, ok))
+}
+
+/// With `--baseline-dir` on `produce`: one loop of the disk's own pace (`disk_baseline`) with
+/// the run's batch size and about the bytes the run writes.
+async fn baseline(cli: &Cli) -> anyhow::Result<Option<Value>> {
+    let Some(dir) = cli.baseline_dir.clone() else {
+        return Ok(None);
+    };
+    if cli.command != Command::Produce || cli.mode != Mode::Raw {
+        bail!("--baseline-dir goes with `produce` in raw mode");
+    }
+    let batch_bytes = produce::batch_bytes(cli.size, cli.batch);
+    let total_bytes = cli.messages.div_ceil(u64::from(cli.batch)) * batch_bytes as u64;
+    let value =
+        tokio::task::spawn_blocking(move || disk_baseline::run(&dir, batch_bytes, total_bytes))
+            .await
+            .context("the baseline loop panicked")??;
+    Ok(Some(value))
 }
 
 fn diff(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -671,6 +717,17 @@ fn write_text(report: &Value, out: &mut impl Write) -> std::io::Result<()> {
         report["loadavg_start"].as_str().unwrap_or("?"),
         report["loadavg_end"].as_str().unwrap_or("?"),
     )?;
+    let baseline = &report["baseline"];
+    if !baseline.is_null() {
+        writeln!(
+            out,
+            "disk baseline (write + fdatasync of {} bytes per batch, no broker): {} MB/s before, {} MB/s after; produce at {} of their mean",
+            baseline["before"]["batch_bytes"],
+            baseline["before"]["mb_per_s"],
+            baseline["after"]["mb_per_s"],
+            baseline["produce_ratio"],
+        )?;
+    }
     for side in ["produce", "consume"] {
         let s = &report[side];
         if s.is_null() {

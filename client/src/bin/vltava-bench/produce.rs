@@ -48,6 +48,11 @@ pub fn value_of(size: usize) -> Vec<u8> {
     (0..size).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
+/// The bytes of one full batch of the raw mode: `count` events of `size` bytes.
+pub fn batch_bytes(size: usize, count: u32) -> usize {
+    builder_with(&value_of(size), count).build().len()
+}
+
 /// A batch of `count` events of `value`.
 fn builder_with(value: &[u8], count: u32) -> BatchBuilder {
     let mut builder = BatchBuilder::new(Compression::None);
