@@ -754,45 +754,16 @@ fn describe_topics(
     DescribeTopicsResponse { topics }
 }
 
-/// Every config key with its effective value, marking the defaults.
+/// Every config key with its effective value, sorted by name, marking the defaults.
 fn effective_configs(set: &BTreeMap<String, String>) -> Vec<ConfigEntry> {
-    let effective = topic_config::parse(set).ok();
-    topic_config::TOPIC_CONFIG_KEYS
-        .iter()
-        .map(|key| {
-            let value = set
-                .get(*key)
-                .cloned()
-                .unwrap_or_else(|| default_value(key, effective.as_ref()));
-            ConfigEntry {
-                name: (*key).to_owned(),
-                value,
-                is_default: !set.contains_key(*key),
-            }
+    topic_config::describe(set)
+        .into_iter()
+        .map(|c| ConfigEntry {
+            name: c.key.to_owned(),
+            value: c.value,
+            is_default: c.is_default,
         })
         .collect()
-}
-
-fn default_value(key: &str, config: Option<&topic_config::TopicConfig>) -> String {
-    let defaults = topic_config::parse(&BTreeMap::new()).expect("the defaults are valid");
-    let config = config.unwrap_or(&defaults);
-    match key {
-        "cleanup.policy" => config.cleanup_policy.clone(),
-        "retention.ms" => config
-            .log
-            .retention_ms
-            .map_or("-1".into(), |v| v.to_string()),
-        "retention.bytes" => config
-            .log
-            .retention_bytes
-            .map_or("-1".into(), |v| v.to_string()),
-        "segment.bytes" => config.log.segment_bytes_max.to_string(),
-        "segment.ms" => config.log.segment_ms.to_string(),
-        "min.insync.replicas" => config.min_insync_replicas.to_string(),
-        "message.timestamp.type" => format!("{:?}", config.log.timestamp_type),
-        "max.message.bytes" => config.log.batch_bytes_max.to_string(),
-        _ => String::new(),
-    }
 }
 
 // ---- topic admin ----

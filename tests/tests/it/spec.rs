@@ -1,10 +1,12 @@
 //! What PROTOCOL.md promises a client, checked against the real node: the cases a client
 //! written from the document alone tripped on (issue 11). Each test's doc says what was wrong.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use vltava_messages::protocol::{
-    ErrorCode, HandshakeRequest, RESPONSE_BIT, Request, RequestKind, Response,
+    CreateTopicsRequest, DescribeTopicsRequest, ErrorCode, HandshakeRequest, NewTopic,
+    RESPONSE_BIT, Request, RequestKind, Response,
 };
 use vltava_tests::{TestNode, eventually};
 
@@ -53,4 +55,61 @@ fn a_connection_past_the_limit_gets_too_many_connections_then_a_close() {
         "a connection is served again once the first has closed:\n{}",
         node.log_text()
     );
+}
+
+/// Creates a one-partition topic with `configs` and checks it was created.
+fn create_topic_with(raw: &mut Raw, name: &str, configs: &[(&str, &str)]) {
+    let created = raw.call(&Request::CreateTopics(CreateTopicsRequest {
+        topics: vec![NewTopic {
+            name: name.into(),
+            partitions: Some(1),
+            replication_factor: Some(1),
+            configs: configs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+        }],
+        timeout_ms: 10_000,
+        validate_only: false,
+    }));
+    assert!(
+        matches!(created, Some(Response::CreateTopics(ref c)) if c.topics[0].error.is_none()),
+        "{created:?}"
+    );
+}
+
+/// DescribeTopics configs are documented "sorted by name", each with its effective value.
+/// They came in declaration order, and `delete.retention.ms` and
+/// `min.cleanable.dirty.ratio` read "" when left at their defaults.
+#[test]
+fn described_configs_are_sorted_by_name_with_effective_values() {
+    let node = TestNode::start();
+    let mut raw = Raw::handshaken(&node);
+    create_topic_with(&mut raw, "described", &[("retention.ms", "3600000")]);
+    let answer = raw.call(&Request::DescribeTopics(DescribeTopicsRequest {
+        topics: vec!["described".into()],
+    }));
+    let Some(Response::DescribeTopics(described)) = answer else {
+        panic!("{answer:?}");
+    };
+    let configs = &described.topics[0].configs;
+    let names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted);
+    let entry = |name: &str| {
+        configs
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("{name} is described: {configs:?}"))
+    };
+    for c in configs {
+        assert!(!c.value.is_empty(), "{c:?}");
+    }
+    assert_eq!(entry("delete.retention.ms").value, "86400000");
+    assert!(entry("delete.retention.ms").is_default);
+    assert_eq!(entry("min.cleanable.dirty.ratio").value, "0.5");
+    assert!(entry("min.cleanable.dirty.ratio").is_default);
+    assert_eq!(entry("retention.ms").value, "3600000");
+    assert!(!entry("retention.ms").is_default);
 }
