@@ -153,6 +153,26 @@ pub fn parse(configs: &BTreeMap<String, String>) -> Result<TopicConfig, TopicCon
     })
 }
 
+/// Checks the keys of one topic's AlterTopicConfigs entry: a key may be set or deleted, not
+/// both, since which would win depends only on the order they were applied in. (The values
+/// are checked by `parse` on the merged result.)
+///
+/// # Errors
+/// The first key named in both, as an invalid config.
+pub fn check_alteration(
+    set: &BTreeMap<String, String>,
+    delete: &[String],
+) -> Result<(), TopicConfigError> {
+    match delete.iter().find(|key| set.contains_key(*key)) {
+        Some(key) => Err(TopicConfigError {
+            key: key.clone(),
+            value: set[key].clone(),
+            reason: "the key is both set and deleted",
+        }),
+        None => Ok(()),
+    }
+}
+
 impl TopicConfig {
     /// The effective value of `key`, written as a client sets it: setting every key to its
     /// value gives this same config. `None` for a key that is not a topic config.

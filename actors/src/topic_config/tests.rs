@@ -82,3 +82,14 @@ fn every_described_value_is_effective_and_gives_the_same_config() {
     assert_eq!(value("min.cleanable.dirty.ratio"), "0.5");
     assert_eq!(value("message.timestamp.type"), "CreateTime");
 }
+
+/// A key both set and deleted in one AlterTopicConfigs entry is refused (PROTOCOL.md 6.5);
+/// it used to be applied, set after delete.
+#[test]
+fn a_key_both_set_and_deleted_is_refused() {
+    let set = BTreeMap::from([("retention.ms".to_owned(), "1000".to_owned())]);
+    let error = check_alteration(&set, &["segment.ms".into(), "retention.ms".into()]).unwrap_err();
+    assert_eq!(error.key, "retention.ms");
+    assert!(check_alteration(&set, &["segment.ms".into()]).is_ok());
+    assert!(check_alteration(&BTreeMap::new(), &["retention.ms".into()]).is_ok());
+}

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use vltava_messages::protocol::{
-    CreateTopicsRequest, DescribeTopicsRequest, ErrorCode, HandshakeRequest, NewTopic,
-    RESPONSE_BIT, Request, RequestKind, Response,
+    AlterTopicConfigsRequest, CreateTopicsRequest, DescribeTopicsRequest, ErrorCode,
+    HandshakeRequest, NewTopic, RESPONSE_BIT, Request, RequestKind, Response, TopicConfigChanges,
 };
 use vltava_tests::{TestNode, eventually};
 
@@ -112,4 +112,66 @@ fn described_configs_are_sorted_by_name_with_effective_values() {
     assert!(entry("min.cleanable.dirty.ratio").is_default);
     assert_eq!(entry("retention.ms").value, "3600000");
     assert!(!entry("retention.ms").is_default);
+}
+
+/// The config entries of `topic`, by name.
+fn described_configs(raw: &mut Raw, topic: &str) -> BTreeMap<String, (String, bool)> {
+    let answer = raw.call(&Request::DescribeTopics(DescribeTopicsRequest {
+        topics: vec![topic.into()],
+    }));
+    let Some(Response::DescribeTopics(described)) = answer else {
+        panic!("{answer:?}");
+    };
+    described.topics[0]
+        .configs
+        .iter()
+        .map(|c| (c.name.clone(), (c.value.clone(), c.is_default)))
+        .collect()
+}
+
+/// AlterTopicConfigs with a key in both `set` and `delete` is documented `InvalidConfig`; it
+/// was applied instead (the set won). It is refused for that topic and nothing of the entry
+/// is applied, while another topic's entry in the same request is.
+#[test]
+fn a_config_key_both_set_and_deleted_is_refused_and_nothing_is_applied() {
+    let node = TestNode::start();
+    let mut raw = Raw::handshaken(&node);
+    create_topic_with(&mut raw, "both", &[]);
+    create_topic_with(&mut raw, "other", &[]);
+    let before = described_configs(&mut raw, "both");
+    let answer = raw.call(&Request::AlterTopicConfigs(AlterTopicConfigsRequest {
+        topics: vec![
+            TopicConfigChanges {
+                name: "both".into(),
+                set: BTreeMap::from([
+                    ("retention.ms".to_owned(), "1000".to_owned()),
+                    ("segment.ms".to_owned(), "2000".to_owned()),
+                ]),
+                delete: vec!["retention.ms".into()],
+            },
+            TopicConfigChanges {
+                name: "other".into(),
+                set: BTreeMap::from([("retention.ms".to_owned(), "1000".to_owned())]),
+                delete: Vec::new(),
+            },
+        ],
+        validate_only: false,
+    }));
+    let Some(Response::AlterTopicConfigs(altered)) = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(
+        altered.topics[0]
+            .error
+            .as_ref()
+            .and_then(|e| e.error_code()),
+        Some(ErrorCode::InvalidConfig),
+        "{altered:?}"
+    );
+    assert!(altered.topics[1].error.is_none(), "{altered:?}");
+    assert_eq!(described_configs(&mut raw, "both"), before);
+    assert_eq!(
+        described_configs(&mut raw, "other")["retention.ms"],
+        ("1000".to_owned(), false)
+    );
 }
