@@ -1246,8 +1246,10 @@ async fn fetch(request: FetchRequest, correlation_id: u64, services: &NodeServic
     let mut watches = Vec::new();
     loop {
         let answer = fetch_once(&request, services, &mut watches).await;
-        let enough =
-            answer.bytes() as u64 >= u64::from(request.min_bytes.max(1)) || answer.has_error();
+        // `min_bytes` 0 asks for an answer at once, with whatever is there (PROTOCOL.md 6.8).
+        let enough = request.min_bytes == 0
+            || answer.bytes() as u64 >= u64::from(request.min_bytes)
+            || answer.has_error();
         if enough || tokio::time::Instant::now() >= deadline || watches.is_empty() {
             return Outgoing::Fetch {
                 correlation_id,

@@ -2,12 +2,14 @@
 //! written from the document alone tripped on (issue 11). Each test's doc says what was wrong.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vltava_messages::protocol::{
     AlterTopicConfigsRequest, CreateTopicsRequest, DescribeTopicsRequest, ErrorCode,
-    HandshakeRequest, NewTopic, RESPONSE_BIT, Request, RequestKind, Response, TopicConfigChanges,
+    FetchPartition, FetchRequest, FetchTopic, HandshakeRequest, NewTopic, RESPONSE_BIT, Request,
+    RequestKind, Response, TopicConfigChanges,
 };
+use vltava_messages::{Offset, PartitionId};
 use vltava_tests::{TestNode, eventually};
 
 use crate::bad_input::Raw;
@@ -173,5 +175,47 @@ fn a_config_key_both_set_and_deleted_is_refused_and_nothing_is_applied() {
     assert_eq!(
         described_configs(&mut raw, "other")["retention.ms"],
         ("1000".to_owned(), false)
+    );
+}
+
+/// A fetch of partition 0 of `topic` at `offset`.
+fn fetch_at(topic: &str, offset: u64, min_bytes: u32, max_wait_ms: u32) -> Request {
+    Request::Fetch(FetchRequest {
+        max_wait_ms,
+        min_bytes,
+        max_bytes: 1 << 20,
+        topics: vec![FetchTopic {
+            name: topic.into(),
+            partitions: vec![FetchPartition {
+                partition: PartitionId(0),
+                fetch_offset: Offset(offset),
+                partition_max_bytes: 1 << 20,
+                current_leader_epoch: None,
+            }],
+        }],
+    })
+}
+
+/// A Fetch with `min_bytes` 0 is documented to answer at once; at the high watermark it
+/// waited the whole `max_wait_ms`. Asked to wait up to 20 s, it must answer well before.
+#[test]
+fn a_fetch_with_min_bytes_zero_at_the_high_watermark_answers_at_once() {
+    const MAX_WAIT_MS: u32 = 20_000;
+    let node = TestNode::start();
+    let mut raw = Raw::handshaken(&node);
+    create_topic_with(&mut raw, "zero", &[]);
+    let started = Instant::now();
+    let answer = raw.call(&fetch_at("zero", 0, 0, MAX_WAIT_MS));
+    let elapsed = started.elapsed();
+    let Some(Response::Fetch(fetched)) = answer else {
+        panic!("{answer:?}");
+    };
+    let partition = &fetched.topics[0].partitions[0];
+    assert!(partition.error.is_none(), "{partition:?}");
+    assert_eq!(partition.high_watermark, Some(Offset(0)));
+    assert!(partition.records.is_empty());
+    assert!(
+        elapsed < Duration::from_millis(u64::from(MAX_WAIT_MS) / 2),
+        "answered after {elapsed:?}"
     );
 }
