@@ -42,6 +42,7 @@ use vltava_messages::protocol::{
     PartitionMetadata, ProducePartitionResponse, ProduceRequest, ProduceRequestRef,
     ProduceResponse, ProduceTopicResponse, ProtocolError, Request, RequestKind, Response,
     ResponseError, TopicDescription, TopicMetadata, TopicResult, encode_fetch_response,
+    is_internal_topic,
 };
 use vltava_messages::{LeaderEpoch, NodeId, Offset, PartitionId, ProducerEpoch};
 
@@ -686,9 +687,9 @@ fn metadata(image: &MetadataImage, request: &MetadataRequest) -> MetadataRespons
         .map(|name| match image.topics.get(&name) {
             Some(topic) => TopicMetadata {
                 partitions: partition_metadata(topic),
+                internal: is_internal_topic(&name),
                 name,
                 error: None,
-                internal: false,
             },
             None => TopicMetadata {
                 error: Some(ResponseError::new(
@@ -733,9 +734,9 @@ fn describe_topics(
                 let configs = effective_configs(&topic.configs);
                 TopicDescription {
                     partitions: partition_metadata(topic),
+                    internal: is_internal_topic(&name),
                     name,
                     error: None,
-                    internal: false,
                     configs,
                 }
             }
@@ -1020,7 +1021,7 @@ fn produce(
     for (name, topic_partitions) in request.topics {
         let mut partitions = Vec::with_capacity(topic_partitions.len());
         for p in topic_partitions {
-            let internal = if name.starts_with("__") {
+            let internal = if is_internal_topic(&name) {
                 // Only the node writes its internal topics (group commits go through
                 // OffsetCommit), so a client cannot forge a group's offsets.
                 Err(ResponseError::new(

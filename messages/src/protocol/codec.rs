@@ -222,6 +222,17 @@ pub fn validate_topic_name(name: &str) -> Result<(), ProtocolError> {
     }
 }
 
+/// The prefix of the names reserved for the node's internal topics (`__consumer_offsets`).
+/// A valid topic name still, so clients may read such topics, but a node refuses to let a
+/// client create, change, delete or write to one (`InvalidTopicName`).
+pub const INTERNAL_TOPIC_PREFIX: &str = "__";
+
+/// Whether `name` is reserved for an internal topic (it starts with `INTERNAL_TOPIC_PREFIX`).
+#[must_use]
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with(INTERNAL_TOPIC_PREFIX)
+}
+
 /// Checks that a count, a byte length or a duration is at most `max`.
 pub(crate) fn check_at_most(
     field: &'static str,

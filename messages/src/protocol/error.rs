@@ -89,7 +89,7 @@ error_codes! {
     20 UnknownTopic true "The topic does not exist (or this node has not learnt of it yet).";
     21 UnknownPartition true "The topic exists but not this partition (or this node has not learnt of it yet).";
     22 TopicAlreadyExists false "A topic with this name already exists.";
-    23 InvalidTopicName false "The topic name is empty, longer than 249 bytes, `.` or `..`, or uses a byte outside [a-zA-Z0-9._-].";
+    23 InvalidTopicName false "The topic name is empty, longer than 249 bytes, `.` or `..`, or uses a byte outside [a-zA-Z0-9._-]; or it starts with `__` (reserved for internal topics) in a request that would create, delete, change or write to the topic.";
     24 InvalidPartitions false "The partition count is zero, or (CreatePartitions) not above the topic's current count.";
     25 InvalidReplicationFactor false "The replication factor is zero or larger than the number of nodes.";
     26 InvalidConfig false "A config key is unknown or its value is invalid.";

@@ -39,7 +39,7 @@ mod tests;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use codec::{FrameAround, validate_topic_name};
+pub use codec::{FrameAround, INTERNAL_TOPIC_PREFIX, is_internal_topic, validate_topic_name};
 pub use error::{
     Direction, ErrorCode, GROUP_ERROR_CODE_FIRST, GROUP_ERROR_CODE_LAST, ProtocolError,
     ResponseError,

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use vltava_messages::protocol::{
     AlterTopicConfigsRequest, CreateTopicsRequest, DescribeTopicsRequest, ErrorCode,
-    FetchPartition, FetchRequest, FetchTopic, HandshakeRequest, NewTopic, RESPONSE_BIT, Request,
-    RequestKind, Response, TopicConfigChanges,
+    FetchPartition, FetchRequest, FetchTopic, HandshakeRequest, MetadataRequest, NewTopic,
+    RESPONSE_BIT, Request, RequestKind, Response, TopicConfigChanges,
 };
 use vltava_messages::{Offset, PartitionId};
 use vltava_tests::{TestNode, eventually};
 
-use crate::bad_input::Raw;
+use crate::bad_input::{Raw, good_batch, produce};
 
 fn hello() -> Request {
     Request::Handshake(HandshakeRequest {
@@ -217,5 +217,72 @@ fn a_fetch_with_min_bytes_zero_at_the_high_watermark_answers_at_once() {
     assert!(
         elapsed < Duration::from_millis(u64::from(MAX_WAIT_MS) / 2),
         "answered after {elapsed:?}"
+    );
+}
+
+/// `__consumer_offsets` was reported `internal: false` (so a pattern subscription such as
+/// `.*` could match it). Metadata and DescribeTopics report internal topics as internal and
+/// others not; a client cannot create a `__` topic or write to the internal one.
+#[test]
+fn internal_topics_are_reported_internal_and_refused_to_clients() {
+    let node = TestNode::start();
+    let mut raw = Raw::handshaken(&node);
+    create_topic_with(&mut raw, "plain", &[]);
+    let names = vec!["__consumer_offsets".to_owned(), "plain".to_owned()];
+    let answer = raw.call(&Request::Metadata(MetadataRequest {
+        topics: Some(names.clone()),
+    }));
+    let Some(Response::Metadata(metadata)) = answer else {
+        panic!("{answer:?}");
+    };
+    let internal: Vec<(bool, bool)> = metadata
+        .topics
+        .iter()
+        .map(|t| (t.error.is_none(), t.internal))
+        .collect();
+    assert_eq!(internal, [(true, true), (true, false)]);
+    let answer = raw.call(&Request::DescribeTopics(DescribeTopicsRequest {
+        topics: names,
+    }));
+    let Some(Response::DescribeTopics(described)) = answer else {
+        panic!("{answer:?}");
+    };
+    let internal: Vec<(bool, bool)> = described
+        .topics
+        .iter()
+        .map(|t| (t.error.is_none(), t.internal))
+        .collect();
+    assert_eq!(internal, [(true, true), (true, false)]);
+
+    let answer = raw.call(&Request::CreateTopics(CreateTopicsRequest {
+        topics: vec![NewTopic {
+            name: "__mine".into(),
+            partitions: Some(1),
+            replication_factor: Some(1),
+            configs: BTreeMap::new(),
+        }],
+        timeout_ms: 10_000,
+        validate_only: false,
+    }));
+    let Some(Response::CreateTopics(created)) = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(
+        created.topics[0]
+            .error
+            .as_ref()
+            .and_then(|e| e.error_code()),
+        Some(ErrorCode::InvalidTopicName)
+    );
+    let answer = raw.call(&produce("__consumer_offsets", 0, good_batch("forged")));
+    let Some(Response::Produce(produced)) = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(
+        produced.topics[0].partitions[0]
+            .error
+            .as_ref()
+            .and_then(|e| e.error_code()),
+        Some(ErrorCode::InvalidTopicName)
     );
 }
