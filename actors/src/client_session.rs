@@ -30,7 +30,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use vltava_messages::batch::{BatchHeader, LOG_OVERHEAD_BYTES};
-use vltava_messages::limits::FRAME_BYTES_MAX;
+use vltava_messages::limits::{FETCH_RECORDS_BYTES_MAX, FRAME_BYTES_MAX};
 use vltava_messages::protocol::{
     AlterTopicConfigsRequest, AlterTopicConfigsResponse, ConfigEntry, CreatePartitionsRequest,
     CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
@@ -1171,7 +1171,10 @@ async fn fetch_once(
     services: &NodeServices,
     watches: &mut Vec<watch::Receiver<Offset>>,
 ) -> FetchAnswer {
-    let mut budget = request.max_bytes;
+    // The node's own cap (PROTOCOL.md section 9) keeps every answer within one frame whatever
+    // a client asks for: a larger `max_bytes` used to read whole segments into one answer
+    // that could not then be encoded.
+    let mut budget = request.max_bytes.min(FETCH_RECORDS_BYTES_MAX);
     let mut got_any = false;
     let mut topics = Vec::with_capacity(request.topics.len());
     watches.clear();

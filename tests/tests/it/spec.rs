@@ -4,15 +4,17 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use vltava_messages::batch::split_batches;
+use vltava_messages::limits::FETCH_RECORDS_BYTES_MAX;
 use vltava_messages::protocol::{
     AlterTopicConfigsRequest, CreateTopicsRequest, DescribeTopicsRequest, ErrorCode,
-    FetchPartition, FetchRequest, FetchTopic, HandshakeRequest, MetadataRequest, NewTopic,
-    RESPONSE_BIT, Request, RequestKind, Response, TopicConfigChanges,
+    FetchPartition, FetchRequest, FetchTopic, FindCoordinatorRequest, HandshakeRequest,
+    MetadataRequest, NewTopic, RESPONSE_BIT, Request, RequestKind, Response, TopicConfigChanges,
 };
-use vltava_messages::{Offset, PartitionId};
+use vltava_messages::{BatchBuilder, Compression, Offset, PartitionId};
 use vltava_tests::{TestNode, eventually};
 
-use crate::bad_input::{Raw, good_batch, produce};
+use crate::bad_input::{Raw, failed_code, good_batch, produce};
 
 fn hello() -> Request {
     Request::Handshake(HandshakeRequest {
@@ -284,5 +286,101 @@ fn internal_topics_are_reported_internal_and_refused_to_clients() {
             .as_ref()
             .and_then(|e| e.error_code()),
         Some(ErrorCode::InvalidTopicName)
+    );
+}
+
+/// PROTOCOL.md says the node caps a fetch answer's records at 6 MiB whatever `max_bytes`
+/// asks; the cap was not applied, so a fetch with `max_bytes` at its largest over 9 MiB of
+/// stored batches built an answer larger than a frame, and the connection was closed instead
+/// of answered. The answer now holds whole batches, at most 6 MiB of them.
+#[test]
+fn a_fetch_answer_holds_at_most_six_mib_of_records_whatever_max_bytes_asks() {
+    const BATCH_RECORDS: usize = 3;
+    const VALUE_BYTES: usize = 1 << 20;
+    let node = TestNode::start();
+    let mut raw = Raw::handshaken(&node);
+    create_topic_with(&mut raw, "large", &[]);
+    let value = vec![b'v'; VALUE_BYTES];
+    for _ in 0..3 {
+        let mut batch = BatchBuilder::new(Compression::None);
+        for _ in 0..BATCH_RECORDS {
+            batch.push(None, Some(&value), &[], 1);
+        }
+        let answer = raw.call(&produce("large", 0, batch.build()));
+        let Some(Response::Produce(produced)) = answer else {
+            panic!("{answer:?}");
+        };
+        assert!(
+            produced.topics[0].partitions[0].error.is_none(),
+            "{produced:?}"
+        );
+    }
+    let mut fetch = fetch_at("large", 0, 1, 0);
+    if let Request::Fetch(f) = &mut fetch {
+        f.max_bytes = u32::MAX;
+        f.topics[0].partitions[0].partition_max_bytes = u32::MAX;
+    }
+    let answer = raw.call(&fetch);
+    let Some(Response::Fetch(fetched)) = answer else {
+        panic!("expected a fetch answer, got {answer:?}");
+    };
+    let records = &fetched.topics[0].partitions[0].records;
+    assert!(
+        records.len() <= FETCH_RECORDS_BYTES_MAX as usize,
+        "{} bytes",
+        records.len()
+    );
+    let batches: Vec<_> = split_batches(records).collect::<Result<_, _>>().unwrap();
+    assert!(!batches.is_empty());
+    assert_eq!(
+        batches.iter().map(|b| b.bytes.len()).sum::<usize>(),
+        records.len(),
+        "whole batches only"
+    );
+}
+
+/// An empty or over-long group id is documented `InvalidGroupId` (103), which was never sent:
+/// such ids got `InvalidRequest`. The connection stays usable after the refusal.
+#[test]
+fn a_bad_group_id_gets_invalid_group_id() {
+    let node = TestNode::start();
+    let mut raw = Raw::handshaken(&node);
+    for group_id in [String::new(), "g".repeat(256)] {
+        let answer = raw.call(&Request::FindCoordinator(FindCoordinatorRequest {
+            group_id,
+        }));
+        assert_eq!(failed_code(answer), ErrorCode::InvalidGroupId);
+    }
+    let answer = raw.call(&Request::FindCoordinator(FindCoordinatorRequest {
+        group_id: "g".repeat(255),
+    }));
+    assert!(
+        matches!(answer, Some(Response::FindCoordinator(_))),
+        "{answer:?}"
+    );
+}
+
+/// A record batch above 4 MiB fails its partition with `BatchTooLarge` (PROTOCOL.md section
+/// 9), not the request, and not as `CorruptBatch`.
+#[test]
+fn a_batch_above_four_mib_fails_its_partition_with_batch_too_large() {
+    let node = TestNode::start();
+    let mut raw = Raw::handshaken(&node);
+    create_topic_with(&mut raw, "big", &[]);
+    let value = vec![b'v'; 1 << 20];
+    let mut batch = BatchBuilder::new(Compression::None);
+    for _ in 0..5 {
+        batch.push(None, Some(&value), &[], 1);
+    }
+    let answer = raw.call(&produce("big", 0, batch.build()));
+    let Some(Response::Produce(produced)) = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(
+        produced.topics[0].partitions[0]
+            .error
+            .as_ref()
+            .and_then(|e| e.error_code()),
+        Some(ErrorCode::BatchTooLarge)
     );
 }
