@@ -9,6 +9,8 @@
 //! whatever length a hostile array claims. Nesting is bounded by `BODY_DEPTH_MAX`, so a body of
 //! nested arrays cannot exhaust the stack.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::error::{ProtocolError, truncate_at_char_boundary};
@@ -169,6 +171,44 @@ pub(crate) fn decode_body<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T
         _ => return Err(ProtocolError::TrailingBytes),
     }
     Ok(value)
+}
+
+/// Decodes a `{str: str}` map, refusing a key that appears twice (serde keeps the last one
+/// silently). Which of two values a node would apply is an accident of the decoder, so a body
+/// that sends both is refused like a struct that names a field twice (`CorruptFrame`).
+pub(crate) fn unique_keys<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct UniqueKeys;
+
+    impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+        type Value = BTreeMap<String, String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of strings to strings, each key once")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&key) {
+                    let mut key = key;
+                    truncate_at_char_boundary(&mut key, MALFORMED_REASON_BYTES_MAX);
+                    return Err(serde::de::Error::custom(format_args!(
+                        "the key {key:?} appears twice"
+                    )));
+                }
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_map(UniqueKeys)
 }
 
 fn from_rmp(error: rmp_serde::decode::Error) -> ProtocolError {

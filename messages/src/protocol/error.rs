@@ -77,7 +77,7 @@ macro_rules! error_codes {
 
 error_codes! {
     1 UnknownServerError false "The server failed in a way it did not expect; the message says more.";
-    2 CorruptFrame false "The frame's body is not a valid MessagePack map of the expected shape.";
+    2 CorruptFrame false "The frame's body is not a valid MessagePack map of the expected shape (a missing field, a wrong type, a key named twice, bytes after the map).";
     3 UnsupportedVersion false "The server does not speak this version of this kind; extras `version_min` and `version_max` give the range it does speak.";
     4 UnknownRequestKind false "The server does not know this request kind.";
     5 RequestTooLarge false "The frame is larger than the frame limit (8 MiB); the server closes the connection after answering.";

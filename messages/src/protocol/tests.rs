@@ -1226,6 +1226,64 @@ fn body_must_be_exactly_one_map() {
 // ---------------------------------------------------------------------------------------------
 // Decoding rules.
 
+/// A map that names a key twice is refused (`CorruptFrame`): a field of a body, and a key of
+/// a config map, which serde used to take silently with the last value winning. A field the
+/// decoder does not know is skipped, twice as once.
+#[test]
+fn a_key_twice_in_a_map_is_refused() {
+    let mut metadata = vec![0x82];
+    for _ in 0..2 {
+        msgpack::str(&mut metadata, "topics");
+        metadata.push(0x90);
+    }
+    let kind = RequestKind::Metadata.code();
+    let error = decode_request(&frame_with_body(kind, 1, &metadata)).unwrap_err();
+    assert_eq!(error.error_code(), ErrorCode::CorruptFrame, "{error:?}");
+
+    let create_topics = |configs: &[(&str, &str)]| {
+        let mut body = vec![0x83];
+        msgpack::str(&mut body, "topics");
+        body.extend_from_slice(&[0x91, 0x82]);
+        msgpack::str(&mut body, "name");
+        msgpack::str(&mut body, "t");
+        msgpack::str(&mut body, "configs");
+        msgpack::map_len(&mut body, configs.len() as u32);
+        for (key, value) in configs {
+            msgpack::str(&mut body, key);
+            msgpack::str(&mut body, value);
+        }
+        msgpack::str(&mut body, "timeout_ms");
+        msgpack::uint(&mut body, 1000);
+        msgpack::str(&mut body, "validate_only");
+        msgpack::bool(&mut body, false);
+        frame_with_body(RequestKind::CreateTopics.code(), 1, &body)
+    };
+    let once = decode_request(&create_topics(&[
+        ("retention.ms", "1"),
+        ("segment.ms", "2"),
+    ]));
+    assert!(once.is_ok(), "{once:?}");
+    let twice = decode_request(&create_topics(&[
+        ("retention.ms", "1"),
+        ("retention.ms", "2"),
+    ]));
+    assert_eq!(twice.unwrap_err().error_code(), ErrorCode::CorruptFrame);
+
+    let mut unknown_twice = vec![0x83];
+    for _ in 0..2 {
+        msgpack::str(&mut unknown_twice, "future_field");
+        msgpack::uint(&mut unknown_twice, 1);
+    }
+    msgpack::str(&mut unknown_twice, "topics");
+    unknown_twice.push(0x90);
+    assert_eq!(
+        decode_request(&frame_with_body(kind, 1, &unknown_twice)).unwrap(),
+        Request::Metadata(MetadataRequest {
+            topics: Some(Vec::new())
+        })
+    );
+}
+
 /// Unknown fields are skipped and optional fields may be absent or nil, so older and newer
 /// peers, and clients in other languages, interoperate.
 #[test]

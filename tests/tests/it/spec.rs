@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use vltava_messages::batch::split_batches;
 use vltava_messages::limits::FETCH_RECORDS_BYTES_MAX;
 use vltava_messages::protocol::{
-    AlterTopicConfigsRequest, CreateTopicsRequest, DescribeTopicsRequest, ErrorCode,
+    Acks, AlterTopicConfigsRequest, CreateTopicsRequest, DescribeTopicsRequest, ErrorCode,
     FetchPartition, FetchRequest, FetchTopic, FindCoordinatorRequest, HandshakeRequest,
-    MetadataRequest, NewTopic, RESPONSE_BIT, Request, RequestKind, Response, TopicConfigChanges,
+    MetadataRequest, NewTopic, ProducePartition, ProduceRequest, ProduceTopic, RESPONSE_BIT,
+    Request, RequestKind, Response, TopicConfigChanges,
 };
 use vltava_messages::{BatchBuilder, Compression, Offset, PartitionId};
 use vltava_tests::{TestNode, eventually};
@@ -383,4 +384,108 @@ fn a_batch_above_four_mib_fails_its_partition_with_batch_too_large() {
             .and_then(|e| e.error_code()),
         Some(ErrorCode::BatchTooLarge)
     );
+}
+
+/// PROTOCOL.md section 4: a second Handshake on a connection is accepted and answered like
+/// the first.
+#[test]
+fn a_second_handshake_is_answered_like_the_first() {
+    let node = TestNode::start();
+    let mut raw = Raw::handshaken(&node);
+    let answer = raw.call(&hello());
+    assert!(matches!(answer, Some(Response::Handshake(_))), "{answer:?}");
+    let answer = raw.call(&Request::Metadata(MetadataRequest::default()));
+    assert!(matches!(answer, Some(Response::Metadata(_))), "{answer:?}");
+}
+
+/// PROTOCOL.md section 4: a first Handshake that fails (a version the node does not speak, a
+/// field above its limit) is answered with its error and leaves the connection open and not
+/// yet handshaken: a good Handshake then succeeds, while any other request would get
+/// `HandshakeRequired` and a close.
+#[test]
+fn a_failed_first_handshake_leaves_the_connection_open_and_not_handshaken() {
+    let node = TestNode::start();
+    let mut raw = Raw::open(&node);
+    let mut frame = hello().encode(1).unwrap();
+    frame[6..8].copy_from_slice(&9u16.to_be_bytes());
+    raw.send_bytes(&frame);
+    assert_eq!(failed_code(raw.read()), ErrorCode::UnsupportedVersion);
+    let long = Request::Handshake(HandshakeRequest {
+        client_id: "c".repeat(256),
+        client_software_name: "test".into(),
+        client_software_version: "0".into(),
+    });
+    assert_eq!(failed_code(raw.call(&long)), ErrorCode::InvalidRequest);
+    let answer = raw.call(&hello());
+    assert!(matches!(answer, Some(Response::Handshake(_))), "{answer:?}");
+
+    let mut refused = Raw::open(&node);
+    assert_eq!(failed_code(refused.call(&long)), ErrorCode::InvalidRequest);
+    assert_eq!(
+        failed_code(refused.call(&Request::Metadata(MetadataRequest::default()))),
+        ErrorCode::HandshakeRequired
+    );
+    assert!(refused.closed());
+}
+
+/// PROTOCOL.md section 6.7: the same partition named twice in one Produce is appended twice,
+/// in request order, and answered twice.
+#[test]
+fn the_same_partition_twice_in_one_produce_is_appended_twice() {
+    let node = TestNode::start();
+    let mut raw = Raw::handshaken(&node);
+    create_topic_with(&mut raw, "twice", &[]);
+    let entry = |value: &str| ProducePartition {
+        partition: PartitionId(0),
+        current_leader_epoch: None,
+        records: good_batch(value),
+    };
+    let answer = raw.call(&Request::Produce(ProduceRequest {
+        acks: Acks::All,
+        timeout_ms: 10_000,
+        topics: vec![ProduceTopic {
+            name: "twice".into(),
+            partitions: vec![entry("first"), entry("second")],
+        }],
+    }));
+    let Some(Response::Produce(produced)) = answer else {
+        panic!("{answer:?}");
+    };
+    let offsets: Vec<Option<Offset>> = produced.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.base_offset)
+        .collect();
+    assert_eq!(offsets, [Some(Offset(0)), Some(Offset(1))]);
+    let answer = raw.call(&fetch_at("twice", 0, 1, 0));
+    let Some(Response::Fetch(fetched)) = answer else {
+        panic!("{answer:?}");
+    };
+    let values: Vec<Vec<u8>> = split_batches(&fetched.topics[0].partitions[0].records)
+        .flat_map(|b| b.unwrap().records().unwrap())
+        .map(|r| r.value.unwrap())
+        .collect();
+    assert_eq!(values, [b"first".to_vec(), b"second".to_vec()]);
+}
+
+/// PROTOCOL.md section 1: past its in-flight limit a connection is not refused; the node
+/// stops reading it until answers are written (back-pressure). A client that pipelines ten
+/// times the limit gets every answer, in order, and no error.
+#[test]
+fn pipelining_past_the_in_flight_limit_is_back_pressure_not_an_error() {
+    const INFLIGHT_REQUESTS_MAX: u64 = 2;
+    const REQUESTS: u64 = 10 * INFLIGHT_REQUESTS_MAX;
+    let node = TestNode::start_with(&["--inflight-requests-max", "2"]);
+    let mut raw = Raw::handshaken(&node);
+    let mut frames = Vec::new();
+    for correlation_id in 100..100 + REQUESTS {
+        let request = Request::Metadata(MetadataRequest::default());
+        frames.extend(request.encode(correlation_id).unwrap());
+    }
+    raw.send_bytes(&frames);
+    for correlation_id in 100..100 + REQUESTS {
+        let (header, answer) = raw.read_frame().expect("an answer");
+        assert_eq!(header.correlation_id, correlation_id);
+        assert!(matches!(answer, Response::Metadata(_)), "{answer:?}");
+    }
 }
