@@ -442,7 +442,7 @@ impl Request {
     /// # Errors
     /// `WrongDirection` for a response frame, `UnknownKind`, `UnsupportedVersion`, a decoding
     /// error (`Truncated`, `TrailingBytes`, `TooDeep`, `Malformed`), or a limit broken
-    /// (`FieldTooLarge`, `InvalidField`, `InvalidTopicName`). Answer it with
+    /// (`FieldTooLarge`, `InvalidField`, `InvalidTopicName`, `InvalidGroupId`). Answer it with
     /// [`Response::failed`] and [`ProtocolError::response_error`].
     pub fn decode(header: &FrameHeader, body: &[u8]) -> Result<Request, ProtocolError> {
         if header.is_response() {
