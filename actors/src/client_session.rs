@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use crate::log_limit::{SharedWarnLimiter, Verdict, WarnKind, WarnLimiter};
 use tokio::task::JoinHandle;
 use vltava_messages::batch::{BatchHeader, LOG_OVERHEAD_BYTES};
-use vltava_messages::limits::FRAME_BYTES_MAX;
+use vltava_messages::limits::{FETCH_RECORDS_BYTES_MAX, FRAME_BYTES_MAX};
 use vltava_messages::protocol::{
     AlterTopicConfigsRequest, AlterTopicConfigsResponse, ConfigEntry, CreatePartitionsRequest,
     CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
@@ -44,6 +44,7 @@ use vltava_messages::protocol::{
     PartitionMetadata, ProducePartitionResponse, ProduceRequest, ProduceRequestRef,
     ProduceResponse, ProduceTopicResponse, ProtocolError, Request, RequestKind, Response,
     ResponseError, TopicDescription, TopicMetadata, TopicResult, encode_fetch_response,
+    is_internal_topic,
 };
 use vltava_messages::{LeaderEpoch, NodeId, Offset, PartitionId, ProducerEpoch};
 
@@ -750,9 +751,9 @@ fn metadata(image: &MetadataImage, request: &MetadataRequest) -> MetadataRespons
         .map(|name| match image.topics.get(&name) {
             Some(topic) => TopicMetadata {
                 partitions: partition_metadata(topic),
+                internal: is_internal_topic(&name),
                 name,
                 error: None,
-                internal: false,
             },
             None => TopicMetadata {
                 error: Some(ResponseError::new(
@@ -797,9 +798,9 @@ fn describe_topics(
                 let configs = effective_configs(&topic.configs);
                 TopicDescription {
                     partitions: partition_metadata(topic),
+                    internal: is_internal_topic(&name),
                     name,
                     error: None,
-                    internal: false,
                     configs,
                 }
             }
@@ -818,45 +819,16 @@ fn describe_topics(
     DescribeTopicsResponse { topics }
 }
 
-/// Every config key with its effective value, marking the defaults.
+/// Every config key with its effective value, sorted by name, marking the defaults.
 fn effective_configs(set: &BTreeMap<String, String>) -> Vec<ConfigEntry> {
-    let effective = topic_config::parse(set).ok();
-    topic_config::TOPIC_CONFIG_KEYS
-        .iter()
-        .map(|key| {
-            let value = set
-                .get(*key)
-                .cloned()
-                .unwrap_or_else(|| default_value(key, effective.as_ref()));
-            ConfigEntry {
-                name: (*key).to_owned(),
-                value,
-                is_default: !set.contains_key(*key),
-            }
+    topic_config::describe(set)
+        .into_iter()
+        .map(|c| ConfigEntry {
+            name: c.key.to_owned(),
+            value: c.value,
+            is_default: c.is_default,
         })
         .collect()
-}
-
-fn default_value(key: &str, config: Option<&topic_config::TopicConfig>) -> String {
-    let defaults = topic_config::parse(&BTreeMap::new()).expect("the defaults are valid");
-    let config = config.unwrap_or(&defaults);
-    match key {
-        "cleanup.policy" => config.cleanup_policy.clone(),
-        "retention.ms" => config
-            .log
-            .retention_ms
-            .map_or("-1".into(), |v| v.to_string()),
-        "retention.bytes" => config
-            .log
-            .retention_bytes
-            .map_or("-1".into(), |v| v.to_string()),
-        "segment.bytes" => config.log.segment_bytes_max.to_string(),
-        "segment.ms" => config.log.segment_ms.to_string(),
-        "min.insync.replicas" => config.min_insync_replicas.to_string(),
-        "message.timestamp.type" => format!("{:?}", config.log.timestamp_type),
-        "max.message.bytes" => config.log.batch_bytes_max.to_string(),
-        _ => String::new(),
-    }
 }
 
 // ---- topic admin ----
@@ -1113,7 +1085,7 @@ fn produce(
     for (name, topic_partitions) in request.topics {
         let mut partitions = Vec::with_capacity(topic_partitions.len());
         for p in topic_partitions {
-            let internal = if name.starts_with("__") {
+            let internal = if is_internal_topic(&name) {
                 // Only the node writes its internal topics (group commits go through
                 // OffsetCommit), so a client cannot forge a group's offsets.
                 Err(ResponseError::new(
@@ -1263,7 +1235,10 @@ async fn fetch_once(
     services: &NodeServices,
     watches: &mut Vec<watch::Receiver<Offset>>,
 ) -> FetchAnswer {
-    let mut budget = request.max_bytes;
+    // The node's own cap (PROTOCOL.md section 9) keeps every answer within one frame whatever
+    // a client asks for: a larger `max_bytes` used to read whole segments into one answer
+    // that could not then be encoded.
+    let mut budget = request.max_bytes.min(FETCH_RECORDS_BYTES_MAX);
     let mut got_any = false;
     let mut topics = Vec::with_capacity(request.topics.len());
     watches.clear();
@@ -1339,8 +1314,10 @@ async fn fetch(request: FetchRequest, correlation_id: u64, services: &NodeServic
     let mut watches = Vec::new();
     loop {
         let answer = fetch_once(&request, services, &mut watches).await;
-        let enough =
-            answer.bytes() as u64 >= u64::from(request.min_bytes.max(1)) || answer.has_error();
+        // `min_bytes` 0 asks for an answer at once, with whatever is there (PROTOCOL.md 6.8).
+        let enough = request.min_bytes == 0
+            || answer.bytes() as u64 >= u64::from(request.min_bytes)
+            || answer.has_error();
         if enough || tokio::time::Instant::now() >= deadline || watches.is_empty() {
             return Outgoing::Fetch {
                 correlation_id,

@@ -533,6 +533,7 @@ impl<L: MetadataLog> ControllerState<L> {
             .topics
             .get(&topic)
             .ok_or_else(|| ControllerError::UnknownTopic(topic.clone()))?;
+        topic_config::check_alteration(&set, &removed)?;
         let mut merged = current.configs.clone();
         for key in &removed {
             if !topic_config::TOPIC_CONFIG_KEYS.contains(&key.as_str()) {

@@ -9,18 +9,19 @@ use vltava_storage::LogConfig;
 use vltava_storage::config::CleanupPolicy;
 use vltava_storage::config::SEGMENT_BYTES_MIN;
 
-/// Keys a topic may set.
+/// Keys a topic may set, sorted by name: DescribeTopics lists them in this order (a test
+/// checks it is sorted).
 pub const TOPIC_CONFIG_KEYS: [&str; 10] = [
     "cleanup.policy",
     "delete.retention.ms",
+    "max.message.bytes",
+    "message.timestamp.type",
     "min.cleanable.dirty.ratio",
-    "retention.ms",
+    "min.insync.replicas",
     "retention.bytes",
+    "retention.ms",
     "segment.bytes",
     "segment.ms",
-    "min.insync.replicas",
-    "message.timestamp.type",
-    "max.message.bytes",
 ];
 
 /// A bad config key or value.
@@ -152,41 +153,84 @@ pub fn parse(configs: &BTreeMap<String, String>) -> Result<TopicConfig, TopicCon
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn good_configs_apply_and_bad_ones_name_the_key() {
-        let good = BTreeMap::from([
-            ("retention.ms".to_owned(), "60000".to_owned()),
-            ("segment.bytes".to_owned(), "1048576".to_owned()),
-            (
-                "message.timestamp.type".to_owned(),
-                "LogAppendTime".to_owned(),
-            ),
-            ("cleanup.policy".to_owned(), "compact".to_owned()),
-            ("delete.retention.ms".to_owned(), "1000".to_owned()),
-            ("min.cleanable.dirty.ratio".to_owned(), "0.25".to_owned()),
-        ]);
-        let config = parse(&good).unwrap();
-        assert_eq!(config.log.retention_ms, Some(60_000));
-        assert_eq!(config.log.segment_bytes_max, 1 << 20);
-        assert_eq!(config.log.timestamp_type, TimestampType::LogAppendTime);
-        assert_eq!(config.cleanup_policy, "compact");
-        assert_eq!(config.log.cleanup_policy, CleanupPolicy::Compact);
-        assert_eq!(config.log.delete_retention_ms, 1000);
-        assert_eq!(config.log.cleanable_dirty_percent_min, 25);
-        for (key, value) in [
-            ("delete.retention.ms", "-5"),
-            ("min.cleanable.dirty.ratio", "1.5"),
-            ("retention.ms", "soon"),
-            ("segment.bytes", "10"),
-            ("colour", "blue"),
-            ("cleanup.policy", "shred"),
-        ] {
-            let error = parse(&BTreeMap::from([(key.to_owned(), value.to_owned())])).unwrap_err();
-            assert_eq!(error.key, key);
-        }
+/// Checks the keys of one topic's AlterTopicConfigs entry: a key may be set or deleted, not
+/// both, since which would win depends only on the order they were applied in. (The values
+/// are checked by `parse` on the merged result.)
+///
+/// # Errors
+/// The first key named in both, as an invalid config.
+pub fn check_alteration(
+    set: &BTreeMap<String, String>,
+    delete: &[String],
+) -> Result<(), TopicConfigError> {
+    match delete.iter().find(|key| set.contains_key(*key)) {
+        Some(key) => Err(TopicConfigError {
+            key: key.clone(),
+            value: set[key].clone(),
+            reason: "the key is both set and deleted",
+        }),
+        None => Ok(()),
     }
 }
+
+impl TopicConfig {
+    /// The effective value of `key`, written as a client sets it: setting every key to its
+    /// value gives this same config. `None` for a key that is not a topic config.
+    #[must_use]
+    pub fn value(&self, key: &str) -> Option<String> {
+        let limit = |value: Option<u64>| value.map_or_else(|| "-1".to_owned(), |v| v.to_string());
+        Some(match key {
+            "cleanup.policy" => self.cleanup_policy.clone(),
+            "delete.retention.ms" => self.log.delete_retention_ms.to_string(),
+            "max.message.bytes" => self.log.batch_bytes_max.to_string(),
+            "message.timestamp.type" => match self.log.timestamp_type {
+                TimestampType::CreateTime => "CreateTime".to_owned(),
+                TimestampType::LogAppendTime => "LogAppendTime".to_owned(),
+            },
+            // Kept in whole percent, so a ratio set with more digits reads back rounded.
+            "min.cleanable.dirty.ratio" => {
+                (f64::from(self.log.cleanable_dirty_percent_min) / 100.0).to_string()
+            }
+            "min.insync.replicas" => self.min_insync_replicas.to_string(),
+            "retention.bytes" => limit(self.log.retention_bytes),
+            "retention.ms" => limit(self.log.retention_ms),
+            "segment.bytes" => self.log.segment_bytes_max.to_string(),
+            "segment.ms" => self.log.segment_ms.to_string(),
+            _ => return None,
+        })
+    }
+}
+
+/// One key of a topic's description.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescribedConfig {
+    pub key: &'static str,
+    /// The effective value (`TopicConfig::value`).
+    pub value: String,
+    /// Whether the topic leaves the key at the node's default.
+    pub is_default: bool,
+}
+
+/// Every topic config key with its effective value, sorted by key, for a topic that sets
+/// `set`. Configs are checked before they are committed, so `set` parses; if it ever did not,
+/// the defaults are reported (and the failure logged) rather than no value.
+#[must_use]
+pub fn describe(set: &BTreeMap<String, String>) -> Vec<DescribedConfig> {
+    let config = parse(set).unwrap_or_else(|error| {
+        tracing::error!(%error, "a committed topic config does not parse; describing defaults");
+        parse(&BTreeMap::new()).expect("the defaults are valid")
+    });
+    TOPIC_CONFIG_KEYS
+        .iter()
+        .map(|&key| DescribedConfig {
+            key,
+            value: config
+                .value(key)
+                .expect("every key in TOPIC_CONFIG_KEYS has a value"),
+            is_default: !set.contains_key(key),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -364,8 +364,16 @@ pub fn validate(batch: &[u8]) -> Result<BatchInfo, BatchError> {
                 delta: record.offset_delta,
             });
         }
-        max_timestamp =
-            max_timestamp.max(header.first_timestamp.wrapping_add(record.timestamp_delta));
+        // A timestamp past i64 would wrap to a time in the far past or future; refused, so
+        // every stored record's timestamp is `first_timestamp + timestamp_delta` exactly.
+        let timestamp = header
+            .first_timestamp
+            .checked_add(record.timestamp_delta)
+            .ok_or(BatchError::MalformedRecord {
+                index: count,
+                reason: "timestamp delta takes the timestamp past i64",
+            })?;
+        max_timestamp = max_timestamp.max(timestamp);
         count += 1;
     }
     if count != header.record_count {
@@ -489,14 +497,22 @@ impl<'a> RecordView<'a> {
     }
 }
 
+/// The length prefix of a null key or value.
+const NULL_LENGTH: i32 = -1;
+
+/// Reads a length-prefixed field: `None` for the null length, -1. Any other negative length
+/// is malformed (Kafka reads every negative length as null; vltava keeps one spelling of
+/// null, so a length that is neither -1 nor a real length shows a producer's bug).
 fn read_sized<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, BatchError> {
     let len = varint::get_varint(buf, pos)?;
-    if len < 0 {
+    if len == NULL_LENGTH {
         return Ok(None);
     }
-    let end = pos
-        .checked_add(len as usize)
-        .filter(|end| *end <= buf.len());
+    let len = usize::try_from(len).map_err(|_| BatchError::MalformedRecord {
+        index: 0,
+        reason: "negative length other than -1",
+    })?;
+    let end = pos.checked_add(len).filter(|end| *end <= buf.len());
     let end = end.ok_or(BatchError::MalformedRecord {
         index: 0,
         reason: "field runs past its record",

@@ -192,6 +192,112 @@ fn split_batches_walks_consecutive_batches_and_stops_at_damage() {
     assert!(results[1].is_err());
 }
 
+/// A one-record batch around `record` (the record's bytes after its length), built as a
+/// producer would but for the record: no compression, timestamps 0, CRC computed.
+fn batch_around_record(record: &[u8]) -> Vec<u8> {
+    let mut builder = BatchBuilder::new(Compression::None);
+    builder.push(None, Some(b"v"), &[], 0);
+    let mut batch = builder.build();
+    batch.truncate(HEADER_BYTES);
+    varint::put_varint(&mut batch, record.len() as i32);
+    batch.extend_from_slice(record);
+    let batch_length = (batch.len() - 12) as u32;
+    batch[BATCH_LENGTH_POSITION..BATCH_LENGTH_POSITION + 4]
+        .copy_from_slice(&batch_length.to_be_bytes());
+    let crc = compute_crc(&batch);
+    batch[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+/// Zig-zag varint bytes of small lengths, as records carry them.
+const LENGTH_NULL: u8 = 0x01;
+const LENGTH_MINUS_TWO: u8 = 0x03;
+const LENGTH_ONE: u8 = 0x02;
+
+/// A key or value length of -2 was read as null, as Kafka reads every negative length. The
+/// only null is -1 (PROTOCOL.md section 7); any other negative length is malformed.
+#[test]
+fn a_length_below_minus_one_is_malformed_not_null() {
+    // attributes, timestamp delta, offset delta, key length, [key], value length, [value],
+    // header count.
+    let null_key = [0, 0, 0, LENGTH_NULL, LENGTH_ONE, b'v', 0];
+    let batch = batch_around_record(&null_key);
+    validate(&batch).unwrap();
+    let records = RecordBatchRef::new(&batch).unwrap().records().unwrap();
+    assert_eq!(records[0].key, None);
+    assert_eq!(records[0].value.as_deref(), Some(&b"v"[..]));
+    for record in [
+        [0, 0, 0, LENGTH_MINUS_TWO, LENGTH_ONE, b'v', 0],
+        [0, 0, 0, LENGTH_ONE, b'k', LENGTH_MINUS_TWO, 0],
+    ] {
+        let batch = batch_around_record(&record);
+        assert!(
+            matches!(validate(&batch), Err(BatchError::MalformedRecord { .. })),
+            "{record:?}"
+        );
+        assert!(RecordBatchRef::new(&batch).unwrap().records().is_err());
+    }
+}
+
+/// Unlike Kafka, a header may not be null, key or value: a null header value is refused.
+#[test]
+fn null_header_keys_and_values_are_refused() {
+    let one_header = 0x02;
+    let with_header = |key: &[u8], value: &[u8]| {
+        let mut record = vec![0, 0, 0, LENGTH_NULL, LENGTH_NULL, one_header];
+        record.extend_from_slice(key);
+        record.extend_from_slice(value);
+        record
+    };
+    validate(&batch_around_record(&with_header(
+        &[LENGTH_ONE, b'h'],
+        &[LENGTH_ONE, b'x'],
+    )))
+    .unwrap();
+    validate(&batch_around_record(&with_header(
+        &[LENGTH_ONE, b'h'],
+        &[0],
+    )))
+    .unwrap();
+    for (key, value) in [
+        (&[LENGTH_ONE, b'h'][..], &[LENGTH_NULL][..]),
+        (&[LENGTH_NULL][..], &[LENGTH_ONE, b'x'][..]),
+        (&[LENGTH_ONE, b'h'][..], &[LENGTH_MINUS_TWO][..]),
+    ] {
+        assert!(
+            matches!(
+                validate(&batch_around_record(&with_header(key, value))),
+                Err(BatchError::MalformedRecord { .. })
+            ),
+            "{key:?} {value:?}"
+        );
+    }
+}
+
+/// A record's timestamp is `first_timestamp + timestamp_delta`; one past i64 used to wrap
+/// (and pass, with a `max_timestamp` equal to the wrapped value). It is refused.
+#[test]
+fn a_timestamp_past_i64_is_refused() {
+    let one = 0x02;
+    let mut batch = batch_around_record(&[0, one, 0, LENGTH_NULL, LENGTH_NULL, 0]);
+    batch[FIRST_TIMESTAMP_POSITION..FIRST_TIMESTAMP_POSITION + 8]
+        .copy_from_slice(&i64::MAX.to_be_bytes());
+    batch[MAX_TIMESTAMP_POSITION..MAX_TIMESTAMP_POSITION + 8]
+        .copy_from_slice(&i64::MIN.to_be_bytes());
+    let crc = compute_crc(&batch);
+    batch[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_be_bytes());
+    assert!(matches!(
+        validate(&batch),
+        Err(BatchError::MalformedRecord { index: 0, .. })
+    ));
+    // The extremes themselves are fine: any i64 is a timestamp.
+    for timestamp in [i64::MIN, -1, i64::MAX] {
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(None, Some(b"v"), &[], timestamp);
+        validate(&builder.build()).unwrap();
+    }
+}
+
 /// A fixed batch, byte for byte: if this changes, the format changed, and STORAGE.md, the
 /// Python example and every client must change with it.
 #[test]

@@ -9,6 +9,8 @@
 //! whatever length a hostile array claims. Nesting is bounded by `BODY_DEPTH_MAX`, so a body of
 //! nested arrays cannot exhaust the stack.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::error::{ProtocolError, truncate_at_char_boundary};
@@ -171,6 +173,44 @@ pub(crate) fn decode_body<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T
     Ok(value)
 }
 
+/// Decodes a `{str: str}` map, refusing a key that appears twice (serde keeps the last one
+/// silently). Which of two values a node would apply is an accident of the decoder, so a body
+/// that sends both is refused like a struct that names a field twice (`CorruptFrame`).
+pub(crate) fn unique_keys<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct UniqueKeys;
+
+    impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+        type Value = BTreeMap<String, String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of strings to strings, each key once")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&key) {
+                    let mut key = key;
+                    truncate_at_char_boundary(&mut key, MALFORMED_REASON_BYTES_MAX);
+                    return Err(serde::de::Error::custom(format_args!(
+                        "the key {key:?} appears twice"
+                    )));
+                }
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_map(UniqueKeys)
+}
+
 fn from_rmp(error: rmp_serde::decode::Error) -> ProtocolError {
     use rmp_serde::decode::Error;
     match error {
@@ -220,6 +260,17 @@ pub fn validate_topic_name(name: &str) -> Result<(), ProtocolError> {
             Err(ProtocolError::InvalidTopicName { name, reason })
         }
     }
+}
+
+/// The prefix of the names reserved for the node's internal topics (`__consumer_offsets`).
+/// A valid topic name still, so clients may read such topics, but a node refuses to let a
+/// client create, change, delete or write to one (`InvalidTopicName`).
+pub const INTERNAL_TOPIC_PREFIX: &str = "__";
+
+/// Whether `name` is reserved for an internal topic (it starts with `INTERNAL_TOPIC_PREFIX`).
+#[must_use]
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with(INTERNAL_TOPIC_PREFIX)
 }
 
 /// Checks that a count, a byte length or a duration is at most `max`.

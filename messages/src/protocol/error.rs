@@ -77,11 +77,11 @@ macro_rules! error_codes {
 
 error_codes! {
     1 UnknownServerError false "The server failed in a way it did not expect; the message says more.";
-    2 CorruptFrame false "The frame's body is not a valid MessagePack map of the expected shape.";
+    2 CorruptFrame false "The frame's body is not a valid MessagePack map of the expected shape (a missing field, a wrong type, a key named twice, bytes after the map).";
     3 UnsupportedVersion false "The server does not speak this version of this kind; extras `version_min` and `version_max` give the range it does speak.";
     4 UnknownRequestKind false "The server does not know this request kind.";
     5 RequestTooLarge false "The frame is larger than the frame limit (8 MiB); the server closes the connection after answering.";
-    6 InvalidRequest false "The request decoded but breaks a rule: a field above its limit, a response kind sent as a request, inconsistent fields.";
+    6 InvalidRequest false "The request breaks a rule: a protocol limit (its nesting, a count, a length or a duration), a response kind sent as a request, fields that do not go together.";
     7 HandshakeRequired false "The first request on a connection must be Handshake; the server closes the connection after answering.";
     8 Overloaded true "The server is shedding load (a queue or the bytes in flight are at their bound); retry after a back-off.";
     9 RequestTimedOut true "The request's timeout passed before the server could complete it; the outcome of a write is unknown.";
@@ -89,7 +89,7 @@ error_codes! {
     20 UnknownTopic true "The topic does not exist (or this node has not learnt of it yet).";
     21 UnknownPartition true "The topic exists but not this partition (or this node has not learnt of it yet).";
     22 TopicAlreadyExists false "A topic with this name already exists.";
-    23 InvalidTopicName false "The topic name is empty, longer than 249 bytes, `.` or `..`, or uses a byte outside [a-zA-Z0-9._-].";
+    23 InvalidTopicName false "The topic name is empty, longer than 249 bytes, `.` or `..`, or uses a byte outside [a-zA-Z0-9._-]; or it starts with `__` (reserved for internal topics) in a request that would create, delete, change or write to the topic.";
     24 InvalidPartitions false "The partition count is zero, or (CreatePartitions) not above the topic's current count.";
     25 InvalidReplicationFactor false "The replication factor is zero or larger than the number of nodes.";
     26 InvalidConfig false "A config key is unknown or its value is invalid.";
@@ -103,7 +103,7 @@ error_codes! {
     47 LeaderNotAvailable true "The partition has no leader right now (an election is in progress). Retry after refreshing metadata.";
     60 OffsetOutOfRange false "The fetch offset is below the log start offset or above the high watermark; reset the position (ListOffsets).";
     61 CorruptBatch false "A record batch failed validation (length, magic, CRC-32C, attributes or record framing).";
-    62 BatchTooLarge false "A record batch is larger than 4 MiB.";
+    62 BatchTooLarge false "A record batch is larger than its topic's `max.message.bytes` (at most 4 MiB).";
     63 InvalidTimestamp false "A batch's timestamps are outside the range the topic accepts.";
     64 StorageError true "The log could not be read or written on this node; leadership may move. Retry after refreshing metadata.";
     80 OutOfOrderSequence false "An idempotent producer's sequence number skips ahead: a batch in between was lost.";
@@ -297,6 +297,9 @@ pub enum ProtocolError {
     /// A topic name breaks the naming rule.
     #[error("invalid topic name {name:?}: {reason}")]
     InvalidTopicName { name: String, reason: &'static str },
+    /// A consumer group id is empty or longer than `max` bytes.
+    #[error("invalid group id of {bytes} bytes: a group id has 1 to {max} bytes")]
+    InvalidGroupId { bytes: usize, max: u32 },
 }
 
 impl ProtocolError {
@@ -310,14 +313,17 @@ impl ProtocolError {
             ProtocolError::FrameTooSmall { .. }
             | ProtocolError::Truncated
             | ProtocolError::TrailingBytes
-            | ProtocolError::TooDeep { .. }
             | ProtocolError::Malformed { .. } => ErrorCode::CorruptFrame,
             ProtocolError::UnknownKind { .. } => ErrorCode::UnknownRequestKind,
             ProtocolError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
-            ProtocolError::WrongDirection { .. }
+            // The nesting bound is a limit like the others (PROTOCOL.md section 9), so it
+            // gets their code, though the body is not decoded whole when it is found.
+            ProtocolError::TooDeep { .. }
+            | ProtocolError::WrongDirection { .. }
             | ProtocolError::FieldTooLarge { .. }
             | ProtocolError::InvalidField { .. } => ErrorCode::InvalidRequest,
             ProtocolError::InvalidTopicName { .. } => ErrorCode::InvalidTopicName,
+            ProtocolError::InvalidGroupId { .. } => ErrorCode::InvalidGroupId,
         }
     }
 

@@ -27,12 +27,13 @@ pub const MEMBER_EPOCH_LEAVE_STATIC: i32 = -2;
 /// partitions itself, or an operator tool); accepted only while the group has no members.
 pub const MEMBER_EPOCH_NONE: i32 = -1;
 
+/// A group id is 1 to `GROUP_ID_BYTES_MAX` bytes; anything else is `InvalidGroupId`, the
+/// code PROTOCOL.md gives for it, in every group request.
 fn check_group_id(group_id: &str) -> Result<(), ProtocolError> {
-    check_at_most("group_id bytes", group_id.len(), GROUP_ID_BYTES_MAX)?;
-    if group_id.is_empty() {
-        return Err(ProtocolError::InvalidField {
-            field: "group_id",
-            reason: "must not be empty",
+    if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX as usize {
+        return Err(ProtocolError::InvalidGroupId {
+            bytes: group_id.len(),
+            max: GROUP_ID_BYTES_MAX,
         });
     }
     Ok(())
@@ -70,7 +71,7 @@ pub struct FindCoordinatorRequest {
 
 impl FindCoordinatorRequest {
     /// # Errors
-    /// `FieldTooLarge` or `InvalidField` for the group id.
+    /// `InvalidGroupId`.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         check_group_id(&self.group_id)
     }

@@ -39,7 +39,7 @@ mod tests;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use codec::{FrameAround, validate_topic_name};
+pub use codec::{FrameAround, INTERNAL_TOPIC_PREFIX, is_internal_topic, validate_topic_name};
 pub use error::{
     Direction, ErrorCode, GROUP_ERROR_CODE_FIRST, GROUP_ERROR_CODE_LAST, ProtocolError,
     ResponseError,
@@ -442,7 +442,7 @@ impl Request {
     /// # Errors
     /// `WrongDirection` for a response frame, `UnknownKind`, `UnsupportedVersion`, a decoding
     /// error (`Truncated`, `TrailingBytes`, `TooDeep`, `Malformed`), or a limit broken
-    /// (`FieldTooLarge`, `InvalidField`, `InvalidTopicName`). Answer it with
+    /// (`FieldTooLarge`, `InvalidField`, `InvalidTopicName`, `InvalidGroupId`). Answer it with
     /// [`Response::failed`] and [`ProtocolError::response_error`].
     pub fn decode(header: &FrameHeader, body: &[u8]) -> Result<Request, ProtocolError> {
         if header.is_response() {

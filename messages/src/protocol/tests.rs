@@ -1158,8 +1158,9 @@ fn huge_claimed_lengths_allocate_little() {
 }
 
 /// A body may nest `BODY_DEPTH_MAX` levels (counting its own map), even inside a field the
-/// decoder skips; one more is `TooDeep`. A very deep body fails the same way, without
-/// exhausting the stack.
+/// decoder skips; one more is `TooDeep`, answered `InvalidRequest` like every other limit of
+/// PROTOCOL.md section 9 (it was `CorruptFrame`). A very deep body fails the same way,
+/// without exhausting the stack.
 #[test]
 fn nesting_is_bounded_exactly() {
     let body_with_depth = |depth: usize| {
@@ -1176,16 +1177,19 @@ fn nesting_is_bounded_exactly() {
         Request::Metadata(MetadataRequest { topics: None })
     );
     let deep = frame_with_body(RequestKind::Metadata.code(), 1, &body_with_depth(max + 1));
+    let error = decode_request(&deep).unwrap_err();
     assert_eq!(
-        decode_request(&deep).unwrap_err(),
+        error,
         ProtocolError::TooDeep {
             max: BODY_DEPTH_MAX
         }
     );
+    assert_eq!(error.error_code(), ErrorCode::InvalidRequest);
+    assert!(!error.closes_connection());
     let very_deep = frame_with_body(RequestKind::Metadata.code(), 1, &body_with_depth(100_000));
     assert_eq!(
         decode_request(&very_deep).unwrap_err().error_code(),
-        ErrorCode::CorruptFrame
+        ErrorCode::InvalidRequest
     );
 }
 
@@ -1221,6 +1225,64 @@ fn body_must_be_exactly_one_map() {
 
 // ---------------------------------------------------------------------------------------------
 // Decoding rules.
+
+/// A map that names a key twice is refused (`CorruptFrame`): a field of a body, and a key of
+/// a config map, which serde used to take silently with the last value winning. A field the
+/// decoder does not know is skipped, twice as once.
+#[test]
+fn a_key_twice_in_a_map_is_refused() {
+    let mut metadata = vec![0x82];
+    for _ in 0..2 {
+        msgpack::str(&mut metadata, "topics");
+        metadata.push(0x90);
+    }
+    let kind = RequestKind::Metadata.code();
+    let error = decode_request(&frame_with_body(kind, 1, &metadata)).unwrap_err();
+    assert_eq!(error.error_code(), ErrorCode::CorruptFrame, "{error:?}");
+
+    let create_topics = |configs: &[(&str, &str)]| {
+        let mut body = vec![0x83];
+        msgpack::str(&mut body, "topics");
+        body.extend_from_slice(&[0x91, 0x82]);
+        msgpack::str(&mut body, "name");
+        msgpack::str(&mut body, "t");
+        msgpack::str(&mut body, "configs");
+        msgpack::map_len(&mut body, configs.len() as u32);
+        for (key, value) in configs {
+            msgpack::str(&mut body, key);
+            msgpack::str(&mut body, value);
+        }
+        msgpack::str(&mut body, "timeout_ms");
+        msgpack::uint(&mut body, 1000);
+        msgpack::str(&mut body, "validate_only");
+        msgpack::bool(&mut body, false);
+        frame_with_body(RequestKind::CreateTopics.code(), 1, &body)
+    };
+    let once = decode_request(&create_topics(&[
+        ("retention.ms", "1"),
+        ("segment.ms", "2"),
+    ]));
+    assert!(once.is_ok(), "{once:?}");
+    let twice = decode_request(&create_topics(&[
+        ("retention.ms", "1"),
+        ("retention.ms", "2"),
+    ]));
+    assert_eq!(twice.unwrap_err().error_code(), ErrorCode::CorruptFrame);
+
+    let mut unknown_twice = vec![0x83];
+    for _ in 0..2 {
+        msgpack::str(&mut unknown_twice, "future_field");
+        msgpack::uint(&mut unknown_twice, 1);
+    }
+    msgpack::str(&mut unknown_twice, "topics");
+    unknown_twice.push(0x90);
+    assert_eq!(
+        decode_request(&frame_with_body(kind, 1, &unknown_twice)).unwrap(),
+        Request::Metadata(MetadataRequest {
+            topics: Some(Vec::new())
+        })
+    );
+}
 
 /// Unknown fields are skipped and optional fields may be absent or nil, so older and newer
 /// peers, and clients in other languages, interoperate.
@@ -1894,6 +1956,312 @@ fn protocol_md_lists_every_error_code() {
         })
         .collect();
     assert_eq!(rows, expected);
+}
+
+/// `n` with commas between groups of three digits, as PROTOCOL.md writes numbers.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// PROTOCOL.md section 9 lists every limit with its value and the error breaking it gets, by
+/// one rule. Each value is its constant, and for each request limit a request one past it
+/// decodes to the error the row names: the nesting bound used to give `CorruptFrame` and a
+/// bad group id `InvalidRequest`, against the document. (The batch rows are the node's
+/// checks per partition, covered by the batch and integration tests.)
+#[test]
+fn protocol_md_limits_match_the_code() {
+    use crate::limits::{
+        BATCH_BYTES_MAX, BATCH_RECORDS_MAX, CLIENT_ID_BYTES_MAX, CONFIG_KEY_BYTES_MAX,
+        CONFIG_VALUE_BYTES_MAX, CONFIGS_PER_TOPIC_MAX, FETCH_RECORDS_BYTES_MAX, FETCH_WAIT_MS_MAX,
+        GROUP_ID_BYTES_MAX, GROUP_MEMBER_FIELD_BYTES_MAX, GROUP_WAIT_MS_MAX,
+        GROUPS_PER_REQUEST_MAX, OFFSET_METADATA_BYTES_MAX, PARTITIONS_PER_TOPIC_MAX,
+        RECORD_HEADERS_MAX, RECORDS_DECOMPRESSED_BYTES_MAX, SOFTWARE_FIELD_BYTES_MAX,
+        TIMEOUT_MS_MAX,
+    };
+    let count = |n: u32| grouped(n.into());
+    let bytes = |n: u32| format!("{} bytes", grouped(n.into()));
+    let ms = |n: u32| format!("{} ms", grouped(n.into()));
+    let mib = |n: u64| format!("{} MiB ({} bytes)", n >> 20, grouped(n));
+    let long = |n: u32| "x".repeat(n as usize + 1);
+    let refused = |request: Request| {
+        let error = decode_request(&request.encode(1).unwrap()).unwrap_err();
+        error.error_code().name().to_owned()
+    };
+    let new_topic = |configs: BTreeMap<String, String>, partitions: Option<u32>| {
+        Request::from(CreateTopicsRequest {
+            topics: vec![NewTopic {
+                name: "t".into(),
+                partitions,
+                replication_factor: None,
+                configs,
+            }],
+            timeout_ms: 1000,
+            validate_only: false,
+        })
+    };
+    let fetch = |partitions: u32, max_wait_ms: u32| {
+        Request::from(FetchRequest {
+            max_wait_ms,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                name: "t".into(),
+                partitions: (0..partitions)
+                    .map(|p| FetchPartition {
+                        partition: PartitionId(p),
+                        fetch_offset: Offset(0),
+                        partition_max_bytes: 1 << 20,
+                        current_leader_epoch: None,
+                    })
+                    .collect(),
+            }],
+        })
+    };
+    let hello = |client_id: String, software: String| {
+        Request::from(HandshakeRequest {
+            client_id,
+            client_software_name: software,
+            client_software_version: "0".into(),
+        })
+    };
+    let heartbeat = |member_id: String, max_wait_ms: u32| {
+        Request::from(ConsumerGroupHeartbeatRequest {
+            group_id: "g".into(),
+            member_id,
+            max_wait_ms,
+            ..ConsumerGroupHeartbeatRequest::default()
+        })
+    };
+    let frame_code = || {
+        let header = FrameHeader {
+            length: FRAME_BYTES_MAX - LENGTH_FIELD_BYTES as u32 + 1,
+            kind: RequestKind::Produce.code(),
+            version: 1,
+            correlation_id: 1,
+        };
+        parse_frame(&header.encode())
+            .unwrap_err()
+            .error_code()
+            .name()
+            .to_owned()
+    };
+    let nesting_code = || {
+        let mut body = vec![0x81];
+        msgpack::str(&mut body, "future_field");
+        body.extend(std::iter::repeat_n(0x91, BODY_DEPTH_MAX as usize - 1));
+        body.push(0x90);
+        let frame = frame_with_body(RequestKind::Metadata.code(), 1, &body);
+        decode_request(&frame)
+            .unwrap_err()
+            .error_code()
+            .name()
+            .to_owned()
+    };
+    let group_id_codes = || {
+        let codes: Vec<String> = [String::new(), long(GROUP_ID_BYTES_MAX)]
+            .into_iter()
+            .map(|group_id| refused(Request::from(FindCoordinatorRequest { group_id })))
+            .collect();
+        assert_eq!(codes[0], codes[1], "an empty and a long group id alike");
+        codes[0].clone()
+    };
+    let commit_metadata = || {
+        refused(Request::from(OffsetCommitRequest {
+            group_id: "g".into(),
+            member_id: String::new(),
+            member_epoch: -1,
+            topics: vec![OffsetCommitTopic {
+                topic: "t".into(),
+                partitions: vec![OffsetCommitPartition {
+                    partition: PartitionId(0),
+                    offset: Offset(0),
+                    leader_epoch: None,
+                    metadata: long(OFFSET_METADATA_BYTES_MAX),
+                }],
+            }],
+        }))
+    };
+    let node_bound = || "None".to_owned();
+    type Code<'a> = Box<dyn Fn() -> String + 'a>;
+    let expected: Vec<(&str, String, Code<'_>)> = vec![
+        (
+            "Frame, header included",
+            mib(FRAME_BYTES_MAX.into()),
+            Box::new(frame_code),
+        ),
+        (
+            "Body nesting",
+            format!("{BODY_DEPTH_MAX} levels"),
+            Box::new(nesting_code),
+        ),
+        (
+            "Topics per request",
+            count(TOPICS_PER_REQUEST_MAX),
+            Box::new(|| {
+                let names = (0..=TOPICS_PER_REQUEST_MAX).map(|t| format!("t{t}"));
+                refused(Request::from(MetadataRequest {
+                    topics: Some(names.collect()),
+                }))
+            }),
+        ),
+        (
+            "Partitions per request",
+            count(PARTITIONS_PER_REQUEST_MAX),
+            Box::new(|| refused(fetch(PARTITIONS_PER_REQUEST_MAX + 1, 0))),
+        ),
+        (
+            "Partitions per topic",
+            count(PARTITIONS_PER_TOPIC_MAX),
+            Box::new(|| {
+                refused(new_topic(
+                    BTreeMap::new(),
+                    Some(PARTITIONS_PER_TOPIC_MAX + 1),
+                ))
+            }),
+        ),
+        (
+            "Topic name",
+            format!("1 to {TOPIC_NAME_BYTES_MAX} bytes"),
+            Box::new(|| {
+                refused(Request::from(DeleteTopicsRequest {
+                    topics: vec![long(TOPIC_NAME_BYTES_MAX)],
+                    timeout_ms: 1000,
+                }))
+            }),
+        ),
+        (
+            "Config keys per topic",
+            count(CONFIGS_PER_TOPIC_MAX),
+            Box::new(|| {
+                let configs = (0..=CONFIGS_PER_TOPIC_MAX).map(|k| (format!("k{k}"), "v".into()));
+                refused(new_topic(configs.collect(), None))
+            }),
+        ),
+        (
+            "Config key",
+            bytes(CONFIG_KEY_BYTES_MAX),
+            Box::new(|| {
+                let configs = BTreeMap::from([(long(CONFIG_KEY_BYTES_MAX), "v".to_owned())]);
+                refused(new_topic(configs, None))
+            }),
+        ),
+        (
+            "Config value",
+            bytes(CONFIG_VALUE_BYTES_MAX),
+            Box::new(|| {
+                let configs = BTreeMap::from([("k".to_owned(), long(CONFIG_VALUE_BYTES_MAX))]);
+                refused(new_topic(configs, None))
+            }),
+        ),
+        (
+            "`client_id`",
+            bytes(CLIENT_ID_BYTES_MAX),
+            Box::new(|| refused(hello(long(CLIENT_ID_BYTES_MAX), "s".into()))),
+        ),
+        (
+            "Software name or version",
+            bytes(SOFTWARE_FIELD_BYTES_MAX),
+            Box::new(|| refused(hello("c".into(), long(SOFTWARE_FIELD_BYTES_MAX)))),
+        ),
+        (
+            "`timeout_ms`",
+            ms(TIMEOUT_MS_MAX),
+            Box::new(|| {
+                refused(Request::from(DeleteTopicsRequest {
+                    topics: vec!["t".into()],
+                    timeout_ms: TIMEOUT_MS_MAX + 1,
+                }))
+            }),
+        ),
+        (
+            "Fetch `max_wait_ms`",
+            ms(FETCH_WAIT_MS_MAX),
+            Box::new(|| refused(fetch(1, FETCH_WAIT_MS_MAX + 1))),
+        ),
+        (
+            "Group id",
+            format!("1 to {GROUP_ID_BYTES_MAX} bytes"),
+            Box::new(group_id_codes),
+        ),
+        (
+            "Groups per request",
+            count(GROUPS_PER_REQUEST_MAX),
+            Box::new(|| {
+                let ids = (0..=GROUPS_PER_REQUEST_MAX).map(|g| format!("g{g}"));
+                refused(Request::from(DescribeGroupsRequest {
+                    group_ids: ids.collect(),
+                }))
+            }),
+        ),
+        (
+            "Member id, instance id, assignor",
+            bytes(GROUP_MEMBER_FIELD_BYTES_MAX),
+            Box::new(|| refused(heartbeat(long(GROUP_MEMBER_FIELD_BYTES_MAX), 0))),
+        ),
+        (
+            "Heartbeat `max_wait_ms`",
+            ms(GROUP_WAIT_MS_MAX),
+            Box::new(|| refused(heartbeat(String::new(), GROUP_WAIT_MS_MAX + 1))),
+        ),
+        (
+            "Offset metadata",
+            bytes(OFFSET_METADATA_BYTES_MAX),
+            Box::new(commit_metadata),
+        ),
+        (
+            "Record batch",
+            mib(BATCH_BYTES_MAX.into()),
+            Box::new(|| "BatchTooLarge".to_owned()),
+        ),
+        (
+            "Records per batch",
+            format!("1 to {}", grouped(BATCH_RECORDS_MAX.into())),
+            Box::new(|| "CorruptBatch".to_owned()),
+        ),
+        (
+            "Headers per record",
+            count(RECORD_HEADERS_MAX),
+            Box::new(|| "CorruptBatch".to_owned()),
+        ),
+        (
+            "Decompressed records",
+            mib(RECORDS_DECOMPRESSED_BYTES_MAX as u64),
+            Box::new(|| "CorruptBatch".to_owned()),
+        ),
+        (
+            "Records in one fetch answer",
+            mib(FETCH_RECORDS_BYTES_MAX.into()),
+            Box::new(node_bound),
+        ),
+        (
+            "Error `message`",
+            bytes(ERROR_MESSAGE_BYTES_MAX),
+            Box::new(node_bound),
+        ),
+    ];
+    let rows = doc_table("limits");
+    let names: Vec<&str> = rows.iter().map(|row| row[0].as_str()).collect();
+    let expected_names: Vec<&str> = expected.iter().map(|(name, ..)| *name).collect();
+    assert_eq!(names, expected_names);
+    for (row, (name, value, code)) in rows.iter().zip(&expected) {
+        assert_eq!(&row[1], value, "the value of {name}");
+        // The error cell starts with the code's name in backticks, or "None" for a bound on
+        // what the node sends.
+        let documented = row[3]
+            .trim_start_matches('`')
+            .split(['`', ':'])
+            .next()
+            .unwrap_or_default();
+        assert_eq!(documented, code(), "the error of {name}");
+    }
 }
 
 /// PROTOCOL.md's kind table lists every kind with its name and version range.

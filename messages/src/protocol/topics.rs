@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::{check_at_most, check_topic_names, validate_topic_name};
+use super::codec::{check_at_most, check_topic_names, unique_keys, validate_topic_name};
 use super::error::{ProtocolError, ResponseError};
 use super::metadata::PartitionMetadata;
 use crate::limits::{
@@ -61,8 +61,9 @@ pub struct NewTopic {
     /// Replicas per partition; absent: the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_factor: Option<u16>,
-    /// Topic configs that differ from the defaults, e.g. `"retention.ms" -> "86400000"`.
-    #[serde(default)]
+    /// Topic configs that differ from the defaults, e.g. `"retention.ms" -> "86400000"`;
+    /// a key may appear once.
+    #[serde(default, deserialize_with = "unique_keys")]
     pub configs: BTreeMap<String, String>,
 }
 
@@ -183,8 +184,8 @@ pub struct AlterTopicConfigsRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicConfigChanges {
     pub name: String,
-    /// Keys to set to a value.
-    #[serde(default)]
+    /// Keys to set to a value; a key may appear once.
+    #[serde(default, deserialize_with = "unique_keys")]
     pub set: BTreeMap<String, String>,
     /// Keys to return to the server's default. A key in both `set` and `delete` is an
     /// `InvalidConfig` error for that topic.

@@ -17,14 +17,14 @@ use vltava_messages::protocol::{
 use vltava_messages::{BatchBuilder, Compression, Offset, PartitionId};
 use vltava_tests::TestNode;
 
-/// A raw connection that speaks frames.
-struct Raw {
+/// A raw connection that speaks frames (also used by the `spec` scenarios).
+pub(crate) struct Raw {
     stream: TcpStream,
     next: u64,
 }
 
 impl Raw {
-    fn open(node: &TestNode) -> Raw {
+    pub(crate) fn open(node: &TestNode) -> Raw {
         let stream = TcpStream::connect(&node.addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -32,7 +32,7 @@ impl Raw {
         Raw { stream, next: 1 }
     }
 
-    fn handshaken(node: &TestNode) -> Raw {
+    pub(crate) fn handshaken(node: &TestNode) -> Raw {
         let mut raw = Raw::open(node);
         let answer = raw.call(&Request::Handshake(HandshakeRequest {
             client_id: "raw".into(),
@@ -43,41 +43,47 @@ impl Raw {
         raw
     }
 
-    fn send_bytes(&mut self, bytes: &[u8]) {
+    pub(crate) fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
     }
 
     /// Reads one answer frame; `None` if the connection closed.
-    fn read(&mut self) -> Option<Response> {
+    pub(crate) fn read(&mut self) -> Option<Response> {
+        self.read_frame().map(|(_, response)| response)
+    }
+
+    /// Reads one answer frame with its header; `None` if the connection closed.
+    pub(crate) fn read_frame(&mut self) -> Option<(FrameHeader, Response)> {
         let mut header = [0u8; FRAME_HEADER_BYTES];
         self.stream.read_exact(&mut header).ok()?;
         let header = FrameHeader::parse(&header);
         let mut body = vec![0u8; header.length as usize - 12];
         self.stream.read_exact(&mut body).ok()?;
-        Some(Response::decode(&header, &body).expect("the server's answers decode"))
+        let response = Response::decode(&header, &body).expect("the server's answers decode");
+        Some((header, response))
     }
 
-    fn call(&mut self, request: &Request) -> Option<Response> {
+    pub(crate) fn call(&mut self, request: &Request) -> Option<Response> {
         let frame = request.encode(self.next).unwrap();
         self.next += 1;
         self.send_bytes(&frame);
         self.read()
     }
 
-    fn closed(&mut self) -> bool {
+    pub(crate) fn closed(&mut self) -> bool {
         let mut byte = [0u8; 1];
         matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
     }
 }
 
-fn failed_code(response: Option<Response>) -> ErrorCode {
+pub(crate) fn failed_code(response: Option<Response>) -> ErrorCode {
     match response {
         Some(Response::Failed(failed)) => failed.error.error_code().expect("a known code"),
         other => panic!("expected a failure, got {other:?}"),
     }
 }
 
-fn produce(topic: &str, partition: u32, records: Vec<u8>) -> Request {
+pub(crate) fn produce(topic: &str, partition: u32, records: Vec<u8>) -> Request {
     Request::Produce(ProduceRequest {
         acks: Acks::All,
         timeout_ms: 10_000,
@@ -106,14 +112,14 @@ fn partition_error(response: Option<Response>) -> Option<ErrorCode> {
     }
 }
 
-fn good_batch(value: &str) -> Vec<u8> {
+pub(crate) fn good_batch(value: &str) -> Vec<u8> {
     let mut b = BatchBuilder::new(Compression::None);
     b.push(None, Some(value.as_bytes()), &[], 1);
     b.build()
 }
 
 /// Creates a one-partition topic and checks it was created.
-fn create_topic(raw: &mut Raw, name: &str) {
+pub(crate) fn create_topic(raw: &mut Raw, name: &str) {
     let created = raw.call(&Request::CreateTopics(CreateTopicsRequest {
         topics: vec![NewTopic {
             name: name.into(),

@@ -10,6 +10,7 @@ mod groups;
 mod produce_consume;
 mod python_example;
 mod restart;
+mod spec;
 
 /// A multi-threaded runtime for a test's client side.
 pub fn runtime() -> tokio::runtime::Runtime {
