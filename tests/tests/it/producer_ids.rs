@@ -1,13 +1,18 @@
 //! Producer ids and epochs against a real node (issue 11): the documented ranges, a bump that
 //! fences the old epoch on every partition at once and across a restart, epoch exhaustion,
-//! ids the node never issued, and a first batch that does not start at sequence 0. Hand-made
-//! requests go through the client's raw `Connection`.
+//! ids the node never issued, a first batch that does not start at sequence 0, and the Rust
+//! producer starting again at sequence 0 when a partition lost its state. Hand-made requests
+//! go through the client's raw `Connection`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vltava_client::connection::Connection;
-use vltava_client::{Admin, ClientError, Cluster};
+use vltava_client::{
+    Admin, ClientError, Cluster, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    ProducerRecord, SeekTo,
+};
 use vltava_messages::batch::{CRC_POSITION, PRODUCER_EPOCH_POSITION, compute_crc};
 use vltava_messages::limits::{PRODUCER_EPOCH_MAX, PRODUCER_ID_MAX};
 use vltava_messages::metadata_records::MetadataRecord;
@@ -368,5 +373,100 @@ fn a_first_batch_must_start_at_sequence_0() {
             Err(ErrorCode::OutOfOrderSequence),
             "with state, a gap is out of order"
         );
+    });
+}
+
+async fn values(cluster: Arc<Cluster>, topic: &str, count: usize) -> Vec<String> {
+    let mut consumer = Consumer::new(
+        cluster,
+        ConsumerConfig {
+            max_wait: Duration::from_millis(200),
+            ..ConsumerConfig::default()
+        },
+    );
+    consumer
+        .assign(topic, None, SeekTo::Earliest)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::new();
+    while out.len() < count && std::time::Instant::now() < deadline {
+        out.extend(
+            consumer
+                .poll()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| String::from_utf8(r.value.unwrap()).unwrap()),
+        );
+    }
+    out
+}
+
+/// The Rust producer on `UnknownProducerId`: topic `lost` is deleted and created again, so its
+/// partition has no state for the producer, whose next sequence there is not 0. The producer
+/// bumps its epoch and sends again from sequence 0; topic `kept`, where its batches still
+/// carry the old epoch, is then fenced by that bump and renumbered the same way. Every event
+/// arrives once, in order.
+#[test]
+fn the_producer_starts_again_at_sequence_0_when_a_partition_lost_its_state() {
+    let node = TestNode::start();
+    runtime().block_on(async {
+        let cluster = Cluster::connect(&node.bootstrap(), "test").await.unwrap();
+        let admin = Admin::new(cluster.clone());
+        for topic in ["lost", "kept"] {
+            admin
+                .create_topic(topic, 1, 1, BTreeMap::new())
+                .await
+                .unwrap();
+        }
+        let producer = Producer::new(cluster.clone(), ProducerConfig::default())
+            .await
+            .unwrap();
+        let send = |topic: &'static str, value: String| {
+            let producer = &producer;
+            async move {
+                producer
+                    .send(ProducerRecord {
+                        topic: topic.into(),
+                        partition: Some(0),
+                        value: Some(value.into_bytes()),
+                        ..ProducerRecord::default()
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        for i in 0..3 {
+            for topic in ["lost", "kept"] {
+                send(topic, format!("{topic}-{i}")).await;
+            }
+            producer.flush().await.unwrap();
+        }
+        admin.delete_topic("lost").await.unwrap();
+        admin
+            .create_topic("lost", 1, 1, BTreeMap::new())
+            .await
+            .unwrap();
+        let mut deliveries = Vec::new();
+        for i in 3..6 {
+            deliveries.push(send("lost", format!("lost-{i}")).await);
+            producer.flush().await.unwrap();
+            deliveries.push(send("kept", format!("kept-{i}")).await);
+        }
+        producer.flush().await.unwrap();
+        for delivery in deliveries {
+            let sent = delivery.wait().await;
+            assert!(sent.is_ok(), "{sent:?}");
+        }
+        assert_eq!(
+            values(cluster.clone(), "lost", 3).await,
+            ["lost-3", "lost-4", "lost-5"]
+        );
+        assert_eq!(
+            values(cluster, "kept", 6).await,
+            (0..6).map(|i| format!("kept-{i}")).collect::<Vec<_>>()
+        );
+        producer.close().await.unwrap();
     });
 }
