@@ -22,6 +22,7 @@ use crate::groups::GroupManagerHandle;
 use crate::metadata::MetadataImage;
 use crate::partition::{Durability, PartitionArgs};
 use crate::partition_supervisor::PartitionSupervisorHandle;
+use crate::producer_ids::ProducerRegistry;
 use crate::topic_config;
 use vltava_messages::group_records::OFFSETS_TOPIC;
 
@@ -49,6 +50,8 @@ pub struct ApplierConfig {
     pub partitions: PartitionSupervisorHandle,
     /// Told when this node starts or stops leading a partition of `__consumer_offsets`.
     pub groups: Option<GroupManagerHandle>,
+    /// The node-wide producer ids and epochs, handed to every partition it starts.
+    pub producer_ids: ProducerRegistry,
 }
 
 #[derive(Debug)]
@@ -241,6 +244,7 @@ impl ApplierState {
                 leader_epoch: LeaderEpoch(running.leader_epoch),
                 flusher: Arc::clone(&self.config.flusher),
                 directory: self.config.directory.clone(),
+                producer_ids: self.config.producer_ids.clone(),
             };
             match self.config.partitions.start_partition(args).await {
                 Ok(()) => {

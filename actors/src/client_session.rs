@@ -4,8 +4,8 @@
 //!
 //! - Owns: the connection, its handshake state, its queue of answers to write.
 //! - Receives from: the socket.
-//! - Sends to: Partition actors (produce, fetch, list offsets), the Controller (topic admin),
-//!   the producer-id allocator; all answers come back on oneshots.
+//! - Sends to: Partition actors (produce, fetch, list offsets), the Controller (topic admin,
+//!   producer ids); all answers come back on oneshots.
 //! - Bounds: `inflight_requests_max` requests per connection (the reader stops reading the
 //!   socket past it, so a client that floods requests or stops reading answers holds at most
 //!   that many); `bytes_in_flight_max` request bytes across the node; a frame at most
@@ -46,7 +46,7 @@ use vltava_messages::protocol::{
     ResponseError, TopicDescription, TopicMetadata, TopicResult, encode_fetch_response,
     is_internal_topic,
 };
-use vltava_messages::{LeaderEpoch, NodeId, Offset, PartitionId, ProducerEpoch};
+use vltava_messages::{LeaderEpoch, NodeId, Offset, PartitionId};
 
 use crate::controller::{ControllerError, ControllerHandle};
 use crate::directory::{ActorDirectory, ActorKind, ActorStats, PublishedState, SessionGauges};
@@ -59,7 +59,7 @@ use crate::partition::{
     Acks, FetchOk, IntoBatch, PartitionError, PartitionHandle, Pending, ProduceOk,
 };
 use crate::partition_supervisor::{PartitionRegistry, PartitionSlot};
-use crate::producer_ids::{LocalProducerIdAllocator, ProducerIdAllocator};
+use crate::producer_ids::ProducerIdError;
 use crate::topic_config;
 
 /// How long a new connection may take to send its handshake before it is closed.
@@ -81,7 +81,6 @@ pub struct NodeServices {
     pub cluster_id: String,
     pub controller: ControllerHandle,
     pub partitions: PartitionRegistry,
-    pub producer_ids: LocalProducerIdAllocator,
     pub directory: ActorDirectory,
     /// Request bytes admitted and not yet answered, across the node.
     pub bytes_in_flight: Arc<Semaphore>,
@@ -658,6 +657,7 @@ pub fn partition_error(error: &PartitionError) -> ResponseError {
         PartitionError::UnknownLeaderEpoch { .. } => ErrorCode::UnknownLeaderEpoch,
         PartitionError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
         PartitionError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+        PartitionError::UnknownProducerId { .. } => ErrorCode::UnknownProducerId,
         PartitionError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         PartitionError::Storage(storage) => match storage {
             S::InvalidBatch(_) => ErrorCode::CorruptBatch,
@@ -680,6 +680,10 @@ fn controller_error(error: &ControllerError) -> ResponseError {
         ControllerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
         ControllerError::Overloaded => ErrorCode::Overloaded,
         ControllerError::Unavailable | ControllerError::Metadata(_) => ErrorCode::StorageError,
+        ControllerError::Producer(ProducerIdError::Unknown { .. }) => ErrorCode::UnknownProducerId,
+        ControllerError::Producer(ProducerIdError::Fenced { .. }) => ErrorCode::ProducerFenced,
+        // 2^63 producer ids handed out: not a state a node reaches.
+        ControllerError::Producer(ProducerIdError::IdsExhausted) => ErrorCode::UnknownServerError,
     };
     ResponseError::new(code, error.to_string())
 }
@@ -914,39 +918,26 @@ async fn init_producer_id(
     correlation_id: u64,
     services: &NodeServices,
 ) -> Vec<u8> {
-    // A known producer asking again gets its next epoch, which fences its older incarnation.
-    if let (Some(id), Some(epoch)) = (request.producer_id, request.producer_epoch)
-        && epoch.0 < u16::MAX
-    {
-        return encode(
-            InitProducerIdResponse {
-                producer_id: id,
-                producer_epoch: ProducerEpoch(epoch.0 + 1),
-            },
-            correlation_id,
-        );
-    }
-    match services.producer_ids.allocate().await {
-        Ok(producer_id) => encode(
+    // `validate` made sure the id and epoch come together.
+    let current = request.producer_id.zip(request.producer_epoch);
+    match services.controller.init_producer_id(current).await {
+        Ok((producer_id, producer_epoch)) => encode(
             InitProducerIdResponse {
                 producer_id,
-                producer_epoch: ProducerEpoch(0),
+                producer_epoch,
             },
             correlation_id,
         ),
         Err(e) => {
-            tracing::error!(error = %e, "cannot allocate a producer id");
             let header = FrameHeader {
                 length: 0,
                 kind: RequestKind::InitProducerId.code(),
                 version: RequestKind::InitProducerId.version_max(),
                 correlation_id,
             };
-            failure_frame(
-                &header,
-                ErrorCode::StorageError,
-                format!("cannot allocate a producer id: {e}"),
-            )
+            Response::failed(&header, controller_error(&e))
+                .encode(correlation_id)
+                .unwrap_or_default()
         }
     }
 }

@@ -4,8 +4,9 @@
 //! answers. On one node the log is a local file; in a cluster it becomes the Raft log and
 //! only the elected controller takes writes.
 //!
-//! - Receives from: client sessions (topic admin) through `ControllerHandle`.
-//! - Sends to: the MetadataApplier (awaited), the metadata image watch.
+//! - Receives from: client sessions (topic admin, InitProducerId) through `ControllerHandle`.
+//! - Sends to: the MetadataApplier (awaited), the metadata image watch, the node-wide
+//!   `ProducerRegistry` (written before an InitProducerId is answered).
 //! - Mailbox bound: `CONTROLLER_MAILBOX_MAX`; admin requests past it get `Overloaded`.
 
 use std::collections::BTreeMap;
@@ -14,10 +15,12 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, watch};
 use vltava_messages::metadata_records::MetadataRecord;
+use vltava_messages::{ProducerEpoch, ProducerId};
 
 use crate::applier::ApplierHandle;
 use crate::directory::{ActorDirectory, ActorKind, ActorStats};
 use crate::metadata::{MetadataError, MetadataImage, MetadataLog};
+use crate::producer_ids::{self, ProducerIdError, ProducerRegistry};
 use crate::topic_config::{self, TopicConfigError};
 
 /// Admin requests the controller queues before refusing more: admin traffic is light, and
@@ -49,6 +52,8 @@ pub enum ControllerError {
     Unavailable,
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Producer(#[from] ProducerIdError),
 }
 
 /// Checks a topic name: 1 to 249 bytes of `[a-zA-Z0-9._-]`, not `.` or `..`, and not
@@ -91,6 +96,8 @@ fn refuse_internal(name: &str) -> Result<(), ControllerError> {
 }
 
 type Reply = oneshot::Sender<Result<(), ControllerError>>;
+/// A producer's identity: its id and epoch.
+pub type ProducerIdentity = (ProducerId, ProducerEpoch);
 
 #[derive(Debug)]
 pub enum ControllerMsg {
@@ -120,6 +127,11 @@ pub enum ControllerMsg {
         partitions: u32,
         validate_only: bool,
         reply: Reply,
+    },
+    /// A new producer id (`current` absent) or the next epoch of `current`.
+    InitProducerId {
+        current: Option<ProducerIdentity>,
+        reply: oneshot::Sender<Result<ProducerIdentity, ControllerError>>,
     },
 }
 
@@ -229,6 +241,29 @@ impl ControllerHandle {
         .await
     }
 
+    /// Hands out a producer identity: a new id at epoch 0, or (with `current`, the producer's
+    /// id and current epoch) the next epoch, which fences the older ones node-wide before this
+    /// returns (`producer_ids` has the rules).
+    pub async fn init_producer_id(
+        &self,
+        current: Option<ProducerIdentity>,
+    ) -> Result<ProducerIdentity, ControllerError> {
+        if self.stats.depth() >= CONTROLLER_MAILBOX_MAX {
+            return Err(ControllerError::Overloaded);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.stats.enqueued();
+        if self
+            .actor
+            .send_message(ControllerMsg::InitProducerId { current, reply })
+            .is_err()
+        {
+            self.stats.dequeued();
+            return Err(ControllerError::Unavailable);
+        }
+        answer.await.unwrap_or(Err(ControllerError::Unavailable))
+    }
+
     /// The current metadata image; `changed()` on the receiver waits for the next.
     #[must_use]
     pub fn image(&self) -> watch::Receiver<Arc<MetadataImage>> {
@@ -256,6 +291,11 @@ pub struct ControllerArgs<L> {
     /// Where the controller publishes the metadata image; the node made it so that actors
     /// started before the controller can watch it.
     pub publish: watch::Sender<Arc<MetadataImage>>,
+    /// Where the controller publishes producer ids and epochs for the node's partitions.
+    pub producer_ids: ProducerRegistry,
+    /// Ids below this were handed out before producer ids moved into the metadata log (the
+    /// old `producer-id-block` file); they count as reserved, so none is handed out again.
+    pub producer_ids_floor: u64,
 }
 
 #[derive(Debug)]
@@ -271,6 +311,9 @@ pub struct ControllerState<L> {
     applier: ApplierHandle,
     directory: ActorDirectory,
     stats: Arc<ActorStats>,
+    producer_ids: ProducerRegistry,
+    /// The next producer id to hand out: ids from it to the reserved end are not issued yet.
+    producer_next: u64,
 }
 
 impl<L: MetadataLog + std::fmt::Debug> Controller<L> {
@@ -336,6 +379,17 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             log.append(vec![record.clone()]).await?;
             image.apply(&record);
         }
+        if args.producer_ids_floor > image.producers.reserved_end {
+            let record = MetadataRecord::ProducerIdsReserved {
+                end: args.producer_ids_floor,
+            };
+            log.append(vec![record.clone()]).await?;
+            image.apply(&record);
+        }
+        // What is left of a block reserved before the restart is skipped: which of its ids
+        // were handed out is not written down.
+        let producer_next = image.producers.reserved_end;
+        args.producer_ids.publish(&image.producers, producer_next);
         let shared = Arc::new(image.clone());
         publish.send_replace(Arc::clone(&shared));
         args.applier.apply(shared).await;
@@ -353,6 +407,8 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             applier: args.applier,
             directory: args.directory,
             stats,
+            producer_ids: args.producer_ids,
+            producer_next,
         })
     }
 
@@ -363,11 +419,23 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let started = std::time::Instant::now();
+        if let ControllerMsg::InitProducerId { current, reply } = msg {
+            let outcome = state.init_producer_id(current).await;
+            if let Err(e) = &outcome {
+                tracing::info!(error = %e, "InitProducerId refused");
+            }
+            // The session may have gone; nothing to do then.
+            let _ = reply.send(outcome);
+            state.stats.time("InitProducerId", started.elapsed());
+            state.stats.handled();
+            return Ok(());
+        }
         let kind = match &msg {
             ControllerMsg::CreateTopic { .. } => "CreateTopic",
             ControllerMsg::DeleteTopic { .. } => "DeleteTopic",
             ControllerMsg::AlterConfigs { .. } => "AlterConfigs",
             ControllerMsg::CreatePartitions { .. } => "CreatePartitions",
+            ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
         let (outcome, reply) = match msg {
             ControllerMsg::CreateTopic {
@@ -415,6 +483,7 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
                     .await,
                 reply,
             ),
+            ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
         if let Err(e) = &outcome {
             tracing::info!(error = %e, "metadata change refused");
@@ -446,6 +515,27 @@ impl<L: MetadataLog> ControllerState<L> {
         self.publish.send_replace(Arc::clone(&shared));
         self.applier.apply(shared).await;
         Ok(())
+    }
+
+    /// Decides an InitProducerId, commits what it changes, and publishes it to the node's
+    /// partitions before the answer goes out, so a bump fences the older epoch everywhere at
+    /// once.
+    async fn init_producer_id(
+        &mut self,
+        current: Option<ProducerIdentity>,
+    ) -> Result<ProducerIdentity, ControllerError> {
+        let grant = producer_ids::decide_init(&self.image.producers, self.producer_next, current)?;
+        if grant.records.is_empty() {
+            self.producer_next = grant.next;
+            self.producer_ids.issue(self.producer_next);
+        } else {
+            tracing::info!(records = ?grant.records, "producer ids changed");
+            self.commit(grant.records).await?;
+            self.producer_next = grant.next;
+            self.producer_ids
+                .publish(&self.image.producers, self.producer_next);
+        }
+        Ok((grant.producer_id, grant.producer_epoch))
     }
 
     fn check_partitions(partitions: u32) -> Result<(), ControllerError> {

@@ -9,6 +9,8 @@
 //! - `partition_supervisor`: starts, stops and restarts Partition actors; the partition
 //!   registry sessions route by.
 //! - `producer_state`: idempotent-producer bookkeeping per partition.
+//! - `producer_ids`: producer ids and epochs node-wide: the InitProducerId decision, the
+//!   metadata records' image, and the `ProducerRegistry` partitions check batches against.
 //! - `metadata`: the `MetadataLog` trait, its single-node file implementation and the
 //!   `MetadataImage` that committed records build.
 //! - `controller`: the Controller, which checks and commits metadata changes.
@@ -18,8 +20,8 @@
 //!   node), with counts of what was held back.
 //!
 //! # Invariants
-//! - Each log is owned by exactly one Partition actor; every call into it runs on tokio's
-//!   blocking pool, never on a runtime worker.
+//! - Each log is owned by exactly one Partition actor; every call into it runs on that
+//!   partition's log thread, never on a runtime worker.
 //! - Every mailbox is bounded at its handle (`Overloaded` past the bound); replies travel on
 //!   oneshots; the only back edge (a flush completion) is the consequence of an admitted
 //!   request.

@@ -11,6 +11,8 @@ use vltava_messages::metadata_records::MetadataRecord;
 use vltava_storage::record_file::RecordFile;
 use vltava_storage::{RealStorage, StorageError};
 
+use crate::producer_ids::ProducerIdsImage;
+
 /// Why the metadata log failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -124,6 +126,8 @@ pub struct MetadataImage {
     pub version: u64,
     pub nodes: BTreeMap<u32, NodeImage>,
     pub topics: BTreeMap<String, TopicImage>,
+    /// Reserved producer-id blocks and the epochs of bumped ids.
+    pub producers: ProducerIdsImage,
 }
 
 impl MetadataImage {
@@ -219,6 +223,9 @@ impl MetadataImage {
                     };
                 }
             }
+            MetadataRecord::ProducerIdsReserved { .. }
+            | MetadataRecord::ProducerEpochBumped { .. }
+            | MetadataRecord::ProducerIdRetired { .. } => self.producers.apply(record),
         }
     }
 }

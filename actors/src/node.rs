@@ -38,7 +38,7 @@ use crate::partition::Durability;
 use crate::partition_supervisor::{
     PartitionRegistry, PartitionSupervisor, PartitionSupervisorHandle,
 };
-use crate::producer_ids::LocalProducerIdAllocator;
+use crate::producer_ids::ProducerRegistry;
 use vltava_messages::group_records::OFFSETS_TOPIC;
 
 /// How long shutdown waits for an actor to stop.
@@ -46,6 +46,19 @@ pub const ACTOR_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Flush jobs queued for the flusher pool: each partition has at most one in flight, and a
 /// partition whose job does not fit runs it on the blocking pool instead.
 pub const FLUSH_QUEUE_MAX: usize = 1024;
+
+/// The file in which nodes before producer ids moved into the metadata log kept the end of
+/// their reserved block of ids. Read at start so that no id it covers is handed out again.
+pub const LEGACY_PRODUCER_ID_BLOCK_FILE: &str = "producer-id-block";
+
+/// The end of the reserved block the legacy file records, 0 if there is none. Blocks.
+fn legacy_producer_id_floor(path: &std::path::Path) -> Result<u64, vltava_storage::StorageError> {
+    Ok(
+        vltava_storage::checkpoint::read(&vltava_storage::RealStorage, path)?
+            .and_then(|body| body.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0),
+    )
+}
 
 /// What a node starts with.
 #[derive(Debug)]
@@ -196,6 +209,7 @@ impl Node {
             Some(cell.clone()),
         )
         .await?;
+        let producer_ids = ProducerRegistry::default();
         let applier_config = ApplierConfig {
             groups: Some(groups.clone()),
             node: node.clone(),
@@ -206,6 +220,7 @@ impl Node {
             flusher: Arc::clone(&flusher),
             directory: directory.clone(),
             partitions: partitions.clone(),
+            producer_ids: producer_ids.clone(),
         };
         let applier = MetadataApplier::start(
             format!("{node}/applier"),
@@ -215,9 +230,16 @@ impl Node {
         )
         .await?;
         let metadata_path = options.data_dir.join("__metadata").join("metadata.log");
-        let log = tokio::task::spawn_blocking(move || FileMetadataLog::open(&metadata_path))
-            .await
-            .map_err(|e| crate::metadata::MetadataError::Task(e.to_string()))??;
+        let legacy_block = options
+            .data_dir
+            .join("__metadata")
+            .join(LEGACY_PRODUCER_ID_BLOCK_FILE);
+        let (log, producer_ids_floor) = tokio::task::spawn_blocking(move || {
+            let floor = legacy_producer_id_floor(&legacy_block)?;
+            Ok::<_, crate::metadata::MetadataError>((FileMetadataLog::open(&metadata_path)?, floor))
+        })
+        .await
+        .map_err(|e| crate::metadata::MetadataError::Task(e.to_string()))??;
         let controller = Controller::start(
             ControllerArgs {
                 id: format!("{node}/controller"),
@@ -230,19 +252,12 @@ impl Node {
                 applier: applier.clone(),
                 directory: directory.clone(),
                 publish,
+                producer_ids,
+                producer_ids_floor,
             },
             Some(cell.clone()),
         )
         .await?;
-        let producer_ids = {
-            let path = options
-                .data_dir
-                .join("__metadata")
-                .join("producer-id-block");
-            tokio::task::spawn_blocking(move || LocalProducerIdAllocator::open(path))
-                .await
-                .map_err(|e| crate::metadata::MetadataError::Task(e.to_string()))??
-        };
         // Consumer groups keep their offsets in a compacted internal topic with a fixed
         // partition count; a node creates it when it first starts.
         let offsets_configs = [
@@ -280,7 +295,6 @@ impl Node {
             cluster_id: options.cluster_id,
             controller: controller.clone(),
             partitions: registry,
-            producer_ids,
             directory: directory.clone(),
             bytes_in_flight: Arc::new(Semaphore::new(options.bytes_in_flight_max)),
             inflight_requests_max: options.inflight_requests_max,

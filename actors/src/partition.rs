@@ -31,7 +31,7 @@ use std::sync::mpsc;
 
 use tokio::sync::{oneshot, watch};
 use vltava_messages::batch::BatchHeader;
-use vltava_messages::{LeaderEpoch, Offset, PartitionId};
+use vltava_messages::{LeaderEpoch, Offset, PartitionId, ProducerEpoch, ProducerId};
 use vltava_storage::compaction::CompactionOutput;
 use vltava_storage::config::CleanupPolicy;
 use vltava_storage::{
@@ -39,6 +39,7 @@ use vltava_storage::{
 };
 
 use crate::directory::{ActorDirectory, ActorStats, PartitionGauges, PublishedState};
+use crate::producer_ids::{Fencing, ProducerRegistry, UnknownProducer};
 use crate::producer_state::{ProducerStateTable, SequenceCheck};
 
 /// Messages a partition's mailbox may hold before its handle answers `Overloaded`. Sessions
@@ -89,8 +90,17 @@ pub enum PartitionError {
     },
     #[error("out of order sequence: expected {expected}, received {received}")]
     OutOfOrderSequence { expected: u32, received: u32 },
-    #[error("producer fenced: epoch {received} is older than {current}")]
-    ProducerFenced { current: u16, received: u16 },
+    #[error("producer id {} at epoch {} is fenced: {fencing}", producer_id.0, received.0)]
+    ProducerFenced {
+        producer_id: ProducerId,
+        received: ProducerEpoch,
+        fencing: Fencing,
+    },
+    #[error("unknown producer id {}: {reason}", producer_id.0)]
+    UnknownProducerId {
+        producer_id: ProducerId,
+        reason: UnknownProducer,
+    },
     #[error("offset {offset} is outside [{log_start_offset}, {high_watermark}]")]
     OffsetOutOfRange {
         offset: Offset,
@@ -387,6 +397,8 @@ pub struct PartitionArgs {
     pub leader_epoch: LeaderEpoch,
     pub flusher: Arc<Flusher>,
     pub directory: ActorDirectory,
+    /// The node-wide producer ids and epochs each idempotent batch is checked against.
+    pub producer_ids: ProducerRegistry,
 }
 
 #[derive(Debug)]
@@ -802,11 +814,27 @@ impl Core {
             }
         };
         let log_start_offset = self.log().log_start_offset();
-        let (base_offset, last_offset, log_append_time) = match self.producers.check(&header) {
-            SequenceCheck::Fenced { current, received } => {
+        let registry = &self.args.producer_ids;
+        let verdict = self
+            .producers
+            .check(&header, |id, epoch| registry.standing(id, epoch));
+        let (base_offset, last_offset, log_append_time) = match verdict {
+            SequenceCheck::Fenced { received, fencing } => {
                 let _ = reply.send(Err(PartitionError::ProducerFenced {
-                    current: current.0,
-                    received: received.0,
+                    producer_id: header
+                        .producer_id
+                        .expect("only idempotent batches are fenced"),
+                    received,
+                    fencing,
+                }));
+                return;
+            }
+            SequenceCheck::Unknown(reason) => {
+                let _ = reply.send(Err(PartitionError::UnknownProducerId {
+                    producer_id: header
+                        .producer_id
+                        .expect("only idempotent batches are unknown"),
+                    reason,
                 }));
                 return;
             }

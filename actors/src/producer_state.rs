@@ -1,16 +1,35 @@
 //! Idempotent producers: per partition, the last few batches of each producer, so that a
 //! retried batch is answered with its original offsets instead of being appended twice, a gap
-//! in sequence numbers is refused, and an older producer epoch is fenced. Derived from batch
+//! in sequence numbers is refused, and a producer's first batch here starts at sequence 0.
+//! Whether an id and epoch are current at all is node-wide (`producer_ids::ProducerRegistry`),
+//! so that an epoch bump fences the older epoch on every partition at once. Derived from batch
 //! headers only, so it is rebuilt by reading the headers of the log at start; a snapshot
 //! (`<offset>.snapshot`, written when the partition closes) saves reading the headers below
 //! its offset.
+//!
+//! The checks, in order (PROTOCOL.md, section 6.7, says the same to clients):
+//! 1. A batch equal to one of the producer's last `PRODUCER_BATCHES_KEPT` here (same epoch,
+//!    same first and last sequence) is a retry: answered with the original offsets, even if
+//!    the epoch has been fenced since, as nothing is written.
+//! 2. The node-wide standing of the id and epoch: never issued or not granted is unknown,
+//!    older than the current epoch (or a retired id) is fenced.
+//! 3. No state for the id here: the batch must start at sequence 0, else the producer is
+//!    unknown here (it never wrote here, or its state went with the log's old segments); it
+//!    bumps its epoch and starts again at 0, so a lost state never strands it.
+//! 4. The state here is of an older epoch: the new epoch starts at sequence 0.
+//! 5. Otherwise the batch must follow the last one's sequence.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use vltava_messages::batch::BatchHeader;
-use vltava_messages::{Offset, ProducerEpoch, ProducerId};
+use vltava_messages::{Offset, ProducerEpoch, ProducerId, Sequence};
 use vltava_storage::{Log, RealStorage, StorageError, checkpoint};
+
+use crate::producer_ids::{Fencing, Standing, UnknownProducer};
+
+#[cfg(test)]
+mod tests;
 
 /// How many recent batches are kept per producer: the client bounds its in-flight batches per
 /// partition to this, so any retry it sends is among them.
@@ -40,11 +59,13 @@ pub enum SequenceCheck {
     Duplicate(ProducerBatch),
     /// A sequence gap (or a batch older than the kept window): refuse.
     OutOfOrder { expected: u32, received: u32 },
-    /// An older epoch of the producer: refuse.
+    /// A newer incarnation of the producer exists: refuse.
     Fenced {
-        current: ProducerEpoch,
         received: ProducerEpoch,
+        fencing: Fencing,
     },
+    /// The node, or this partition, does not know the producer: refuse.
+    Unknown(UnknownProducer),
 }
 
 /// The state of every producer of one partition.
@@ -54,57 +75,70 @@ pub struct ProducerStateTable {
 }
 
 fn last_sequence(header: &BatchHeader, first: u32) -> u32 {
-    // Sequences wrap around at i32::MAX, as they are i32 on the wire.
-    ((u64::from(first) + u64::from(header.last_offset_delta)) % (i32::MAX as u64 + 1)) as u32
+    Sequence(first).plus(header.last_offset_delta).0
 }
 
 impl ProducerStateTable {
-    /// Decides what to do with a batch from a producer.
+    /// Decides what to do with a batch, given where its producer stands node-wide
+    /// (`standing`, asked only when the batch is not a retry).
     #[must_use]
-    pub fn check(&self, header: &BatchHeader) -> SequenceCheck {
-        let (Some(id), Some(epoch), Some(vltava_messages::Sequence(first))) = (
+    pub fn check(
+        &self,
+        header: &BatchHeader,
+        standing: impl FnOnce(ProducerId, ProducerEpoch) -> Standing,
+    ) -> SequenceCheck {
+        let (Some(id), Some(epoch), Some(Sequence(first))) = (
             header.producer_id,
             header.producer_epoch,
             header.base_sequence,
         ) else {
+            // Not idempotent. (A mix of present and absent fields is refused by the append's
+            // validation.)
             return SequenceCheck::Append;
         };
-        let Some(entry) = self.producers.get(&id) else {
-            // An unknown producer (new, or its state aged out with the log): accept any start.
-            return SequenceCheck::Append;
-        };
-        match entry.epoch {
-            Some(current) if epoch < current => {
-                return SequenceCheck::Fenced {
-                    current,
-                    received: epoch,
-                };
-            }
-            Some(current) if epoch > current => {
-                // A new epoch starts its sequences again at 0.
-                return if first == 0 {
-                    SequenceCheck::Append
-                } else {
-                    SequenceCheck::OutOfOrder {
-                        expected: 0,
-                        received: first,
-                    }
-                };
-            }
-            _ => {}
-        }
+        let entry = self.producers.get(&id);
         let last = last_sequence(header, first);
-        if let Some(original) = entry
-            .batches
-            .iter()
-            .find(|b| b.first_sequence == first && b.last_sequence == last)
-        {
+        if let Some(original) = entry.filter(|e| e.epoch == Some(epoch)).and_then(|e| {
+            e.batches
+                .iter()
+                .find(|b| b.first_sequence == first && b.last_sequence == last)
+        }) {
             return SequenceCheck::Duplicate(*original);
         }
-        let Some(newest) = entry.batches.back() else {
-            return SequenceCheck::Append;
+        match standing(id, epoch) {
+            Standing::Current => {}
+            Standing::Fenced(fencing) => {
+                return SequenceCheck::Fenced {
+                    received: epoch,
+                    fencing,
+                };
+            }
+            Standing::Unknown(reason) => return SequenceCheck::Unknown(reason),
+        }
+        let newest = entry.and_then(|e| Some((e.epoch?, e.batches.back()?)));
+        let Some((current, newest)) = newest else {
+            return if first == 0 {
+                SequenceCheck::Append
+            } else {
+                SequenceCheck::Unknown(UnknownProducer::NoState {
+                    base_sequence: Sequence(first),
+                })
+            };
         };
-        let expected = ((u64::from(newest.last_sequence) + 1) % (i32::MAX as u64 + 1)) as u32;
+        if epoch < current {
+            // The node-wide check lets only the current epoch through, and this partition has
+            // seen no later one; kept as a guard should the two ever disagree.
+            return SequenceCheck::Fenced {
+                received: epoch,
+                fencing: Fencing::NewerEpoch(current),
+            };
+        }
+        let expected = if epoch > current {
+            // A new epoch starts its sequences again at 0.
+            0
+        } else {
+            Sequence(newest.last_sequence).plus(1).0
+        };
         if first == expected {
             SequenceCheck::Append
         } else {
@@ -280,63 +314,4 @@ fn snapshot_offsets(dir: &Path) -> Vec<Offset> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter_map(|name| vltava_storage::segment::parse_file_name(&name, SNAPSHOT_SUFFIX))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use vltava_messages::{BatchBuilder, Compression, LeaderEpoch, Sequence};
-    use vltava_storage::{LogConfig, RealStorage};
-
-    use super::*;
-
-    fn batch(producer: u64, epoch: u16, sequence: u32, count: u32) -> Vec<u8> {
-        let mut b = BatchBuilder::new(Compression::None).producer(
-            ProducerId(producer),
-            ProducerEpoch(epoch),
-            Sequence(sequence),
-        );
-        for _ in 0..count {
-            b.push(None, Some(b"v"), &[], 0);
-        }
-        b.build()
-    }
-
-    #[test]
-    fn a_snapshot_plus_the_tail_rebuilds_the_same_table_as_the_whole_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log =
-            Log::open(Arc::new(RealStorage), dir.path(), LogConfig::default(), 0).unwrap();
-        let mut live = ProducerStateTable::default();
-        let mut sequence = [0u32; 3];
-        for i in 0..40u64 {
-            let producer = i % 3;
-            let mut bytes = batch(producer, 0, sequence[producer as usize], 2);
-            sequence[producer as usize] += 2;
-            log.append_as_leader(&mut bytes, LeaderEpoch(0), 0).unwrap();
-            live.record(&vltava_messages::BatchHeader::parse(&bytes).unwrap());
-            if i == 20 {
-                live.write_snapshot(dir.path(), log.log_end_offset())
-                    .unwrap();
-            }
-        }
-        let (rebuilt, from) = ProducerStateTable::rebuild(&mut log).unwrap();
-        assert_eq!(from, Offset(42), "reading started at the snapshot");
-        assert_eq!(rebuilt.encode(), live.encode());
-        // A damaged snapshot is skipped, and the whole log is read instead.
-        std::fs::write(
-            dir.path().join(format!("{:020}{SNAPSHOT_SUFFIX}", 42)),
-            b"junk",
-        )
-        .unwrap();
-        let (rebuilt, from) = ProducerStateTable::rebuild(&mut log).unwrap();
-        assert_eq!(from, Offset(0));
-        assert_eq!(rebuilt.encode(), live.encode());
-        // Only the newest snapshots are kept.
-        for offset in [50, 60, 70] {
-            live.write_snapshot(dir.path(), Offset(offset)).unwrap();
-        }
-        assert_eq!(snapshot_offsets(dir.path()).len(), SNAPSHOTS_KEPT);
-    }
 }

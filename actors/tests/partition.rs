@@ -8,6 +8,8 @@ use vltava_actors::partition::{Acks, Durability, OffsetSpec, PartitionArgs, Part
 use vltava_actors::partition_supervisor::{
     PartitionRegistry, PartitionSlot, PartitionSupervisor, PartitionSupervisorHandle, RESTARTS_MAX,
 };
+use vltava_actors::producer_ids::{PRODUCER_ID_BLOCK, ProducerIdsImage, ProducerRegistry};
+use vltava_messages::metadata_records::MetadataRecord;
 use vltava_messages::{
     BatchBuilder, Compression, LeaderEpoch, Offset, PartitionId, ProducerEpoch, ProducerId,
     Sequence,
@@ -33,7 +35,19 @@ fn args(
         leader_epoch: LeaderEpoch(1),
         flusher: Arc::new(Flusher::new(1, 64)),
         directory: directory.clone(),
+        producer_ids: producers_issued(8),
     }
+}
+
+/// A registry in which ids below `issued_end` were handed out, all at epoch 0.
+fn producers_issued(issued_end: u64) -> ProducerRegistry {
+    let registry = ProducerRegistry::default();
+    let mut image = ProducerIdsImage::default();
+    image.apply(&MetadataRecord::ProducerIdsReserved {
+        end: PRODUCER_ID_BLOCK,
+    });
+    registry.publish(&image, issued_end);
+    registry
 }
 
 fn batch(values: &[&str]) -> Vec<u8> {
@@ -164,9 +178,9 @@ async fn an_idempotent_retry_gets_its_original_offsets_and_a_gap_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let directory = ActorDirectory::new();
     let (sup, registry) = supervisor("n2", &directory).await;
-    sup.start_partition(args("n2", dir.path(), &directory, Durability::None))
-        .await
-        .unwrap();
+    let args = args("n2", dir.path(), &directory, Durability::None);
+    let producers = args.producer_ids.clone();
+    sup.start_partition(args.clone()).await.unwrap();
     let p = online(&registry);
     assert_eq!(
         p.produce(idempotent_batch("x", 0, 0), Acks::All, None)
@@ -198,6 +212,20 @@ async fn an_idempotent_retry_gets_its_original_offsets_and_a_gap_is_refused() {
             received: 5
         })
     ));
+    // The controller bumps producer 7 to epoch 1 (InitProducerId).
+    let mut image = ProducerIdsImage::default();
+    for record in [
+        MetadataRecord::ProducerIdsReserved {
+            end: PRODUCER_ID_BLOCK,
+        },
+        MetadataRecord::ProducerEpochBumped {
+            producer_id: ProducerId(7),
+            epoch: ProducerEpoch(1),
+        },
+    ] {
+        image.apply(&record);
+    }
+    producers.publish(&image, 8);
     assert_eq!(
         p.produce(idempotent_batch("w", 0, 1), Acks::All, None)
             .await
@@ -213,9 +241,7 @@ async fn an_idempotent_retry_gets_its_original_offsets_and_a_gap_is_refused() {
     ));
     // The state is rebuilt from the log after a restart of the partition.
     sup.stop_partition((Arc::from("t"), PartitionId(0))).await;
-    sup.start_partition(args("n2", dir.path(), &directory, Durability::None))
-        .await
-        .unwrap();
+    sup.start_partition(args).await.unwrap();
     let p = online(&registry);
     assert_eq!(
         p.produce(idempotent_batch("w", 0, 1), Acks::All, None)

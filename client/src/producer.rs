@@ -2,19 +2,34 @@
 //! batches in order with at most `max_in_flight` waiting, retries retriable failures with
 //! capped back-off, and (by default) is idempotent, so a retry never duplicates an event.
 //!
-//! Shape: `send` hands the event to an accumulator task over a bounded channel (the
-//! back-pressure point); the accumulator seals batches (numbering them per partition when
-//! idempotent) and hands them to one sender task per partition, which keeps that partition's
-//! batches in order through retries.
+//! Shape: `send` adds the event to its partition's open batch in the accumulator, under a
+//! lock the linger timer shares; sealed batches (numbered per partition when idempotent) go
+//! over a bounded queue per partition (the back-pressure point) to one sender task per
+//! partition, which keeps that partition's batches in order through retries.
+//!
+//! Idempotence: the producer holds one id and epoch (`Identity`), and each partition numbers
+//! its batches from 0 (`Numbering`). When a partition answers `UnknownProducerId` (it has no
+//! state for the producer, e.g. it aged out with the log, or the node never issued the id) the
+//! producer bumps its epoch (InitProducerId with its id and epoch; a new id if the node does
+//! not know the id) and the partition renumbers every batch not yet acknowledged from
+//! sequence 0, in order. A bump fences the old epoch on every partition of the node at once,
+//! so the other partitions' batches in flight may come back `ProducerFenced`; a partition that
+//! sees that its epoch is already superseded by its own producer renumbers the same way. A
+//! `ProducerFenced` for the epoch the producer still holds means another incarnation took the
+//! id over: this one stops.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, mpsc, watch};
+use vltava_messages::batch::{self, BatchHeader};
+use vltava_messages::limits::{PRODUCER_EPOCH_MAX, PRODUCER_ID_MAX};
 use vltava_messages::protocol::{
-    Acks, ErrorCode, InitProducerIdRequest, ProducePartition, ProduceRequest, ProduceTopic,
+    Acks, ErrorCode, InitProducerIdRequest, InitProducerIdResponse, ProducePartition,
+    ProduceRequest, ProduceTopic,
 };
 use vltava_messages::{
     BatchBuilder, Compression, LeaderEpoch, Offset, PartitionId, ProducerEpoch, ProducerId,
@@ -184,12 +199,9 @@ impl Producer {
             ));
         }
         let identity = if config.idempotent {
-            let answer = cluster
-                .any_connection()
-                .await?
-                .send(&InitProducerIdRequest::default(), config.request_timeout)
-                .await?;
-            Some((answer.producer_id, answer.producer_epoch))
+            Some(Arc::new(
+                Identity::init(Arc::clone(&cluster), config.request_timeout).await?,
+            ))
         } else {
             None
         };
@@ -270,10 +282,110 @@ async fn seal_lingering(shared: std::sync::Weak<Shared>, linger: Duration) {
     }
 }
 
+/// A producer id and epoch.
+type Stamp = (ProducerId, ProducerEpoch);
+
+/// The idempotent producer's id and epoch, shared by its partitions, so that one bump serves
+/// every partition that needs one.
+struct Identity {
+    cluster: Arc<Cluster>,
+    request_timeout: Duration,
+    /// An async lock: a bump holds it across its InitProducerId, so partitions that need a
+    /// bump at the same time wait for the one and use its answer.
+    current: tokio::sync::Mutex<Stamp>,
+}
+
+impl Identity {
+    async fn init(
+        cluster: Arc<Cluster>,
+        request_timeout: Duration,
+    ) -> Result<Identity, ClientError> {
+        let stamp = init_producer_id(&cluster, None, request_timeout).await?;
+        Ok(Identity {
+            cluster,
+            request_timeout,
+            current: tokio::sync::Mutex::new(stamp),
+        })
+    }
+
+    async fn current(&self) -> Stamp {
+        *self.current.lock().await
+    }
+
+    /// Replaces `seen` with the next epoch of the same id, or with a new id when the node does
+    /// not know this one (its epoch may have run out, or the node lost its metadata); returns
+    /// the current identity at once if a partition already replaced `seen`.
+    async fn renew(&self, seen: Stamp) -> Result<Stamp, ClientError> {
+        let mut current = self.current.lock().await;
+        if *current != seen {
+            return Ok(*current);
+        }
+        let renewed = match init_producer_id(&self.cluster, Some(seen), self.request_timeout).await
+        {
+            Err(e) if e.code() == Some(ErrorCode::UnknownProducerId) => {
+                init_producer_id(&self.cluster, None, self.request_timeout).await?
+            }
+            other => other?,
+        };
+        tracing::info!(
+            from = ?(seen.0.0, seen.1.0),
+            to = ?(renewed.0.0, renewed.1.0),
+            "producer identity renewed"
+        );
+        *current = renewed;
+        Ok(renewed)
+    }
+}
+
+/// Asks for a new producer id (`current` absent) or the next epoch of `current`, and checks
+/// that the answer fits the batch header.
+async fn init_producer_id(
+    cluster: &Cluster,
+    current: Option<Stamp>,
+    timeout: Duration,
+) -> Result<Stamp, ClientError> {
+    let request = InitProducerIdRequest {
+        producer_id: current.map(|(id, _)| id),
+        producer_epoch: current.map(|(_, epoch)| epoch),
+    };
+    let InitProducerIdResponse {
+        producer_id,
+        producer_epoch,
+    } = cluster
+        .any_connection()
+        .await?
+        .send(&request, timeout)
+        .await?;
+    if producer_id.0 > PRODUCER_ID_MAX || producer_epoch.0 > PRODUCER_EPOCH_MAX {
+        return Err(ClientError::Protocol(format!(
+            "producer id {} epoch {} is outside the ranges a batch header holds",
+            producer_id.0, producer_epoch.0
+        )));
+    }
+    Ok((producer_id, producer_epoch))
+}
+
+/// How one partition's batches are numbered: the identity they carry and the next base
+/// sequence. The accumulator stamps each batch it seals with it, and queues the batch while
+/// holding it; the partition's sender replaces it when the producer's identity changes, and
+/// renumbers from 0 every batch not yet acknowledged, the queued ones included. Both under
+/// this lock, so no batch is numbered between the two. A plain mutex: neither holds it across
+/// an await.
+struct Numbering {
+    stamp: Stamp,
+    next: Sequence,
+}
+
+type SharedNumbering = Arc<Mutex<Numbering>>;
+
+fn lock(numbering: &SharedNumbering) -> std::sync::MutexGuard<'_, Numbering> {
+    numbering.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 struct Accumulator {
     cluster: Arc<Cluster>,
     config: Arc<ProducerConfig>,
-    identity: Option<(ProducerId, ProducerEpoch)>,
+    identity: Option<Arc<Identity>>,
     /// Per topic, looked up by `&str` so that queuing an event allocates nothing for the map.
     topics: HashMap<String, TopicState>,
     partitioner: StickyPartitioner,
@@ -289,8 +401,8 @@ struct TopicState {
 
 struct PartitionState {
     open: Option<Open>,
-    /// The next batch's base sequence (idempotent producers).
-    sequence: u32,
+    /// How batches are numbered (idempotent producers).
+    numbering: Option<SharedNumbering>,
     /// The size of the last sealed batch: the next one reserves it up front, so a full batch
     /// is built without growing its buffer (bounded by the batch size setting).
     last_batch_bytes: usize,
@@ -327,15 +439,24 @@ impl Accumulator {
                     % partitions
             }
         };
-        let state = topic.partitions.entry(partition).or_insert_with(|| {
-            PartitionState::start(
-                &self.cluster,
-                &self.config,
-                &record.topic,
-                partition,
-                &self.outstanding,
-            )
-        });
+        let state = match topic.partitions.entry(partition) {
+            Entry::Occupied(state) => state.into_mut(),
+            Entry::Vacant(slot) => {
+                // A new partition numbers its batches under the producer's identity of now.
+                let identity = match &self.identity {
+                    Some(identity) => Some((Arc::clone(identity), identity.current().await)),
+                    None => None,
+                };
+                slot.insert(PartitionState::start(
+                    &self.cluster,
+                    &self.config,
+                    &record.topic,
+                    partition,
+                    &self.outstanding,
+                    identity,
+                ))
+            }
+        };
         let open = state.open.get_or_insert_with(|| {
             let (outcome, receiver) = watch::channel(None);
             let reserve = state
@@ -372,7 +493,7 @@ impl Accumulator {
                 // A full sticky batch: move on to the next partition.
                 topic.sticky = Some(self.partitioner.next(partitions));
             }
-            state.seal(self.identity, &self.outstanding).await;
+            state.seal(&self.outstanding).await;
         }
         Ok(delivery)
     }
@@ -386,7 +507,7 @@ impl Accumulator {
                     .as_ref()
                     .is_some_and(|o| everything || o.created.elapsed() >= linger);
                 if due {
-                    state.seal(self.identity, &self.outstanding).await;
+                    state.seal(&self.outstanding).await;
                 }
             }
         }
@@ -401,19 +522,32 @@ impl PartitionState {
         topic: &str,
         partition: u32,
         outstanding: &Arc<(AtomicUsize, Notify)>,
+        identity: Option<(Arc<Identity>, Stamp)>,
     ) -> PartitionState {
         let (queue, receiver) = mpsc::channel(PARTITION_QUEUE_BATCHES);
+        let (identity, numbering) = match identity {
+            Some((identity, stamp)) => (
+                Some(identity),
+                Some(Arc::new(Mutex::new(Numbering {
+                    stamp,
+                    next: Sequence(0),
+                }))),
+            ),
+            None => (None, None),
+        };
         let sender = PartitionSender {
             cluster: Arc::clone(cluster),
             config: Arc::clone(config),
             topic: topic.to_owned(),
             partition: PartitionId(partition),
             outstanding: Arc::clone(outstanding),
+            identity,
+            numbering: numbering.clone(),
         };
         tokio::spawn(sender.run(receiver));
         PartitionState {
             open: None,
-            sequence: 0,
+            numbering,
             last_batch_bytes: 0,
             queue,
         }
@@ -422,21 +556,18 @@ impl PartitionState {
     /// Seals the open batch and queues it. Room in the queue is taken first, so a caller
     /// that gives up while the queue is full leaves the batch open (and whole) for the next
     /// call or the linger timer.
-    async fn seal(
-        &mut self,
-        identity: Option<(ProducerId, ProducerEpoch)>,
-        outstanding: &(AtomicUsize, Notify),
-    ) {
+    async fn seal(&mut self, outstanding: &(AtomicUsize, Notify)) {
         let permit = self.queue.reserve().await;
         let Some(open) = self.open.take() else {
             return;
         };
         let mut builder = open.builder;
-        if let Some((id, epoch)) = identity {
+        // Held until the batch is queued: see `Numbering`.
+        let mut numbering = self.numbering.as_ref().map(lock);
+        if let Some(numbering) = numbering.as_deref_mut() {
             let count = builder.record_count();
-            builder = builder.producer(id, epoch, Sequence(self.sequence));
-            self.sequence =
-                ((u64::from(self.sequence) + u64::from(count)) % (i32::MAX as u64 + 1)) as u32;
+            builder = builder.producer(numbering.stamp.0, numbering.stamp.1, numbering.next);
+            numbering.next = numbering.next.plus(count);
         }
         let bytes = builder.build();
         self.last_batch_bytes = bytes.len();
@@ -453,6 +584,7 @@ impl PartitionState {
                 finish(outstanding);
             }
         }
+        drop(numbering);
     }
 }
 
@@ -468,6 +600,9 @@ struct PartitionSender {
     topic: String,
     partition: PartitionId,
     outstanding: Arc<(AtomicUsize, Notify)>,
+    /// The producer's identity and this partition's numbering (idempotent producers).
+    identity: Option<Arc<Identity>>,
+    numbering: Option<SharedNumbering>,
 }
 
 type AnswerFuture = std::pin::Pin<
@@ -501,8 +636,12 @@ impl PartitionSender {
             if !open && waiting.is_empty() && in_flight.is_empty() {
                 return;
             }
-            // Send what waits, in order.
-            while let Some(mut batch) = waiting.pop_front() {
+            // Send what waits, in order, at most `max_in_flight` at a time (renumbering takes in
+            // the queued batches, so more may wait).
+            while in_flight.len() < self.config.max_in_flight {
+                let Some(mut batch) = waiting.pop_front() else {
+                    break;
+                };
                 let answer = self.submit(&mut batch.bytes).await;
                 in_flight.push_back((batch, answer));
             }
@@ -516,6 +655,43 @@ impl PartitionSender {
                     backoff = self.config.retry_backoff;
                     batch.outcome.send_replace(Some(Ok(offset)));
                     finish(&self.outstanding);
+                }
+                Err(error) if self.needs_new_identity(&error, &batch) => {
+                    // Every batch after it failed or will fail too: wait for those answers,
+                    // then send them all again in order under the new identity.
+                    let mut held = vec![batch];
+                    for (later, task) in in_flight.drain(..) {
+                        match task.await {
+                            Ok(offset) => {
+                                later.outcome.send_replace(Some(Ok(offset)));
+                                finish(&self.outstanding);
+                            }
+                            Err(_) => held.push(later),
+                        }
+                    }
+                    let renumbered = self
+                        .renumber(&error, &mut held, &mut waiting, &mut batches, &mut open)
+                        .await;
+                    match renumbered {
+                        Ok(()) => {}
+                        Err(e) if e.is_retriable() => {
+                            // The bump itself failed on the way: the batches go again as they
+                            // are, and their answers bring the producer back here.
+                            tracing::debug!(topic = %self.topic, partition = self.partition.0, error = %e, "producer identity not renewed yet");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                        }
+                        Err(e) => {
+                            tracing::warn!(topic = %self.topic, partition = self.partition.0, error = %e, "producer identity lost; batches failed");
+                            for batch in held.drain(..) {
+                                batch.outcome.send_replace(Some(Err(e.clone())));
+                                finish(&self.outstanding);
+                            }
+                        }
+                    }
+                    for batch in held.into_iter().rev() {
+                        waiting.push_front(batch);
+                    }
                 }
                 Err(error) if self.should_retry(&error, &batch) => {
                     tracing::debug!(topic = %self.topic, partition = self.partition.0, %error, "retrying a batch");
@@ -547,6 +723,71 @@ impl PartitionSender {
                 }
             }
         }
+    }
+
+    /// Whether the batch failed because the producer's identity is no longer good here: the
+    /// partition does not know it, or a newer epoch fenced it.
+    fn needs_new_identity(&self, error: &ClientError, batch: &Sealed) -> bool {
+        self.identity.is_some()
+            && batch.created.elapsed() < self.config.delivery_timeout
+            && matches!(
+                error.code(),
+                Some(ErrorCode::UnknownProducerId | ErrorCode::ProducerFenced)
+            )
+    }
+
+    /// Moves this partition to the producer's current identity, bumping it first if the
+    /// failed batch carries the current one, and renumbers from sequence 0 every batch not yet
+    /// acknowledged: `held` (the failed ones, oldest first), then those waiting to be sent,
+    /// then those queued by the accumulator, which are taken in.
+    async fn renumber(
+        &self,
+        error: &ClientError,
+        held: &mut [Sealed],
+        waiting: &mut VecDeque<Sealed>,
+        queue: &mut mpsc::Receiver<Sealed>,
+        open: &mut bool,
+    ) -> Result<(), ClientError> {
+        let (Some(identity), Some(numbering)) = (&self.identity, &self.numbering) else {
+            return Err(error.clone());
+        };
+        let stamp = held
+            .first()
+            .and_then(|b| BatchHeader::parse(&b.bytes).ok())
+            .and_then(|h| h.producer_id.zip(h.producer_epoch))
+            .ok_or_else(|| error.clone())?;
+        let current = identity.current().await;
+        let fresh = if current != stamp {
+            // Another partition renewed the identity already; its bump fenced this batch.
+            current
+        } else if error.code() == Some(ErrorCode::ProducerFenced) {
+            // Fenced at the epoch this producer holds: another incarnation took the id over.
+            return Err(error.clone());
+        } else {
+            identity.renew(stamp).await?
+        };
+        let mut numbering = lock(numbering);
+        loop {
+            match queue.try_recv() {
+                Ok(batch) => waiting.push_back(batch),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    *open = false;
+                    break;
+                }
+            }
+        }
+        let mut next = Sequence(0);
+        for batch in held.iter_mut().chain(waiting.iter_mut()) {
+            let count = BatchHeader::parse(&batch.bytes)
+                .expect("a batch this producer built has a whole header")
+                .record_count;
+            batch::set_producer(&mut batch.bytes, fresh.0, fresh.1, next);
+            next = next.plus(count);
+        }
+        tracing::debug!(topic = %self.topic, partition = self.partition.0, batches = held.len() + waiting.len(), "batches renumbered under a new producer identity");
+        *numbering = Numbering { stamp: fresh, next };
+        Ok(())
     }
 
     fn should_retry(&self, error: &ClientError, batch: &Sealed) -> bool {

@@ -111,6 +111,22 @@ pub const GROUP_WAIT_MS_MAX: u32 = 60 * 1000;
 /// The longest free-text metadata kept with a committed offset, in bytes.
 pub const OFFSET_METADATA_BYTES_MAX: u32 = 4096;
 
+// Idempotent producers. The record batch header holds a producer's id, epoch and sequence
+// numbers as Kafka's signed integers (i64, i16, i32), where -1 means "none"; the wire's
+// unsigned `producer_id` and `producer_epoch` keep to the same ranges, so every value a node
+// hands out fits the header and no value is read back as "none".
+
+/// The largest producer id, 2^63 - 1: the batch header holds ids as an i64.
+pub const PRODUCER_ID_MAX: u64 = i64::MAX as u64;
+
+/// The largest producer epoch, 2^15 - 1: the batch header holds epochs as an i16. Bumping a
+/// producer at this epoch gives it a new producer id at epoch 0 instead (PROTOCOL.md, 6.10).
+pub const PRODUCER_EPOCH_MAX: u16 = i16::MAX as u16;
+
+/// The largest sequence number, 2^31 - 1: the batch header holds sequences as an i32. The
+/// sequence after it is 0.
+pub const SEQUENCE_MAX: u32 = i32::MAX as u32;
+
 const _: () = assert!(BATCH_BYTES_MAX <= FETCH_RECORDS_BYTES_MAX);
 // A produce request carrying one batch of the largest size must fit in a frame, with room for
 // the header and the map around the batch.

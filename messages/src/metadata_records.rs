@@ -1,11 +1,14 @@
 //! The records of the cluster metadata log: what topics and partitions exist, who leads
-//! them, with which configs. The log is the source of truth; every node's view of the cluster
-//! is these records applied in order. Encoded as MessagePack maps with named fields, like the
-//! wire, so a later Raft log can carry them unchanged.
+//! them, with which configs, and which producer ids and epochs are handed out. The log is the
+//! source of truth; every node's view of the cluster is these records applied in order.
+//! Encoded as MessagePack maps with named fields, like the wire, so a later Raft log can carry
+//! them unchanged.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::types::{ProducerEpoch, ProducerId};
 
 /// One change to the cluster's metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +48,19 @@ pub enum MetadataRecord {
         replicas: Vec<u32>,
         isr: Vec<u32>,
     },
+    /// Producer ids below `end` are reserved: ids are handed out from the block this record
+    /// opens, so one record covers a block of new producers and no id is handed out twice,
+    /// even across restarts. At most 2^63, one past the largest id.
+    ProducerIdsReserved { end: u64 },
+    /// A producer id's epoch was bumped to `epoch`: every older epoch of it is fenced. An id
+    /// with no such record is at epoch 0.
+    ProducerEpochBumped {
+        producer_id: ProducerId,
+        epoch: ProducerEpoch,
+    },
+    /// A producer id's epochs ran out and its producer moved to a new id: every epoch of this
+    /// one is fenced.
+    ProducerIdRetired { producer_id: ProducerId },
 }
 
 /// Why a metadata record could not be decoded.
@@ -98,6 +114,14 @@ mod tests {
             },
             MetadataRecord::TopicDeleted {
                 name: "orders".into(),
+            },
+            MetadataRecord::ProducerIdsReserved { end: 2000 },
+            MetadataRecord::ProducerEpochBumped {
+                producer_id: ProducerId(1999),
+                epoch: ProducerEpoch(32_767),
+            },
+            MetadataRecord::ProducerIdRetired {
+                producer_id: ProducerId(1999),
             },
         ];
         for record in records {

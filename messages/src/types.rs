@@ -71,3 +71,12 @@ pub struct ProducerEpoch(pub u16);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Sequence(pub u32);
+
+impl Sequence {
+    /// The sequence `n` records after this one. Sequences wrap from `SEQUENCE_MAX` to 0, as
+    /// they are i32 in the batch header.
+    #[must_use]
+    pub const fn plus(self, n: u32) -> Sequence {
+        Sequence(((self.0 as u64 + n as u64) % (crate::limits::SEQUENCE_MAX as u64 + 1)) as u32)
+    }
+}

@@ -26,7 +26,8 @@
 use std::io::{Read, Write};
 
 use crate::limits::{
-    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, RECORD_HEADERS_MAX, RECORDS_DECOMPRESSED_BYTES_MAX,
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, PRODUCER_EPOCH_MAX, PRODUCER_ID_MAX, RECORD_HEADERS_MAX,
+    RECORDS_DECOMPRESSED_BYTES_MAX, SEQUENCE_MAX,
 };
 use crate::types::{LeaderEpoch, Offset, ProducerEpoch, ProducerId, Sequence};
 use crate::varint::{self, VarintError};
@@ -154,6 +155,15 @@ pub enum BatchError {
     DecompressedTooLarge { max: usize },
     #[error("compressed records could not be decoded: {reason}")]
     Decompression { reason: String },
+    #[error(
+        "producer fields (id {producer_id}, epoch {producer_epoch}, base sequence {base_sequence}) \
+         must be all -1 or all non-negative"
+    )]
+    InvalidProducerFields {
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    },
 }
 
 impl From<VarintError> for BatchError {
@@ -342,11 +352,15 @@ pub struct BatchInfo {
     pub header: BatchHeader,
 }
 
-/// Fully validates one batch from a producer: everything [`validate_crc`] checks, plus every
-/// record's framing, the record count, the offset deltas and the max timestamp. Compressed
-/// records are inflated (bounded by `RECORDS_DECOMPRESSED_BYTES_MAX`) to be counted.
+/// Fully validates one batch from a producer: everything [`validate_crc`] checks, plus the
+/// producer fields ([`producer_fields`]), every record's framing, the record count, the offset
+/// deltas and the max timestamp. Compressed records are inflated (bounded by
+/// `RECORDS_DECOMPRESSED_BYTES_MAX`) to be counted.
 pub fn validate(batch: &[u8]) -> Result<BatchInfo, BatchError> {
     let header = validate_crc(batch)?;
+    // Here, not in `validate_crc`: recovery must keep reading a log that holds a batch with
+    // mixed producer fields from before this check existed, rather than cut it off.
+    producer_fields(batch)?;
     let records = records_section(&header, batch)?;
     let mut count: u32 = 0;
     let mut max_timestamp = i64::MIN;
@@ -390,6 +404,74 @@ pub fn validate(batch: &[u8]) -> Result<BatchInfo, BatchError> {
         });
     }
     Ok(BatchInfo { header })
+}
+
+/// A batch's producer fields, read as the header's raw integers: `None` when all three are -1
+/// (not from an idempotent producer), the id, epoch and base sequence when all three are
+/// non-negative. Any other mix is refused: `BatchHeader::parse` reads each negative field as
+/// absent, so a batch with an id but an epoch of -32768 (an epoch of 32768 written as i16)
+/// would otherwise pass as not idempotent and skip every producer check.
+pub fn producer_fields(
+    batch: &[u8],
+) -> Result<Option<(ProducerId, ProducerEpoch, Sequence)>, BatchError> {
+    if batch.len() < HEADER_BYTES {
+        return Err(BatchError::Truncated {
+            have: batch.len(),
+            need: HEADER_BYTES,
+        });
+    }
+    let producer_id = be_u64(batch, PRODUCER_ID_POSITION) as i64;
+    let producer_epoch = be_u16(batch, PRODUCER_EPOCH_POSITION) as i16;
+    let base_sequence = be_u32(batch, BASE_SEQUENCE_POSITION) as i32;
+    match (producer_id, producer_epoch, base_sequence) {
+        (-1, -1, -1) => Ok(None),
+        (id, epoch, sequence) if id >= 0 && epoch >= 0 && sequence >= 0 => Ok(Some((
+            ProducerId(id as u64),
+            ProducerEpoch(epoch as u16),
+            Sequence(sequence as u32),
+        ))),
+        _ => Err(BatchError::InvalidProducerFields {
+            producer_id,
+            producer_epoch,
+            base_sequence,
+        }),
+    }
+}
+
+/// Stamps a producer's id, epoch and base sequence into a built batch and recomputes the CRC,
+/// which covers them. A producer uses it to send batches again under a new epoch.
+///
+/// # Panics
+/// If a value is outside the header's range (`PRODUCER_ID_MAX`, `PRODUCER_EPOCH_MAX`,
+/// `SEQUENCE_MAX`): it would be read back as "none".
+pub fn set_producer(
+    batch: &mut [u8],
+    id: ProducerId,
+    epoch: ProducerEpoch,
+    base_sequence: Sequence,
+) {
+    assert_producer_in_range(id, epoch, base_sequence);
+    batch[PRODUCER_ID_POSITION..PRODUCER_ID_POSITION + 8].copy_from_slice(&id.0.to_be_bytes());
+    batch[PRODUCER_EPOCH_POSITION..PRODUCER_EPOCH_POSITION + 2]
+        .copy_from_slice(&epoch.0.to_be_bytes());
+    batch[BASE_SEQUENCE_POSITION..BASE_SEQUENCE_POSITION + 4]
+        .copy_from_slice(&base_sequence.0.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+fn assert_producer_in_range(id: ProducerId, epoch: ProducerEpoch, base_sequence: Sequence) {
+    assert!(id.0 <= PRODUCER_ID_MAX, "producer id {} out of range", id.0);
+    assert!(
+        epoch.0 <= PRODUCER_EPOCH_MAX,
+        "producer epoch {} out of range",
+        epoch.0
+    );
+    assert!(
+        base_sequence.0 <= SEQUENCE_MAX,
+        "sequence {} out of range",
+        base_sequence.0
+    );
 }
 
 /// Writes the base offset into a batch. The CRC does not cover it.
@@ -752,6 +834,10 @@ impl BatchBuilder {
     }
 
     /// Marks the batch as sent by an idempotent producer.
+    ///
+    /// # Panics
+    /// If a value is outside the header's range (`PRODUCER_ID_MAX`, `PRODUCER_EPOCH_MAX`,
+    /// `SEQUENCE_MAX`): it would be read back as "none".
     #[must_use]
     pub fn producer(
         mut self,
@@ -759,6 +845,7 @@ impl BatchBuilder {
         epoch: ProducerEpoch,
         base_sequence: Sequence,
     ) -> Self {
+        assert_producer_in_range(id, epoch, base_sequence);
         self.producer = Some((id, epoch, base_sequence));
         self
     }

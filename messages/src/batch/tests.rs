@@ -60,6 +60,82 @@ fn log_append_time_recomputes_the_crc_and_applies_to_every_record() {
     assert!(records.iter().all(|r| r.timestamp == 42));
 }
 
+/// Issue 11: a producer given epoch 32768 wrote it as the i16 -32768, which the header parser
+/// reads as "no epoch", so the batch passed as not idempotent and skipped fencing. A leader
+/// now refuses any mix of present and absent producer fields; recovery still reads them.
+#[test]
+fn mixed_producer_fields_are_refused_at_append_but_not_by_recovery() {
+    let idempotent = |epoch_raw: i16| {
+        let mut batch = with_one_record(BatchBuilder::new(Compression::None).producer(
+            ProducerId(7),
+            ProducerEpoch(0),
+            Sequence(0),
+        ));
+        batch[PRODUCER_EPOCH_POSITION..PRODUCER_EPOCH_POSITION + 2]
+            .copy_from_slice(&epoch_raw.to_be_bytes());
+        let crc = compute_crc(&batch);
+        batch[CRC_POSITION..CRC_POSITION + 4].copy_from_slice(&crc.to_be_bytes());
+        batch
+    };
+    let ok = idempotent(32_767);
+    assert_eq!(
+        producer_fields(&ok).unwrap(),
+        Some((ProducerId(7), ProducerEpoch(32_767), Sequence(0)))
+    );
+    assert!(validate(&ok).is_ok());
+    let plain = sample_batch(Compression::None, 1);
+    assert_eq!(producer_fields(&plain).unwrap(), None);
+    for raw in [-32_768, -1, -2] {
+        let bad = idempotent(raw);
+        assert!(
+            matches!(
+                validate(&bad),
+                Err(BatchError::InvalidProducerFields { producer_id: 7, producer_epoch, base_sequence: 0 })
+                    if producer_epoch == raw
+            ),
+            "epoch {raw}"
+        );
+        assert!(validate_crc(&bad).is_ok(), "recovery reads it");
+    }
+}
+
+#[test]
+fn set_producer_restamps_the_fields_and_the_crc() {
+    let mut batch = with_one_record(BatchBuilder::new(Compression::Lz4).producer(
+        ProducerId(1),
+        ProducerEpoch(0),
+        Sequence(40),
+    ));
+    set_producer(&mut batch, ProducerId(9), ProducerEpoch(3), Sequence(0));
+    let header = validate(&batch).expect("still valid");
+    assert_eq!(header.header.producer_id, Some(ProducerId(9)));
+    assert_eq!(header.header.producer_epoch, Some(ProducerEpoch(3)));
+    assert_eq!(header.header.base_sequence, Some(Sequence(0)));
+}
+
+#[test]
+#[should_panic(expected = "producer epoch 32768 out of range")]
+fn a_builder_refuses_an_epoch_the_header_cannot_hold() {
+    let _ = BatchBuilder::new(Compression::None).producer(
+        ProducerId(1),
+        ProducerEpoch(32_768),
+        Sequence(0),
+    );
+}
+
+#[test]
+fn sequences_wrap_after_the_largest() {
+    assert_eq!(Sequence(5).plus(3), Sequence(8));
+    assert_eq!(Sequence(SEQUENCE_MAX).plus(1), Sequence(0));
+    assert_eq!(Sequence(SEQUENCE_MAX - 1).plus(4), Sequence(2));
+}
+
+/// Pushes one record and builds, for the producer-field tests.
+fn with_one_record(mut builder: BatchBuilder) -> Vec<u8> {
+    builder.push(None, Some(b"v"), &[], 1_000);
+    builder.build()
+}
+
 #[test]
 fn a_flipped_byte_is_a_crc_mismatch() {
     let batch = sample_batch(Compression::None, 5);

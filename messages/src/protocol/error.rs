@@ -102,13 +102,13 @@ error_codes! {
     46 PartitionOffline true "The partition's log is offline on this node (a failed fsync or disk); leadership will move. Refresh metadata and retry.";
     47 LeaderNotAvailable true "The partition has no leader right now (an election is in progress). Retry after refreshing metadata.";
     60 OffsetOutOfRange false "The fetch offset is below the log start offset or above the high watermark; reset the position (ListOffsets).";
-    61 CorruptBatch false "A record batch failed validation (length, magic, CRC-32C, attributes or record framing).";
+    61 CorruptBatch false "A record batch failed validation (length, magic, CRC-32C, attributes, producer fields or record framing).";
     62 BatchTooLarge false "A record batch is larger than its topic's `max.message.bytes` (at most 4 MiB).";
     63 InvalidTimestamp false "A batch's timestamps are outside the range the topic accepts.";
     64 StorageError true "The log could not be read or written on this node; leadership may move. Retry after refreshing metadata.";
-    80 OutOfOrderSequence false "An idempotent producer's sequence number skips ahead: a batch in between was lost.";
-    81 ProducerFenced false "A newer incarnation of this producer id holds a higher epoch; this one must stop.";
-    82 UnknownProducerId false "The broker holds no state for this producer id; the producer must call InitProducerId again.";
+    80 OutOfOrderSequence false "An idempotent producer's batch does not follow its last one on this partition (a gap, or a new epoch not starting at sequence 0): a batch in between was lost.";
+    81 ProducerFenced false "A newer incarnation of this producer id holds a higher epoch, or the id was retired when its epochs ran out; this one must stop.";
+    82 UnknownProducerId false "The node never issued this producer id or epoch, or the partition holds no state for it and the batch does not start at sequence 0. Bump the epoch with InitProducerId (a new id if that is refused too) and start again at sequence 0.";
     100 CoordinatorNotAvailable true "The group's coordinator is not available (its offsets partition has no leader, or the offsets topic is being created). Retry after FindCoordinator.";
     101 NotCoordinator true "This node does not coordinate the group; call FindCoordinator and retry there.";
     102 CoordinatorLoadInProgress true "The coordinator is still loading the group's offsets. Retry.";

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{check_at_most, check_topics};
 use super::error::{ProtocolError, ResponseError};
-use crate::limits::TIMEOUT_MS_MAX;
+use crate::limits::{PRODUCER_EPOCH_MAX, PRODUCER_ID_MAX, TIMEOUT_MS_MAX};
 use crate::types::{LeaderEpoch, Offset, PartitionId, ProducerEpoch, ProducerId};
 
 /// How much replication a produce waits for before the server answers. PROTOCOL.md's acks
@@ -238,9 +238,10 @@ pub struct ProducePartitionResponse {
 /// InitProducerId request, version 1: asks for an idempotent producer identity.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitProducerIdRequest {
-    /// Absent for a new producer. Present (with `producer_epoch`) for a producer that already
-    /// holds an id and wants its epoch bumped, e.g. after `OutOfOrderSequence`: the server
-    /// answers the same id with a higher epoch, which fences the older incarnation.
+    /// Absent for a new producer. Present (with `producer_epoch`, its current epoch) for a
+    /// producer that already holds an id and wants its epoch bumped, e.g. after
+    /// `UnknownProducerId`: the server answers the same id with the next epoch, which fences
+    /// every older one on every partition at once; at the last epoch, a new id at epoch 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub producer_id: Option<ProducerId>,
     /// The epoch held with `producer_id`; present exactly when it is.
@@ -249,7 +250,8 @@ pub struct InitProducerIdRequest {
 }
 
 impl InitProducerIdRequest {
-    /// Checks that `producer_id` and `producer_epoch` come together.
+    /// Checks that `producer_id` and `producer_epoch` come together and are within the
+    /// ranges the batch header can hold (`PRODUCER_ID_MAX`, `PRODUCER_EPOCH_MAX`).
     ///
     /// # Errors
     /// `InvalidField`.
@@ -258,6 +260,21 @@ impl InitProducerIdRequest {
             return Err(ProtocolError::InvalidField {
                 field: "producer_id",
                 reason: "producer_id and producer_epoch must be both present or both absent",
+            });
+        }
+        if self.producer_id.is_some_and(|id| id.0 > PRODUCER_ID_MAX) {
+            return Err(ProtocolError::InvalidField {
+                field: "producer_id",
+                reason: "producer_id must be below 2^63",
+            });
+        }
+        if self
+            .producer_epoch
+            .is_some_and(|epoch| epoch.0 > PRODUCER_EPOCH_MAX)
+        {
+            return Err(ProtocolError::InvalidField {
+                field: "producer_epoch",
+                reason: "producer_epoch must be below 2^15",
             });
         }
         Ok(())

@@ -16,7 +16,8 @@ use crate::batch::{BatchBuilder, Compression};
 use crate::limits::{
     BODY_DEPTH_MAX, ERROR_MESSAGE_BYTES_MAX, FETCH_BODY_FIELDS_BYTES_MAX,
     FETCH_PARTITION_FIELDS_BYTES_MAX, FETCH_TOPIC_FIELDS_BYTES_MAX, FRAME_BYTES_MAX,
-    PARTITIONS_PER_REQUEST_MAX, TOPIC_NAME_BYTES_MAX, TOPICS_PER_REQUEST_MAX,
+    PARTITIONS_PER_REQUEST_MAX, PRODUCER_EPOCH_MAX, PRODUCER_ID_MAX, TOPIC_NAME_BYTES_MAX,
+    TOPICS_PER_REQUEST_MAX,
 };
 use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId, ProducerEpoch, ProducerId};
 
@@ -358,12 +359,13 @@ fn request() -> impl Strategy<Value = Request> {
         .prop_map(|(name, partitions)| ListOffsetsTopic { name, partitions });
     let list_offsets =
         vec(list_topic, 0..4).prop_map(|topics| Request::from(ListOffsetsRequest { topics }));
-    let init_producer = option::of((any::<u64>(), any::<u16>())).prop_map(|pair| {
-        Request::from(InitProducerIdRequest {
-            producer_id: pair.map(|(id, _)| ProducerId(id)),
-            producer_epoch: pair.map(|(_, epoch)| ProducerEpoch(epoch)),
-        })
-    });
+    let init_producer =
+        option::of((0..=PRODUCER_ID_MAX, 0..=PRODUCER_EPOCH_MAX)).prop_map(|pair| {
+            Request::from(InitProducerIdRequest {
+                producer_id: pair.map(|(id, _)| ProducerId(id)),
+                producer_epoch: pair.map(|(_, epoch)| ProducerEpoch(epoch)),
+            })
+        });
     prop_oneof![
         handshake,
         metadata,
@@ -1533,6 +1535,28 @@ fn request_caps_are_enforced_on_decode() {
         roundtrip(half_producer).unwrap_err().error_code(),
         ErrorCode::InvalidRequest
     );
+    // Issue 11: ids of 2^63 and more and epochs of 2^15 and more do not fit the batch header.
+    for (id, epoch) in [
+        (1u64 << 63, 0u16),
+        (u64::MAX, 0),
+        (1, 1 << 15),
+        (1, u16::MAX),
+    ] {
+        let out_of_range = Request::from(InitProducerIdRequest {
+            producer_id: Some(ProducerId(id)),
+            producer_epoch: Some(ProducerEpoch(epoch)),
+        });
+        assert_eq!(
+            roundtrip(out_of_range).unwrap_err().error_code(),
+            ErrorCode::InvalidRequest,
+            "id {id}, epoch {epoch}"
+        );
+    }
+    let largest = Request::from(InitProducerIdRequest {
+        producer_id: Some(ProducerId((1 << 63) - 1)),
+        producer_epoch: Some(ProducerEpoch((1 << 15) - 1)),
+    });
+    assert!(roundtrip(largest).is_ok());
 }
 
 /// A produce request carrying the largest batch fits in one frame; an encoder refuses to

@@ -8,6 +8,7 @@ mod cli;
 mod daemon;
 mod groups;
 mod produce_consume;
+mod producer_ids;
 mod python_example;
 mod restart;
 mod spec;
