@@ -18,7 +18,9 @@
 //!   then the connection closes.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -115,6 +117,10 @@ enum Answer {
     Frame { bytes: Vec<u8>, close: bool },
     /// Still being computed.
     Later(JoinHandle<Outgoing>),
+    /// A produce answer: its batches are already queued at their partitions, so only waiting
+    /// is left, which the writer does itself. A task of its own would cost one more task
+    /// switch per answer (the partition wakes the task, the task wakes the writer).
+    Waiting(Pin<Box<dyn Future<Output = Outgoing> + Send>>),
 }
 
 /// A computed answer.
@@ -438,6 +444,7 @@ async fn write_loop(
         let kind = queued.request.kind;
         let (outgoing, close) = match queued.answer {
             Answer::Frame { bytes, close } => (Outgoing::Frame(bytes), close),
+            Answer::Waiting(answer) => (answer.await, false),
             Answer::Later(task) => match task.await {
                 Ok(outgoing) => (outgoing, false),
                 Err(e) => {
@@ -1106,7 +1113,7 @@ fn produce(
         }
         slots.push((name, partitions));
     }
-    let task = tokio::spawn(async move {
+    let answer = async move {
         let _bytes = bytes_permit;
         let mut topics = Vec::with_capacity(slots.len());
         for (name, partitions) in slots {
@@ -1162,8 +1169,15 @@ fn produce(
             });
         }
         Outgoing::Frame(encode(ProduceResponse { topics }, correlation_id))
-    });
-    Answer::Later(task)
+    };
+    if acks == Acks::None {
+        // Nobody awaits an acks=0 answer, but its wait must still run to the end: it holds
+        // the request's bytes permit until the partitions have taken the batches, which is
+        // what bounds an acks=0 producer.
+        Answer::Later(tokio::spawn(answer))
+    } else {
+        Answer::Waiting(Box::pin(answer))
+    }
 }
 
 // ---- fetch ----
