@@ -41,12 +41,12 @@ use vltava_messages::protocol::{
     DeleteTopicsResponse, DescribeTopicsRequest, DescribeTopicsResponse, ErrorCode,
     FRAME_HEADER_BYTES, FetchPartitionRef, FetchRequest, FetchResponseRef, FetchTopicRef,
     FrameHeader, HandshakeResponse, InitProducerIdRequest, InitProducerIdResponse,
-    LENGTH_COUNTED_HEADER_BYTES, ListOffsetsPartitionResponse, ListOffsetsRequest,
-    ListOffsetsResponse, ListOffsetsTopicResponse, MetadataRequest, MetadataResponse, NodeInfo,
-    PartitionMetadata, ProducePartitionResponse, ProduceRequest, ProduceRequestRef,
-    ProduceResponse, ProduceTopicResponse, ProtocolError, Request, RequestKind, Response,
-    ResponseError, TopicDescription, TopicMetadata, TopicResult, encode_fetch_response,
-    is_internal_topic,
+    ListOffsetsPartitionResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ListOffsetsTopicResponse, MetadataRequest, MetadataResponse, NodeInfo, PartitionMetadata,
+    ProducePartitionResponse, ProduceRequest, ProduceRequestRef, ProduceResponse,
+    ProduceTopicResponse, ProtocolError, Request, RequestKind, Response, ResponseError,
+    TopicDescription, TopicMetadata, TopicResult, encode_fetch_response, is_internal_topic,
+    read_header,
 };
 use vltava_messages::{LeaderEpoch, NodeId, Offset, PartitionId};
 
@@ -232,17 +232,23 @@ async fn read_loop(
         let header = FrameHeader::parse(&header_bytes);
         let received = Instant::now();
         services.requests.received(header.kind);
-        if header.length < LENGTH_COUNTED_HEADER_BYTES {
-            // Not even a whole header: there is no frame to answer.
-            limited_warn!(
-                services,
-                warnings,
-                WarnKind::BadFrameLength,
-                length = header.length,
-                "frame shorter than its header; closing"
-            );
-            return Err("frame shorter than its header".into());
-        }
+        // `None`: the frame is too large; answered below by correlation id (after the
+        // handshake check, so a first frame that is not a Handshake gets HandshakeRequired).
+        let body_len = match read_header(&header_bytes) {
+            Ok((_, body_len)) => Some(body_len),
+            Err(ProtocolError::FrameTooLarge { .. }) => None,
+            Err(_) => {
+                // Not even a whole header: there is no frame to answer.
+                limited_warn!(
+                    services,
+                    warnings,
+                    WarnKind::BadFrameLength,
+                    length = header.length,
+                    "frame shorter than its header; closing"
+                );
+                return Err("frame shorter than its header".into());
+            }
+        };
         let permit = Arc::clone(&inflight)
             .acquire_owned()
             .await
@@ -266,7 +272,7 @@ async fn read_loop(
             let _ = enqueue(&queue, gauges, header, received, permit, answer).await;
             return Err("no handshake".into());
         }
-        if header.frame_bytes() > u64::from(FRAME_BYTES_MAX) {
+        let Some(body_len) = body_len else {
             // The body is not read: answer by correlation id, then close.
             limited_warn!(
                 services,
@@ -287,8 +293,7 @@ async fn read_loop(
             let answer = Answer::Frame { bytes, close: true };
             let _ = enqueue(&queue, gauges, header, received, permit, answer).await;
             return Err("oversized frame".into());
-        }
-        let body_len = (header.length - LENGTH_COUNTED_HEADER_BYTES) as usize;
+        };
         let bytes_permit = Arc::clone(&services.bytes_in_flight)
             .acquire_many_owned(body_len.max(1) as u32)
             .await

@@ -16,8 +16,8 @@ use tokio::sync::{Semaphore, oneshot};
 use vltava_messages::limits::FRAME_BYTES_MAX;
 use vltava_messages::protocol::{
     EncodedRequest, FRAME_HEADER_BYTES, FrameAround, FrameHeader, HandshakeRequest,
-    HandshakeResponse, LENGTH_COUNTED_HEADER_BYTES, ProduceRequest, ProduceResponse, RequestBody,
-    Response, ResponseBody,
+    HandshakeResponse, ProduceRequest, ProduceResponse, RequestBody, Response, ResponseBody,
+    read_header,
 };
 
 use crate::error::ClientError;
@@ -365,17 +365,11 @@ async fn read_loop(mut reader: OwnedReadHalf, inner: std::sync::Weak<Inner>) {
         if let Err(e) = reader.read_exact(&mut header).await {
             break format!("read failed: {e}");
         }
-        let header = FrameHeader::parse(&header);
-        if header.length < LENGTH_COUNTED_HEADER_BYTES
-            || header.frame_bytes() > u64::from(FRAME_BYTES_MAX)
-        {
-            break format!(
-                "answer frame of {} bytes is out of bounds",
-                header.frame_bytes()
-            );
-        }
+        let (header, body_bytes) = match read_header(&header) {
+            Ok(checked) => checked,
+            Err(e) => break format!("answer frame out of bounds: {e}"),
+        };
         // Read into the spare capacity of a new vector: no zeroing pass over a large answer.
-        let body_bytes = (header.length - LENGTH_COUNTED_HEADER_BYTES) as usize;
         let mut body = Vec::with_capacity(body_bytes);
         match (&mut reader)
             .take(body_bytes as u64)

@@ -13,6 +13,12 @@
 //! learns the frame's size, kind and correlation id from 16 bytes, before it allocates
 //! anything, and can answer an oversized frame by correlation id before closing.
 //!
+//! Every reader of frames (the node's sessions and peer links, the client) starts with
+//! [`read_header`]: 16 bytes in, the checked header and the body's length out, before any
+//! allocation; it then reads exactly that many body bytes into a buffer of their own (which
+//! produce batches are later split off without a copy). For a reader that buffers a stream
+//! instead, [`parse_frame`] does the same over a buffer.
+//!
 //! Parsing is two-phase, as in mini-redis: [`parse_frame`] checks a buffer cheaply and says
 //! whether it holds a whole frame (and where its body is); decoding the body is a separate
 //! step (`Request::decode`, `Response::decode`). Unlike mini-redis, the declared length is
@@ -121,6 +127,34 @@ pub enum FrameParse {
     Complete(RawFrame),
 }
 
+/// Reads and checks a frame header: the one step every reader of frames takes (the node's
+/// sessions, and its peer links, and the client) before it reads a body. Returns the header and
+/// the body's length, which is then at most `FRAME_BYTES_MAX - FRAME_HEADER_BYTES`, so a reader
+/// may allocate it.
+///
+/// # Errors
+/// `FrameTooSmall` (nothing to answer: close) or `FrameTooLarge` (answer by correlation id,
+/// then close: the body is never read).
+pub fn read_header(
+    bytes: &[u8; FRAME_HEADER_BYTES],
+) -> Result<(FrameHeader, usize), ProtocolError> {
+    let header = FrameHeader::parse(bytes);
+    if header.length < LENGTH_COUNTED_HEADER_BYTES {
+        return Err(ProtocolError::FrameTooSmall {
+            length: header.length,
+        });
+    }
+    if header.frame_bytes() > u64::from(FRAME_BYTES_MAX) {
+        return Err(ProtocolError::FrameTooLarge {
+            header,
+            max: FRAME_BYTES_MAX,
+        });
+    }
+    // Cannot truncate: the frame is at most FRAME_BYTES_MAX (8 MiB) here.
+    let body_bytes = (header.length - LENGTH_COUNTED_HEADER_BYTES) as usize;
+    Ok((header, body_bytes))
+}
+
 /// Looks for one frame at the start of `buf`. It allocates nothing and reads only the header;
 /// a declared length above `FRAME_BYTES_MAX` is an error as soon as the 16 header bytes are
 /// there, so the correlation id is known, and the caller is never told to buffer more than
@@ -134,20 +168,8 @@ pub fn parse_frame(buf: &[u8]) -> Result<FrameParse, ProtocolError> {
             needed: FRAME_HEADER_BYTES,
         });
     };
-    let header = FrameHeader::parse(header_bytes);
-    if header.length < LENGTH_COUNTED_HEADER_BYTES {
-        return Err(ProtocolError::FrameTooSmall {
-            length: header.length,
-        });
-    }
-    if header.frame_bytes() > u64::from(FRAME_BYTES_MAX) {
-        return Err(ProtocolError::FrameTooLarge {
-            header,
-            max: FRAME_BYTES_MAX,
-        });
-    }
-    // Cannot truncate: the frame is at most FRAME_BYTES_MAX (8 MiB) here.
-    let frame_bytes = header.frame_bytes() as usize;
+    let (header, body_bytes) = read_header(header_bytes)?;
+    let frame_bytes = FRAME_HEADER_BYTES + body_bytes;
     if buf.len() < frame_bytes {
         return Ok(FrameParse::Incomplete {
             needed: frame_bytes,

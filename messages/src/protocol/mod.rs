@@ -9,15 +9,17 @@
 //! correlation id, in request order.
 //!
 //! # Layout
-//! - `frame`: the header, and [`parse_frame`], which finds frames in a byte stream.
+//! - `frame`: the header; [`read_header`], the check every frame reader makes before it reads a
+//!   body; [`parse_frame`], which finds frames in a byte buffer.
 //! - `error`: [`ErrorCode`], [`ResponseError`] (the wire error map), [`ProtocolError`].
 //! - `codec`: body encoding and bounded decoding, topic-name and field-limit checks.
 //! - `handshake`, `metadata`, `topics`, `produce`, `fetch`: the bodies, one struct per map.
 //! - `fetch_writer`: the Fetch answer written by hand, record bytes borrowed, for `writev`.
 //!
 //! # Decoding a request (server side)
-//! 1. [`parse_frame`] on the read buffer: `Incomplete` (read more), a [`RawFrame`], or an error
-//!    that says to close the connection (after answering `RequestTooLarge` by correlation id).
+//! 1. [`read_header`] on the first 16 bytes (or [`parse_frame`] on a read buffer): the header
+//!    and the body's length, or an error that says to close the connection (after answering
+//!    `RequestTooLarge` by correlation id); then read exactly that many body bytes.
 //! 2. [`Request::decode`] on the header and body: a typed, validated request, or a
 //!    [`ProtocolError`] to answer with [`Response::failed`] and
 //!    [`ProtocolError::response_error`].
@@ -56,7 +58,7 @@ pub use fetch_writer::{
 };
 pub use frame::{
     FRAME_HEADER_BYTES, FrameHeader, FrameParse, LENGTH_COUNTED_HEADER_BYTES, LENGTH_FIELD_BYTES,
-    RESPONSE_BIT, RawFrame, parse_frame,
+    RESPONSE_BIT, RawFrame, parse_frame, read_header,
 };
 pub use groups::{
     CommittedOffset, CommittedTopic, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,

@@ -1063,6 +1063,34 @@ fn frame_limit_is_inclusive() {
     ));
 }
 
+/// `read_header`, the check every frame reader makes (sessions, peer links, the client), agrees
+/// with `parse_frame` at both bounds and gives the body's length in between.
+#[test]
+fn read_header_bounds_the_body_before_it_is_read() {
+    let header = |length: u32| {
+        FrameHeader {
+            length,
+            kind: 1,
+            version: 1,
+            correlation_id: 9,
+        }
+        .encode()
+    };
+    assert_eq!(read_header(&header(12)).unwrap().1, 0);
+    assert_eq!(
+        read_header(&header(FRAME_BYTES_MAX - 4)).unwrap().1,
+        FRAME_BYTES_MAX as usize - FRAME_HEADER_BYTES
+    );
+    assert!(matches!(
+        read_header(&header(FRAME_BYTES_MAX - 3)),
+        Err(ProtocolError::FrameTooLarge { header, .. }) if header.correlation_id == 9
+    ));
+    assert!(matches!(
+        read_header(&header(11)),
+        Err(ProtocolError::FrameTooSmall { length: 11 })
+    ));
+}
+
 /// A `length` below the 12 header bytes it must count means the stream is not frames.
 #[test]
 fn length_below_header_is_corrupt() {
