@@ -20,10 +20,10 @@ use vltava_storage::Flusher;
 use crate::directory::{ActorDirectory, ActorKind, ActorStats};
 use crate::groups::GroupManagerHandle;
 use crate::metadata::MetadataImage;
+use crate::metadata::producer_ids::ProducerRegistry;
+use crate::metadata::topic_config;
+use crate::partition::supervisor::PartitionSupervisorHandle;
 use crate::partition::{Durability, PartitionArgs};
-use crate::partition_supervisor::PartitionSupervisorHandle;
-use crate::producer_ids::ProducerRegistry;
-use crate::topic_config;
 use vltava_messages::group_records::OFFSETS_TOPIC;
 
 /// Suffix a partition directory gets when its topic is deleted, before it is removed.
@@ -67,6 +67,15 @@ pub enum ApplierMsg {
 pub struct ApplierHandle {
     actor: ActorRef<ApplierMsg>,
     stats: Arc<ActorStats>,
+}
+
+impl crate::metadata::ImageApplier for ApplierHandle {
+    fn apply(
+        &self,
+        image: Arc<MetadataImage>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(ApplierHandle::apply(self, image))
+    }
 }
 
 impl ApplierHandle {

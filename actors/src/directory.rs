@@ -4,10 +4,13 @@
 //! (mailbox depth) and by the actor (messages handled); the map itself changes only when an
 //! actor starts, restarts or stops.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
+
+use vltava_messages::Offset;
+use vltava_messages::protocol::{MemberDescription, RebalanceRecord};
 
 use crate::metrics::KindTimes;
 
@@ -168,7 +171,7 @@ pub enum PublishedState {
     Partition(Arc<PartitionGauges>),
     Session(Arc<SessionGauges>),
     /// A group coordinator's view of its group, replaced after every change.
-    Group(Arc<Mutex<crate::groups::GroupSnapshot>>),
+    Group(Arc<Mutex<GroupSnapshot>>),
 }
 
 /// One registered actor.
@@ -295,4 +298,20 @@ impl ActorDirectory {
             .get(id)
             .cloned()
     }
+}
+
+/// What a coordinator publishes for the admin endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct GroupSnapshot {
+    pub group_id: String,
+    pub state: &'static str,
+    pub assignor: &'static str,
+    pub group_epoch: i32,
+    pub assignment_epoch: i32,
+    pub members: Vec<MemberDescription>,
+    pub owners: BTreeMap<(String, u32), String>,
+    pub offsets: BTreeMap<(String, u32), Offset>,
+    pub subscribed: BTreeSet<(String, u32)>,
+    /// The most recent rebalances, newest first.
+    pub rebalances: Vec<RebalanceRecord>,
 }

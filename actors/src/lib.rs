@@ -1,23 +1,28 @@
 //! vltava's actors: every long-lived piece of a node's state is owned by one of them.
 //!
-//! # Layout
-//! - `directory`: the node's actor directory (id, kind, parent, status, counters), read by the
-//!   admin endpoint without messaging actors.
-//! - `metrics`: atomic latency histograms and request counters for the admin endpoint.
-//! - `partition`: the Partition actor and its handle: produce, fetch, list offsets, group
-//!   commit, the high watermark.
-//! - `partition_supervisor`: starts, stops and restarts Partition actors; the partition
-//!   registry sessions route by.
-//! - `producer_state`: idempotent-producer bookkeeping per partition.
-//! - `producer_ids`: producer ids and epochs node-wide: the InitProducerId decision, the
-//!   metadata records' image, and the `ProducerRegistry` partitions check batches against.
-//! - `metadata`: the `MetadataLog` trait, its single-node file implementation and the
-//!   `MetadataImage` that committed records build.
-//! - `controller`: the Controller, which checks and commits metadata changes.
-//! - `applier`: the MetadataApplier, the only thing that starts or stops partitions.
-//! - `topic_config`: topic config keys and their checks.
+//! # Layout (folders by concern; no import circles between them)
+//! - `node`: the NodeSupervisor, which starts everything below and stops it in order.
+//! - `session/`: the client edge: the listener, one session per connection (read loop, write
+//!   loop, admission), one module per request family (`topics`, `produce`, `fetch`,
+//!   `groups`), and `NodeServices`, what every session shares.
+//! - `metadata/`: the metadata log and image, the Controller, topic configs, producer ids.
+//! - `applier`: the MetadataApplier, the only thing that starts, stops or re-roles
+//!   partitions (and loads offsets partitions into the group manager).
+//! - `partition/`: the Partition actor, its handle and its log thread; the
+//!   PartitionSupervisor and the registry sessions route by; idempotent-producer state.
+//! - `groups/`: consumer groups: the GroupManager, one GroupCoordinator per group, the
+//!   sans-IO group state machine and the assignors.
+//! - `directory`, `metrics`: the node's actor directory (id, kind, parent, status, counters,
+//!   published gauges) and request metrics, read by the admin endpoint without messaging
+//!   actors.
 //! - `log_limit`: per-kind budgets for the log lines clients can cause (per connection and per
 //!   node), with counts of what was held back.
+//!
+//! Imports point one way: `node` → everything; `session` → `groups`, `partition`,
+//! `metadata`; `applier` → `groups`, `partition`, `metadata`; `groups` → `partition`,
+//! `metadata`; `partition` → `metadata` (the producer-id registry it checks batches
+//! against); `metadata` → none of them (it reaches the applier through `ImageApplier`);
+//! all may use `directory`, `metrics` and `log_limit`, which import none of them.
 //!
 //! # Invariants
 //! - Each log is owned by exactly one Partition actor; every call into it runs on that
@@ -27,18 +32,11 @@
 //!   request.
 
 pub mod applier;
-pub mod client_session;
-pub mod controller;
 pub mod directory;
-pub mod group_requests;
 pub mod groups;
-pub mod listener;
 pub mod log_limit;
 pub mod metadata;
 pub mod metrics;
 pub mod node;
 pub mod partition;
-pub mod partition_supervisor;
-pub mod producer_ids;
-pub mod producer_state;
-pub mod topic_config;
+pub mod session;

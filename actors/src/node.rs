@@ -26,19 +26,19 @@ use tokio::task::JoinHandle;
 use vltava_storage::Flusher;
 
 use crate::applier::{ApplierConfig, ApplierHandle, MetadataApplier};
-use crate::client_session::NodeServices;
-use crate::controller::{Controller, ControllerArgs, ControllerHandle};
 use crate::directory::{ActorDirectory, ActorKind};
 use crate::groups::state::GroupSettings;
 use crate::groups::{GroupManager, GroupManagerHandle, ManagerConfig};
-use crate::listener::run_listener;
+use crate::metadata::controller::{Controller, ControllerArgs, ControllerHandle};
+use crate::metadata::producer_ids::ProducerRegistry;
 use crate::metadata::{FileMetadataLog, MetadataImage};
 use crate::metrics::RequestMetrics;
 use crate::partition::Durability;
-use crate::partition_supervisor::{
+use crate::partition::supervisor::{
     PartitionRegistry, PartitionSupervisor, PartitionSupervisorHandle,
 };
-use crate::producer_ids::ProducerRegistry;
+use crate::session::NodeServices;
+use crate::session::listener::run_listener;
 use vltava_messages::group_records::OFFSETS_TOPIC;
 
 /// How long shutdown waits for an actor to stop.
@@ -249,7 +249,7 @@ impl Node {
                 advertised_host: options.advertised_host.clone(),
                 advertised_port: options.advertised_port,
                 log,
-                applier: applier.clone(),
+                applier: Arc::new(applier.clone()),
                 directory: directory.clone(),
                 publish,
                 producer_ids,

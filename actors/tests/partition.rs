@@ -4,11 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vltava_actors::directory::{ActorDirectory, ActorStatus};
-use vltava_actors::partition::{Acks, Durability, OffsetSpec, PartitionArgs, PartitionError};
-use vltava_actors::partition_supervisor::{
+use vltava_actors::metadata::producer_ids::{
+    PRODUCER_ID_BLOCK, ProducerIdsImage, ProducerRegistry,
+};
+use vltava_actors::partition::supervisor::{
     PartitionRegistry, PartitionSlot, PartitionSupervisor, PartitionSupervisorHandle, RESTARTS_MAX,
 };
-use vltava_actors::producer_ids::{PRODUCER_ID_BLOCK, ProducerIdsImage, ProducerRegistry};
+use vltava_actors::partition::{Acks, Durability, OffsetSpec, PartitionArgs, PartitionError};
 use vltava_messages::metadata_records::MetadataRecord;
 use vltava_messages::{
     BatchBuilder, Compression, LeaderEpoch, Offset, PartitionId, ProducerEpoch, ProducerId,

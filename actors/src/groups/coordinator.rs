@@ -36,7 +36,7 @@ use super::{GroupRegistry, GroupSnapshot};
 use crate::directory::{ActorDirectory, ActorKind, ActorStats, PublishedState};
 use crate::metadata::MetadataImage;
 use crate::partition::PartitionHandle;
-use crate::partition_supervisor::{PartitionRegistry, PartitionSlot};
+use crate::partition::supervisor::{PartitionRegistry, PartitionSlot};
 
 /// Messages a coordinator queues before its handle answers `Overloaded`: heartbeats of up to
 /// 1,000 members plus their commits.

@@ -12,25 +12,25 @@ pub mod assignor;
 pub mod coordinator;
 pub mod state;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{oneshot, watch};
+use vltava_messages::PartitionId;
 use vltava_messages::batch::split_batches;
 use vltava_messages::group_records::{
     GroupRecordKey, GroupValue, OFFSETS_TOPIC, OffsetValue, offsets_partition_for,
 };
-use vltava_messages::protocol::{ErrorCode, MemberDescription, RebalanceRecord};
-use vltava_messages::{Offset, PartitionId};
+use vltava_messages::protocol::ErrorCode;
 
 use self::assignor::{Assignor, TopicPartition};
 use self::coordinator::{CoordinatorArgs, CoordinatorHandle, GroupCoordinator};
 use self::state::{Committed, GroupSettings, Refusal};
 use crate::directory::{ActorDirectory, ActorKind, ActorStats};
 use crate::metadata::MetadataImage;
-use crate::partition_supervisor::{PartitionRegistry, PartitionSlot};
+use crate::partition::supervisor::{PartitionRegistry, PartitionSlot};
 
 /// Partitions of `__consumer_offsets` when the node creates it.
 pub const OFFSETS_TOPIC_PARTITIONS_DEFAULT: u32 = 8;
@@ -43,21 +43,9 @@ pub const LOAD_READ_BYTES: u32 = 1024 * 1024;
 /// Messages the manager queues before its handle answers `Overloaded`.
 pub const MANAGER_MAILBOX_MAX: u64 = 4096;
 
-/// What a coordinator publishes for the admin endpoint.
-#[derive(Clone, Debug, Default)]
-pub struct GroupSnapshot {
-    pub group_id: String,
-    pub state: &'static str,
-    pub assignor: &'static str,
-    pub group_epoch: i32,
-    pub assignment_epoch: i32,
-    pub members: Vec<MemberDescription>,
-    pub owners: BTreeMap<TopicPartition, String>,
-    pub offsets: BTreeMap<TopicPartition, Offset>,
-    pub subscribed: BTreeSet<TopicPartition>,
-    /// The most recent rebalances, newest first.
-    pub rebalances: Vec<RebalanceRecord>,
-}
+/// What a coordinator publishes for the admin endpoint (defined beside the other published
+/// states in `directory`, which lists it without importing this module).
+pub use crate::directory::GroupSnapshot;
 
 /// Where an offsets partition is on this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,11 +17,11 @@ use tokio::sync::{oneshot, watch};
 use vltava_messages::metadata_records::MetadataRecord;
 use vltava_messages::{ProducerEpoch, ProducerId};
 
-use crate::applier::ApplierHandle;
 use crate::directory::{ActorDirectory, ActorKind, ActorStats};
+use crate::metadata::ImageApplier;
+use crate::metadata::producer_ids::{self, ProducerIdError, ProducerRegistry};
+use crate::metadata::topic_config::{self, TopicConfigError};
 use crate::metadata::{MetadataError, MetadataImage, MetadataLog};
-use crate::producer_ids::{self, ProducerIdError, ProducerRegistry};
-use crate::topic_config::{self, TopicConfigError};
 
 /// Admin requests the controller queues before refusing more: admin traffic is light, and
 /// each request waits for an fsync and for partitions to start.
@@ -286,7 +286,7 @@ pub struct ControllerArgs<L> {
     pub advertised_host: String,
     pub advertised_port: u16,
     pub log: L,
-    pub applier: ApplierHandle,
+    pub applier: Arc<dyn ImageApplier>,
     pub directory: ActorDirectory,
     /// Where the controller publishes the metadata image; the node made it so that actors
     /// started before the controller can watch it.
@@ -308,7 +308,7 @@ pub struct ControllerState<L> {
     log: L,
     image: MetadataImage,
     publish: watch::Sender<Arc<MetadataImage>>,
-    applier: ApplierHandle,
+    applier: Arc<dyn ImageApplier>,
     directory: ActorDirectory,
     stats: Arc<ActorStats>,
     producer_ids: ProducerRegistry,

@@ -20,6 +20,9 @@
 //! - Shutdown: the actor asks the log thread to stop, which fails waiting answers with
 //!   `PartitionOffline`, then closes the log (flush, indexes, clean-shutdown marker).
 
+pub mod producer_state;
+pub mod supervisor;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -39,8 +42,8 @@ use vltava_storage::{
 };
 
 use crate::directory::{ActorDirectory, ActorStats, PartitionGauges, PublishedState};
-use crate::producer_ids::{Fencing, ProducerRegistry, UnknownProducer};
-use crate::producer_state::{ProducerStateTable, SequenceCheck};
+use crate::metadata::producer_ids::{Fencing, ProducerRegistry, UnknownProducer};
+use crate::partition::producer_state::{ProducerStateTable, SequenceCheck};
 
 /// Messages a partition's mailbox may hold before its handle answers `Overloaded`. Sessions
 /// admit at most a few requests each, so this bounds many sessions hammering one partition.

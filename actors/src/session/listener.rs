@@ -22,8 +22,8 @@ use vltava_messages::protocol::{
     ResponseError,
 };
 
-use crate::client_session::{NodeServices, run_session};
 use crate::directory::ActorKind;
+use crate::session::{NodeServices, run_session};
 
 /// How long shutdown waits for sessions to finish the requests they admitted.
 pub const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

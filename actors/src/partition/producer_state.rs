@@ -26,7 +26,7 @@ use vltava_messages::batch::BatchHeader;
 use vltava_messages::{Offset, ProducerEpoch, ProducerId, Sequence};
 use vltava_storage::{Log, RealStorage, StorageError, checkpoint};
 
-use crate::producer_ids::{Fencing, Standing, UnknownProducer};
+use crate::metadata::producer_ids::{Fencing, Standing, UnknownProducer};
 
 #[cfg(test)]
 mod tests;

@@ -13,9 +13,9 @@ use vltava_messages::protocol::{
 };
 use vltava_messages::{NodeId, PartitionId};
 
-use crate::client_session::NodeServices;
 use crate::directory::PublishedState;
 use crate::groups::state::Refusal;
+use crate::session::NodeServices;
 
 /// A coordinator's answer as a response, or its refusal as a whole-request failure.
 #[derive(Debug)]

@@ -1,0 +1,40 @@
+//! The cluster metadata: the log of records behind the `MetadataLog` trait (a local file on
+//! one node; the Raft log in a cluster), the image those records build, which the controller
+//! publishes to everyone who routes by it, and the actors that change and apply it.
+//!
+//! # Layout
+//! - `log`: the `MetadataLog` trait and the single-node `FileMetadataLog`.
+//! - `image`: `MetadataImage` (nodes, topics, partitions, producer ids), built by applying
+//!   committed records.
+//! - `controller`: the Controller, which checks and commits metadata changes, and answers
+//!   InitProducerId.
+//! - `ImageApplier`: the seam through which the Controller has the node brought in line with
+//!   a new image (the MetadataApplier, outside this folder, implements it).
+//! - `topic_config`: topic config keys, their checks and effective values.
+//! - `producer_ids`: producer-id blocks and epochs, and the node-wide registry partitions
+//!   check idempotent batches against.
+//!
+//! **Invariant:** nothing here imports `session`, `partition`, `groups` or the applier:
+//! requests reach the controller through its handle, the image travels on a watch channel,
+//! and the controller reaches the applier only through `ImageApplier`.
+
+pub mod controller;
+mod image;
+mod log;
+pub mod producer_ids;
+pub mod topic_config;
+
+pub use image::{MetadataImage, NodeImage, PartitionImage, TopicImage};
+pub use log::{FileMetadataLog, MetadataError, MetadataLog};
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Brings the node in line with a committed image (starts, stops and re-roles partitions).
+/// The Controller awaits it after each commit on one node, so a created topic serves at once;
+/// a trait, so that this folder does not depend on the partitions and groups it drives.
+pub trait ImageApplier: Send + Sync + std::fmt::Debug + 'static {
+    /// Returns once the node is in line with `image`.
+    fn apply(&self, image: Arc<MetadataImage>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}

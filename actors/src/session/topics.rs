@@ -1,0 +1,206 @@
+//! Metadata and topic admin requests: Metadata, DescribeTopics, CreateTopics, DeleteTopics,
+//! AlterTopicConfigs, CreatePartitions. Changes go to the Controller; reads come from the
+//! published metadata image.
+
+use std::collections::BTreeMap;
+
+use vltava_messages::protocol::{
+    AlterTopicConfigsRequest, AlterTopicConfigsResponse, ConfigEntry, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeTopicsRequest, DescribeTopicsResponse, ErrorCode,
+    MetadataRequest, MetadataResponse, NodeInfo, PartitionMetadata, ResponseError,
+    TopicDescription, TopicMetadata, TopicResult, is_internal_topic,
+};
+use vltava_messages::{LeaderEpoch, NodeId, PartitionId};
+
+use crate::metadata::MetadataImage;
+use crate::metadata::controller::ControllerError;
+use crate::metadata::topic_config;
+
+use super::{DEFAULT_PARTITIONS, NodeServices, controller_error};
+
+// ---- metadata ----
+
+pub(super) fn partition_metadata(image: &crate::metadata::TopicImage) -> Vec<PartitionMetadata> {
+    image
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PartitionMetadata {
+            partition: PartitionId(i as u32),
+            error: None,
+            leader: p.leader.map(NodeId),
+            leader_epoch: LeaderEpoch(p.leader_epoch),
+            replicas: p.replicas.iter().copied().map(NodeId).collect(),
+            in_sync_replicas: p.isr.iter().copied().map(NodeId).collect(),
+        })
+        .collect()
+}
+
+pub(super) fn metadata(image: &MetadataImage, request: &MetadataRequest) -> MetadataResponse {
+    let names: Vec<String> = match &request.topics {
+        Some(names) => names.clone(),
+        None => image.topics.keys().cloned().collect(),
+    };
+    let topics = names
+        .into_iter()
+        .map(|name| match image.topics.get(&name) {
+            Some(topic) => TopicMetadata {
+                partitions: partition_metadata(topic),
+                internal: is_internal_topic(&name),
+                name,
+                error: None,
+            },
+            None => TopicMetadata {
+                error: Some(ResponseError::new(
+                    ErrorCode::UnknownTopic,
+                    format!("unknown topic {name}"),
+                )),
+                name,
+                internal: false,
+                partitions: Vec::new(),
+            },
+        })
+        .collect();
+    MetadataResponse {
+        cluster_id: image.cluster_id.clone(),
+        controller_id: image.controller_id.map(NodeId),
+        nodes: image
+            .nodes
+            .values()
+            .map(|n| NodeInfo {
+                node_id: NodeId(n.node_id),
+                host: n.host.clone(),
+                port: n.port,
+            })
+            .collect(),
+        topics,
+    }
+}
+
+pub(super) fn describe_topics(
+    image: &MetadataImage,
+    request: &DescribeTopicsRequest,
+) -> DescribeTopicsResponse {
+    let names: Vec<String> = if request.topics.is_empty() {
+        image.topics.keys().cloned().collect()
+    } else {
+        request.topics.clone()
+    };
+    let topics = names
+        .into_iter()
+        .map(|name| match image.topics.get(&name) {
+            Some(topic) => {
+                let configs = effective_configs(&topic.configs);
+                TopicDescription {
+                    partitions: partition_metadata(topic),
+                    internal: is_internal_topic(&name),
+                    name,
+                    error: None,
+                    configs,
+                }
+            }
+            None => TopicDescription {
+                error: Some(ResponseError::new(
+                    ErrorCode::UnknownTopic,
+                    format!("unknown topic {name}"),
+                )),
+                name,
+                internal: false,
+                partitions: Vec::new(),
+                configs: Vec::new(),
+            },
+        })
+        .collect();
+    DescribeTopicsResponse { topics }
+}
+
+/// Every config key with its effective value, sorted by name, marking the defaults.
+pub(super) fn effective_configs(set: &BTreeMap<String, String>) -> Vec<ConfigEntry> {
+    topic_config::describe(set)
+        .into_iter()
+        .map(|c| ConfigEntry {
+            name: c.key.to_owned(),
+            value: c.value,
+            is_default: c.is_default,
+        })
+        .collect()
+}
+
+// ---- topic admin ----
+
+pub(super) async fn create_topics(
+    request: CreateTopicsRequest,
+    services: &NodeServices,
+) -> CreateTopicsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let outcome = services
+            .controller
+            .create_topic(
+                topic.name.clone(),
+                topic.partitions.unwrap_or(DEFAULT_PARTITIONS),
+                topic.replication_factor.unwrap_or(1),
+                topic.configs,
+                request.validate_only,
+            )
+            .await;
+        topics.push(topic_result(topic.name, outcome));
+    }
+    CreateTopicsResponse { topics }
+}
+
+/// One topic's outcome of an admin request.
+pub(super) fn topic_result(name: String, outcome: Result<(), ControllerError>) -> TopicResult {
+    TopicResult {
+        name,
+        error: outcome.err().map(|e| controller_error(&e)),
+    }
+}
+
+pub(super) async fn delete_topics(
+    request: DeleteTopicsRequest,
+    services: &NodeServices,
+) -> DeleteTopicsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for name in request.topics {
+        let outcome = services.controller.delete_topic(name.clone()).await;
+        topics.push(topic_result(name, outcome));
+    }
+    DeleteTopicsResponse { topics }
+}
+
+pub(super) async fn alter_configs(
+    request: AlterTopicConfigsRequest,
+    services: &NodeServices,
+) -> AlterTopicConfigsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for change in request.topics {
+        let outcome = services
+            .controller
+            .alter_configs(
+                change.name.clone(),
+                change.set,
+                change.delete,
+                request.validate_only,
+            )
+            .await;
+        topics.push(topic_result(change.name, outcome));
+    }
+    AlterTopicConfigsResponse { topics }
+}
+
+pub(super) async fn create_partitions(
+    request: CreatePartitionsRequest,
+    services: &NodeServices,
+) -> CreatePartitionsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for change in request.topics {
+        let outcome = services
+            .controller
+            .create_partitions(change.name.clone(), change.count, request.validate_only)
+            .await;
+        topics.push(topic_result(change.name, outcome));
+    }
+    CreatePartitionsResponse { topics }
+}
