@@ -12,8 +12,10 @@ use vltava_messages::{LeaderEpoch, NodeId, PartitionId};
 use crate::connection::Connection;
 use crate::error::ClientError;
 
-/// How long a metadata request may take.
-pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a node may hold a metadata request (it answers from its published image at once);
+/// with the connection's `REQUEST_TIMEOUT_SLACK` a paused node costs a refresh at most 8 s
+/// before the next node is asked.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a pooled connection carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +35,19 @@ pub struct PartitionLeader {
 struct Known {
     nodes: HashMap<NodeId, String>,
     topics: HashMap<String, Vec<PartitionLeader>>,
+    /// The `metadata_version` of the answer this was learned from (absent from old nodes).
+    version: Option<u64>,
+}
+
+impl Known {
+    /// Whether an answer of `version` may replace what is known: never an older one, which a
+    /// node that lags behind the controller could give after a newer one was seen.
+    fn accepts(&self, version: Option<u64>) -> bool {
+        match (self.version, version) {
+            (Some(known), Some(offered)) => offered >= known,
+            _ => true,
+        }
+    }
 }
 
 /// A client's view of one cluster. Cheap to share (`Arc`).
@@ -96,8 +111,9 @@ impl Cluster {
         Ok(connection)
     }
 
-    /// A connection to any node: the last that answered, else each bootstrap address in turn.
-    pub async fn any_connection(&self) -> Result<Connection, ClientError> {
+    /// The addresses to try for a request any node can answer, each once: the last that
+    /// answered, then the bootstrap addresses, then every node the metadata named.
+    fn candidates(&self) -> Vec<String> {
         let preferred = self
             .preferred
             .lock()
@@ -111,14 +127,29 @@ impl Cluster {
             .values()
             .cloned()
             .collect();
-        let mut last_error = None;
+        let mut candidates: Vec<String> = Vec::new();
         for addr in preferred.iter().chain(&self.bootstrap).chain(&known) {
-            match self.connection_to(addr).await {
+            if !candidates.contains(addr) {
+                candidates.push(addr.clone());
+            }
+        }
+        candidates
+    }
+
+    fn set_preferred(&self, addr: &str) {
+        *self
+            .preferred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr.to_owned());
+    }
+
+    /// A connection to any node: the last that answered, else each bootstrap address in turn.
+    pub async fn any_connection(&self) -> Result<Connection, ClientError> {
+        let mut last_error = None;
+        for addr in self.candidates() {
+            match self.connection_to(&addr).await {
                 Ok(connection) => {
-                    *self
-                        .preferred
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr.clone());
+                    self.set_preferred(&addr);
                     return Ok(connection);
                 }
                 Err(e) => last_error = Some(e),
@@ -127,16 +158,55 @@ impl Cluster {
         Err(last_error.unwrap_or_else(|| ClientError::NoNodeAvailable(self.bootstrap.join(","))))
     }
 
-    /// Reloads the metadata of every topic.
+    /// Reloads the metadata of every topic from the first node that answers: a node that
+    /// cannot be reached, does not answer within `METADATA_TIMEOUT` or refuses (a node cut
+    /// off from the controller quorum answers a retriable error rather than metadata it
+    /// cannot vouch for) is passed over for the next. An answer older than what is known
+    /// (`metadata_version`) is returned but does not replace it.
+    ///
+    /// # Errors
+    /// The last node's error when none answered.
     pub async fn refresh(&self) -> Result<MetadataResponse, ClientError> {
-        let connection = self.any_connection().await?;
-        let metadata = connection
-            .send(&MetadataRequest { topics: None }, METADATA_TIMEOUT)
-            .await?;
+        let mut last_error = None;
+        for addr in self.candidates() {
+            let answer = match self.connection_to(&addr).await {
+                Ok(connection) => {
+                    connection
+                        .send(&MetadataRequest { topics: None }, METADATA_TIMEOUT)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(metadata) => {
+                    self.set_preferred(&addr);
+                    self.learn(&metadata);
+                    return Ok(metadata);
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "metadata refresh failed here; trying the next node");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ClientError::NoNodeAvailable(self.bootstrap.join(","))))
+    }
+
+    /// Takes in a metadata answer unless what is known is newer.
+    fn learn(&self, metadata: &MetadataResponse) {
         let mut known = self
             .known
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !known.accepts(metadata.metadata_version) {
+            tracing::debug!(
+                known = ?known.version,
+                offered = ?metadata.metadata_version,
+                "older metadata ignored"
+            );
+            return;
+        }
+        known.version = metadata.metadata_version;
         known.nodes = metadata
             .nodes
             .iter()
@@ -159,7 +229,6 @@ impl Cluster {
                 )
             })
             .collect();
-        Ok(metadata)
     }
 
     /// The number of partitions of `topic`, refreshing once if it is not known.
@@ -234,3 +303,6 @@ impl Cluster {
         Ok((self.connection_to(&addr).await?, leader.leader_epoch))
     }
 }
+
+#[cfg(test)]
+mod tests;

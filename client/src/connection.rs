@@ -25,10 +25,15 @@ use crate::error::ClientError;
 /// Requests one connection keeps waiting at once; the server admits 16 per connection by
 /// default, and a few more queued on our side keep its pipeline full.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 32;
-/// How long connecting (TCP and handshake) may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a request may wait for its answer beyond its own timeout.
-pub const REQUEST_TIMEOUT_SLACK: Duration = Duration::from_secs(30);
+/// How long connecting (TCP and handshake) may take. A live node answers the handshake at
+/// once; a paused one accepts the TCP connection in its kernel and never answers, so this
+/// bounds what a paused node costs before the next one is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request may wait for its answer beyond its own timeout (the time the node may
+/// hold it, e.g. a produce's `timeout_ms` or a fetch's `max_wait_ms`): room for the answer's
+/// way back from a busy node, not for a paused one (it was 30 s, which made a request to a
+/// paused node wait about a minute).
+pub const REQUEST_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 
 type Slot = oneshot::Sender<Result<(FrameHeader, Vec<u8>), ClientError>>;
 

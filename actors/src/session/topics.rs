@@ -63,6 +63,7 @@ pub(super) fn metadata(image: &MetadataImage, request: &MetadataRequest) -> Meta
         })
         .collect();
     MetadataResponse {
+        metadata_version: Some(image.version),
         cluster_id: image.cluster_id.clone(),
         controller_id: image.controller_id.map(NodeId),
         nodes: image

@@ -98,6 +98,7 @@ fn pattern_matching_skips_internal_topics_and_topics_in_error() {
         partitions: Vec::new(),
     };
     let metadata = MetadataResponse {
+        metadata_version: None,
         cluster_id: "c".into(),
         controller_id: None,
         nodes: Vec::new(),
@@ -373,6 +374,7 @@ async fn answer(
         Request::Metadata(_) => {
             let state = state.lock().unwrap();
             Response::Metadata(MetadataResponse {
+                metadata_version: None,
                 cluster_id: "fake".into(),
                 controller_id: Some(NodeId(1)),
                 nodes: vec![NodeInfo {

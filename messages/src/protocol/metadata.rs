@@ -48,6 +48,13 @@ pub struct MetadataResponse {
     /// The requested topics (all of them when the request named none), each with its own
     /// `error` (e.g. `UnknownTopic`) when it cannot be described.
     pub topics: Vec<TopicMetadata>,
+    /// The version of the metadata this answer was made from: it grows with every committed
+    /// change (on one node the count of metadata records applied; in a cluster the Raft log
+    /// index of the image). A client keeps the answer with the highest version it has seen,
+    /// so an answer from a node that lags never replaces newer routing. Absent from nodes
+    /// that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_version: Option<u64>,
 }
 
 /// A node and its advertised client address.

@@ -728,15 +728,19 @@ fn response() -> impl Strategy<Value = Response> {
         option::of(node_id()),
         vec(node, 0..4),
         vec(topic_metadata, 0..4),
+        option::of(any::<u64>()),
     )
-        .prop_map(|(cluster_id, controller_id, nodes, topics)| {
-            Response::from(MetadataResponse {
-                cluster_id,
-                controller_id,
-                nodes,
-                topics,
-            })
-        });
+        .prop_map(
+            |(cluster_id, controller_id, nodes, topics, metadata_version)| {
+                Response::from(MetadataResponse {
+                    cluster_id,
+                    controller_id,
+                    nodes,
+                    topics,
+                    metadata_version,
+                })
+            },
+        );
     let create_topics =
         topic_results().prop_map(|topics| Response::from(CreateTopicsResponse { topics }));
     let delete_topics =

@@ -2,6 +2,7 @@
 //! partition, headers, acks levels, idempotent retries, long-poll, list offsets, topic admin.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vltava_client::partitioner::partition_for_key;
@@ -524,4 +525,38 @@ fn topic_admin_creates_alters_describes_and_deletes() {
             Some(0)
         );
     });
+}
+
+/// Issue 12: several bootstrap addresses, and any live one works. A closed port and a node
+/// that accepts connections but never answers (as a paused node does: its kernel completes
+/// the TCP handshake) come first; the client gets past both within its documented bound
+/// (`CONNECT_TIMEOUT` for the silent one) and then works against the live node.
+#[test]
+fn any_live_bootstrap_address_works() {
+    let node = TestNode::start();
+    // Never accepted or read: connections to it complete in the kernel and then hear nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let dead_addr = format!("127.0.0.1:{}", vltava_tests::free_port());
+    let rt = runtime();
+    rt.block_on(async {
+        let started = Instant::now();
+        let cluster = Cluster::connect(
+            &[dead_addr, silent_addr, node.addr.clone()],
+            "several-bootstraps",
+        )
+        .await
+        .expect("the live node answers");
+        let took = started.elapsed();
+        assert!(
+            took < vltava_client::connection::CONNECT_TIMEOUT + Duration::from_secs(3),
+            "{took:?}"
+        );
+        Admin::new(Arc::clone(&cluster))
+            .create_topic("reachable", 1, 1, BTreeMap::new())
+            .await
+            .unwrap();
+        assert_eq!(cluster.partition_count("reachable").await.unwrap(), 1);
+    });
+    drop(silent);
 }
