@@ -13,6 +13,9 @@
 //!   metadata records' image, and the `ProducerRegistry` partitions check batches against.
 //! - `metadata`: the `MetadataLog` trait, its single-node file implementation and the
 //!   `MetadataImage` that committed records build.
+//! - `raft`: the metadata log replicated by Raft (openraft): the log store and state machine
+//!   over `Storage`, snapshots of the image, the `RaftTransport` seam for the peer links, and
+//!   an in-process transport for tests. Not wired into the node yet.
 //! - `controller`: the Controller, which checks and commits metadata changes.
 //! - `applier`: the MetadataApplier, the only thing that starts or stops partitions.
 //! - `topic_config`: topic config keys and their checks.
@@ -41,4 +44,5 @@ pub mod partition;
 pub mod partition_supervisor;
 pub mod producer_ids;
 pub mod producer_state;
+pub mod raft;
 pub mod topic_config;
