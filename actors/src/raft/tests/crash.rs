@@ -19,7 +19,7 @@ use super::super::{LogStore, RaftStoreError};
 use super::*;
 
 /// Disk images checked per crash point.
-const IMAGES_PER_CRASH: u64 = 6;
+const IMAGES_PER_CRASH: u64 = 16;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -214,6 +214,10 @@ async fn a_crash_at_any_fsync_loses_nothing_acknowledged_and_never_moves_the_vot
             assert_eq!(ids(&again.entries().1), expected);
         }
     }
+    eprintln!(
+        "{syncs} crash points, {IMAGES_PER_CRASH} images each: {appends_interrupted} during \
+         appends, {votes_interrupted} during vote saves"
+    );
     assert!(
         appends_interrupted >= 7,
         "{appends_interrupted} appends interrupted"

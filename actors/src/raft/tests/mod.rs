@@ -7,7 +7,7 @@
 //! at indexes already present and leaves holes, which the storage contract forbids and this
 //! append-only log asserts against; the properties it checks are tested here directly.
 
-
+mod cluster;
 mod codec;
 mod crash;
 mod log_store;
