@@ -50,9 +50,13 @@ pub const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 256;
 /// heartbeat is never queued behind seconds of work.
 pub const PAYLOAD_ENTRIES_MAX: u64 = 64;
 
-/// Bytes of snapshot per InstallSnapshot request: one peer frame with room to spare.
+/// Bytes of snapshot per InstallSnapshot request: a quarter of what an AppendEntries may
+/// carry (`LOG_READ_BYTES_MAX`), so a chunk sent to one follower never holds the control
+/// connection much longer than a replication batch does.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
-const _: () = assert!(SNAPSHOT_CHUNK_BYTES + LOG_READ_BYTES_MAX <= FRAME_BYTES_MAX as u64);
+// Half a peer frame at most, as for AppendEntries: room for the request's other fields.
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES <= LOG_READ_BYTES_MAX);
+const _: () = assert!(2 * SNAPSHOT_CHUNK_BYTES <= FRAME_BYTES_MAX as u64);
 
 /// How long sending one snapshot chunk may take, the last one including its install (decode,
 /// rebuild the image, two fsyncs). Generous: a slow install only delays a follower that is
