@@ -5,7 +5,10 @@
 //! - `session/`: the client edge: the listener, one session per connection (read loop, write
 //!   loop, admission), one module per request family (`topics`, `produce`, `fetch`,
 //!   `groups`), and `NodeServices`, what every session shares.
-//! - `metadata/`: the metadata log and image, the Controller, topic configs, producer ids.
+//! - `metadata/`: the metadata log and image, the Controller, topic configs, producer ids,
+//!   and `metadata/raft`: the metadata log replicated by Raft (openraft): the log store and
+//!   state machine over `Storage`, snapshots of the image, the `RaftTransport` seam for the
+//!   peer links, and an in-process transport for tests. Not wired into the node yet.
 //! - `applier`: the MetadataApplier, the only thing that starts, stops or re-roles
 //!   partitions (and loads offsets partitions into the group manager).
 //! - `partition/`: the Partition actor, its handle and its log thread; the

@@ -1,8 +1,10 @@
 //! The records of the cluster metadata log: what topics and partitions exist, who leads
 //! them, with which configs, and which producer ids and epochs are handed out. The log is the
 //! source of truth; every node's view of the cluster is these records applied in order.
-//! Encoded as MessagePack maps with named fields, like the wire, so a later Raft log can carry
-//! them unchanged.
+//! Encoded as MessagePack maps with named fields, like the wire. In the cluster a
+//! [`MetadataBatch`] of records is one entry of the Raft log, stored with its
+//! [`METADATA_RECORDS_VERSION`] in front so that a build can tell records too new for it from
+//! damaged ones.
 
 use std::collections::BTreeMap;
 
@@ -70,6 +72,78 @@ pub struct MetadataRecordError {
     pub reason: String,
 }
 
+/// The version of the metadata-record encoding this build writes and the newest it reads.
+/// A stored batch names its version before its body, so a build meeting one written by a newer
+/// build (say, after a rollback) says so instead of calling it corrupt or misreading it.
+/// Bump it whenever a record kind is added or a field changes meaning: older builds would
+/// refuse a kind they do not know anyway, and the bump turns that refusal into a clear one.
+/// (A new optional field with a default needs no bump: named maps let old builds skip it.)
+pub const METADATA_RECORDS_VERSION: u16 = 1;
+
+/// Bytes of the version prefix of an encoded [`MetadataBatch`].
+pub const METADATA_BATCH_VERSION_BYTES: usize = 2;
+
+/// Metadata records committed together, as one entry of the replicated metadata log: a node
+/// applies all of them or none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataBatch {
+    pub records: Vec<MetadataRecord>,
+}
+
+/// What applying a committed [`MetadataBatch`] answers: the version of the metadata image
+/// that includes it (the index of its log entry), so a caller can wait for an image at least
+/// that new.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataBatchApplied {
+    pub version: u64,
+}
+
+/// Why stored metadata-batch bytes could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataBatchError {
+    /// Written by a newer build: this one does not know the format and must not guess.
+    #[error("metadata batch version {found} is newer than this build reads ({supported})")]
+    UnsupportedVersion { found: u16, supported: u16 },
+    /// Too short to hold the version prefix.
+    #[error("metadata batch of {len} bytes is too short for its version prefix")]
+    Truncated { len: usize },
+    /// A version this build knows, but the body does not decode: damage, or a bug.
+    #[error("malformed metadata batch: {0}")]
+    Malformed(#[source] rmp_serde::decode::Error),
+}
+
+impl MetadataBatch {
+    /// The batch's stored bytes: `version (u16, big-endian) | MessagePack array of records`
+    /// (each a map with named fields).
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = METADATA_RECORDS_VERSION.to_be_bytes().to_vec();
+        rmp_serde::encode::write_named(&mut bytes, &self.records)
+            .expect("metadata records always encode into a vector");
+        bytes
+    }
+
+    /// Decodes bytes written by [`MetadataBatch::encode`] of this or an older build. A newer
+    /// version is `UnsupportedVersion`, told apart from damage (`Truncated`, `Malformed`).
+    pub fn decode(bytes: &[u8]) -> Result<MetadataBatch, MetadataBatchError> {
+        let Some((version, body)) = bytes.split_first_chunk::<METADATA_BATCH_VERSION_BYTES>()
+        else {
+            return Err(MetadataBatchError::Truncated { len: bytes.len() });
+        };
+        let version = u16::from_be_bytes(*version);
+        if version > METADATA_RECORDS_VERSION {
+            return Err(MetadataBatchError::UnsupportedVersion {
+                found: version,
+                supported: METADATA_RECORDS_VERSION,
+            });
+        }
+        // Version 0 was never written; it reads as version 1 would, and fails there if it is
+        // not one.
+        let records = rmp_serde::from_slice(body).map_err(MetadataBatchError::Malformed)?;
+        Ok(MetadataBatch { records })
+    }
+}
+
 impl MetadataRecord {
     /// The record's bytes.
     #[must_use]
@@ -128,5 +202,60 @@ mod tests {
             assert_eq!(MetadataRecord::decode(&record.encode()).unwrap(), record);
         }
         assert!(MetadataRecord::decode(&[0xc1]).is_err());
+    }
+
+    #[test]
+    fn batches_round_trip_with_their_version_first() {
+        let batch = MetadataBatch {
+            records: vec![
+                MetadataRecord::ProducerIdsReserved { end: 1000 },
+                MetadataRecord::TopicDeleted { name: "t".into() },
+            ],
+        };
+        let bytes = batch.encode();
+        assert_eq!(bytes[..2], METADATA_RECORDS_VERSION.to_be_bytes());
+        assert_eq!(MetadataBatch::decode(&bytes).unwrap(), batch);
+        let empty = MetadataBatch::default();
+        assert_eq!(MetadataBatch::decode(&empty.encode()).unwrap(), empty);
+    }
+
+    #[test]
+    fn a_newer_batch_version_is_unsupported_not_malformed() {
+        let mut bytes = MetadataBatch::default().encode();
+        bytes[..2].copy_from_slice(&(METADATA_RECORDS_VERSION + 1).to_be_bytes());
+        // Whatever follows the version, this build must not try to read it.
+        bytes.extend_from_slice(&[0xc1, 0xc1]);
+        assert!(matches!(
+            MetadataBatch::decode(&bytes),
+            Err(MetadataBatchError::UnsupportedVersion { found, supported })
+                if found == METADATA_RECORDS_VERSION + 1 && supported == METADATA_RECORDS_VERSION
+        ));
+    }
+
+    #[test]
+    fn a_damaged_batch_is_malformed_or_truncated() {
+        assert!(matches!(
+            MetadataBatch::decode(&[0]),
+            Err(MetadataBatchError::Truncated { len: 1 })
+        ));
+        let mut bytes = MetadataBatch {
+            records: vec![MetadataRecord::TopicDeleted { name: "t".into() }],
+        }
+        .encode();
+        bytes.truncate(bytes.len() - 1);
+        assert!(matches!(
+            MetadataBatch::decode(&bytes),
+            Err(MetadataBatchError::Malformed(_))
+        ));
+        // A record kind this version does not have is damage, since a new kind bumps the
+        // version.
+        let mut unknown = METADATA_RECORDS_VERSION.to_be_bytes().to_vec();
+        unknown.extend_from_slice(&[
+            0x91, 0x81, 0xa4, b't', b'y', b'p', b'e', 0xa3, b'N', b'e', b'w',
+        ]);
+        assert!(matches!(
+            MetadataBatch::decode(&unknown),
+            Err(MetadataBatchError::Malformed(_))
+        ));
     }
 }

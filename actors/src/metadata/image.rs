@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use vltava_messages::metadata_records::MetadataRecord;
 
-use crate::metadata::producer_ids::ProducerIdsImage;
+use crate::metadata::producer_ids::{Incarnation, ProducerIdsImage};
 
 /// A node as the metadata knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +47,71 @@ pub struct MetadataImage {
 }
 
 impl MetadataImage {
+    /// Records that rebuild this image when applied, in order, to an empty one: what a Raft
+    /// snapshot stores, so that the snapshot is written in the metadata log's own vocabulary
+    /// (and MessagePack stays in vltava-messages). Everything but `version`, `cluster_id` and
+    /// `controller_id` comes back equal; those three are not the records' to say.
+    #[must_use]
+    pub fn to_records(&self) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        for node in self.nodes.values() {
+            records.push(MetadataRecord::NodeRegistered {
+                node_id: node.node_id,
+                host: node.host.clone(),
+                port: node.port,
+            });
+        }
+        let untouched = PartitionImage {
+            leader: None,
+            leader_epoch: 0,
+            replicas: Vec::new(),
+            isr: Vec::new(),
+        };
+        for (name, topic) in &self.topics {
+            records.push(MetadataRecord::TopicCreated {
+                name: name.clone(),
+                topic_id: topic.topic_id.clone(),
+                partitions: u32::try_from(topic.partitions.len())
+                    .expect("partition counts come from u32 records"),
+                replication_factor: topic.replication_factor,
+                configs: topic.configs.clone(),
+            });
+            for (index, partition) in topic.partitions.iter().enumerate() {
+                // A partition no PartitionChange touched is what TopicCreated makes anyway.
+                if *partition == untouched {
+                    continue;
+                }
+                records.push(MetadataRecord::PartitionChange {
+                    topic: name.clone(),
+                    partition: u32::try_from(index).expect("partition indexes fit u32"),
+                    leader: partition.leader,
+                    leader_epoch: partition.leader_epoch,
+                    replicas: partition.replicas.clone(),
+                    isr: partition.isr.clone(),
+                });
+            }
+        }
+        if self.producers.reserved_end > 0 {
+            records.push(MetadataRecord::ProducerIdsReserved {
+                end: self.producers.reserved_end,
+            });
+        }
+        for (producer_id, incarnation) in &self.producers.incarnations {
+            match incarnation {
+                // Epoch 0 is every id's starting point: no record made it.
+                Incarnation::Epoch(epoch) if epoch.0 == 0 => {}
+                Incarnation::Epoch(epoch) => records.push(MetadataRecord::ProducerEpochBumped {
+                    producer_id: *producer_id,
+                    epoch: *epoch,
+                }),
+                Incarnation::Retired => records.push(MetadataRecord::ProducerIdRetired {
+                    producer_id: *producer_id,
+                }),
+            }
+        }
+        records
+    }
+
     /// Applies one committed record.
     pub fn apply(&mut self, record: &MetadataRecord) {
         self.version += 1;

@@ -22,6 +22,7 @@ pub mod controller;
 mod image;
 mod log;
 pub mod producer_ids;
+pub mod raft;
 pub mod topic_config;
 
 pub use image::{MetadataImage, NodeImage, PartitionImage, TopicImage};
