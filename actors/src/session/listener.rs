@@ -23,6 +23,7 @@ use vltava_messages::protocol::{
 };
 
 use crate::directory::ActorKind;
+use crate::log_limit::{Verdict, WarnKind};
 use crate::session::{NodeServices, run_session};
 
 /// How long shutdown waits for sessions to finish the requests they admitted.
@@ -73,7 +74,14 @@ pub async fn run_listener(
                 Ok((stream, peer)) => {
                     stats.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-                        tracing::warn!(%peer, connections_max, "connection refused: at the connection limit");
+                        // A client that reconnects in a loop at the limit would otherwise
+                        // write a line per attempt: the node's budget for the kind holds it.
+                        if let Verdict::Log { suppressed } = services
+                            .warnings
+                            .check(WarnKind::ConnectionRefused, std::time::Instant::now())
+                        {
+                            tracing::warn!(%peer, connections_max, suppressed, "connection refused: at the connection limit");
+                        }
                         // Finished refusals are reaped below, so the set holds live ones only
                         // (and at worst a few just finished, which errs on the side of fewer).
                         if refusals.len() < REFUSALS_MAX {

@@ -34,7 +34,7 @@ mod topics;
 pub use services::NodeServices;
 
 use fetch::{FetchAnswer, fetch, list_offsets};
-use produce::{decode_produce, init_producer_id, produce};
+use produce::{OwnedProduce, decode_produce, init_producer_id, produce};
 use topics::{
     alter_configs, create_partitions, create_topics, delete_topics, describe_topics, metadata,
 };
@@ -92,6 +92,12 @@ macro_rules! limited_warn {
             tracing::warn!(suppressed, $($line)+);
         }
     };
+}
+
+/// A request's body, decoded: a produce borrowing its batches from the body, or any other.
+enum Decoded {
+    Produce(OwnedProduce),
+    Request(Request),
 }
 
 /// An answer being prepared, in request order.
@@ -296,39 +302,29 @@ async fn read_loop(
         gauges
             .bytes_in
             .fetch_add((FRAME_HEADER_BYTES + body_len) as u64, Ordering::Relaxed);
-        if header.kind == RequestKind::Produce.code() {
+        let decoded = if header.kind == RequestKind::Produce.code() {
             // Produce, the hot path, is decoded borrowing its batches (no copy).
-            match decode_produce(&header, body) {
-                Ok(produce_request) => {
-                    let expects_response = produce_request.acks != Acks::None;
-                    let answer = produce(
-                        produce_request,
-                        header.correlation_id,
-                        services,
-                        bytes_permit,
-                    );
-                    if expects_response {
-                        enqueue(&queue, gauges, header, received, permit, answer).await?;
-                    }
-                    continue;
+            decode_produce(&header, body).map(Decoded::Produce)
+        } else {
+            let decoded = Request::decode(&header, &body).map(Decoded::Request);
+            drop(body);
+            decoded
+        };
+        let request = match decoded {
+            Ok(Decoded::Request(request)) => request,
+            Ok(Decoded::Produce(produce_request)) => {
+                let expects_response = produce_request.acks != Acks::None;
+                let answer = produce(
+                    produce_request,
+                    header.correlation_id,
+                    services,
+                    bytes_permit,
+                );
+                if expects_response {
+                    enqueue(&queue, gauges, header, received, permit, answer).await?;
                 }
-                Err(error) => {
-                    limited_warn!(
-                        services,
-                        warnings,
-                        WarnKind::BadRequest,
-                        kind = header.kind,
-                        version = header.version,
-                        %error,
-                        "bad request"
-                    );
-                    refuse(&queue, gauges, header, received, permit, &error).await?;
-                    continue;
-                }
+                continue;
             }
-        }
-        let request = match Request::decode(&header, &body) {
-            Ok(request) => request,
             Err(error) => {
                 limited_warn!(
                     services,
@@ -343,7 +339,6 @@ async fn read_loop(
                 continue;
             }
         };
-        drop(body);
         if let Request::Handshake(hello) = &request {
             handshaken = true;
             set_text(&gauges.client_id, &hello.client_id);
