@@ -23,6 +23,8 @@ pub enum ActorKind {
     ClientSession,
     GroupManager,
     GroupCoordinator,
+    /// The link to one remote node (two connections).
+    PeerLink,
 }
 
 impl ActorKind {
@@ -38,6 +40,7 @@ impl ActorKind {
             ActorKind::ClientSession => "ClientSession",
             ActorKind::GroupManager => "GroupManager",
             ActorKind::GroupCoordinator => "GroupCoordinator",
+            ActorKind::PeerLink => "PeerLink",
         }
     }
 
@@ -52,6 +55,7 @@ impl ActorKind {
         ActorKind::ClientSession,
         ActorKind::GroupManager,
         ActorKind::GroupCoordinator,
+        ActorKind::PeerLink,
     ];
 
     /// The kind with this name (as `name` spells it, any case).
@@ -169,6 +173,9 @@ pub enum PublishedState {
     Session(Arc<SessionGauges>),
     /// A group coordinator's view of its group, replaced after every change.
     Group(Arc<Mutex<crate::groups::GroupSnapshot>>),
+    /// A peer link's remote node, connection states, queue depth, reconnects, last error and
+    /// round-trip time.
+    PeerLink(Arc<crate::peer::PeerLinkGauges>),
 }
 
 /// One registered actor.

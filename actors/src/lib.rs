@@ -16,6 +16,9 @@
 //! - `controller`: the Controller, which checks and commits metadata changes.
 //! - `applier`: the MetadataApplier, the only thing that starts or stops partitions.
 //! - `topic_config`: topic config keys and their checks.
+//! - `peer`: the links between nodes: a PeerLink per remote node (control and data
+//!   connections, handshake, reconnection with back-off), the `PeerLinks` registry, and the
+//!   peer listener that hands other nodes' requests to the node's `PeerService`.
 //! - `log_limit`: per-kind budgets for the log lines clients can cause (per connection and per
 //!   node), with counts of what was held back.
 //!
@@ -39,6 +42,7 @@ pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod partition_supervisor;
+pub mod peer;
 pub mod producer_ids;
 pub mod producer_state;
 pub mod topic_config;
