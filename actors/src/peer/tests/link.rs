@@ -123,21 +123,27 @@ async fn control_is_answered_while_data_waits_on_a_slow_handler() {
         call_until_ok(&link, PeerChannel::Data, "warm").await;
         call_until_ok(&link, PeerChannel::Control, "warm").await;
 
+        let received = b.service.received.load(Ordering::Relaxed);
         let slow_link = link.clone();
         let slow = tokio::spawn(async move {
             slow_link
                 .call(PeerChannel::Data, vote("slow"), Duration::from_secs(20))
                 .await
         });
+        let service = Arc::clone(&b.service);
+        eventually("the slow request at the handler", || async {
+            (service.waiting.load(Ordering::Relaxed) == 1).then_some(())
+        })
+        .await;
+        // Sent once the slow one is in: its handler finishes at once, but its answer waits.
         let behind_link = link.clone();
         let behind = tokio::spawn(async move {
             behind_link
                 .call(PeerChannel::Data, vote("behind"), Duration::from_secs(20))
                 .await
         });
-        let service = Arc::clone(&b.service);
-        eventually("the slow request at the handler", || async {
-            (service.waiting.load(Ordering::Relaxed) == 1).then_some(())
+        eventually("the request behind it handled", || async {
+            (service.received.load(Ordering::Relaxed) == received + 2).then_some(())
         })
         .await;
 
@@ -555,6 +561,99 @@ async fn a_peer_that_never_answers_times_out_and_is_reconnected() {
         link.stop();
         link.stopped().await;
         fake.abort();
+    })
+    .await;
+}
+
+/// A peer whose answers are not the protocol (garbage, or an answer to a request never sent)
+/// is not trusted: the request fails with a retriable `Unreachable` naming what was wrong, and
+/// the link drops the connection and dials again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_bad_answers_is_dropped_and_redialled() {
+    bounded(async {
+        let directory = ActorDirectory::new();
+        for (after, expected) in [
+            (FakeAfter::Garbage, "broke the protocol"),
+            (FakeAfter::WrongCorrelationId, "out of order"),
+        ] {
+            let (address, accepted, fake) = fake_peer(CLUSTER, 2, after).await;
+            let link = lone_link(2, address, &directory);
+            let error = eventually("a failed call", || async {
+                match link
+                    .call(PeerChannel::Data, vote("x"), Duration::from_secs(2))
+                    .await
+                {
+                    Err(error @ PeerError::Unreachable { .. })
+                        if error.to_string().contains(expected) =>
+                    {
+                        Some(error)
+                    }
+                    _ => None,
+                }
+            })
+            .await;
+            assert!(error.is_retriable(), "{error}");
+            eventually("dialled again", || async {
+                (accepted.load(Ordering::Relaxed) >= 3).then_some(())
+            })
+            .await;
+            link.stop();
+            link.stopped().await;
+            fake.abort();
+        }
+    })
+    .await;
+}
+
+/// A peer that accepts connections but never answers the handshake: each attempt gives up at
+/// the handshake bound (never hangs), calls made while the link backs off fail at once with a
+/// retriable `Unreachable` naming the handshake, and the link keeps dialling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_the_handshake_fails_calls_while_the_link_retries() {
+    bounded(async {
+        let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+        let address = listener.local_addr().expect("an address");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&accepted);
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                held.push(stream);
+            }
+        });
+        let directory = ActorDirectory::new();
+        let started = Instant::now();
+        let link = lone_link(2, address, &directory);
+        let error = eventually("a call failing at once", || async {
+            let started = Instant::now();
+            let result = link
+                .call(PeerChannel::Control, vote("x"), Duration::from_secs(5))
+                .await;
+            match result {
+                Err(error @ PeerError::Unreachable { .. })
+                    if started.elapsed() < Duration::from_millis(100) =>
+                {
+                    Some(error)
+                }
+                _ => None,
+            }
+        })
+        .await;
+        assert!(error.to_string().contains("no handshake answer"), "{error}");
+        assert!(error.is_retriable());
+        // Each attempt waits out the handshake bound, so two channels make at most this many
+        // attempts in the time so far; and they keep trying.
+        eventually("a second attempt per channel", || async {
+            (accepted.load(Ordering::Relaxed) >= 4).then_some(())
+        })
+        .await;
+        let attempts = accepted.load(Ordering::Relaxed);
+        let bound = 2 * (started.elapsed().as_millis() / fast().handshake_timeout.as_millis() + 1);
+        assert!(u128::from(attempts) <= bound, "{attempts} attempts");
+        link.stop();
+        link.stopped().await;
+        holder.abort();
     })
     .await;
 }

@@ -138,6 +138,49 @@ async fn bad_input_closes_only_its_own_connection() {
     .await;
 }
 
+/// The listener holds at most `PEER_INFLIGHT_REQUESTS_MAX` requests of one connection: a
+/// peer pipelining more than that (here 30 requests its handler parks) finds the listener
+/// reading no further until answers are written, and then gets every answer, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_admits_a_bounded_number_of_requests_per_connection() {
+    bounded(async {
+        let b = Node::start(2, CLUSTER).await;
+        let (mut stream, answer) = raw_handshake(b.address, CLUSTER, 4, 2, PeerChannel::Data).await;
+        answer.expect("accepted");
+        let pipelined = 30u64;
+        for id in 1..=pipelined {
+            stream
+                .write_all(&vote("slow").encode(id).expect("encode"))
+                .await
+                .expect("write");
+        }
+        let service = Arc::clone(&b.service);
+        eventually("the handler holding the bound", || async {
+            (service.received.load(Ordering::Relaxed) == PEER_INFLIGHT_REQUESTS_MAX as u64)
+                .then_some(())
+        })
+        .await;
+        // The rest stays unread while the bound is held. Absence can only be watched for a
+        // while: 300 ms is dozens of scheduling rounds, in which a listener reading on would
+        // have handed over the other 14 requests.
+        let watch_until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < watch_until {
+            assert_eq!(
+                service.received.load(Ordering::Relaxed),
+                PEER_INFLIGHT_REQUESTS_MAX as u64
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        b.service.gate.add_permits(pipelined as usize);
+        for id in 1..=pipelined {
+            let (answered, _) = read_frame_raw(&mut stream).await;
+            assert_eq!(answered.correlation_id, id, "answers in request order");
+        }
+        b.shutdown().await;
+    })
+    .await;
+}
+
 /// A connection that says nothing is closed after the listener's handshake bound, without an
 /// answer, so a silent stranger cannot hold a connection slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -389,6 +389,10 @@ enum FakeAfter {
     NeverRead,
     /// Reads everything and never answers.
     NeverAnswer,
+    /// Answers the first request with 16 bytes of garbage.
+    Garbage,
+    /// Answers the first request under a correlation id it never sent.
+    WrongCorrelationId,
 }
 
 /// A fake peer node: it answers every handshake with `identity` (without checking anything),
@@ -432,6 +436,20 @@ async fn fake_peer(
                 FakeAfter::NeverRead => held.push(stream),
                 FakeAfter::NeverAnswer => {
                     tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
+                    });
+                }
+                FakeAfter::Garbage | FakeAfter::WrongCorrelationId => {
+                    tokio::spawn(async move {
+                        let (request, _) = read_frame_raw(&mut stream).await;
+                        let answer = match after {
+                            FakeAfter::Garbage => vec![0xff; FRAME_HEADER_BYTES],
+                            _ => PeerResponse::RaftVote(RaftPayload::default())
+                                .encode(request.correlation_id + 1000)
+                                .expect("a small answer"),
+                        };
+                        // The link may have closed first.
+                        let _ = stream.write_all(&answer).await;
                         let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
                     });
                 }
