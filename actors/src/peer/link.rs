@@ -60,7 +60,8 @@ const REQUESTS_IN_FLIGHT_MAX: usize = PEER_INFLIGHT_REQUESTS_MAX - 1;
 pub struct PeerLinkConfig {
     pub identity: PeerIdentity,
     /// The IP of the node's own peer address: outgoing sockets bind to it (port 0), so peers
-    /// see this node by its address and a test can cut a node off by it.
+    /// see this node by its address and a test can cut a node off by it. It must be of the
+    /// peers' address family (an unspecified address, `0.0.0.0`, lets the system choose).
     pub bind_ip: IpAddr,
     pub timings: PeerTimings,
 }

@@ -226,14 +226,6 @@ macro_rules! peer_kinds {
                     }),
                 }
             }
-
-            /// The body's size on the wire, for logs and accounting.
-            #[must_use]
-            pub fn payload_bytes(&self) -> usize {
-                match self {
-                    $(PeerRequest::$variant(body) => body.payload_bytes(),)*
-                }
-            }
         }
 
         /// A successful answer of the node's handler, one variant per service kind.
@@ -445,11 +437,6 @@ pub trait PeerBody: Serialize + serde::de::DeserializeOwned {
     fn validate(&self) -> Result<(), PeerProtocolError> {
         Ok(())
     }
-
-    /// The bytes of opaque payload the body carries (0 for bodies without one).
-    fn payload_bytes(&self) -> usize {
-        0
-    }
 }
 
 impl PeerBody for PeerHandshakeRequest {
@@ -487,11 +474,7 @@ impl PeerBody for PeerHandshakeResponse {
 impl PeerBody for PingRequest {}
 impl PeerBody for PingResponse {}
 
-impl PeerBody for RaftPayload {
-    fn payload_bytes(&self) -> usize {
-        self.payload.len()
-    }
-}
+impl PeerBody for RaftPayload {}
 
 impl PeerBody for PeerFailure {
     fn validate(&self) -> Result<(), PeerProtocolError> {

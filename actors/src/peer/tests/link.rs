@@ -7,8 +7,8 @@ use crate::directory::{ActorKind, PublishedState};
 /// Two nodes link to each other; a request and its answer cross on both channels, both ways,
 /// and each answer names the node that answered, the node that asked and the channel, so a
 /// request routed to the wrong place cannot pass. A handler's failure reaches the caller as
-/// `Remote` with its retriable flag; a handler answering with the wrong kind as
-/// `ServiceFailed`.
+/// `Remote` with its retriable flag; a handler answering with the wrong kind, or panicking,
+/// as `ServiceFailed`, and the connection carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_round_trip_on_both_channels_both_ways() {
     bounded(async {
@@ -65,6 +65,18 @@ async fn requests_round_trip_on_both_channels_both_ways() {
         assert!(
             matches!(&failed, PeerError::Remote { failure, .. } if failure.error_code() == Some(PeerErrorCode::ServiceFailed)),
             "{failed:?}"
+        );
+        let panicked = a_to_b
+            .call(PeerChannel::Data, vote("panic"), Duration::from_secs(2))
+            .await
+            .expect_err("a handler that panics");
+        assert!(
+            matches!(&panicked, PeerError::Remote { failure, .. } if failure.error_code() == Some(PeerErrorCode::ServiceFailed)),
+            "{panicked:?}"
+        );
+        assert_eq!(
+            call_until_ok(&a_to_b, PeerChannel::Data, "after the panic").await,
+            "2 answers 1 on data: after the panic"
         );
         // Failures are answers: the connection stays.
         assert_eq!(a_to_b.gauges().reconnects(), 0);

@@ -79,7 +79,8 @@ where
 
 /// A PeerService for tests: answers a Raft kind with the same kind, naming who answered whom
 /// on which channel. Payload `slow` waits for a permit of `gate` (none until the test adds
-/// them); `fail` fails with `Unavailable`; `wrong-kind` answers with another kind.
+/// them); `fail` fails with `Unavailable`; `wrong-kind` answers with another kind; `panic`
+/// panics.
 #[derive(Debug)]
 struct TestService {
     node: NodeId,
@@ -135,6 +136,7 @@ impl PeerService for TestService {
                 ));
             }
             b"wrong-kind" => return Ok(PeerResponse::RaftVote(RaftPayload::default())),
+            b"panic" => panic!("a handler bug, on purpose"),
             _ => {}
         }
         let payload = format!(
