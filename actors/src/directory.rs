@@ -26,6 +26,8 @@ pub enum ActorKind {
     ClientSession,
     GroupManager,
     GroupCoordinator,
+    /// The link to one remote node (two connections).
+    PeerLink,
 }
 
 impl ActorKind {
@@ -41,6 +43,7 @@ impl ActorKind {
             ActorKind::ClientSession => "ClientSession",
             ActorKind::GroupManager => "GroupManager",
             ActorKind::GroupCoordinator => "GroupCoordinator",
+            ActorKind::PeerLink => "PeerLink",
         }
     }
 
@@ -55,6 +58,7 @@ impl ActorKind {
         ActorKind::ClientSession,
         ActorKind::GroupManager,
         ActorKind::GroupCoordinator,
+        ActorKind::PeerLink,
     ];
 
     /// The kind with this name (as `name` spells it, any case).
@@ -172,6 +176,11 @@ pub enum PublishedState {
     Session(Arc<SessionGauges>),
     /// A group coordinator's view of its group, replaced after every change.
     Group(Arc<Mutex<GroupSnapshot>>),
+    /// A peer link's remote node, connection states, queue depth, reconnects, last error and
+    /// round-trip time: a `peer::PeerLinkGauges`, stored type-erased so that the directory,
+    /// which every actor module imports, imports none of them (the admin endpoint, which knows
+    /// both, reads it back with `downcast_ref`).
+    PeerLink(Arc<dyn std::any::Any + Send + Sync>),
 }
 
 /// One registered actor.

@@ -18,6 +18,10 @@
 //! - `directory`, `metrics`: the node's actor directory (id, kind, parent, status, counters,
 //!   published gauges) and request metrics, read by the admin endpoint without messaging
 //!   actors.
+//! - `peer/`: the links between nodes: a PeerLink per remote node (control and data
+//!   connections, handshake, reconnection with back-off), the `PeerLinks` registry, and the
+//!   peer listener that hands other nodes' requests to the node's `PeerService`.
+//! - `shutdown`: the node's shutdown signal, which every socket loop waits on.
 //! - `log_limit`: per-kind budgets for the log lines clients can cause (per connection and per
 //!   node), with counts of what was held back.
 //!
@@ -25,7 +29,9 @@
 //! `metadata`; `applier` → `groups`, `partition`, `metadata`; `groups` → `partition`,
 //! `metadata`; `partition` → `metadata` (the producer-id registry it checks batches
 //! against); `metadata` → none of them (it reaches the applier through `ImageApplier`);
-//! all may use `directory`, `metrics` and `log_limit`, which import none of them.
+//! `peer` → none of them (the node gives it a `PeerService`); all may use `directory`,
+//! `metrics`, `log_limit` and `shutdown`, which import none of them (the directory keeps a
+//! peer link's gauges type-erased for that reason).
 //!
 //! # Invariants
 //! - Each log is owned by exactly one Partition actor; every call into it runs on that
@@ -42,4 +48,6 @@ pub mod metadata;
 pub mod metrics;
 pub mod node;
 pub mod partition;
+pub mod peer;
 pub mod session;
+pub mod shutdown;

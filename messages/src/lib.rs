@@ -15,6 +15,9 @@
 //! - `metadata_records`: the records of the cluster metadata log (topics, partitions, nodes).
 //! - `protocol`: the client wire protocol: the 16-byte frame header and stream parser, the
 //!   MessagePack request and response bodies, error codes, the hand-written fetch answer.
+//! - `peer`: the peer protocol between nodes: the same frames with kinds of their own
+//!   (0x4000 to 0x40FF), the peer handshake, ping, the Raft kinds with opaque payloads, and
+//!   peer error codes.
 //!
 //! # Invariants
 //! - A record batch is validated (length, magic, CRC-32C, attributes, record count and every
@@ -27,6 +30,7 @@ pub mod batch;
 pub mod group_records;
 pub mod limits;
 pub mod metadata_records;
+pub mod peer;
 pub mod protocol;
 pub mod types;
 pub mod varint;

@@ -25,6 +25,7 @@ use vltava_messages::protocol::{
 use crate::directory::ActorKind;
 use crate::log_limit::{Verdict, WarnKind};
 use crate::session::{NodeServices, run_session};
+use crate::shutdown::stopped;
 
 /// How long shutdown waits for sessions to finish the requests they admitted.
 pub const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -164,10 +165,4 @@ async fn refuse(mut stream: TcpStream, peer: SocketAddr, connections_max: usize)
         }
         Err(_) => tracing::debug!(%peer, "refused connection sent no frame in time; closed"),
     }
-}
-
-/// Resolves once the shutdown signal is true (or its sender is gone).
-pub(crate) async fn stopped(signal: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is dropped here, so callers' futures stay `Send`.
-    let _ = signal.wait_for(|stop| *stop).await;
 }

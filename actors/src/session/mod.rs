@@ -67,7 +67,7 @@ use crate::metadata::producer_ids::ProducerIdError;
 use crate::metrics::RequestMetrics;
 use crate::partition::supervisor::PartitionSlot;
 use crate::partition::{Acks, PartitionError, PartitionHandle};
-use crate::session::listener::stopped;
+use crate::shutdown::stopped;
 
 /// How long a new connection may take to send its handshake before it is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -94,7 +94,7 @@ pub fn render(view: &NodeView) -> String {
                         .clone(),
                 );
             }
-            None => {}
+            Some(PublishedState::PeerLink(_)) | None => {}
         }
     }
     for (i, (name, help)) in [

@@ -12,6 +12,7 @@ use vltava_actors::directory::{
 use vltava_actors::groups::GroupSnapshot;
 use vltava_actors::metadata::{PartitionImage, TopicImage};
 use vltava_actors::node::NodeView;
+use vltava_actors::peer::{PeerChannel, PeerLinkGauges};
 
 fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
@@ -91,10 +92,41 @@ fn session_state(g: &SessionGauges) -> Value {
     })
 }
 
+fn peer_link_state(g: &PeerLinkGauges) -> Value {
+    let channel = |c: PeerChannel| {
+        let (requests_sent, bytes_out, bytes_in) = g.traffic_of(c);
+        json!({
+            "state": g.channel_state(c).name(),
+            "queue_depth": g.queue_depth_of(c),
+            "in_flight": g.in_flight_of(c),
+            "requests_sent": requests_sent,
+            "bytes_out": bytes_out,
+            "bytes_in": bytes_in,
+        })
+    };
+    json!({
+        "remote_node_id": g.remote.0,
+        "address": g.address.to_string(),
+        "local_ip": g.local_ip.to_string(),
+        "state": g.state().name(),
+        "queue_depth": g.queue_depth(),
+        "reconnects": g.reconnects(),
+        "connect_failures": load(&g.connect_failures),
+        "last_error": g.last_error(),
+        "refusal": g.refusal().map(|r| r.to_string()),
+        "rtt_us": g.rtt().map(|rtt| u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX)),
+        "control": channel(PeerChannel::Control),
+        "data": channel(PeerChannel::Data),
+    })
+}
+
 fn published(state: &PublishedState, view: &NodeView) -> Value {
     match state {
         PublishedState::Partition(g) => partition_state(g),
         PublishedState::Session(g) => session_state(g),
+        PublishedState::PeerLink(g) => g
+            .downcast_ref::<PeerLinkGauges>()
+            .map_or(Value::Null, peer_link_state),
         PublishedState::Group(g) => {
             let snapshot = g
                 .lock()
