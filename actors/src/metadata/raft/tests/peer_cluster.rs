@@ -18,7 +18,7 @@ use openraft::{BasicNode, ServerState, SnapshotMeta, Vote};
 use tokio::net::TcpListener;
 use vltava_messages::NodeId;
 use vltava_messages::metadata_records::{MetadataBatch, MetadataRecord};
-use vltava_messages::peer::{PeerErrorCode, RaftPayload, encode_payload};
+use vltava_messages::peer::{PeerErrorCode, PeerFailure, RaftPayload, encode_payload};
 use vltava_storage::sim::SimStorage;
 
 use super::super::config::SNAPSHOT_CHUNK_BYTES;
@@ -31,8 +31,9 @@ use super::*;
 use crate::directory::ActorDirectory;
 use crate::metadata::MetadataImage;
 use crate::peer::{
-    PEER_CONNECTIONS_MAX, PeerChannel, PeerIdentity, PeerLinkConfig, PeerLinks, PeerListener,
-    PeerListenerConfig, PeerRequest, PeerService, PeerTimings,
+    ChannelState, PEER_CONNECTIONS_MAX, PeerChannel, PeerError, PeerIdentity, PeerLinkConfig,
+    PeerLinks, PeerListener, PeerListenerConfig, PeerRequest, PeerResponse, PeerService,
+    PeerTimings,
 };
 
 /// The most any one test may take.
@@ -190,8 +191,12 @@ impl Cluster {
         );
     }
 
-    /// Starts member `id` again on its old address, from what its disk holds.
-    async fn restart(&mut self, id: RaftNodeId) {
+    /// Starts member `id` again on its old address, from what its disk holds after a power
+    /// loss at the moment it stopped (`seed` picks what unsynced bytes survive): every write
+    /// it acknowledged was fsynced, so it must rejoin with nothing missing.
+    async fn restart(&mut self, id: RaftNodeId, seed: u64) {
+        let disk = self.disks[&id].crash_image(seed);
+        self.disks.insert(id, disk);
         let socket = TcpListener::bind(self.addresses[&id])
             .await
             .expect("bind the member's port again");
@@ -349,7 +354,7 @@ async fn a_stopped_leader_over_peer_links_is_replaced_and_rejoins_from_its_disk(
             );
             // Restarted from its disk on its old port, it rejoins through the links and
             // catches up with the write it missed.
-            cluster.restart(leader).await;
+            cluster.restart(leader, round as u64).await;
             let image = cluster.image_at(leader, last).await;
             assert_eq!(image, cluster.image_at(new_leader, last).await);
             leader = cluster.leader(&[1, 2, 3]).await;
@@ -514,6 +519,24 @@ async fn raft_on_the_data_channel_and_undecodable_payloads_are_refused_with_type
         assert_eq!(failure.error_code(), Some(PeerErrorCode::ServiceFailed));
         assert!(!failure.retriable);
         assert!(failure.message.contains("control channel"), "{failure}");
+        // Through a real link, the refusal comes back as the remote handler's failure.
+        let through_link = eventually_link(|| {
+            lone.links.call(
+                identity_of(1),
+                PeerChannel::Data,
+                PeerRequest::RaftVote(good.clone()),
+                WAIT,
+            )
+        })
+        .await;
+        assert!(
+            matches!(
+                &through_link,
+                Err(PeerError::Remote { failure, .. })
+                    if failure.error_code() == Some(PeerErrorCode::ServiceFailed)
+            ),
+            "{through_link:?}"
+        );
         // The same request on the control channel is answered.
         assert!(
             lone.service
@@ -612,4 +635,139 @@ fn the_largest_append_and_snapshot_chunk_fit_one_peer_frame() {
     PeerRequest::RaftInstallSnapshot(RaftPayload { payload })
         .encode(1)
         .expect("the largest snapshot chunk fits a frame");
+}
+
+/// Calls `call` until the link is up: a call made while it still connects fails as
+/// unreachable, and any other outcome is returned.
+async fn eventually_link<T, F, Fut>(mut call: F) -> Result<T, PeerError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, PeerError>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match call().await {
+            Err(PeerError::Unreachable { .. }) if Instant::now() < deadline => {}
+            outcome => return outcome,
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How a scripted node 1 answers every Raft request.
+#[derive(Clone, Copy, Debug)]
+enum Script {
+    /// Never answers.
+    Hang,
+    /// Answers with a handler failure.
+    Fail,
+    /// Answers with a payload that is not MessagePack.
+    Garbage,
+}
+
+#[derive(Debug)]
+struct ScriptedService(Script);
+
+impl PeerService for ScriptedService {
+    async fn handle(
+        &self,
+        _from: NodeId,
+        _channel: PeerChannel,
+        _request: PeerRequest,
+    ) -> Result<PeerResponse, PeerFailure> {
+        match self.0 {
+            Script::Hang => std::future::pending().await,
+            Script::Fail => Err(PeerFailure::new(PeerErrorCode::Unavailable, "scripted")),
+            Script::Garbage => Ok(PeerResponse::RaftVote(RaftPayload {
+                payload: b"\xc1 not msgpack".to_vec(),
+            })),
+        }
+    }
+}
+
+/// Node 1 answering by `script`, and node 9's transport to it. Waits until node 9's
+/// control connection to it is up, so that what a call gets is the script's doing.
+async fn scripted(script: Script) -> (PeerListener, PeerLinks, PeerRaftTransport) {
+    let listener = PeerListener::bind(
+        SocketAddr::new(LOCALHOST, 0),
+        PeerListenerConfig {
+            identity: identity(1),
+            timings: fast(),
+            connections_max: PEER_CONNECTIONS_MAX,
+        },
+        Arc::new(ScriptedService(script)),
+        &ActorDirectory::new(),
+        &identity(1).label(),
+    )
+    .await
+    .expect("bind a loopback port");
+    let links = PeerLinks::new(
+        PeerLinkConfig {
+            identity: identity(9),
+            bind_ip: LOCALHOST,
+            timings: fast(),
+        },
+        ActorDirectory::new(),
+        &identity(9).label(),
+    );
+    links
+        .reconcile(&BTreeMap::from([(identity_of(1), listener.local_addr())]))
+        .await;
+    eventually("node 9's control connection to node 1", || {
+        let link = links.get(identity_of(1))?;
+        (link.gauges().channel_state(PeerChannel::Control) == ChannelState::Connected).then_some(())
+    })
+    .await;
+    let transport = PeerRaftTransport::new(links.clone());
+    (listener, links, transport)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_timeout_is_a_transport_timeout() {
+    bounded(async {
+        let (listener, links, transport) = scripted(Script::Hang).await;
+        let timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let error = transport
+            .vote(1, VoteRequest::new(Vote::new(1, 9), None), timeout)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, TransportError::Timeout { target: 1, timeout: t } if t == timeout),
+            "{error:?}"
+        );
+        assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+        links.shutdown().await;
+        listener.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_handler_failure_or_an_undecodable_answer_is_unreachable_with_the_reason() {
+    bounded(async {
+        for (script, reason) in [
+            (Script::Fail, "scripted"),
+            (Script::Garbage, "malformed body"),
+        ] {
+            let (listener, links, transport) = scripted(script).await;
+            let error = transport
+                .vote(1, VoteRequest::new(Vote::new(1, 9), None), WAIT)
+                .await
+                .unwrap_err();
+            let TransportError::Unreachable {
+                target: 1,
+                source: Some(source),
+            } = &error
+            else {
+                panic!("{script:?}: {error:?}");
+            };
+            assert_eq!(source.kind(), std::io::ErrorKind::InvalidData, "{script:?}");
+            let text = source.to_string();
+            assert!(text.contains(reason), "{script:?}: {text}");
+            links.shutdown().await;
+            listener.stop().await;
+        }
+    })
+    .await;
 }
