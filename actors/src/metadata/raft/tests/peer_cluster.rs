@@ -1,7 +1,9 @@
 //! Three members over real TCP peer links on loopback: each has its own simulated disk, a
 //! `PeerListener` answering with a `RaftPeerService`, and `PeerLinks` to the other two that
 //! its `PeerRaftTransport` sends through. Peer timings are shortened as in the peer tests,
-//! so a dead connection is noticed and a restarted node reached within a fraction of a second.
+//! so a dead connection is noticed and a restarted node reached within a fraction of a second:
+//! election and commit, failover of a stopped leader that then rejoins from its disk, and
+//! catch-up by a snapshot sent in InstallSnapshot chunks.
 //! Also: the largest append and snapshot chunk fit one peer frame, Raft on the data channel is
 //! refused, a payload that does not decode is a typed failure, and the transport's errors.
 //!
@@ -370,6 +372,60 @@ async fn a_stopped_leader_over_peer_links_is_replaced_and_rejoins_from_its_disk(
         report(
             "over TCP, stopped leader: first write committed after",
             &commits,
+        );
+        cluster.stop_all().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stopped_past_the_snapshot_threshold_catches_up_over_tcp_by_a_snapshot() {
+    bounded(async {
+        // Snapshot every 10 entries and keep none a snapshot covers, so the leader's log soon
+        // starts past what the stopped member has, and only InstallSnapshot can catch it up.
+        let config = RaftConfigBuilder::new(CLUSTER)
+            .snapshot_policy(10, 0)
+            .build()
+            .unwrap();
+        let mut cluster = Cluster::start(&[1, 2, 3], config).await;
+        let leader = cluster.leader(&[1, 2, 3]).await;
+        let behind = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+        let mut last = cluster.commit(leader, records(0, 2)).await;
+        cluster.image_at(behind, last).await;
+        let behind_last_log = cluster
+            .raft(behind)
+            .wait(Some(WAIT))
+            .log_index(Some(last), "the member to stop has the last entry")
+            .await
+            .unwrap()
+            .last_log_index
+            .unwrap();
+        cluster.stop(behind).await;
+        for batch in 0..30 {
+            last = cluster.commit(leader, records(10 + batch * 2, 2)).await;
+        }
+        let purged = cluster
+            .raft(leader)
+            .wait(Some(WAIT))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index > behind_last_log + 10),
+                "the leader purges the entries the stopped member lacks",
+            )
+            .await
+            .unwrap()
+            .purged
+            .unwrap();
+
+        cluster.restart(behind, 7).await;
+        let caught_up = cluster.image_at(behind, last).await;
+        assert_eq!(caught_up, cluster.image_at(leader, last).await);
+        assert_eq!(caught_up.topics.len(), 62);
+        let metrics = cluster.raft(behind).metrics().borrow().clone();
+        assert!(
+            metrics.snapshot.is_some_and(|s| s.index >= purged.index),
+            "entries up to {} exist only in the leader's snapshot, so it was installed: {:?}",
+            purged.index,
+            metrics.snapshot
         );
         cluster.stop_all().await;
     })
