@@ -26,6 +26,8 @@
 //! - `state_machine`: `StateMachine` (`RaftStateMachine`) and `SnapshotBuilder`.
 //! - `network`: the `RaftTransport` seam and openraft's network over it.
 //! - `in_process`: `InProcessRouter`, a transport of in-process handles for tests.
+//! - `peer_transport`: `PeerRaftTransport` (Raft's requests over the peer links' control
+//!   channel) and `RaftPeerService` (the other members' requests answered by the local Raft).
 //! - `config`: `RaftConfigBuilder` and the cluster defaults.
 //! - `error`: `RaftStoreError`, `RaftStartError`, `ProposeError`, `RaftConfigError`.
 //!
@@ -46,7 +48,8 @@
 //!
 //! # Not wired yet
 //! The node does not start a `RaftMember`: the controller still commits to the single-node
-//! `FileMetadataLog`, and no peer link implements `RaftTransport`. Membership changes
+//! `FileMetadataLog`; `PeerRaftTransport` carries Raft over the peer links, but nothing
+//! reconciles `PeerLinks` from the quorum's membership yet. Membership changes
 //! (adding a learner, promoting it) are openraft's `change_membership`, not wrapped here.
 
 pub mod codec;
@@ -55,6 +58,7 @@ pub mod error;
 pub mod in_process;
 pub mod log_store;
 pub mod network;
+pub mod peer_transport;
 pub mod state_machine;
 
 #[cfg(test)]
@@ -76,6 +80,7 @@ pub use error::{ProposeError, RaftConfigError, RaftStartError, RaftStoreError};
 pub use in_process::{InProcessRouter, InProcessTransport};
 pub use log_store::{LogRecovery, LogStore};
 pub use network::{NetworkFactory, RaftTransport, RemoteResult, TransportError};
+pub use peer_transport::{PeerRaftTransport, RaftPeerService};
 pub use state_machine::StateMachine;
 
 use crate::metadata::MetadataImage;

@@ -1,6 +1,6 @@
 //! The network seam: openraft's `RaftNetworkFactory` / `RaftNetwork` over [`RaftTransport`],
-//! a small trait of vltava's own that the peer links will implement over their control
-//! connection (and `in_process::InProcessRouter` implements for tests).
+//! a small trait of vltava's own that `peer_transport::PeerRaftTransport` implements over
+//! the peer links' control connection (and `in_process::InProcessRouter` for tests).
 //!
 //! A transport carries a request to one node and brings back that node's Raft answer as it
 //! is (`RemoteResult`: the answer, or the remote Raft's error), or says why it could not
@@ -64,8 +64,8 @@ pub enum TransportError {
     },
 }
 
-/// How Raft's requests reach other members. The peer links implement it over their control
-/// connection; `in_process::InProcessTransport` implements it for tests. Every method must
+/// How Raft's requests reach other members. `PeerRaftTransport` implements it over the peer
+/// links' control connection; `in_process::InProcessTransport` implements it for tests. Every method must
 /// return within `timeout` (the adapter enforces it as well).
 pub trait RaftTransport: Send + Sync + Debug + 'static {
     /// The address Raft's membership gives for `target` (`host:port`), each time openraft

@@ -1,7 +1,9 @@
 //! Tests of the Raft module, by concern: `codec` (bytes, versions, damage), `log_store` (the
 //! log on a healthy and a damaged disk), `crash` (a crash at every fsync of a workload),
 //! `state_machine` (apply, publish, snapshots), `cluster` (three in-process members over
-//! `InProcessRouter`: election, commit, failover, catch-up by snapshot, restart).
+//! `InProcessRouter`: election, commit, failover, catch-up by snapshot, restart), `peer_cluster`
+//! (three members over real TCP peer links: election, commit, failover, restart; the peer
+//! transport's errors and bounds).
 //!
 //! openraft ships a storage conformance suite (`openraft::testing::Suite`), but it appends
 //! at indexes already present and leaves holes, which the storage contract forbids and this
@@ -11,6 +13,7 @@ mod cluster;
 mod codec;
 mod crash;
 mod log_store;
+mod peer_cluster;
 mod state_machine;
 
 use std::collections::{BTreeMap, BTreeSet};
