@@ -105,6 +105,11 @@ pub struct ApplierState {
     config: ApplierConfig,
     stats: Arc<ActorStats>,
     running: BTreeMap<(String, u32), Running>,
+    /// Partitions whose start failed: each is retried at the next image, and stopped (its
+    /// offline slot and directory entry removed) and, if its topic was deleted, its data
+    /// removed like a running one's. Without this, a failed partition of a deleted topic kept
+    /// its entries for the life of the process and its data for a new topic of the same name.
+    failed: BTreeMap<(String, u32), Running>,
 }
 
 impl MetadataApplier {
@@ -142,6 +147,7 @@ impl Actor for MetadataApplier {
             config,
             stats,
             running: BTreeMap::new(),
+            failed: BTreeMap::new(),
         })
     }
 
@@ -187,10 +193,12 @@ impl ApplierState {
                 }
             }
         }
-        // Stop what is no longer wanted as it runs; remove the data of deleted topics.
+        // Stop what is no longer wanted as it runs (or as it failed to start); remove the data
+        // of deleted topics.
         let stale: Vec<((String, u32), Running)> = self
             .running
             .iter()
+            .chain(&self.failed)
             .filter(|(key, running)| wanted.get(*key) != Some(*running))
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
@@ -206,6 +214,7 @@ impl ApplierState {
                 .stop_partition((Arc::from(topic.as_str()), PartitionId(partition)))
                 .await;
             self.running.remove(&(topic.clone(), partition));
+            self.failed.remove(&(topic.clone(), partition));
             let deleted = image
                 .topics
                 .get(&topic)
@@ -249,9 +258,13 @@ impl ApplierState {
                     {
                         groups.load(*partition);
                     }
+                    self.failed.remove(&key);
                     self.running.insert(key, running);
                 }
-                Err(e) => tracing::error!(topic, partition, error = %e, "partition did not start"),
+                Err(e) => {
+                    tracing::error!(topic, partition, error = %e, "partition did not start");
+                    self.failed.insert(key, running);
+                }
             }
         }
     }

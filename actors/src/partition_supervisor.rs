@@ -6,7 +6,9 @@
 //!   that sessions route by.
 //! - Restarts: a crashed partition is restarted with the same arguments (its log reopens and
 //!   recovers), at most `RESTARTS_MAX` times per `RESTART_WINDOW`; past that it stays offline
-//!   and sessions answer `PartitionOffline` (retriable) until an operator acts.
+//!   and sessions answer `PartitionOffline` (retriable) until an operator acts. An offline
+//!   partition keeps its registry slot and directory entry until it is stopped (its topic
+//!   deleted), which removes both.
 //! - Shutdown: stops every partition and waits for each to close its log.
 
 use std::collections::{HashMap, VecDeque};
@@ -66,6 +68,30 @@ impl PartitionRegistry {
         };
     }
 
+    /// The number of partitions registered, online or offline.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.slots
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Gives back the table's spare room once most of it is unused (after a large topic is
+    /// deleted), so its size follows the partitions of now rather than the most ever held.
+    fn shrink(&self) {
+        let mut slots = self
+            .slots
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        shrink_after_removals(&mut slots);
+    }
+
     /// Every online partition handle.
     #[must_use]
     pub fn online(&self) -> Vec<PartitionHandle> {
@@ -80,6 +106,20 @@ impl PartitionRegistry {
                 PartitionSlot::Offline => None,
             })
             .collect()
+    }
+}
+
+/// A map is shrunk once its capacity exceeds its length by this factor: rarely enough that
+/// deleting partitions one by one does not rehash each time, often enough that the room a
+/// deleted 4,096-partition topic took (a few MiB in the supervisor's table) is returned.
+const SHRINK_FACTOR: usize = 4;
+/// Maps below this capacity are left alone: the room is a few KiB at most.
+const SHRINK_CAPACITY_MIN: usize = 64;
+
+/// Shrinks `map` when most of its capacity is unused (see `SHRINK_FACTOR`).
+fn shrink_after_removals<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() >= SHRINK_CAPACITY_MIN && map.capacity() > SHRINK_FACTOR * map.len() {
+        map.shrink_to_fit();
     }
 }
 
@@ -150,6 +190,10 @@ pub struct PartitionSupervisorState {
     registry: PartitionRegistry,
     stats: Arc<ActorStats>,
     children: HashMap<ActorId, Child>,
+    /// Partitions left offline (their start failed, or they crashed past their bound), by key,
+    /// with their actor id: their directory entry stays (status `failed`) until they are
+    /// stopped, which removes it.
+    offline: HashMap<PartitionKey, String>,
 }
 
 impl PartitionSupervisor {
@@ -187,6 +231,7 @@ impl Actor for PartitionSupervisor {
             registry,
             stats,
             children: HashMap::new(),
+            offline: HashMap::new(),
         })
     }
 
@@ -204,6 +249,7 @@ impl Actor for PartitionSupervisor {
         match msg {
             PartitionSupervisorMsg::Start { args, reply } => {
                 let key = (Arc::clone(&args.topic), args.partition);
+                state.offline.remove(&key);
                 let outcome = match Partition::start(args.clone(), myself.get_cell()).await {
                     Ok(handle) => {
                         state
@@ -225,7 +271,10 @@ impl Actor for PartitionSupervisor {
                         state
                             .directory
                             .record_failure(&args.id, &e.to_string(), false);
-                        state.registry.set(key, Some(PartitionSlot::Offline));
+                        state
+                            .registry
+                            .set(key.clone(), Some(PartitionSlot::Offline));
+                        state.offline.insert(key, args.id.clone());
                         Err(e.to_string())
                     }
                 };
@@ -247,8 +296,14 @@ impl Actor for PartitionSupervisor {
                         .await;
                     state.directory.unregister(&child.args.id);
                 } else {
-                    state.registry.set(key, None);
+                    state.registry.set(key.clone(), None);
+                    if let Some(id) = state.offline.remove(&key) {
+                        state.directory.unregister(&id);
+                    }
                 }
+                shrink_after_removals(&mut state.children);
+                shrink_after_removals(&mut state.offline);
+                state.registry.shrink();
                 let _ = reply.send(());
             }
         }
@@ -285,7 +340,10 @@ impl Actor for PartitionSupervisor {
             .directory
             .record_failure(&child.args.id, &error.to_string(), restarting);
         if !restarting {
-            state.registry.set(child.key, Some(PartitionSlot::Offline));
+            state
+                .registry
+                .set(child.key.clone(), Some(PartitionSlot::Offline));
+            state.offline.insert(child.key, child.args.id);
             return Ok(());
         }
         child.restarts.push_back(now);
@@ -303,7 +361,10 @@ impl Actor for PartitionSupervisor {
                 state
                     .directory
                     .record_failure(&child.args.id, &e.to_string(), false);
-                state.registry.set(child.key, Some(PartitionSlot::Offline));
+                state
+                    .registry
+                    .set(child.key.clone(), Some(PartitionSlot::Offline));
+                state.offline.insert(child.key, child.args.id);
             }
         }
         Ok(())
@@ -322,6 +383,10 @@ impl Actor for PartitionSupervisor {
                 .stop_and_wait(None, Some(PARTITION_STOP_TIMEOUT))
                 .await;
             state.directory.unregister(&child.args.id);
+        }
+        for (key, id) in state.offline.drain() {
+            state.registry.set(key, None);
+            state.directory.unregister(&id);
         }
         state.directory.unregister(&state.id);
         Ok(())
