@@ -22,7 +22,6 @@ use crate::fs::{Storage, StorageFile};
 pub struct FlushJob {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) dir: PathBuf,
-    pub(crate) sealed: Vec<(PathBuf, Arc<dyn StorageFile>)>,
     pub(crate) sync_dir: bool,
     pub(crate) active: (PathBuf, Arc<dyn StorageFile>),
     pub(crate) target: Offset,
@@ -43,9 +42,6 @@ impl FlushJob {
 
     /// Fsyncs the sealed segments, the active one and, after a roll, the directory. Blocks.
     pub fn run(&self) -> Result<()> {
-        for (path, file) in &self.sealed {
-            file.sync_data().map_err(|e| StorageError::io(path, e))?;
-        }
         let (path, file) = &self.active;
         file.sync_data().map_err(|e| StorageError::io(path, e))?;
         if self.sync_dir {
@@ -55,6 +51,7 @@ impl FlushJob {
                 .sync_dir(&self.dir)
                 .map_err(|e| StorageError::io(&self.dir, e))?;
         }
+
         if let Some(cell) = &self.checkpoint {
             let generation = cell
                 .lock()

@@ -26,7 +26,7 @@ use crate::config::{CleanupPolicy, LogConfig};
 use crate::epoch::LeaderEpochCache;
 use crate::error::{Result, StorageError};
 use crate::flush::FlushJob;
-use crate::fs::{Storage, StorageFile};
+use crate::fs::Storage;
 use crate::segment::{
     self, Find, INDEX_SUFFIX, LOG_SUFFIX, ScanBounds, ScanStop, Segment, TIME_INDEX_SUFFIX,
 };
@@ -100,8 +100,6 @@ pub struct Log {
     high_watermark: Offset,
     recovery_point: Offset,
     epoch_cache: LeaderEpochCache,
-    /// Sealed segments whose files still need an fsync.
-    unsynced_sealed: Vec<(PathBuf, Arc<dyn StorageFile>)>,
     /// A segment was created or removed since the directory was last synced.
     dir_sync_needed: bool,
     /// The recovery-point checkpoint should be rewritten after the next flush (a segment
@@ -198,7 +196,6 @@ impl Log {
             high_watermark: Offset(0),
             recovery_point: Offset(0),
             epoch_cache: LeaderEpochCache::default(),
-            unsynced_sealed: Vec::new(),
             dir_sync_needed: false,
             checkpoint_due: false,
             flush_in_flight: false,
@@ -668,9 +665,17 @@ impl Log {
         self.roll(new_base, now_ms)
     }
 
-    /// Seals the active segment and opens a new one at `new_base`. The sealed file and the
-    /// directory are fsynced by the next flush, before anything in the new segment counts as
-    /// durable.
+    /// Seals the active segment and opens a new one at `new_base`. The sealed file is
+    /// fdatasynced here, before the new one exists; the directory is fsynced by the next
+    /// flush, before anything in the new segment counts as durable.
+    ///
+    /// Why the sealed file is synced now rather than by the next flush job: the data of two
+    /// unsynced files reaches the disk in any order, so a crash could keep the new segment's
+    /// batches and lose the sealed one's, and recovery (which accepts gaps between segments,
+    /// as compaction leaves them) would open a log with a hole in it rather than a prefix of
+    /// what was appended. Synced at the roll, only the newest segment can lose data. The cost
+    /// is one fdatasync per roll on the appending thread, of what the flush jobs have not
+    /// synced yet (little with fsync durability; up to the kernel's writeback delay without).
     fn roll(&mut self, new_base: Offset, now_ms: u64) -> Result<()> {
         let storage = Arc::clone(&self.storage);
         let active = self.active();
@@ -680,8 +685,15 @@ impl Log {
             empty.delete_files(&*storage)?;
         } else {
             active.write_indexes(&*storage)?;
-            self.unsynced_sealed
-                .push((active.log_path.clone(), Arc::clone(&active.file)));
+            // Crash here or during the sync: the sealed segment may lose its unsynced tail;
+            // no later segment exists yet, so the log recovers to a prefix.
+            if let Err(e) = active.file.sync_data() {
+                let error = StorageError::io(&active.log_path, e);
+                // A failed fsync may have dropped pages the cache still shows: nothing is
+                // trusted until the log is reopened, and the fsync is not retried.
+                self.poisoned = true;
+                return Err(error);
+            }
         }
         let segment = Segment::create(&*storage, &self.dir, new_base, now_ms)?;
         self.segments.insert(new_base, segment);
@@ -709,10 +721,7 @@ impl Log {
         if self.poisoned || self.flush_in_flight {
             return None;
         }
-        if self.recovery_point == self.log_end_offset
-            && self.unsynced_sealed.is_empty()
-            && !self.dir_sync_needed
-        {
+        if self.recovery_point == self.log_end_offset && !self.dir_sync_needed {
             return None;
         }
         self.flush_in_flight = true;
@@ -732,7 +741,6 @@ impl Log {
         FlushJob {
             storage: Arc::clone(&self.storage),
             dir: self.dir.clone(),
-            sealed: std::mem::take(&mut self.unsynced_sealed),
             sync_dir: std::mem::take(&mut self.dir_sync_needed),
             active,
             target: self.log_end_offset,
@@ -1094,8 +1102,6 @@ impl Log {
         storage
             .sync_dir(&self.dir)
             .map_err(|e| StorageError::io(&self.dir, e))?;
-        self.unsynced_sealed
-            .retain(|(path, _)| storage.exists(path));
         // Cut the last remaining segment at the first batch that reaches `offset`.
         let base = *self
             .segments
@@ -1175,8 +1181,6 @@ impl Log {
             let segment = self.segments.remove(&base).expect("segment exists");
             total -= segment.size;
             segment.delete_files(&*storage)?;
-            self.unsynced_sealed
-                .retain(|(path, _)| *path != segment.log_path);
             removed.push(base);
         }
         if !removed.is_empty() {
@@ -1391,9 +1395,6 @@ impl Log {
             Some(self.log_start_offset),
             "compaction keeps the log start"
         );
-        // The replaced files were unlinked; their data lives on, fsynced, in the new segments.
-        self.unsynced_sealed
-            .retain(|(path, _)| !replaced_paths.contains(path));
         self.tombstone_due_ms = cleaned.tombstone_due_ms;
         self.scan_clean_tombstones = cleaned.tombstones_held;
         if cleaned.end > self.cleaner_checkpoint {
