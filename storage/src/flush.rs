@@ -23,6 +23,10 @@ pub struct FlushJob {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) dir: PathBuf,
     pub(crate) sync_dir: bool,
+    /// Also fsync the directory's parent: the directory was created empty by the log's open
+    /// (a new partition), and its entry there must be durable before anything in it is
+    /// acknowledged.
+    pub(crate) sync_parent: bool,
     pub(crate) active: (PathBuf, Arc<dyn StorageFile>),
     pub(crate) target: Offset,
     pub(crate) generation: u64,
@@ -51,7 +55,14 @@ impl FlushJob {
                 .sync_dir(&self.dir)
                 .map_err(|e| StorageError::io(&self.dir, e))?;
         }
-
+        if self.sync_parent
+            && let Some(parent) = self.dir.parent()
+        {
+            // Likewise a new partition directory's entry in the data directory.
+            self.storage
+                .sync_dir(parent)
+                .map_err(|e| StorageError::io(parent, e))?;
+        }
         if let Some(cell) = &self.checkpoint {
             let generation = cell
                 .lock()

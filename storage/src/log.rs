@@ -102,6 +102,9 @@ pub struct Log {
     epoch_cache: LeaderEpochCache,
     /// A segment was created or removed since the directory was last synced.
     dir_sync_needed: bool,
+    /// The partition directory was created empty by `open` and its entry in the parent
+    /// directory is not known to be durable: the next flush job fsyncs the parent too.
+    parent_sync_needed: bool,
     /// The recovery-point checkpoint should be rewritten after the next flush (a segment
     /// rolled, so the recovery after a crash can skip the sealed ones).
     checkpoint_due: bool,
@@ -197,6 +200,7 @@ impl Log {
             recovery_point: Offset(0),
             epoch_cache: LeaderEpochCache::default(),
             dir_sync_needed: false,
+            parent_sync_needed: false,
             checkpoint_due: false,
             flush_in_flight: false,
             flush_generation: Arc::new(Mutex::new(0)),
@@ -233,6 +237,21 @@ impl Log {
         }
         log.log_start_offset = *log.segments.keys().next().expect("a segment exists");
         log.log_end_offset = log.active().next_offset;
+        if names.is_empty() {
+            // A new partition: its directory held nothing, so there is nothing to recover
+            // and nothing yet to make durable. The steps below (an fsync of the empty segment,
+            // of the directory, and two checkpoints, each a file fsync, a rename and a
+            // directory fsync) are left out: with no checkpoint the next open reads the log
+            // from offset 0, exactly as with checkpoints saying 0 and nothing, and a crash
+            // that loses the directory or the segment's entry loses an empty log, which the
+            // next open creates again. The first flush job fsyncs the directory and its
+            // parent before anything in the log is acknowledged; the first batch writes the
+            // leader-epoch checkpoint, as in any log. That is six fsyncs fewer per new
+            // partition, about 24,600 for a topic of 4,096 partitions.
+            log.dir_sync_needed = true;
+            log.parent_sync_needed = true;
+            return Ok(log);
+        }
         if log.epoch_cache.truncate_from_start(log.log_start_offset)
             | log.epoch_cache.truncate_from_end(log.log_end_offset)
         {
@@ -721,7 +740,10 @@ impl Log {
         if self.poisoned || self.flush_in_flight {
             return None;
         }
-        if self.recovery_point == self.log_end_offset && !self.dir_sync_needed {
+        if self.recovery_point == self.log_end_offset
+            && !self.dir_sync_needed
+            && !self.parent_sync_needed
+        {
             return None;
         }
         self.flush_in_flight = true;
@@ -742,6 +764,7 @@ impl Log {
             storage: Arc::clone(&self.storage),
             dir: self.dir.clone(),
             sync_dir: std::mem::take(&mut self.dir_sync_needed),
+            sync_parent: std::mem::take(&mut self.parent_sync_needed),
             active,
             target: self.log_end_offset,
             generation,
