@@ -18,7 +18,9 @@
 //! - Inbox bound: `PARTITION_MAILBOX_MAX` messages, checked by the handle (`Overloaded` past
 //!   it); sessions bound their own in-flight requests, so the bound is rarely reached.
 //! - Shutdown: the actor asks the log thread to stop, which fails waiting answers with
-//!   `PartitionOffline`, then closes the log (flush, indexes, clean-shutdown marker).
+//!   `PartitionOffline`, then closes the log (flush, indexes, clean-shutdown marker). A
+//!   partition of a deleted topic is discarded instead: its log is dropped unclosed, since its
+//!   files are removed next.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -216,6 +218,10 @@ enum CoreMsg {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+    /// The partition's topic was deleted: stop without closing the log, whose files are
+    /// about to be removed (a clean close would fsync the data, write indexes, a
+    /// producer-state snapshot and two checkpoints, for nothing).
+    Discard,
 }
 
 impl CoreMsg {
@@ -232,6 +238,7 @@ impl CoreMsg {
             CoreMsg::Compacted { .. } => "Compacted",
             CoreMsg::Crash => "Crash",
             CoreMsg::Shutdown { .. } => "Shutdown",
+            CoreMsg::Discard => "Discard",
         }
     }
 
@@ -244,6 +251,7 @@ impl CoreMsg {
                 | CoreMsg::RetentionTick
                 | CoreMsg::CompactionTick
                 | CoreMsg::Shutdown { .. }
+                | CoreMsg::Discard
         )
     }
 }
@@ -393,6 +401,13 @@ impl PartitionHandle {
         self.send(CoreMsg::Crash)
     }
 
+    /// Makes the log thread stop without closing the log, for a partition whose topic was
+    /// deleted: requests after it fail with `Offline`. The actor is stopped next, as usual.
+    pub(crate) fn discard(&self) {
+        // A failed send means the thread has stopped already, which is what was asked.
+        let _ = self.core.send(CoreMsg::Discard);
+    }
+
     /// The actor, for supervision.
     #[must_use]
     pub fn actor(&self) -> &ActorRef<PartitionMsg> {
@@ -468,6 +483,8 @@ impl Drop for PartitionState {
 /// Why the log thread's loop ended.
 enum Stop {
     Shutdown(oneshot::Sender<()>),
+    /// The topic was deleted: the log is dropped unclosed and its files removed next.
+    Discard,
     Failed(String),
 }
 
@@ -676,6 +693,10 @@ fn run_log_thread(mut core: Core, inbox: &mpsc::Receiver<CoreMsg>, actor: &Actor
             core.close();
             let _ = done.send(());
         }
+        Stop::Discard => {
+            tracing::debug!(partition = %core.args.id, "partition discarded: its topic was deleted");
+            drop(core.log.take());
+        }
         Stop::Failed(error) => {
             tracing::error!(partition = %core.args.id, %error, "partition log thread stopped");
             // Dropped without a clean close, as after a crash: the next start recovers.
@@ -743,6 +764,7 @@ impl Core {
                 }
                 CoreMsg::Crash => Err("crash injected".to_owned()),
                 CoreMsg::Shutdown { done } => return Stop::Shutdown(done),
+                CoreMsg::Discard => return Stop::Discard,
             };
             self.publish();
             self.stats.time(kind, started.elapsed());

@@ -468,3 +468,30 @@ async fn deleting_a_topic_removes_a_partition_that_failed_to_start() {
     applier.actor().stop_and_wait(None, None).await.unwrap();
     partitions.actor().stop_and_wait(None, None).await.unwrap();
 }
+
+/// Deleting a topic closed each of its logs cleanly (flush, indexes, a producer-state snapshot,
+/// two checkpoints, about seven fsyncs) just before removing their files: deleting 4,096
+/// partitions took 34 to 70 s. A discarded partition stops without closing its log; a stopped
+/// one still closes cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discarded_partition_stops_without_closing_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let directory = ActorDirectory::new();
+    let (sup, registry) = supervisor("n7", &directory).await;
+    let marker = dir.path().join("t-0").join(".clean-shutdown");
+    for discard in [false, true] {
+        sup.start_partition(args("n7", dir.path(), &directory, Durability::Fsync))
+            .await
+            .unwrap();
+        online(&registry)
+            .produce(batch(&["x"]), Acks::All, None)
+            .await
+            .unwrap();
+        sup.stop_partitions(vec![(Arc::from("t"), PartitionId(0))], discard)
+            .await;
+        assert_eq!(marker.exists(), !discard, "discard {discard}");
+        assert!(directory.get("n7/partition/t-0").is_none());
+        assert!(registry.is_empty());
+    }
+    sup.actor().stop_and_wait(None, None).await.unwrap();
+}
