@@ -615,6 +615,7 @@ fn controller_error(error: &ControllerError) -> ResponseError {
         ControllerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
         ControllerError::Overloaded => ErrorCode::Overloaded,
         ControllerError::Unavailable | ControllerError::Metadata(_) => ErrorCode::StorageError,
+        ControllerError::TimedOut(_) => ErrorCode::RequestTimedOut,
     };
     ResponseError::new(code, error.to_string())
 }
@@ -643,6 +644,17 @@ fn route(
                     ErrorCode::UnknownPartition,
                     format!("topic {topic} has {} partitions", t.partitions.len()),
                 )),
+                Some(t) if t.partitions[partition.0 as usize].leader == Some(services.node_id) => {
+                    // Led here but not open yet: a new topic whose partitions are still
+                    // opening (its creation may have answered RequestTimedOut).
+                    Err(ResponseError::new(
+                        ErrorCode::LeaderNotAvailable,
+                        format!(
+                            "partition {topic}-{} is still opening on this node",
+                            partition.0
+                        ),
+                    ))
+                }
                 Some(t) => {
                     let leader = t.partitions[partition.0 as usize].leader.map(NodeId);
                     Err(ResponseError::not_leader(
@@ -797,10 +809,17 @@ fn default_value(key: &str, config: Option<&topic_config::TopicConfig>) -> Strin
 
 // ---- topic admin ----
 
+/// When a topic admin request with `timeout_ms` must be answered: its timeout counts from
+/// now, for all of its topics together (a topic reached after it passed is not changed).
+fn admin_deadline(timeout_ms: u32) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(u64::from(timeout_ms))
+}
+
 async fn create_topics(
     request: CreateTopicsRequest,
     services: &NodeServices,
 ) -> CreateTopicsResponse {
+    let deadline = admin_deadline(request.timeout_ms);
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let outcome = services
@@ -811,6 +830,7 @@ async fn create_topics(
                 topic.replication_factor.unwrap_or(1),
                 topic.configs,
                 request.validate_only,
+                Some(deadline),
             )
             .await;
         topics.push(topic_result(topic.name, outcome));
@@ -830,9 +850,13 @@ async fn delete_topics(
     request: DeleteTopicsRequest,
     services: &NodeServices,
 ) -> DeleteTopicsResponse {
+    let deadline = admin_deadline(request.timeout_ms);
     let mut topics = Vec::with_capacity(request.topics.len());
     for name in request.topics {
-        let outcome = services.controller.delete_topic(name.clone()).await;
+        let outcome = services
+            .controller
+            .delete_topic(name.clone(), Some(deadline))
+            .await;
         topics.push(topic_result(name, outcome));
     }
     DeleteTopicsResponse { topics }
@@ -862,11 +886,17 @@ async fn create_partitions(
     request: CreatePartitionsRequest,
     services: &NodeServices,
 ) -> CreatePartitionsResponse {
+    let deadline = admin_deadline(request.timeout_ms);
     let mut topics = Vec::with_capacity(request.topics.len());
     for change in request.topics {
         let outcome = services
             .controller
-            .create_partitions(change.name.clone(), change.count, request.validate_only)
+            .create_partitions(
+                change.name.clone(),
+                change.count,
+                request.validate_only,
+                Some(deadline),
+            )
             .await;
         topics.push(topic_result(change.name, outcome));
     }

@@ -9,6 +9,7 @@ mod daemon;
 mod groups;
 mod produce_consume;
 mod python_example;
+mod resources;
 mod restart;
 
 /// A multi-threaded runtime for a test's client side.
