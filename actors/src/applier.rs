@@ -4,7 +4,10 @@
 //! restarts those whose config changed, stops (and, for deleted topics, removes) the rest.
 //!
 //! - Receives from: the Controller (`apply`, which answers once the image is in force).
-//! - Sends to: the PartitionSupervisor (start, stop), and waits for each.
+//! - Sends to: the PartitionSupervisor (start, stop), one batch of partitions at a time, and
+//!   waits for each batch; the supervisor works on up to `PARTITION_STARTS_CONCURRENT` of a
+//!   batch at once. Partitions of deleted topics are discarded (stopped without closing their
+//!   logs) and their directories removed.
 //! - Mailbox: one message per committed metadata change, which the controller sends one at a
 //!   time and awaits, so at most one is ever queued.
 
@@ -117,6 +120,11 @@ pub struct ApplierState {
     config: ApplierConfig,
     stats: Arc<ActorStats>,
     running: BTreeMap<(String, u32), Running>,
+    /// Partitions whose start failed: each is retried at the next image, and stopped (its
+    /// offline slot and directory entry removed) and, if its topic was deleted, its data
+    /// removed like a running one's. Without this, a failed partition of a deleted topic kept
+    /// its entries for the life of the process and its data for a new topic of the same name.
+    failed: BTreeMap<(String, u32), Running>,
 }
 
 impl MetadataApplier {
@@ -154,6 +162,7 @@ impl Actor for MetadataApplier {
             config,
             stats,
             running: BTreeMap::new(),
+            failed: BTreeMap::new(),
         })
     }
 
@@ -199,13 +208,17 @@ impl ApplierState {
                 }
             }
         }
-        // Stop what is no longer wanted as it runs; remove the data of deleted topics.
+        // Stop what is no longer wanted as it runs (or as it failed to start); remove the data
+        // of deleted topics.
         let stale: Vec<((String, u32), Running)> = self
             .running
             .iter()
+            .chain(&self.failed)
             .filter(|(key, running)| wanted.get(*key) != Some(*running))
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
+        let mut deleted = Vec::new();
+        let mut changed = Vec::new();
         for ((topic, partition), running) in stale {
             // Coordinators stop before the offsets partition they write to.
             if topic == OFFSETS_TOPIC
@@ -213,19 +226,31 @@ impl ApplierState {
             {
                 groups.unload(partition);
             }
-            self.config
-                .partitions
-                .stop_partition((Arc::from(topic.as_str()), PartitionId(partition)))
-                .await;
             self.running.remove(&(topic.clone(), partition));
-            let deleted = image
+            self.failed.remove(&(topic.clone(), partition));
+            let gone = image
                 .topics
                 .get(&topic)
                 .is_none_or(|t| t.topic_id != running.topic_id);
-            if deleted {
-                self.remove_partition_data(&topic, partition).await;
+            if gone {
+                deleted.push((topic, partition));
+            } else {
+                changed.push((Arc::from(topic.as_str()), PartitionId(partition)));
             }
         }
+        if !changed.is_empty() {
+            self.config.partitions.stop_partitions(changed, false).await;
+        }
+        if !deleted.is_empty() {
+            // A deleted topic's logs are dropped without a clean close: their files go next.
+            let keys = deleted
+                .iter()
+                .map(|(t, p)| (Arc::from(t.as_str()), PartitionId(*p)))
+                .collect();
+            self.config.partitions.stop_partitions(keys, true).await;
+            self.remove_partitions_data(deleted).await;
+        }
+        let mut starting = Vec::new();
         for (key, running) in wanted {
             if self.running.contains_key(&key) {
                 continue;
@@ -255,45 +280,79 @@ impl ApplierState {
                 directory: self.config.directory.clone(),
                 producer_ids: self.config.producer_ids.clone(),
             };
-            match self.config.partitions.start_partition(args).await {
+            starting.push((key, running, args));
+        }
+        if starting.is_empty() {
+            return;
+        }
+        let mut wanted_now: BTreeMap<(String, u32), Running> = BTreeMap::new();
+        let mut args = Vec::with_capacity(starting.len());
+        for (key, running, a) in starting {
+            wanted_now.insert(key, running);
+            args.push(a);
+        }
+        // Several at once (`PARTITION_STARTS_CONCURRENT`): a topic of thousands of partitions
+        // opened one at a time left a core idle.
+        for ((topic, partition), outcome) in self.config.partitions.start_partitions(args).await {
+            let key = (topic.to_string(), partition.0);
+            let running = wanted_now
+                .remove(&key)
+                .expect("every outcome is for a partition asked for");
+            match outcome {
                 Ok(()) => {
-                    if topic == OFFSETS_TOPIC
+                    if key.0 == OFFSETS_TOPIC
                         && let Some(groups) = &self.config.groups
                     {
-                        groups.load(*partition);
+                        groups.load(key.1);
                     }
+                    self.failed.remove(&key);
                     self.running.insert(key, running);
                 }
-                Err(e) => tracing::error!(topic, partition, error = %e, "partition did not start"),
+                Err(e) => {
+                    tracing::error!(topic = %key.0, partition = key.1, error = %e, "partition did not start");
+                    self.failed.insert(key, running);
+                }
             }
         }
     }
 
-    /// Renames the directory out of the way (so a new topic of the same name never sees its
-    /// data), then removes it.
-    async fn remove_partition_data(&self, topic: &str, partition: u32) {
-        let dir = partition_dir(&self.config.data_dir, topic, partition);
-        let mut doomed = dir.clone().into_os_string();
-        doomed.push(DELETED_SUFFIX);
-        let doomed = PathBuf::from(doomed);
-        let removed = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            if dir.exists() {
-                std::fs::rename(&dir, &doomed)?;
+    /// Renames each directory out of the way (so a new topic of the same name never sees its
+    /// data), then removes them, all in one blocking task.
+    async fn remove_partitions_data(&self, partitions: Vec<(String, u32)>) {
+        let data_dir = self.config.data_dir.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            let mut doomed = Vec::with_capacity(partitions.len());
+            for (topic, partition) in partitions {
+                let dir = partition_dir(&data_dir, &topic, partition);
+                let mut renamed = dir.clone().into_os_string();
+                renamed.push(DELETED_SUFFIX);
+                let renamed = PathBuf::from(renamed);
+                if dir.exists()
+                    && let Err(e) = std::fs::rename(&dir, &renamed)
+                {
+                    tracing::warn!(topic, partition, error = %e, "could not move a deleted partition's data aside");
+                    continue;
+                }
+                doomed.push((topic, partition, renamed));
             }
-            if doomed.exists() {
-                std::fs::remove_dir_all(&doomed)?;
+            let mut count = 0usize;
+            for (topic, partition, renamed) in doomed {
+                if !renamed.exists() {
+                    continue;
+                }
+                match std::fs::remove_dir_all(&renamed) {
+                    Ok(()) => count += 1,
+                    Err(e) => {
+                        tracing::warn!(topic, partition, error = %e, "could not remove a deleted partition's data")
+                    }
+                }
             }
-            Ok(())
+            count
         })
         .await;
         match removed {
-            Ok(Ok(())) => {
-                tracing::info!(topic, partition, "removed the data of a deleted partition")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(topic, partition, error = %e, "could not remove a deleted partition's data")
-            }
-            Err(e) => tracing::warn!(topic, partition, error = %e, "removal task failed"),
+            Ok(count) => tracing::info!(count, "removed the data of deleted partitions"),
+            Err(e) => tracing::warn!(error = %e, "removal task failed"),
         }
     }
 }

@@ -104,6 +104,9 @@ pub struct NodeView {
     pub requests: Arc<RequestMetrics>,
     /// True from when the listener accepts until shutdown begins.
     pub serving: Arc<AtomicBool>,
+    /// The node's runtime, whose task count `/resources` reports (the admin endpoint runs on
+    /// a runtime of its own).
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl NodeView {
@@ -288,6 +291,7 @@ impl Node {
             partitions: registry.clone(),
             requests: Arc::clone(&requests),
             serving: Arc::clone(&serving),
+            runtime: tokio::runtime::Handle::current(),
         };
         let services = Arc::new(NodeServices {
             node: node.clone(),

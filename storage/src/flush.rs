@@ -22,8 +22,11 @@ use crate::fs::{Storage, StorageFile};
 pub struct FlushJob {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) dir: PathBuf,
-    pub(crate) sealed: Vec<(PathBuf, Arc<dyn StorageFile>)>,
     pub(crate) sync_dir: bool,
+    /// Also fsync the directory's parent: the directory was created empty by the log's open
+    /// (a new partition), and its entry there must be durable before anything in it is
+    /// acknowledged.
+    pub(crate) sync_parent: bool,
     pub(crate) active: (PathBuf, Arc<dyn StorageFile>),
     pub(crate) target: Offset,
     pub(crate) generation: u64,
@@ -43,9 +46,6 @@ impl FlushJob {
 
     /// Fsyncs the sealed segments, the active one and, after a roll, the directory. Blocks.
     pub fn run(&self) -> Result<()> {
-        for (path, file) in &self.sealed {
-            file.sync_data().map_err(|e| StorageError::io(path, e))?;
-        }
         let (path, file) = &self.active;
         file.sync_data().map_err(|e| StorageError::io(path, e))?;
         if self.sync_dir {
@@ -54,6 +54,14 @@ impl FlushJob {
             self.storage
                 .sync_dir(&self.dir)
                 .map_err(|e| StorageError::io(&self.dir, e))?;
+        }
+        if self.sync_parent
+            && let Some(parent) = self.dir.parent()
+        {
+            // Likewise a new partition directory's entry in the data directory.
+            self.storage
+                .sync_dir(parent)
+                .map_err(|e| StorageError::io(parent, e))?;
         }
         if let Some(cell) = &self.checkpoint {
             let generation = cell

@@ -19,8 +19,8 @@
 //!   record per key, drop expired tombstones, merge segments) and their crash-safe swap.
 //! - `log`: `Log`, the partition log: open with recovery, leader and follower appends,
 //!   reads, offset and timestamp lookups, truncation, roll, retention, close.
-//! - `record_file`: an append-only file of checksummed records, fsynced per append (the
-//!   node's metadata log).
+//! - `record_file`: an append-only file of checksummed records, fsynced once per append of
+//!   one or more records (the node's metadata log).
 //! - `flush`: flush jobs, the flusher thread pool (group commit) and the ack queue.
 //! - `dump`: a human-readable dump of a segment, as kafka-dump-log gives.
 //!

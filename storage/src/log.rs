@@ -26,7 +26,7 @@ use crate::config::{CleanupPolicy, LogConfig};
 use crate::epoch::LeaderEpochCache;
 use crate::error::{Result, StorageError};
 use crate::flush::FlushJob;
-use crate::fs::{Storage, StorageFile};
+use crate::fs::Storage;
 use crate::segment::{
     self, Find, INDEX_SUFFIX, LOG_SUFFIX, ScanBounds, ScanStop, Segment, TIME_INDEX_SUFFIX,
 };
@@ -100,10 +100,11 @@ pub struct Log {
     high_watermark: Offset,
     recovery_point: Offset,
     epoch_cache: LeaderEpochCache,
-    /// Sealed segments whose files still need an fsync.
-    unsynced_sealed: Vec<(PathBuf, Arc<dyn StorageFile>)>,
     /// A segment was created or removed since the directory was last synced.
     dir_sync_needed: bool,
+    /// The partition directory was created empty by `open` and its entry in the parent
+    /// directory is not known to be durable: the next flush job fsyncs the parent too.
+    parent_sync_needed: bool,
     /// The recovery-point checkpoint should be rewritten after the next flush (a segment
     /// rolled, so the recovery after a crash can skip the sealed ones).
     checkpoint_due: bool,
@@ -198,8 +199,8 @@ impl Log {
             high_watermark: Offset(0),
             recovery_point: Offset(0),
             epoch_cache: LeaderEpochCache::default(),
-            unsynced_sealed: Vec::new(),
             dir_sync_needed: false,
+            parent_sync_needed: false,
             checkpoint_due: false,
             flush_in_flight: false,
             flush_generation: Arc::new(Mutex::new(0)),
@@ -236,6 +237,21 @@ impl Log {
         }
         log.log_start_offset = *log.segments.keys().next().expect("a segment exists");
         log.log_end_offset = log.active().next_offset;
+        if names.is_empty() {
+            // A new partition: its directory held nothing, so there is nothing to recover
+            // and nothing yet to make durable. The steps below (an fsync of the empty segment,
+            // of the directory, and two checkpoints, each a file fsync, a rename and a
+            // directory fsync) are left out: with no checkpoint the next open reads the log
+            // from offset 0, exactly as with checkpoints saying 0 and nothing, and a crash
+            // that loses the directory or the segment's entry loses an empty log, which the
+            // next open creates again. The first flush job fsyncs the directory and its
+            // parent before anything in the log is acknowledged; the first batch writes the
+            // leader-epoch checkpoint, as in any log. That is six fsyncs fewer per new
+            // partition, about 24,600 for a topic of 4,096 partitions.
+            log.dir_sync_needed = true;
+            log.parent_sync_needed = true;
+            return Ok(log);
+        }
         if log.epoch_cache.truncate_from_start(log.log_start_offset)
             | log.epoch_cache.truncate_from_end(log.log_end_offset)
         {
@@ -668,9 +684,17 @@ impl Log {
         self.roll(new_base, now_ms)
     }
 
-    /// Seals the active segment and opens a new one at `new_base`. The sealed file and the
-    /// directory are fsynced by the next flush, before anything in the new segment counts as
-    /// durable.
+    /// Seals the active segment and opens a new one at `new_base`. The sealed file is
+    /// fdatasynced here, before the new one exists; the directory is fsynced by the next
+    /// flush, before anything in the new segment counts as durable.
+    ///
+    /// Why the sealed file is synced now rather than by the next flush job: the data of two
+    /// unsynced files reaches the disk in any order, so a crash could keep the new segment's
+    /// batches and lose the sealed one's, and recovery (which accepts gaps between segments,
+    /// as compaction leaves them) would open a log with a hole in it rather than a prefix of
+    /// what was appended. Synced at the roll, only the newest segment can lose data. The cost
+    /// is one fdatasync per roll on the appending thread, of what the flush jobs have not
+    /// synced yet (little with fsync durability; up to the kernel's writeback delay without).
     fn roll(&mut self, new_base: Offset, now_ms: u64) -> Result<()> {
         let storage = Arc::clone(&self.storage);
         let active = self.active();
@@ -680,8 +704,15 @@ impl Log {
             empty.delete_files(&*storage)?;
         } else {
             active.write_indexes(&*storage)?;
-            self.unsynced_sealed
-                .push((active.log_path.clone(), Arc::clone(&active.file)));
+            // Crash here or during the sync: the sealed segment may lose its unsynced tail;
+            // no later segment exists yet, so the log recovers to a prefix.
+            if let Err(e) = active.file.sync_data() {
+                let error = StorageError::io(&active.log_path, e);
+                // A failed fsync may have dropped pages the cache still shows: nothing is
+                // trusted until the log is reopened, and the fsync is not retried.
+                self.poisoned = true;
+                return Err(error);
+            }
         }
         let segment = Segment::create(&*storage, &self.dir, new_base, now_ms)?;
         self.segments.insert(new_base, segment);
@@ -710,8 +741,8 @@ impl Log {
             return None;
         }
         if self.recovery_point == self.log_end_offset
-            && self.unsynced_sealed.is_empty()
             && !self.dir_sync_needed
+            && !self.parent_sync_needed
         {
             return None;
         }
@@ -732,8 +763,8 @@ impl Log {
         FlushJob {
             storage: Arc::clone(&self.storage),
             dir: self.dir.clone(),
-            sealed: std::mem::take(&mut self.unsynced_sealed),
             sync_dir: std::mem::take(&mut self.dir_sync_needed),
+            sync_parent: std::mem::take(&mut self.parent_sync_needed),
             active,
             target: self.log_end_offset,
             generation,
@@ -1094,8 +1125,6 @@ impl Log {
         storage
             .sync_dir(&self.dir)
             .map_err(|e| StorageError::io(&self.dir, e))?;
-        self.unsynced_sealed
-            .retain(|(path, _)| storage.exists(path));
         // Cut the last remaining segment at the first batch that reaches `offset`.
         let base = *self
             .segments
@@ -1175,8 +1204,6 @@ impl Log {
             let segment = self.segments.remove(&base).expect("segment exists");
             total -= segment.size;
             segment.delete_files(&*storage)?;
-            self.unsynced_sealed
-                .retain(|(path, _)| *path != segment.log_path);
             removed.push(base);
         }
         if !removed.is_empty() {
@@ -1391,9 +1418,6 @@ impl Log {
             Some(self.log_start_offset),
             "compaction keeps the log start"
         );
-        // The replaced files were unlinked; their data lives on, fsynced, in the new segments.
-        self.unsynced_sealed
-            .retain(|(path, _)| !replaced_paths.contains(path));
         self.tombstone_due_ms = cleaned.tombstone_due_ms;
         self.scan_clean_tombstones = cleaned.tombstones_held;
         if cleaned.end > self.cleaner_checkpoint {

@@ -246,11 +246,22 @@ impl TestNode {
     /// The node's resident memory in KiB (from /proc), if it runs.
     #[must_use]
     pub fn rss_kib(&self) -> Option<u64> {
+        self.proc_status_kib("VmRSS:")
+    }
+
+    /// The node's resident anonymous memory in KiB (heap and stacks, not the mapped binary
+    /// or files), if it runs: what grows when the node leaks.
+    #[must_use]
+    pub fn rss_anon_kib(&self) -> Option<u64> {
+        self.proc_status_kib("RssAnon:")
+    }
+
+    fn proc_status_kib(&self, field: &str) -> Option<u64> {
         let pid = self.child.as_ref()?.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
+            .find(|l| l.starts_with(field))?
             .split_whitespace()
             .nth(1)?
             .parse()

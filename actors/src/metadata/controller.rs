@@ -8,12 +8,19 @@
 //! - Sends to: the MetadataApplier (awaited), the metadata image watch, the node-wide
 //!   `ProducerRegistry` (written before an InitProducerId is answered).
 //! - Mailbox bound: `CONTROLLER_MAILBOX_MAX`; admin requests past it get `Overloaded`.
+//! - Deadlines: a request may carry one (the wire's `timeout_ms`). Still queued when it
+//!   passes, the request is withdrawn and changes nothing; taken, it is answered
+//!   `TimedOut` when the deadline passes, saying how far the change got (being written to the
+//!   metadata log, or committed with partitions still starting or stopping), and the
+//!   controller finishes that change before it takes the next request.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use vltava_messages::metadata_records::MetadataRecord;
 use vltava_messages::{ProducerEpoch, ProducerId};
 
@@ -54,6 +61,67 @@ pub enum ControllerError {
     Metadata(#[from] MetadataError),
     #[error(transparent)]
     Producer(#[from] ProducerIdError),
+    #[error(transparent)]
+    TimedOut(#[from] TimedOut),
+}
+
+/// A metadata change whose request may time out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    CreateTopic(String),
+    DeleteTopic(String),
+    CreatePartitions(String),
+}
+
+/// How far a change had got when its request's deadline passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutStage {
+    /// The request was still queued behind others: it was withdrawn and changed nothing.
+    Queued,
+    /// The change was being written to the metadata log: it is made if that write succeeds.
+    Committing,
+    /// The change was committed; the node's partitions were still starting (or stopping),
+    /// and finish on their own.
+    Applying,
+}
+
+/// A request's deadline passed before its change was complete: what the client should know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.explain())]
+pub struct TimedOut {
+    pub change: Change,
+    pub stage: TimeoutStage,
+}
+
+impl TimedOut {
+    /// The sentence clients get. Wire error messages hold at most 128 bytes
+    /// (`ERROR_MESSAGE_BYTES_MAX`), so it says what became of the change first and leaves the
+    /// topic's name to the result it sits in.
+    fn explain(&self) -> &'static str {
+        match (&self.change, self.stage) {
+            (Change::CreateTopic(_), TimeoutStage::Queued) => {
+                "topic not created: the timeout passed while the request was queued"
+            }
+            (Change::DeleteTopic(_), TimeoutStage::Queued) => {
+                "topic not deleted: the timeout passed while the request was queued"
+            }
+            (Change::CreatePartitions(_), TimeoutStage::Queued) => {
+                "no partition added: the timeout passed while the request was queued"
+            }
+            (_, TimeoutStage::Committing) => {
+                "timed out while committing: the change is made unless the metadata write fails (see Metadata)"
+            }
+            (Change::CreateTopic(_), TimeoutStage::Applying) => {
+                "topic created; timed out while its partitions open, which goes on (LeaderNotAvailable until open)"
+            }
+            (Change::DeleteTopic(_), TimeoutStage::Applying) => {
+                "topic deleted; timed out while its partitions stop and their data goes, which goes on"
+            }
+            (Change::CreatePartitions(_), TimeoutStage::Applying) => {
+                "partitions added; timed out while they open, which goes on (LeaderNotAvailable until open)"
+            }
+        }
+    }
 }
 
 /// Checks a topic name: 1 to 249 bytes of `[a-zA-Z0-9._-]`, not `.` or `..`, and not
@@ -95,9 +163,87 @@ fn refuse_internal(name: &str) -> Result<(), ControllerError> {
     Ok(())
 }
 
-type Reply = oneshot::Sender<Result<(), ControllerError>>;
 /// A producer's identity: its id and epoch.
 pub type ProducerIdentity = (ProducerId, ProducerEpoch);
+
+/// A CreateTopic request's fields, as the controller checks them.
+#[derive(Debug)]
+struct NewTopic {
+    name: String,
+    partitions: u32,
+    replication_factor: u16,
+    configs: BTreeMap<String, String>,
+    validate_only: bool,
+    /// The node's own internal topic (a name starting with `__`).
+    internal: bool,
+}
+
+/// Where a request stands between the handle that sent it and the controller: whichever
+/// moves it out of `QUEUED` first decides whether it is made (taken) or withdrawn.
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+/// How a request is answered: once, possibly before the controller is done with it (when its
+/// deadline passes mid-change).
+#[derive(Debug)]
+pub struct Reply {
+    sender: Option<oneshot::Sender<Result<(), ControllerError>>>,
+    deadline: Option<Instant>,
+    claim: Arc<AtomicU8>,
+}
+
+impl Reply {
+    /// The reply of a change that no request waits on with a deadline.
+    fn without_deadline() -> Reply {
+        Reply {
+            sender: None,
+            deadline: None,
+            claim: Arc::new(AtomicU8::new(TAKEN)),
+        }
+    }
+
+    /// Answers, unless an answer went already. A dropped receiver means the session went away.
+    fn send(&mut self, outcome: Result<(), ControllerError>) {
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(outcome);
+        }
+    }
+
+    /// Takes the request for the controller; false if the handle withdrew it (its deadline
+    /// passed while it was queued).
+    fn take(&self) -> bool {
+        self.claim
+            .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn passed(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Awaits `work`; if the deadline passes first, answers `TimedOut` at `stage` then and
+    /// still awaits `work` to its end, so the change is finished before the next request.
+    async fn finish_by_deadline<T>(
+        &mut self,
+        work: impl std::future::Future<Output = T>,
+        change: &Change,
+        stage: TimeoutStage,
+    ) -> T {
+        let Some(deadline) = self.deadline else {
+            return work.await;
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            done = &mut work => done,
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::info!(?change, ?stage, "admin request timed out; the change goes on");
+                self.send(Err(TimedOut { change: change.clone(), stage }.into()));
+                work.await
+            }
+        }
+    }
+}
 
 #[derive(Debug)]
 pub enum ControllerMsg {
@@ -145,18 +291,61 @@ pub struct ControllerHandle {
 
 impl ControllerHandle {
     async fn call(&self, make: impl FnOnce(Reply) -> ControllerMsg) -> Result<(), ControllerError> {
+        self.call_by(None, None, make).await
+    }
+
+    /// Sends a request that must be answered by `deadline`, if there is one. `change` says what
+    /// a `TimedOut` answer is about.
+    async fn call_by(
+        &self,
+        deadline: Option<Instant>,
+        change: Option<Change>,
+        make: impl FnOnce(Reply) -> ControllerMsg,
+    ) -> Result<(), ControllerError> {
+        let timed_out = |stage| match &change {
+            Some(change) => ControllerError::TimedOut(TimedOut {
+                change: change.clone(),
+                stage,
+            }),
+            None => ControllerError::Unavailable,
+        };
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(timed_out(TimeoutStage::Queued));
+        }
         if self.stats.depth() >= CONTROLLER_MAILBOX_MAX {
             return Err(ControllerError::Overloaded);
         }
-        let (reply, answer) = oneshot::channel();
+        let (sender, mut answer) = oneshot::channel();
+        let claim = Arc::new(AtomicU8::new(QUEUED));
+        let reply = Reply {
+            sender: Some(sender),
+            deadline,
+            claim: Arc::clone(&claim),
+        };
         self.stats.enqueued();
         if self.actor.send_message(make(reply)).is_err() {
             self.stats.dequeued();
             return Err(ControllerError::Unavailable);
         }
+        if let Some(deadline) = deadline
+            && let Ok(answered) = tokio::time::timeout_at(deadline, &mut answer).await
+        {
+            return answered.unwrap_or(Err(ControllerError::Unavailable));
+        }
+        if deadline.is_some()
+            && claim
+                .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // Still queued: withdrawn, so the controller will skip it and nothing changes.
+            return Err(timed_out(TimeoutStage::Queued));
+        }
+        // Taken (or no deadline): the controller answers, by the deadline when there is one.
         answer.await.unwrap_or(Err(ControllerError::Unavailable))
     }
 
+    /// Creates a topic; with a deadline, answers `TimedOut` when it passes (see the module
+    /// doc for what then becomes of the topic).
     pub async fn create_topic(
         &self,
         name: String,
@@ -164,8 +353,10 @@ impl ControllerHandle {
         replication_factor: u16,
         configs: BTreeMap<String, String>,
         validate_only: bool,
+        deadline: Option<Instant>,
     ) -> Result<(), ControllerError> {
-        self.call(|reply| ControllerMsg::CreateTopic {
+        let change = Change::CreateTopic(name.clone());
+        self.call_by(deadline, Some(change), |reply| ControllerMsg::CreateTopic {
             name,
             partitions,
             replication_factor,
@@ -204,9 +395,18 @@ impl ControllerHandle {
         }
     }
 
-    pub async fn delete_topic(&self, name: String) -> Result<(), ControllerError> {
-        self.call(|reply| ControllerMsg::DeleteTopic { name, reply })
-            .await
+    /// Deletes a topic; with a deadline, answers `TimedOut` when it passes.
+    pub async fn delete_topic(
+        &self,
+        name: String,
+        deadline: Option<Instant>,
+    ) -> Result<(), ControllerError> {
+        let change = Change::DeleteTopic(name.clone());
+        self.call_by(deadline, Some(change), |reply| ControllerMsg::DeleteTopic {
+            name,
+            reply,
+        })
+        .await
     }
 
     pub async fn alter_configs(
@@ -226,17 +426,22 @@ impl ControllerHandle {
         .await
     }
 
+    /// Raises a topic's partition count; with a deadline, answers `TimedOut` when it passes.
     pub async fn create_partitions(
         &self,
         topic: String,
         partitions: u32,
         validate_only: bool,
+        deadline: Option<Instant>,
     ) -> Result<(), ControllerError> {
-        self.call(|reply| ControllerMsg::CreatePartitions {
-            topic,
-            partitions,
-            validate_only,
-            reply,
+        let change = Change::CreatePartitions(topic.clone());
+        self.call_by(deadline, Some(change), |reply| {
+            ControllerMsg::CreatePartitions {
+                topic,
+                partitions,
+                validate_only,
+                reply,
+            }
         })
         .await
     }
@@ -437,7 +642,19 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             ControllerMsg::CreatePartitions { .. } => "CreatePartitions",
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
-        let (outcome, reply) = match msg {
+        let reply = match &msg {
+            ControllerMsg::CreateTopic { reply, .. }
+            | ControllerMsg::DeleteTopic { reply, .. }
+            | ControllerMsg::AlterConfigs { reply, .. }
+            | ControllerMsg::CreatePartitions { reply, .. } => reply,
+            ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
+        };
+        if !reply.take() {
+            // Withdrawn by its handle: its deadline passed while it waited here.
+            state.stats.handled();
+            return Ok(());
+        }
+        let (outcome, mut reply) = match msg {
             ControllerMsg::CreateTopic {
                 name,
                 partitions,
@@ -445,30 +662,35 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
                 configs,
                 validate_only,
                 internal,
-                reply,
+                mut reply,
             } => (
                 state
                     .create_topic(
-                        name,
-                        partitions,
-                        replication_factor,
-                        configs,
-                        validate_only,
-                        internal,
+                        NewTopic {
+                            name,
+                            partitions,
+                            replication_factor,
+                            configs,
+                            validate_only,
+                            internal,
+                        },
+                        &mut reply,
                     )
                     .await,
                 reply,
             ),
-            ControllerMsg::DeleteTopic { name, reply } => (state.delete_topic(name).await, reply),
+            ControllerMsg::DeleteTopic { name, mut reply } => {
+                (state.delete_topic(name, &mut reply).await, reply)
+            }
             ControllerMsg::AlterConfigs {
                 topic,
                 set,
                 removed,
                 validate_only,
-                reply,
+                mut reply,
             } => (
                 state
-                    .alter_configs(topic, set, removed, validate_only)
+                    .alter_configs(topic, set, removed, validate_only, &mut reply)
                     .await,
                 reply,
             ),
@@ -476,10 +698,10 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
                 topic,
                 partitions,
                 validate_only,
-                reply,
+                mut reply,
             } => (
                 state
-                    .create_partitions(topic, partitions, validate_only)
+                    .create_partitions(topic, partitions, validate_only, &mut reply)
                     .await,
                 reply,
             ),
@@ -488,7 +710,7 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
         if let Err(e) = &outcome {
             tracing::info!(error = %e, "metadata change refused");
         }
-        let _ = reply.send(outcome);
+        reply.send(outcome);
         state.stats.time(kind, started.elapsed());
         state.stats.handled();
         Ok(())
@@ -506,14 +728,49 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
 
 impl<L: MetadataLog> ControllerState<L> {
     /// Commits records, applies them, publishes the image and waits for the node to follow.
-    async fn commit(&mut self, records: Vec<MetadataRecord>) -> Result<(), ControllerError> {
-        self.log.append(records.clone()).await?;
+    /// If the request's deadline passes meanwhile, it is answered `TimedOut` then (as `change`,
+    /// at the stage reached) and the commit still runs to its end.
+    async fn commit(
+        &mut self,
+        records: Vec<MetadataRecord>,
+        reply: &mut Reply,
+        change: Option<Change>,
+    ) -> Result<(), ControllerError> {
+        let appending = self.log.append(records.clone());
+        match &change {
+            Some(change) => {
+                reply
+                    .finish_by_deadline(appending, change, TimeoutStage::Committing)
+                    .await?;
+            }
+            None => appending.await?,
+        }
         for record in &records {
             self.image.apply(record);
         }
         let shared = Arc::new(self.image.clone());
         self.publish.send_replace(Arc::clone(&shared));
-        self.applier.apply(shared).await;
+        let applying = self.applier.apply(shared);
+        match &change {
+            Some(change) => {
+                reply
+                    .finish_by_deadline(applying, change, TimeoutStage::Applying)
+                    .await;
+            }
+            None => applying.await,
+        }
+        Ok(())
+    }
+
+    /// A deadline that passed before the change was started: nothing is written.
+    fn check_deadline(reply: &Reply, change: Change) -> Result<(), ControllerError> {
+        if reply.passed() {
+            return Err(TimedOut {
+                change,
+                stage: TimeoutStage::Queued,
+            }
+            .into());
+        }
         Ok(())
     }
 
@@ -530,7 +787,9 @@ impl<L: MetadataLog> ControllerState<L> {
             self.producer_ids.issue(self.producer_next);
         } else {
             tracing::info!(records = ?grant.records, "producer ids changed");
-            self.commit(grant.records).await?;
+            // InitProducerId carries no deadline: its commit runs to its end.
+            self.commit(grant.records, &mut Reply::without_deadline(), None)
+                .await?;
             self.producer_next = grant.next;
             self.producer_ids
                 .publish(&self.image.producers, self.producer_next);
@@ -562,13 +821,17 @@ impl<L: MetadataLog> ControllerState<L> {
 
     async fn create_topic(
         &mut self,
-        name: String,
-        partitions: u32,
-        replication_factor: u16,
-        configs: BTreeMap<String, String>,
-        validate_only: bool,
-        internal: bool,
+        topic: NewTopic,
+        reply: &mut Reply,
     ) -> Result<(), ControllerError> {
+        let NewTopic {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+            validate_only,
+            internal,
+        } = topic;
         if !(internal && name.starts_with("__")) {
             check_topic_name(&name)?;
         }
@@ -587,6 +850,8 @@ impl<L: MetadataLog> ControllerState<L> {
         if validate_only {
             return Ok(());
         }
+        let change = Change::CreateTopic(name.clone());
+        Self::check_deadline(reply, change.clone())?;
         let topic_id = uuid::Uuid::new_v4().to_string();
         let mut records = vec![MetadataRecord::TopicCreated {
             name: name.clone(),
@@ -597,17 +862,27 @@ impl<L: MetadataLog> ControllerState<L> {
         }];
         records.extend(self.partition_changes(&name, 0, partitions));
         tracing::info!(topic = %name, partitions, "creating topic");
-        self.commit(records).await
+        self.commit(records, reply, Some(change)).await
     }
 
-    async fn delete_topic(&mut self, name: String) -> Result<(), ControllerError> {
+    async fn delete_topic(
+        &mut self,
+        name: String,
+        reply: &mut Reply,
+    ) -> Result<(), ControllerError> {
         refuse_internal(&name)?;
         if !self.image.topics.contains_key(&name) {
             return Err(ControllerError::UnknownTopic(name));
         }
+        let change = Change::DeleteTopic(name.clone());
+        Self::check_deadline(reply, change.clone())?;
         tracing::info!(topic = %name, "deleting topic");
-        self.commit(vec![MetadataRecord::TopicDeleted { name }])
-            .await
+        self.commit(
+            vec![MetadataRecord::TopicDeleted { name }],
+            reply,
+            Some(change),
+        )
+        .await
     }
 
     async fn alter_configs(
@@ -616,6 +891,7 @@ impl<L: MetadataLog> ControllerState<L> {
         set: BTreeMap<String, String>,
         removed: Vec<String>,
         validate_only: bool,
+        reply: &mut Reply,
     ) -> Result<(), ControllerError> {
         refuse_internal(&topic)?;
         let current = self
@@ -641,11 +917,16 @@ impl<L: MetadataLog> ControllerState<L> {
         if validate_only {
             return Ok(());
         }
-        self.commit(vec![MetadataRecord::TopicConfigChanged {
-            topic,
-            set,
-            removed,
-        }])
+        // AlterTopicConfigs carries no timeout on the wire.
+        self.commit(
+            vec![MetadataRecord::TopicConfigChanged {
+                topic,
+                set,
+                removed,
+            }],
+            reply,
+            None,
+        )
         .await
     }
 
@@ -654,6 +935,7 @@ impl<L: MetadataLog> ControllerState<L> {
         topic: String,
         partitions: u32,
         validate_only: bool,
+        reply: &mut Reply,
     ) -> Result<(), ControllerError> {
         refuse_internal(&topic)?;
         let current = self
@@ -672,11 +954,16 @@ impl<L: MetadataLog> ControllerState<L> {
         if validate_only {
             return Ok(());
         }
+        let change = Change::CreatePartitions(topic.clone());
+        Self::check_deadline(reply, change.clone())?;
         let mut records = vec![MetadataRecord::PartitionsAdded {
             topic: topic.clone(),
             partitions,
         }];
         records.extend(self.partition_changes(&topic, current, partitions));
-        self.commit(records).await
+        self.commit(records, reply, Some(change)).await
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -34,55 +34,75 @@ pub trait MetadataLog: Send + 'static {
     ) -> impl Future<Output = Result<(), MetadataError>> + Send;
 }
 
-/// The single-node metadata log: a record file, each record fsynced as it is appended.
+/// The single-node metadata log: a record file; each commit's records are written together
+/// and made durable with one fsync.
 #[derive(Debug)]
 pub struct FileMetadataLog {
     /// `None` only while a blocking task holds it.
     file: Option<RecordFile>,
-    records: Vec<MetadataRecord>,
+    /// The records read at open, until `replay` hands them over. Nothing else needs them, so
+    /// none are kept after that: the log used to hold every record it had ever committed, a
+    /// few hundred bytes per partition ever created, for the life of the process.
+    opened: Option<Vec<MetadataRecord>>,
+}
+
+fn decode_all(bodies: &[Vec<u8>]) -> Result<Vec<MetadataRecord>, MetadataError> {
+    bodies
+        .iter()
+        .enumerate()
+        .map(|(index, bytes)| {
+            MetadataRecord::decode(bytes).map_err(|e| MetadataError::Undecodable {
+                index,
+                reason: e.reason,
+            })
+        })
+        .collect()
 }
 
 impl FileMetadataLog {
     /// Opens (or creates) the file and decodes every record. Blocks.
     pub fn open(path: &Path) -> Result<FileMetadataLog, MetadataError> {
         let (file, contents) = RecordFile::open(Arc::new(RealStorage), path)?;
-        let records = contents
-            .records
-            .iter()
-            .enumerate()
-            .map(|(index, bytes)| {
-                MetadataRecord::decode(bytes).map_err(|e| MetadataError::Undecodable {
-                    index,
-                    reason: e.reason,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let records = decode_all(&contents.records)?;
         Ok(FileMetadataLog {
             file: Some(file),
-            records,
+            opened: Some(records),
         })
+    }
+
+    /// Runs `work` with the file on the blocking pool, and takes the file back.
+    async fn with_file<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut RecordFile) -> T + Send + 'static,
+    ) -> Result<T, MetadataError> {
+        let mut file = self.file.take().ok_or_else(|| {
+            MetadataError::Task("metadata file lost by an earlier failure".into())
+        })?;
+        let (file, out) = tokio::task::spawn_blocking(move || {
+            let out = work(&mut file);
+            (file, out)
+        })
+        .await
+        .map_err(|e| MetadataError::Task(e.to_string()))?;
+        self.file = Some(file);
+        Ok(out)
     }
 }
 
 impl MetadataLog for FileMetadataLog {
     async fn replay(&mut self) -> Result<Vec<MetadataRecord>, MetadataError> {
-        Ok(self.records.clone())
+        if let Some(records) = self.opened.take() {
+            return Ok(records);
+        }
+        // A second replay (none happens today) reads the file again.
+        let bodies = self.with_file(|file| file.read_all()).await??;
+        decode_all(&bodies)
     }
 
     async fn append(&mut self, records: Vec<MetadataRecord>) -> Result<(), MetadataError> {
-        let mut file = self.file.take().ok_or_else(|| {
-            MetadataError::Task("metadata file lost by an earlier failure".into())
-        })?;
         let encoded: Vec<Vec<u8>> = records.iter().map(MetadataRecord::encode).collect();
-        let (file, result) = tokio::task::spawn_blocking(move || {
-            let result = encoded.iter().try_for_each(|bytes| file.append(bytes));
-            (file, result)
-        })
-        .await
-        .map_err(|e| MetadataError::Task(e.to_string()))?;
-        self.file = Some(file);
-        result?;
-        self.records.extend(records);
+        self.with_file(move |file| file.append_all(&encoded))
+            .await??;
         Ok(())
     }
 }

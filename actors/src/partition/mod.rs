@@ -18,14 +18,16 @@
 //! - Inbox bound: `PARTITION_MAILBOX_MAX` messages, checked by the handle (`Overloaded` past
 //!   it); sessions bound their own in-flight requests, so the bound is rarely reached.
 //! - Shutdown: the actor asks the log thread to stop, which fails waiting answers with
-//!   `PartitionOffline`, then closes the log (flush, indexes, clean-shutdown marker).
+//!   `PartitionOffline`, then closes the log (flush, indexes, clean-shutdown marker). A
+//!   partition of a deleted topic is discarded instead: its log is dropped unclosed, since its
+//!   files are removed next.
 
 pub mod producer_state;
 pub mod supervisor;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -59,6 +61,32 @@ pub const COMPACTION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often a partition checks retention and rolls an old active segment.
 pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Log threads running in this process, for the admin endpoint's `/resources` (a leak check:
+/// it must fall back when partitions stop). Process-wide, as the threads are.
+static LOG_THREADS_LIVE: AtomicU64 = AtomicU64::new(0);
+
+/// The number of partition log threads running in this process.
+#[must_use]
+pub fn log_threads_live() -> u64 {
+    LOG_THREADS_LIVE.load(Ordering::Relaxed)
+}
+
+/// Counts a log thread from its start to its end, however it ends.
+struct LogThreadCount;
+
+impl LogThreadCount {
+    fn start() -> LogThreadCount {
+        LOG_THREADS_LIVE.fetch_add(1, Ordering::Relaxed);
+        LogThreadCount
+    }
+}
+
+impl Drop for LogThreadCount {
+    fn drop(&mut self) {
+        LOG_THREADS_LIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// When an acknowledged write becomes visible and `acks=all` is answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,6 +231,10 @@ enum CoreMsg {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+    /// The partition's topic was deleted: stop without closing the log, whose files are
+    /// about to be removed (a clean close would fsync the data, write indexes, a
+    /// producer-state snapshot and two checkpoints, for nothing).
+    Discard,
 }
 
 impl CoreMsg {
@@ -219,6 +251,7 @@ impl CoreMsg {
             CoreMsg::Compacted { .. } => "Compacted",
             CoreMsg::Crash => "Crash",
             CoreMsg::Shutdown { .. } => "Shutdown",
+            CoreMsg::Discard => "Discard",
         }
     }
 
@@ -231,6 +264,7 @@ impl CoreMsg {
                 | CoreMsg::RetentionTick
                 | CoreMsg::CompactionTick
                 | CoreMsg::Shutdown { .. }
+                | CoreMsg::Discard
         )
     }
 }
@@ -380,6 +414,13 @@ impl PartitionHandle {
         self.send(CoreMsg::Crash)
     }
 
+    /// Makes the log thread stop without closing the log, for a partition whose topic was
+    /// deleted: requests after it fail with `Offline`. The actor is stopped next, as usual.
+    pub(crate) fn discard(&self) {
+        // A failed send means the thread has stopped already, which is what was asked.
+        let _ = self.core.send(CoreMsg::Discard);
+    }
+
     /// The actor, for supervision.
     #[must_use]
     pub fn actor(&self) -> &ActorRef<PartitionMsg> {
@@ -413,6 +454,11 @@ pub struct PartitionState {
     id: String,
     core: mpsc::Sender<CoreMsg>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The interval timers started in `pre_start`. Each is a task holding a clone of the
+    /// actor's cell (its mailboxes, about 5 KiB), and ractor's task only notices that the actor
+    /// stopped at its next tick: for the retention timer that kept a deleted partition's cell
+    /// alive for up to `RETENTION_CHECK_INTERVAL`. They are aborted when the actor stops.
+    timers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// What the log thread owns: everything about the log.
@@ -437,6 +483,9 @@ struct Core {
 
 impl Drop for PartitionState {
     fn drop(&mut self) {
+        for timer in &self.timers {
+            timer.abort();
+        }
         // An actor dropped without its `post_stop` still must not leave its log thread
         // (which keeps its own inbox alive) running with the log open.
         if self.thread.is_some() {
@@ -449,6 +498,8 @@ impl Drop for PartitionState {
 /// Why the log thread's loop ended.
 enum Stop {
     Shutdown(oneshot::Sender<()>),
+    /// The topic was deleted: the log is dropped unclosed and its files removed next.
+    Discard,
     Failed(String),
 }
 
@@ -552,14 +603,9 @@ impl Actor for Partition {
         }
         tracing::info!(partition = %args.id, log_end_offset = log.log_end_offset().0, "partition open");
         high_watermark.send_replace(log.high_watermark());
-        if let Durability::Interval(every) = args.durability {
-            myself.send_interval(every, || PartitionMsg::FlushTick);
-        }
-        myself.send_interval(RETENTION_CHECK_INTERVAL, || PartitionMsg::RetentionTick);
-        if args.log_config.cleanup_policy == CleanupPolicy::Compact {
-            myself.send_interval(COMPACTION_CHECK_INTERVAL, || PartitionMsg::CompactionTick);
-        }
         let id = args.id.clone();
+        let durability = args.durability;
+        let compacted = args.log_config.cleanup_policy == CleanupPolicy::Compact;
         let state = Core {
             args,
             stats,
@@ -579,10 +625,22 @@ impl Actor for Partition {
         let thread = std::thread::Builder::new()
             .name("vltava-log".into())
             .spawn(move || run_log_thread(state, &inbox, &actor))?;
+        // Started last, so that a failed start leaves no timer behind.
+        let mut timers = Vec::new();
+        if let Durability::Interval(every) = durability {
+            timers.push(myself.send_interval(every, || PartitionMsg::FlushTick));
+        }
+        timers.push(myself.send_interval(RETENTION_CHECK_INTERVAL, || PartitionMsg::RetentionTick));
+        if compacted {
+            timers.push(
+                myself.send_interval(COMPACTION_CHECK_INTERVAL, || PartitionMsg::CompactionTick),
+            );
+        }
         Ok(PartitionState {
             id,
             core,
             thread: Some(thread),
+            timers,
         })
     }
 
@@ -610,6 +668,9 @@ impl Actor for Partition {
         _myself: ActorRef<PartitionMsg>,
         state: &mut PartitionState,
     ) -> Result<(), ActorProcessingErr> {
+        for timer in state.timers.drain(..) {
+            timer.abort();
+        }
         let (done, closed) = oneshot::channel();
         if state.core.send(CoreMsg::Shutdown { done }).is_ok() {
             // The thread answers once the log is closed (or drops `done` if it stopped first).
@@ -629,6 +690,7 @@ impl Actor for Partition {
 /// The log thread: serves its inbox until told to stop or until something fails, then
 /// closes (on a stop) or drops (on a failure) the log and, on a failure, tells the actor.
 fn run_log_thread(mut core: Core, inbox: &mpsc::Receiver<CoreMsg>, actor: &ActorRef<PartitionMsg>) {
+    let _count = LogThreadCount::start();
     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.serve(inbox)));
     let stop = served.unwrap_or_else(|panic| {
         let what = panic
@@ -645,6 +707,10 @@ fn run_log_thread(mut core: Core, inbox: &mpsc::Receiver<CoreMsg>, actor: &Actor
         Stop::Shutdown(done) => {
             core.close();
             let _ = done.send(());
+        }
+        Stop::Discard => {
+            tracing::debug!(partition = %core.args.id, "partition discarded: its topic was deleted");
+            drop(core.log.take());
         }
         Stop::Failed(error) => {
             tracing::error!(partition = %core.args.id, %error, "partition log thread stopped");
@@ -713,6 +779,7 @@ impl Core {
                 }
                 CoreMsg::Crash => Err("crash injected".to_owned()),
                 CoreMsg::Shutdown { done } => return Stop::Shutdown(done),
+                CoreMsg::Discard => return Stop::Discard,
             };
             self.publish();
             self.stats.time(kind, started.elapsed());

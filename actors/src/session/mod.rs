@@ -670,6 +670,7 @@ fn controller_error(error: &ControllerError) -> ResponseError {
         ControllerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
         ControllerError::Overloaded => ErrorCode::Overloaded,
         ControllerError::Unavailable | ControllerError::Metadata(_) => ErrorCode::StorageError,
+        ControllerError::TimedOut(_) => ErrorCode::RequestTimedOut,
         ControllerError::Producer(ProducerIdError::Unknown { .. }) => ErrorCode::UnknownProducerId,
         ControllerError::Producer(ProducerIdError::Fenced { .. }) => ErrorCode::ProducerFenced,
         // 2^63 producer ids handed out: not a state a node reaches.
@@ -702,6 +703,17 @@ fn route(
                     ErrorCode::UnknownPartition,
                     format!("topic {topic} has {} partitions", t.partitions.len()),
                 )),
+                Some(t) if t.partitions[partition.0 as usize].leader == Some(services.node_id) => {
+                    // Led here but not open yet: a new topic whose partitions are still
+                    // opening (its creation may have answered RequestTimedOut).
+                    Err(ResponseError::new(
+                        ErrorCode::LeaderNotAvailable,
+                        format!(
+                            "partition {topic}-{} is still opening on this node",
+                            partition.0
+                        ),
+                    ))
+                }
                 Some(t) => {
                     let leader = t.partitions[partition.0 as usize].leader.map(NodeId);
                     Err(ResponseError::not_leader(

@@ -3,6 +3,7 @@
 //! published metadata image.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use vltava_messages::protocol::{
     AlterTopicConfigsRequest, AlterTopicConfigsResponse, ConfigEntry, CreatePartitionsRequest,
@@ -130,10 +131,17 @@ pub(super) fn effective_configs(set: &BTreeMap<String, String>) -> Vec<ConfigEnt
 
 // ---- topic admin ----
 
+/// When a topic admin request with `timeout_ms` must be answered: its timeout counts from
+/// now, for all of its topics together (a topic reached after it passed is not changed).
+fn admin_deadline(timeout_ms: u32) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(u64::from(timeout_ms))
+}
+
 pub(super) async fn create_topics(
     request: CreateTopicsRequest,
     services: &NodeServices,
 ) -> CreateTopicsResponse {
+    let deadline = admin_deadline(request.timeout_ms);
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let outcome = services
@@ -144,6 +152,7 @@ pub(super) async fn create_topics(
                 topic.replication_factor.unwrap_or(1),
                 topic.configs,
                 request.validate_only,
+                Some(deadline),
             )
             .await;
         topics.push(topic_result(topic.name, outcome));
@@ -163,9 +172,13 @@ pub(super) async fn delete_topics(
     request: DeleteTopicsRequest,
     services: &NodeServices,
 ) -> DeleteTopicsResponse {
+    let deadline = admin_deadline(request.timeout_ms);
     let mut topics = Vec::with_capacity(request.topics.len());
     for name in request.topics {
-        let outcome = services.controller.delete_topic(name.clone()).await;
+        let outcome = services
+            .controller
+            .delete_topic(name.clone(), Some(deadline))
+            .await;
         topics.push(topic_result(name, outcome));
     }
     DeleteTopicsResponse { topics }
@@ -195,11 +208,17 @@ pub(super) async fn create_partitions(
     request: CreatePartitionsRequest,
     services: &NodeServices,
 ) -> CreatePartitionsResponse {
+    let deadline = admin_deadline(request.timeout_ms);
     let mut topics = Vec::with_capacity(request.topics.len());
     for change in request.topics {
         let outcome = services
             .controller
-            .create_partitions(change.name.clone(), change.count, request.validate_only)
+            .create_partitions(
+                change.name.clone(),
+                change.count,
+                request.validate_only,
+                Some(deadline),
+            )
             .await;
         topics.push(topic_result(change.name, outcome));
     }

@@ -75,6 +75,7 @@ pub fn start(
             .route("/partitions", web::get().to(partitions))
             .route("/connections", web::get().to(connections))
             .route("/cluster", web::get().to(cluster))
+            .route("/resources", web::get().to(resources))
             .route("/groups", web::get().to(groups))
             .route("/groups/{group}", web::get().to(group))
             .route("/metrics", web::get().to(metrics));
@@ -240,6 +241,10 @@ async fn group(state: web::Data<AdminState>, id: web::Path<String>) -> HttpRespo
 
 async fn cluster(state: web::Data<AdminState>) -> HttpResponse {
     ok(&views::cluster(&state.view))
+}
+
+async fn resources(state: web::Data<AdminState>) -> HttpResponse {
+    ok(&views::resources(&state.view))
 }
 
 async fn metrics(state: web::Data<AdminState>) -> HttpResponse {

@@ -476,3 +476,20 @@ pub fn cluster(view: &NodeView) -> Value {
         "nodes": nodes,
     })
 }
+
+/// `GET /resources`: how many of each per-partition and per-actor resource the node holds now.
+/// After topics are deleted they fall back to what the remaining topics need; a count that
+/// keeps growing is a leak.
+pub fn resources(view: &NodeView) -> Value {
+    let image = view.image.borrow().clone();
+    let partitions_in_metadata: usize = image.topics.values().map(|t| t.partitions.len()).sum();
+    json!({
+        "topics": image.topics.len(),
+        "partitions_in_metadata": partitions_in_metadata,
+        "actors": view.directory.len(),
+        "partitions_registered": view.partitions.len(),
+        "named_actors": ractor::registry::registered().len(),
+        "runtime_tasks": view.runtime.metrics().num_alive_tasks(),
+        "log_threads": vltava_actors::partition::log_threads_live(),
+    })
+}

@@ -435,3 +435,86 @@ fn every_header_can_be_walked_without_reading_records() {
         .unwrap();
     assert_eq!(bases, (0..300).map(|i| i * 2).collect::<Vec<_>>());
 }
+
+/// The simulated disk, noting which directories are fsynced.
+#[derive(Debug)]
+struct DirSyncs {
+    disk: SimStorage,
+    synced: std::sync::Mutex<Vec<std::path::PathBuf>>,
+}
+
+impl DirSyncs {
+    fn take(&self) -> Vec<std::path::PathBuf> {
+        std::mem::take(&mut *self.synced.lock().unwrap())
+    }
+}
+
+impl Storage for DirSyncs {
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.disk.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        self.disk.list_dir(path)
+    }
+    fn open(
+        &self,
+        path: &Path,
+        create: bool,
+    ) -> std::io::Result<Arc<dyn vltava_storage::StorageFile>> {
+        self.disk.open(path, create)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.disk.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.disk.rename(from, to)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.synced.lock().unwrap().push(path.to_path_buf());
+        self.disk.sync_dir(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.disk.exists(path)
+    }
+}
+
+/// Creating a topic of 4,096 partitions made six fsyncs per partition at open (the empty
+/// segment, the directory, two checkpoints written atomically), for a log with nothing
+/// to recover or protect. A new log now opens without any; its first flush job, which comes
+/// before anything in it is acknowledged, fsyncs its directory and the data directory that
+/// holds the directory's entry, once.
+#[test]
+fn a_new_log_opens_without_an_fsync_and_its_first_flush_syncs_its_directories() {
+    let disk = SimStorage::new();
+    let dirs = Arc::new(DirSyncs {
+        disk: disk.clone(),
+        synced: std::sync::Mutex::default(),
+    });
+    let storage: Arc<dyn Storage> = dirs.clone();
+    let dir = sim_dir();
+    let mut log = open(&storage, &dir, small_config());
+    assert_eq!(disk.sync_count(), 0, "a new log's open makes no fsync");
+    log.append_as_leader(&mut batch("a", 2, 10, 0), LeaderEpoch(1), 1_000)
+        .unwrap();
+    dirs.take(); // the leader-epoch checkpoint's own directory sync
+    let job = log.begin_flush().expect("the append needs a flush");
+    let result = job.run();
+    assert_eq!(log.complete_flush(job, result).unwrap(), Offset(2));
+    let synced = dirs.take();
+    assert!(synced.contains(&dir), "{synced:?}");
+    assert!(
+        synced.contains(&dir.parent().unwrap().to_path_buf()),
+        "{synced:?}"
+    );
+    log.append_as_leader(&mut batch("b", 1, 10, 0), LeaderEpoch(1), 1_000)
+        .unwrap();
+    let job = log.begin_flush().unwrap();
+    let result = job.run();
+    log.complete_flush(job, result).unwrap();
+    assert!(dirs.take().is_empty(), "later flushes sync no directory");
+    // An empty log flushed once and reopened runs the full recovery, and reads as empty.
+    let empty = open(&storage, Path::new("/sim/other-0"), small_config());
+    empty.close().unwrap();
+    let empty = open(&storage, Path::new("/sim/other-0"), small_config());
+    assert_eq!(empty.log_end_offset(), Offset(0));
+}

@@ -10,6 +10,7 @@ mod groups;
 mod produce_consume;
 mod producer_ids;
 mod python_example;
+mod resources;
 mod restart;
 mod spec;
 
