@@ -21,6 +21,7 @@
 //!   `PartitionOffline`, then closes the log (flush, indexes, clean-shutdown marker).
 
 pub mod producer_state;
+pub mod replica_state;
 pub mod supervisor;
 
 use std::path::PathBuf;
