@@ -40,7 +40,7 @@
 //! - `Truncate`: cut the log at `offset` (`Log::truncate_to`), then call `log_truncated`.
 //! - `StartFetching` / `StopFetching`: start or stop the ReplicaFetcher towards the leader.
 //!
-//! # Invariants (asserted on entry and exit of every transition, on in release)
+//! # Invariants (asserted after `open` and after every transition, on in release)
 //! - `log_start <= high_watermark <= log_end`, and `log_start <= flushed <= log_end`.
 //! - The high watermark never moves back within a leader epoch (a follower cutting below it is
 //!   a bug, unless unclean leader election is configured), and the leader epoch never goes
@@ -1270,10 +1270,9 @@ impl<W> ReplicaState<W> {
             return None;
         }
         let assignment = self.assignment.as_ref()?;
-        let mut members: BTreeSet<NodeId> = assignment.isr.clone();
-        members.extend(leading.proposed.iter().copied());
+        let members = assignment.isr.iter().chain(&leading.proposed);
         let mut candidate = self.measure(self.log.log_end_offset, self.log.flushed_offset);
-        for member in members.iter().filter(|m| **m != self.node) {
+        for member in members.filter(|m| **m != self.node) {
             let progress = leading.followers.get(member)?;
             let measure = self.measure(progress.log_end_offset?, progress.flushed_offset?);
             candidate = candidate.min(measure);
@@ -1305,39 +1304,55 @@ impl<W> ReplicaState<W> {
         }
     }
 
-    /// The ISR the rules want now: the committed one without followers that lag, with
-    /// followers that caught up.
+    /// Whether a follower belongs in the ISR by the rules: one in it stays until it has not
+    /// been caught up for the lag time; one outside joins once its measure reaches the high
+    /// watermark and the epoch start.
+    fn in_sync(
+        &self,
+        leading: &Leading<W>,
+        progress: &FollowerProgress,
+        in_isr: bool,
+        now: Instant,
+    ) -> bool {
+        if in_isr {
+            now.saturating_duration_since(progress.last_caught_up)
+                <= self.config.replica_lag_time_max
+        } else if let (Some(log_end), Some(flushed)) =
+            (progress.log_end_offset, progress.flushed_offset)
+        {
+            self.measure(log_end, flushed) >= self.high_watermark.max(leading.epoch_start_offset)
+        } else {
+            false
+        }
+    }
+
+    /// The ISR the rules want now, if it differs from the committed one: the committed one
+    /// without followers that lag, with followers that caught up. (Called on every fetch, so
+    /// it allocates only when there is a change to propose.)
     fn desired_isr(&self, now: Instant) -> Option<BTreeSet<NodeId>> {
         let Role::Leader(leading) = &self.role else {
             return None;
         };
-        let assignment = self.assignment.as_ref()?;
-        let threshold = self.high_watermark.max(leading.epoch_start_offset);
-        let mut isr = assignment.isr.clone();
-        for (node, progress) in &leading.followers {
-            if assignment.isr.contains(node) {
-                let lag = now.saturating_duration_since(progress.last_caught_up);
-                if lag > self.config.replica_lag_time_max {
-                    isr.remove(node);
-                }
-            } else if let (Some(log_end), Some(flushed)) =
-                (progress.log_end_offset, progress.flushed_offset)
-                && self.measure(log_end, flushed) >= threshold
-            {
-                isr.insert(*node);
+        let isr = &self.assignment.as_ref()?.isr;
+        let changes = |(node, progress): &(&NodeId, &FollowerProgress)| {
+            let in_isr = isr.contains(*node);
+            in_isr != self.in_sync(leading, progress, in_isr, now)
+        };
+        if !leading.followers.iter().any(|f| changes(&f)) {
+            return None;
+        }
+        let mut desired = isr.clone();
+        for (node, _) in leading.followers.iter().filter(changes) {
+            if !desired.remove(node) {
+                desired.insert(*node);
             }
         }
-        Some(isr)
+        Some(desired)
     }
 
     /// Proposes an ISR change if the rules want one and none is pending; repeats a pending
     /// one that went unanswered.
     fn maybe_propose(&mut self, now: Instant, effects: &mut Vec<Effect<W>>) {
-        let desired = self.desired_isr(now);
-        let (node, leader_epoch, partition_epoch, committed) = match &self.assignment {
-            Some(a) => (self.node, a.leader_epoch, a.partition_epoch, a.isr.clone()),
-            None => return,
-        };
         let Role::Leader(leading) = &mut self.role else {
             return;
         };
@@ -1351,15 +1366,18 @@ impl<W> ReplicaState<W> {
         if leading.propose_after.is_some_and(|after| now < after) {
             return;
         }
-        let Some(desired) = desired else { return };
-        if desired == committed {
+        let Some(desired) = self.desired_isr(now) else {
             return;
-        }
+        };
+        let a = self.assignment.as_ref().expect("a leader has an assignment");
         let proposal = IsrProposal {
-            leader: node,
-            leader_epoch,
-            partition_epoch,
+            leader: self.node,
+            leader_epoch: a.leader_epoch,
+            partition_epoch: a.partition_epoch,
             isr: desired,
+        };
+        let Role::Leader(leading) = &mut self.role else {
+            unreachable!("checked above")
         };
         leading.propose_after = None;
         leading.proposed.extend(proposal.isr.iter().copied());
@@ -1474,10 +1492,11 @@ impl<W> ReplicaState<W> {
             .map_or(PartitionEpoch::default(), |a| a.partition_epoch)
     }
 
-    /// Runs a transition between two checks of the invariants, and checks that it moved
-    /// neither the leader epoch nor (within an epoch) the high watermark back.
+    /// Runs a transition, then checks the invariants and that it moved neither the leader
+    /// epoch nor (within an epoch) the high watermark back. The fields are private and only
+    /// transitions change them, so the state a transition starts from is the one the previous
+    /// transition (or `open`) checked.
     fn transition<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
-        self.check_invariants();
         let epoch_before = self.leader_epoch();
         let high_watermark_before = self.high_watermark;
         let result = f(self);
