@@ -87,6 +87,8 @@ use vltava_storage::epoch::LeaderEpochCache;
 use super::{ACK_WAITERS_MAX, Acks, Durability};
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 /// Kafka's default `replica.lag.time.max.ms`: long enough that a follower riding out a
@@ -1369,7 +1371,10 @@ impl<W> ReplicaState<W> {
         let Some(desired) = self.desired_isr(now) else {
             return;
         };
-        let a = self.assignment.as_ref().expect("a leader has an assignment");
+        let a = self
+            .assignment
+            .as_ref()
+            .expect("a leader has an assignment");
         let proposal = IsrProposal {
             leader: self.node,
             leader_epoch: a.leader_epoch,
