@@ -54,21 +54,39 @@
 //! # Rules
 //! - High watermark (leader): the lowest measure over the ISR, the leader included, where a
 //!   replica's measure is its flushed offset with fsync durability and its log end otherwise.
-//!   While an ISR change is pending, over the committed ISR and the proposed one together
-//!   (the larger set: the old one for a shrink, the new one for an expansion; in fact over
-//!   every replica proposed at the current partition epoch, as any of those proposals may
-//!   still commit), so that any replica the controller may elect holds every acknowledged
-//!   offset. A follower that has not fetched in this epoch holds it back. It advances only while the committed ISR has at
-//!   least `min.insync.replicas` members (default: a majority of the replicas).
+//!   While an ISR change is pending it is computed over the committed ISR and the proposed one
+//!   together (the larger set: the old one for a shrink, the new one for an expansion; in
+//!   fact over every replica proposed at the current partition epoch, as any of those
+//!   proposals may still commit), so that any replica the controller may elect holds every
+//!   acknowledged offset. An ISR member that has not fetched in this epoch holds it back. It
+//!   advances only while the committed ISR has at least `min.insync.replicas` members
+//!   (default: a majority of the replicas), and never moves back.
 //! - High watermark (follower): min(the leader's, its own log end), never lower than before.
-//! - ISR shrink: a follower not caught up to the leader's log end for `replica_lag_time_max`.
-//!   ISR expansion: a follower whose measure reaches the high watermark and the leader's epoch
-//!   start offset. One proposal at a time; applied only when the controller commits it.
+//!   At open: min(checkpoint, log end).
+//! - ISR shrink: a follower that has not been caught up for `replica_lag_time_max` (caught up:
+//!   a fetch reached the leader's log end, or reached the log end the leader had at the
+//!   follower's previous fetch, which counts from that previous fetch). ISR expansion: a
+//!   follower whose measure reaches the high watermark and the leader's epoch start offset.
+//!   One proposal at a time, sent again after `ISR_PROPOSAL_RETRY_INTERVAL` if unanswered;
+//!   applied only when the controller's committed answer arrives. A follower that joins gets a
+//!   full lag window.
+//! - `acks=0` and `acks=1`: acknowledged after the leader's append. `acks=all`: refused with
+//!   `NotEnoughReplicas` before the append while the committed ISR is below the minimum;
+//!   acknowledged once below the high watermark; failed with `NotEnoughReplicasAfterAppend`
+//!   when a committed ISR change takes the ISR below the minimum meanwhile, with `NotLeader`
+//!   when the replica becomes a follower (a leader re-elected in a newer epoch keeps them).
 //! - A new leader records its epoch start (its log end); until its high watermark reaches it,
 //!   offset queries (ListOffsets, consumer fetches) answer the retriable `OffsetNotAvailable`.
-//! - A new follower asks the leader for the end offset of its latest epoch and truncates what
-//!   the leader does not have before it fetches (repeating with its next-older epoch when the
-//!   leader knows only an older one).
+//! - A new follower asks the leader for the end offset of its latest epoch and cuts what the
+//!   leader does not have before it fetches; when the leader knows only an older epoch, it cuts
+//!   from where its own log leaves that epoch and asks again about what is left. Cutting below
+//!   the high watermark is asserted against (unless unclean election is configured).
+//!
+//! # Tests
+//! `tests.rs` has a test per rule, driving the public transitions; `sim.rs` runs thousands of
+//! seeded simulations of three replicas and a controller through loss, delay, reordering,
+//! crashes that lose unflushed bytes, and restarts, checking that no acknowledged offset is
+//! lost or given another value.
 //!
 //! # What the control plane must guarantee
 //! Leaders are elected from the ISR only (unless unclean election is configured), and a node
