@@ -12,7 +12,9 @@
 //! - `applier`: the MetadataApplier, the only thing that starts, stops or re-roles
 //!   partitions (and loads offsets partitions into the group manager).
 //! - `partition/`: the Partition actor, its handle and its log thread; the
-//!   PartitionSupervisor and the registry sessions route by; idempotent-producer state.
+//!   PartitionSupervisor and the registry sessions route by; idempotent-producer state; the
+//!   sans-IO replica state machine (`replica_state`: role, epochs, ISR, high watermark; not
+//!   wired into the actor yet).
 //! - `groups/`: consumer groups: the GroupManager, one GroupCoordinator per group, the
 //!   sans-IO group state machine and the assignors.
 //! - `directory`, `metrics`: the node's actor directory (id, kind, parent, status, counters,

@@ -23,6 +23,7 @@
 //!   files are removed next.
 
 pub mod producer_state;
+pub mod replica_state;
 pub mod supervisor;
 
 use std::path::PathBuf;
