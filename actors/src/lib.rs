@@ -37,7 +37,10 @@
 //!
 //! # Invariants
 //! - Each log is owned by exactly one Partition actor; every call into it runs on that
-//!   partition's log thread, never on a runtime worker.
+//!   partition's log thread (or, opening it, on tokio's blocking pool), never on a runtime
+//!   worker.
+//! - A stopped partition leaves nothing behind: no timer task, directory entry, registry
+//!   slot or named actor (the admin endpoint's `/resources` counts them).
 //! - Every mailbox is bounded at its handle (`Overloaded` past the bound); replies travel on
 //!   oneshots; the only back edge (a flush completion) is the consequence of an admitted
 //!   request.
