@@ -2,14 +2,15 @@
 //!
 //! The rules are the client protocol's (`protocol::codec`): named maps from `rmp_serde`, a body
 //! decoded only from the slice `read_header` bounded, nesting bounded, nothing after the map.
-//! The few lines are repeated here rather than shared because the client codec is private to
-//! `protocol`, and peer errors are a type of their own.
+//! The bounded decoder itself is the client protocol's (`decode_exactly_one`); only the
+//! mapping of its failures to peer errors, a type of their own, is here.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{PAYLOAD_DEPTH_MAX, PeerBody, PeerFailure, PeerKind, PeerProtocolError};
 use crate::limits::{BODY_DEPTH_MAX, FRAME_BYTES_MAX};
+use crate::protocol::codec::{Bounded, decode_exactly_one};
 use crate::protocol::{FRAME_HEADER_BYTES, FrameHeader, LENGTH_FIELD_BYTES, RESPONSE_BIT};
 
 /// The longest `reason` a `Malformed` error keeps: serde's messages can quote the offending
@@ -191,20 +192,10 @@ fn decode_bounded<T: DeserializeOwned>(
     bytes: &[u8],
     depth_max: u32,
 ) -> Result<T, PeerProtocolError> {
-    use serde::Deserialize;
-    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
-    // rmp_serde fails when its counter, decremented on entering a map or array, reaches zero,
-    // so a setting of N admits N - 1 levels.
-    deserializer.set_max_depth(depth_max as usize + 1);
-    let value = T::deserialize(&mut deserializer).map_err(|e| from_rmp(e, depth_max))?;
-    // rmp_serde does not expose the unread rest of a borrowed slice, so look for one more
-    // value: only a clean end of input means the value was the whole input.
-    match serde::de::IgnoredAny::deserialize(&mut deserializer) {
-        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
-            if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-        _ => return Err(PeerProtocolError::TrailingBytes),
-    }
-    Ok(value)
+    decode_exactly_one(bytes, depth_max).map_err(|e| match e {
+        Bounded::Decode(e) => from_rmp(e, depth_max),
+        Bounded::TrailingBytes => PeerProtocolError::TrailingBytes,
+    })
 }
 
 fn from_rmp(error: rmp_serde::decode::Error, depth_max: u32) -> PeerProtocolError {

@@ -158,19 +158,40 @@ pub(crate) fn decode_body<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T
             });
         }
     }
-    let mut deserializer = rmp_serde::Deserializer::from_read_ref(body);
+    decode_exactly_one(body, BODY_DEPTH_MAX).map_err(|e| match e {
+        Bounded::Decode(e) => from_rmp(e),
+        Bounded::TrailingBytes => ProtocolError::TrailingBytes,
+    })
+}
+
+/// Why [`decode_exactly_one`] failed: the decoder's own error, or bytes after the value.
+pub(crate) enum Bounded {
+    Decode(rmp_serde::decode::Error),
+    TrailingBytes,
+}
+
+/// Decodes exactly one MessagePack value from `bytes`, nesting at most `depth_max` levels and
+/// nothing after it: the one bounded decoder of client bodies and peer frames and payloads,
+/// each of which maps the failure to its own error type.
+pub(crate) fn decode_exactly_one<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+    depth_max: u32,
+) -> Result<T, Bounded> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
     // rmp_serde fails when its counter, decremented on entering a map or array, reaches zero,
     // so a setting of N admits N - 1 levels.
-    deserializer.set_max_depth(BODY_DEPTH_MAX as usize + 1);
-    let value = T::deserialize(&mut deserializer).map_err(from_rmp)?;
+    deserializer.set_max_depth(depth_max as usize + 1);
+    let value = T::deserialize(&mut deserializer).map_err(Bounded::Decode)?;
     // rmp_serde does not expose the unread rest of a borrowed slice, so look for one more
-    // value: only a clean end of input means the map was the whole body.
+    // value: only a clean end of input means the value was the whole input.
     match serde::de::IgnoredAny::deserialize(&mut deserializer) {
         Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
-            if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-        _ => return Err(ProtocolError::TrailingBytes),
+            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            Ok(value)
+        }
+        _ => Err(Bounded::TrailingBytes),
     }
-    Ok(value)
 }
 
 /// Decodes a `{str: str}` map, refusing a key that appears twice (serde keeps the last one

@@ -24,7 +24,7 @@
 //!    [`ProtocolError`] to answer with [`Response::failed`] and
 //!    [`ProtocolError::response_error`].
 
-mod codec;
+pub(crate) mod codec;
 mod error;
 mod fetch;
 mod fetch_writer;
