@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::{BasicNode, ServerState};
-use vltava_messages::metadata_records::{MetadataBatch, MetadataRecord};
+use openraft::BasicNode;
+use vltava_messages::metadata_records::MetadataBatch;
 use vltava_storage::sim::SimStorage;
 
 use super::super::state_machine::SNAPSHOT_FILE;
@@ -18,13 +18,10 @@ use super::super::{
     InProcessRouter, MetadataRaft, ProposeError, RaftConfigBuilder, RaftMember, RaftStartError,
     RaftStoreError, codec, propose,
 };
+use super::harness::{Members, WAIT, eventually, records, report};
 use super::*;
 use crate::metadata::MetadataImage;
 
-/// The longest any single wait may take before the test fails.
-const WAIT: Duration = Duration::from_secs(10);
-/// How often a poll looks again: fine enough to time an election to a few milliseconds.
-const POLL: Duration = Duration::from_millis(2);
 /// Failovers measured per test run.
 const FAILOVER_ROUNDS: usize = 5;
 /// The bound the tests hold each failover to. The target is p99 under 1.5 s on
@@ -43,17 +40,6 @@ fn addresses(ids: &[RaftNodeId]) -> BTreeMap<RaftNodeId, BasicNode> {
     ids.iter()
         .map(|id| (*id, BasicNode::new(format!("127.0.0.1:{}", 9421 + 10 * id))))
         .collect()
-}
-
-async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "not within {WAIT:?}: {what}");
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 impl Cluster {
@@ -91,59 +77,6 @@ impl Cluster {
         Ok(())
     }
 
-    fn raft(&self, id: RaftNodeId) -> &MetadataRaft {
-        &self.members[&id].raft
-    }
-
-    /// The member among `among` that is leader in its own view and in that of every other
-    /// member of `among`.
-    async fn leader(&self, among: &[RaftNodeId]) -> RaftNodeId {
-        eventually("a leader all of them agree on", || {
-            let views: Vec<_> = among
-                .iter()
-                .map(|id| self.raft(*id).metrics().borrow().clone())
-                .collect();
-            let leader = views.iter().find(|m| m.state == ServerState::Leader)?.id;
-            views
-                .iter()
-                .all(|m| m.current_leader == Some(leader))
-                .then_some(leader)
-        })
-        .await
-    }
-
-    /// The first member of `among` to become leader, and how long after `since` it did.
-    async fn elected(&self, among: &[RaftNodeId], since: Instant) -> (RaftNodeId, Duration) {
-        let leader = eventually("a new leader", || {
-            among
-                .iter()
-                .find(|id| self.raft(**id).metrics().borrow().state == ServerState::Leader)
-                .copied()
-        })
-        .await;
-        (leader, since.elapsed())
-    }
-
-    async fn commit(&self, leader: RaftNodeId, records: Vec<MetadataRecord>) -> u64 {
-        let response = propose(self.raft(leader), MetadataBatch { records })
-            .await
-            .unwrap();
-        assert_eq!(response.data.version, response.log_id.index);
-        response.log_id.index
-    }
-
-    /// Waits until member `id` publishes the image of version `version`.
-    async fn image_at(&self, id: RaftNodeId, version: u64) -> Arc<MetadataImage> {
-        let mut watch = self.members[&id].image.clone();
-        let image = tokio::time::timeout(WAIT, watch.wait_for(|image| image.version >= version))
-            .await
-            .unwrap_or_else(|_| panic!("member {id} never reached version {version}"))
-            .expect("the state machine lives as long as its member")
-            .clone();
-        assert_eq!(image.version, version, "member {id} went past {version}");
-        image
-    }
-
     async fn shut_down(&mut self, id: RaftNodeId) {
         self.router.remove(id);
         let member = self.members.remove(&id).unwrap();
@@ -151,23 +84,14 @@ impl Cluster {
     }
 }
 
-fn records(from: usize, count: usize) -> Vec<MetadataRecord> {
-    (from..from + count)
-        .map(|i| topic(&format!("topic-{i}"), 20))
-        .collect()
-}
+impl Members for Cluster {
+    fn raft(&self, id: RaftNodeId) -> &MetadataRaft {
+        &self.members[&id].raft
+    }
 
-fn report(what: &str, times: &[Duration]) {
-    let mut sorted = times.to_vec();
-    sorted.sort();
-    eprintln!(
-        "{what}: {} rounds, min {:?}, median {:?}, max {:?}; all {:?}",
-        sorted.len(),
-        sorted[0],
-        sorted[sorted.len() / 2],
-        sorted[sorted.len() - 1],
-        times
-    );
+    fn image(&self, id: RaftNodeId) -> &tokio::sync::watch::Receiver<Arc<MetadataImage>> {
+        &self.members[&id].image
+    }
 }
 
 fn default_config() -> Arc<openraft::Config> {

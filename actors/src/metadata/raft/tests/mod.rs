@@ -12,6 +12,7 @@
 mod cluster;
 mod codec;
 mod crash;
+mod harness;
 mod log_store;
 mod peer_cluster;
 mod state_machine;

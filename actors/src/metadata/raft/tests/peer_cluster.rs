@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
-use openraft::{BasicNode, ServerState, SnapshotMeta, Vote};
+use openraft::{BasicNode, SnapshotMeta, Vote};
 use tokio::net::TcpListener;
 use vltava_messages::NodeId;
-use vltava_messages::metadata_records::{MetadataBatch, MetadataRecord};
+use vltava_messages::metadata_records::MetadataBatch;
 use vltava_messages::peer::{PeerErrorCode, PeerFailure, RaftPayload, encode_payload};
 use vltava_storage::sim::SimStorage;
 
@@ -29,6 +29,7 @@ use super::super::{
     MetadataRaft, PeerRaftTransport, RaftConfigBuilder, RaftMember, RaftPeerService, RaftTransport,
     TransportError, propose,
 };
+use super::harness::{Members, POLL, WAIT, eventually, records, report};
 use super::*;
 use crate::directory::ActorDirectory;
 use crate::metadata::MetadataImage;
@@ -40,10 +41,6 @@ use crate::peer::{
 
 /// The most any one test may take.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest any single wait may take before the test fails.
-const WAIT: Duration = Duration::from_secs(10);
-/// How often a poll looks again: fine enough to time an election to a few milliseconds.
-const POLL: Duration = Duration::from_millis(2);
 /// Failovers measured per run.
 const FAILOVER_ROUNDS: usize = 3;
 /// The bound each failover over TCP is held to: the in-process tests' 2 s plus the time a
@@ -75,17 +72,6 @@ async fn bounded(test: impl Future<Output = ()>) {
     tokio::time::timeout(TEST_TIMEOUT, test)
         .await
         .expect("the test finished within its bound");
-}
-
-async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "not within {WAIT:?}: {what}");
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 fn identity(id: RaftNodeId) -> PeerIdentity {
@@ -219,81 +205,20 @@ impl Cluster {
             self.stop(id).await;
         }
     }
+}
 
+impl Members for Cluster {
     fn raft(&self, id: RaftNodeId) -> &MetadataRaft {
         &self.running[&id].member.raft
     }
 
-    /// The member among `among` that is leader in its own view and in every other's.
-    async fn leader(&self, among: &[RaftNodeId]) -> RaftNodeId {
-        eventually("a leader all of them agree on", || {
-            let views: Vec<_> = among
-                .iter()
-                .map(|id| self.raft(*id).metrics().borrow().clone())
-                .collect();
-            let leader = views.iter().find(|m| m.state == ServerState::Leader)?.id;
-            views
-                .iter()
-                .all(|m| m.current_leader == Some(leader))
-                .then_some(leader)
-        })
-        .await
-    }
-
-    /// The first member of `among` to become leader, and how long after `since` it did.
-    async fn elected(&self, among: &[RaftNodeId], since: Instant) -> (RaftNodeId, Duration) {
-        let leader = eventually("a new leader", || {
-            among
-                .iter()
-                .find(|id| self.raft(**id).metrics().borrow().state == ServerState::Leader)
-                .copied()
-        })
-        .await;
-        (leader, since.elapsed())
-    }
-
-    async fn commit(&self, leader: RaftNodeId, records: Vec<MetadataRecord>) -> u64 {
-        let response = propose(self.raft(leader), MetadataBatch { records })
-            .await
-            .unwrap();
-        assert_eq!(response.data.version, response.log_id.index);
-        response.log_id.index
-    }
-
-    /// Waits until member `id` publishes the image of version `version`.
-    async fn image_at(&self, id: RaftNodeId, version: u64) -> Arc<MetadataImage> {
-        let mut watch = self.running[&id].member.image.clone();
-        let image = tokio::time::timeout(WAIT, watch.wait_for(|image| image.version >= version))
-            .await
-            .unwrap_or_else(|_| panic!("member {id} never reached version {version}"))
-            .expect("the state machine lives as long as its member")
-            .clone();
-        assert_eq!(image.version, version, "member {id} went past {version}");
-        image
+    fn image(&self, id: RaftNodeId) -> &tokio::sync::watch::Receiver<Arc<MetadataImage>> {
+        &self.running[&id].member.image
     }
 }
 
 fn identity_of(id: RaftNodeId) -> NodeId {
     identity(id).node_id
-}
-
-fn records(from: usize, count: usize) -> Vec<MetadataRecord> {
-    (from..from + count)
-        .map(|i| topic(&format!("topic-{i}"), 20))
-        .collect()
-}
-
-fn report(what: &str, times: &[Duration]) {
-    let mut sorted = times.to_vec();
-    sorted.sort();
-    eprintln!(
-        "{what}: {} rounds, min {:?}, median {:?}, max {:?}; all {:?}",
-        sorted.len(),
-        sorted[0],
-        sorted[sorted.len() / 2],
-        sorted[sorted.len() - 1],
-        times
-    );
 }
 
 fn default_config() -> Arc<openraft::Config> {
