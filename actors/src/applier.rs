@@ -120,6 +120,10 @@ pub struct ApplierState {
     config: ApplierConfig,
     stats: Arc<ActorStats>,
     running: BTreeMap<(String, u32), Running>,
+    /// The version of the last image applied. In a cluster images reach the applier two ways
+    /// (the controller's commit, and the watch of what the quorum committed), so an older one
+    /// can arrive after a newer one; applying it would undo the newer one's changes.
+    applied_version: Option<u64>,
     /// Partitions whose start failed: each is retried at the next image, and stopped (its
     /// offline slot and directory entry removed) and, if its topic was deleted, its data
     /// removed like a running one's. Without this, a failed partition of a deleted topic kept
@@ -162,6 +166,7 @@ impl Actor for MetadataApplier {
             config,
             stats,
             running: BTreeMap::new(),
+            applied_version: None,
             failed: BTreeMap::new(),
         })
     }
@@ -193,6 +198,10 @@ impl Actor for MetadataApplier {
 
 impl ApplierState {
     async fn apply(&mut self, image: &MetadataImage) {
+        if self.applied_version.is_some_and(|v| v > image.version) {
+            return;
+        }
+        self.applied_version = Some(image.version);
         let mut wanted: BTreeMap<(String, u32), Running> = BTreeMap::new();
         for (name, topic) in &image.topics {
             for (index, partition) in topic.partitions.iter().enumerate() {

@@ -8,7 +8,8 @@
 //! - `metadata/`: the metadata log and image, the Controller, topic configs, producer ids,
 //!   and `metadata/raft`: the metadata log replicated by Raft (openraft): the log store and
 //!   state machine over `Storage`, snapshots of the image, the `RaftTransport` seam for the
-//!   peer links, and an in-process transport for tests. Not wired into the node yet.
+//!   peer links, `RaftMetadataLog` (the controller's log in a cluster), and an in-process
+//!   transport for tests.
 //! - `applier`: the MetadataApplier, the only thing that starts, stops or re-roles
 //!   partitions (and loads offsets partitions into the group manager).
 //! - `partition/`: the Partition actor, its handle and its log thread; the
@@ -23,14 +24,21 @@
 //! - `peer/`: the links between nodes: a PeerLink per remote node (control and data
 //!   connections, handshake, reconnection with back-off), the `PeerLinks` registry, and the
 //!   peer listener that hands other nodes' requests to the node's `PeerService`.
+//! - `cluster`: what joins a node to a cluster (`--controller-quorum`): the `PeerService`
+//!   that hands Raft requests to the node's Raft member and forwarded admin requests to its
+//!   controller, the `Forwarder` that sends admin requests to the controller on another
+//!   node, the quorum's bootstrap, and the task that publishes each committed image to the
+//!   node.
 //! - `shutdown`: the node's shutdown signal, which every socket loop waits on.
 //! - `log_limit`: per-kind budgets for the log lines clients can cause (per connection and per
 //!   node), with counts of what was held back.
 //!
-//! Imports point one way: `node` → everything; `session` → `groups`, `partition`,
+//! Imports point one way: `node` → everything; `cluster` → `metadata`, `applier`, `peer`;
+//! `session` → `groups`, `partition`,
 //! `metadata`; `applier` → `groups`, `partition`, `metadata`; `groups` → `partition`,
 //! `metadata`; `partition` → `metadata` (the producer-id registry it checks batches
-//! against); `metadata` → none of them (it reaches the applier through `ImageApplier`);
+//! against); `metadata` → `peer` only (Raft's transport rides the peer links; it reaches the applier
+//! through `ImageApplier` and other nodes' controllers through `Forwarder`);
 //! `peer` → none of them (the node gives it a `PeerService`); all may use `directory`,
 //! `metrics`, `log_limit` and `shutdown`, which import none of them (the directory keeps a
 //! peer link's gauges type-erased for that reason).
@@ -46,6 +54,7 @@
 //!   request.
 
 pub mod applier;
+pub mod cluster;
 pub mod directory;
 pub mod groups;
 pub mod log_limit;

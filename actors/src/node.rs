@@ -26,20 +26,38 @@ use tokio::task::JoinHandle;
 use vltava_storage::Flusher;
 
 use crate::applier::{ApplierConfig, ApplierHandle, MetadataApplier};
+use crate::cluster::{
+    NodePeerService, PeerForwarder, QUORUM_WAIT_LOG_INTERVAL, bootstrap_quorum, publish_images,
+};
 use crate::directory::{ActorDirectory, ActorKind};
 use crate::groups::state::GroupSettings;
 use crate::groups::{GroupManager, GroupManagerHandle, ManagerConfig};
-use crate::metadata::controller::{Controller, ControllerArgs, ControllerHandle};
+use crate::metadata::controller::{
+    Controller, ControllerArgs, ControllerError, ControllerHandle, Forwarder,
+};
 use crate::metadata::producer_ids::ProducerRegistry;
+use crate::metadata::raft::{
+    MetadataRaft, PeerRaftTransport, RaftConfigBuilder, RaftMember, RaftMetadataLog, raft_node_id,
+};
 use crate::metadata::{FileMetadataLog, MetadataImage};
 use crate::metrics::RequestMetrics;
 use crate::partition::Durability;
 use crate::partition::supervisor::{
     PartitionRegistry, PartitionSupervisor, PartitionSupervisorHandle,
 };
+use crate::peer::{
+    ClusterId, PEER_CONNECTIONS_MAX, PeerIdentity, PeerLinkConfig, PeerLinks, PeerListener,
+    PeerListenerConfig, PeerTimings,
+};
 use crate::session::NodeServices;
 use crate::session::listener::run_listener;
+use std::collections::BTreeMap;
+use vltava_messages::NodeId;
 use vltava_messages::group_records::OFFSETS_TOPIC;
+use vltava_storage::RealStorage;
+
+/// The directory of a cluster member's Raft log, vote and snapshot, under `__metadata`.
+pub const RAFT_DIR: &str = "raft";
 
 /// How long shutdown waits for an actor to stop.
 pub const ACTOR_STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -60,11 +78,45 @@ fn legacy_producer_id_floor(path: &std::path::Path) -> Result<u64, vltava_storag
     )
 }
 
+/// How a node joins a cluster (`--controller-quorum`).
+#[derive(Debug)]
+pub struct ClusterOptions {
+    /// The peer port, bound already (`--peer-listen`).
+    pub peer_listener: TcpListener,
+    /// Every member of the controller quorum, this node included: node id -> peer address.
+    pub quorum: BTreeMap<u32, SocketAddr>,
+    /// The cluster id, or the promise of one learnt from a peer.
+    pub cluster_id: ClusterId,
+}
+
+/// What runs for a node's membership of a cluster.
+struct ClusterRuntime {
+    raft: MetadataRaft,
+    links: PeerLinks,
+    listener: PeerListener,
+    publisher: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ClusterRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterRuntime")
+            .field("peer_listener", &self.listener.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a registration or internal-topic creation waits between attempts while the
+/// quorum forms or elects a controller.
+pub const CLUSTER_JOIN_RETRY: Duration = Duration::from_millis(200);
+
 /// What a node starts with.
 #[derive(Debug)]
 pub struct NodeOptions {
     pub node_id: u32,
+    /// The cluster id of a single node (a cluster's comes with `cluster`).
     pub cluster_id: String,
+    /// Set when the node is a member of a cluster; `None`: a cluster of one.
+    pub cluster: Option<ClusterOptions>,
     pub data_dir: PathBuf,
     /// Bound already, so the caller reports "address in use" itself.
     pub listener: TcpListener,
@@ -158,6 +210,7 @@ pub struct Node {
     applier: ApplierHandle,
     partitions: PartitionSupervisorHandle,
     listener: JoinHandle<()>,
+    cluster: Option<ClusterRuntime>,
     shutdown: watch::Sender<bool>,
     stopping: Arc<AtomicBool>,
     fatal: watch::Receiver<Option<String>>,
@@ -232,38 +285,38 @@ impl Node {
             Some(cell.clone()),
         )
         .await?;
-        let metadata_path = options.data_dir.join("__metadata").join("metadata.log");
-        let legacy_block = options
-            .data_dir
-            .join("__metadata")
-            .join(LEGACY_PRODUCER_ID_BLOCK_FILE);
-        let (log, producer_ids_floor) = tokio::task::spawn_blocking(move || {
-            let floor = legacy_producer_id_floor(&legacy_block)?;
-            Ok::<_, crate::metadata::MetadataError>((FileMetadataLog::open(&metadata_path)?, floor))
-        })
-        .await
-        .map_err(|e| crate::metadata::MetadataError::Task(e.to_string()))??;
-        let controller = Controller::start(
-            ControllerArgs {
-                id: format!("{node}/controller"),
-                parent: root.clone(),
-                node_id: options.node_id,
-                cluster_id: options.cluster_id.clone(),
-                advertised_host: options.advertised_host.clone(),
-                advertised_port: options.advertised_port,
-                log,
-                applier: Arc::new(applier.clone()),
-                directory: directory.clone(),
-                publish,
-                producer_ids,
-                producer_ids_floor,
-            },
-            Some(cell.clone()),
-        )
-        .await?;
+        let parts = ControllerParts {
+            id: format!("{node}/controller"),
+            parent: root.clone(),
+            node_id: options.node_id,
+            advertised_host: options.advertised_host.clone(),
+            advertised_port: options.advertised_port,
+            applier: applier.clone(),
+            directory: directory.clone(),
+            publish,
+            producer_ids,
+        };
+        let (controller, cluster, cluster_id) = match options.cluster {
+            None => {
+                let controller = start_single_controller(
+                    &options.data_dir,
+                    options.cluster_id.clone(),
+                    parts,
+                    cell.clone(),
+                )
+                .await?;
+                (controller, None, options.cluster_id)
+            }
+            Some(cluster) => {
+                let (controller, runtime, cluster_id) =
+                    join_cluster(cluster, &options.data_dir, parts, cell.clone()).await?;
+                (controller, Some(runtime), cluster_id)
+            }
+        };
         // Consumer groups keep their offsets in a compacted internal topic with a fixed
-        // partition count; a node creates it when it first starts.
-        let offsets_configs = [
+        // partition count; the controller creates it when the first node asks (in a cluster,
+        // every node asks, and the controller creates it once).
+        let offsets_configs: BTreeMap<String, String> = [
             ("cleanup.policy".to_owned(), "compact".to_owned()),
             (
                 "segment.bytes".to_owned(),
@@ -272,18 +325,19 @@ impl Node {
         ]
         .into_iter()
         .collect();
-        controller
-            .ensure_internal_topic(
+        retry_while_electing("create the internal topic", || {
+            controller.ensure_internal_topic(
                 OFFSETS_TOPIC,
                 options.offsets_topic_partitions,
-                offsets_configs,
+                offsets_configs.clone(),
             )
-            .await
-            .map_err(|e| NodeError::Internal(format!("cannot create {OFFSETS_TOPIC}: {e}")))?;
+        })
+        .await
+        .map_err(|e| NodeError::Internal(format!("cannot create {OFFSETS_TOPIC}: {e}")))?;
         let requests = Arc::new(RequestMetrics::default());
         let view = NodeView {
             node_id: options.node_id,
-            cluster_id: options.cluster_id.clone(),
+            cluster_id: cluster_id.clone(),
             advertised: format!("{}:{}", options.advertised_host, options.advertised_port),
             started_at: std::time::SystemTime::now(),
             directory: directory.clone(),
@@ -296,7 +350,7 @@ impl Node {
         let services = Arc::new(NodeServices {
             node: node.clone(),
             node_id: options.node_id,
-            cluster_id: options.cluster_id,
+            cluster_id,
             controller: controller.clone(),
             partitions: registry,
             directory: directory.clone(),
@@ -336,6 +390,7 @@ impl Node {
             applier,
             partitions,
             listener,
+            cluster,
             shutdown,
             stopping,
             fatal,
@@ -358,6 +413,14 @@ impl Node {
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
         let _ = self.listener.await;
+        if let Some(cluster) = self.cluster {
+            cluster.publisher.abort();
+            if let Err(e) = cluster.raft.shutdown().await {
+                tracing::warn!(error = %e, "the Raft member did not stop cleanly");
+            }
+            cluster.listener.stop().await;
+            cluster.links.shutdown().await;
+        }
         let _ = self
             .controller
             .actor()
@@ -386,6 +449,226 @@ impl Node {
         let flusher = self.flusher;
         let _ = tokio::task::spawn_blocking(move || drop(flusher)).await;
         tracing::info!("node stopped");
+    }
+}
+
+/// What the controller starts with, whichever metadata log it gets.
+struct ControllerParts {
+    id: String,
+    parent: String,
+    node_id: u32,
+    advertised_host: String,
+    advertised_port: u16,
+    applier: ApplierHandle,
+    directory: ActorDirectory,
+    publish: watch::Sender<Arc<MetadataImage>>,
+    producer_ids: ProducerRegistry,
+}
+
+impl ControllerParts {
+    fn args<L>(
+        self,
+        log: L,
+        cluster_id: String,
+        producer_ids_floor: u64,
+        forwarder: Option<Arc<dyn Forwarder>>,
+    ) -> ControllerArgs<L> {
+        ControllerArgs {
+            id: self.id,
+            parent: self.parent,
+            node_id: self.node_id,
+            cluster_id,
+            advertised_host: self.advertised_host,
+            advertised_port: self.advertised_port,
+            log,
+            applier: Arc::new(self.applier),
+            directory: self.directory,
+            publish: self.publish,
+            producer_ids: self.producer_ids,
+            producer_ids_floor,
+            forwarder,
+        }
+    }
+}
+
+/// Opens the single-node metadata log (and the legacy producer-id floor) and starts the
+/// controller over it.
+async fn start_single_controller(
+    data_dir: &std::path::Path,
+    cluster_id: String,
+    parts: ControllerParts,
+    supervisor: ractor::ActorCell,
+) -> Result<ControllerHandle, NodeError> {
+    let metadata = data_dir.join("__metadata");
+    if metadata.join(RAFT_DIR).exists() {
+        return Err(NodeError::Internal(format!(
+            "{} holds a cluster member's metadata (Raft); start the node with its --controller-quorum",
+            data_dir.display()
+        )));
+    }
+    let metadata_path = metadata.join("metadata.log");
+    let legacy_block = metadata.join(LEGACY_PRODUCER_ID_BLOCK_FILE);
+    let (log, producer_ids_floor) = tokio::task::spawn_blocking(move || {
+        let floor = legacy_producer_id_floor(&legacy_block)?;
+        Ok::<_, crate::metadata::MetadataError>((FileMetadataLog::open(&metadata_path)?, floor))
+    })
+    .await
+    .map_err(|e| crate::metadata::MetadataError::Task(e.to_string()))??;
+    Ok(Controller::start(
+        parts.args(log, cluster_id, producer_ids_floor, None),
+        Some(supervisor),
+    )
+    .await?)
+}
+
+/// Joins the cluster: serves the peer port, links to the other members, learns the cluster
+/// id if this data directory is new, opens this node's Raft member (forming the quorum if this
+/// node is the lowest member), starts the controller over the Raft log, carries committed
+/// images to the node, and registers the node with the controller. Returns once the node is
+/// registered: a node serves clients only as a member of a working quorum.
+async fn join_cluster(
+    cluster: ClusterOptions,
+    data_dir: &std::path::Path,
+    parts: ControllerParts,
+    supervisor: ractor::ActorCell,
+) -> Result<(ControllerHandle, ClusterRuntime, String), NodeError> {
+    let metadata = data_dir.join("__metadata");
+    if metadata.join("metadata.log").exists() {
+        return Err(NodeError::Internal(format!(
+            "{} holds a single node's metadata; moving a single node into a quorum is not supported yet",
+            data_dir.display()
+        )));
+    }
+    let node_id = parts.node_id;
+    let root = parts.parent.clone();
+    let directory = parts.directory.clone();
+    let identity = PeerIdentity {
+        cluster_id: cluster.cluster_id.clone(),
+        node_id: NodeId(node_id),
+    };
+    let peer_address = cluster
+        .peer_listener
+        .local_addr()
+        .map_err(|e| NodeError::Internal(format!("cannot read the peer address: {e}")))?;
+    let links = PeerLinks::new(
+        PeerLinkConfig {
+            identity: identity.clone(),
+            bind_ip: peer_address.ip(),
+            timings: PeerTimings::default(),
+        },
+        directory.clone(),
+        &root,
+    );
+    let members: BTreeMap<NodeId, SocketAddr> = cluster
+        .quorum
+        .iter()
+        .map(|(id, address)| (NodeId(*id), *address))
+        .collect();
+    links.reconcile(&members).await;
+    let service = Arc::new(NodePeerService::new(members.keys().copied().collect()));
+    let listener = PeerListener::spawn(
+        cluster.peer_listener,
+        PeerListenerConfig {
+            identity,
+            timings: PeerTimings::default(),
+            connections_max: PEER_CONNECTIONS_MAX,
+        },
+        Arc::clone(&service),
+        &directory,
+        &root,
+    )
+    .map_err(|e| NodeError::Internal(format!("cannot serve the peer port: {e}")))?;
+    let cluster_id = loop {
+        tokio::select! {
+            id = cluster.cluster_id.known_id() => break id,
+            () = tokio::time::sleep(QUORUM_WAIT_LOG_INTERVAL) => {
+                tracing::info!("waiting to learn the cluster id from another quorum member");
+            }
+        }
+    };
+    let config = RaftConfigBuilder::new(cluster_id.clone())
+        .build()
+        .map_err(|e| NodeError::Internal(format!("bad Raft settings: {e}")))?;
+    let member = RaftMember::open(
+        raft_node_id(NodeId(node_id)),
+        config,
+        Arc::new(RealStorage),
+        &metadata.join(RAFT_DIR),
+        &cluster_id,
+        Arc::new(PeerRaftTransport::new(links.clone())),
+    )
+    .await
+    .map_err(|e| NodeError::Internal(format!("cannot open the metadata quorum's log: {e}")))?;
+    tracing::info!(recovery = ?member.log_recovery, "Raft member started");
+    service.serve_raft(member.raft.clone());
+    bootstrap_quorum(&member.raft, node_id, &cluster.quorum)
+        .await
+        .map_err(|e| NodeError::Internal(format!("cannot form the controller quorum: {e}")))?;
+    let forwarder: Arc<dyn Forwarder> = Arc::new(PeerForwarder::new(
+        member.raft.clone(),
+        node_id,
+        links.clone(),
+    ));
+    let publish = parts.publish.clone();
+    let producer_ids = parts.producer_ids.clone();
+    let applier = parts.applier.clone();
+    let advertised = (parts.advertised_host.clone(), parts.advertised_port);
+    let controller = Controller::start(
+        parts.args(
+            RaftMetadataLog::new(member.raft.clone(), member.image.clone()),
+            cluster_id.clone(),
+            0,
+            Some(forwarder),
+        ),
+        Some(supervisor),
+    )
+    .await?;
+    service.serve_controller(controller.clone());
+    let publisher = tokio::spawn(publish_images(
+        member.raft.clone(),
+        member.image.clone(),
+        publish,
+        producer_ids,
+        applier,
+    ));
+    retry_while_electing("register with the controller", || {
+        controller.register_node(node_id, advertised.0.clone(), advertised.1)
+    })
+    .await
+    .map_err(|e| NodeError::Internal(format!("cannot register with the controller: {e}")))?;
+    Ok((
+        controller,
+        ClusterRuntime {
+            raft: member.raft,
+            links,
+            listener,
+            publisher,
+        },
+        cluster_id,
+    ))
+}
+
+/// Runs `attempt` until it succeeds or fails with an error that retrying will not mend.
+/// While the quorum forms or elects a controller, attempts fail with retriable errors; this
+/// waits through them, saying so in the log every `QUORUM_WAIT_LOG_INTERVAL`.
+async fn retry_while_electing<F, Fut>(what: &str, mut attempt: F) -> Result<(), ControllerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ControllerError>>,
+{
+    let mut last_log = std::time::Instant::now();
+    loop {
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.code().is_retriable() => {
+                if last_log.elapsed() >= QUORUM_WAIT_LOG_INTERVAL {
+                    tracing::info!(error = %e, "waiting for the controller quorum to {what}");
+                    last_log = std::time::Instant::now();
+                }
+                tokio::time::sleep(CLUSTER_JOIN_RETRY).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -52,7 +52,7 @@ fn producers_issued(issued_end: u64) -> ProducerRegistry {
     image.apply(&MetadataRecord::ProducerIdsReserved {
         end: PRODUCER_ID_BLOCK,
     });
-    registry.publish(&image, issued_end);
+    registry.publish(&image, 1, issued_end);
     registry
 }
 
@@ -231,7 +231,7 @@ async fn an_idempotent_retry_gets_its_original_offsets_and_a_gap_is_refused() {
     ] {
         image.apply(&record);
     }
-    producers.publish(&image, 8);
+    producers.publish(&image, 2, 8);
     assert_eq!(
         p.produce(idempotent_batch("w", 0, 1), Acks::All, None)
             .await

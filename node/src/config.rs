@@ -20,6 +20,11 @@ use vltava_storage::config::SEGMENT_BYTES_MIN;
 pub const CLIENT_PORT_DEFAULT: u16 = 9420;
 /// Default admin HTTP port.
 pub const ADMIN_PORT_DEFAULT: u16 = 9422;
+/// The default peer (node to node) port, as DESIGN.md fixes it.
+pub const PEER_PORT_DEFAULT: u16 = 9421;
+/// The most members a controller quorum may list: every member votes, and a quorum of more
+/// than seven only slows elections and commits without surviving more failures that matter.
+pub const CONTROLLER_QUORUM_MEMBERS_MAX: usize = 7;
 /// Default connection limit: far above what a test or a small deployment needs, far below
 /// what would exhaust file descriptors (the usual soft limit is 1024 or more).
 pub const CONNECTIONS_MAX_DEFAULT: usize = 512;
@@ -51,6 +56,15 @@ pub struct NodeFlags {
     #[arg(long, env = "VLTAVA_ADVERTISE")]
     pub advertise: Option<String>,
     /// Address of the admin HTTP endpoint [default: 127.0.0.1:9422].
+    /// Where other nodes reach this one (Raft, forwarded admin, replication): HOST:PORT.
+    /// Used only with --controller-quorum [default: 127.0.0.1:9421].
+    #[arg(long, env = "VLTAVA_PEER_LISTEN")]
+    pub peer_listen: Option<String>,
+    /// The controller quorum, `ID@HOST:PORT,...` (each member's node id and peer address),
+    /// e.g. `1@127.0.0.1:9421,2@127.0.0.2:9421,3@127.0.0.3:9421`. Without it the node is a
+    /// cluster of one.
+    #[arg(long, env = "VLTAVA_CONTROLLER_QUORUM")]
+    pub controller_quorum: Option<String>,
     #[arg(long, env = "VLTAVA_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
     /// Log format: human or json [default: human].
@@ -121,6 +135,8 @@ struct FileSettings {
     listen: Option<String>,
     advertise: Option<String>,
     admin_listen: Option<String>,
+    peer_listen: Option<String>,
+    controller_quorum: Option<String>,
     log_format: Option<String>,
     durability: Option<String>,
     verify_reads: Option<bool>,
@@ -153,6 +169,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     pub advertise: String,
     pub admin_listen: SocketAddr,
+    /// The cluster settings, when a controller quorum is given.
+    pub cluster: Option<ClusterConfig>,
     pub log_format: LogFormat,
     pub durability: Durability,
     pub verify_reads: bool,
@@ -171,6 +189,47 @@ pub struct NodeConfig {
 
 fn parse_addr(what: &str, value: &str) -> anyhow::Result<SocketAddr> {
     value.parse().with_context(|| format!("bad {what} address {value:?} (expected HOST:PORT with a numeric IP, e.g. 127.0.0.1:9420)"))
+}
+
+/// How this node joins a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Where the node listens for its peers; its IP is also the address its outgoing peer
+    /// connections bind to.
+    pub peer_listen: SocketAddr,
+    /// Every member of the controller quorum: node id -> peer address, this node included.
+    pub quorum: std::collections::BTreeMap<u32, SocketAddr>,
+}
+
+/// Parses `ID@HOST:PORT,...`: distinct ids and addresses, at most
+/// `CONTROLLER_QUORUM_MEMBERS_MAX` members.
+pub fn parse_quorum(value: &str) -> anyhow::Result<std::collections::BTreeMap<u32, SocketAddr>> {
+    let mut quorum = std::collections::BTreeMap::new();
+    for member in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let (id, address) = member.split_once('@').with_context(|| {
+            format!("bad controller quorum member {member:?} (expected ID@HOST:PORT, e.g. 1@127.0.0.1:9421)")
+        })?;
+        let id: u32 = id.parse().with_context(|| {
+            format!("bad node id {id:?} in controller quorum member {member:?}")
+        })?;
+        let address = parse_addr("controller quorum member", address)?;
+        if quorum.values().any(|a| *a == address) {
+            bail!("controller quorum lists address {address} twice");
+        }
+        if quorum.insert(id, address).is_some() {
+            bail!("controller quorum lists node id {id} twice");
+        }
+    }
+    if quorum.is_empty() {
+        bail!("controller quorum is empty (expected ID@HOST:PORT,...)");
+    }
+    if quorum.len() > CONTROLLER_QUORUM_MEMBERS_MAX {
+        bail!(
+            "controller quorum has {} members; at most {CONTROLLER_QUORUM_MEMBERS_MAX} are allowed",
+            quorum.len()
+        );
+    }
+    Ok(quorum)
 }
 
 fn parse_durability(value: &str) -> anyhow::Result<Durability> {
@@ -216,6 +275,46 @@ impl NodeConfig {
                 );
             }
         }
+        let node_id = flags.node_id.or(file.node_id);
+        let cluster = match flags.controller_quorum.or(file.controller_quorum) {
+            None => None,
+            Some(quorum) => {
+                let quorum = parse_quorum(&quorum)?;
+                // Two nodes that both defaulted to id 1 would each take the other for
+                // itself; with a quorum the id must be said.
+                let node_id = node_id.context(
+                    "--node-id is required with --controller-quorum (node ids have no default in a cluster)",
+                )?;
+                let peer_listen = flags
+                    .peer_listen
+                    .or(file.peer_listen)
+                    .unwrap_or_else(|| format!("127.0.0.1:{PEER_PORT_DEFAULT}"));
+                let peer_listen = parse_addr("peer listen", &peer_listen)?;
+                if !peer_listen.ip().is_loopback() && !allow_remote {
+                    bail!(
+                        "peer listen address {peer_listen} is not loopback; nothing is authenticated yet, so pass --allow-remote to accept it"
+                    );
+                }
+                match quorum.get(&node_id) {
+                    None => bail!(
+                        "node {node_id} is not in the controller quorum ({}); every node of a cluster is a quorum member for now",
+                        quorum
+                            .keys()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    Some(address) if *address != peer_listen => bail!(
+                        "the controller quorum says node {node_id} is at {address}, but --peer-listen is {peer_listen}"
+                    ),
+                    Some(_) => {}
+                }
+                Some(ClusterConfig {
+                    peer_listen,
+                    quorum,
+                })
+            }
+        };
         let log_format = match flags.log_format.or(file.log_format).as_deref() {
             None | Some("human") => LogFormat::Human,
             Some("json") => LogFormat::Json,
@@ -300,7 +399,8 @@ impl NodeConfig {
             group_settings,
             admin_token,
             enable_fault_injection,
-            node_id: flags.node_id.or(file.node_id).unwrap_or(1),
+            node_id: node_id.unwrap_or(1),
+            cluster,
             data_dir: flags
                 .data_dir
                 .or(file.data_dir)

@@ -16,8 +16,20 @@ pub const IDENTITY_FILE: &str = "node.toml";
 #[derive(Debug)]
 pub struct DataDir {
     pub path: PathBuf,
-    pub cluster_id: String,
+    /// `None` for a cluster member's new directory until it learns the id from a peer
+    /// ([`DataDir::record_cluster_id`] writes it then).
+    pub cluster_id: Option<String>,
+    node_id: u32,
     _lock: File,
+}
+
+/// Whether a new data directory gets a cluster id of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewDirectory {
+    /// A single node, or the quorum member that forms the quorum: it makes the cluster id.
+    MakesClusterId,
+    /// Another quorum member: it learns the cluster id from the member that made it.
+    LearnsClusterId,
 }
 
 #[derive(serde::Deserialize)]
@@ -28,7 +40,7 @@ struct Identity {
 
 impl DataDir {
     /// Creates (if needed), locks and checks the directory. Errors are one clear line each.
-    pub fn open(path: &Path, node_id: u32) -> anyhow::Result<DataDir> {
+    pub fn open(path: &Path, node_id: u32, new: NewDirectory) -> anyhow::Result<DataDir> {
         std::fs::create_dir_all(path)
             .with_context(|| format!("cannot create data directory {}", path.display()))?;
         let lock_path = path.join(LOCK_FILE);
@@ -63,18 +75,40 @@ impl DataDir {
                     identity.node_id
                 );
             }
-            identity.cluster_id
-        } else {
+            Some(identity.cluster_id)
+        } else if new == NewDirectory::MakesClusterId {
             let cluster_id = uuid::Uuid::new_v4().to_string();
             write_identity(&identity_path, &cluster_id, node_id)?;
             tracing::info!(%cluster_id, node_id, dir = %path.display(), "initialised a new data directory");
-            cluster_id
+            Some(cluster_id)
+        } else {
+            tracing::info!(node_id, dir = %path.display(), "new data directory: the cluster id comes from the quorum");
+            None
         };
         Ok(DataDir {
             path: path.to_path_buf(),
             cluster_id,
+            node_id,
             _lock: lock,
         })
+    }
+
+    /// Writes the cluster id learnt from a peer into the identity file, durably; blocks.
+    /// Returns how to do the same later, for the peer links to call when they learn it.
+    pub fn record_cluster_id(
+        &self,
+    ) -> impl Fn(&str) -> std::io::Result<()> + Send + Sync + 'static {
+        let identity_path = self.path.join(IDENTITY_FILE);
+        let node_id = self.node_id;
+        move |cluster_id: &str| {
+            write_identity(&identity_path, cluster_id, node_id).map_err(std::io::Error::other)?;
+            tracing::info!(
+                cluster_id,
+                node_id,
+                "recorded the cluster id in the data directory"
+            );
+            Ok(())
+        }
     }
 }
 

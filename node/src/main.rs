@@ -16,11 +16,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vltava_actors::node::{Node, NodeOptions};
+use std::sync::Arc;
+
+use vltava_actors::node::{ClusterOptions, Node, NodeOptions};
+use vltava_actors::peer::ClusterId;
 use vltava_storage::RealStorage;
 
 use crate::config::{LogFormat, NodeConfig, NodeFlags};
-use crate::data_dir::DataDir;
+use crate::data_dir::{DataDir, NewDirectory};
 
 /// The vltava broker: a partitioned, replicated commit log.
 #[derive(Debug, Parser)]
@@ -104,7 +107,15 @@ fn init_tracing(format: LogFormat) {
 fn run_node(flags: NodeFlags) -> anyhow::Result<ExitCode> {
     let config = NodeConfig::load(flags)?;
     init_tracing(config.log_format);
-    let data_dir = DataDir::open(&config.data_dir, config.node_id)?;
+    // In a cluster the lowest member makes the cluster id for its new directory; the others
+    // learn it from the quorum.
+    let new_directory = match &config.cluster {
+        Some(cluster) if cluster.quorum.keys().next() != Some(&config.node_id) => {
+            NewDirectory::LearnsClusterId
+        }
+        _ => NewDirectory::MakesClusterId,
+    };
+    let data_dir = DataDir::open(&config.data_dir, config.node_id, new_directory)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("vltava-worker")
@@ -137,9 +148,33 @@ async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode
         tracing::warn!(listen = %config.listen, "listening beyond loopback: nothing is authenticated yet");
     }
     let (advertised_host, advertised_port) = split_host_port(&config.advertise)?;
+    let cluster = match &config.cluster {
+        None => None,
+        Some(cluster) => {
+            let peer_listener = tokio::net::TcpListener::bind(cluster.peer_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} for peers (is the port in use?)",
+                        cluster.peer_listen
+                    )
+                })?;
+            let cluster_id = match &data_dir.cluster_id {
+                Some(id) => ClusterId::known(id.clone()),
+                None => ClusterId::pending(Arc::new(data_dir.record_cluster_id())),
+            };
+            tracing::info!(peer_listen = %cluster.peer_listen, quorum = ?cluster.quorum, "joining the cluster");
+            Some(ClusterOptions {
+                peer_listener,
+                quorum: cluster.quorum.clone(),
+                cluster_id,
+            })
+        }
+    };
     let mut node = Node::start(NodeOptions {
         node_id: config.node_id,
-        cluster_id: data_dir.cluster_id.clone(),
+        cluster_id: data_dir.cluster_id.clone().unwrap_or_default(),
+        cluster,
         data_dir: data_dir.path.clone(),
         listener,
         advertised_host,
@@ -170,7 +205,7 @@ async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode
         tracing::warn!("fault injection is enabled: the admin endpoint can crash actors");
     }
     // A line scripts and tests can wait for.
-    tracing::info!(listen = %node.local_addr, admin = %admin_addr, data_dir = %data_dir.path.display(), cluster_id = %data_dir.cluster_id, "vltava-node ready");
+    tracing::info!(listen = %node.local_addr, admin = %admin_addr, data_dir = %data_dir.path.display(), cluster_id = %node.view.cluster_id, node_id = config.node_id, "vltava-node ready");
     let code = tokio::select! {
         _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); ExitCode::SUCCESS }
         _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); ExitCode::SUCCESS }

@@ -5,6 +5,8 @@
 //! The binaries are found in the workspace's target directory (`VLTAVA_BIN_DIR` overrides);
 //! the test command in README.md builds them before running the tests.
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -138,6 +140,12 @@ impl TestNode {
     /// Launches the process on `self.addr`; returns whether it became ready.
     fn launch(&mut self) -> bool {
         self.admin_addr = format!("127.0.0.1:{}", free_port());
+        self.spawn_process();
+        self.wait_ready()
+    }
+
+    /// Starts the process with the node's addresses and flags, without waiting for it.
+    fn spawn_process(&mut self) {
         let mut child = Command::new(binary("vltava-node"))
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -162,6 +170,11 @@ impl TestNode {
             }
         });
         self.child = Some(child);
+    }
+
+    /// Waits until the process says it is ready; false (the process killed) if it could not
+    /// listen; panics with its log if it failed otherwise or took longer than `START_TIMEOUT`.
+    fn wait_ready(&mut self) -> bool {
         let ready = eventually(START_TIMEOUT, || {
             self.logged("vltava-node ready") || self.exited()
         });
@@ -173,6 +186,64 @@ impl TestNode {
             panic!("vltava-node failed to start:\n{}", self.log_text());
         }
         false
+    }
+
+    /// Starts a node at fixed addresses (a cluster member's: its client, admin and peer
+    /// addresses are in `args` and the others' flags) without waiting for it to be ready, as
+    /// a member waits for the quorum; call [`TestNode::wait_until_ready`] after starting the
+    /// others.
+    #[must_use]
+    pub fn spawn_member(
+        data_dir: PathBuf,
+        addr: String,
+        admin_addr: String,
+        args: Vec<String>,
+    ) -> TestNode {
+        let mut node = TestNode {
+            child: None,
+            addr,
+            admin_addr,
+            data_dir,
+            args,
+            log: Arc::default(),
+            _temp: None,
+        };
+        node.spawn_process();
+        node
+    }
+
+    /// Waits for a node started by `spawn_member` (or `relaunch`) to be ready; panics with its
+    /// log if it is not within `START_TIMEOUT`.
+    pub fn wait_until_ready(&mut self) {
+        assert!(
+            self.wait_ready(),
+            "vltava-node could not listen on {}:\n{}",
+            self.addr,
+            self.log_text()
+        );
+    }
+
+    /// Starts a stopped member again on the same addresses and data directory, without
+    /// waiting for it to be ready.
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "stop the node before restarting it");
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self.spawn_process();
+    }
+
+    /// Whether the process runs.
+    #[must_use]
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_some() && !self.exited()
+    }
+
+    /// The process id, while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether any log line contains `text`.

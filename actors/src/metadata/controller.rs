@@ -15,13 +15,18 @@
 //!   controller finishes that change before it takes the next request.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
+use vltava_messages::ErrorCode;
 use vltava_messages::metadata_records::MetadataRecord;
+use vltava_messages::peer::{ControllerForwardResponse, ForwardedAdmin};
 use vltava_messages::{ProducerEpoch, ProducerId};
 
 use crate::directory::{ActorDirectory, ActorKind, ActorStats};
@@ -63,7 +68,103 @@ pub enum ControllerError {
     Producer(#[from] ProducerIdError),
     #[error(transparent)]
     TimedOut(#[from] TimedOut),
+    /// No controller is known (an election is in progress, or this node is cut off), or it
+    /// could not be reached.
+    #[error("the controller is not available: {0}")]
+    NotAvailable(String),
+    /// The controller's own refusal of a forwarded request, as it answered it.
+    #[error("{message}")]
+    Remote { code: ErrorCode, message: String },
 }
+
+impl ControllerError {
+    /// The client protocol's error code for it.
+    #[must_use]
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ControllerError::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
+            ControllerError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            ControllerError::InvalidTopicName { .. } => ErrorCode::InvalidTopicName,
+            ControllerError::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
+            ControllerError::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
+            ControllerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+            ControllerError::Overloaded => ErrorCode::Overloaded,
+            ControllerError::NotAvailable(_)
+            | ControllerError::Metadata(MetadataError::NotLeader { .. }) => {
+                ErrorCode::ControllerNotAvailable
+            }
+            ControllerError::Unavailable | ControllerError::Metadata(_) => ErrorCode::StorageError,
+            ControllerError::TimedOut(_) => ErrorCode::RequestTimedOut,
+            ControllerError::Producer(ProducerIdError::Unknown { .. }) => {
+                ErrorCode::UnknownProducerId
+            }
+            ControllerError::Producer(ProducerIdError::Fenced { .. }) => ErrorCode::ProducerFenced,
+            // 2^63 producer ids handed out: not a state a node reaches.
+            ControllerError::Producer(ProducerIdError::IdsExhausted) => {
+                ErrorCode::UnknownServerError
+            }
+            ControllerError::Remote { code, .. } => *code,
+        }
+    }
+}
+
+/// Where requests go when another node leads the metadata log: the node supplies it (over
+/// its peer links), so that this folder does not depend on them.
+pub trait Forwarder: Send + Sync + std::fmt::Debug + 'static {
+    /// Where the controller is now.
+    fn route(&self) -> Route;
+
+    /// Sends `admin` to the controller on node `to`, waiting at most `timeout` for its answer.
+    fn forward(
+        &self,
+        to: u32,
+        admin: ForwardedAdmin,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<ControllerForwardResponse, ControllerError>> + Send + '_>>;
+}
+
+/// Where the controller is, as this node knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// This node leads the metadata log: its own controller decides.
+    Local,
+    /// Node `0` leads it.
+    Remote(u32),
+    /// No leader is known.
+    Unknown,
+}
+
+/// How much longer than the time left of a client's deadline a forwarded request waits, so
+/// that the controller's own `RequestTimedOut` arrives first.
+pub const FORWARD_ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// What is left of `deadline` in whole milliseconds, as a forwarded request carries it (0:
+/// no deadline; a deadline already passed is 1 ms, which the controller answers at once).
+fn timeout_ms(deadline: Option<Instant>) -> u32 {
+    deadline.map_or(0, |d| {
+        let left = d.saturating_duration_since(Instant::now()).as_millis();
+        u32::try_from(left).unwrap_or(u32::MAX).max(1)
+    })
+}
+
+/// A controller refusal as a forwarded answer carries it: at most the peer protocol's
+/// message bound, cut at a character boundary.
+fn truncate_message(mut message: String) -> String {
+    let max = vltava_messages::peer::PEER_ERROR_MESSAGE_BYTES_MAX as usize;
+    if message.len() > max {
+        let mut end = max;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
+}
+
+/// How long a forwarded request without a deadline of its own waits for the controller's
+/// answer. Commits on a healthy quorum take milliseconds; a controller that answers nothing
+/// for 30 s is lost, and the client retries with the next one.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A metadata change whose request may time out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -274,6 +375,13 @@ pub enum ControllerMsg {
         validate_only: bool,
         reply: Reply,
     },
+    /// A node's registration: where clients reach it.
+    RegisterNode {
+        node_id: u32,
+        host: String,
+        port: u16,
+        reply: Reply,
+    },
     /// A new producer id (`current` absent) or the next epoch of `current`.
     InitProducerId {
         current: Option<ProducerIdentity>,
@@ -287,6 +395,8 @@ pub struct ControllerHandle {
     actor: ActorRef<ControllerMsg>,
     stats: Arc<ActorStats>,
     image: watch::Receiver<Arc<MetadataImage>>,
+    /// In a cluster: where requests go when another node is the controller.
+    forwarder: Option<Arc<dyn Forwarder>>,
 }
 
 impl ControllerHandle {
@@ -344,6 +454,150 @@ impl ControllerHandle {
         answer.await.unwrap_or(Err(ControllerError::Unavailable))
     }
 
+    /// Where a request goes: `None` to this node's own controller, `Some(node)` to node's.
+    fn remote(&self) -> Result<Option<u32>, ControllerError> {
+        match self.forwarder.as_ref().map(|f| f.route()) {
+            None | Some(Route::Local) => Ok(None),
+            Some(Route::Remote(node)) => Ok(Some(node)),
+            Some(Route::Unknown) => Err(ControllerError::NotAvailable(
+                "no controller is elected".into(),
+            )),
+        }
+    }
+
+    /// Forwards `admin` to the controller on node `to` and turns its refusal into an error.
+    async fn forward(
+        &self,
+        to: u32,
+        admin: ForwardedAdmin,
+        deadline: Option<Instant>,
+    ) -> Result<ControllerForwardResponse, ControllerError> {
+        let Some(forwarder) = &self.forwarder else {
+            return Err(ControllerError::Unavailable);
+        };
+        // The controller answers `RequestTimedOut` itself at the deadline (it gets the time
+        // left); the call waits a little longer so that its answer, not a timeout here, is
+        // what the client sees.
+        let timeout = deadline.map_or(FORWARD_TIMEOUT, |d| {
+            d.saturating_duration_since(Instant::now()) + FORWARD_ANSWER_GRACE
+        });
+        let answer = forwarder.forward(to, admin, timeout).await?;
+        if answer.error_code == 0 {
+            return Ok(answer);
+        }
+        Err(ControllerError::Remote {
+            code: ErrorCode::from_code(answer.error_code).unwrap_or(ErrorCode::UnknownServerError),
+            message: answer.message,
+        })
+    }
+
+    /// Answers a request another node forwarded, with this node's controller only: a request
+    /// is forwarded once, never on, so two nodes that each take the other for the controller
+    /// cannot pass it back and forth.
+    pub async fn serve_forwarded(
+        &self,
+        from: u32,
+        admin: ForwardedAdmin,
+    ) -> ControllerForwardResponse {
+        let deadline = |timeout_ms: u32| {
+            (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms)))
+        };
+        let outcome = match admin {
+            ForwardedAdmin::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+                validate_only,
+                internal,
+                timeout_ms,
+            } => {
+                let change = Change::CreateTopic(name.clone());
+                self.call_by(deadline(timeout_ms), Some(change), |reply| {
+                    ControllerMsg::CreateTopic {
+                        name,
+                        partitions,
+                        replication_factor,
+                        configs,
+                        validate_only,
+                        internal,
+                        reply,
+                    }
+                })
+                .await
+                .map(|()| None)
+            }
+            ForwardedAdmin::DeleteTopic { name, timeout_ms } => {
+                let change = Change::DeleteTopic(name.clone());
+                self.call_by(deadline(timeout_ms), Some(change), |reply| {
+                    ControllerMsg::DeleteTopic { name, reply }
+                })
+                .await
+                .map(|()| None)
+            }
+            ForwardedAdmin::AlterConfigs {
+                topic,
+                set,
+                removed,
+                validate_only,
+            } => self
+                .call(|reply| ControllerMsg::AlterConfigs {
+                    topic,
+                    set,
+                    removed,
+                    validate_only,
+                    reply,
+                })
+                .await
+                .map(|()| None),
+            ForwardedAdmin::CreatePartitions {
+                topic,
+                partitions,
+                validate_only,
+                timeout_ms,
+            } => {
+                let change = Change::CreatePartitions(topic.clone());
+                self.call_by(deadline(timeout_ms), Some(change), |reply| {
+                    ControllerMsg::CreatePartitions {
+                        topic,
+                        partitions,
+                        validate_only,
+                        reply,
+                    }
+                })
+                .await
+                .map(|()| None)
+            }
+            ForwardedAdmin::InitProducerId { current } => self
+                .local_init_producer_id(
+                    current.map(|(id, epoch)| (ProducerId(id), ProducerEpoch(epoch))),
+                )
+                .await
+                .map(|(id, epoch)| Some((id.0, epoch.0))),
+            ForwardedAdmin::RegisterNode { host, port } => self
+                .call(|reply| ControllerMsg::RegisterNode {
+                    node_id: from,
+                    host,
+                    port,
+                    reply,
+                })
+                .await
+                .map(|()| None),
+        };
+        match outcome {
+            Ok(producer) => ControllerForwardResponse {
+                error_code: 0,
+                message: String::new(),
+                producer,
+            },
+            Err(e) => ControllerForwardResponse {
+                error_code: e.code().code(),
+                message: truncate_message(e.to_string()),
+                producer: None,
+            },
+        }
+    }
+
     /// Creates a topic; with a deadline, answers `TimedOut` when it passes (see the module
     /// doc for what then becomes of the topic).
     pub async fn create_topic(
@@ -355,6 +609,18 @@ impl ControllerHandle {
         validate_only: bool,
         deadline: Option<Instant>,
     ) -> Result<(), ControllerError> {
+        if let Some(to) = self.remote()? {
+            let admin = ForwardedAdmin::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+                validate_only,
+                internal: false,
+                timeout_ms: timeout_ms(deadline),
+            };
+            return self.forward(to, admin, deadline).await.map(drop);
+        }
         let change = Change::CreateTopic(name.clone());
         self.call_by(deadline, Some(change), |reply| ControllerMsg::CreateTopic {
             name,
@@ -368,7 +634,7 @@ impl ControllerHandle {
         .await
     }
 
-    /// Creates one of the node's internal topics (`__consumer_offsets`) unless it exists.
+    /// Creates one of the cluster's internal topics (`__consumer_offsets`) unless it exists.
     pub async fn ensure_internal_topic(
         &self,
         name: &str,
@@ -378,21 +644,56 @@ impl ControllerHandle {
         if self.image.borrow().topics.contains_key(name) {
             return Ok(());
         }
-        let created = self
-            .call(|reply| ControllerMsg::CreateTopic {
-                name: name.to_owned(),
-                partitions,
-                replication_factor: 1,
-                configs,
-                validate_only: false,
-                internal: true,
-                reply,
-            })
-            .await;
+        let created = match self.remote()? {
+            Some(to) => {
+                let admin = ForwardedAdmin::CreateTopic {
+                    name: name.to_owned(),
+                    partitions,
+                    replication_factor: 1,
+                    configs,
+                    validate_only: false,
+                    internal: true,
+                    timeout_ms: 0,
+                };
+                self.forward(to, admin, None).await.map(drop)
+            }
+            None => {
+                self.call(|reply| ControllerMsg::CreateTopic {
+                    name: name.to_owned(),
+                    partitions,
+                    replication_factor: 1,
+                    configs,
+                    validate_only: false,
+                    internal: true,
+                    reply,
+                })
+                .await
+            }
+        };
         match created {
-            Err(ControllerError::TopicAlreadyExists(_)) => Ok(()),
+            Err(e) if e.code() == ErrorCode::TopicAlreadyExists => Ok(()),
             other => other,
         }
+    }
+
+    /// Registers node `node_id` (this one) with the controller: where clients reach it.
+    pub async fn register_node(
+        &self,
+        node_id: u32,
+        host: String,
+        port: u16,
+    ) -> Result<(), ControllerError> {
+        if let Some(to) = self.remote()? {
+            let admin = ForwardedAdmin::RegisterNode { host, port };
+            return self.forward(to, admin, None).await.map(drop);
+        }
+        self.call(|reply| ControllerMsg::RegisterNode {
+            node_id,
+            host,
+            port,
+            reply,
+        })
+        .await
     }
 
     /// Deletes a topic; with a deadline, answers `TimedOut` when it passes.
@@ -401,6 +702,13 @@ impl ControllerHandle {
         name: String,
         deadline: Option<Instant>,
     ) -> Result<(), ControllerError> {
+        if let Some(to) = self.remote()? {
+            let admin = ForwardedAdmin::DeleteTopic {
+                name,
+                timeout_ms: timeout_ms(deadline),
+            };
+            return self.forward(to, admin, deadline).await.map(drop);
+        }
         let change = Change::DeleteTopic(name.clone());
         self.call_by(deadline, Some(change), |reply| ControllerMsg::DeleteTopic {
             name,
@@ -416,6 +724,15 @@ impl ControllerHandle {
         removed: Vec<String>,
         validate_only: bool,
     ) -> Result<(), ControllerError> {
+        if let Some(to) = self.remote()? {
+            let admin = ForwardedAdmin::AlterConfigs {
+                topic,
+                set,
+                removed,
+                validate_only,
+            };
+            return self.forward(to, admin, None).await.map(drop);
+        }
         self.call(|reply| ControllerMsg::AlterConfigs {
             topic,
             set,
@@ -434,6 +751,15 @@ impl ControllerHandle {
         validate_only: bool,
         deadline: Option<Instant>,
     ) -> Result<(), ControllerError> {
+        if let Some(to) = self.remote()? {
+            let admin = ForwardedAdmin::CreatePartitions {
+                topic,
+                partitions,
+                validate_only,
+                timeout_ms: timeout_ms(deadline),
+            };
+            return self.forward(to, admin, deadline).await.map(drop);
+        }
         let change = Change::CreatePartitions(topic.clone());
         self.call_by(deadline, Some(change), |reply| {
             ControllerMsg::CreatePartitions {
@@ -450,6 +776,25 @@ impl ControllerHandle {
     /// id and current epoch) the next epoch, which fences the older ones node-wide before this
     /// returns (`producer_ids` has the rules).
     pub async fn init_producer_id(
+        &self,
+        current: Option<ProducerIdentity>,
+    ) -> Result<ProducerIdentity, ControllerError> {
+        if let Some(to) = self.remote()? {
+            let admin = ForwardedAdmin::InitProducerId {
+                current: current.map(|(id, epoch)| (id.0, epoch.0)),
+            };
+            let answer = self.forward(to, admin, None).await?;
+            return answer
+                .producer
+                .map(|(id, epoch)| (ProducerId(id), ProducerEpoch(epoch)))
+                .ok_or_else(|| {
+                    ControllerError::NotAvailable("the controller granted no producer id".into())
+                });
+        }
+        self.local_init_producer_id(current).await
+    }
+
+    async fn local_init_producer_id(
         &self,
         current: Option<ProducerIdentity>,
     ) -> Result<ProducerIdentity, ControllerError> {
@@ -481,6 +826,10 @@ impl ControllerHandle {
     }
 }
 
+/// How long a cluster's controller waits for the node's publisher to carry a committed image
+/// to the node's watch before it answers anyway (the publisher is stopping, say).
+const PUBLISHED_WAIT_MAX: Duration = Duration::from_secs(5);
+
 /// What the controller starts with.
 #[derive(Debug)]
 pub struct ControllerArgs<L> {
@@ -501,6 +850,8 @@ pub struct ControllerArgs<L> {
     /// Ids below this were handed out before producer ids moved into the metadata log (the
     /// old `producer-id-block` file); they count as reserved, so none is handed out again.
     pub producer_ids_floor: u64,
+    /// In a cluster: where requests go when another node is the controller.
+    pub forwarder: Option<Arc<dyn Forwarder>>,
 }
 
 #[derive(Debug)]
@@ -509,10 +860,11 @@ pub struct Controller<L>(std::marker::PhantomData<fn() -> L>);
 #[derive(Debug)]
 pub struct ControllerState<L> {
     id: String,
-    node_id: u32,
     log: L,
     image: MetadataImage,
     publish: watch::Sender<Arc<MetadataImage>>,
+    /// Whether this controller publishes the image (one node), or the log does (a cluster).
+    publishes: bool,
     applier: Arc<dyn ImageApplier>,
     directory: ActorDirectory,
     stats: Arc<ActorStats>,
@@ -534,6 +886,9 @@ impl<L: MetadataLog + std::fmt::Debug> Controller<L> {
         let publish = args.publish.clone();
         let image = publish.subscribe();
         let name = args.id.clone();
+        let forwarder = args.forwarder.clone();
+        // Sessions read the node's watch, not the log's own: in a cluster the publisher adds
+        // who the controller is to each committed image before it lands there.
         let actor_args = (args, publish, Arc::clone(&stats));
         let controller = Controller(std::marker::PhantomData);
         let (actor, _) = match supervisor {
@@ -544,6 +899,7 @@ impl<L: MetadataLog + std::fmt::Debug> Controller<L> {
             actor,
             stats,
             image,
+            forwarder,
         })
     }
 }
@@ -563,6 +919,25 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
         (args, publish, stats): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut log = args.log;
+        if let Some(published) = log.published() {
+            // In a cluster the Raft state machine builds the image on every node; this
+            // controller decides changes only while its node leads, on the image it finds
+            // then (`lead`). Nodes register through the controller once there is one.
+            let image = (**published.borrow()).clone();
+            let producer_next = image.producers.reserved_end;
+            return Ok(ControllerState {
+                id: args.id,
+                log,
+                image,
+                publish,
+                publishes: false,
+                applier: args.applier,
+                directory: args.directory,
+                stats,
+                producer_ids: args.producer_ids,
+                producer_next,
+            });
+        }
         let mut image = MetadataImage {
             cluster_id: args.cluster_id.clone(),
             controller_id: Some(args.node_id),
@@ -594,7 +969,8 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
         // What is left of a block reserved before the restart is skipped: which of its ids
         // were handed out is not written down.
         let producer_next = image.producers.reserved_end;
-        args.producer_ids.publish(&image.producers, producer_next);
+        args.producer_ids
+            .publish(&image.producers, image.version, producer_next);
         let shared = Arc::new(image.clone());
         publish.send_replace(Arc::clone(&shared));
         args.applier.apply(shared).await;
@@ -605,10 +981,10 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
         );
         Ok(ControllerState {
             id: args.id,
-            node_id: args.node_id,
             log,
             image,
             publish,
+            publishes: true,
             applier: args.applier,
             directory: args.directory,
             stats,
@@ -625,7 +1001,10 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
     ) -> Result<(), ActorProcessingErr> {
         let started = std::time::Instant::now();
         if let ControllerMsg::InitProducerId { current, reply } = msg {
-            let outcome = state.init_producer_id(current).await;
+            let outcome = match state.lead().await {
+                Ok(()) => state.init_producer_id(current).await,
+                Err(e) => Err(e),
+            };
             if let Err(e) = &outcome {
                 tracing::info!(error = %e, "InitProducerId refused");
             }
@@ -640,17 +1019,33 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             ControllerMsg::DeleteTopic { .. } => "DeleteTopic",
             ControllerMsg::AlterConfigs { .. } => "AlterConfigs",
             ControllerMsg::CreatePartitions { .. } => "CreatePartitions",
+            ControllerMsg::RegisterNode { .. } => "RegisterNode",
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
         let reply = match &msg {
             ControllerMsg::CreateTopic { reply, .. }
             | ControllerMsg::DeleteTopic { reply, .. }
             | ControllerMsg::AlterConfigs { reply, .. }
-            | ControllerMsg::CreatePartitions { reply, .. } => reply,
+            | ControllerMsg::CreatePartitions { reply, .. }
+            | ControllerMsg::RegisterNode { reply, .. } => reply,
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
         if !reply.take() {
             // Withdrawn by its handle: its deadline passed while it waited here.
+            state.stats.handled();
+            return Ok(());
+        }
+        if let Err(e) = state.lead().await {
+            let mut reply = match msg {
+                ControllerMsg::CreateTopic { reply, .. }
+                | ControllerMsg::DeleteTopic { reply, .. }
+                | ControllerMsg::AlterConfigs { reply, .. }
+                | ControllerMsg::CreatePartitions { reply, .. }
+                | ControllerMsg::RegisterNode { reply, .. } => reply,
+                ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
+            };
+            tracing::info!(error = %e, "metadata change refused: not the controller");
+            reply.send(Err(e));
             state.stats.handled();
             return Ok(());
         }
@@ -705,6 +1100,15 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
                     .await,
                 reply,
             ),
+            ControllerMsg::RegisterNode {
+                node_id,
+                host,
+                port,
+                mut reply,
+            } => (
+                state.register_node(node_id, host, port, &mut reply).await,
+                reply,
+            ),
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
         if let Err(e) = &outcome {
@@ -737,19 +1141,46 @@ impl<L: MetadataLog> ControllerState<L> {
         change: Option<Change>,
     ) -> Result<(), ControllerError> {
         let appending = self.log.append(records.clone());
-        match &change {
+        let built = match &change {
             Some(change) => {
                 reply
                     .finish_by_deadline(appending, change, TimeoutStage::Committing)
-                    .await?;
+                    .await?
             }
             None => appending.await?,
+        };
+        let shared = match built {
+            // The log built the image (Raft's state machine, which publishes it too).
+            Some(image) => {
+                self.image = (*image).clone();
+                image
+            }
+            None => {
+                for record in &records {
+                    self.image.apply(record);
+                }
+                Arc::new(self.image.clone())
+            }
+        };
+        if self.publishes {
+            self.publish.send_replace(Arc::clone(&shared));
+        } else {
+            // The cluster's publisher carries the image to the node's watch; answer only once
+            // it is there, so that a client reading metadata from this node right after sees
+            // its change. The publisher follows the same committed log, so it gets there.
+            let version = shared.version;
+            let mut published = self.publish.subscribe();
+            let waiting = published.wait_for(|image| image.version >= version);
+            if tokio::time::timeout(PUBLISHED_WAIT_MAX, waiting)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    version,
+                    "the committed image did not reach the node in time"
+                );
+            }
         }
-        for record in &records {
-            self.image.apply(record);
-        }
-        let shared = Arc::new(self.image.clone());
-        self.publish.send_replace(Arc::clone(&shared));
         let applying = self.applier.apply(shared);
         match &change {
             Some(change) => {
@@ -760,6 +1191,52 @@ impl<L: MetadataLog> ControllerState<L> {
             None => applying.await,
         }
         Ok(())
+    }
+
+    /// Makes sure this node leads the metadata log and holds every committed change before it
+    /// decides one. After a change of leader the image is the committed one, and producer ids
+    /// continue past every block reserved so far: which ids of an earlier controller's block
+    /// were handed out is not written down, so its rest is skipped.
+    async fn lead(&mut self) -> Result<(), ControllerError> {
+        if let Some(image) = self.log.lead(self.image.version).await? {
+            self.image = (*image).clone();
+            self.producer_next = self.producer_next.max(self.image.producers.reserved_end);
+            self.producer_ids.publish(
+                &self.image.producers,
+                self.image.version,
+                self.producer_next,
+            );
+        }
+        Ok(())
+    }
+
+    /// Records where clients reach node `node_id`, unless the image says so already.
+    async fn register_node(
+        &mut self,
+        node_id: u32,
+        host: String,
+        port: u16,
+        reply: &mut Reply,
+    ) -> Result<(), ControllerError> {
+        let registered = self
+            .image
+            .nodes
+            .get(&node_id)
+            .is_some_and(|n| n.host == host && n.port == port);
+        if registered {
+            return Ok(());
+        }
+        tracing::info!(node_id, %host, port, "registering node");
+        self.commit(
+            vec![MetadataRecord::NodeRegistered {
+                node_id,
+                host,
+                port,
+            }],
+            reply,
+            None,
+        )
+        .await
     }
 
     /// A deadline that passed before the change was started: nothing is written.
@@ -791,8 +1268,11 @@ impl<L: MetadataLog> ControllerState<L> {
             self.commit(grant.records, &mut Reply::without_deadline(), None)
                 .await?;
             self.producer_next = grant.next;
-            self.producer_ids
-                .publish(&self.image.producers, self.producer_next);
+            self.producer_ids.publish(
+                &self.image.producers,
+                self.image.version,
+                self.producer_next,
+            );
         }
         Ok((grant.producer_id, grant.producer_epoch))
     }
@@ -806,15 +1286,37 @@ impl<L: MetadataLog> ControllerState<L> {
         Ok(())
     }
 
-    fn partition_changes(&self, topic: &str, from: u32, to: u32) -> Vec<MetadataRecord> {
+    /// Places partitions `from..to` of `topic`: their replicas go round-robin over the
+    /// registered nodes from a random start, the first replica leads. Until replication
+    /// (issue 13) a partition's followers copy nothing, so the ISR is its leader alone.
+    fn partition_changes(
+        &self,
+        topic: &str,
+        from: u32,
+        to: u32,
+        replication_factor: u16,
+    ) -> Vec<MetadataRecord> {
+        let nodes: Vec<u32> = self.image.nodes.keys().copied().collect();
+        if nodes.is_empty() {
+            return Vec::new();
+        }
+        let start = (uuid::Uuid::new_v4().as_u128() % nodes.len() as u128) as usize;
+        let factor = usize::from(replication_factor).clamp(1, nodes.len());
         (from..to)
-            .map(|partition| MetadataRecord::PartitionChange {
-                topic: topic.to_owned(),
-                partition,
-                leader: Some(self.node_id),
-                leader_epoch: 0,
-                replicas: vec![self.node_id],
-                isr: vec![self.node_id],
+            .map(|partition| {
+                let first = start + partition as usize;
+                let replicas: Vec<u32> = (0..factor)
+                    .map(|i| nodes[(first + i) % nodes.len()])
+                    .collect();
+                let leader = replicas[0];
+                MetadataRecord::PartitionChange {
+                    topic: topic.to_owned(),
+                    partition,
+                    leader: Some(leader),
+                    leader_epoch: 0,
+                    replicas,
+                    isr: vec![leader],
+                }
             })
             .collect()
     }
@@ -860,7 +1362,7 @@ impl<L: MetadataLog> ControllerState<L> {
             replication_factor,
             configs,
         }];
-        records.extend(self.partition_changes(&name, 0, partitions));
+        records.extend(self.partition_changes(&name, 0, partitions, replication_factor));
         tracing::info!(topic = %name, partitions, "creating topic");
         self.commit(records, reply, Some(change)).await
     }
@@ -960,7 +1462,8 @@ impl<L: MetadataLog> ControllerState<L> {
             topic: topic.clone(),
             partitions,
         }];
-        records.extend(self.partition_changes(&topic, current, partitions));
+        let factor = self.image.topics[&topic].replication_factor;
+        records.extend(self.partition_changes(&topic, current, partitions, factor));
         self.commit(records, reply, Some(change)).await
     }
 }

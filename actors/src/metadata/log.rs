@@ -6,9 +6,12 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use tokio::sync::watch;
 use vltava_messages::metadata_records::MetadataRecord;
 use vltava_storage::record_file::RecordFile;
 use vltava_storage::{RealStorage, StorageError};
+
+use crate::metadata::MetadataImage;
 
 /// Why the metadata log failed.
 #[derive(Debug, thiserror::Error)]
@@ -19,19 +22,52 @@ pub enum MetadataError {
     Undecodable { index: usize, reason: String },
     #[error("metadata log task failed: {0}")]
     Task(String),
+    /// This node does not lead the metadata log (`leader`, when one is known, does).
+    #[error("this node is not the controller{}", leader.map(|l| format!(" (node {l} is)")).unwrap_or_default())]
+    NotLeader { leader: Option<u32> },
+    /// The replicated log failed to commit (a fatal Raft error, a batch too large).
+    #[error("metadata commit failed: {0}")]
+    Commit(String),
 }
 
 /// Where committed metadata records live. `append` returns once the records are committed
 /// (durable on one node; replicated to a quorum in a cluster).
+///
+/// Two shapes share it. On one node the controller builds the image itself from what it
+/// commits (`replay` at start, then each append), and publishes it. In a cluster the Raft
+/// state machine builds and publishes the image on every node (`published`); the controller
+/// only decides changes, on the node that leads the log (`lead`), and takes the image the
+/// state machine built (`append` returns it).
 pub trait MetadataLog: Send + 'static {
-    /// Every committed record, in order.
+    /// Every committed record, in order. A log that publishes its own images has nothing to
+    /// replay: the controller starts from the published image.
     fn replay(&mut self)
     -> impl Future<Output = Result<Vec<MetadataRecord>, MetadataError>> + Send;
-    /// Commits records, in order.
+
+    /// Commits records, in order, as one change. Returns the image that includes them when the
+    /// log builds images itself (`None`: the controller applies the records to its own).
     fn append(
         &mut self,
         records: Vec<MetadataRecord>,
-    ) -> impl Future<Output = Result<(), MetadataError>> + Send;
+    ) -> impl Future<Output = Result<Option<Arc<MetadataImage>>, MetadataError>> + Send;
+
+    /// The images the log publishes itself, as they commit; `None` when the controller
+    /// publishes them.
+    fn published(&self) -> Option<watch::Receiver<Arc<MetadataImage>>> {
+        None
+    }
+
+    /// Makes sure this node may decide metadata changes now: it leads the log, and every
+    /// change committed before is in the image. Returns that image when it is not the one at
+    /// `version` the controller holds (after a change of leader, say); `NotLeader` when another
+    /// node leads, or none does.
+    fn lead(
+        &mut self,
+        version: u64,
+    ) -> impl Future<Output = Result<Option<Arc<MetadataImage>>, MetadataError>> + Send {
+        let _ = version;
+        std::future::ready(Ok(None))
+    }
 }
 
 /// The single-node metadata log: a record file; each commit's records are written together
@@ -99,10 +135,13 @@ impl MetadataLog for FileMetadataLog {
         decode_all(&bodies)
     }
 
-    async fn append(&mut self, records: Vec<MetadataRecord>) -> Result<(), MetadataError> {
+    async fn append(
+        &mut self,
+        records: Vec<MetadataRecord>,
+    ) -> Result<Option<Arc<MetadataImage>>, MetadataError> {
         let encoded: Vec<Vec<u8>> = records.iter().map(MetadataRecord::encode).collect();
         self.with_file(move |file| file.append_all(&encoded))
             .await??;
-        Ok(())
+        Ok(None)
     }
 }

@@ -304,6 +304,8 @@ pub struct ProducerRegistry {
 struct Registered {
     /// Ids below this were handed out.
     issued_end: u64,
+    /// The version of the metadata image `image` is from.
+    version: u64,
     image: Arc<ProducerIdsImage>,
 }
 
@@ -320,40 +322,31 @@ impl ProducerRegistry {
             .standing(registered.issued_end, producer_id, epoch)
     }
 
-    /// Publishes the producer part of a newly committed image and the allocation cursor.
-    /// Controller only.
-    ///
-    /// # Panics
-    /// If the cursor goes back: an id once issued stays issued.
-    pub fn publish(&self, image: &ProducerIdsImage, issued_end: u64) {
+    /// Publishes the producer part of the committed image of `version` and the allocation
+    /// cursor. In a cluster two writers publish (the controller as it commits, and every
+    /// node as committed images arrive), so an image older than the one held only moves the
+    /// cursor, and the cursor only moves forward: ids once counted as issued stay issued.
+    pub fn publish(&self, image: &ProducerIdsImage, version: u64, issued_end: u64) {
         // Cloned before the lock is taken, so partitions never wait for the copy.
         let image = Arc::new(image.clone());
         let mut registered = self
             .inner
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        assert!(
-            issued_end >= registered.issued_end,
-            "issued ids stay issued"
-        );
-        registered.issued_end = issued_end;
-        registered.image = image;
+        registered.issued_end = registered.issued_end.max(issued_end);
+        if version >= registered.version {
+            registered.version = version;
+            registered.image = image;
+        }
     }
 
     /// Moves the allocation cursor alone: a new id from a block already reserved. Controller
-    /// only.
-    ///
-    /// # Panics
-    /// If the cursor goes back.
+    /// only. The cursor never goes back (see `publish`).
     pub fn issue(&self, issued_end: u64) {
         let mut registered = self
             .inner
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        assert!(
-            issued_end >= registered.issued_end,
-            "issued ids stay issued"
-        );
-        registered.issued_end = issued_end;
+        registered.issued_end = registered.issued_end.max(issued_end);
     }
 }

@@ -553,7 +553,7 @@ impl ChannelTask {
         // Frames are written whole; Nagle would only delay small control requests.
         let _ = stream.set_nodelay(true);
         let hello = PeerHandshakeRequest {
-            cluster_id: self.config.identity.cluster_id.clone(),
+            cluster_id: self.config.identity.cluster_id.stated(),
             node_id: self.config.identity.node_id,
             target_node_id: self.remote,
             channel: self.channel,
@@ -579,6 +579,18 @@ impl ChannelTask {
         let answer =
             decode_response_body::<PeerHandshakeResponse>(&header, PeerKind::PeerHandshake, &body)
                 .map_err(|source| Attempt::Failed(LinkFault::Protocol { source }))?;
+        // A node that does not know its cluster id yet learns it from the first peer whose
+        // answer names one (and is not a refusal).
+        if let Ok(answer) = &answer
+            && answer.node_id == self.remote
+        {
+            self.config
+                .identity
+                .cluster_id
+                .adopt(&answer.cluster_id)
+                .await
+                .map_err(|e| Attempt::Failed(LinkFault::io(e)))?;
+        }
         self.check_answer(answer)?;
         Ok(stream)
     }
@@ -594,9 +606,9 @@ impl ChannelTask {
             Ok(answer) => answer,
             Err(failure) => return Err(self.refusal_of(failure)),
         };
-        if answer.cluster_id != identity.cluster_id {
+        if answer.cluster_id != identity.cluster_id.stated() {
             return Err(Attempt::Refused(Refusal::ClusterIdMismatch {
-                local: identity.cluster_id.clone(),
+                local: identity.cluster_id.stated(),
                 remote: answer.cluster_id,
                 remote_node: answer.node_id,
             }));
@@ -622,7 +634,7 @@ impl ChannelTask {
         let refusal = match (failure.error_code(), &failure.cluster_id, failure.node_id) {
             (Some(PeerErrorCode::ClusterIdMismatch), Some(cluster_id), Some(node_id)) => {
                 Some(Refusal::ClusterIdMismatch {
-                    local: identity.cluster_id.clone(),
+                    local: identity.cluster_id.stated(),
                     remote: cluster_id.clone(),
                     remote_node: node_id,
                 })

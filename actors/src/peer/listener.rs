@@ -411,6 +411,16 @@ async fn accept_handshake<S: PeerService>(
                 return Err(Close::Bad(format!("bad handshake: {error}")));
             }
         };
+    // A node that does not know its cluster id yet learns it from the first peer that names
+    // one (the node that bootstrapped the quorum, or a member that learnt it before).
+    if hello.target_node_id == shared.identity.node_id
+        && hello.node_id != shared.identity.node_id
+        && shared.service.admits(hello.node_id)
+        && let Err(e) = shared.identity.cluster_id.adopt(&hello.cluster_id).await
+    {
+        tracing::error!(listener = %shared.id, error = %e, "cannot record the cluster id");
+        return Err(Close::Bad(format!("cannot record the cluster id: {e}")));
+    }
     if let Some((code, message)) = check_handshake(&hello, shared) {
         let own = &shared.identity;
         let first = {
@@ -425,14 +435,14 @@ async fn accept_handshake<S: PeerService>(
         } else {
             tracing::debug!(listener = %shared.id, %peer, from = hello.node_id.0, code = code.name(), "peer handshake refused again");
         }
-        let failure = PeerFailure::refusal(code, message, &own.cluster_id, own.node_id);
+        let failure = PeerFailure::refusal(code, message, &own.cluster_id.stated(), own.node_id);
         answer_and_close(writer, &header, &failure, timings.write_timeout).await;
         return Err(Close::Normal);
     }
     // A node that handshakes is remembered afresh: a later refusal is logged again.
     lock(&shared.refusals_logged).retain(|(node, _)| *node != hello.node_id);
     let answer = PeerHandshakeResponse {
-        cluster_id: shared.identity.cluster_id.clone(),
+        cluster_id: shared.identity.cluster_id.stated(),
         node_id: shared.identity.node_id,
         software_version: env!("CARGO_PKG_VERSION").to_owned(),
         kinds: PeerKind::handshake_list(),
@@ -455,12 +465,24 @@ fn check_handshake<S: PeerService>(
     shared: &Shared<S>,
 ) -> Option<(PeerErrorCode, String)> {
     let own = &shared.identity;
-    if hello.cluster_id != own.cluster_id {
+    let own_cluster = own.cluster_id.stated();
+    if own_cluster.is_empty() {
+        // Neither side knows the cluster id yet: the quorum has not formed. The dialler backs
+        // off and comes back once one of them has learnt it.
+        return Some((
+            PeerErrorCode::ClusterIdMismatch,
+            format!(
+                "neither node {} nor node {} knows the cluster id yet (the quorum has not formed)",
+                own.node_id.0, hello.node_id.0
+            ),
+        ));
+    }
+    if hello.cluster_id != own_cluster {
         return Some((
             PeerErrorCode::ClusterIdMismatch,
             format!(
                 "node {} is in cluster {:?}, node {} in cluster {:?}",
-                own.node_id.0, own.cluster_id, hello.node_id.0, hello.cluster_id
+                own.node_id.0, own_cluster, hello.node_id.0, hello.cluster_id
             ),
         ));
     }

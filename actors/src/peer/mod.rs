@@ -44,6 +44,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use vltava_messages::NodeId;
 use vltava_messages::peer::{PeerFailure, PeerProtocolError};
 
@@ -159,11 +160,122 @@ impl Default for PeerTimings {
     }
 }
 
+/// Writes an adopted cluster id to the data directory (durably) before the node uses it.
+pub type PersistClusterId = Arc<dyn Fn(&str) -> io::Result<()> + Send + Sync>;
+
+/// This node's cluster id as its handshakes state it: known (from the data directory, or made
+/// by the node that bootstraps the quorum), or not yet, for a node whose data directory is new
+/// and that waits to learn the id from the first peer that has one. It is learnt once: the
+/// first id a peer presents is written to the data directory and kept for good, and any other
+/// is refused as a mismatch from then on.
+#[derive(Clone)]
+pub struct ClusterId {
+    value: watch::Sender<Option<String>>,
+    /// Held while an id is being adopted, so two handshakes never adopt two ids.
+    adopting: Arc<tokio::sync::Mutex<()>>,
+    persist: Option<PersistClusterId>,
+}
+
+impl std::fmt::Debug for ClusterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterId({:?})", self.get())
+    }
+}
+
+impl PartialEq for ClusterId {
+    fn eq(&self, other: &ClusterId) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for ClusterId {}
+
+impl From<String> for ClusterId {
+    fn from(id: String) -> ClusterId {
+        ClusterId::known(id)
+    }
+}
+
+impl From<&str> for ClusterId {
+    fn from(id: &str) -> ClusterId {
+        ClusterId::known(id.to_owned())
+    }
+}
+
+impl ClusterId {
+    /// An id the node already has.
+    #[must_use]
+    pub fn known(id: String) -> ClusterId {
+        ClusterId {
+            value: watch::Sender::new(Some(id)),
+            adopting: Arc::default(),
+            persist: None,
+        }
+    }
+
+    /// An id still to be learnt from a peer; `persist` records it before it is used.
+    #[must_use]
+    pub fn pending(persist: PersistClusterId) -> ClusterId {
+        ClusterId {
+            value: watch::Sender::new(None),
+            adopting: Arc::default(),
+            persist: Some(persist),
+        }
+    }
+
+    /// The id, if known.
+    #[must_use]
+    pub fn get(&self) -> Option<String> {
+        self.value.borrow().clone()
+    }
+
+    /// The id as a handshake states it: empty while not known.
+    #[must_use]
+    pub fn stated(&self) -> String {
+        self.get().unwrap_or_default()
+    }
+
+    /// Waits until the id is known.
+    pub async fn known_id(&self) -> String {
+        let mut watch = self.value.subscribe();
+        match watch.wait_for(Option::is_some).await {
+            Ok(id) => id.clone().unwrap_or_default(),
+            // The sender lives in `self`, so the channel cannot close while this waits.
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Learns `remote` (a peer's id) if no id is known yet: writes it to the data directory,
+    /// then keeps it. An empty `remote` (a peer that does not know either) changes nothing.
+    ///
+    /// # Errors
+    /// Writing the id failed; the node then still knows none.
+    pub async fn adopt(&self, remote: &str) -> io::Result<()> {
+        if remote.is_empty() || self.get().is_some() {
+            return Ok(());
+        }
+        let _adopting = self.adopting.lock().await;
+        if self.get().is_some() {
+            return Ok(());
+        }
+        if let Some(persist) = &self.persist {
+            let persist = Arc::clone(persist);
+            let id = remote.to_owned();
+            tokio::task::spawn_blocking(move || persist(&id))
+                .await
+                .map_err(io::Error::other)??;
+        }
+        tracing::info!(cluster_id = remote, "learnt the cluster id from a peer");
+        self.value.send_replace(Some(remote.to_owned()));
+        Ok(())
+    }
+}
+
 /// Who this node is, as its peer handshakes state it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerIdentity {
-    /// The cluster id from the data directory; a peer with another one is refused.
-    pub cluster_id: String,
+    /// The cluster id; a peer with another one is refused.
+    pub cluster_id: ClusterId,
     /// This node's id.
     pub node_id: NodeId,
 }

@@ -63,7 +63,6 @@ use vltava_messages::{NodeId, PartitionId};
 use self::group_requests::GroupAnswer;
 use crate::directory::{ActorKind, ActorStats, PublishedState, SessionGauges};
 use crate::metadata::controller::ControllerError;
-use crate::metadata::producer_ids::ProducerIdError;
 use crate::metrics::RequestMetrics;
 use crate::partition::supervisor::PartitionSlot;
 use crate::partition::{Acks, PartitionError, PartitionHandle};
@@ -661,22 +660,7 @@ pub fn partition_error(error: &PartitionError) -> ResponseError {
 }
 
 fn controller_error(error: &ControllerError) -> ResponseError {
-    let code = match error {
-        ControllerError::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
-        ControllerError::UnknownTopic(_) => ErrorCode::UnknownTopic,
-        ControllerError::InvalidTopicName { .. } => ErrorCode::InvalidTopicName,
-        ControllerError::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
-        ControllerError::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
-        ControllerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
-        ControllerError::Overloaded => ErrorCode::Overloaded,
-        ControllerError::Unavailable | ControllerError::Metadata(_) => ErrorCode::StorageError,
-        ControllerError::TimedOut(_) => ErrorCode::RequestTimedOut,
-        ControllerError::Producer(ProducerIdError::Unknown { .. }) => ErrorCode::UnknownProducerId,
-        ControllerError::Producer(ProducerIdError::Fenced { .. }) => ErrorCode::ProducerFenced,
-        // 2^63 producer ids handed out: not a state a node reaches.
-        ControllerError::Producer(ProducerIdError::IdsExhausted) => ErrorCode::UnknownServerError,
-    };
-    ResponseError::new(code, error.to_string())
+    ResponseError::new(error.code(), error.to_string())
 }
 
 /// Finds a partition's actor, or the error that explains why there is none.

@@ -25,8 +25,9 @@
 //!   the Raft RPCs (0x4010 to 0x4012), whose bodies carry openraft's messages as opaque
 //!   MessagePack `bin` bytes ([`RaftPayload`]; see [`encode_payload`]) so that this crate
 //!   never depends on openraft.
-//! - Reserved: 0x4020 to 0x402F for replication (replica fetch), 0x4030 to 0x403F for leases
-//!   and forwarded admin requests.
+//! - `ControllerForward` (0x4030): an admin request forwarded to the controller.
+//! - Reserved: 0x4020 to 0x402F for replication (replica fetch), 0x4031 to 0x403F for
+//!   leases.
 //!
 //! # Layout
 //! - `codec`: frames to bytes and back for peer kinds, the bounded body decoder, and the
@@ -295,6 +296,9 @@ peer_kinds! {
         0x4011 RaftVote(RaftPayload, RaftPayload) versions 1..=1;
         /// openraft's InstallSnapshot (one chunk), opaque.
         0x4012 RaftInstallSnapshot(RaftPayload, RaftPayload) versions 1..=1;
+        /// An admin request (or InitProducerId, or a node's registration) sent to a node that
+        /// is not the controller, forwarded to the controller.
+        0x4030 ControllerForward(ControllerForwardRequest, ControllerForwardResponse) versions 1..=1;
     }
 }
 
@@ -426,6 +430,123 @@ pub struct PingResponse {}
 pub struct RaftPayload {
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+}
+
+/// One metadata change a node forwards to the controller (the Raft leader), as the client
+/// asked for it. `timeout_ms` is what is left of the client's timeout (0: none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ForwardedAdmin {
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        replication_factor: u16,
+        configs: std::collections::BTreeMap<String, String>,
+        validate_only: bool,
+        /// An internal topic (`__consumer_offsets`), which the controller creates once.
+        internal: bool,
+        timeout_ms: u32,
+    },
+    DeleteTopic {
+        name: String,
+        timeout_ms: u32,
+    },
+    AlterConfigs {
+        topic: String,
+        set: std::collections::BTreeMap<String, String>,
+        removed: Vec<String>,
+        validate_only: bool,
+    },
+    CreatePartitions {
+        topic: String,
+        partitions: u32,
+        validate_only: bool,
+        timeout_ms: u32,
+    },
+    /// A new producer id, or the next epoch of `current` (id, epoch).
+    InitProducerId {
+        current: Option<(u64, u16)>,
+    },
+    /// The forwarding node's own registration: where clients reach it.
+    RegisterNode {
+        host: String,
+        port: u16,
+    },
+}
+
+/// ControllerForward request, version 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerForwardRequest {
+    pub admin: ForwardedAdmin,
+}
+
+/// ControllerForward response, version 1: the controller's answer. `error_code` is a client
+/// protocol error code (0: success) with its `message`; InitProducerId's grant is in
+/// `producer`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerForwardResponse {
+    pub error_code: u16,
+    pub message: String,
+    pub producer: Option<(u64, u16)>,
+}
+
+impl PeerBody for ControllerForwardRequest {
+    fn validate(&self) -> Result<(), PeerProtocolError> {
+        use crate::limits::{
+            CONFIG_KEY_BYTES_MAX, CONFIG_VALUE_BYTES_MAX, CONFIGS_PER_TOPIC_MAX,
+            TOPIC_NAME_BYTES_MAX,
+        };
+        let check_configs = |configs: &std::collections::BTreeMap<String, String>| {
+            check_at_most("configs", configs.len(), CONFIGS_PER_TOPIC_MAX)?;
+            for (key, value) in configs {
+                check_at_most("config key bytes", key.len(), CONFIG_KEY_BYTES_MAX)?;
+                check_at_most("config value bytes", value.len(), CONFIG_VALUE_BYTES_MAX)?;
+            }
+            Ok::<(), PeerProtocolError>(())
+        };
+        match &self.admin {
+            ForwardedAdmin::CreateTopic { name, configs, .. } => {
+                check_at_most("topic name bytes", name.len(), TOPIC_NAME_BYTES_MAX)?;
+                check_configs(configs)
+            }
+            ForwardedAdmin::DeleteTopic { name, .. } => {
+                check_at_most("topic name bytes", name.len(), TOPIC_NAME_BYTES_MAX)
+            }
+            ForwardedAdmin::AlterConfigs {
+                topic,
+                set,
+                removed,
+                ..
+            } => {
+                check_at_most("topic name bytes", topic.len(), TOPIC_NAME_BYTES_MAX)?;
+                check_configs(set)?;
+                check_at_most("removed configs", removed.len(), CONFIGS_PER_TOPIC_MAX)?;
+                for key in removed {
+                    check_at_most("config key bytes", key.len(), CONFIG_KEY_BYTES_MAX)?;
+                }
+                Ok(())
+            }
+            ForwardedAdmin::CreatePartitions { topic, .. } => {
+                check_at_most("topic name bytes", topic.len(), TOPIC_NAME_BYTES_MAX)
+            }
+            ForwardedAdmin::InitProducerId { .. } => Ok(()),
+            ForwardedAdmin::RegisterNode { host, .. } => check_at_most(
+                "host bytes",
+                host.len(),
+                crate::limits::SOFTWARE_FIELD_BYTES_MAX,
+            ),
+        }
+    }
+}
+
+impl PeerBody for ControllerForwardResponse {
+    fn validate(&self) -> Result<(), PeerProtocolError> {
+        check_at_most(
+            "error message bytes",
+            self.message.len(),
+            PEER_ERROR_MESSAGE_BYTES_MAX,
+        )
+    }
 }
 
 /// What every body checks after decoding, beyond what serde checks.

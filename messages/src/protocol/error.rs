@@ -86,6 +86,7 @@ error_codes! {
     8 Overloaded true "The server is shedding load (a queue or the bytes in flight are at their bound); retry after a back-off.";
     9 RequestTimedOut true "The request's timeout passed before the server could complete it; the outcome of a write is unknown.";
     10 TooManyConnections true "The server is at its connection limit; it closes this connection after answering.";
+    11 ControllerNotAvailable true "The cluster's controller cannot be reached: an election is in progress, or this node is cut off from the controller quorum. A change may or may not have been made if the request reached the controller before the connection failed; retry after a back-off (a retried create answers TopicAlreadyExists if the first one was made).";
     20 UnknownTopic true "The topic does not exist (or this node has not learnt of it yet).";
     21 UnknownPartition true "The topic exists but not this partition (or this node has not learnt of it yet).";
     22 TopicAlreadyExists false "A topic with this name already exists.";

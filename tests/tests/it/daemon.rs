@@ -118,6 +118,68 @@ fn start_up_errors_are_one_clear_line_and_a_non_zero_exit() {
     assert!(line.contains("bad config file"), "{line}");
 }
 
+/// `--controller-quorum` is checked before anything starts: its grammar, duplicates, its
+/// size, that `--node-id` is given (no silent default in a cluster), that the node is a
+/// member and that its member address is its `--peer-listen`.
+#[test]
+fn a_bad_controller_quorum_is_one_clear_line() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("d");
+    let dir = dir.to_str().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let run = |quorum: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--data-dir",
+            dir,
+            "--admin-listen",
+            &admin,
+            "--controller-quorum",
+            quorum,
+        ];
+        args.extend_from_slice(extra);
+        one_error_line(&run_expecting_exit(&args, &[]))
+    };
+    let member = ["--node-id", "1", "--peer-listen", "127.0.0.1:19421"];
+    let cases: [(&str, &[&str], &str); 8] = [
+        ("1-127.0.0.1:19421", &member, "expected ID@HOST:PORT"),
+        ("x@127.0.0.1:19421", &member, "bad node id \"x\""),
+        (
+            "1@127.0.0.1:19421,1@127.0.0.2:19421",
+            &member,
+            "node id 1 twice",
+        ),
+        (
+            "1@127.0.0.1:19421,2@127.0.0.1:19421",
+            &member,
+            "address 127.0.0.1:19421 twice",
+        ),
+        (
+            "1@127.0.0.1:1,2@127.0.0.1:2,3@127.0.0.1:3,4@127.0.0.1:4,5@127.0.0.1:5,6@127.0.0.1:6,7@127.0.0.1:7,8@127.0.0.1:8",
+            &member,
+            "at most 7",
+        ),
+        (
+            "1@127.0.0.1:19421",
+            &["--peer-listen", "127.0.0.1:19421"],
+            "--node-id",
+        ),
+        (
+            "2@127.0.0.2:19421",
+            &member,
+            "node 1 is not in the controller quorum",
+        ),
+        (
+            "1@127.0.0.1:19999",
+            &member,
+            "--peer-listen is 127.0.0.1:19421",
+        ),
+    ];
+    for (quorum, extra, expected) in cases {
+        let line = run(quorum, extra);
+        assert!(line.contains(expected), "{quorum}: {line}");
+    }
+}
+
 #[test]
 fn a_data_directory_serves_one_node_and_remembers_its_identity() {
     let mut node = TestNode::start();

@@ -33,10 +33,13 @@ impl MetadataLog for SlowLog {
         Ok(Vec::new())
     }
 
-    async fn append(&mut self, _records: Vec<MetadataRecord>) -> Result<(), MetadataError> {
+    async fn append(
+        &mut self,
+        _records: Vec<MetadataRecord>,
+    ) -> Result<Option<Arc<MetadataImage>>, MetadataError> {
         let ms = self.append_ms.load(Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -93,6 +96,7 @@ async fn controller(
             publish,
             producer_ids: ProducerRegistry::default(),
             producer_ids_floor: 0,
+            forwarder: None,
         },
         None,
     )

@@ -215,7 +215,7 @@ fn the_registry_answers_what_was_last_published() {
     image.apply(&MetadataRecord::ProducerIdsReserved {
         end: PRODUCER_ID_BLOCK,
     });
-    registry.publish(&image, 1);
+    registry.publish(&image, 1, 1);
     assert_eq!(
         registry.standing(ProducerId(0), ProducerEpoch(0)),
         Standing::Current
@@ -229,9 +229,36 @@ fn the_registry_answers_what_was_last_published() {
         producer_id: ProducerId(1),
         epoch: ProducerEpoch(1),
     });
-    registry.publish(&image, 2);
+    registry.publish(&image, 2, 2);
     assert_eq!(
         registry.standing(ProducerId(1), ProducerEpoch(0)),
         Standing::Fenced(Fencing::NewerEpoch(ProducerEpoch(1)))
+    );
+}
+
+/// In a cluster the controller and the node's image watch both publish; the one that comes
+/// second may carry an older image, which must not undo a bump, nor move the cursor back.
+#[test]
+fn an_older_image_never_replaces_a_newer_one_nor_moves_the_cursor_back() {
+    let registry = ProducerRegistry::default();
+    let mut image = ProducerIdsImage::default();
+    image.apply(&MetadataRecord::ProducerIdsReserved {
+        end: PRODUCER_ID_BLOCK,
+    });
+    let older = image.clone();
+    image.apply(&MetadataRecord::ProducerEpochBumped {
+        producer_id: ProducerId(1),
+        epoch: ProducerEpoch(1),
+    });
+    registry.publish(&image, 7, 2);
+    registry.publish(&older, 6, 1);
+    assert_eq!(
+        registry.standing(ProducerId(1), ProducerEpoch(0)),
+        Standing::Fenced(Fencing::NewerEpoch(ProducerEpoch(1)))
+    );
+    assert_eq!(
+        registry.standing(ProducerId(1), ProducerEpoch(1)),
+        Standing::Current,
+        "id 1 is still issued"
     );
 }

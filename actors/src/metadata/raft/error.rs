@@ -133,6 +133,16 @@ impl From<RaftError<RaftNodeId, ClientWriteError<RaftNodeId, BasicNode>>> for Pr
 }
 
 impl ProposeError {
+    /// Whether the batch was refused because this member does not lead (whether or not it
+    /// knows who does).
+    #[must_use]
+    pub fn is_not_leader(&self) -> bool {
+        match self {
+            ProposeError::Raft(e) => e.forward_to_leader::<BasicNode>().is_some(),
+            ProposeError::BatchTooLarge { .. } => false,
+        }
+    }
+
     /// The leader to send the batch to instead, when this member is not it and knows who is.
     #[must_use]
     pub fn forward_to(&self) -> Option<RaftNodeId> {

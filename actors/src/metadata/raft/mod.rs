@@ -28,6 +28,8 @@
 //! - `in_process`: `InProcessRouter`, a transport of in-process handles for tests.
 //! - `peer_transport`: `PeerRaftTransport` (Raft's requests over the peer links' control
 //!   channel) and `RaftPeerService` (the other members' requests answered by the local Raft).
+//! - `metadata_log`: `RaftMetadataLog`, the controller's `MetadataLog` over this Raft (a
+//!   proposal answers with the image at its index; `lead` checks leadership linearizably).
 //! - `config`: `RaftConfigBuilder` and the cluster defaults.
 //! - `error`: `RaftStoreError`, `RaftStartError`, `ProposeError`, `RaftConfigError`.
 //!
@@ -46,17 +48,20 @@
 //! Each file's writes are analysed where they happen (`log_store`, `state_machine`); at
 //! every fsync, rename and truncate a comment says what is durable and what recovery does.
 //!
-//! # Not wired yet
-//! The node does not start a `RaftMember`: the controller still commits to the single-node
-//! `FileMetadataLog`; `PeerRaftTransport` carries Raft over the peer links, but nothing
-//! reconciles `PeerLinks` from the quorum's membership yet. Membership changes
-//! (adding a learner, promoting it) are openraft's `change_membership`, not wrapped here.
+//! # How a node uses it
+//! `node::join_cluster` opens a `RaftMember` under `__metadata/raft` when the node is given a
+//! `--controller-quorum`, over `PeerRaftTransport`; the lowest member initialises the quorum
+//! (`cluster::bootstrap_quorum`). The controller commits through `metadata_log::
+//! RaftMetadataLog`, and `cluster::publish_images` carries each committed image to the node.
+//! Membership is the quorum given at start; changing it (adding a learner, promoting it) is
+//! openraft's `change_membership`, not wrapped yet.
 
 pub mod codec;
 pub mod config;
 pub mod error;
 pub mod in_process;
 pub mod log_store;
+pub mod metadata_log;
 pub mod network;
 pub mod peer_transport;
 pub mod state_machine;
@@ -79,6 +84,7 @@ pub use config::RaftConfigBuilder;
 pub use error::{ProposeError, RaftConfigError, RaftStartError, RaftStoreError};
 pub use in_process::{InProcessRouter, InProcessTransport};
 pub use log_store::{LogRecovery, LogStore};
+pub use metadata_log::RaftMetadataLog;
 pub use network::{NetworkFactory, RaftTransport, RemoteResult, TransportError};
 pub use peer_transport::{PeerRaftTransport, RaftPeerService};
 pub use state_machine::StateMachine;

@@ -295,6 +295,10 @@ impl PeerService for RaftPeerService {
                 let payload = encode_payload(&result).map_err(|e| answer_failure(&e))?;
                 Ok(PeerResponse::RaftInstallSnapshot(answer(payload)))
             }
+            PeerRequest::ControllerForward(_) => Err(PeerFailure::new(
+                PeerErrorCode::ServiceFailed,
+                "the Raft service answers Raft kinds only",
+            )),
         }
     }
 }

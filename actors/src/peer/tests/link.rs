@@ -99,7 +99,7 @@ async fn outgoing_connections_come_from_the_node_address() {
             listener.local_addr().expect("an address"),
             Arc::new(PeerLinkConfig {
                 identity: PeerIdentity {
-                    cluster_id: CLUSTER.to_owned(),
+                    cluster_id: CLUSTER.into(),
                     node_id: NodeId(1),
                 },
                 bind_ip: own_ip,
@@ -302,7 +302,7 @@ async fn wrong_node_ids_are_refused_naming_both_ids() {
         let config = |node: u32| {
             Arc::new(PeerLinkConfig {
                 identity: PeerIdentity {
-                    cluster_id: CLUSTER.to_owned(),
+                    cluster_id: CLUSTER.into(),
                     node_id: NodeId(node),
                 },
                 bind_ip: LOCALHOST,

@@ -118,7 +118,13 @@ impl PeerService for TestService {
         self.received.fetch_add(1, Ordering::Relaxed);
         let (PeerRequest::RaftVote(body)
         | PeerRequest::RaftAppendEntries(body)
-        | PeerRequest::RaftInstallSnapshot(body)) = &request;
+        | PeerRequest::RaftInstallSnapshot(body)) = &request
+        else {
+            return Err(PeerFailure::new(
+                PeerErrorCode::ServiceFailed,
+                "the test service answers Raft kinds only",
+            ));
+        };
         match body.payload.as_slice() {
             b"slow" => {
                 self.waiting.fetch_add(1, Ordering::Relaxed);
@@ -151,6 +157,7 @@ impl PeerService for TestService {
             PeerRequest::RaftVote(_) => PeerResponse::RaftVote(answer),
             PeerRequest::RaftAppendEntries(_) => PeerResponse::RaftAppendEntries(answer),
             PeerRequest::RaftInstallSnapshot(_) => PeerResponse::RaftInstallSnapshot(answer),
+            PeerRequest::ControllerForward(_) => unreachable!("refused above"),
         })
     }
 }
@@ -177,7 +184,7 @@ impl Node {
         bind_ip: IpAddr,
     ) -> Node {
         let identity = PeerIdentity {
-            cluster_id: cluster.to_owned(),
+            cluster_id: cluster.into(),
             node_id: NodeId(id),
         };
         let directory = ActorDirectory::new();
@@ -235,7 +242,7 @@ impl Node {
     /// Serves the same address again after `stop_listener`.
     async fn restart_listener(&mut self) {
         let identity = PeerIdentity {
-            cluster_id: CLUSTER.to_owned(),
+            cluster_id: CLUSTER.into(),
             node_id: self.id,
         };
         let listener = PeerListener::bind(
@@ -267,10 +274,14 @@ fn vote(payload: &str) -> PeerRequest {
 }
 
 fn answer_text(response: &PeerResponse) -> String {
-    let (PeerResponse::RaftVote(body)
-    | PeerResponse::RaftAppendEntries(body)
-    | PeerResponse::RaftInstallSnapshot(body)) = response;
-    String::from_utf8_lossy(&body.payload).into_owned()
+    match response {
+        PeerResponse::RaftVote(body)
+        | PeerResponse::RaftAppendEntries(body)
+        | PeerResponse::RaftInstallSnapshot(body) => {
+            String::from_utf8_lossy(&body.payload).into_owned()
+        }
+        PeerResponse::ControllerForward(answer) => format!("{answer:?}"),
+    }
 }
 
 /// Calls until a call succeeds (the link connects), failing the test after `WAIT`.
@@ -354,7 +365,7 @@ fn handshake(cluster: &str, from: u32, target: u32, channel: PeerChannel) -> Vec
         PeerKind::PeerHandshake,
         0,
         &PeerHandshakeRequest {
-            cluster_id: cluster.to_owned(),
+            cluster_id: cluster.into(),
             node_id: NodeId(from),
             target_node_id: NodeId(target),
             channel,
@@ -468,7 +479,7 @@ fn lone_link(remote: u32, address: SocketAddr, directory: &ActorDirectory) -> Pe
         address,
         Arc::new(PeerLinkConfig {
             identity: PeerIdentity {
-                cluster_id: CLUSTER.to_owned(),
+                cluster_id: CLUSTER.into(),
                 node_id: NodeId(1),
             },
             bind_ip: LOCALHOST,

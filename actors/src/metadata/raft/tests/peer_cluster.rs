@@ -76,7 +76,7 @@ async fn bounded(test: impl Future<Output = ()>) {
 
 fn identity(id: RaftNodeId) -> PeerIdentity {
     PeerIdentity {
-        cluster_id: CLUSTER.to_owned(),
+        cluster_id: CLUSTER.into(),
         node_id: NodeId(u32::try_from(id).expect("test ids are small")),
     }
 }

@@ -1,0 +1,252 @@
+//! A node's membership of a cluster (`--controller-quorum`): the peer listener and links, the
+//! node's Raft member of the metadata quorum, and what joins them to the rest of the node.
+//!
+//! - [`NodePeerService`] answers the other nodes: Raft's requests go to the local Raft
+//!   member, forwarded admin requests to the local controller (which answers
+//!   `ControllerNotAvailable` if this node no longer leads the log; a request is forwarded
+//!   once, never on). Only quorum members are admitted.
+//! - [`PeerForwarder`] is the controller handle's way to the controller on another node: the
+//!   Raft leader, as this node's Raft metrics name it, over the control connection.
+//! - [`publish_images`] carries each committed image from the Raft state machine to the
+//!   node's image watch (naming the current Raft leader as the controller) and to the
+//!   producer-id registry, and has the MetadataApplier reconcile local partitions with it,
+//!   off Raft's apply path: a partition opening never holds up the quorum.
+//!
+//! Forming a quorum: the member with the lowest id initialises Raft with every member of
+//! `--controller-quorum` when its log is empty; the others wait to be reached. The cluster id
+//! comes with it: the lowest member makes one for its new data directory, and a member with
+//! a new data directory learns it from the first peer that names one (`peer::ClusterId`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use openraft::BasicNode;
+use tokio::sync::watch;
+use vltava_messages::NodeId;
+use vltava_messages::peer::{
+    ControllerForwardRequest, ControllerForwardResponse, ForwardedAdmin, PeerErrorCode, PeerFailure,
+};
+
+use crate::applier::ApplierHandle;
+use crate::metadata::MetadataImage;
+use crate::metadata::controller::{ControllerError, ControllerHandle, Forwarder, Route};
+use crate::metadata::producer_ids::ProducerRegistry;
+use crate::metadata::raft::{MetadataRaft, RaftPeerService, raft_node_id, vltava_node_id};
+use crate::peer::{PeerChannel, PeerLinks, PeerRequest, PeerResponse, PeerService};
+
+/// How often a node that waits for its quorum says so in its log.
+pub const QUORUM_WAIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Answers the other members' peer requests.
+#[derive(Debug)]
+pub struct NodePeerService {
+    /// The quorum's members: only they are admitted.
+    members: BTreeSet<NodeId>,
+    /// Set once this node's Raft member runs; until then Raft requests answer `Unavailable`.
+    raft: OnceLock<RaftPeerService>,
+    /// Set once this node's controller runs.
+    controller: OnceLock<ControllerHandle>,
+}
+
+impl NodePeerService {
+    #[must_use]
+    pub fn new(members: BTreeSet<NodeId>) -> NodePeerService {
+        NodePeerService {
+            members,
+            raft: OnceLock::new(),
+            controller: OnceLock::new(),
+        }
+    }
+
+    /// Serves Raft's requests with `raft` from now on.
+    pub fn serve_raft(&self, raft: MetadataRaft) {
+        let _ = self.raft.set(RaftPeerService::new(raft));
+    }
+
+    /// Serves forwarded admin requests with `controller` from now on.
+    pub fn serve_controller(&self, controller: ControllerHandle) {
+        let _ = self.controller.set(controller);
+    }
+}
+
+fn starting(what: &str) -> PeerFailure {
+    PeerFailure::new(
+        PeerErrorCode::Unavailable,
+        format!("this node's {what} is still starting"),
+    )
+}
+
+impl PeerService for NodePeerService {
+    fn admits(&self, node: NodeId) -> bool {
+        self.members.contains(&node)
+    }
+
+    async fn handle(
+        &self,
+        from: NodeId,
+        channel: PeerChannel,
+        request: PeerRequest,
+    ) -> Result<PeerResponse, PeerFailure> {
+        match request {
+            PeerRequest::ControllerForward(ControllerForwardRequest { admin }) => {
+                let controller = self
+                    .controller
+                    .get()
+                    .ok_or_else(|| starting("controller"))?;
+                Ok(PeerResponse::ControllerForward(
+                    controller.serve_forwarded(from.0, admin).await,
+                ))
+            }
+            raft_request => {
+                let raft = self.raft.get().ok_or_else(|| starting("Raft member"))?;
+                raft.handle(from, channel, raft_request).await
+            }
+        }
+    }
+}
+
+/// Reaches the controller on another node over the peer links.
+pub struct PeerForwarder {
+    raft: MetadataRaft,
+    node_id: u32,
+    links: PeerLinks,
+}
+
+impl std::fmt::Debug for PeerForwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerForwarder")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerForwarder {
+    #[must_use]
+    pub fn new(raft: MetadataRaft, node_id: u32, links: PeerLinks) -> PeerForwarder {
+        PeerForwarder {
+            raft,
+            node_id,
+            links,
+        }
+    }
+}
+
+impl Forwarder for PeerForwarder {
+    fn route(&self) -> Route {
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader.and_then(vltava_node_id) {
+            Some(node) if node.0 == self.node_id => Route::Local,
+            Some(node) => Route::Remote(node.0),
+            None => Route::Unknown,
+        }
+    }
+
+    fn forward(
+        &self,
+        to: u32,
+        admin: ForwardedAdmin,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<ControllerForwardResponse, ControllerError>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let request = PeerRequest::ControllerForward(ControllerForwardRequest { admin });
+            match self
+                .links
+                .call(NodeId(to), PeerChannel::Control, request, timeout)
+                .await
+            {
+                Ok(PeerResponse::ControllerForward(answer)) => Ok(answer),
+                Ok(other) => Err(ControllerError::NotAvailable(format!(
+                    "node {to} answered a forwarded request with {}",
+                    other.kind().name()
+                ))),
+                Err(e) => Err(ControllerError::NotAvailable(format!(
+                    "the controller on node {to} cannot be reached: {e}"
+                ))),
+            }
+        })
+    }
+}
+
+/// Initialises the quorum with `members` if this node has the lowest id among them and its
+/// Raft log is empty; otherwise does nothing (another member forms the quorum, or it formed
+/// before). A member with a new data directory is not a risk here: it has the lowest id only
+/// if it made the cluster id itself, which no other member holds.
+pub async fn bootstrap_quorum(
+    raft: &MetadataRaft,
+    node_id: u32,
+    members: &BTreeMap<u32, SocketAddr>,
+) -> Result<(), String> {
+    if members.keys().next() != Some(&node_id) {
+        return Ok(());
+    }
+    if raft.is_initialized().await.map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    let nodes: BTreeMap<u64, BasicNode> = members
+        .iter()
+        .map(|(id, address)| {
+            (
+                raft_node_id(NodeId(*id)),
+                BasicNode::new(address.to_string()),
+            )
+        })
+        .collect();
+    tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "forming the controller quorum");
+    match raft.initialize(nodes).await {
+        Ok(()) => Ok(()),
+        // Initialised meanwhile (by a vote from a member that formed it first): fine.
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::InitializeError::NotAllowed(_),
+        )) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Carries each committed image to the node until `raft` stops: the node's image watch
+/// (with the current Raft leader as the controller), the producer-id registry, and the
+/// applier, which it awaits before taking the next image (images that arrive meanwhile
+/// are coalesced: only the newest is applied).
+pub async fn publish_images(
+    raft: MetadataRaft,
+    mut committed: watch::Receiver<Arc<MetadataImage>>,
+    publish: watch::Sender<Arc<MetadataImage>>,
+    producer_ids: ProducerRegistry,
+    applier: ApplierHandle,
+) {
+    // The server metrics change only with the vote, the leader or the membership, not with
+    // every heartbeat as the full metrics do.
+    let mut metrics = raft.server_metrics();
+    loop {
+        let image = Arc::clone(&committed.borrow_and_update());
+        let leader = metrics
+            .borrow_and_update()
+            .current_leader
+            .and_then(vltava_node_id)
+            .map(|n| n.0);
+        let changed = {
+            let current = publish.borrow();
+            current.version != image.version || current.controller_id != leader
+        };
+        if changed {
+            let shared = Arc::new(MetadataImage {
+                controller_id: leader,
+                ..(*image).clone()
+            });
+            producer_ids.publish(
+                &shared.producers,
+                shared.version,
+                shared.producers.reserved_end,
+            );
+            publish.send_replace(Arc::clone(&shared));
+            applier.apply(shared).await;
+        }
+        tokio::select! {
+            changed = committed.changed() => if changed.is_err() { return },
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
+}

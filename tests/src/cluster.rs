@@ -1,0 +1,104 @@
+//! A cluster of real `vltava-node` processes for black-box tests: member `i` (from 1) binds
+//! every address of its own on 127.0.0.`i` (client, admin, peer), so a test can tell the
+//! nodes apart by address, and all share one `--controller-quorum`. Members are started
+//! together (each waits for the quorum before it says it is ready) and killed when dropped.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::TestNode;
+
+/// A port free on `ip` a moment ago.
+#[must_use]
+pub fn free_port_on(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct TestCluster {
+    /// Member `i` is `nodes[i - 1]`.
+    pub nodes: Vec<TestNode>,
+    /// The `--controller-quorum` every member was given.
+    pub quorum: String,
+    _temp: Arc<tempfile::TempDir>,
+}
+
+impl TestCluster {
+    /// Starts `size` members (at most 254) with `extra` flags each, and waits until every
+    /// one is ready.
+    #[must_use]
+    pub fn start(size: u32, extra: &[&str]) -> TestCluster {
+        assert!(
+            (1..=254).contains(&size),
+            "members live on 127.0.0.1 to 127.0.0.254"
+        );
+        let temp = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        let ips: BTreeMap<u32, String> = (1..=size).map(|i| (i, format!("127.0.0.{i}"))).collect();
+        let peers: BTreeMap<u32, String> = ips
+            .iter()
+            .map(|(i, ip)| (*i, format!("{ip}:{}", free_port_on(ip))))
+            .collect();
+        let quorum = peers
+            .iter()
+            .map(|(i, address)| format!("{i}@{address}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes: Vec<TestNode> = ips
+            .iter()
+            .map(|(i, ip)| {
+                let mut args = vec![
+                    "--node-id".to_owned(),
+                    i.to_string(),
+                    "--peer-listen".to_owned(),
+                    peers[i].clone(),
+                    "--controller-quorum".to_owned(),
+                    quorum.clone(),
+                ];
+                args.extend(extra.iter().map(|s| (*s).to_owned()));
+                TestNode::spawn_member(
+                    temp.path().join(format!("node-{i}")),
+                    format!("{ip}:{}", free_port_on(ip)),
+                    format!("{ip}:{}", free_port_on(ip)),
+                    args,
+                )
+            })
+            .collect();
+        for node in &mut nodes {
+            node.wait_until_ready();
+        }
+        TestCluster {
+            nodes,
+            quorum,
+            _temp: temp,
+        }
+    }
+
+    /// Member `id` (from 1).
+    #[must_use]
+    pub fn node(&self, id: u32) -> &TestNode {
+        &self.nodes[id as usize - 1]
+    }
+
+    /// Member `id` (from 1), to stop or restart.
+    pub fn node_mut(&mut self, id: u32) -> &mut TestNode {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    /// Every member's client address, as a bootstrap list.
+    #[must_use]
+    pub fn bootstrap(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// Member `id`'s data directory.
+    #[must_use]
+    pub fn data_dir(&self, id: u32) -> PathBuf {
+        self.node(id).data_dir.clone()
+    }
+}
