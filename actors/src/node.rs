@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use vltava_storage::Flusher;
 
 use crate::applier::{ApplierConfig, ApplierHandle, MetadataApplier};
+use crate::cluster::leases::{self, LeaseTable, MetadataFreshness};
 use crate::cluster::{
     NodePeerService, PeerForwarder, QUORUM_WAIT_LOG_INTERVAL, bootstrap_quorum, publish_images,
 };
@@ -94,7 +95,12 @@ struct ClusterRuntime {
     raft: MetadataRaft,
     links: PeerLinks,
     listener: PeerListener,
-    publisher: JoinHandle<()>,
+    /// The image publisher, the lease renewer and the lease supervisor.
+    tasks: Vec<JoinHandle<()>>,
+    /// This node's lease, which sessions check before answering metadata.
+    freshness: MetadataFreshness,
+    /// When each node renewed its lease here, for the admin view.
+    leases: LeaseTable,
 }
 
 impl std::fmt::Debug for ClusterRuntime {
@@ -151,6 +157,9 @@ pub struct NodeView {
     pub started_at: std::time::SystemTime,
     pub directory: ActorDirectory,
     pub image: watch::Receiver<Arc<MetadataImage>>,
+    /// In a cluster: when each node last renewed its lease with this node (meaningful while
+    /// this node is the controller), and this node's own lease.
+    pub leases: Option<(LeaseTable, MetadataFreshness)>,
     /// Used only by fault injection, to reach a partition to crash.
     pub partitions: PartitionRegistry,
     pub requests: Arc<RequestMetrics>,
@@ -342,6 +351,9 @@ impl Node {
             started_at: std::time::SystemTime::now(),
             directory: directory.clone(),
             image: controller.image(),
+            leases: cluster
+                .as_ref()
+                .map(|c| (c.leases.clone(), c.freshness.clone())),
             partitions: registry.clone(),
             requests: Arc::clone(&requests),
             serving: Arc::clone(&serving),
@@ -360,6 +372,7 @@ impl Node {
             requests: Arc::clone(&requests),
             groups: groups.clone(),
             warnings: crate::log_limit::SharedWarnLimiter::default(),
+            freshness: cluster.as_ref().map(|c| c.freshness.clone()),
         });
         let local_addr =
             options
@@ -414,7 +427,9 @@ impl Node {
         let _ = self.shutdown.send(true);
         let _ = self.listener.await;
         if let Some(cluster) = self.cluster {
-            cluster.publisher.abort();
+            for task in &cluster.tasks {
+                task.abort();
+            }
             if let Err(e) = cluster.raft.shutdown().await {
                 tracing::warn!(error = %e, "the Raft member did not stop cleanly");
             }
@@ -565,7 +580,13 @@ async fn join_cluster(
         .map(|(id, address)| (NodeId(*id), *address))
         .collect();
     links.reconcile(&members).await;
-    let service = Arc::new(NodePeerService::new(members.keys().copied().collect()));
+    let leases = LeaseTable::default();
+    let freshness = MetadataFreshness::default();
+    let service = Arc::new(NodePeerService::new(
+        NodeId(node_id),
+        members.keys().copied().collect(),
+        leases.clone(),
+    ));
     let listener = PeerListener::spawn(
         cluster.peer_listener,
         PeerListenerConfig {
@@ -631,18 +652,45 @@ async fn join_cluster(
         producer_ids,
         applier,
     ));
+    // Renewals start before the node registers, so the controller has heard from it by the
+    // time it appears in the metadata.
+    let renewer = tokio::spawn(leases::renew_leases(
+        member.raft.clone(),
+        node_id,
+        links.clone(),
+        leases.clone(),
+        freshness.clone(),
+        controller.image(),
+    ));
+    let supervisor = tokio::spawn(leases::supervise_leases(
+        member.raft.clone(),
+        node_id,
+        leases.clone(),
+        controller.clone(),
+    ));
     retry_while_electing("register with the controller", || {
         controller.register_node(node_id, advertised.0.clone(), advertised.1)
     })
     .await
     .map_err(|e| NodeError::Internal(format!("cannot register with the controller: {e}")))?;
+    // Sessions refuse metadata until the node holds a lease; the node is not ready before.
+    let mut last_log = std::time::Instant::now();
+    while freshness.check().is_err() {
+        if last_log.elapsed() >= QUORUM_WAIT_LOG_INTERVAL {
+            tracing::info!("waiting for the controller to grant this node's lease");
+            last_log = std::time::Instant::now();
+        }
+        tokio::time::sleep(leases::LEASE_RENEW_INTERVAL / 5).await;
+    }
     Ok((
         controller,
         ClusterRuntime {
             raft: member.raft,
             links,
             listener,
-            publisher,
+            tasks: vec![publisher, renewer, supervisor],
+            freshness,
+            leases,
         },
         cluster_id,
     ))

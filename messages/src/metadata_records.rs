@@ -63,6 +63,11 @@ pub enum MetadataRecord {
     /// A producer id's epochs ran out and its producer moved to a new id: every epoch of this
     /// one is fenced.
     ProducerIdRetired { producer_id: ProducerId },
+    /// The controller stopped hearing from a node for a whole lease: the node is fenced, left
+    /// out of Metadata answers and of placement, until it renews its lease again. (Version 2.)
+    NodeFenced { node_id: u32 },
+    /// A fenced node renewed its lease: it is live again. (Version 2.)
+    NodeUnfenced { node_id: u32 },
 }
 
 /// Why a metadata record could not be decoded.
@@ -78,7 +83,8 @@ pub struct MetadataRecordError {
 /// Bump it whenever a record kind is added or a field changes meaning: older builds would
 /// refuse a kind they do not know anyway, and the bump turns that refusal into a clear one.
 /// (A new optional field with a default needs no bump: named maps let old builds skip it.)
-pub const METADATA_RECORDS_VERSION: u16 = 1;
+/// Version 2 added `NodeFenced` and `NodeUnfenced`; version 1 batches read unchanged.
+pub const METADATA_RECORDS_VERSION: u16 = 2;
 
 /// Bytes of the version prefix of an encoded [`MetadataBatch`].
 pub const METADATA_BATCH_VERSION_BYTES: usize = 2;
@@ -197,6 +203,8 @@ mod tests {
             MetadataRecord::ProducerIdRetired {
                 producer_id: ProducerId(1999),
             },
+            MetadataRecord::NodeFenced { node_id: 3 },
+            MetadataRecord::NodeUnfenced { node_id: 3 },
         ];
         for record in records {
             assert_eq!(MetadataRecord::decode(&record.encode()).unwrap(), record);
@@ -217,6 +225,17 @@ mod tests {
         assert_eq!(MetadataBatch::decode(&bytes).unwrap(), batch);
         let empty = MetadataBatch::default();
         assert_eq!(MetadataBatch::decode(&empty.encode()).unwrap(), empty);
+    }
+
+    /// Batches written before version 2 (by a build without node fencing) read unchanged.
+    #[test]
+    fn a_version_1_batch_still_reads() {
+        let batch = MetadataBatch {
+            records: vec![MetadataRecord::ProducerIdsReserved { end: 1000 }],
+        };
+        let mut bytes = batch.encode();
+        bytes[..2].copy_from_slice(&1u16.to_be_bytes());
+        assert_eq!(MetadataBatch::decode(&bytes).unwrap(), batch);
     }
 
     #[test]

@@ -292,6 +292,24 @@ impl TestNode {
         }
     }
 
+    /// Pauses the process with SIGSTOP, as a long stall would: it holds its sockets open and
+    /// answers nothing until [`TestNode::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Resumes a paused process with SIGCONT.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.pid().expect("the node is running");
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        let sent = unsafe { libc::kill(pid as i32, signal) };
+        assert_eq!(sent, 0, "kill({pid}, {signal}) failed");
+    }
+
     /// Kills the process with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

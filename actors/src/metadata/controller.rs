@@ -382,6 +382,13 @@ pub enum ControllerMsg {
         port: u16,
         reply: Reply,
     },
+    /// The lease supervisor's decisions: nodes whose lease ran out are fenced, fenced nodes
+    /// that renewed it are unfenced, in one commit.
+    SetFencing {
+        fence: Vec<u32>,
+        unfence: Vec<u32>,
+        reply: Reply,
+    },
     /// A new producer id (`current` absent) or the next epoch of `current`.
     InitProducerId {
         current: Option<ProducerIdentity>,
@@ -691,6 +698,21 @@ impl ControllerHandle {
             node_id,
             host,
             port,
+            reply,
+        })
+        .await
+    }
+
+    /// Commits the lease supervisor's fencing decisions; only on the controller's own node
+    /// (the supervisor runs where the Raft leader is), so never forwarded.
+    pub async fn set_fencing(
+        &self,
+        fence: Vec<u32>,
+        unfence: Vec<u32>,
+    ) -> Result<(), ControllerError> {
+        self.call(|reply| ControllerMsg::SetFencing {
+            fence,
+            unfence,
             reply,
         })
         .await
@@ -1020,6 +1042,7 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             ControllerMsg::AlterConfigs { .. } => "AlterConfigs",
             ControllerMsg::CreatePartitions { .. } => "CreatePartitions",
             ControllerMsg::RegisterNode { .. } => "RegisterNode",
+            ControllerMsg::SetFencing { .. } => "SetFencing",
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
         let reply = match &msg {
@@ -1027,7 +1050,8 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             | ControllerMsg::DeleteTopic { reply, .. }
             | ControllerMsg::AlterConfigs { reply, .. }
             | ControllerMsg::CreatePartitions { reply, .. }
-            | ControllerMsg::RegisterNode { reply, .. } => reply,
+            | ControllerMsg::RegisterNode { reply, .. }
+            | ControllerMsg::SetFencing { reply, .. } => reply,
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
         if !reply.take() {
@@ -1041,7 +1065,8 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
                 | ControllerMsg::DeleteTopic { reply, .. }
                 | ControllerMsg::AlterConfigs { reply, .. }
                 | ControllerMsg::CreatePartitions { reply, .. }
-                | ControllerMsg::RegisterNode { reply, .. } => reply,
+                | ControllerMsg::RegisterNode { reply, .. }
+                | ControllerMsg::SetFencing { reply, .. } => reply,
                 ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
             };
             tracing::info!(error = %e, "metadata change refused: not the controller");
@@ -1109,6 +1134,11 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
                 state.register_node(node_id, host, port, &mut reply).await,
                 reply,
             ),
+            ControllerMsg::SetFencing {
+                fence,
+                unfence,
+                mut reply,
+            } => (state.set_fencing(&fence, &unfence, &mut reply).await, reply),
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
         if let Err(e) = &outcome {
@@ -1239,6 +1269,33 @@ impl<L: MetadataLog> ControllerState<L> {
         .await
     }
 
+    /// Fences and unfences nodes as the lease supervisor decided, skipping what the image
+    /// already says (a decision taken on an image that was not the newest).
+    async fn set_fencing(
+        &mut self,
+        fence: &[u32],
+        unfence: &[u32],
+        reply: &mut Reply,
+    ) -> Result<(), ControllerError> {
+        let mut records = Vec::new();
+        for node_id in fence {
+            if self.image.nodes.get(node_id).is_some_and(|n| !n.fenced) {
+                tracing::warn!(node_id, "fencing node: its lease ran out");
+                records.push(MetadataRecord::NodeFenced { node_id: *node_id });
+            }
+        }
+        for node_id in unfence {
+            if self.image.nodes.get(node_id).is_some_and(|n| n.fenced) {
+                tracing::info!(node_id, "unfencing node: it renewed its lease");
+                records.push(MetadataRecord::NodeUnfenced { node_id: *node_id });
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.commit(records, reply, None).await
+    }
+
     /// A deadline that passed before the change was started: nothing is written.
     fn check_deadline(reply: &Reply, change: Change) -> Result<(), ControllerError> {
         if reply.passed() {
@@ -1287,7 +1344,7 @@ impl<L: MetadataLog> ControllerState<L> {
     }
 
     /// Places partitions `from..to` of `topic`: their replicas go round-robin over the
-    /// registered nodes from a random start, the first replica leads. Until replication
+    /// live (registered, unfenced) nodes from a random start, the first replica leads. Until replication
     /// (issue 13) a partition's followers copy nothing, so the ISR is its leader alone.
     fn partition_changes(
         &self,
@@ -1296,7 +1353,13 @@ impl<L: MetadataLog> ControllerState<L> {
         to: u32,
         replication_factor: u16,
     ) -> Vec<MetadataRecord> {
-        let nodes: Vec<u32> = self.image.nodes.keys().copied().collect();
+        let nodes: Vec<u32> = self
+            .image
+            .nodes
+            .values()
+            .filter(|n| !n.fenced)
+            .map(|n| n.node_id)
+            .collect();
         if nodes.is_empty() {
             return Vec::new();
         }
@@ -1338,11 +1401,11 @@ impl<L: MetadataLog> ControllerState<L> {
             check_topic_name(&name)?;
         }
         Self::check_partitions(partitions)?;
-        let nodes = self.image.nodes.len();
-        if replication_factor == 0 || usize::from(replication_factor) > nodes {
+        let live = self.image.nodes.values().filter(|n| !n.fenced).count();
+        if replication_factor == 0 || usize::from(replication_factor) > live {
             return Err(ControllerError::InvalidReplicationFactor {
                 factor: replication_factor,
-                reason: "must be between 1 and the number of nodes",
+                reason: "must be between 1 and the number of live nodes",
             });
         }
         topic_config::parse(&configs)?;

@@ -12,6 +12,9 @@ pub struct NodeImage {
     pub node_id: u32,
     pub host: String,
     pub port: u16,
+    /// The controller stopped hearing from the node for a whole lease: clients are not sent
+    /// to it and placement skips it until it renews its lease.
+    pub fenced: bool,
 }
 
 /// A partition as the metadata knows it.
@@ -47,6 +50,12 @@ pub struct MetadataImage {
 }
 
 impl MetadataImage {
+    /// Whether node `id` is registered and not fenced.
+    #[must_use]
+    pub fn is_live(&self, id: u32) -> bool {
+        self.nodes.get(&id).is_some_and(|n| !n.fenced)
+    }
+
     /// Records that rebuild this image when applied, in order, to an empty one: what a Raft
     /// snapshot stores, so that the snapshot is written in the metadata log's own vocabulary
     /// (and MessagePack stays in vltava-messages). Everything but `version`, `cluster_id` and
@@ -60,6 +69,11 @@ impl MetadataImage {
                 host: node.host.clone(),
                 port: node.port,
             });
+            if node.fenced {
+                records.push(MetadataRecord::NodeFenced {
+                    node_id: node.node_id,
+                });
+            }
         }
         let untouched = PartitionImage {
             leader: None,
@@ -121,14 +135,28 @@ impl MetadataImage {
                 host,
                 port,
             } => {
+                // A node registering again (a new address) keeps its fencing: only the
+                // controller's lease decisions change that.
+                let fenced = self.nodes.get(node_id).is_some_and(|n| n.fenced);
                 self.nodes.insert(
                     *node_id,
                     NodeImage {
                         node_id: *node_id,
                         host: host.clone(),
                         port: *port,
+                        fenced,
                     },
                 );
+            }
+            MetadataRecord::NodeFenced { node_id } => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    node.fenced = true;
+                }
+            }
+            MetadataRecord::NodeUnfenced { node_id } => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    node.fenced = false;
+                }
             }
             MetadataRecord::TopicCreated {
                 name,

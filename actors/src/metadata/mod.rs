@@ -13,12 +13,15 @@
 //! - `topic_config`: topic config keys, their checks and effective values.
 //! - `producer_ids`: producer-id blocks and epochs, and the node-wide registry partitions
 //!   check idempotent batches against.
+//! - `freshness`: `MetadataFreshness`, whether a cluster node's lease with the controller is
+//!   current (renewed by `cluster::leases`), which sessions check before answering metadata.
 //!
 //! **Invariant:** nothing here imports `session`, `partition`, `groups` or the applier:
 //! requests reach the controller through its handle, the image travels on a watch channel,
 //! and the controller reaches the applier only through `ImageApplier`.
 
 pub mod controller;
+pub mod freshness;
 mod image;
 mod log;
 pub mod producer_ids;

@@ -506,6 +506,22 @@ fn encode(response: impl Into<Response>, correlation_id: u64) -> Vec<u8> {
     response.into().encode(correlation_id).unwrap_or_default()
 }
 
+/// Whether `request` is answered from the metadata image or by the controller, so that a node
+/// cut off from the controller must not answer it.
+fn answers_from_metadata(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Metadata(_)
+            | Request::DescribeTopics(_)
+            | Request::FindCoordinator(_)
+            | Request::CreateTopics(_)
+            | Request::DeleteTopics(_)
+            | Request::AlterTopicConfigs(_)
+            | Request::CreatePartitions(_)
+            | Request::InitProducerId(_)
+    )
+}
+
 /// Starts work on a request and returns its answer (now, or a task computing it).
 fn dispatch(
     request: Request,
@@ -519,6 +535,19 @@ fn dispatch(
         bytes: encode(response, correlation_id),
         close: false,
     };
+    // A cluster node cut off from the controller for longer than a lease may hold a stale
+    // image: it refuses what only its image answers (and admin requests, which it could not
+    // get to the controller anyway) with a retriable error, so that the client asks another
+    // node. Produce and fetch go on: a partition's leader keeps serving its log.
+    if answers_from_metadata(&request)
+        && let Some(freshness) = &services.freshness
+        && let Err(reason) = freshness.check()
+    {
+        return Answer::Frame {
+            bytes: failure_frame(header, ErrorCode::ControllerNotAvailable, reason),
+            close: false,
+        };
+    }
     match request {
         Request::Handshake(hello) => {
             tracing::debug!(client_id = %hello.client_id, software = %hello.client_software_name, "handshake");

@@ -1,5 +1,6 @@
 //! `NodeServices`: what every session of a node shares, built once by the NodeSupervisor.
 
+use crate::metadata::freshness::MetadataFreshness;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -33,4 +34,8 @@ pub struct NodeServices {
     /// The node-wide budget of log lines that clients can cause (each session also has its
     /// own): see `log_limit`.
     pub warnings: SharedWarnLimiter,
+    /// In a cluster: whether this node heard from the controller within a lease. A node cut
+    /// off for longer answers metadata requests with a retriable error rather than an image
+    /// it cannot vouch for. `None` on a single node, whose image is always its own.
+    pub freshness: Option<MetadataFreshness>,
 }

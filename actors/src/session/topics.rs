@@ -22,18 +22,32 @@ use super::{DEFAULT_PARTITIONS, NodeServices, controller_error};
 
 // ---- metadata ----
 
-pub(super) fn partition_metadata(image: &crate::metadata::TopicImage) -> Vec<PartitionMetadata> {
-    image
+/// A topic's partitions as Metadata and DescribeTopics answer them. A partition whose leader
+/// is fenced (its node stopped renewing its lease) has no leader to send clients to: it is
+/// answered without one, with the retriable `LeaderNotAvailable`.
+pub(super) fn partition_metadata(
+    image: &MetadataImage,
+    topic: &crate::metadata::TopicImage,
+) -> Vec<PartitionMetadata> {
+    topic
         .partitions
         .iter()
         .enumerate()
-        .map(|(i, p)| PartitionMetadata {
-            partition: PartitionId(i as u32),
-            error: None,
-            leader: p.leader.map(NodeId),
-            leader_epoch: LeaderEpoch(p.leader_epoch),
-            replicas: p.replicas.iter().copied().map(NodeId).collect(),
-            in_sync_replicas: p.isr.iter().copied().map(NodeId).collect(),
+        .map(|(i, p)| {
+            let fenced = p.leader.filter(|l| !image.is_live(*l));
+            PartitionMetadata {
+                partition: PartitionId(i as u32),
+                error: fenced.map(|l| {
+                    ResponseError::new(
+                        ErrorCode::LeaderNotAvailable,
+                        format!("the leader, node {l}, is fenced"),
+                    )
+                }),
+                leader: p.leader.filter(|_| fenced.is_none()).map(NodeId),
+                leader_epoch: LeaderEpoch(p.leader_epoch),
+                replicas: p.replicas.iter().copied().map(NodeId).collect(),
+                in_sync_replicas: p.isr.iter().copied().map(NodeId).collect(),
+            }
         })
         .collect()
 }
@@ -47,7 +61,7 @@ pub(super) fn metadata(image: &MetadataImage, request: &MetadataRequest) -> Meta
         .into_iter()
         .map(|name| match image.topics.get(&name) {
             Some(topic) => TopicMetadata {
-                partitions: partition_metadata(topic),
+                partitions: partition_metadata(image, topic),
                 internal: is_internal_topic(&name),
                 name,
                 error: None,
@@ -67,9 +81,11 @@ pub(super) fn metadata(image: &MetadataImage, request: &MetadataRequest) -> Meta
         metadata_version: Some(image.version),
         cluster_id: image.cluster_id.clone(),
         controller_id: image.controller_id.map(NodeId),
+        // Only live nodes: a client is never sent to a fenced one.
         nodes: image
             .nodes
             .values()
+            .filter(|n| !n.fenced)
             .map(|n| NodeInfo {
                 node_id: NodeId(n.node_id),
                 host: n.host.clone(),
@@ -95,7 +111,7 @@ pub(super) fn describe_topics(
             Some(topic) => {
                 let configs = effective_configs(&topic.configs);
                 TopicDescription {
-                    partitions: partition_metadata(topic),
+                    partitions: partition_metadata(image, topic),
                     internal: is_internal_topic(&name),
                     name,
                     error: None,

@@ -25,9 +25,9 @@
 //!   the Raft RPCs (0x4010 to 0x4012), whose bodies carry openraft's messages as opaque
 //!   MessagePack `bin` bytes ([`RaftPayload`]; see [`encode_payload`]) so that this crate
 //!   never depends on openraft.
-//! - `ControllerForward` (0x4030): an admin request forwarded to the controller.
-//! - Reserved: 0x4020 to 0x402F for replication (replica fetch), 0x4031 to 0x403F for
-//!   leases.
+//! - `ControllerForward` (0x4030): an admin request forwarded to the controller;
+//!   `LeaseRenew` (0x4031): a node's heartbeat to the controller.
+//! - Reserved: 0x4020 to 0x402F for replication (replica fetch).
 //!
 //! # Layout
 //! - `codec`: frames to bytes and back for peer kinds, the bounded body decoder, and the
@@ -299,6 +299,9 @@ peer_kinds! {
         /// An admin request (or InitProducerId, or a node's registration) sent to a node that
         /// is not the controller, forwarded to the controller.
         0x4030 ControllerForward(ControllerForwardRequest, ControllerForwardResponse) versions 1..=1;
+        /// A node's lease renewal with the active controller (an in-memory heartbeat, not a
+        /// Raft write).
+        0x4031 LeaseRenew(LeaseRenewRequest, LeaseRenewResponse) versions 1..=1;
     }
 }
 
@@ -546,6 +549,36 @@ impl PeerBody for ControllerForwardResponse {
             self.message.len(),
             PEER_ERROR_MESSAGE_BYTES_MAX,
         )
+    }
+}
+
+/// LeaseRenew request, version 1: the renewing node (known from the handshake) says which
+/// metadata version it has applied, so the controller can tell a node that lags.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRenewRequest {
+    pub metadata_version: u64,
+}
+
+/// LeaseRenew response, version 1. `granted`: the answering node is the active controller and
+/// renewed the lease for `lease_ms` from when it read the request. Not granted: it is not the
+/// controller (any more); `controller_id` names the one it knows, if any.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRenewResponse {
+    pub granted: bool,
+    pub lease_ms: u32,
+    pub controller_id: Option<u32>,
+    pub metadata_version: u64,
+}
+
+impl PeerBody for LeaseRenewRequest {
+    fn validate(&self) -> Result<(), PeerProtocolError> {
+        Ok(())
+    }
+}
+
+impl PeerBody for LeaseRenewResponse {
+    fn validate(&self) -> Result<(), PeerProtocolError> {
+        Ok(())
     }
 }
 

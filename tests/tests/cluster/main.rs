@@ -316,3 +316,123 @@ fn a_node_with_another_clusters_data_is_refused() {
         .await;
     });
 }
+
+/// The node ids a node's Metadata answer lists (live nodes only), or the error it answers.
+async fn listed_nodes(addr: &str) -> Result<BTreeSet<u32>, ClientError> {
+    Ok(metadata(addr)
+        .await?
+        .nodes
+        .iter()
+        .map(|n| n.node_id.0)
+        .collect())
+}
+
+/// SIGSTOP a node past its lease: the controller fences it, so the others stop listing it
+/// (and a partition it leads has no leader to send clients to); SIGCONT: it renews its
+/// lease, is unfenced, and is listed and answers again.
+#[test]
+fn a_paused_node_is_fenced_and_rejoins_when_it_resumes() {
+    let cluster = TestCluster::start(3, &[]);
+    let rt = runtime();
+    // Pause a node that is not the controller, so that no election muddles the timing.
+    let controller = rt.block_on(async {
+        until_ok(FAILOVER_BOUND, || async {
+            metadata(&cluster.node(1).addr)
+                .await?
+                .controller_id
+                .map(|n| n.0)
+                .ok_or_else(|| ClientError::InvalidArgument("no controller yet".into()))
+        })
+        .await
+    });
+    let paused = if controller == 3 { 2 } else { 3 };
+    let watcher = cluster.node(controller).addr.clone();
+    rt.block_on(async {
+        admin(std::slice::from_ref(&watcher))
+            .await
+            .create_topic("spread", 3, 1, BTreeMap::new())
+            .await
+            .expect("topic created");
+    });
+    cluster.node(paused).pause();
+    let fenced_at = Instant::now();
+    rt.block_on(async {
+        until_ok(FAILOVER_BOUND, || async {
+            let nodes = listed_nodes(&watcher).await?;
+            if nodes.contains(&paused) {
+                Err(ClientError::InvalidArgument(format!(
+                    "node {paused} still listed: {nodes:?}"
+                )))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        eprintln!(
+            "node {paused} fenced {:?} after SIGSTOP",
+            fenced_at.elapsed()
+        );
+        let answer = metadata(&watcher).await.unwrap();
+        let spread = answer.topics.iter().find(|t| t.name == "spread").unwrap();
+        for partition in &spread.partitions {
+            if partition.replicas.iter().any(|r| r.0 == paused) {
+                assert_eq!(partition.leader, None, "no leader on a fenced node");
+                assert_eq!(
+                    partition.error.as_ref().map(|e| e.code),
+                    Some(ErrorCode::LeaderNotAvailable.code())
+                );
+            }
+        }
+    });
+    cluster.node(paused).resume();
+    rt.block_on(async {
+        until_ok(FAILOVER_BOUND, || async {
+            let nodes = listed_nodes(&watcher).await?;
+            let own = listed_nodes(&cluster.node(paused).addr).await?;
+            if nodes.len() == 3 && own.len() == 3 {
+                Ok(())
+            } else {
+                Err(ClientError::InvalidArgument(format!(
+                    "not back yet: the controller lists {nodes:?}, node {paused} lists {own:?}"
+                )))
+            }
+        })
+        .await;
+    });
+}
+
+/// A node cut off from the rest of the cluster (here: both others paused) stops answering
+/// Metadata within a lease, with a retriable error rather than an image it cannot vouch for;
+/// when the others come back it answers again.
+#[test]
+fn a_node_cut_off_from_the_quorum_refuses_metadata_until_it_hears_from_it() {
+    let cluster = TestCluster::start(3, &[]);
+    let rt = runtime();
+    let lonely = cluster.node(3).addr.clone();
+    rt.block_on(async {
+        until_ok(FAILOVER_BOUND, || listed_nodes(&lonely)).await;
+    });
+    cluster.node(1).pause();
+    cluster.node(2).pause();
+    rt.block_on(async {
+        let deadline = Instant::now() + FAILOVER_BOUND;
+        loop {
+            match metadata(&lonely).await {
+                Err(e) if code(&e) == Some(ErrorCode::ControllerNotAvailable) => {
+                    assert!(code(&e).unwrap().is_retriable());
+                    break;
+                }
+                other if Instant::now() < deadline => {
+                    let _ = other;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => panic!("node 3 still answers metadata when cut off: {other:?}"),
+            }
+        }
+    });
+    cluster.node(1).resume();
+    cluster.node(2).resume();
+    rt.block_on(async {
+        until_ok(FAILOVER_BOUND, || listed_nodes(&lonely)).await;
+    });
+}

@@ -157,7 +157,9 @@ impl PeerService for TestService {
             PeerRequest::RaftVote(_) => PeerResponse::RaftVote(answer),
             PeerRequest::RaftAppendEntries(_) => PeerResponse::RaftAppendEntries(answer),
             PeerRequest::RaftInstallSnapshot(_) => PeerResponse::RaftInstallSnapshot(answer),
-            PeerRequest::ControllerForward(_) => unreachable!("refused above"),
+            PeerRequest::ControllerForward(_) | PeerRequest::LeaseRenew(_) => {
+                unreachable!("refused above")
+            }
         })
     }
 }
@@ -281,6 +283,7 @@ fn answer_text(response: &PeerResponse) -> String {
             String::from_utf8_lossy(&body.payload).into_owned()
         }
         PeerResponse::ControllerForward(answer) => format!("{answer:?}"),
+        PeerResponse::LeaseRenew(answer) => format!("{answer:?}"),
     }
 }
 

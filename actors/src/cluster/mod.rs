@@ -6,7 +6,10 @@
 //!   `ControllerNotAvailable` if this node no longer leads the log; a request is forwarded
 //!   once, never on). Only quorum members are admitted.
 //! - [`PeerForwarder`] is the controller handle's way to the controller on another node: the
-//!   Raft leader, as this node's Raft metrics name it, over the control connection.
+//!   Raft leader, as this node's Raft metrics name it, over the data connection (its answers
+//!   may be slow; the control connection's must not wait behind them).
+//! - [`leases`]: node leases with the active controller, fencing, and the node's own
+//!   metadata freshness.
 //! - [`publish_images`] carries each committed image from the Raft state machine to the
 //!   node's image watch (naming the current Raft leader as the controller) and to the
 //!   producer-id registry, and has the MetadataApplier reconcile local partitions with it,
@@ -16,6 +19,8 @@
 //! `--controller-quorum` when its log is empty; the others wait to be reached. The cluster id
 //! comes with it: the lowest member makes one for its new data directory, and a member with
 //! a new data directory learns it from the first peer that names one (`peer::ClusterId`).
+
+pub mod leases;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -41,21 +46,39 @@ use crate::peer::{PeerChannel, PeerLinks, PeerRequest, PeerResponse, PeerService
 pub const QUORUM_WAIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Answers the other members' peer requests.
-#[derive(Debug)]
 pub struct NodePeerService {
+    /// This node.
+    node_id: NodeId,
     /// The quorum's members: only they are admitted.
     members: BTreeSet<NodeId>,
+    /// When each node last renewed its lease here (meaningful while this node leads).
+    leases: leases::LeaseTable,
     /// Set once this node's Raft member runs; until then Raft requests answer `Unavailable`.
-    raft: OnceLock<RaftPeerService>,
+    raft: OnceLock<(MetadataRaft, RaftPeerService)>,
     /// Set once this node's controller runs.
     controller: OnceLock<ControllerHandle>,
 }
 
+impl std::fmt::Debug for NodePeerService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodePeerService")
+            .field("node_id", &self.node_id)
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
+}
+
 impl NodePeerService {
     #[must_use]
-    pub fn new(members: BTreeSet<NodeId>) -> NodePeerService {
+    pub fn new(
+        node_id: NodeId,
+        members: BTreeSet<NodeId>,
+        leases: leases::LeaseTable,
+    ) -> NodePeerService {
         NodePeerService {
+            node_id,
             members,
+            leases,
             raft: OnceLock::new(),
             controller: OnceLock::new(),
         }
@@ -63,7 +86,7 @@ impl NodePeerService {
 
     /// Serves Raft's requests with `raft` from now on.
     pub fn serve_raft(&self, raft: MetadataRaft) {
-        let _ = self.raft.set(RaftPeerService::new(raft));
+        let _ = self.raft.set((raft.clone(), RaftPeerService::new(raft)));
     }
 
     /// Serves forwarded admin requests with `controller` from now on.
@@ -100,8 +123,22 @@ impl PeerService for NodePeerService {
                     controller.serve_forwarded(from.0, admin).await,
                 ))
             }
+            PeerRequest::LeaseRenew(_) => {
+                let (raft, _) = self.raft.get().ok_or_else(|| starting("Raft member"))?;
+                let version = self
+                    .controller
+                    .get()
+                    .map_or(0, |c| c.image().borrow().version);
+                Ok(PeerResponse::LeaseRenew(leases::answer_renewal(
+                    raft,
+                    self.node_id.0,
+                    &self.leases,
+                    from,
+                    version,
+                )))
+            }
             raft_request => {
-                let raft = self.raft.get().ok_or_else(|| starting("Raft member"))?;
+                let (_, raft) = self.raft.get().ok_or_else(|| starting("Raft member"))?;
                 raft.handle(from, channel, raft_request).await
             }
         }
@@ -153,9 +190,13 @@ impl Forwarder for PeerForwarder {
     {
         Box::pin(async move {
             let request = PeerRequest::ControllerForward(ControllerForwardRequest { admin });
+            // On the data connection, not the control one: answers on a connection come back
+            // in request order, and an admin request may take seconds (a topic of thousands
+            // of partitions), which on the control connection would hold Raft's heartbeats
+            // and lease renewals behind it and cost an election.
             match self
                 .links
-                .call(NodeId(to), PeerChannel::Control, request, timeout)
+                .call(NodeId(to), PeerChannel::Data, request, timeout)
                 .await
             {
                 Ok(PeerResponse::ControllerForward(answer)) => Ok(answer),
