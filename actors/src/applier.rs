@@ -8,8 +8,13 @@
 //!   waits for each batch; the supervisor works on up to `PARTITION_STARTS_CONCURRENT` of a
 //!   batch at once. Partitions of deleted topics are discarded (stopped without closing their
 //!   logs) and their directories removed.
+//! - Sweeps: once the node says its image has caught up (`arm_sweep`), and after every image
+//!   that deletes a topic, it removes the partition directories the image does not give this
+//!   node (`partition::data_dir::sweep`); each partition checks its directory's topic id as it
+//!   opens.
 //! - Mailbox: one message per committed metadata change, which the controller sends one at a
-//!   time and awaits, so at most one is ever queued.
+//!   time and awaits, so at most one is ever queued; plus the one `ArmSweep` the node sends
+//!   as it starts.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,19 +30,12 @@ use crate::groups::GroupManagerHandle;
 use crate::metadata::MetadataImage;
 use crate::metadata::producer_ids::ProducerRegistry;
 use crate::metadata::topic_config;
+use crate::partition::data_dir::{self, Assignment};
 use crate::partition::supervisor::PartitionSupervisorHandle;
 use crate::partition::{Durability, PartitionArgs};
 use vltava_messages::group_records::OFFSETS_TOPIC;
 
-/// Suffix a partition directory gets when its topic is deleted, before it is removed.
-pub const DELETED_SUFFIX: &str = ".deleted";
-
-/// The directory of a partition's log: `<data dir>/<topic>-<partition>`. Topic names hold
-/// only `[a-zA-Z0-9._-]`, so the last `-` separates the partition.
-#[must_use]
-pub fn partition_dir(data_dir: &std::path::Path, topic: &str, partition: u32) -> PathBuf {
-    data_dir.join(format!("{topic}-{partition}"))
-}
+pub use crate::partition::data_dir::{DELETED_SUFFIX, partition_dir};
 
 /// What the applier needs to start partitions.
 #[derive(Clone, Debug)]
@@ -61,6 +59,11 @@ pub struct ApplierConfig {
 pub enum ApplierMsg {
     Apply {
         image: Arc<MetadataImage>,
+        reply: oneshot::Sender<()>,
+    },
+    /// Allows sweeps from the first image at or past `version_min` that lists this node.
+    ArmSweep {
+        version_min: u64,
         reply: oneshot::Sender<()>,
     },
 }
@@ -89,6 +92,25 @@ impl ApplierHandle {
         if self
             .actor
             .send_message(ApplierMsg::Apply { image, reply })
+            .is_ok()
+        {
+            let _ = done.await;
+        } else {
+            self.stats.dequeued();
+        }
+    }
+
+    /// Allows the applier to sweep the data directory, once it has applied an image at or
+    /// past `version_min` in which this node is registered (at once if it has). Before that,
+    /// an image may lag what this node applied before it restarted (a cluster member replays
+    /// its Raft log while it catches up), and a sweep on it would remove live partitions of
+    /// topics it does not list yet. Returns once the applier took it (and swept, if it could).
+    pub async fn arm_sweep(&self, version_min: u64) {
+        let (reply, done) = oneshot::channel();
+        self.stats.enqueued();
+        if self
+            .actor
+            .send_message(ApplierMsg::ArmSweep { version_min, reply })
             .is_ok()
         {
             let _ = done.await;
@@ -129,6 +151,12 @@ pub struct ApplierState {
     /// removed like a running one's. Without this, a failed partition of a deleted topic kept
     /// its entries for the life of the process and its data for a new topic of the same name.
     failed: BTreeMap<(String, u32), Running>,
+    /// The last image applied, which a sweep compares the data directory with.
+    image: Option<Arc<MetadataImage>>,
+    /// Set by `ArmSweep`: the image version from which sweeping is safe.
+    sweep_version_min: Option<u64>,
+    /// Whether the first sweep (the one at start) ran; later ones follow topic deletions.
+    swept: bool,
 }
 
 impl MetadataApplier {
@@ -168,6 +196,9 @@ impl Actor for MetadataApplier {
             running: BTreeMap::new(),
             applied_version: None,
             failed: BTreeMap::new(),
+            image: None,
+            sweep_version_min: None,
+            swept: false,
         })
     }
 
@@ -178,10 +209,21 @@ impl Actor for MetadataApplier {
         state: &mut ApplierState,
     ) -> Result<(), ActorProcessingErr> {
         let started = std::time::Instant::now();
-        let ApplierMsg::Apply { image, reply } = msg;
-        state.apply(&image).await;
-        let _ = reply.send(());
-        state.stats.time("Apply", started.elapsed());
+        match msg {
+            ApplierMsg::Apply { image, reply } => {
+                state.apply(&image).await;
+                // The controller may have stopped waiting; the image is applied regardless.
+                let _ = reply.send(());
+                state.stats.time("Apply", started.elapsed());
+            }
+            ApplierMsg::ArmSweep { version_min, reply } => {
+                state.sweep_version_min = Some(version_min);
+                state.sweep_if_due(false).await;
+                // The node may have stopped waiting (it is shutting down); nothing to undo.
+                let _ = reply.send(());
+                state.stats.time("ArmSweep", started.elapsed());
+            }
+        }
         state.stats.handled();
         Ok(())
     }
@@ -197,11 +239,29 @@ impl Actor for MetadataApplier {
 }
 
 impl ApplierState {
-    async fn apply(&mut self, image: &MetadataImage) {
+    async fn apply(&mut self, image: &Arc<MetadataImage>) {
         if self.applied_version.is_some_and(|v| v > image.version) {
             return;
         }
         self.applied_version = Some(image.version);
+        // A topic that the previous image listed and this one does not (or lists with
+        // another id) was deleted: its directories on this node, running or not, are swept.
+        let topic_deleted = self.image.as_ref().is_some_and(|previous| {
+            previous.topics.iter().any(|(name, topic)| {
+                image
+                    .topics
+                    .get(name)
+                    .is_none_or(|now| now.topic_id != topic.topic_id)
+            })
+        });
+        self.image = Some(Arc::clone(image));
+        self.make_partitions_match(image).await;
+        self.sweep_if_due(topic_deleted).await;
+    }
+
+    /// Stops, removes and starts partitions until those running are the ones `image` gives
+    /// this node.
+    async fn make_partitions_match(&mut self, image: &MetadataImage) {
         let mut wanted: BTreeMap<(String, u32), Running> = BTreeMap::new();
         for (name, topic) in &image.topics {
             for (index, partition) in topic.partitions.iter().enumerate() {
@@ -277,6 +337,7 @@ impl ApplierState {
                 id: format!("{}/partition/{topic}-{partition}", self.config.node),
                 parent: format!("{}/partitions", self.config.node),
                 topic: Arc::from(topic.as_str()),
+                topic_id: Arc::from(running.topic_id.as_str()),
                 partition: PartitionId(*partition),
                 dir: partition_dir(&self.config.data_dir, topic, *partition),
                 log_config: vltava_storage::LogConfig {
@@ -325,6 +386,33 @@ impl ApplierState {
         }
     }
 
+    /// Sweeps the data directory if sweeping is armed, the last image is recent enough and
+    /// lists this node, and either no sweep ran yet or `topic_deleted`.
+    async fn sweep_if_due(&mut self, topic_deleted: bool) {
+        let Some(image) = &self.image else { return };
+        let Some(version_min) = self.sweep_version_min else {
+            return;
+        };
+        let node_id = self.config.node_id;
+        if image.version < version_min || !image.nodes.contains_key(&node_id) {
+            return;
+        }
+        if self.swept && !topic_deleted {
+            return;
+        }
+        self.swept = true;
+        let assignment = ImageAssignment {
+            image: Arc::clone(image),
+            node_id,
+        };
+        let data_dir = self.config.data_dir.clone();
+        let version = image.version;
+        match tokio::task::spawn_blocking(move || data_dir::sweep(&data_dir, &assignment)).await {
+            Ok(removed) => tracing::debug!(version, removed, "data directory swept"),
+            Err(e) => tracing::warn!(error = %e, "sweep task failed"),
+        }
+    }
+
     /// Renames each directory out of the way (so a new topic of the same name never sees its
     /// data), then removes them, all in one blocking task.
     async fn remove_partitions_data(&self, partitions: Vec<(String, u32)>) {
@@ -363,5 +451,27 @@ impl ApplierState {
             Ok(count) => tracing::info!(count, "removed the data of deleted partitions"),
             Err(e) => tracing::warn!(error = %e, "removal task failed"),
         }
+    }
+}
+
+/// The partitions an image gives one node, for the sweep.
+struct ImageAssignment {
+    image: Arc<MetadataImage>,
+    node_id: u32,
+}
+
+impl Assignment for ImageAssignment {
+    /// A partition is this node's if it leads it or holds a replica of it. One that is placed
+    /// nowhere yet (no leader, no replicas) is kept too: it may come to this node, and
+    /// removing a directory that might be live is the one mistake a sweep must not make.
+    fn assigned(&self, topic: &str, partition: u32) -> Option<&str> {
+        let image_topic = self.image.topics.get(topic)?;
+        let placement = image_topic
+            .partitions
+            .get(usize::try_from(partition).ok()?)?;
+        let unplaced = placement.leader.is_none() && placement.replicas.is_empty();
+        let here =
+            placement.leader == Some(self.node_id) || placement.replicas.contains(&self.node_id);
+        (unplaced || here).then_some(image_topic.topic_id.as_str())
     }
 }

@@ -15,7 +15,9 @@
 //! - `partition/`: the Partition actor, its handle and its log thread; the
 //!   PartitionSupervisor and the registry sessions route by; idempotent-producer state; the
 //!   sans-IO replica state machine (`replica_state`: role, epochs, ISR, high watermark; not
-//!   wired into the actor yet).
+//!   wired into the actor yet); `data_dir`: partition directories (their names, the topic-id
+//!   check before a log opens, their removal, and the sweep of those the image does not give
+//!   this node).
 //! - `groups/`: consumer groups: the GroupManager, one GroupCoordinator per group, the
 //!   sans-IO group state machine and the assignors.
 //! - `directory`, `metrics`: the node's actor directory (id, kind, parent, status, counters,
@@ -47,6 +49,8 @@
 //! - Each log is owned by exactly one Partition actor; every call into it runs on that
 //!   partition's log thread (or, opening it, on tokio's blocking pool), never on a runtime
 //!   worker.
+//! - A partition never opens another topic's data under its name: its directory's
+//!   `partition.metadata` must hold the image's topic id, or the directory is removed first.
 //! - A stopped partition leaves nothing behind: no timer task, directory entry, registry
 //!   slot or named actor (the admin endpoint's `/resources` counts them).
 //! - Every mailbox is bounded at its handle (`Overloaded` past the bound); replies travel on

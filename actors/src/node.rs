@@ -314,6 +314,9 @@ impl Node {
                     cell.clone(),
                 )
                 .await?;
+                // The controller applied the whole metadata log as it started: the image is
+                // complete, so the data directory may be swept now.
+                applier.arm_sweep(0).await;
                 (controller, None, options.cluster_id)
             }
             Some(cluster) => {
@@ -621,6 +624,15 @@ async fn join_cluster(
     .await
     .map_err(|e| NodeError::Internal(format!("cannot open the metadata quorum's log: {e}")))?;
     tracing::info!(recovery = ?member.log_recovery, "Raft member started");
+    // Every change this node applied before it stopped was committed at or below the committed
+    // index it kept: the data directory is swept only from an image that far, since an older
+    // one (replayed while the member catches up) may not list topics whose partitions live
+    // here.
+    let sweep_version_min = member
+        .raft
+        .with_raft_state(|state| state.committed.map_or(0, |id| id.index))
+        .await
+        .map_err(|e| NodeError::Internal(format!("cannot read the Raft state: {e}")))?;
     service.serve_raft(member.raft.clone());
     bootstrap_quorum(&member.raft, node_id, &cluster.quorum)
         .await
@@ -633,6 +645,7 @@ async fn join_cluster(
     let publish = parts.publish.clone();
     let producer_ids = parts.producer_ids.clone();
     let applier = parts.applier.clone();
+    let sweeper = parts.applier.clone();
     let advertised = (parts.advertised_host.clone(), parts.advertised_port);
     let controller = Controller::start(
         parts.args(
@@ -682,6 +695,7 @@ async fn join_cluster(
         }
         tokio::time::sleep(leases::LEASE_RENEW_INTERVAL / 5).await;
     }
+    sweeper.arm_sweep(sweep_version_min).await;
     Ok((
         controller,
         ClusterRuntime {

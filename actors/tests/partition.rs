@@ -34,6 +34,7 @@ fn args(
         id: format!("{node}/partition/t-0"),
         parent: format!("{node}/partitions"),
         topic: Arc::from("t"),
+        topic_id: Arc::from("id-1"),
         partition: PartitionId(0),
         dir: dir.join("t-0"),
         log_config: LogConfig::default(),
@@ -523,4 +524,197 @@ async fn a_discarded_partition_stops_without_closing_its_log() {
         assert!(registry.is_empty());
     }
     sup.actor().stop_and_wait(None, None).await.unwrap();
+}
+
+/// An applier for node 1 of a node named `node`, over `data_dir`.
+async fn applier_over(
+    node: &str,
+    data_dir: &std::path::Path,
+    directory: &ActorDirectory,
+    partitions: &PartitionSupervisorHandle,
+) -> vltava_actors::applier::ApplierHandle {
+    MetadataApplier::start(
+        format!("{node}/applier"),
+        &format!("{node}/node"),
+        ApplierConfig {
+            node: node.into(),
+            node_id: 1,
+            data_dir: data_dir.to_path_buf(),
+            durability: Durability::Fsync,
+            verify_reads: false,
+            flusher: Arc::new(Flusher::new(1, 64)),
+            directory: directory.clone(),
+            partitions: partitions.clone(),
+            groups: None,
+            producer_ids: producers_issued(8),
+        },
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+/// `image_with_topic`, with node 1 registered, as a node's own image lists it.
+fn image_listing_node(topic: Option<(&str, u32)>, version: u64) -> Arc<MetadataImage> {
+    let mut image = (*image_with_topic(topic)).clone();
+    image.version = version;
+    image.nodes.insert(
+        1,
+        vltava_actors::metadata::NodeImage {
+            node_id: 1,
+            host: "127.0.0.1".into(),
+            port: 9092,
+            fenced: false,
+        },
+    );
+    Arc::new(image)
+}
+
+/// Starts an applier (a node's start), applies `image`, runs `check` on the partition
+/// registry, and stops everything (the node stopping), so that the next call is a restart.
+async fn node_run(
+    node: &str,
+    data_dir: &std::path::Path,
+    image: Arc<MetadataImage>,
+    check: impl AsyncFnOnce(&PartitionRegistry),
+) {
+    let directory = ActorDirectory::new();
+    let (partitions, registry) = supervisor(node, &directory).await;
+    let applier = applier_over(node, data_dir, &directory, &partitions).await;
+    applier.apply(image).await;
+    check(&registry).await;
+    applier.actor().stop_and_wait(None, None).await.unwrap();
+    partitions.actor().stop_and_wait(None, None).await.unwrap();
+}
+
+/// Issue 12: a node that was down while topic `t` was deleted and created again found `t-0`
+/// on disk and opened it for the new topic, serving the deleted topic's records. The
+/// directory's `partition.metadata` names the old id, so the partition removes it and opens an
+/// empty log; a restart with the same id keeps the data, and a directory an older build wrote
+/// (no id file) is adopted with its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_directory_of_a_deleted_topic_is_not_served_under_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let id_file = dir.path().join("t-0").join("partition.metadata");
+    node_run(
+        "n8",
+        dir.path(),
+        image_with_topic(Some(("id-1", 1))),
+        async |r: &PartitionRegistry| {
+            online(r)
+                .produce(batch(&["old"]), Acks::All, None)
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+    assert!(id_file.exists(), "a new partition records its topic id");
+    // The same id after a restart: the data stays.
+    node_run(
+        "n8",
+        dir.path(),
+        image_with_topic(Some(("id-1", 1))),
+        async |r: &PartitionRegistry| {
+            let fetched = online(r).fetch(Offset(0), 1 << 20, None).await.unwrap();
+            assert_eq!(values(&fetched.records), ["old"]);
+        },
+    )
+    .await;
+    // A directory without an id file (an older build's) is adopted, data and all.
+    std::fs::remove_file(&id_file).unwrap();
+    node_run(
+        "n8",
+        dir.path(),
+        image_with_topic(Some(("id-1", 1))),
+        async |r: &PartitionRegistry| {
+            let fetched = online(r).fetch(Offset(0), 1 << 20, None).await.unwrap();
+            assert_eq!(values(&fetched.records), ["old"]);
+        },
+    )
+    .await;
+    assert_eq!(
+        vltava_storage::partition_metadata::read(
+            &vltava_storage::RealStorage,
+            &dir.path().join("t-0")
+        )
+        .unwrap()
+        .as_deref(),
+        Some("id-1"),
+        "the adopted directory records its id"
+    );
+    // The topic was deleted and created again while the node was down: the first image it
+    // sees holds `t` under a new id. The old records are gone, and the log starts at 0.
+    node_run(
+        "n8",
+        dir.path(),
+        image_with_topic(Some(("id-2", 1))),
+        async |r: &PartitionRegistry| {
+            let p = online(r);
+            let fetched = p.fetch(Offset(0), 1 << 20, None).await.unwrap();
+            assert!(
+                values(&fetched.records).is_empty(),
+                "old records served: {:?}",
+                values(&fetched.records)
+            );
+            let ok = p.produce(batch(&["new"]), Acks::All, None).await.unwrap();
+            assert_eq!(ok.base_offset, Offset(0));
+        },
+    )
+    .await;
+    assert!(!dir.path().join("t-0.deleted").exists());
+}
+
+/// The sweep at start removes directories the image does not give this node (a deleted
+/// topic's, a leftover of an interrupted removal) and leaves `__metadata` and the node's files
+/// alone; it waits until sweeping is armed and the image is recent enough, and runs again
+/// after a topic deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_removes_orphaned_partition_directories_once_armed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let orphan = root.join("gone-0");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("00000000000000000000.log"), b"x").unwrap();
+    let leftover = root.join("t-7.deleted");
+    std::fs::create_dir_all(&leftover).unwrap();
+    let metadata = root.join("__metadata");
+    std::fs::create_dir_all(&metadata).unwrap();
+    std::fs::write(metadata.join("metadata.log"), b"records").unwrap();
+    std::fs::write(root.join("node.toml"), b"node_id = 1").unwrap();
+
+    let directory = ActorDirectory::new();
+    let (partitions, registry) = supervisor("n9", &directory).await;
+    let applier = applier_over("n9", root, &directory, &partitions).await;
+    applier
+        .apply(image_listing_node(Some(("id-1", 1)), 5))
+        .await;
+    assert!(orphan.exists(), "no sweep before it is armed");
+    // An image older than the floor may lag what this node holds: no sweep yet.
+    applier.arm_sweep(6).await;
+    assert!(orphan.exists(), "no sweep on an image below the floor");
+    applier
+        .apply(image_listing_node(Some(("id-1", 1)), 6))
+        .await;
+    assert!(!orphan.exists());
+    assert!(!leftover.exists());
+    assert!(root.join("t-0").exists(), "the running partition stays");
+    assert_eq!(
+        std::fs::read(metadata.join("metadata.log")).unwrap(),
+        b"records"
+    );
+    assert!(root.join("node.toml").exists());
+    // A directory that appears later (say, restored by hand) stays until a topic is deleted.
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("00000000000000000000.log"), b"x").unwrap();
+    applier
+        .apply(image_listing_node(Some(("id-1", 1)), 7))
+        .await;
+    assert!(orphan.exists(), "no sweep without a deletion");
+    applier.apply(image_listing_node(None, 8)).await;
+    assert!(!orphan.exists(), "a deletion sweeps");
+    assert!(!root.join("t-0").exists());
+    assert!(registry.is_empty());
+    assert!(metadata.join("metadata.log").exists());
+    applier.actor().stop_and_wait(None, None).await.unwrap();
+    partitions.actor().stop_and_wait(None, None).await.unwrap();
 }

@@ -48,6 +48,8 @@ pub enum StorageError {
     },
     #[error("log {dir} is unusable after a failed fsync; reopen it to recover")]
     Poisoned { dir: PathBuf },
+    #[error("a topic id of {bytes} bytes does not fit a partition metadata file (1 to {max})")]
+    TopicIdLength { bytes: usize, max: usize },
     #[error("invalid log configuration: {reason}")]
     InvalidConfig { reason: &'static str },
     #[error("compaction of {dir} was cancelled: the log was closed")]

@@ -19,6 +19,9 @@
 //!   record per key, drop expired tombstones, merge segments) and their crash-safe swap.
 //! - `log`: `Log`, the partition log: open with recovery, leader and follower appends,
 //!   reads, offset and timestamp lookups, truncation, roll, retention, close.
+//! - `partition_metadata`: `partition.metadata`, the id of the topic a partition directory
+//!   belongs to, so that a topic deleted and created again under its name never opens the old
+//!   topic's data.
 //! - `record_file`: an append-only file of checksummed records, fsynced once per append of
 //!   one or more records (the node's metadata log).
 //! - `flush`: flush jobs, the flusher thread pool (group commit) and the ack queue.
@@ -47,6 +50,7 @@ pub mod flush;
 pub mod fs;
 pub mod index;
 pub mod log;
+pub mod partition_metadata;
 pub mod record_file;
 pub mod segment;
 pub mod sim;

@@ -22,6 +22,7 @@
 //!   partition of a deleted topic is discarded instead: its log is dropped unclosed, since its
 //!   files are removed next.
 
+pub mod data_dir;
 pub mod producer_state;
 pub mod replica_state;
 pub mod supervisor;
@@ -435,6 +436,9 @@ pub struct PartitionArgs {
     pub id: String,
     pub parent: String,
     pub topic: Arc<str>,
+    /// The id of the topic, which the directory's `partition.metadata` must hold: a
+    /// directory of another id is a deleted topic's, and is removed before the log opens.
+    pub topic_id: Arc<str>,
     pub partition: PartitionId,
     pub dir: PathBuf,
     pub log_config: LogConfig,
@@ -592,8 +596,19 @@ impl Actor for Partition {
         } = start;
         let dir = args.dir.clone();
         let config = args.log_config.clone();
+        let topic_id = Arc::clone(&args.topic_id);
         let (log, producers) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+            // The id is checked (and another topic's data removed) before the log opens, so
+            // that no read ever sees a deleted topic's data under its successor's name.
+            let check = data_dir::check_topic_id(&RealStorage, &dir, &topic_id)?;
             let mut log = Log::open(Arc::new(RealStorage), &dir, config, now_ms())?;
+            // Written after the open, so that a new partition's open still finds an empty
+            // directory and skips recovery. Crash before this write: the directory holds no
+            // id file and, for a new partition, an empty log, so the next open adopts it
+            // with nothing of another topic's in it; nothing is appended before it returns.
+            if check.writes_id() {
+                data_dir::record_topic_id(&RealStorage, &dir, &topic_id)?;
+            }
             let (producers, from) = ProducerStateTable::rebuild(&mut log)?;
             tracing::debug!(dir = %dir.display(), from = from.0, producers = producers.len(), "producer state rebuilt");
             Ok((log, producers))
