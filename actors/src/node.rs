@@ -37,7 +37,8 @@ use crate::metadata::controller::{
 };
 use crate::metadata::producer_ids::ProducerRegistry;
 use crate::metadata::raft::{
-    MetadataRaft, PeerRaftTransport, RaftConfigBuilder, RaftMember, RaftMetadataLog, raft_node_id,
+    MetadataRaft, PeerRaftTransport, RaftConfigBuilder, RaftMember, RaftMetadataLog,
+    RaftStatusSource, raft_node_id,
 };
 use crate::metadata::{FileMetadataLog, MetadataImage};
 use crate::metrics::RequestMetrics;
@@ -92,6 +93,8 @@ pub struct ClusterOptions {
 /// What runs for a node's membership of a cluster.
 struct ClusterRuntime {
     raft: MetadataRaft,
+    /// The member's status watches, for DescribeCluster and the admin endpoint.
+    status: RaftStatusSource,
     links: PeerLinks,
     listener: PeerListener,
     publisher: JoinHandle<()>,
@@ -151,6 +154,9 @@ pub struct NodeView {
     pub started_at: std::time::SystemTime,
     pub directory: ActorDirectory,
     pub image: watch::Receiver<Arc<MetadataImage>>,
+    /// The Raft member's status (role, term, indexes, peers' match indexes), read from its
+    /// watches; `None` on a node that is not a member of a metadata quorum.
+    pub raft: Option<RaftStatusSource>,
     /// Used only by fault injection, to reach a partition to crash.
     pub partitions: PartitionRegistry,
     pub requests: Arc<RequestMetrics>,
@@ -335,6 +341,7 @@ impl Node {
         .await
         .map_err(|e| NodeError::Internal(format!("cannot create {OFFSETS_TOPIC}: {e}")))?;
         let requests = Arc::new(RequestMetrics::default());
+        let raft_status = cluster.as_ref().map(|runtime| runtime.status.clone());
         let view = NodeView {
             node_id: options.node_id,
             cluster_id: cluster_id.clone(),
@@ -342,6 +349,7 @@ impl Node {
             started_at: std::time::SystemTime::now(),
             directory: directory.clone(),
             image: controller.image(),
+            raft: raft_status.clone(),
             partitions: registry.clone(),
             requests: Arc::clone(&requests),
             serving: Arc::clone(&serving),
@@ -352,6 +360,7 @@ impl Node {
             node_id: options.node_id,
             cluster_id,
             controller: controller.clone(),
+            raft: raft_status,
             partitions: registry,
             directory: directory.clone(),
             bytes_in_flight: Arc::new(Semaphore::new(options.bytes_in_flight_max)),
@@ -639,6 +648,7 @@ async fn join_cluster(
     Ok((
         controller,
         ClusterRuntime {
+            status: RaftStatusSource::new(&member),
             raft: member.raft,
             links,
             listener,

@@ -10,6 +10,7 @@ use crate::log_limit::SharedWarnLimiter;
 use crate::directory::ActorDirectory;
 use crate::groups::GroupManagerHandle;
 use crate::metadata::controller::ControllerHandle;
+use crate::metadata::raft::RaftStatusSource;
 use crate::metrics::RequestMetrics;
 use crate::partition::supervisor::PartitionRegistry;
 
@@ -20,6 +21,9 @@ pub struct NodeServices {
     pub node_id: u32,
     pub cluster_id: String,
     pub controller: ControllerHandle,
+    /// The Raft member's status, read for DescribeCluster; `None` on a node that is not a
+    /// member of a metadata quorum.
+    pub raft: Option<RaftStatusSource>,
     pub partitions: PartitionRegistry,
     pub directory: ActorDirectory,
     /// Request bytes admitted and not yet answered, across the node.
