@@ -10,6 +10,7 @@ use vltava_actors::directory::{
     ActorEntry, ActorKind, PartitionGauges, PublishedState, SessionGauges,
 };
 use vltava_actors::groups::GroupSnapshot;
+use vltava_actors::metadata::raft::RaftStatus;
 use vltava_actors::metadata::{PartitionImage, TopicImage};
 use vltava_actors::node::NodeView;
 use vltava_actors::peer::{PeerChannel, PeerLinkGauges};
@@ -466,6 +467,29 @@ pub fn cluster(view: &NodeView) -> Value {
             })
         })
         .collect();
+    // Every partition's placement from the image, grouped by topic: what `vltava cluster
+    // describe` shows, without the local log fields `/partitions` adds.
+    let topics: Vec<Value> = image
+        .topics
+        .iter()
+        .map(|(name, topic)| {
+            let partitions: Vec<Value> = topic
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(index, p)| {
+                    json!({
+                        "partition": index,
+                        "leader": p.leader,
+                        "leader_epoch": p.leader_epoch,
+                        "replicas": p.replicas,
+                        "isr": p.isr,
+                    })
+                })
+                .collect();
+            json!({"name": name, "partitions": partitions})
+        })
+        .collect();
     json!({
         "cluster_id": view.cluster_id,
         "node_id": view.node_id,
@@ -474,6 +498,29 @@ pub fn cluster(view: &NodeView) -> Value {
         "controller_id": image.controller_id,
         "metadata_version": image.version,
         "nodes": nodes,
+        "raft": view.raft.as_ref().map(|source| raft_status(&source.status())),
+        "topics": topics,
+    })
+}
+
+/// This node's Raft member as `/cluster` shows it; `peers` (each other member's match index)
+/// only on the leader, which is the only member that tracks them.
+fn raft_status(status: &RaftStatus) -> Value {
+    let peers = status.peers.as_ref().map(|peers| {
+        peers
+            .iter()
+            .map(|peer| json!({"node_id": peer.node_id, "match_index": peer.match_index}))
+            .collect::<Vec<Value>>()
+    });
+    json!({
+        "role": status.role.as_str(),
+        "term": status.term,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "last_log_index": status.last_log_index,
+        "leader_id": status.leader_id,
+        "voters": status.voters,
+        "peers": peers,
     })
 }
 
