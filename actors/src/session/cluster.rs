@@ -75,11 +75,13 @@ pub(super) fn describe_cluster(
         node_id: NodeId(node_id),
         controller_id: image.controller_id.map(NodeId),
         metadata_version: image.version,
-        raft: status.map(|status| RaftInfo {
-            term: status.term,
-            commit_index: status.commit_index,
-            applied_index: status.applied_index,
-            leader_id: status.leader_id.map(NodeId),
+        raft: status.map(|status| {
+            Box::new(RaftInfo {
+                term: status.term,
+                commit_index: status.commit_index,
+                applied_index: status.applied_index,
+                leader_id: status.leader_id.map(NodeId),
+            })
         }),
         nodes: image
             .nodes

@@ -51,9 +51,11 @@ pub struct DescribeClusterResponse {
     /// The version of the metadata image the answer was made from, as in Metadata.
     pub metadata_version: u64,
     /// The answering node's view of the metadata quorum; absent on a node that is not a
-    /// member of one (a single node without `--controller-quorum`).
+    /// member of one (a single node without `--controller-quorum`). Boxed because `Response`
+    /// holds every kind's body inline and travels in `Result`s, where a large variant would
+    /// make every kind's answer pay for this one's size (clippy's `result_large_err`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raft: Option<RaftInfo>,
+    pub raft: Option<Box<RaftInfo>>,
     /// Every node registered in the metadata, in node id order.
     pub nodes: Vec<ClusterNode>,
     /// The requested topics (every topic when the request named none), in request order or

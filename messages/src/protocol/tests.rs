@@ -421,7 +421,7 @@ fn cluster_response() -> impl Strategy<Value = Response> {
         });
     (
         (text(), node_id(), option::of(node_id()), any::<u64>()),
-        option::of(raft),
+        option::of(raft.prop_map(Box::new)),
         vec(node, 0..4),
         vec(topic, 0..4),
         option::of(any::<u32>()),
@@ -1747,12 +1747,12 @@ fn cluster_answer_field_budgets_hold() {
         node_id: NodeId(u32::MAX),
         controller_id: Some(NodeId(u32::MAX)),
         metadata_version: u64::MAX,
-        raft: Some(RaftInfo {
+        raft: Some(Box::new(RaftInfo {
             term: u64::MAX,
             commit_index: Some(u64::MAX),
             applied_index: Some(u64::MAX),
             leader_id: Some(NodeId(u32::MAX)),
-        }),
+        })),
         nodes: (0..7)
             .map(|n| ClusterNode {
                 node_id: NodeId(u32::MAX - n),
@@ -2161,12 +2161,12 @@ fn golden_describe_cluster_response() -> Response {
         node_id: NodeId(1),
         controller_id: Some(NodeId(2)),
         metadata_version: 42,
-        raft: Some(RaftInfo {
+        raft: Some(Box::new(RaftInfo {
             term: 3,
             commit_index: Some(42),
             applied_index: Some(42),
             leader_id: Some(NodeId(2)),
-        }),
+        })),
         nodes: vec![ClusterNode {
             node_id: NodeId(1),
             host: "127.0.0.1".into(),
