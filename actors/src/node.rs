@@ -38,7 +38,8 @@ use crate::metadata::controller::{
 };
 use crate::metadata::producer_ids::ProducerRegistry;
 use crate::metadata::raft::{
-    MetadataRaft, PeerRaftTransport, RaftConfigBuilder, RaftMember, RaftMetadataLog, raft_node_id,
+    MetadataRaft, PeerRaftTransport, RaftConfigBuilder, RaftMember, RaftMetadataLog,
+    RaftStatusSource, raft_node_id,
 };
 use crate::metadata::{FileMetadataLog, MetadataImage};
 use crate::metrics::RequestMetrics;
@@ -93,6 +94,8 @@ pub struct ClusterOptions {
 /// What runs for a node's membership of a cluster.
 struct ClusterRuntime {
     raft: MetadataRaft,
+    /// The member's status watches, for DescribeCluster and the admin endpoint.
+    status: RaftStatusSource,
     links: PeerLinks,
     listener: PeerListener,
     /// The image publisher, the lease renewer and the lease supervisor.
@@ -160,6 +163,9 @@ pub struct NodeView {
     /// In a cluster: when each node last renewed its lease with this node (meaningful while
     /// this node is the controller), and this node's own lease.
     pub leases: Option<(LeaseTable, MetadataFreshness)>,
+    /// The Raft member's status (role, term, indexes, peers' match indexes), read from its
+    /// watches; `None` on a node that is not a member of a metadata quorum.
+    pub raft: Option<RaftStatusSource>,
     /// Used only by fault injection, to reach a partition to crash.
     pub partitions: PartitionRegistry,
     pub requests: Arc<RequestMetrics>,
@@ -347,6 +353,7 @@ impl Node {
         .await
         .map_err(|e| NodeError::Internal(format!("cannot create {OFFSETS_TOPIC}: {e}")))?;
         let requests = Arc::new(RequestMetrics::default());
+        let raft_status = cluster.as_ref().map(|runtime| runtime.status.clone());
         let view = NodeView {
             node_id: options.node_id,
             cluster_id: cluster_id.clone(),
@@ -357,6 +364,7 @@ impl Node {
             leases: cluster
                 .as_ref()
                 .map(|c| (c.leases.clone(), c.freshness.clone())),
+            raft: raft_status.clone(),
             partitions: registry.clone(),
             requests: Arc::clone(&requests),
             serving: Arc::clone(&serving),
@@ -367,6 +375,7 @@ impl Node {
             node_id: options.node_id,
             cluster_id,
             controller: controller.clone(),
+            raft: raft_status,
             partitions: registry,
             directory: directory.clone(),
             bytes_in_flight: Arc::new(Semaphore::new(options.bytes_in_flight_max)),
@@ -376,6 +385,7 @@ impl Node {
             groups: groups.clone(),
             warnings: crate::log_limit::SharedWarnLimiter::default(),
             freshness: cluster.as_ref().map(|c| c.freshness.clone()),
+            leases: cluster.as_ref().map(|c| c.leases.clone()),
         });
         let local_addr =
             options
@@ -699,6 +709,7 @@ async fn join_cluster(
     Ok((
         controller,
         ClusterRuntime {
+            status: RaftStatusSource::new(&member),
             raft: member.raft,
             links,
             listener,

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use vltava_messages::protocol::{
     AlterTopicConfigsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeTopicsRequest, MetadataResponse, NewTopic, PartitionCountChange, TopicConfigChanges,
-    TopicDescription,
+    DescribeClusterRequest, DescribeClusterResponse, DescribeTopicsRequest, MetadataResponse,
+    NewTopic, PartitionCountChange, TopicConfigChanges, TopicDescription,
 };
 
 use vltava_messages::PartitionId;
@@ -90,6 +90,22 @@ impl Admin {
     /// The cluster's metadata: nodes and every topic's partitions.
     pub async fn metadata(&self) -> Result<MetadataResponse, ClientError> {
         self.cluster.refresh().await
+    }
+
+    /// The cluster as one node sees it (DescribeCluster): its id, nodes, controller, that
+    /// node's view of the metadata quorum (`raft`, absent on a single node) and the partitions
+    /// of `topics` (every topic when `None`, within the answer's bounds: `topics_omitted`
+    /// counts the topics left out). The node asked is the one this client last talked to, the
+    /// first bootstrap address that answered unless another answered since.
+    pub async fn describe_cluster(
+        &self,
+        topics: Option<Vec<String>>,
+    ) -> Result<DescribeClusterResponse, ClientError> {
+        let request = DescribeClusterRequest { topics };
+        request
+            .validate()
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        self.send(&request).await
     }
 
     /// Partitions and effective configs of topics (all when `names` is empty).

@@ -96,6 +96,32 @@ pub const FETCH_TOPIC_FIELDS_BYTES_MAX: u32 = 288;
 /// array header.
 pub const FETCH_BODY_FIELDS_BYTES_MAX: u32 = 16;
 
+/// The most partitions one DescribeCluster answer lists, over all its topics. Topics are listed
+/// whole, in order, at most `TOPICS_PER_REQUEST_MAX` of them, until the next one would pass
+/// this; the answer counts the topics it left out (`topics_omitted`) and a client names them in
+/// another request. 16,384 is four
+/// topics at `PARTITIONS_PER_TOPIC_MAX`, so one whole topic always fits, and with
+/// `CLUSTER_PARTITION_FIELDS_BYTES_MAX` per partition it takes at most 6.25 MiB of a frame.
+pub const CLUSTER_PARTITIONS_LISTED_MAX: u32 = 16_384;
+
+/// An upper bound on the bytes of one partition in a DescribeCluster answer: its map with
+/// every number at its largest and 32 replicas, all in sync (about 390 bytes; a test checks
+/// the bound). A replica set is at most the cluster's nodes, and a controller quorum has at
+/// most 7 members today, so 32 leaves room for nodes that are not quorum members.
+pub const CLUSTER_PARTITION_FIELDS_BYTES_MAX: u32 = 400;
+
+/// An upper bound on the bytes of one topic's fields in a DescribeCluster answer, partitions
+/// excluded: its map, a name of `TOPIC_NAME_BYTES_MAX` bytes, `internal`, an error with a
+/// message of `ERROR_MESSAGE_BYTES_MAX` bytes (an unknown topic named in the request) and the
+/// partitions array header (about 520 bytes; a test checks the bound).
+pub const CLUSTER_TOPIC_FIELDS_BYTES_MAX: u32 = 576;
+
+/// What a DescribeCluster answer may take around its topics: the body's own fields (cluster
+/// id, controller, versions, the Raft section) and the nodes, each a small map with a host of
+/// at most 255 bytes. 64 KiB holds more than 200 nodes; a cluster's nodes are its quorum's
+/// members, at most 7 today.
+pub const CLUSTER_BODY_FIELDS_BYTES_MAX: u32 = 64 * 1024;
+
 /// The longest consumer group id, in bytes.
 pub const GROUP_ID_BYTES_MAX: u32 = 255;
 
@@ -148,3 +174,14 @@ const _: () = assert!(
 const _: () = assert!(TOPIC_NAME_BYTES_MAX + 32 <= FETCH_TOPIC_FIELDS_BYTES_MAX);
 // An error message fits in the partition fields budget with the rest of the map.
 const _: () = assert!(ERROR_MESSAGE_BYTES_MAX + 224 <= FETCH_PARTITION_FIELDS_BYTES_MAX);
+// The largest DescribeCluster answer a node can build within its budgets (every topic a
+// request may name, each with an error, and the most partitions listed) fits in one frame, so
+// the answer never fails to encode.
+const _: () = assert!(
+    crate::protocol::FRAME_HEADER_BYTES as u64
+        + CLUSTER_BODY_FIELDS_BYTES_MAX as u64
+        + TOPICS_PER_REQUEST_MAX as u64 * CLUSTER_TOPIC_FIELDS_BYTES_MAX as u64
+        + CLUSTER_PARTITIONS_LISTED_MAX as u64 * CLUSTER_PARTITION_FIELDS_BYTES_MAX as u64
+        <= FRAME_BYTES_MAX as u64
+);
+const _: () = assert!(CLUSTER_PARTITIONS_LISTED_MAX >= PARTITIONS_PER_TOPIC_MAX);

@@ -26,7 +26,7 @@
 //! that was granted, which is never later than when the controller granted it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -36,7 +36,7 @@ use vltava_messages::peer::{LeaseRenewRequest, LeaseRenewResponse};
 
 use crate::metadata::MetadataImage;
 use crate::metadata::controller::ControllerHandle;
-pub use crate::metadata::freshness::MetadataFreshness;
+pub use crate::metadata::freshness::{LeaseTable, MetadataFreshness};
 use crate::metadata::raft::{MetadataRaft, vltava_node_id};
 use crate::peer::{PeerChannel, PeerLinks, PeerRequest, PeerResponse};
 
@@ -52,41 +52,6 @@ pub const LEASE_RENEW_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How often the controller's node checks for expired leases.
 pub const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The guarded maps stay consistent whatever a panicking holder did (each update is one
-    // insert), so a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// When each node last renewed its lease with this node, as the controller.
-#[derive(Clone, Debug, Default)]
-pub struct LeaseTable {
-    renewed: Arc<Mutex<HashMap<u32, Instant>>>,
-}
-
-impl LeaseTable {
-    /// Node `node` renewed its lease now.
-    pub fn renew(&self, node: u32) {
-        lock(&self.renewed).insert(node, Instant::now());
-    }
-
-    /// When node `node` last renewed, if ever (since this node started).
-    #[must_use]
-    pub fn last_renewed(&self, node: u32) -> Option<Instant> {
-        lock(&self.renewed).get(&node).copied()
-    }
-
-    /// How long ago each node renewed, for the admin view and DescribeCluster.
-    #[must_use]
-    pub fn ages(&self) -> HashMap<u32, Duration> {
-        let now = Instant::now();
-        lock(&self.renewed)
-            .iter()
-            .map(|(node, at)| (*node, now.saturating_duration_since(*at)))
-            .collect()
-    }
-}
 
 /// Answers a node's `LeaseRenew` on the controller's node: granted only while this node
 /// leads the metadata quorum and its own lease is fresh, which [`renew_leases`] renews only

@@ -1,8 +1,10 @@
-//! A node's own lease with the cluster's controller, as the sessions see it: whether the
-//! node heard from the controller recently enough to vouch for its metadata image. Renewed
+//! Leases as the sessions see them: a node's own lease with the cluster's controller (whether
+//! it heard from the controller recently enough to vouch for its metadata image), and, on the
+//! controller's node, when each node last renewed. Renewed
 //! by `cluster::leases::renew_leases`; here, in `metadata/`, so that sessions can check it
 //! without depending on the cluster wiring.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -65,5 +67,43 @@ impl MetadataFreshness {
             )),
             None => Err("this node has not heard from the controller yet".to_owned()),
         }
+    }
+}
+
+/// When each node last renewed its lease with this node, as the controller.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseTable {
+    renewed: Arc<Mutex<HashMap<u32, Instant>>>,
+}
+
+impl LeaseTable {
+    /// Node `node` renewed its lease now.
+    pub fn renew(&self, node: u32) {
+        self.renewed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node, Instant::now());
+    }
+
+    /// When node `node` last renewed, if ever (since this node started).
+    #[must_use]
+    pub fn last_renewed(&self, node: u32) -> Option<Instant> {
+        self.renewed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&node)
+            .copied()
+    }
+
+    /// How long ago each node renewed, for the admin view and DescribeCluster.
+    #[must_use]
+    pub fn ages(&self) -> HashMap<u32, Duration> {
+        let now = Instant::now();
+        self.renewed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(node, at)| (*node, now.saturating_duration_since(*at)))
+            .collect()
     }
 }

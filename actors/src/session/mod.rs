@@ -21,9 +21,10 @@
 //! This module holds the connection loops (read, admit, dispatch, write in order); one module
 //! per request family answers its requests: `topics` (Metadata and topic admin), `produce`
 //! (Produce, InitProducerId), `fetch` (Fetch, ListOffsets), `group_requests` (consumer
-//! groups). `listener` accepts connections; `services` is `NodeServices`, what every session
+//! groups), `cluster` (DescribeCluster). `listener` accepts connections; `services` is `NodeServices`, what every session
 //! shares.
 
+mod cluster;
 mod fetch;
 pub mod group_requests;
 pub mod listener;
@@ -52,6 +53,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::log_limit::{Verdict, WarnKind, WarnLimiter};
+use crate::metadata::raft::RaftStatusSource;
 use tokio::task::JoinHandle;
 use vltava_messages::limits::FRAME_BYTES_MAX;
 use vltava_messages::protocol::{
@@ -506,6 +508,16 @@ fn encode(response: impl Into<Response>, correlation_id: u64) -> Vec<u8> {
     response.into().encode(correlation_id).unwrap_or_default()
 }
 
+/// How long ago each node renewed its lease with this node, when this node is the
+/// controller (only the controller's table is kept current).
+fn lease_ages(services: &NodeServices) -> std::collections::HashMap<u32, std::time::Duration> {
+    let controller = services.controller.image().borrow().controller_id;
+    match &services.leases {
+        Some(table) if controller == Some(services.node_id) => table.ages(),
+        _ => std::collections::HashMap::new(),
+    }
+}
+
 /// Whether `request` is answered from the metadata image or by the controller, so that a node
 /// cut off from the controller must not answer it.
 fn answers_from_metadata(request: &Request) -> bool {
@@ -569,6 +581,17 @@ fn dispatch(
         Request::DescribeTopics(request) => {
             ready(describe_topics(&services.controller.image().borrow(), &request).into())
         }
+        Request::DescribeCluster(request) => ready(
+            cluster::describe_cluster(
+                services.node_id,
+                &services.controller.image().borrow(),
+                services.raft.as_ref().map(RaftStatusSource::status),
+                &lease_ages(services),
+                &request,
+                cluster::ListingBounds::WIRE,
+            )
+            .into(),
+        ),
         Request::Produce(request) => {
             produce(request.into(), correlation_id, services, bytes_permit)
         }
@@ -634,6 +657,7 @@ fn dispatch(
                     Request::Handshake(_)
                     | Request::Metadata(_)
                     | Request::DescribeTopics(_)
+                    | Request::DescribeCluster(_)
                     | Request::Produce(_)
                     | Request::FindCoordinator(_)
                     | Request::ListGroups(_) => {

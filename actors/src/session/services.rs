@@ -1,6 +1,6 @@
 //! `NodeServices`: what every session of a node shares, built once by the NodeSupervisor.
 
-use crate::metadata::freshness::MetadataFreshness;
+use crate::metadata::freshness::{LeaseTable, MetadataFreshness};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -11,6 +11,7 @@ use crate::log_limit::SharedWarnLimiter;
 use crate::directory::ActorDirectory;
 use crate::groups::GroupManagerHandle;
 use crate::metadata::controller::ControllerHandle;
+use crate::metadata::raft::RaftStatusSource;
 use crate::metrics::RequestMetrics;
 use crate::partition::supervisor::PartitionRegistry;
 
@@ -21,6 +22,9 @@ pub struct NodeServices {
     pub node_id: u32,
     pub cluster_id: String,
     pub controller: ControllerHandle,
+    /// The Raft member's status, read for DescribeCluster; `None` on a node that is not a
+    /// member of a metadata quorum.
+    pub raft: Option<RaftStatusSource>,
     pub partitions: PartitionRegistry,
     pub directory: ActorDirectory,
     /// Request bytes admitted and not yet answered, across the node.
@@ -38,4 +42,7 @@ pub struct NodeServices {
     /// off for longer answers metadata requests with a retriable error rather than an image
     /// it cannot vouch for. `None` on a single node, whose image is always its own.
     pub freshness: Option<MetadataFreshness>,
+    /// In a cluster: when each node last renewed its lease here (current only while this
+    /// node is the controller), for DescribeCluster.
+    pub leases: Option<LeaseTable>,
 }

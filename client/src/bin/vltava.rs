@@ -24,7 +24,8 @@ use vltava_client::{
     GroupConsumer, OffsetReset, Producer, ProducerConfig, ProducerRecord, SeekTo,
 };
 use vltava_messages::protocol::{
-    Acks, DescribeGroupsResponse, GroupDescription, ResetOffsetsResponse, ResetTo, TopicPartitions,
+    Acks, DescribeClusterResponse, DescribeGroupsResponse, GroupDescription, ResetOffsetsResponse,
+    ResetTo, TopicPartitions,
 };
 use vltava_messages::{Compression, Offset};
 
@@ -36,7 +37,7 @@ const GROUP_CLOSE_TIMEOUT: Duration = Duration::from_secs(40);
 #[command(
     name = "vltava",
     version,
-    about = "The vltava command line: topics, produce, consume, admin"
+    about = "The vltava command line: topics, produce, consume, groups, cluster, admin"
 )]
 struct Cli {
     /// Nodes to bootstrap from, comma-separated.
@@ -78,6 +79,11 @@ enum Command {
         #[command(subcommand)]
         command: GroupCommand,
     },
+    /// Describe the cluster: nodes, controller, Raft state, every partition's leader.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Look inside a node through its admin endpoint.
     Admin {
         #[command(subcommand)]
@@ -98,6 +104,21 @@ enum AdminCommand {
     /// Print one actor: counters, processing times, published state, children.
     Actor {
         id: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The cluster as the first bootstrap node sees it: cluster id, nodes, the active
+    /// controller, that node's Raft term and indexes, and every partition's leader, replicas,
+    /// in-sync replicas and leader epoch. Exits 1 if a named topic is unknown.
+    Describe {
+        /// Only this topic (repeatable); by default every topic, as many as one answer holds.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// `json` prints the DescribeCluster answer as it came.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -335,8 +356,108 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) if args.group.is_some() => consume_group(cluster, args).await,
         Command::Consume(args) => consume(cluster, args).await,
         Command::Group { command } => group(Admin::new(cluster), command).await,
+        Command::Cluster { command } => cluster_command(Admin::new(cluster), command).await,
         Command::Admin { .. } => unreachable!("answered above without a cluster connection"),
     }
+}
+
+async fn cluster_command(admin: Admin, command: ClusterCommand) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        ClusterCommand::Describe { topics, format } => {
+            let named = (!topics.is_empty()).then_some(topics);
+            let answer = admin
+                .describe_cluster(named)
+                .await
+                .context("cannot describe the cluster")?;
+            match format {
+                Format::Json => writeln!(out, "{}", serde_json::to_value(&answer)?)?,
+                Format::Text => print_cluster(&mut out, &answer)?,
+            }
+            out.flush()?;
+            if let Some(omitted) = answer.topics_omitted.filter(|n| *n > 0) {
+                eprintln!(
+                    "vltava: {omitted} more topics are not listed (one answer lists at most {} partitions); name them with --topic",
+                    vltava_messages::limits::CLUSTER_PARTITIONS_LISTED_MAX
+                );
+            }
+            if let Some((name, error)) = answer
+                .topics
+                .iter()
+                .find_map(|t| t.error.clone().map(|e| (t.name.clone(), e)))
+            {
+                return Err(ClientError::Server(error))
+                    .with_context(|| format!("cannot describe topic {name}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The text form of a DescribeCluster answer: the cluster, its quorum as the node sees it,
+/// its nodes, then one line per partition.
+fn print_cluster(out: &mut impl Write, answer: &DescribeClusterResponse) -> std::io::Result<()> {
+    let id =
+        |node: Option<vltava_messages::NodeId>| node.map_or("none".into(), |n| n.0.to_string());
+    let index = |index: Option<u64>| index.map_or("none".into(), |i| i.to_string());
+    writeln!(out, "cluster: {}", answer.cluster_id)?;
+    writeln!(out, "controller: {}", id(answer.controller_id))?;
+    writeln!(out, "metadata_version: {}", answer.metadata_version)?;
+    match &answer.raft {
+        Some(raft) => writeln!(
+            out,
+            "raft (as node {} sees it): term: {}  commit_index: {}  applied_index: {}  leader: {}",
+            answer.node_id.0,
+            raft.term,
+            index(raft.commit_index),
+            index(raft.applied_index),
+            id(raft.leader_id)
+        )?,
+        None => writeln!(
+            out,
+            "raft: none (node {} is a single node)",
+            answer.node_id.0
+        )?,
+    }
+    writeln!(out, "nodes:")?;
+    for node in &answer.nodes {
+        let state = if node.fenced { "fenced" } else { "alive" };
+        let lease = node
+            .lease_age_ms
+            .map_or(String::new(), |ms| format!("  lease renewed {ms} ms ago"));
+        writeln!(
+            out,
+            "  {}  {}:{}  {state}{lease}",
+            node.node_id.0, node.host, node.port
+        )?;
+    }
+    writeln!(out, "topics:")?;
+    let list = |ids: &[vltava_messages::NodeId]| {
+        ids.iter()
+            .map(|n| n.0.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for topic in answer.topics.iter().filter(|t| t.error.is_none()) {
+        writeln!(
+            out,
+            "  {}  partitions: {}",
+            topic.name,
+            topic.partitions.len()
+        )?;
+        for p in &topic.partitions {
+            writeln!(
+                out,
+                "    partition: {}  leader: {}  leader_epoch: {}  replicas: {}  isr: {}",
+                p.partition.0,
+                id(p.leader),
+                p.leader_epoch.0,
+                list(&p.replicas),
+                list(&p.in_sync_replicas)
+            )?;
+        }
+    }
+    Ok(())
 }
 
 async fn admin_command(

@@ -13,7 +13,8 @@
 //!   body; [`parse_frame`], which finds frames in a byte buffer.
 //! - `error`: [`ErrorCode`], [`ResponseError`] (the wire error map), [`ProtocolError`].
 //! - `codec`: body encoding and bounded decoding, topic-name and field-limit checks.
-//! - `handshake`, `metadata`, `topics`, `produce`, `fetch`: the bodies, one struct per map.
+//! - `handshake`, `metadata`, `topics`, `produce`, `fetch`, `groups`, `cluster`: the bodies,
+//!   one struct per map.
 //! - `fetch_writer`: the Fetch answer written by hand, record bytes borrowed, for `writev`.
 //!
 //! # Decoding a request (server side)
@@ -24,6 +25,7 @@
 //!    [`ProtocolError`] to answer with [`Response::failed`] and
 //!    [`ProtocolError::response_error`].
 
+mod cluster;
 pub(crate) mod codec;
 mod error;
 mod fetch;
@@ -41,6 +43,7 @@ mod tests;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use cluster::{ClusterNode, DescribeClusterRequest, DescribeClusterResponse, RaftInfo};
 pub use codec::{FrameAround, INTERNAL_TOPIC_PREFIX, is_internal_topic, validate_topic_name};
 pub use error::{
     Direction, ErrorCode, GROUP_ERROR_CODE_FIRST, GROUP_ERROR_CODE_LAST, ProtocolError,
@@ -178,7 +181,7 @@ macro_rules! request_kinds {
         $code:literal $variant:ident($request:ty, $response:ty) versions $min:literal ..= $max:literal;
     )*) => {
         /// A request kind: the `kind` field of the frame header. Number 19 is reserved for
-        /// consumer groups.
+        /// consumer groups, so the numbers skip it.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
         #[repr(u16)]
         pub enum RequestKind {
@@ -396,6 +399,8 @@ request_kinds! {
     17 DeleteGroups(DeleteGroupsRequest, DeleteGroupsResponse) versions 1..=1;
     /// Set an empty group's offsets to earliest, latest, an offset or a timestamp.
     18 ResetOffsets(ResetOffsetsRequest, ResetOffsetsResponse) versions 1..=1;
+    /// The cluster as one node sees it: nodes, controller, Raft state, every partition.
+    20 DescribeCluster(DescribeClusterRequest, DescribeClusterResponse) versions 1..=1;
 }
 
 impl RequestKind {

@@ -14,7 +14,8 @@ use super::codec::msgpack;
 use super::*;
 use crate::batch::{BatchBuilder, Compression};
 use crate::limits::{
-    BODY_DEPTH_MAX, ERROR_MESSAGE_BYTES_MAX, FETCH_BODY_FIELDS_BYTES_MAX,
+    BODY_DEPTH_MAX, CLUSTER_BODY_FIELDS_BYTES_MAX, CLUSTER_PARTITION_FIELDS_BYTES_MAX,
+    CLUSTER_TOPIC_FIELDS_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, FETCH_BODY_FIELDS_BYTES_MAX,
     FETCH_PARTITION_FIELDS_BYTES_MAX, FETCH_TOPIC_FIELDS_BYTES_MAX, FRAME_BYTES_MAX,
     PARTITIONS_PER_REQUEST_MAX, PRODUCER_EPOCH_MAX, PRODUCER_ID_MAX, TOPIC_NAME_BYTES_MAX,
     TOPICS_PER_REQUEST_MAX,
@@ -379,7 +380,81 @@ fn request() -> impl Strategy<Value = Request> {
         list_offsets,
         init_producer,
         group_request(),
+        cluster_request(),
     ]
+}
+
+fn cluster_request() -> impl Strategy<Value = Request> {
+    option::of(vec(topic_name(), 0..4))
+        .prop_map(|topics| Request::from(DescribeClusterRequest { topics }))
+}
+
+fn cluster_response() -> impl Strategy<Value = Response> {
+    let node = (
+        node_id(),
+        text(),
+        any::<u16>(),
+        any::<bool>(),
+        option::of(any::<u64>()),
+    )
+        .prop_map(|(node_id, host, port, fenced, lease_age_ms)| ClusterNode {
+            node_id,
+            host,
+            port,
+            fenced,
+            lease_age_ms,
+        });
+    let raft = (
+        any::<u64>(),
+        option::of(any::<u64>()),
+        option::of(any::<u64>()),
+        option::of(node_id()),
+    )
+        .prop_map(|(term, commit_index, applied_index, leader_id)| RaftInfo {
+            term,
+            commit_index,
+            applied_index,
+            leader_id,
+        });
+    let topic = (
+        topic_name(),
+        maybe_error(),
+        any::<bool>(),
+        vec(partition_metadata(), 0..4),
+    )
+        .prop_map(|(name, error, internal, partitions)| TopicMetadata {
+            name,
+            error,
+            internal,
+            partitions,
+        });
+    (
+        (text(), node_id(), option::of(node_id()), any::<u64>()),
+        option::of(raft.prop_map(Box::new)),
+        vec(node, 0..4),
+        vec(topic, 0..4),
+        option::of(any::<u32>()),
+    )
+        .prop_map(
+            |(
+                (cluster_id, node_id, controller_id, metadata_version),
+                raft,
+                nodes,
+                topics,
+                omitted,
+            )| {
+                Response::from(DescribeClusterResponse {
+                    cluster_id,
+                    node_id,
+                    controller_id,
+                    metadata_version,
+                    raft,
+                    nodes,
+                    topics,
+                    topics_omitted: omitted,
+                })
+            },
+        )
 }
 
 fn group_id() -> impl Strategy<Value = String> {
@@ -844,6 +919,7 @@ fn response() -> impl Strategy<Value = Response> {
         list_offsets,
         init_producer,
         group_response(),
+        cluster_response(),
         failed,
     ]
 }
@@ -1663,6 +1739,181 @@ fn fetch_answer_field_budgets_hold() {
     assert!(one_partition - one_topic + 3 <= FETCH_PARTITION_FIELDS_BYTES_MAX);
 }
 
+/// The budget constants of a DescribeCluster answer hold for the largest fields a node can
+/// write: every number at its largest, 32 replicas all in sync, a name at its cap with an
+/// error whose message is at its cap, 32-bit length headers, and the body around them with
+/// every optional field present and the nodes of a seven-member quorum with long host names.
+#[test]
+fn cluster_answer_field_budgets_hold() {
+    let encoded = |answer: &DescribeClusterResponse| -> u32 {
+        Response::from(answer.clone())
+            .encode(u64::MAX)
+            .unwrap()
+            .len() as u32
+    };
+    let mut answer = DescribeClusterResponse {
+        cluster_id: "c".repeat(64),
+        node_id: NodeId(u32::MAX),
+        controller_id: Some(NodeId(u32::MAX)),
+        metadata_version: u64::MAX,
+        raft: Some(Box::new(RaftInfo {
+            term: u64::MAX,
+            commit_index: Some(u64::MAX),
+            applied_index: Some(u64::MAX),
+            leader_id: Some(NodeId(u32::MAX)),
+        })),
+        nodes: (0..7)
+            .map(|n| ClusterNode {
+                node_id: NodeId(u32::MAX - n),
+                host: "h".repeat(255),
+                port: u16::MAX,
+                fenced: true,
+                lease_age_ms: Some(u64::MAX),
+            })
+            .collect(),
+        topics: Vec::new(),
+        topics_omitted: Some(u32::MAX),
+    };
+    let empty = encoded(&answer);
+    // The topics array header grows from fixarray to array32 at worst.
+    assert!(empty + 4 <= CLUSTER_BODY_FIELDS_BYTES_MAX);
+
+    let longest_code = ErrorCode::ALL
+        .iter()
+        .max_by_key(|code| code.name().len())
+        .unwrap();
+    let mut error = ResponseError::new(*longest_code, "é".repeat(ERROR_MESSAGE_BYTES_MAX as usize));
+    error.leader = Some(NodeId(u32::MAX));
+    error.version_min = Some(u16::MAX);
+    error.version_max = Some(u16::MAX);
+    answer.topics.push(TopicMetadata {
+        name: "n".repeat(TOPIC_NAME_BYTES_MAX as usize),
+        error: Some(error),
+        internal: true,
+        partitions: Vec::new(),
+    });
+    let one_topic = encoded(&answer);
+    // The partitions array header grows from fixarray to array32 at worst.
+    assert!(
+        one_topic - empty + 4 <= CLUSTER_TOPIC_FIELDS_BYTES_MAX,
+        "{}",
+        one_topic - empty + 4
+    );
+
+    let replicas: Vec<NodeId> = (0..32).map(|n| NodeId(u32::MAX - n)).collect();
+    answer.topics[0].partitions.push(PartitionMetadata {
+        partition: PartitionId(u32::MAX),
+        error: None,
+        leader: Some(NodeId(u32::MAX)),
+        leader_epoch: LeaderEpoch(u32::MAX),
+        replicas: replicas.clone(),
+        in_sync_replicas: replicas,
+    });
+    let one_partition = encoded(&answer);
+    assert!(
+        one_partition - one_topic <= CLUSTER_PARTITION_FIELDS_BYTES_MAX,
+        "{}",
+        one_partition - one_topic
+    );
+    assert!(empty + 4 <= CLUSTER_BODY_FIELDS_BYTES_MAX, "{empty}");
+}
+
+/// A node entry is a map, so a newer node may add fields to it (a rack, say) that this
+/// build skips; the Raft section and `topics_omitted` may be absent or nil.
+#[test]
+fn cluster_answers_with_unknown_node_fields_and_no_raft_decode() {
+    let mut node = vec![0x85];
+    msgpack::str(&mut node, "node_id");
+    msgpack::uint(&mut node, 2);
+    msgpack::str(&mut node, "host");
+    msgpack::str(&mut node, "127.0.0.2");
+    msgpack::str(&mut node, "port");
+    msgpack::uint(&mut node, 9420);
+    msgpack::str(&mut node, "rack");
+    msgpack::str(&mut node, "r1");
+    msgpack::str(&mut node, "uptime_ms");
+    msgpack::uint(&mut node, 120);
+    let mut body = vec![0x87];
+    msgpack::str(&mut body, "cluster_id");
+    msgpack::str(&mut body, "c1");
+    msgpack::str(&mut body, "node_id");
+    msgpack::uint(&mut body, 2);
+    msgpack::str(&mut body, "metadata_version");
+    msgpack::uint(&mut body, 7);
+    msgpack::str(&mut body, "raft");
+    body.push(0xc0);
+    msgpack::str(&mut body, "topics_omitted");
+    body.push(0xc0);
+    msgpack::str(&mut body, "nodes");
+    msgpack::array_len(&mut body, 1);
+    body.extend_from_slice(&node);
+    msgpack::str(&mut body, "topics");
+    msgpack::array_len(&mut body, 0);
+    let answer: DescribeClusterResponse = codec::decode_body(&body).unwrap();
+    assert_eq!(
+        answer,
+        DescribeClusterResponse {
+            cluster_id: "c1".into(),
+            node_id: NodeId(2),
+            controller_id: None,
+            metadata_version: 7,
+            raft: None,
+            nodes: vec![ClusterNode {
+                node_id: NodeId(2),
+                host: "127.0.0.2".into(),
+                port: 9420,
+                fenced: false,
+                lease_age_ms: None,
+            }],
+            topics: Vec::new(),
+            topics_omitted: None,
+        }
+    );
+}
+
+/// DescribeCluster names topics under Metadata's rules: at most 1,024, each a valid name.
+#[test]
+fn cluster_request_topics_follow_metadata_rules() {
+    let request = |topics: Vec<String>| {
+        let frame = Request::from(DescribeClusterRequest {
+            topics: Some(topics),
+        })
+        .encode(1)
+        .unwrap();
+        decode_request(&frame)
+    };
+    let names = |count: u32| (0..count).map(|t| format!("t{t}")).collect::<Vec<_>>();
+    assert!(request(names(TOPICS_PER_REQUEST_MAX)).is_ok());
+    let error = request(names(TOPICS_PER_REQUEST_MAX + 1)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ProtocolError::FieldTooLarge {
+                field: "topics",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.error_code(), ErrorCode::InvalidRequest);
+    assert_eq!(
+        request(vec!["ok".into(), "not ok".into()])
+            .unwrap_err()
+            .error_code(),
+        ErrorCode::InvalidTopicName
+    );
+    // Absent means every topic; the empty map is the whole request.
+    assert_eq!(
+        decode_request(&frame_with_body(
+            RequestKind::DescribeCluster.code(),
+            1,
+            &[0x80]
+        ))
+        .unwrap(),
+        Request::from(DescribeClusterRequest { topics: None })
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The hand-written fetch answer.
 
@@ -1809,13 +2060,14 @@ fn long_error_messages_are_cut_at_a_character_boundary() {
 }
 
 /// The handshake lists every kind with its range, all at version 1 today; number 19 stays
-/// free for consumer groups.
+/// free for consumer groups, so DescribeCluster is 20.
 #[test]
 fn handshake_lists_every_kind() {
     let list = RequestKind::handshake_list();
-    assert_eq!(list.len(), 19);
-    for (code, entry) in list.iter().enumerate() {
-        assert_eq!(entry.kind, code as u16);
+    assert_eq!(list.len(), 20);
+    let codes: Vec<u16> = (0..=18).chain([20]).collect();
+    for (code, entry) in codes.into_iter().zip(&list) {
+        assert_eq!(entry.kind, code);
         assert_eq!(
             RequestKind::from_code(entry.kind).unwrap().name(),
             entry.name
@@ -1823,6 +2075,7 @@ fn handshake_lists_every_kind() {
         assert_eq!((entry.version_min, entry.version_max), (1, 1));
     }
     assert!(RequestKind::from_code(19).is_none());
+    assert_eq!(RequestKind::DescribeCluster.code(), 20);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1909,6 +2162,48 @@ fn golden_produce_response() -> Response {
     })
 }
 
+fn golden_describe_cluster_request() -> Request {
+    Request::from(DescribeClusterRequest {
+        topics: Some(vec!["orders".into()]),
+    })
+}
+
+fn golden_describe_cluster_response() -> Response {
+    Response::from(DescribeClusterResponse {
+        cluster_id: "c1".into(),
+        node_id: NodeId(1),
+        controller_id: Some(NodeId(2)),
+        metadata_version: 42,
+        raft: Some(Box::new(RaftInfo {
+            term: 3,
+            commit_index: Some(42),
+            applied_index: Some(42),
+            leader_id: Some(NodeId(2)),
+        })),
+        nodes: vec![ClusterNode {
+            node_id: NodeId(1),
+            host: "127.0.0.1".into(),
+            port: 9420,
+            fenced: false,
+            lease_age_ms: None,
+        }],
+        topics: vec![TopicMetadata {
+            name: "orders".into(),
+            error: None,
+            internal: false,
+            partitions: vec![PartitionMetadata {
+                partition: PartitionId(0),
+                error: None,
+                leader: Some(NodeId(1)),
+                leader_epoch: LeaderEpoch(1),
+                replicas: vec![NodeId(1)],
+                in_sync_replicas: vec![NodeId(1)],
+            }],
+        }],
+        topics_omitted: None,
+    })
+}
+
 fn golden_error_response() -> Response {
     let request = FrameHeader {
         length: 12,
@@ -1947,6 +2242,19 @@ const ERROR_RESPONSE_HEX: &str = "0000009a80080007000000000000000381a56572726f72
     697420737065616b732076657273696f6e73203120746f2031a9726574726961\
     626c65c2ab76657273696f6e5f6d696e01ab76657273696f6e5f6d617801";
 
+const DESCRIBE_CLUSTER_REQUEST_HEX: &str =
+    "0000001c00140001000000000000000481a6746f7069637391a66f7264657273";
+
+const DESCRIBE_CLUSTER_RESPONSE_HEX: &str = "0000010c80140001000000000000000487aa636c75737465725f6964a26331a7\
+    6e6f64655f696401ad636f6e74726f6c6c65725f696402b06d65746164617461\
+    5f76657273696f6e2aa47261667484a47465726d03ac636f6d6d69745f696e64\
+    65782aad6170706c6965645f696e6465782aa96c65616465725f696402a56e6f\
+    6465739183a76e6f64655f696401a4686f7374a93132372e302e302e31a4706f\
+    7274cd24cca6746f706963739183a46e616d65a66f7264657273a8696e746572\
+    6e616cc2aa706172746974696f6e739185a9706172746974696f6e00a66c6561\
+    64657201ac6c65616465725f65706f636801a87265706c696361739101b0696e\
+    5f73796e635f7265706c696361739101";
+
 /// The fixtures encode to exactly these bytes, decode back to the same values, and
 /// PROTOCOL.md shows the same bytes: the documented examples are the tested ones.
 #[test]
@@ -1963,6 +2271,12 @@ fn golden_fixtures_match_the_code_and_the_doc() {
             PRODUCE_REQUEST_HEX,
             golden_produce_request(),
             2,
+        ),
+        (
+            "describe-cluster-request",
+            DESCRIBE_CLUSTER_REQUEST_HEX,
+            golden_describe_cluster_request(),
+            4,
         ),
     ];
     for (name, expected, request, correlation_id) in requests {
@@ -1983,6 +2297,12 @@ fn golden_fixtures_match_the_code_and_the_doc() {
             ERROR_RESPONSE_HEX,
             golden_error_response(),
             3,
+        ),
+        (
+            "describe-cluster-response",
+            DESCRIBE_CLUSTER_RESPONSE_HEX,
+            golden_describe_cluster_response(),
+            4,
         ),
     ];
     for (name, expected, response, correlation_id) in responses {
@@ -2300,6 +2620,11 @@ fn protocol_md_limits_match_the_code() {
         (
             "Error `message`",
             bytes(ERROR_MESSAGE_BYTES_MAX),
+            Box::new(node_bound),
+        ),
+        (
+            "Partitions listed",
+            count(crate::limits::CLUSTER_PARTITIONS_LISTED_MAX),
             Box::new(node_bound),
         ),
     ];

@@ -10,6 +10,7 @@ use vltava_actors::directory::{
     ActorEntry, ActorKind, PartitionGauges, PublishedState, SessionGauges,
 };
 use vltava_actors::groups::GroupSnapshot;
+use vltava_actors::metadata::raft::RaftStatus;
 use vltava_actors::metadata::{PartitionImage, TopicImage};
 use vltava_actors::node::NodeView;
 use vltava_actors::peer::{PeerChannel, PeerLinkGauges};
@@ -453,6 +454,14 @@ pub fn connections(view: &NodeView) -> Value {
 /// `GET /cluster`: the nodes the metadata knows, the controller and the metadata version.
 pub fn cluster(view: &NodeView) -> Value {
     let image = view.image.borrow().clone();
+    // Lease ages are kept current only on the controller's node.
+    let is_controller = image.controller_id == Some(view.node_id);
+    let ages = view
+        .leases
+        .as_ref()
+        .filter(|_| is_controller)
+        .map(|(table, _)| table.ages())
+        .unwrap_or_default();
     let nodes: Vec<Value> = image
         .nodes
         .values()
@@ -461,9 +470,38 @@ pub fn cluster(view: &NodeView) -> Value {
                 "node_id": n.node_id,
                 "host": n.host,
                 "port": n.port,
-                // Liveness of other nodes comes with the cluster; this one answers, so it is up.
                 "this_node": n.node_id == view.node_id,
+                "fenced": n.fenced,
+                "lease_age_ms": ages.get(&n.node_id).map(|a| a.as_millis() as u64),
             })
+        })
+        .collect();
+    let own_lease_age_ms = view
+        .leases
+        .as_ref()
+        .and_then(|(_, freshness)| freshness.age())
+        .map(|a| a.as_millis() as u64);
+    // Every partition's placement from the image, grouped by topic: what `vltava cluster
+    // describe` shows, without the local log fields `/partitions` adds.
+    let topics: Vec<Value> = image
+        .topics
+        .iter()
+        .map(|(name, topic)| {
+            let partitions: Vec<Value> = topic
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(index, p)| {
+                    json!({
+                        "partition": index,
+                        "leader": p.leader,
+                        "leader_epoch": p.leader_epoch,
+                        "replicas": p.replicas,
+                        "isr": p.isr,
+                    })
+                })
+                .collect();
+            json!({"name": name, "partitions": partitions})
         })
         .collect();
     json!({
@@ -474,6 +512,31 @@ pub fn cluster(view: &NodeView) -> Value {
         "controller_id": image.controller_id,
         "metadata_version": image.version,
         "nodes": nodes,
+        "raft": view.raft.as_ref().map(|source| raft_status(&source.status())),
+        // How long ago this node's own lease was last granted (cluster only).
+        "lease_age_ms": own_lease_age_ms,
+        "topics": topics,
+    })
+}
+
+/// This node's Raft member as `/cluster` shows it; `peers` (each other member's match index)
+/// only on the leader, which is the only member that tracks them.
+fn raft_status(status: &RaftStatus) -> Value {
+    let peers = status.peers.as_ref().map(|peers| {
+        peers
+            .iter()
+            .map(|peer| json!({"node_id": peer.node_id, "match_index": peer.match_index}))
+            .collect::<Vec<Value>>()
+    });
+    json!({
+        "role": status.role.as_str(),
+        "term": status.term,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "last_log_index": status.last_log_index,
+        "leader_id": status.leader_id,
+        "voters": status.voters,
+        "peers": peers,
     })
 }
 

@@ -1,7 +1,8 @@
 //! Clusters of real `vltava-node` processes on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (issue 12):
 //! three nodes form one cluster, spread a topic's partitions, serve producers and consumers
 //! through any node, hand out distinct producer ids, survive the loss of their controller,
-//! and refuse a member that holds another cluster's data.
+//! refuse a member that holds another cluster's data, and describe themselves alike through
+//! every node (`vltava cluster describe`, the admin endpoint's `/cluster`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use vltava_messages::protocol::{
     ErrorCode, InitProducerIdRequest, MetadataRequest, MetadataResponse,
 };
 use vltava_tests::cluster::TestCluster;
+use vltava_tests::{binary, eventually};
 
 /// How long a cluster may take to elect a new controller and take a change again. The target
 /// is 1.5 s (p99); the bound is generous for a loaded CI machine, and the figures are
@@ -384,6 +386,24 @@ fn a_paused_node_is_fenced_and_rejoins_when_it_resumes() {
             }
         }
     });
+    // DescribeCluster still lists the fenced node, marked, with how long ago it renewed.
+    let described = describe_through(&watcher, |answer| {
+        answer["nodes"].as_array().is_some_and(|nodes| {
+            nodes
+                .iter()
+                .any(|n| n["node_id"] == u64::from(paused) && n["fenced"] == true)
+        })
+    });
+    let entry = described["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == u64::from(paused))
+        .unwrap();
+    assert!(
+        entry["lease_age_ms"].as_u64().is_some_and(|ms| ms >= 2000),
+        "the controller says how stale the lease is: {described}"
+    );
     cluster.node(paused).resume();
     rt.block_on(async {
         until_ok(FAILOVER_BOUND, || async {
@@ -614,4 +634,181 @@ fn a_node_down_while_its_topic_is_recreated_never_serves_the_old_events() {
             "events produced after re-creation not read: {missing:?}"
         );
     });
+}
+
+/// Runs the built `vltava` CLI against the node at `addr` only; returns its exit code, stdout
+/// and stderr.
+fn vltava_at(addr: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(binary("vltava"))
+        .args(args)
+        .env("VLTAVA_BOOTSTRAP", addr)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the vltava CLI runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `vltava cluster describe --format json` through the node at `addr`, once it succeeds and
+/// `ready` holds of its answer (nodes register and learn changes a moment apart); panics with
+/// the last answer after `FAILOVER_BOUND`.
+fn describe_through(addr: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let mut last = String::new();
+    let mut answer = serde_json::Value::Null;
+    let held = eventually(FAILOVER_BOUND, || {
+        let (code, stdout, stderr) = vltava_at(addr, &["cluster", "describe", "--format", "json"]);
+        last = format!("exit {code:?}, stdout {stdout}, stderr {stderr}");
+        if code != Some(0) {
+            return false;
+        }
+        answer = serde_json::from_str(stdout.trim()).expect("one JSON object");
+        ready(&answer)
+    });
+    assert!(held, "cluster describe through {addr}: {last}");
+    answer
+}
+
+fn partitions_of<'a>(
+    answer: &'a serde_json::Value,
+    topic: &str,
+) -> Option<&'a Vec<serde_json::Value>> {
+    answer["topics"]
+        .as_array()?
+        .iter()
+        .find(|t| t["name"] == topic)?["partitions"]
+        .as_array()
+}
+
+/// Issue 12, "Clients": `vltava cluster describe --format json` through each of three nodes
+/// names all three nodes, one cluster id and one controller, which every node's Raft view
+/// names as its leader, at a term of at least 1 with entries committed; after a topic of 6
+/// partitions is created, every node lists all 6 with a leader among the members. The admin
+/// endpoint of the controller shows it as the Raft leader with the match index of each of the
+/// other two members, and a follower's shows it as a follower without match indexes.
+#[test]
+fn cluster_describe_through_every_node_shows_one_cluster() {
+    let cluster = TestCluster::start(3, &[]);
+    let all_registered = |answer: &serde_json::Value| {
+        answer["nodes"].as_array().is_some_and(|n| n.len() == 3)
+            && answer["controller_id"].is_u64()
+            && answer["raft"]["leader_id"] == answer["controller_id"]
+    };
+    let mut cluster_ids = BTreeSet::new();
+    let mut controllers = BTreeSet::new();
+    for (id, node) in (1u64..).zip(&cluster.nodes) {
+        let answer = describe_through(&node.addr, all_registered);
+        let addresses: BTreeSet<String> = answer["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| format!("{}:{}", n["host"].as_str().unwrap(), n["port"]))
+            .collect();
+        let expected: BTreeSet<String> = cluster.bootstrap().into_iter().collect();
+        assert_eq!(
+            addresses, expected,
+            "{} lists every node: {answer}",
+            node.addr
+        );
+        assert_eq!(answer["node_id"], id, "the node asked answers: {answer}");
+        let raft = &answer["raft"];
+        assert!(raft["term"].as_u64().is_some_and(|t| t >= 1), "{answer}");
+        assert!(
+            raft["commit_index"].as_u64().is_some_and(|c| c >= 1),
+            "{answer}"
+        );
+        assert!(
+            raft["applied_index"].as_u64().is_some_and(|a| a >= 1),
+            "{answer}"
+        );
+        cluster_ids.insert(answer["cluster_id"].as_str().unwrap().to_owned());
+        controllers.insert(answer["controller_id"].as_u64().unwrap());
+    }
+    assert_eq!(cluster_ids.len(), 1, "one cluster id: {cluster_ids:?}");
+    assert!(!cluster_ids.first().unwrap().is_empty());
+    assert_eq!(controllers.len(), 1, "one controller: {controllers:?}");
+    let controller = u32::try_from(*controllers.first().unwrap()).unwrap();
+    assert!((1..=3).contains(&controller));
+
+    // Created through node 2, which forwards it when it is not the controller.
+    let (code, _, stderr) = vltava_at(
+        &cluster.node(2).addr,
+        &["topic", "create", "spread", "--partitions", "6"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    for node in &cluster.nodes {
+        let answer = describe_through(&node.addr, |answer| {
+            partitions_of(answer, "spread").is_some()
+        });
+        let partitions = partitions_of(&answer, "spread").unwrap();
+        assert_eq!(
+            partitions.len(),
+            6,
+            "{} lists every partition: {answer}",
+            node.addr
+        );
+        for (index, partition) in partitions.iter().enumerate() {
+            assert_eq!(partition["partition"], index);
+            let leader = partition["leader"].as_u64();
+            assert!(
+                leader.is_some_and(|l| (1..=3).contains(&l)),
+                "partition {index} has a leader among the members: {partition}"
+            );
+            assert!(partition["leader_epoch"].is_u64(), "{partition}");
+            assert_eq!(partition["replicas"].as_array().map(Vec::len), Some(1));
+            assert_eq!(partition["in_sync_replicas"], partition["replicas"]);
+        }
+    }
+    let leaders: BTreeSet<u64> =
+        partitions_of(&describe_through(&cluster.node(1).addr, |_| true), "spread")
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["leader"].as_u64())
+            .collect();
+    assert_eq!(
+        leaders,
+        BTreeSet::from([1, 2, 3]),
+        "placement spreads the leaders"
+    );
+
+    // The controller's admin endpoint: leader, with a match index for each other member.
+    let others: BTreeSet<u64> = (1..=3).filter(|n| *n != u64::from(controller)).collect();
+    let mut last = String::new();
+    let matched = eventually(FAILOVER_BOUND, || {
+        let (status, body) = cluster.node(controller).admin_get("/cluster");
+        last = body.clone();
+        if status != 200 {
+            return false;
+        }
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let raft = &json["raft"];
+        let peers: BTreeSet<u64> = raft["peers"]
+            .as_array()
+            .map(|peers| {
+                peers
+                    .iter()
+                    .filter(|p| p["match_index"].as_u64().is_some_and(|m| m >= 1))
+                    .filter_map(|p| p["node_id"].as_u64())
+                    .collect()
+            })
+            .unwrap_or_default();
+        raft["role"] == "leader"
+            && raft["leader_id"] == u64::from(controller)
+            && raft["commit_index"].as_u64().is_some_and(|c| c >= 1)
+            && peers == others
+            && partitions_of(&json, "spread").is_some_and(|p| p.len() == 6)
+    });
+    assert!(matched, "the controller's /cluster: {last}");
+    let follower = u32::try_from(*others.first().unwrap()).unwrap();
+    let (status, body) = cluster.node(follower).admin_get("/cluster");
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["raft"]["role"], "follower", "{json}");
+    assert!(
+        json["raft"]["peers"].is_null(),
+        "only the leader tracks peers: {json}"
+    );
+    assert_eq!(json["raft"]["leader_id"], u64::from(controller), "{json}");
 }

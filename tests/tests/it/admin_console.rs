@@ -241,6 +241,15 @@ fn console_renders_actor_tree_partitions_and_connections_in_a_browser() {
         dom.contains(r#"data-ready="true""#),
         "the header shows the node ready"
     );
+    // The Cluster panel: a single node has no metadata quorum, and lists itself.
+    assert!(
+        dom.contains(r#"id="raft-summary" data-role="none">single node: no metadata quorum<"#),
+        "the cluster panel says there is no quorum:\n{dom}"
+    );
+    assert!(
+        dom.contains(r#"<tr data-node-id="1" class="this-node">"#),
+        "the cluster panel lists this node:\n{dom}"
+    );
     // The banner stays hidden unless a fetch failed (its text is in the script, so look at
     // the element, not for the words).
     assert!(

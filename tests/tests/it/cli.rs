@@ -326,6 +326,95 @@ fn admin_commands_print_the_actor_tree_and_one_actor() {
     assert_eq!(unreachable.status.code(), Some(3));
 }
 
+/// `vltava cluster describe` on a single node, which is no member of a metadata quorum: the
+/// node, its controller (itself) and its topics, and no Raft section; a named topic that does
+/// not exist exits 1 naming it, and the admin endpoint's `/cluster` has `raft` null too.
+#[test]
+fn cluster_describe_works_on_a_single_node_without_a_quorum() {
+    let node = TestNode::start_with(&["--offsets-topic-partitions", "1"]);
+    let created = vltava(
+        &node,
+        &["topic", "create", "seen", "--partitions", "2"],
+        None,
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+
+    let described = vltava(&node, &["cluster", "describe", "--format", "json"], None);
+    assert!(described.status.success(), "{}", stderr(&described));
+    let json: serde_json::Value = serde_json::from_str(stdout(&described).trim()).unwrap();
+    assert!(
+        json.get("raft").is_none(),
+        "no quorum, no Raft section: {json}"
+    );
+    assert_eq!(json["node_id"], 1);
+    assert_eq!(json["controller_id"], 1);
+    assert!(!json["cluster_id"].as_str().unwrap().is_empty());
+    assert!(json["metadata_version"].as_u64().is_some_and(|v| v >= 1));
+    let nodes = json["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{json}");
+    assert_eq!(
+        format!(
+            "{}:{}",
+            nodes[0]["host"].as_str().unwrap(),
+            nodes[0]["port"]
+        ),
+        node.addr
+    );
+    let names: Vec<&str> = json["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["__consumer_offsets", "seen"]);
+    let seen = &json["topics"][1]["partitions"];
+    assert_eq!(seen.as_array().unwrap().len(), 2);
+    assert_eq!(seen[1]["leader"], 1);
+    assert_eq!(seen[1]["replicas"], serde_json::json!([1]));
+    assert!(json.get("topics_omitted").is_none(), "{json}");
+
+    let text = vltava(&node, &["cluster", "describe", "--topic", "seen"], None);
+    assert!(text.status.success(), "{}", stderr(&text));
+    let text = stdout(&text);
+    assert!(
+        text.contains("raft: none (node 1 is a single node)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    partition: 1  leader: 1  leader_epoch: 0  replicas: 1  isr: 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("__consumer_offsets"),
+        "only the named topic: {text}"
+    );
+
+    let unknown = vltava(&node, &["cluster", "describe", "--topic", "nope"], None);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("cannot describe topic nope"),
+        "{}",
+        stderr(&unknown)
+    );
+    let bad_name = vltava(&node, &["cluster", "describe", "--topic", "not ok"], None);
+    assert_eq!(bad_name.status.code(), Some(1));
+    assert!(
+        stderr(&bad_name).contains("invalid"),
+        "{}",
+        stderr(&bad_name)
+    );
+
+    let (status, body) = node.admin_get("/cluster");
+    assert_eq!(status, 200, "{body}");
+    let admin: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(admin["raft"].is_null(), "{admin}");
+    assert_eq!(admin["topics"][1]["name"], "seen");
+    assert_eq!(
+        admin["topics"][1]["partitions"][0]["isr"],
+        serde_json::json!([1])
+    );
+}
+
 /// The committed offset and lag of partition 0 in `vltava group describe G --format json`.
 fn group_offsets(node: &TestNode, group: &str) -> (Option<u64>, Option<u64>) {
     let described = vltava(

@@ -47,6 +47,7 @@ use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader, StorageError,
     Vote,
 };
+use tokio::sync::watch;
 use vltava_messages::limits::FRAME_BYTES_MAX;
 use vltava_storage::checkpoint;
 use vltava_storage::fs::{Storage, StorageFile};
@@ -556,6 +557,10 @@ pub struct LogStore {
     memory: Arc<RwLock<LogMemory>>,
     vote: Option<Vote<RaftNodeId>>,
     committed: Option<LogId<RaftNodeId>>,
+    /// `committed`, published after each durable save for readers outside the Raft task (the
+    /// node's DescribeCluster and admin views): openraft 0.9's metrics carry the last applied
+    /// entry but not the commit index.
+    committed_watch: watch::Sender<Option<LogId<RaftNodeId>>>,
     recovery: LogRecovery,
 }
 
@@ -579,8 +584,16 @@ impl LogStore {
             memory: Arc::new(RwLock::new(opened.memory)),
             vote: opened.vote,
             committed: opened.committed,
+            committed_watch: watch::Sender::new(opened.committed),
             recovery: opened.recovery,
         })
+    }
+
+    /// The last durable committed log id, as it changes. Reading it never waits for the Raft
+    /// task, which owns the store.
+    #[must_use]
+    pub fn subscribe_committed(&self) -> watch::Receiver<Option<LogId<RaftNodeId>>> {
+        self.committed_watch.subscribe()
     }
 
     /// What open found and repaired.
@@ -797,6 +810,7 @@ impl LogStore {
         self.blocking(move |files| files.save_state(COMMITTED_FILE, &body))
             .await?;
         self.committed = committed;
+        self.committed_watch.send_replace(committed);
         Ok(())
     }
 }

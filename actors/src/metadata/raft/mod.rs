@@ -30,6 +30,8 @@
 //!   channel) and `RaftPeerService` (the other members' requests answered by the local Raft).
 //! - `metadata_log`: `RaftMetadataLog`, the controller's `MetadataLog` over this Raft (a
 //!   proposal answers with the image at its index; `lead` checks leadership linearizably).
+//! - `status`: `RaftStatusSource`, the member's role, term, commit and applied indexes and
+//!   (on the leader) each peer's match index, read from watches without a message.
 //! - `config`: `RaftConfigBuilder` and the cluster defaults.
 //! - `error`: `RaftStoreError`, `RaftStartError`, `ProposeError`, `RaftConfigError`.
 //!
@@ -65,6 +67,7 @@ pub mod metadata_log;
 pub mod network;
 pub mod peer_transport;
 pub mod state_machine;
+pub mod status;
 
 #[cfg(test)]
 mod tests;
@@ -88,6 +91,7 @@ pub use metadata_log::RaftMetadataLog;
 pub use network::{NetworkFactory, RaftTransport, RemoteResult, TransportError};
 pub use peer_transport::{PeerRaftTransport, RaftPeerService};
 pub use state_machine::StateMachine;
+pub use status::{PeerReplication, RaftRole, RaftStatus, RaftStatusSource};
 
 use crate::metadata::MetadataImage;
 
@@ -132,6 +136,8 @@ pub struct RaftMember {
     pub raft: MetadataRaft,
     /// Every image the state machine publishes, starting with the one it opened with.
     pub image: watch::Receiver<Arc<MetadataImage>>,
+    /// The member's committed log id, published by its log store after each durable save.
+    pub committed: watch::Receiver<Option<LogId<RaftNodeId>>>,
     /// What opening the log found and repaired.
     pub log_recovery: LogRecovery,
 }
@@ -168,12 +174,14 @@ impl RaftMember {
         .await
         .map_err(RaftStoreError::Task)??;
         let log_recovery = log_store.recovery().clone();
+        let committed = log_store.subscribe_committed();
         let image = state_machine.subscribe();
         let network = NetworkFactory::new(id, transport);
         let raft = MetadataRaft::new(id, config, network, log_store, state_machine).await?;
         Ok(RaftMember {
             raft,
             image,
+            committed,
             log_recovery,
         })
     }
