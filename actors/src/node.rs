@@ -89,6 +89,9 @@ pub struct ClusterOptions {
     pub quorum: BTreeMap<u32, SocketAddr>,
     /// The cluster id, or the promise of one learnt from a peer.
     pub cluster_id: ClusterId,
+    /// Metadata log entries between snapshots (`--metadata-snapshot-entries`); a quarter of
+    /// them is kept behind each snapshot for followers that lag a little.
+    pub snapshot_entries: u64,
 }
 
 /// What runs for a node's membership of a cluster.
@@ -621,6 +624,10 @@ async fn join_cluster(
         }
     };
     let config = RaftConfigBuilder::new(cluster_id.clone())
+        .snapshot_policy(
+            cluster.snapshot_entries,
+            (cluster.snapshot_entries / 4).max(1),
+        )
         .build()
         .map_err(|e| NodeError::Internal(format!("bad Raft settings: {e}")))?;
     let member = RaftMember::open(

@@ -55,7 +55,6 @@ pub struct NodeFlags {
     /// Address given to clients in metadata [default: the listen address].
     #[arg(long, env = "VLTAVA_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Address of the admin HTTP endpoint [default: 127.0.0.1:9422].
     /// Where other nodes reach this one (Raft, forwarded admin, replication): HOST:PORT.
     /// Used only with --controller-quorum [default: 127.0.0.1:9421].
     #[arg(long, env = "VLTAVA_PEER_LISTEN")]
@@ -65,6 +64,12 @@ pub struct NodeFlags {
     /// cluster of one.
     #[arg(long, env = "VLTAVA_CONTROLLER_QUORUM")]
     pub controller_quorum: Option<String>,
+    /// In a cluster: take a snapshot of the metadata after this many metadata log entries
+    /// (keeping a quarter of them), so that a node that was down long catches up from it
+    /// [default: 1024].
+    #[arg(long, env = "VLTAVA_METADATA_SNAPSHOT_ENTRIES")]
+    pub metadata_snapshot_entries: Option<u64>,
+    /// Address of the admin HTTP endpoint [default: 127.0.0.1:9422].
     #[arg(long, env = "VLTAVA_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
     /// Log format: human or json [default: human].
@@ -137,6 +142,7 @@ struct FileSettings {
     admin_listen: Option<String>,
     peer_listen: Option<String>,
     controller_quorum: Option<String>,
+    metadata_snapshot_entries: Option<u64>,
     log_format: Option<String>,
     durability: Option<String>,
     verify_reads: Option<bool>,
@@ -191,6 +197,13 @@ fn parse_addr(what: &str, value: &str) -> anyhow::Result<SocketAddr> {
     value.parse().with_context(|| format!("bad {what} address {value:?} (expected HOST:PORT with a numeric IP, e.g. 127.0.0.1:9420)"))
 }
 
+/// Metadata log entries between snapshots by default (Raft's `SNAPSHOT_LOGS_SINCE_LAST`).
+pub const METADATA_SNAPSHOT_ENTRIES_DEFAULT: u64 = 1024;
+/// Fewer entries between snapshots would snapshot on nearly every change.
+pub const METADATA_SNAPSHOT_ENTRIES_MIN: u64 = 8;
+/// More would let the log (replayed at every start) grow long.
+pub const METADATA_SNAPSHOT_ENTRIES_MAX: u64 = 1_000_000;
+
 /// How this node joins a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -199,6 +212,8 @@ pub struct ClusterConfig {
     pub peer_listen: SocketAddr,
     /// Every member of the controller quorum: node id -> peer address, this node included.
     pub quorum: std::collections::BTreeMap<u32, SocketAddr>,
+    /// Metadata log entries between snapshots.
+    pub snapshot_entries: u64,
 }
 
 /// Parses `ID@HOST:PORT,...`: distinct ids and addresses, at most
@@ -309,9 +324,21 @@ impl NodeConfig {
                     ),
                     Some(_) => {}
                 }
+                let snapshot_entries = flags
+                    .metadata_snapshot_entries
+                    .or(file.metadata_snapshot_entries)
+                    .unwrap_or(METADATA_SNAPSHOT_ENTRIES_DEFAULT);
+                if !(METADATA_SNAPSHOT_ENTRIES_MIN..=METADATA_SNAPSHOT_ENTRIES_MAX)
+                    .contains(&snapshot_entries)
+                {
+                    bail!(
+                        "metadata snapshot entries {snapshot_entries} is outside {METADATA_SNAPSHOT_ENTRIES_MIN}..={METADATA_SNAPSHOT_ENTRIES_MAX}"
+                    );
+                }
                 Some(ClusterConfig {
                     peer_listen,
                     quorum,
+                    snapshot_entries,
                 })
             }
         };

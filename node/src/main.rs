@@ -168,6 +168,7 @@ async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode
                 peer_listener,
                 quorum: cluster.quorum.clone(),
                 cluster_id,
+                snapshot_entries: cluster.snapshot_entries,
             })
         }
     };

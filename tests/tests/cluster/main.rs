@@ -18,6 +18,8 @@ use vltava_messages::protocol::{
 use vltava_tests::cluster::TestCluster;
 use vltava_tests::{binary, eventually};
 
+mod restart;
+
 /// How long a cluster may take to elect a new controller and take a change again. The target
 /// is 1.5 s (p99); the bound is generous for a loaded CI machine, and the figures are
 /// measured by the benchmark, not here.

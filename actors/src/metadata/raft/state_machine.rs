@@ -403,6 +403,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.image = Arc::new(image);
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership;
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            topics = self.image.topics.len(),
+            "installed a metadata snapshot from the leader"
+        );
         self.publish.send_replace(Arc::clone(&self.image));
         Ok(())
     }
