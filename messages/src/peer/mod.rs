@@ -82,9 +82,9 @@ const _: () = assert!(PEER_KIND_LAST & crate::protocol::RESPONSE_BIT == 0);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PeerChannel {
-    /// Raft, leases and forwarded admin requests: small and latency-sensitive.
+    /// Raft and lease renewals: small and latency-sensitive.
     Control,
-    /// Replica fetches: bulk data, and long polls.
+    /// Replica fetches and forwarded admin requests: bulk data, long polls, slow answers.
     Data,
 }
 

@@ -18,6 +18,7 @@ use vltava_messages::protocol::{
 use vltava_tests::cluster::TestCluster;
 use vltava_tests::{binary, eventually};
 
+mod peer_input;
 mod restart;
 
 /// How long a cluster may take to elect a new controller and take a change again. The target
