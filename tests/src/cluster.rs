@@ -96,6 +96,17 @@ impl TestCluster {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
     }
 
+    /// Member `id`'s peer address, as the quorum names it.
+    #[must_use]
+    pub fn peer_address(&self, id: u32) -> std::net::SocketAddr {
+        self.quorum
+            .split(',')
+            .find_map(|member| member.strip_prefix(&format!("{id}@")))
+            .expect("the member is in the quorum")
+            .parse()
+            .expect("a socket address")
+    }
+
     /// Member `id`'s data directory.
     #[must_use]
     pub fn data_dir(&self, id: u32) -> PathBuf {

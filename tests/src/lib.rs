@@ -6,6 +6,7 @@
 //! the test command in README.md builds them before running the tests.
 
 pub mod cluster;
+pub mod netcut;
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};

@@ -815,3 +815,58 @@ fn cluster_describe_through_every_node_shows_one_cluster() {
     );
     assert_eq!(json["raft"]["leader_id"], u64::from(controller), "{json}");
 }
+
+/// Node 3 is cut off from both others by the network (iptables DROP on their peer ports;
+/// clients still reach it): within a lease it refuses Metadata with a retriable error while
+/// the other two go on taking changes; healed, it catches up and serves the change it missed.
+#[test]
+fn a_node_cut_off_by_the_network_refuses_metadata_and_catches_up_when_healed() {
+    let cluster = TestCluster::start(3, &[]);
+    let rt = runtime();
+    let lonely = cluster.node(3).addr.clone();
+    rt.block_on(async {
+        until_ok(FAILOVER_BOUND, || listed_nodes(&lonely)).await;
+    });
+    let net = vltava_tests::netcut::NetCut::new();
+    net.cut(cluster.peer_address(3), cluster.peer_address(1));
+    net.cut(cluster.peer_address(3), cluster.peer_address(2));
+    rt.block_on(async {
+        let deadline = Instant::now() + FAILOVER_BOUND;
+        loop {
+            match metadata(&lonely).await {
+                Err(e) if code(&e) == Some(ErrorCode::ControllerNotAvailable) => break,
+                other if Instant::now() < deadline => {
+                    let _ = other;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => panic!("node 3 still answers metadata when cut off: {other:?}"),
+            }
+        }
+        // The majority side elects a controller if it has to and takes changes.
+        let majority = admin(&[cluster.node(1).addr.clone(), cluster.node(2).addr.clone()]).await;
+        until_ok(FAILOVER_BOUND, || async {
+            match majority
+                .create_topic("during-cut", 2, 1, BTreeMap::new())
+                .await
+            {
+                Err(e) if code(&e) == Some(ErrorCode::TopicAlreadyExists) => Ok(()),
+                other => other,
+            }
+        })
+        .await;
+    });
+    net.heal();
+    rt.block_on(async {
+        until_ok(FAILOVER_BOUND, || async {
+            let answer = metadata(&lonely).await?;
+            if answer.topics.iter().any(|t| t.name == "during-cut") && answer.nodes.len() == 3 {
+                Ok(())
+            } else {
+                Err(ClientError::InvalidArgument(
+                    "node 3 has not caught up".into(),
+                ))
+            }
+        })
+        .await;
+    });
+}

@@ -24,17 +24,6 @@ use super::{FAILOVER_BOUND, admin, listed_nodes, runtime, until_ok};
 /// bounds are shorter (5 s for a handshake, 10 s for a frame's body).
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
 
-/// Member `id`'s peer address, from the quorum every member was given.
-fn peer_address(cluster: &TestCluster, id: u32) -> SocketAddr {
-    cluster
-        .quorum
-        .split(',')
-        .find_map(|member| member.strip_prefix(&format!("{id}@")))
-        .expect("the member is in the quorum")
-        .parse()
-        .expect("a socket address")
-}
-
 fn connect(address: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect_timeout(&address, ANSWER_WAIT).expect("the peer port accepts");
     stream.set_read_timeout(Some(ANSWER_WAIT)).unwrap();
@@ -117,7 +106,7 @@ fn handshake(address: SocketAddr, bytes: &[u8]) -> Option<PeerErrorCode> {
 #[test]
 fn bad_peer_input_gets_a_typed_refusal_or_a_closed_connection_and_the_node_goes_on() {
     let cluster = TestCluster::start(3, &[]);
-    let address = peer_address(&cluster, 1);
+    let address = cluster.peer_address(1);
     let rt = runtime();
     let cluster_id = rt.block_on(async {
         until_ok(FAILOVER_BOUND, || super::metadata(&cluster.node(1).addr))
