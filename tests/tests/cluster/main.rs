@@ -389,6 +389,20 @@ fn a_paused_node_is_fenced_and_rejoins_when_it_resumes() {
             }
         }
     });
+    // Placement counts live nodes only: with one fenced, a replication factor of 3 is more
+    // than the cluster has.
+    rt.block_on(async {
+        let admin = admin(std::slice::from_ref(&watcher)).await;
+        let refused = admin
+            .create_topic("too-wide", 1, 3, BTreeMap::new())
+            .await
+            .expect_err("RF 3 with two live nodes");
+        assert_eq!(
+            code(&refused),
+            Some(ErrorCode::InvalidReplicationFactor),
+            "{refused}"
+        );
+    });
     // DescribeCluster still lists the fenced node, marked, with how long ago it renewed.
     let described = describe_through(&watcher, |answer| {
         answer["nodes"].as_array().is_some_and(|nodes| {
