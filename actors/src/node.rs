@@ -699,7 +699,7 @@ async fn join_cluster(
         controller.clone(),
     ));
     retry_while_electing("register with the controller", || {
-        controller.register_node(node_id, advertised.0.clone(), advertised.1)
+        controller.register_node(advertised.0.clone(), advertised.1)
     })
     .await
     .map_err(|e| NodeError::Internal(format!("cannot register with the controller: {e}")))?;

@@ -140,6 +140,20 @@ pub const FORWARD_ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// What is left of `deadline` in whole milliseconds, as a forwarded request carries it (0:
 /// no deadline; a deadline already passed is 1 ms, which the controller answers at once).
+/// The deadline a forwarded request carries: what was left of the client's timeout when the
+/// forwarding node sent it (none: 0).
+fn forwarded_deadline(admin: &ForwardedAdmin) -> Option<Instant> {
+    let timeout_ms = match admin {
+        ForwardedAdmin::CreateTopic { timeout_ms, .. }
+        | ForwardedAdmin::DeleteTopic { timeout_ms, .. }
+        | ForwardedAdmin::CreatePartitions { timeout_ms, .. } => *timeout_ms,
+        ForwardedAdmin::AlterConfigs { .. }
+        | ForwardedAdmin::InitProducerId { .. }
+        | ForwardedAdmin::RegisterNode { .. } => 0,
+    };
+    (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms)))
+}
+
 fn timeout_ms(deadline: Option<Instant>) -> u32 {
     deadline.map_or(0, |d| {
         let left = d.saturating_duration_since(Instant::now()).as_millis();
@@ -404,6 +418,8 @@ pub struct ControllerHandle {
     image: watch::Receiver<Arc<MetadataImage>>,
     /// In a cluster: where requests go when another node is the controller.
     forwarder: Option<Arc<dyn Forwarder>>,
+    /// This node, which registers itself and on whose behalf requests are forwarded.
+    node_id: u32,
 }
 
 impl ControllerHandle {
@@ -506,10 +522,45 @@ impl ControllerHandle {
         from: u32,
         admin: ForwardedAdmin,
     ) -> ControllerForwardResponse {
-        let deadline = |timeout_ms: u32| {
-            (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms)))
-        };
-        let outcome = match admin {
+        let deadline = forwarded_deadline(&admin);
+        match self.decide_here(from, admin, deadline).await {
+            Ok(producer) => ControllerForwardResponse {
+                error_code: 0,
+                message: String::new(),
+                producer,
+            },
+            Err(e) => ControllerForwardResponse {
+                error_code: e.code().code(),
+                message: truncate_message(e.to_string()),
+                producer: None,
+            },
+        }
+    }
+
+    /// Has `admin` decided: by this node's controller, or forwarded to the controller on
+    /// another node. `from` is the node that asks (this one, or the forwarding node);
+    /// InitProducerId's grant comes back as `Some`.
+    async fn decide(
+        &self,
+        from: u32,
+        admin: ForwardedAdmin,
+        deadline: Option<Instant>,
+    ) -> Result<Option<(u64, u16)>, ControllerError> {
+        match self.remote()? {
+            Some(to) => self.forward(to, admin, deadline).await.map(|a| a.producer),
+            None => self.decide_here(from, admin, deadline).await,
+        }
+    }
+
+    /// Has this node's controller decide `admin`, whether it leads the metadata log or not
+    /// (it answers `NotLeader` then).
+    async fn decide_here(
+        &self,
+        from: u32,
+        admin: ForwardedAdmin,
+        deadline: Option<Instant>,
+    ) -> Result<Option<(u64, u16)>, ControllerError> {
+        match admin {
             ForwardedAdmin::CreateTopic {
                 name,
                 partitions,
@@ -517,27 +568,29 @@ impl ControllerHandle {
                 configs,
                 validate_only,
                 internal,
-                timeout_ms,
+                timeout_ms: _,
             } => {
                 let change = Change::CreateTopic(name.clone());
-                self.call_by(deadline(timeout_ms), Some(change), |reply| {
-                    ControllerMsg::CreateTopic {
-                        name,
-                        partitions,
-                        replication_factor,
-                        configs,
-                        validate_only,
-                        internal,
-                        reply,
-                    }
+                self.call_by(deadline, Some(change), |reply| ControllerMsg::CreateTopic {
+                    name,
+                    partitions,
+                    replication_factor,
+                    configs,
+                    validate_only,
+                    internal,
+                    reply,
                 })
                 .await
                 .map(|()| None)
             }
-            ForwardedAdmin::DeleteTopic { name, timeout_ms } => {
+            ForwardedAdmin::DeleteTopic {
+                name,
+                timeout_ms: _,
+            } => {
                 let change = Change::DeleteTopic(name.clone());
-                self.call_by(deadline(timeout_ms), Some(change), |reply| {
-                    ControllerMsg::DeleteTopic { name, reply }
+                self.call_by(deadline, Some(change), |reply| ControllerMsg::DeleteTopic {
+                    name,
+                    reply,
                 })
                 .await
                 .map(|()| None)
@@ -561,10 +614,10 @@ impl ControllerHandle {
                 topic,
                 partitions,
                 validate_only,
-                timeout_ms,
+                timeout_ms: _,
             } => {
                 let change = Change::CreatePartitions(topic.clone());
-                self.call_by(deadline(timeout_ms), Some(change), |reply| {
+                self.call_by(deadline, Some(change), |reply| {
                     ControllerMsg::CreatePartitions {
                         topic,
                         partitions,
@@ -590,18 +643,6 @@ impl ControllerHandle {
                 })
                 .await
                 .map(|()| None),
-        };
-        match outcome {
-            Ok(producer) => ControllerForwardResponse {
-                error_code: 0,
-                message: String::new(),
-                producer,
-            },
-            Err(e) => ControllerForwardResponse {
-                error_code: e.code().code(),
-                message: truncate_message(e.to_string()),
-                producer: None,
-            },
         }
     }
 
@@ -616,29 +657,16 @@ impl ControllerHandle {
         validate_only: bool,
         deadline: Option<Instant>,
     ) -> Result<(), ControllerError> {
-        if let Some(to) = self.remote()? {
-            let admin = ForwardedAdmin::CreateTopic {
-                name,
-                partitions,
-                replication_factor,
-                configs,
-                validate_only,
-                internal: false,
-                timeout_ms: timeout_ms(deadline),
-            };
-            return self.forward(to, admin, deadline).await.map(drop);
-        }
-        let change = Change::CreateTopic(name.clone());
-        self.call_by(deadline, Some(change), |reply| ControllerMsg::CreateTopic {
+        let admin = ForwardedAdmin::CreateTopic {
             name,
             partitions,
             replication_factor,
             configs,
             validate_only,
             internal: false,
-            reply,
-        })
-        .await
+            timeout_ms: timeout_ms(deadline),
+        };
+        self.decide(self.node_id, admin, deadline).await.map(drop)
     }
 
     /// Creates one of the cluster's internal topics (`__consumer_offsets`) unless it exists.
@@ -651,56 +679,25 @@ impl ControllerHandle {
         if self.image.borrow().topics.contains_key(name) {
             return Ok(());
         }
-        let created = match self.remote()? {
-            Some(to) => {
-                let admin = ForwardedAdmin::CreateTopic {
-                    name: name.to_owned(),
-                    partitions,
-                    replication_factor: 1,
-                    configs,
-                    validate_only: false,
-                    internal: true,
-                    timeout_ms: 0,
-                };
-                self.forward(to, admin, None).await.map(drop)
-            }
-            None => {
-                self.call(|reply| ControllerMsg::CreateTopic {
-                    name: name.to_owned(),
-                    partitions,
-                    replication_factor: 1,
-                    configs,
-                    validate_only: false,
-                    internal: true,
-                    reply,
-                })
-                .await
-            }
+        let admin = ForwardedAdmin::CreateTopic {
+            name: name.to_owned(),
+            partitions,
+            replication_factor: 1,
+            configs,
+            validate_only: false,
+            internal: true,
+            timeout_ms: 0,
         };
-        match created {
+        match self.decide(self.node_id, admin, None).await {
             Err(e) if e.code() == ErrorCode::TopicAlreadyExists => Ok(()),
-            other => other,
+            other => other.map(drop),
         }
     }
 
-    /// Registers node `node_id` (this one) with the controller: where clients reach it.
-    pub async fn register_node(
-        &self,
-        node_id: u32,
-        host: String,
-        port: u16,
-    ) -> Result<(), ControllerError> {
-        if let Some(to) = self.remote()? {
-            let admin = ForwardedAdmin::RegisterNode { host, port };
-            return self.forward(to, admin, None).await.map(drop);
-        }
-        self.call(|reply| ControllerMsg::RegisterNode {
-            node_id,
-            host,
-            port,
-            reply,
-        })
-        .await
+    /// Registers this node with the controller: where clients reach it.
+    pub async fn register_node(&self, host: String, port: u16) -> Result<(), ControllerError> {
+        let admin = ForwardedAdmin::RegisterNode { host, port };
+        self.decide(self.node_id, admin, None).await.map(drop)
     }
 
     /// Commits the lease supervisor's fencing decisions; only on the controller's own node
@@ -724,19 +721,11 @@ impl ControllerHandle {
         name: String,
         deadline: Option<Instant>,
     ) -> Result<(), ControllerError> {
-        if let Some(to) = self.remote()? {
-            let admin = ForwardedAdmin::DeleteTopic {
-                name,
-                timeout_ms: timeout_ms(deadline),
-            };
-            return self.forward(to, admin, deadline).await.map(drop);
-        }
-        let change = Change::DeleteTopic(name.clone());
-        self.call_by(deadline, Some(change), |reply| ControllerMsg::DeleteTopic {
+        let admin = ForwardedAdmin::DeleteTopic {
             name,
-            reply,
-        })
-        .await
+            timeout_ms: timeout_ms(deadline),
+        };
+        self.decide(self.node_id, admin, deadline).await.map(drop)
     }
 
     pub async fn alter_configs(
@@ -746,23 +735,13 @@ impl ControllerHandle {
         removed: Vec<String>,
         validate_only: bool,
     ) -> Result<(), ControllerError> {
-        if let Some(to) = self.remote()? {
-            let admin = ForwardedAdmin::AlterConfigs {
-                topic,
-                set,
-                removed,
-                validate_only,
-            };
-            return self.forward(to, admin, None).await.map(drop);
-        }
-        self.call(|reply| ControllerMsg::AlterConfigs {
+        let admin = ForwardedAdmin::AlterConfigs {
             topic,
             set,
             removed,
             validate_only,
-            reply,
-        })
-        .await
+        };
+        self.decide(self.node_id, admin, None).await.map(drop)
     }
 
     /// Raises a topic's partition count; with a deadline, answers `TimedOut` when it passes.
@@ -773,25 +752,13 @@ impl ControllerHandle {
         validate_only: bool,
         deadline: Option<Instant>,
     ) -> Result<(), ControllerError> {
-        if let Some(to) = self.remote()? {
-            let admin = ForwardedAdmin::CreatePartitions {
-                topic,
-                partitions,
-                validate_only,
-                timeout_ms: timeout_ms(deadline),
-            };
-            return self.forward(to, admin, deadline).await.map(drop);
-        }
-        let change = Change::CreatePartitions(topic.clone());
-        self.call_by(deadline, Some(change), |reply| {
-            ControllerMsg::CreatePartitions {
-                topic,
-                partitions,
-                validate_only,
-                reply,
-            }
-        })
-        .await
+        let admin = ForwardedAdmin::CreatePartitions {
+            topic,
+            partitions,
+            validate_only,
+            timeout_ms: timeout_ms(deadline),
+        };
+        self.decide(self.node_id, admin, deadline).await.map(drop)
     }
 
     /// Hands out a producer identity: a new id at epoch 0, or (with `current`, the producer's
@@ -801,19 +768,15 @@ impl ControllerHandle {
         &self,
         current: Option<ProducerIdentity>,
     ) -> Result<ProducerIdentity, ControllerError> {
-        if let Some(to) = self.remote()? {
-            let admin = ForwardedAdmin::InitProducerId {
-                current: current.map(|(id, epoch)| (id.0, epoch.0)),
-            };
-            let answer = self.forward(to, admin, None).await?;
-            return answer
-                .producer
-                .map(|(id, epoch)| (ProducerId(id), ProducerEpoch(epoch)))
-                .ok_or_else(|| {
-                    ControllerError::NotAvailable("the controller granted no producer id".into())
-                });
-        }
-        self.local_init_producer_id(current).await
+        let admin = ForwardedAdmin::InitProducerId {
+            current: current.map(|(id, epoch)| (id.0, epoch.0)),
+        };
+        self.decide(self.node_id, admin, None)
+            .await?
+            .map(|(id, epoch)| (ProducerId(id), ProducerEpoch(epoch)))
+            .ok_or_else(|| {
+                ControllerError::NotAvailable("the controller granted no producer id".into())
+            })
     }
 
     async fn local_init_producer_id(
@@ -909,6 +872,7 @@ impl<L: MetadataLog + std::fmt::Debug> Controller<L> {
         let image = publish.subscribe();
         let name = args.id.clone();
         let forwarder = args.forwarder.clone();
+        let node_id = args.node_id;
         // Sessions read the node's watch, not the log's own: in a cluster the publisher adds
         // who the controller is to each committed image before it lands there.
         let actor_args = (args, publish, Arc::clone(&stats));
@@ -922,6 +886,7 @@ impl<L: MetadataLog + std::fmt::Debug> Controller<L> {
             stats,
             image,
             forwarder,
+            node_id,
         })
     }
 }

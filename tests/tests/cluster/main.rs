@@ -69,6 +69,18 @@ where
     }
 }
 
+/// The controller the node at `addr` names, once it names one.
+async fn controller_seen_by(addr: &str) -> u32 {
+    until_ok(FAILOVER_BOUND, || async {
+        metadata(addr)
+            .await?
+            .controller_id
+            .map(|n| n.0)
+            .ok_or_else(|| ClientError::InvalidArgument("no controller yet".into()))
+    })
+    .await
+}
+
 fn code(error: &ClientError) -> Option<ErrorCode> {
     error.code()
 }
@@ -223,16 +235,7 @@ fn a_new_controller_takes_over_when_the_controller_is_killed() {
     let mut cluster = TestCluster::start(3, &[]);
     let rt = runtime();
     for round in 0..3 {
-        let controller = rt.block_on(async {
-            until_ok(FAILOVER_BOUND, || async {
-                metadata(&cluster.node(1).addr)
-                    .await?
-                    .controller_id
-                    .map(|n| n.0)
-                    .ok_or_else(|| ClientError::InvalidArgument("no controller yet".into()))
-            })
-            .await
-        });
+        let controller = rt.block_on(controller_seen_by(&cluster.node(1).addr));
         cluster.node_mut(controller).kill();
         let survivors: Vec<String> = (1..=3)
             .filter(|id| *id != controller)
@@ -340,16 +343,7 @@ fn a_paused_node_is_fenced_and_rejoins_when_it_resumes() {
     let cluster = TestCluster::start(3, &[]);
     let rt = runtime();
     // Pause a node that is not the controller, so that no election muddles the timing.
-    let controller = rt.block_on(async {
-        until_ok(FAILOVER_BOUND, || async {
-            metadata(&cluster.node(1).addr)
-                .await?
-                .controller_id
-                .map(|n| n.0)
-                .ok_or_else(|| ClientError::InvalidArgument("no controller yet".into()))
-        })
-        .await
-    });
+    let controller = rt.block_on(controller_seen_by(&cluster.node(1).addr));
     let paused = if controller == 3 { 2 } else { 3 };
     let watcher = cluster.node(controller).addr.clone();
     rt.block_on(async {
