@@ -157,7 +157,9 @@ impl PeerService for TestService {
             PeerRequest::RaftVote(_) => PeerResponse::RaftVote(answer),
             PeerRequest::RaftAppendEntries(_) => PeerResponse::RaftAppendEntries(answer),
             PeerRequest::RaftInstallSnapshot(_) => PeerResponse::RaftInstallSnapshot(answer),
-            PeerRequest::ControllerForward(_) | PeerRequest::LeaseRenew(_) => {
+            PeerRequest::ControllerForward(_)
+            | PeerRequest::LeaseRenew(_)
+            | PeerRequest::PartitionOffsets(_) => {
                 unreachable!("refused above")
             }
         })
