@@ -18,6 +18,9 @@
 //! whose leader cannot be reached, or whose answer does not check out, is a per-partition
 //! refusal (retriable), never a guess.
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;

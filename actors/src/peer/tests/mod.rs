@@ -286,6 +286,7 @@ fn answer_text(response: &PeerResponse) -> String {
         }
         PeerResponse::ControllerForward(answer) => format!("{answer:?}"),
         PeerResponse::LeaseRenew(answer) => format!("{answer:?}"),
+        PeerResponse::PartitionOffsets(answer) => format!("{answer:?}"),
     }
 }
 
