@@ -19,7 +19,9 @@
 //!   check before a log opens, their removal, and the sweep of those the image does not give
 //!   this node).
 //! - `groups/`: consumer groups: the GroupManager, one GroupCoordinator per group, the
-//!   sans-IO group state machine and the assignors.
+//!   sans-IO group state machine, the assignors, and `offsets` (the partitions' offsets a
+//!   coordinator reads for lag and resets: local ones from their Partition, others from their
+//!   leader through the `RemoteOffsets` trait; and the answer to another node's request).
 //! - `directory`, `metrics`: the node's actor directory (id, kind, parent, status, counters,
 //!   published gauges) and request metrics, read by the admin endpoint without messaging
 //!   actors.
@@ -27,15 +29,18 @@
 //!   connections, handshake, reconnection with back-off), the `PeerLinks` registry, and the
 //!   peer listener that hands other nodes' requests to the node's `PeerService`.
 //! - `cluster`: what joins a node to a cluster (`--controller-quorum`): the `PeerService`
-//!   that hands Raft requests to the node's Raft member and forwarded admin requests to its
-//!   controller, the `Forwarder` that sends admin requests to the controller on another
+//!   that hands Raft requests to the node's Raft member, forwarded admin requests to its
+//!   controller and PartitionOffsets to its partitions, `PeerRemoteOffsets` (the group
+//!   coordinators' `RemoteOffsets` over the peer links), the `Forwarder` that sends admin requests to the controller on another
 //!   node, the quorum's bootstrap, and the task that publishes each committed image to the
 //!   node.
 //! - `shutdown`: the node's shutdown signal, which every socket loop waits on.
 //! - `log_limit`: per-kind budgets for the log lines clients can cause (per connection and per
 //!   node), with counts of what was held back.
 //!
-//! Imports point one way: `node` → everything; `cluster` → `metadata`, `applier`, `peer`;
+//! Imports point one way: `node` → everything; `cluster` → `metadata`, `applier`, `peer`,
+//! `groups` (the `RemoteOffsets` it implements and the PartitionOffsets answer it serves),
+//! `partition`;
 //! `session` → `groups`, `partition`,
 //! `metadata`; `applier` → `groups`, `partition`, `metadata`; `groups` → `partition`,
 //! `metadata`; `partition` → `metadata` (the producer-id registry it checks batches

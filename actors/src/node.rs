@@ -28,9 +28,11 @@ use vltava_storage::Flusher;
 use crate::applier::{ApplierConfig, ApplierHandle, MetadataApplier};
 use crate::cluster::leases::{self, LeaseTable, MetadataFreshness};
 use crate::cluster::{
-    NodePeerService, PeerForwarder, QUORUM_WAIT_LOG_INTERVAL, bootstrap_quorum, publish_images,
+    NodePeerService, PeerForwarder, PeerRemoteOffsets, QUORUM_WAIT_LOG_INTERVAL, bootstrap_quorum,
+    publish_images,
 };
 use crate::directory::{ActorDirectory, ActorKind};
+use crate::groups::offsets::{OffsetsReader, RemoteOffsets};
 use crate::groups::state::GroupSettings;
 use crate::groups::{GroupManager, GroupManagerHandle, ManagerConfig};
 use crate::metadata::controller::{
@@ -269,6 +271,16 @@ impl Node {
         )
         .await?;
         let (publish, image) = watch::channel(Arc::new(MetadataImage::default()));
+        // In a cluster the links to the other members exist before the group manager, whose
+        // coordinators read other nodes' partitions over them; they connect in the background
+        // and serve once the node has joined.
+        let links = match &options.cluster {
+            Some(cluster) => Some(peer_links(cluster, options.node_id, &directory, &root)?),
+            None => None,
+        };
+        let remote_offsets: Option<Arc<dyn RemoteOffsets>> = links
+            .as_ref()
+            .map(|links| Arc::new(PeerRemoteOffsets::new(links.clone())) as Arc<dyn RemoteOffsets>);
         let groups = GroupManager::start(
             format!("{node}/groups"),
             &root,
@@ -279,6 +291,12 @@ impl Node {
                 directory: directory.clone(),
                 partitions: registry.clone(),
                 image: image.clone(),
+                offsets: OffsetsReader::new(
+                    options.node_id,
+                    registry.clone(),
+                    image.clone(),
+                    remote_offsets,
+                ),
             },
             Some(cell.clone()),
         )
@@ -329,8 +347,16 @@ impl Node {
                 (controller, None, options.cluster_id)
             }
             Some(cluster) => {
-                let (controller, runtime, cluster_id) =
-                    join_cluster(cluster, &options.data_dir, parts, cell.clone()).await?;
+                let links = links.expect("made above for a cluster");
+                let (controller, runtime, cluster_id) = join_cluster(
+                    cluster,
+                    links,
+                    registry.clone(),
+                    &options.data_dir,
+                    parts,
+                    cell.clone(),
+                )
+                .await?;
                 (controller, Some(runtime), cluster_id)
             }
         };
@@ -552,6 +578,32 @@ async fn start_single_controller(
     .await?)
 }
 
+/// The links to the other members (none connected yet: `join_cluster` reconciles them with
+/// the quorum), each dialling from the IP of this node's own peer port.
+fn peer_links(
+    cluster: &ClusterOptions,
+    node_id: u32,
+    directory: &ActorDirectory,
+    root: &str,
+) -> Result<PeerLinks, NodeError> {
+    let peer_address = cluster
+        .peer_listener
+        .local_addr()
+        .map_err(|e| NodeError::Internal(format!("cannot read the peer address: {e}")))?;
+    Ok(PeerLinks::new(
+        PeerLinkConfig {
+            identity: PeerIdentity {
+                cluster_id: cluster.cluster_id.clone(),
+                node_id: NodeId(node_id),
+            },
+            bind_ip: peer_address.ip(),
+            timings: PeerTimings::default(),
+        },
+        directory.clone(),
+        root,
+    ))
+}
+
 /// Joins the cluster: serves the peer port, links to the other members, learns the cluster
 /// id if this data directory is new, opens this node's Raft member (forming the quorum if this
 /// node is the lowest member), starts the controller over the Raft log, carries committed
@@ -559,6 +611,8 @@ async fn start_single_controller(
 /// registered: a node serves clients only as a member of a working quorum.
 async fn join_cluster(
     cluster: ClusterOptions,
+    links: PeerLinks,
+    partitions: PartitionRegistry,
     data_dir: &std::path::Path,
     parts: ControllerParts,
     supervisor: ractor::ActorCell,
@@ -577,19 +631,6 @@ async fn join_cluster(
         cluster_id: cluster.cluster_id.clone(),
         node_id: NodeId(node_id),
     };
-    let peer_address = cluster
-        .peer_listener
-        .local_addr()
-        .map_err(|e| NodeError::Internal(format!("cannot read the peer address: {e}")))?;
-    let links = PeerLinks::new(
-        PeerLinkConfig {
-            identity: identity.clone(),
-            bind_ip: peer_address.ip(),
-            timings: PeerTimings::default(),
-        },
-        directory.clone(),
-        &root,
-    );
     let members: BTreeMap<NodeId, SocketAddr> = cluster
         .quorum
         .iter()
@@ -602,6 +643,8 @@ async fn join_cluster(
         NodeId(node_id),
         members.keys().copied().collect(),
         leases.clone(),
+        partitions,
+        parts.publish.subscribe(),
     ));
     let listener = PeerListener::spawn(
         cluster.peer_listener,

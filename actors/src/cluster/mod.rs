@@ -4,7 +4,11 @@
 //! - [`NodePeerService`] answers the other nodes: Raft's requests go to the local Raft
 //!   member, forwarded admin requests to the local controller (which answers
 //!   `ControllerNotAvailable` if this node no longer leads the log; a request is forwarded
-//!   once, never on). Only quorum members are admitted.
+//!   once, never on), and PartitionOffsets (another node's group coordinator reading
+//!   partitions led here) is answered from the local partitions
+//!   (`groups::offsets::serve_local`). Only quorum members are admitted.
+//! - [`PeerRemoteOffsets`] is the group coordinators' way to partitions other nodes lead: a
+//!   PartitionOffsets request to the leader over the data connection.
 //! - [`PeerForwarder`] is the controller handle's way to the controller on another node: the
 //!   Raft leader, as this node's Raft metrics name it, over the data connection (its answers
 //!   may be slow; the control connection's must not wait behind them).
@@ -32,15 +36,18 @@ use openraft::BasicNode;
 use tokio::sync::watch;
 use vltava_messages::NodeId;
 use vltava_messages::peer::{
-    ControllerForwardRequest, ControllerForwardResponse, ForwardedAdmin, PeerErrorCode, PeerFailure,
+    ControllerForwardRequest, ControllerForwardResponse, ForwardedAdmin, PartitionOffsetsRequest,
+    PeerErrorCode, PeerFailure,
 };
 
 use crate::applier::ApplierHandle;
+use crate::groups::offsets::{RemoteOffsets, RemoteOffsetsError, RemoteOffsetsFuture, serve_local};
 use crate::metadata::MetadataImage;
 use crate::metadata::controller::{ControllerError, ControllerHandle, Forwarder, Route};
 use crate::metadata::producer_ids::ProducerRegistry;
 use crate::metadata::raft::{MetadataRaft, RaftPeerService, raft_node_id, vltava_node_id};
-use crate::peer::{PeerChannel, PeerLinks, PeerRequest, PeerResponse, PeerService};
+use crate::partition::supervisor::PartitionRegistry;
+use crate::peer::{PeerChannel, PeerError, PeerLinks, PeerRequest, PeerResponse, PeerService};
 
 /// How often a node that waits for its quorum says so in its log.
 pub const QUORUM_WAIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
@@ -57,6 +64,10 @@ pub struct NodePeerService {
     raft: OnceLock<(MetadataRaft, RaftPeerService)>,
     /// Set once this node's controller runs.
     controller: OnceLock<ControllerHandle>,
+    /// This node's partitions, which answer PartitionOffsets.
+    partitions: PartitionRegistry,
+    /// The node's published metadata, which says who leads a partition not open here.
+    image: watch::Receiver<Arc<MetadataImage>>,
 }
 
 impl std::fmt::Debug for NodePeerService {
@@ -74,6 +85,8 @@ impl NodePeerService {
         node_id: NodeId,
         members: BTreeSet<NodeId>,
         leases: leases::LeaseTable,
+        partitions: PartitionRegistry,
+        image: watch::Receiver<Arc<MetadataImage>>,
     ) -> NodePeerService {
         NodePeerService {
             node_id,
@@ -81,6 +94,8 @@ impl NodePeerService {
             leases,
             raft: OnceLock::new(),
             controller: OnceLock::new(),
+            partitions,
+            image,
         }
     }
 
@@ -136,6 +151,16 @@ impl PeerService for NodePeerService {
                     from,
                     version,
                 )))
+            }
+            PeerRequest::PartitionOffsets(request) => {
+                tracing::debug!(
+                    from = from.0,
+                    partitions = request.partitions.len(),
+                    "answering partition offsets"
+                );
+                Ok(PeerResponse::PartitionOffsets(
+                    serve_local(self.node_id.0, &self.partitions, &self.image, request).await,
+                ))
             }
             raft_request => {
                 let (_, raft) = self.raft.get().ok_or_else(|| starting("Raft member"))?;
@@ -209,6 +234,77 @@ impl Forwarder for PeerForwarder {
                 ))),
             }
         })
+    }
+}
+
+/// Reads the offsets of partitions other nodes lead, for this node's group coordinators: one
+/// PartitionOffsets request to the leader on the data connection (its answers may wait behind
+/// a forwarded admin request there, never behind Raft's heartbeats, and never hold them).
+pub struct PeerRemoteOffsets {
+    links: PeerLinks,
+}
+
+impl std::fmt::Debug for PeerRemoteOffsets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerRemoteOffsets").finish_non_exhaustive()
+    }
+}
+
+impl PeerRemoteOffsets {
+    #[must_use]
+    pub fn new(links: PeerLinks) -> PeerRemoteOffsets {
+        PeerRemoteOffsets { links }
+    }
+}
+
+impl RemoteOffsets for PeerRemoteOffsets {
+    fn partition_offsets(
+        &self,
+        leader: NodeId,
+        request: PartitionOffsetsRequest,
+        timeout: Duration,
+    ) -> RemoteOffsetsFuture<'_> {
+        Box::pin(async move {
+            let request = PeerRequest::PartitionOffsets(request);
+            match self
+                .links
+                .call(leader, PeerChannel::Data, request, timeout)
+                .await
+            {
+                Ok(PeerResponse::PartitionOffsets(answer)) => Ok(answer),
+                Ok(other) => Err(RemoteOffsetsError::BadAnswer {
+                    node: leader,
+                    reason: format!("a {} answer", other.kind().name()),
+                }),
+                Err(e) => Err(remote_offsets_error(leader, e)),
+            }
+        })
+    }
+}
+
+/// What a failed PartitionOffsets call means to the coordinator that made it.
+fn remote_offsets_error(leader: NodeId, error: PeerError) -> RemoteOffsetsError {
+    match error {
+        PeerError::Timeout { timeout, .. } => RemoteOffsetsError::Timeout {
+            node: leader,
+            timeout,
+        },
+        PeerError::Overloaded { .. } => RemoteOffsetsError::Overloaded {
+            node: leader,
+            reason: error.to_string(),
+        },
+        PeerError::Remote { ref failure, .. }
+            if failure.error_code() == Some(PeerErrorCode::Overloaded) =>
+        {
+            RemoteOffsetsError::Overloaded {
+                node: leader,
+                reason: error.to_string(),
+            }
+        }
+        other => RemoteOffsetsError::Unreachable {
+            node: leader,
+            reason: other.to_string(),
+        },
     }
 }
 

@@ -5,8 +5,13 @@
 //! - Receives from: client sessions (heartbeat, commit, offset fetch, describe, delete,
 //!   reset), its own timers (ticks that expire members, parked heartbeats coming due).
 //! - Sends to: the Partition actor of its `__consumer_offsets` partition (commits as acks=all
-//!   appends, so a commit is answered once it is durable), and Partition actors of the
-//!   topics it describes or resets (high watermarks, offsets by time).
+//!   appends, so a commit is answered once it is durable), and, through its `OffsetsReader`,
+//!   the Partitions of the topics it describes or resets (high watermarks, offsets by time):
+//!   those led here directly, those led by other nodes with the peer kind PartitionOffsets,
+//!   one request per leader, each bounded by `REMOTE_OFFSETS_TIMEOUT`.
+//! - Waits: a DescribeGroups reads offsets on a task of its own, so the mailbox goes on
+//!   meanwhile; a ResetOffsets reads them in the handler (it commits what it read, and the
+//!   group is empty), holding the mailbox at most about `REMOTE_OFFSETS_TIMEOUT`.
 //! - Publishes: a snapshot of the group for the admin endpoint after every change.
 //! - Mailbox bound: `COORDINATOR_MAILBOX_MAX`, checked by its handle (`Overloaded`).
 
@@ -17,20 +22,22 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, watch};
-use vltava_messages::batch::{BatchBuilder, RecordBatchRef, split_batches};
+use vltava_messages::batch::BatchBuilder;
 use vltava_messages::group_records::{
     GROUP_RECORD_VERSION, GroupRecordKey, GroupValue, OFFSETS_TOPIC, OffsetValue,
 };
+use vltava_messages::peer::PartitionOffsetsQuery;
 use vltava_messages::protocol::{
     Acks, CommittedOffset, CommittedTopic, ConsumerGroupHeartbeatRequest,
     ConsumerGroupHeartbeatResponse, ErrorCode, GroupDescription, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, OffsetSpec, PartitionLag,
-    PartitionResult, PartitionResults, ResetOffsetsRequest, ResetOffsetsResponse, ResetPartition,
-    ResetTo, ResponseError,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, PartitionLag, PartitionResult,
+    PartitionResults, ResetOffsetsRequest, ResetOffsetsResponse, ResetPartition, ResetTo,
+    ResponseError,
 };
 use vltava_messages::{Compression, Offset, PartitionId};
 
 use super::assignor::{Assignor, TopicPartition};
+use super::offsets::{OffsetsReader, PartitionOffsets};
 use super::state::{Committed, GroupSettings, GroupState, HeartbeatOutcome, Refusal};
 use super::{GroupRegistry, GroupSnapshot};
 use crate::directory::{ActorDirectory, ActorKind, ActorStats, PublishedState};
@@ -43,8 +50,6 @@ use crate::partition::supervisor::{PartitionRegistry, PartitionSlot};
 pub const COORDINATOR_MAILBOX_MAX: u64 = 4096;
 /// How often a coordinator checks sessions, revocation deadlines and offset expiry.
 pub const COORDINATOR_TICK: Duration = Duration::from_millis(250);
-/// The byte budget of one read when looking up a lagging partition's oldest event.
-const LAG_PROBE_BYTES: u32 = 1;
 
 type Reply<T> = oneshot::Sender<Result<T, Refusal>>;
 
@@ -204,6 +209,8 @@ pub struct CoordinatorArgs {
     pub partitions: PartitionRegistry,
     pub image: watch::Receiver<Arc<MetadataImage>>,
     pub registry: GroupRegistry,
+    /// Reads the offsets of the partitions the group consumes, here or on their leaders.
+    pub offsets_reader: OffsetsReader,
 }
 
 #[derive(Debug)]
@@ -338,9 +345,7 @@ impl Actor for GroupCoordinator {
             CoordinatorMsg::FetchOffsets { request, reply } => {
                 let _ = reply.send(Ok(state.fetch_offsets(&request)));
             }
-            CoordinatorMsg::Describe { reply } => {
-                let _ = reply.send(Ok(state.describe().await));
-            }
+            CoordinatorMsg::Describe { reply } => state.describe(reply),
             CoordinatorMsg::Delete { reply } => {
                 let answer = state.delete().await;
                 let deleted = answer.is_ok();
@@ -691,47 +696,34 @@ impl CoordinatorState {
         OffsetFetchResponse { topics }
     }
 
-    fn high_watermark(&self, tp: &TopicPartition) -> Option<(Offset, PartitionHandle)> {
-        match self.args.partitions.get(&tp.0, PartitionId(tp.1)) {
-            Some(PartitionSlot::Online(handle)) => {
-                let hw = *handle.high_watermark().borrow();
-                Some((hw, handle))
-            }
-            _ => None,
-        }
-    }
-
-    async fn describe(&self) -> GroupDescription {
+    /// Answers DescribeGroups: the group as it is now, with lag read on a task of its own, so
+    /// that heartbeats and commits go on while other nodes are asked for their partitions'
+    /// high watermarks (at most `REMOTE_OFFSETS_TIMEOUT`). A partition whose offsets cannot be
+    /// read keeps its high watermark and lag empty.
+    fn describe(&self, reply: Reply<GroupDescription>) {
         let owners = self.group.owners();
         let mut partitions: BTreeSet<TopicPartition> = self.group.subscribed_partitions();
         partitions.extend(self.group.offsets.keys().cloned());
-        let mut offsets = Vec::new();
+        let mut offsets = Vec::with_capacity(partitions.len());
+        let mut queries = Vec::with_capacity(partitions.len());
         for tp in partitions {
             let committed = self.group.offsets.get(&tp).map(|c| c.offset);
-            let mut lag = PartitionLag {
+            queries.push(PartitionOffsetsQuery {
+                topic: tp.0.clone(),
+                partition: PartitionId(tp.1),
+                offset_for_timestamp_ms: None,
+                // The age of the oldest unconsumed event, if there is one.
+                timestamp_of_offset: committed,
+            });
+            offsets.push(PartitionLag {
                 topic: tp.0.clone(),
                 partition: PartitionId(tp.1),
                 committed_offset: committed,
                 owner: owners.get(&tp).cloned(),
                 ..PartitionLag::default()
-            };
-            if let Some((hw, handle)) = self.high_watermark(&tp) {
-                lag.high_watermark = Some(hw);
-                if let Some(committed) = committed {
-                    let behind = hw.0.saturating_sub(committed.0);
-                    lag.lag = Some(behind);
-                    lag.lag_ms = Some(if behind == 0 {
-                        0
-                    } else {
-                        oldest_unconsumed_age_ms(&handle, committed)
-                            .await
-                            .unwrap_or(0)
-                    });
-                }
-            }
-            offsets.push(lag);
+            });
         }
-        GroupDescription {
+        let description = GroupDescription {
             group_id: self.args.group_id.clone(),
             error: None,
             state: self.group.state_name().to_owned(),
@@ -741,7 +733,20 @@ impl CoordinatorState {
             members: self.group.describe_members(),
             offsets,
             rebalances: self.group.rebalances.iter().cloned().collect(),
-        }
+        };
+        let reader = self.args.offsets_reader.clone();
+        // The task is the consequence of one admitted DescribeGroups and ends within the
+        // reader's bound; a dropped reply (the session went away) is ignored.
+        tokio::spawn(async move {
+            let mut description = description;
+            let read = reader.read(&queries).await;
+            for (lag, offsets) in description.offsets.iter_mut().zip(read) {
+                if let Ok(offsets) = offsets {
+                    fill_lag(lag, &offsets, now_ms());
+                }
+            }
+            let _ = reply.send(Ok(description));
+        });
     }
 
     fn check_empty(&self, what: &str) -> Result<(), Refusal> {
@@ -820,41 +825,37 @@ impl CoordinatorState {
             Some(list) => list.iter().map(|p| p.0).collect(),
             None => (0..count).collect(),
         };
+        let offset_for_timestamp_ms = match target {
+            ResetTo::Timestamp(t) => Some(t),
+            _ => None,
+        };
+        let queries: Vec<PartitionOffsetsQuery> = partitions
+            .iter()
+            .filter(|&&p| p < count)
+            .map(|&p| PartitionOffsetsQuery {
+                topic: request.topic.clone(),
+                partition: PartitionId(p),
+                offset_for_timestamp_ms,
+                timestamp_of_offset: None,
+            })
+            .collect();
+        // Read in the handler: the group is empty (checked above), the offsets are committed
+        // right after, and the reader is bounded by `REMOTE_OFFSETS_TIMEOUT`.
+        let mut read = self.args.offsets_reader.read(&queries).await.into_iter();
         let mut results = Vec::new();
         let mut commits = Vec::new();
         for p in partitions {
             let tp = (request.topic.clone(), p);
-            let outcome: Result<Offset, Refusal> = async {
-                if p >= count {
-                    return Err((
-                        ErrorCode::UnknownPartition,
-                        format!("topic {} has no partition {p}", request.topic),
-                    ));
-                }
-                let Some((hw, handle)) = self.high_watermark(&tp) else {
-                    return Err((ErrorCode::PartitionOffline, "partition offline".into()));
-                };
-                let listed = |spec| {
-                    let handle = handle.clone();
-                    async move {
-                        handle
-                            .list_offset(spec, None)
-                            .await
-                            .map_err(|e| (ErrorCode::StorageError, e.to_string()))
-                    }
-                };
-                let earliest = listed(OffsetSpec::Earliest).await?.offset.unwrap_or(hw);
-                Ok(match target {
-                    ResetTo::Earliest => earliest,
-                    ResetTo::Latest => hw,
-                    // Clamped to what the log holds, as Kafka's tool does.
-                    ResetTo::Offset(o) => Offset(o.0.clamp(earliest.0, hw.0)),
-                    ResetTo::Timestamp(t) => {
-                        listed(OffsetSpec::Timestamp(t)).await?.offset.unwrap_or(hw)
-                    }
-                })
-            }
-            .await;
+            let outcome: Result<Offset, Refusal> = if p >= count {
+                Err((
+                    ErrorCode::UnknownPartition,
+                    format!("topic {} has no partition {p}", request.topic),
+                ))
+            } else {
+                read.next()
+                    .expect("one answer per query")
+                    .map(|offsets| reset_offset(target, &offsets))
+            };
             match outcome {
                 Ok(offset) => {
                     commits.push((tp, offset));
@@ -864,11 +865,14 @@ impl CoordinatorState {
                         error: None,
                     });
                 }
-                Err(refusal) => results.push(ResetPartition {
-                    partition: PartitionId(p),
-                    offset: None,
-                    error: Some(error(&refusal)),
-                }),
+                Err(refusal) => {
+                    tracing::info!(group = %self.args.group_id, topic = %request.topic, partition = p, code = ?refusal.0, reason = %refusal.1, "offset not reset");
+                    results.push(ResetPartition {
+                        partition: PartitionId(p),
+                        offset: None,
+                        error: Some(error(&refusal)),
+                    });
+                }
             }
         }
         if !request.dry_run && !commits.is_empty() {
@@ -928,18 +932,33 @@ impl CoordinatorState {
     }
 }
 
-/// How old the event at `offset` is: now minus its batch's first timestamp.
-async fn oldest_unconsumed_age_ms(handle: &PartitionHandle, offset: Offset) -> Option<u64> {
-    let read = handle.fetch(offset, LAG_PROBE_BYTES, None).await.ok()?;
-    let batch = split_batches(&read.records).next()?.ok()?;
-    let first = oldest_timestamp(&batch, offset)?;
-    Some(now_ms().saturating_sub(u64::try_from(first).unwrap_or(0)))
+/// Fills a partition's high watermark and lag from its offsets: lag counts from the committed
+/// offset to the high watermark, and its age from the oldest unconsumed event's timestamp
+/// (0 without lag, and when that event could not be read).
+fn fill_lag(lag: &mut PartitionLag, offsets: &PartitionOffsets, now_ms: u64) {
+    lag.high_watermark = Some(offsets.high_watermark);
+    if let Some(committed) = lag.committed_offset {
+        let behind = offsets.high_watermark.0.saturating_sub(committed.0);
+        lag.lag = Some(behind);
+        lag.lag_ms = Some(match offsets.timestamp_of_offset_ms {
+            Some(timestamp) if behind > 0 => {
+                now_ms.saturating_sub(u64::try_from(timestamp).unwrap_or(0))
+            }
+            _ => 0,
+        });
+    }
 }
 
-fn oldest_timestamp(batch: &RecordBatchRef<'_>, offset: Offset) -> Option<i64> {
-    let records = batch.records().ok()?;
-    records
-        .iter()
-        .find(|r| r.offset >= offset)
-        .map(|r| r.timestamp)
+/// Where a reset to `target` puts a partition with these offsets.
+fn reset_offset(target: ResetTo, offsets: &PartitionOffsets) -> Offset {
+    let earliest = offsets.log_start_offset;
+    let latest = offsets.high_watermark;
+    match target {
+        ResetTo::Earliest => earliest,
+        ResetTo::Latest => latest,
+        // Clamped to what the log holds, as Kafka's tool does.
+        ResetTo::Offset(o) => Offset(o.0.clamp(earliest.0, latest.0)),
+        // No committed event that recent: the end, as ListOffsets' timestamp spec implies.
+        ResetTo::Timestamp(_) => offsets.offset_for_timestamp.unwrap_or(latest),
+    }
 }

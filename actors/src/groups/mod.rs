@@ -1,5 +1,8 @@
 //! Consumer groups: the GroupManager (the coordinator supervisor), one GroupCoordinator per
-//! group, the assignors and the group state machine.
+//! group, the assignors, the group state machine, and `offsets`: how coordinators read the
+//! offsets of the partitions a group consumes, led here or (through the `RemoteOffsets` the
+//! node gives them in a cluster) by other nodes, and how this node answers other nodes'
+//! coordinators.
 //!
 //! A group's commits live in one partition of `__consumer_offsets` (FNV-1a of the group id,
 //! modulo the topic's partition count). The node that leads that partition coordinates the
@@ -10,6 +13,7 @@
 
 pub mod assignor;
 pub mod coordinator;
+pub mod offsets;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +31,7 @@ use vltava_messages::protocol::ErrorCode;
 
 use self::assignor::{Assignor, TopicPartition};
 use self::coordinator::{CoordinatorArgs, CoordinatorHandle, GroupCoordinator};
+use self::offsets::OffsetsReader;
 use self::state::{Committed, GroupSettings, Refusal};
 use crate::directory::{ActorDirectory, ActorKind, ActorStats};
 use crate::metadata::MetadataImage;
@@ -130,6 +135,8 @@ pub struct ManagerConfig {
     pub directory: ActorDirectory,
     pub partitions: PartitionRegistry,
     pub image: watch::Receiver<Arc<MetadataImage>>,
+    /// What the coordinators read partitions' offsets with (lag, resets).
+    pub offsets: OffsetsReader,
 }
 
 /// The only way to reach the GroupManager, and the sessions' way to their coordinators.
@@ -517,6 +524,7 @@ impl ManagerState {
             partitions: self.config.partitions.clone(),
             image: self.config.image.clone(),
             registry: self.registry.clone(),
+            offsets_reader: self.config.offsets.clone(),
         };
         let handle = GroupCoordinator::start(args, myself.get_cell()).await?;
         self.children

@@ -102,6 +102,7 @@ pub enum Durability {
     None,
 }
 
+use vltava_messages::protocol::ErrorCode;
 pub use vltava_messages::protocol::{Acks, OffsetSpec};
 
 /// Why a partition refused a request. The session maps each to a wire error code.
@@ -144,6 +145,32 @@ pub enum PartitionError {
     Storage(#[from] StorageError),
 }
 
+impl PartitionError {
+    /// The client protocol's code for this error: what a session answers, and what a group
+    /// coordinator (or another node's, through PartitionOffsets) reports per partition.
+    #[must_use]
+    pub fn error_code(&self) -> ErrorCode {
+        use vltava_storage::StorageError as S;
+        match self {
+            PartitionError::Overloaded => ErrorCode::Overloaded,
+            PartitionError::Offline => ErrorCode::PartitionOffline,
+            PartitionError::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
+            PartitionError::UnknownLeaderEpoch { .. } => ErrorCode::UnknownLeaderEpoch,
+            PartitionError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+            PartitionError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+            PartitionError::UnknownProducerId { .. } => ErrorCode::UnknownProducerId,
+            PartitionError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            PartitionError::Storage(storage) => match storage {
+                S::InvalidBatch(_) => ErrorCode::CorruptBatch,
+                S::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+                S::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+                S::Poisoned { .. } => ErrorCode::PartitionOffline,
+                _ => ErrorCode::StorageError,
+            },
+        }
+    }
+}
+
 /// What a produce achieved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProduceOk {
@@ -159,6 +186,15 @@ pub struct FetchOk {
     pub records: Vec<u8>,
     pub high_watermark: Offset,
     pub log_start_offset: Offset,
+}
+
+/// A partition's offsets, read together on its log thread, so they are one consistent view:
+/// `log_start_offset <= high_watermark <= log_end_offset` (asserted when read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogOffsets {
+    pub log_start_offset: Offset,
+    pub high_watermark: Offset,
+    pub log_end_offset: Offset,
 }
 
 /// A listed offset.
@@ -216,6 +252,9 @@ enum CoreMsg {
         leader_epoch: Option<LeaderEpoch>,
         reply: Reply<ListedOffset>,
     },
+    Offsets {
+        reply: Reply<LogOffsets>,
+    },
     Flushed {
         job: FlushJob,
         result: Result<(), StorageError>,
@@ -246,6 +285,7 @@ impl CoreMsg {
             CoreMsg::Produce { .. } => "Produce",
             CoreMsg::Fetch { .. } => "Fetch",
             CoreMsg::ListOffsets { .. } => "ListOffsets",
+            CoreMsg::Offsets { .. } => "Offsets",
             CoreMsg::Flushed { .. } => "Flushed",
             CoreMsg::FlushTick => "FlushTick",
             CoreMsg::RetentionTick => "RetentionTick",
@@ -402,6 +442,13 @@ impl PartitionHandle {
             reply,
         })
         .await
+    }
+
+    /// The log start offset, high watermark and log end offset, read together (group
+    /// coordinators' lag and resets, and other nodes' coordinators through the peer kind
+    /// PartitionOffsets).
+    pub async fn offsets(&self) -> Result<LogOffsets, PartitionError> {
+        self.call(|reply| CoreMsg::Offsets { reply }).await
     }
 
     /// The high watermark, which changes as writes become durable: long-poll fetches wait on
@@ -776,6 +823,11 @@ impl Core {
                     let _ = reply.send(self.list_offset(spec, leader_epoch));
                     Ok(())
                 }
+                CoreMsg::Offsets { reply } => {
+                    // A dropped receiver means the caller went away; nothing to do.
+                    let _ = reply.send(Ok(self.offsets()));
+                    Ok(())
+                }
                 CoreMsg::Flushed { job, result } => self.flushed(job, result),
                 CoreMsg::FlushTick => {
                     self.start_flush();
@@ -1122,6 +1174,21 @@ impl Core {
             high_watermark,
             log_start_offset,
         })
+    }
+
+    fn offsets(&self) -> LogOffsets {
+        let log = self.log();
+        let offsets = LogOffsets {
+            log_start_offset: log.log_start_offset(),
+            high_watermark: log.high_watermark(),
+            log_end_offset: log.log_end_offset(),
+        };
+        assert!(
+            offsets.log_start_offset <= offsets.high_watermark
+                && offsets.high_watermark <= offsets.log_end_offset,
+            "watermark invariant broken: {offsets:?}"
+        );
+        offsets
     }
 
     fn list_offset(

@@ -1,10 +1,10 @@
 //! Peer links: how one node talks to the others (PROTOCOL.md section 12).
 //!
 //! - `link`: the PeerLink of one remote node and its [`PeerLinkHandle`]. It owns two
-//!   connections it dials itself, `control` (Raft, leases, forwarded admin) and `data` (replica
-//!   fetch), each with its own queue, so an election never waits behind bulk data; it
-//!   handshakes, pings the control connection, and reconnects with capped, jittered
-//!   exponential back-off.
+//!   connections it dials itself, `control` (Raft, leases) and `data` (forwarded admin,
+//!   partition offsets, replica fetch), each with its own queue, so an election never waits
+//!   behind bulk data; it handshakes, pings the control connection, and reconnects with
+//!   capped, jittered exponential back-off.
 //! - `registry`: [`PeerLinks`], node id -> link, which the node reconciles when membership
 //!   changes.
 //! - `listener`: [`PeerListener`], the node's peer port: it accepts peer connections, requires

@@ -691,25 +691,7 @@ fn group_frame(answer: GroupAnswer, header: &FrameHeader) -> Answer {
 /// The wire error for a partition's refusal.
 #[must_use]
 pub fn partition_error(error: &PartitionError) -> ResponseError {
-    use vltava_storage::StorageError as S;
-    let code = match error {
-        PartitionError::Overloaded => ErrorCode::Overloaded,
-        PartitionError::Offline => ErrorCode::PartitionOffline,
-        PartitionError::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
-        PartitionError::UnknownLeaderEpoch { .. } => ErrorCode::UnknownLeaderEpoch,
-        PartitionError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
-        PartitionError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
-        PartitionError::UnknownProducerId { .. } => ErrorCode::UnknownProducerId,
-        PartitionError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-        PartitionError::Storage(storage) => match storage {
-            S::InvalidBatch(_) => ErrorCode::CorruptBatch,
-            S::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
-            S::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-            S::Poisoned { .. } => ErrorCode::PartitionOffline,
-            _ => ErrorCode::StorageError,
-        },
-    };
-    ResponseError::new(code, error.to_string())
+    ResponseError::new(error.error_code(), error.to_string())
 }
 
 fn controller_error(error: &ControllerError) -> ResponseError {

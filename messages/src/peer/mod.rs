@@ -10,8 +10,9 @@
 //! `PEER_KIND_FIRST..=PEER_KIND_LAST` (0x4000 to 0x40FF), so a peer frame sent to a client port
 //! is an unknown kind there and a client frame sent to a peer port is refused at once.
 //!
-//! A node opens two connections to each other node, `control` (Raft, leases, forwarded admin
-//! requests) and `data` (replica fetches), so that an election never waits behind bulk data.
+//! A node opens two connections to each other node, `control` (Raft, leases) and `data`
+//! (forwarded admin requests, partition offsets, replica fetches), so that an election never
+//! waits behind bulk data or a slow request.
 //! The first frame on each is a [`PeerHandshakeRequest`] naming the cluster, the dialling
 //! node, the node it means to reach and the channel; both sides check the identities and a
 //! mismatch is refused with a [`PeerFailure`] that names both. After it, the dialling node
@@ -25,9 +26,15 @@
 //!   the Raft RPCs (0x4010 to 0x4012), whose bodies carry openraft's messages as opaque
 //!   MessagePack `bin` bytes ([`RaftPayload`]; see [`encode_payload`]) so that this crate
 //!   never depends on openraft.
+//! - `PartitionOffsets` (0x4028, data connection): a group coordinator asks a partition's
+//!   leader for its log start, high watermark and log end (and optionally an offset by time,
+//!   or the time of an offset), for lag in DescribeGroups and for ResetOffsets; at most
+//!   [`PARTITION_OFFSETS_PARTITIONS_MAX`] partitions per request, each answered with its
+//!   offsets or a client error.
 //! - `ControllerForward` (0x4030): an admin request forwarded to the controller;
 //!   `LeaseRenew` (0x4031): a node's heartbeat to the controller.
-//! - Reserved: 0x4020 to 0x402F for replication (replica fetch).
+//! - The data range 0x4020 to 0x402F: `PartitionOffsets` (0x4028); the rest is reserved for
+//!   replication (replica fetch).
 //!
 //! # Layout
 //! - `codec`: frames to bytes and back for peer kinds, the bounded body decoder, and the
@@ -41,8 +48,8 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{Direction, FrameHeader, KindVersions, ProtocolError};
-use crate::types::NodeId;
+use crate::protocol::{Direction, FrameHeader, KindVersions, ProtocolError, ResponseError};
+use crate::types::{NodeId, Offset, PartitionId};
 
 pub use codec::{
     decode_payload, decode_request_body, decode_response_body, encode_failure, encode_payload,
@@ -84,7 +91,8 @@ const _: () = assert!(PEER_KIND_LAST & crate::protocol::RESPONSE_BIT == 0);
 pub enum PeerChannel {
     /// Raft and lease renewals: small and latency-sensitive.
     Control,
-    /// Replica fetches and forwarded admin requests: bulk data, long polls, slow answers.
+    /// Forwarded admin requests, partition offsets and replica fetches: answers that may be
+    /// slow (an admin change, a read of the log) or bulky, and long polls.
     Data,
 }
 
@@ -296,6 +304,10 @@ peer_kinds! {
         0x4011 RaftVote(RaftPayload, RaftPayload) versions 1..=1;
         /// openraft's InstallSnapshot (one chunk), opaque.
         0x4012 RaftInstallSnapshot(RaftPayload, RaftPayload) versions 1..=1;
+        /// A group coordinator asks the leader of some partitions for their offsets (log
+        /// start, high watermark, log end, and optionally an offset by time or the time of an
+        /// offset), for lag and offset resets.
+        0x4028 PartitionOffsets(PartitionOffsetsRequest, PartitionOffsetsResponse) versions 1..=1;
         /// An admin request (or InitProducerId, or a node's registration) sent to a node that
         /// is not the controller, forwarded to the controller.
         0x4030 ControllerForward(ControllerForwardRequest, ControllerForwardResponse) versions 1..=1;
@@ -578,6 +590,149 @@ impl PeerBody for LeaseRenewRequest {
 
 impl PeerBody for LeaseRenewResponse {
     fn validate(&self) -> Result<(), PeerProtocolError> {
+        Ok(())
+    }
+}
+
+/// The most partitions one PartitionOffsets request may name (and its answer list). A
+/// coordinator sends one request per leader node for all the partitions a DescribeGroups or
+/// ResetOffsets needs there, so this is the most partitions of one group led by one node that
+/// travel together (more are split over several requests). It equals the client protocol's
+/// `PARTITIONS_PER_REQUEST_MAX`, and an answer of that many entries at their largest stays
+/// within one frame (asserted below and tested with the largest answer).
+pub const PARTITION_OFFSETS_PARTITIONS_MAX: u32 = crate::limits::PARTITIONS_PER_REQUEST_MAX;
+
+/// The largest encoding of one answer entry other than its topic name and error message: field
+/// names (about 110 bytes), five offsets of 9 bytes, the partition, the error's code, name and
+/// retriable flag and map headers. Measured at about 250 bytes; 384 leaves room.
+pub const PARTITION_OFFSETS_ENTRY_FIELDS_BYTES_MAX: u32 = 384;
+
+const _: () = assert!(
+    PARTITION_OFFSETS_PARTITIONS_MAX as u64
+        * (crate::limits::TOPIC_NAME_BYTES_MAX as u64
+            + crate::limits::ERROR_MESSAGE_BYTES_MAX as u64
+            + PARTITION_OFFSETS_ENTRY_FIELDS_BYTES_MAX as u64)
+        <= crate::limits::FRAME_BYTES_MAX as u64,
+    "the largest PartitionOffsets answer fits one frame"
+);
+
+/// PartitionOffsets request, version 1: the partitions whose offsets a group coordinator
+/// needs, all led (as the asking node's metadata says) by the node asked. At most
+/// [`PARTITION_OFFSETS_PARTITIONS_MAX`] entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffsetsRequest {
+    pub partitions: Vec<PartitionOffsetsQuery>,
+}
+
+/// One partition of a PartitionOffsets request. The log start offset, high watermark and log
+/// end offset are always answered; the two optional questions cost the leader a read each, so
+/// they are asked only when needed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffsetsQuery {
+    pub topic: String,
+    pub partition: PartitionId,
+    /// Also find the first offset whose timestamp is at or after this time (ms since the
+    /// epoch), below the high watermark, as ListOffsets does (ResetOffsets to a timestamp).
+    #[serde(default)]
+    pub offset_for_timestamp_ms: Option<i64>,
+    /// Also give the timestamp of the first record at or after this offset, below the high
+    /// watermark (DescribeGroups' `lag_ms`: how old the oldest unconsumed event is).
+    #[serde(default)]
+    pub timestamp_of_offset: Option<Offset>,
+}
+
+/// PartitionOffsets response, version 1: one entry per partition asked, in the order asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffsetsResponse {
+    pub partitions: Vec<PartitionOffsetsAnswer>,
+}
+
+/// One partition's answer: its offsets, or (`error` set, the offsets absent) why the node
+/// cannot give them, as a client error (`NotLeader`, `UnknownTopic`, `UnknownPartition`,
+/// `LeaderNotAvailable`, `PartitionOffline`, `Overloaded`, `StorageError`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffsetsAnswer {
+    pub topic: String,
+    pub partition: PartitionId,
+    #[serde(default)]
+    pub error: Option<ResponseError>,
+    /// The first offset the log holds.
+    #[serde(default)]
+    pub log_start_offset: Option<Offset>,
+    /// Offsets below it are committed: what consumers may read, and what lag counts to.
+    #[serde(default)]
+    pub high_watermark: Option<Offset>,
+    /// The next offset the leader will assign (above the high watermark while writes wait to
+    /// become durable).
+    #[serde(default)]
+    pub log_end_offset: Option<Offset>,
+    /// The answer to `offset_for_timestamp_ms`: absent when not asked, or when no committed
+    /// record is that recent.
+    #[serde(default)]
+    pub offset_for_timestamp: Option<Offset>,
+    /// The answer to `timestamp_of_offset`: absent when not asked, or when no committed record
+    /// is at or after that offset.
+    #[serde(default)]
+    pub timestamp_of_offset_ms: Option<i64>,
+}
+
+impl PartitionOffsetsAnswer {
+    /// An answer carrying only `error`.
+    #[must_use]
+    pub fn failed(topic: String, partition: PartitionId, error: ResponseError) -> Self {
+        PartitionOffsetsAnswer {
+            topic,
+            partition,
+            error: Some(error),
+            ..PartitionOffsetsAnswer::default()
+        }
+    }
+}
+
+impl PeerBody for PartitionOffsetsRequest {
+    fn validate(&self) -> Result<(), PeerProtocolError> {
+        check_at_most(
+            "partitions",
+            self.partitions.len(),
+            PARTITION_OFFSETS_PARTITIONS_MAX,
+        )?;
+        for query in &self.partitions {
+            check_at_most(
+                "topic name bytes",
+                query.topic.len(),
+                crate::limits::TOPIC_NAME_BYTES_MAX,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl PeerBody for PartitionOffsetsResponse {
+    fn validate(&self) -> Result<(), PeerProtocolError> {
+        check_at_most(
+            "partitions",
+            self.partitions.len(),
+            PARTITION_OFFSETS_PARTITIONS_MAX,
+        )?;
+        for answer in &self.partitions {
+            check_at_most(
+                "topic name bytes",
+                answer.topic.len(),
+                crate::limits::TOPIC_NAME_BYTES_MAX,
+            )?;
+            if let Some(error) = &answer.error {
+                check_at_most(
+                    "error name bytes",
+                    error.name.len(),
+                    PEER_ERROR_NAME_BYTES_MAX,
+                )?;
+                check_at_most(
+                    "error message bytes",
+                    error.message.len(),
+                    crate::limits::ERROR_MESSAGE_BYTES_MAX,
+                )?;
+            }
+        }
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use super::*;
-use crate::protocol::{FRAME_HEADER_BYTES, read_header};
+use crate::protocol::{ErrorCode, FRAME_HEADER_BYTES, read_header};
 
 /// The header and body of one whole frame.
 fn split(frame: &[u8]) -> (FrameHeader, &[u8]) {
@@ -49,11 +49,65 @@ fn payload() -> impl Strategy<Value = RaftPayload> {
     vec(any::<u8>(), 0..256).prop_map(|payload| RaftPayload { payload })
 }
 
+fn offsets_query() -> impl Strategy<Value = PartitionOffsetsQuery> {
+    (
+        "[a-z0-9._-]{1,32}",
+        any::<u32>(),
+        proptest::option::of(any::<i64>()),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(
+            |(topic, partition, timestamp, offset)| PartitionOffsetsQuery {
+                topic,
+                partition: PartitionId(partition),
+                offset_for_timestamp_ms: timestamp,
+                timestamp_of_offset: offset.map(Offset),
+            },
+        )
+}
+
+fn offsets_answer() -> impl Strategy<Value = PartitionOffsetsAnswer> {
+    let offset = || proptest::option::of(any::<u64>().prop_map(Offset));
+    (
+        "[a-z0-9._-]{1,32}",
+        any::<u32>(),
+        proptest::option::of((
+            prop::sample::select(
+                &[
+                    ErrorCode::NotLeader,
+                    ErrorCode::UnknownTopic,
+                    ErrorCode::PartitionOffline,
+                ][..],
+            ),
+            ".{0,32}",
+        )),
+        (offset(), offset(), offset(), offset()),
+        proptest::option::of(any::<i64>()),
+    )
+        .prop_map(
+            |(topic, partition, error, (start, high, end, by_time), timestamp)| {
+                PartitionOffsetsAnswer {
+                    topic,
+                    partition: PartitionId(partition),
+                    error: error.map(|(code, message)| ResponseError::new(code, message)),
+                    log_start_offset: start,
+                    high_watermark: high,
+                    log_end_offset: end,
+                    offset_for_timestamp: by_time,
+                    timestamp_of_offset_ms: timestamp,
+                }
+            },
+        )
+}
+
 fn service_request() -> impl Strategy<Value = PeerRequest> {
     prop_oneof![
         payload().prop_map(PeerRequest::RaftAppendEntries),
         payload().prop_map(PeerRequest::RaftVote),
         payload().prop_map(PeerRequest::RaftInstallSnapshot),
+        vec(offsets_query(), 0..8).prop_map(|partitions| PeerRequest::PartitionOffsets(
+            PartitionOffsetsRequest { partitions }
+        )),
     ]
 }
 
@@ -62,6 +116,9 @@ fn service_response() -> impl Strategy<Value = PeerResponse> {
         payload().prop_map(PeerResponse::RaftAppendEntries),
         payload().prop_map(PeerResponse::RaftVote),
         payload().prop_map(PeerResponse::RaftInstallSnapshot),
+        vec(offsets_answer(), 0..8).prop_map(|partitions| PeerResponse::PartitionOffsets(
+            PartitionOffsetsResponse { partitions }
+        )),
     ]
 }
 
@@ -338,6 +395,80 @@ fn handshake_fields_are_bounded() {
     assert!(
         decode_request_body::<PeerHandshakeRequest>(&header, PeerKind::PeerHandshake, body).is_ok()
     );
+}
+
+/// A PartitionOffsets request or answer of more than `PARTITION_OFFSETS_PARTITIONS_MAX`
+/// partitions is refused when decoded, so a peer cannot make a node allocate or read without
+/// bound; one at the limit, of the longest topic names and error messages, still fits a frame.
+#[test]
+fn partition_offsets_are_bounded_and_the_largest_answer_fits_a_frame() {
+    let max = PARTITION_OFFSETS_PARTITIONS_MAX as usize;
+    let topic = "t".repeat(crate::limits::TOPIC_NAME_BYTES_MAX as usize);
+    let query = PartitionOffsetsQuery {
+        topic: topic.clone(),
+        partition: PartitionId(u32::MAX),
+        offset_for_timestamp_ms: Some(i64::MIN),
+        timestamp_of_offset: Some(Offset(u64::MAX)),
+    };
+    let over = PeerRequest::PartitionOffsets(PartitionOffsetsRequest {
+        partitions: vec![query.clone(); max + 1],
+    });
+    let frame = over.encode(1).unwrap();
+    let (header, body) = split(&frame);
+    assert_eq!(
+        PeerRequest::decode(&header, body),
+        Err(PeerProtocolError::FieldTooLarge {
+            field: "partitions",
+            value: max as u64 + 1,
+            max: max as u64,
+        })
+    );
+    let at_limit = PeerRequest::PartitionOffsets(PartitionOffsetsRequest {
+        partitions: vec![query; max],
+    });
+    let frame = at_limit.encode(1).unwrap();
+    let (header, body) = split(&frame);
+    assert_eq!(PeerRequest::decode(&header, body).unwrap(), at_limit);
+
+    // The largest answer: every field set to its widest value, and an error message at its
+    // limit in a character that takes 4 bytes (so the message is cut at a boundary).
+    let widest = PartitionOffsetsAnswer {
+        topic,
+        partition: PartitionId(u32::MAX),
+        error: Some(ResponseError::new(
+            ErrorCode::CoordinatorLoadInProgress,
+            "\u{1F600}".repeat(crate::limits::ERROR_MESSAGE_BYTES_MAX as usize),
+        )),
+        log_start_offset: Some(Offset(u64::MAX)),
+        high_watermark: Some(Offset(u64::MAX)),
+        log_end_offset: Some(Offset(u64::MAX)),
+        offset_for_timestamp: Some(Offset(u64::MAX)),
+        timestamp_of_offset_ms: Some(i64::MIN),
+    };
+    let one = PeerResponse::PartitionOffsets(PartitionOffsetsResponse {
+        partitions: vec![widest.clone()],
+    })
+    .encode(1)
+    .unwrap();
+    let empty = PeerResponse::PartitionOffsets(PartitionOffsetsResponse::default())
+        .encode(1)
+        .unwrap();
+    let entry_fields = one.len()
+        - empty.len()
+        - crate::limits::TOPIC_NAME_BYTES_MAX as usize
+        - crate::limits::ERROR_MESSAGE_BYTES_MAX as usize;
+    assert!(
+        entry_fields <= PARTITION_OFFSETS_ENTRY_FIELDS_BYTES_MAX as usize,
+        "an entry's fields take {entry_fields} bytes, above the budget"
+    );
+    let largest = PeerResponse::PartitionOffsets(PartitionOffsetsResponse {
+        partitions: vec![widest; max],
+    });
+    let frame = largest
+        .encode(1)
+        .expect("the largest answer fits one frame");
+    let (header, body) = split(&frame);
+    assert_eq!(PeerResponse::decode(&header, body).unwrap(), Ok(largest));
 }
 
 #[test]

@@ -1,19 +1,20 @@
 //! Clusters of real `vltava-node` processes on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (issue 12):
 //! three nodes form one cluster, spread a topic's partitions, serve producers and consumers
 //! through any node, hand out distinct producer ids, survive the loss of their controller,
-//! refuse a member that holds another cluster's data, and describe themselves alike through
-//! every node (`vltava cluster describe`, the admin endpoint's `/cluster`).
+//! refuse a member that holds another cluster's data, describe themselves alike through
+//! every node (`vltava cluster describe`, the admin endpoint's `/cluster`), and show group lag
+//! and reset group offsets for partitions whichever node leads them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use vltava_client::connection::Connection;
 use vltava_client::{
-    Admin, ClientError, Cluster, Consumer, ConsumerConfig, Producer, ProducerConfig,
-    ProducerRecord, SeekTo,
+    Admin, ClientError, Cluster, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, Producer,
+    ProducerConfig, ProducerRecord, SeekTo,
 };
 use vltava_messages::protocol::{
-    ErrorCode, InitProducerIdRequest, MetadataRequest, MetadataResponse,
+    ErrorCode, InitProducerIdRequest, MetadataRequest, MetadataResponse, ResetTo,
 };
 use vltava_tests::cluster::TestCluster;
 use vltava_tests::{binary, eventually};
@@ -876,5 +877,243 @@ fn a_node_cut_off_by_the_network_refuses_metadata_and_catches_up_when_healed() {
             }
         })
         .await;
+    });
+}
+
+/// Events produced to each partition of `topic` at first; partition `p` then gets `p + 1`
+/// more, so that every partition's lag differs and a mixed-up partition shows.
+const LAG_EVENTS_FIRST: u64 = 5;
+
+/// Produces `count(p)` events to each partition `p` of `topic` through `bootstrap`, each
+/// acknowledged before the next.
+async fn produce_counts(
+    bootstrap: &[String],
+    topic: &str,
+    partitions: u32,
+    count: impl Fn(u32) -> u64,
+) {
+    let producer = Producer::new(
+        Cluster::connect(bootstrap, "cluster-test").await.unwrap(),
+        ProducerConfig::default(),
+    )
+    .await
+    .unwrap();
+    for partition in 0..partitions {
+        for i in 0..count(partition) {
+            until_ok(FAILOVER_BOUND, || async {
+                let record = ProducerRecord {
+                    topic: topic.to_owned(),
+                    partition: Some(partition),
+                    key: None,
+                    value: Some(format!("{partition}-{i}").into_bytes()),
+                    headers: Vec::new(),
+                    timestamp: None,
+                };
+                producer.send(record).await?.wait().await
+            })
+            .await;
+        }
+    }
+    producer.close().await.unwrap();
+}
+
+/// The group's offsets as DescribeGroups through `addr` shows them, per partition of `topic`:
+/// (committed offset, high watermark, lag), each `None` when absent.
+type LagRow = (Option<u64>, Option<u64>, Option<u64>);
+
+async fn lag_through(
+    addr: &str,
+    group: &str,
+    topic: &str,
+) -> Result<BTreeMap<u32, LagRow>, ClientError> {
+    let described = admin(&[addr.to_owned()])
+        .await
+        .describe_groups(&[group.to_owned()])
+        .await?;
+    let description = described.into_iter().next().expect("one group asked");
+    if let Some(error) = description.error {
+        return Err(ClientError::InvalidArgument(format!(
+            "DescribeGroups answered {error:?}"
+        )));
+    }
+    Ok(description
+        .offsets
+        .iter()
+        .filter(|lag| lag.topic == topic)
+        .map(|lag| {
+            (
+                lag.partition.0,
+                (
+                    lag.committed_offset.map(|o| o.0),
+                    lag.high_watermark.map(|o| o.0),
+                    lag.lag,
+                ),
+            )
+        })
+        .collect())
+}
+
+/// Polls DescribeGroups through `addr` until every partition of `topic` shows `expected`
+/// (committed offset, high watermark, lag), within `FAILOVER_BOUND`; panics with the last
+/// answer otherwise.
+async fn wait_for_lag(addr: &str, group: &str, topic: &str, expected: &BTreeMap<u32, LagRow>) {
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    loop {
+        let shown = lag_through(addr, group, topic).await;
+        if shown.as_ref().is_ok_and(|shown| shown == expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DescribeGroups through {addr} never showed {expected:?}; last answer: {shown:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 12: a group's coordinator is the node that leads its `__consumer_offsets` partition,
+/// and it read high watermarks and offsets only from partitions open on itself, so in a
+/// cluster DescribeGroups showed no high watermark or lag for partitions led by the other
+/// nodes, and ResetOffsets answered them `PartitionOffline`. Now it asks their leaders (peer
+/// kind PartitionOffsets). Three nodes, a topic of 6 partitions with one replica (led by every
+/// node); a group consumes and commits everything: DescribeGroups through every node shows
+/// lag 0 and the right high watermark for every partition; after more events, the new lag;
+/// ResetOffsets to earliest and then to latest commits the right offsets for every partition
+/// (read back with OffsetFetch and DescribeGroups).
+#[test]
+fn group_lag_and_resets_cover_partitions_led_by_other_nodes() {
+    const TOPIC: &str = "lagging";
+    const GROUP: &str = "laggers";
+    const PARTITIONS: u32 = 6;
+    let cluster = TestCluster::start(3, &["--group-heartbeat-interval-ms", "200"]);
+    runtime().block_on(async {
+        let bootstrap = cluster.bootstrap();
+        until_ok(FAILOVER_BOUND, || async {
+            let nodes = listed_nodes(&cluster.node(1).addr).await?;
+            if nodes.len() == 3 {
+                Ok(())
+            } else {
+                Err(ClientError::InvalidArgument(format!(
+                    "not all nodes registered yet: {nodes:?}"
+                )))
+            }
+        })
+        .await;
+        admin(&bootstrap)
+            .await
+            .create_topic(TOPIC, PARTITIONS, 1, BTreeMap::new())
+            .await
+            .expect("topic created");
+        let answer = metadata(&cluster.node(1).addr).await.unwrap();
+        let leaders: BTreeSet<u32> = answer
+            .topics
+            .iter()
+            .find(|t| t.name == TOPIC)
+            .expect("the topic")
+            .partitions
+            .iter()
+            .map(|p| p.leader.expect("a leader").0)
+            .collect();
+        assert_eq!(leaders, BTreeSet::from([1, 2, 3]), "every node leads some");
+        produce_counts(&bootstrap, TOPIC, PARTITIONS, |_| LAG_EVENTS_FIRST).await;
+
+        // One member consumes everything and commits it, then leaves (ResetOffsets needs an
+        // empty group).
+        let mut config = GroupConfig::new(GROUP);
+        config.session_timeout = Some(Duration::from_secs(3));
+        let mut member = GroupConsumer::new(
+            Cluster::connect(&bootstrap, "cluster-test").await.unwrap(),
+            ConsumerConfig {
+                max_wait: Duration::from_millis(50),
+                ..ConsumerConfig::default()
+            },
+            config,
+        )
+        .unwrap();
+        member.subscribe(&[TOPIC]).unwrap();
+        let total = LAG_EVENTS_FIRST * u64::from(PARTITIONS);
+        let mut read = 0u64;
+        let deadline = Instant::now() + FAILOVER_BOUND;
+        while read < total {
+            assert!(Instant::now() < deadline, "read {read} of {total} events");
+            read += member.poll().await.unwrap().len() as u64;
+        }
+        member.commit().await.unwrap();
+        member.close().await.unwrap();
+
+        let caught_up: BTreeMap<u32, LagRow> = (0..PARTITIONS)
+            .map(|p| (p, (Some(LAG_EVENTS_FIRST), Some(LAG_EVENTS_FIRST), Some(0))))
+            .collect();
+        for node in &cluster.nodes {
+            wait_for_lag(&node.addr, GROUP, TOPIC, &caught_up).await;
+        }
+
+        // More events: partition p is p + 1 behind, whichever node leads it.
+        produce_counts(&bootstrap, TOPIC, PARTITIONS, |p| u64::from(p) + 1).await;
+        let end = |p: u32| LAG_EVENTS_FIRST + u64::from(p) + 1;
+        let behind: BTreeMap<u32, LagRow> = (0..PARTITIONS)
+            .map(|p| {
+                (
+                    p,
+                    (Some(LAG_EVENTS_FIRST), Some(end(p)), Some(u64::from(p) + 1)),
+                )
+            })
+            .collect();
+        for node in &cluster.nodes {
+            wait_for_lag(&node.addr, GROUP, TOPIC, &behind).await;
+        }
+
+        // Resets: to the earliest offset (0), then to the latest (the high watermark), each
+        // answered and committed for every partition.
+        let tools = admin(&bootstrap).await;
+        for (to, expected) in [
+            (
+                ResetTo::Earliest,
+                (0..PARTITIONS).map(|_| 0).collect::<Vec<u64>>(),
+            ),
+            (ResetTo::Latest, (0..PARTITIONS).map(end).collect()),
+        ] {
+            let answered = tools
+                .reset_offsets(GROUP, TOPIC, None, to, false)
+                .await
+                .unwrap();
+            let offsets: Vec<(u32, Option<u64>)> = answered
+                .iter()
+                .map(|r| {
+                    assert_eq!(
+                        r.error, None,
+                        "partition {} of the reset to {to:?}",
+                        r.partition.0
+                    );
+                    (r.partition.0, r.offset.map(|o| o.0))
+                })
+                .collect();
+            let wanted: Vec<(u32, Option<u64>)> = (0..PARTITIONS)
+                .map(|p| (p, Some(expected[p as usize])))
+                .collect();
+            assert_eq!(offsets, wanted, "the reset to {to:?}");
+            let fetched: Vec<(u32, Option<u64>)> = tools
+                .fetch_offsets(GROUP, None)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|t| t.topic == TOPIC)
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .map(|p| (p.partition.0, p.offset.map(|o| o.0)))
+                })
+                .collect();
+            assert_eq!(fetched, wanted, "OffsetFetch after the reset to {to:?}");
+            let described: BTreeMap<u32, LagRow> = (0..PARTITIONS)
+                .map(|p| {
+                    let committed = expected[p as usize];
+                    (p, (Some(committed), Some(end(p)), Some(end(p) - committed)))
+                })
+                .collect();
+            for node in &cluster.nodes {
+                wait_for_lag(&node.addr, GROUP, TOPIC, &described).await;
+            }
+        }
     });
 }

@@ -295,12 +295,12 @@ impl PeerService for RaftPeerService {
                 let payload = encode_payload(&result).map_err(|e| answer_failure(&e))?;
                 Ok(PeerResponse::RaftInstallSnapshot(answer(payload)))
             }
-            PeerRequest::ControllerForward(_) | PeerRequest::LeaseRenew(_) => {
-                Err(PeerFailure::new(
-                    PeerErrorCode::ServiceFailed,
-                    "the Raft service answers Raft kinds only",
-                ))
-            }
+            PeerRequest::ControllerForward(_)
+            | PeerRequest::LeaseRenew(_)
+            | PeerRequest::PartitionOffsets(_) => Err(PeerFailure::new(
+                PeerErrorCode::ServiceFailed,
+                "the Raft service answers Raft kinds only",
+            )),
         }
     }
 }

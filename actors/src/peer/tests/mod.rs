@@ -157,7 +157,9 @@ impl PeerService for TestService {
             PeerRequest::RaftVote(_) => PeerResponse::RaftVote(answer),
             PeerRequest::RaftAppendEntries(_) => PeerResponse::RaftAppendEntries(answer),
             PeerRequest::RaftInstallSnapshot(_) => PeerResponse::RaftInstallSnapshot(answer),
-            PeerRequest::ControllerForward(_) | PeerRequest::LeaseRenew(_) => {
+            PeerRequest::ControllerForward(_)
+            | PeerRequest::LeaseRenew(_)
+            | PeerRequest::PartitionOffsets(_) => {
                 unreachable!("refused above")
             }
         })
@@ -284,6 +286,7 @@ fn answer_text(response: &PeerResponse) -> String {
         }
         PeerResponse::ControllerForward(answer) => format!("{answer:?}"),
         PeerResponse::LeaseRenew(answer) => format!("{answer:?}"),
+        PeerResponse::PartitionOffsets(answer) => format!("{answer:?}"),
     }
 }
 
