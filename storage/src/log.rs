@@ -1129,10 +1129,23 @@ impl Log {
     /// Removes every batch at or past `offset` (a whole batch if `offset` falls inside it), as
     /// a follower does to drop a suffix its new leader does not have. Crash-safe: the recovery
     /// point is lowered durably first, later segments are removed newest first, and the cut is
-    /// fsynced, so a crash at any step leaves a prefix of the old log. Blocks on fsyncs.
+    /// fsynced, so a crash at any step leaves a prefix of the old log. Producer-state
+    /// snapshots past the cut are removed before anything is cut, and the producer table is
+    /// rebuilt from what is left. A failure part way poisons the log. Blocks on fsyncs.
     pub fn truncate_to(&mut self, offset: Offset) -> Result<()> {
         self.check_usable()?;
+        if offset < self.log_start_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: self.log_end_offset,
+            });
+        }
+        // A truncation that fails part way leaves segments, checkpoints or the producer table
+        // between the old log and the cut one: nothing is trusted until a reopen recovers a
+        // prefix and rebuilds the rest.
         self.truncate_unchecked(offset)
+            .inspect_err(|_| self.poisoned = true)
     }
 
     /// Reopens a log poisoned by a failed fsync: cuts it back to its recovery point (the page
@@ -1253,12 +1266,10 @@ impl Log {
         }
         // The table still holds the batches that were cut: a retry of one would be answered
         // as a duplicate with offsets that now hold (or will hold) other data, an acknowledged
-        // loss. Rebuilt from what is left; if that fails, the table cannot be trusted, and
-        // neither can the log until it is reopened.
-        // A poisoned log is truncated only on its way to a reopen, which rebuilds it.
+        // loss. It is rebuilt from what is left. A poisoned log is truncated only on its way
+        // to a reopen, which rebuilds it.
         if !self.poisoned {
-            self.rebuild_producer_state()
-                .inspect_err(|_| self.poisoned = true)?;
+            self.rebuild_producer_state()?;
         }
         tracing::info!(dir = %self.dir.display(), offset = offset.0, log_end_offset = self.log_end_offset.0, "log truncated");
         Ok(())

@@ -497,3 +497,29 @@ fn after_a_crash_at_every_fsync_the_producer_table_matches_the_recovered_log() {
     }
     assert!(cases >= 240, "{cases} cases");
 }
+
+/// A truncation that fails part way (here its directory fsync) leaves the producer table
+/// describing batches that may be gone: the log is poisoned, and the reopen that follows
+/// rebuilds the table from what survived.
+#[test]
+fn a_truncation_that_fails_part_way_poisons_the_log_until_a_reopen_rebuilds_the_table() {
+    let (sim, storage) = sim();
+    let mut log = open(&storage, &sim_dir(), small_config());
+    let mut cut = Offset(0);
+    for i in 0..40u32 {
+        let mut bytes = idempotent_batch(5, 0, i, 1, &format!("t{i}"), VALUE_BYTES);
+        let info = log.append_as_leader(&mut bytes, EPOCH, 1_000).unwrap();
+        if i == 30 {
+            cut = info.base_offset;
+        }
+    }
+    log.flush().unwrap();
+    // The third sync of the truncation: after the recovery-point checkpoint's two, the
+    // directory fsync that makes the removals durable.
+    sim.set_fail_sync_at(sim.sync_count() + 3);
+    assert!(log.truncate_to(cut).is_err());
+    assert!(log.is_poisoned());
+    let mut log = log.reopen_after_failure(1_000).unwrap();
+    let scratch = table_from_scratch(&mut log);
+    assert_eq!(log.producer_state(), &scratch);
+}
