@@ -35,8 +35,21 @@ pub fn write_atomic(storage: &dyn Storage, path: &Path, body: &[u8]) -> Result<(
     storage.sync_dir(dir).map_err(|e| StorageError::io(dir, e))
 }
 
+/// The largest checkpoint [`read`] accepts (body and CRC). Checkpoints are a few KiB at
+/// most; a larger file is damage, not data, and is not read into memory.
+pub const CHECKPOINT_BYTES_MAX: u64 = 1 << 20;
+
+/// The size of a CRC-32C, which ends every checkpoint.
+const CRC_BYTES: u64 = 4;
+
 /// Reads a checkpoint written by [`write_atomic`]: `Ok(None)` if it is missing or damaged.
 pub fn read(storage: &dyn Storage, path: &Path) -> Result<Option<Vec<u8>>> {
+    read_bounded(storage, path, CHECKPOINT_BYTES_MAX)
+}
+
+/// Like [`read`], for a file that may be larger than `CHECKPOINT_BYTES_MAX` (a producer-state
+/// snapshot): a file longer than `bytes_max` is treated as damaged. Blocks.
+pub fn read_bounded(storage: &dyn Storage, path: &Path, bytes_max: u64) -> Result<Option<Vec<u8>>> {
     if !storage.exists(path) {
         return Ok(None);
     }
@@ -44,14 +57,13 @@ pub fn read(storage: &dyn Storage, path: &Path) -> Result<Option<Vec<u8>>> {
         .open(path, false)
         .map_err(|e| StorageError::io(path, e))?;
     let len = file.byte_len().map_err(|e| StorageError::io(path, e))?;
-    // Checkpoints are a few KiB at most; a larger file is damage, not data.
-    if !(4..=1 << 20).contains(&len) {
+    if !(CRC_BYTES..=bytes_max).contains(&len) {
         return Ok(None);
     }
     let mut bytes = vec![0u8; len as usize];
     file.read_exact_at(&mut bytes, 0)
         .map_err(|e| StorageError::io(path, e))?;
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let (body, crc) = bytes.split_at(bytes.len() - CRC_BYTES as usize);
     if crc32c::crc32c(body).to_be_bytes() != crc {
         return Ok(None);
     }

@@ -19,6 +19,8 @@
 //!   record per key, drop expired tombstones, merge segments) and their crash-safe swap.
 //! - `log`: `Log`, the partition log: open with recovery, leader and follower appends,
 //!   reads, offset and timestamp lookups, truncation, roll, retention, close.
+//! - `producer_state`: idempotent producers' recent batches, owned by the `Log` (recorded at
+//!   every append, rebuilt at open and after a truncation) and its snapshot files.
 //! - `partition_metadata`: `partition.metadata`, the id of the topic a partition directory
 //!   belongs to, so that a topic deleted and created again under its name never opens the old
 //!   topic's data.
@@ -39,6 +41,10 @@
 //! - Compaction never changes an offset and never rewrites the active segment or anything at
 //!   or past the high watermark or the recovery point; after a crash at any step of its swap,
 //!   each cleaned range holds either its old segments or its new ones.
+//! - The producer-state table is what a rebuild from the log's batch headers would give
+//!   (compaction aside, which removes batches the table remembers): it never takes a batch
+//!   that was cut or lost for one in the log, since a truncation rebuilds it and snapshots
+//!   past a cut or a crash's loss are removed before their offsets are reused.
 
 pub mod checkpoint;
 pub mod compaction;
@@ -51,6 +57,7 @@ pub mod fs;
 pub mod index;
 pub mod log;
 pub mod partition_metadata;
+pub mod producer_state;
 pub mod record_file;
 pub mod segment;
 pub mod sim;
@@ -63,4 +70,5 @@ pub use error::{Result, StorageError};
 pub use flush::{AckQueue, FlushDone, FlushJob, Flusher, SubmitError};
 pub use fs::{RealStorage, Storage, StorageFile};
 pub use log::{AppendInfo, Log, LogRead, RecoveryReport, SegmentInfo, Truncation};
+pub use producer_state::{ProducerBatch, ProducerStateTable, SequenceCheck};
 pub use sim::SimStorage;

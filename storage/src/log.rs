@@ -27,6 +27,7 @@ use crate::epoch::LeaderEpochCache;
 use crate::error::{Result, StorageError};
 use crate::flush::FlushJob;
 use crate::fs::Storage;
+use crate::producer_state::{self, ProducerStateTable};
 use crate::segment::{
     self, Find, INDEX_SUFFIX, LOG_SUFFIX, ScanBounds, ScanStop, Segment, TIME_INDEX_SUFFIX,
 };
@@ -77,6 +78,9 @@ pub struct RecoveryReport {
     /// Segments read batch by batch (those past the recovery point, or with bad indexes).
     pub segments_scanned: usize,
     pub truncation: Option<Truncation>,
+    /// Where the producer-state rebuild started reading batch headers: the offset of the
+    /// snapshot it started from, or the log start when none was usable.
+    pub producer_state_read_from: Offset,
 }
 
 /// A summary of one segment, for operators.
@@ -100,6 +104,10 @@ pub struct Log {
     high_watermark: Offset,
     recovery_point: Offset,
     epoch_cache: LeaderEpochCache,
+    /// Idempotent producers' recent batches, derived from the headers of the batches in the
+    /// log: every append records its batch, and open and truncation rebuild it from the
+    /// newest usable snapshot plus the headers after it.
+    producers: ProducerStateTable,
     /// A segment was created or removed since the directory was last synced.
     dir_sync_needed: bool,
     /// The partition directory was created empty by `open` and its entry in the parent
@@ -199,6 +207,7 @@ impl Log {
             high_watermark: Offset(0),
             recovery_point: Offset(0),
             epoch_cache: LeaderEpochCache::default(),
+            producers: ProducerStateTable::default(),
             dir_sync_needed: false,
             parent_sync_needed: false,
             checkpoint_due: false,
@@ -257,6 +266,16 @@ impl Log {
         {
             tracing::debug!(dir = %dir.display(), "leader-epoch cache trimmed to the recovered log");
         }
+        // Producer-state snapshots past the recovered log end describe batches a crash (or an
+        // interrupted truncation) took away: they go before anything is appended at their
+        // offsets again, durably with the directory fsync below, so that no later open takes
+        // one for the new batches. Those below the log start (retention's leftovers after a
+        // crash) hold nothing the log still has.
+        let stale: Vec<Offset> = producer_state::snapshot_offsets(&*storage, dir)?
+            .into_iter()
+            .filter(|o| *o > log.log_end_offset || *o < log.log_start_offset)
+            .collect();
+        producer_state::remove_snapshots(&*storage, dir, &stale)?;
 
         // Everything recovered is made durable, so that the recovery point can be the log end.
         for segment in log.segments.values() {
@@ -282,6 +301,9 @@ impl Log {
         log.cleaner_checkpoint = compaction::read_cleaner_checkpoint(&*storage, dir)?
             .unwrap_or(log.log_start_offset)
             .clamp(log.log_start_offset, log.log_end_offset);
+        let from = log.rebuild_producer_state()?;
+        log.recovery.producer_state_read_from = from;
+        tracing::debug!(dir = %dir.display(), from = from.0, producers = log.producers.len(), "producer state rebuilt");
         if let Some(truncation) = &log.recovery.truncation {
             tracing::warn!(
                 segment = %truncation.segment.display(),
@@ -491,6 +513,12 @@ impl Log {
         &self.epoch_cache
     }
 
+    /// Idempotent producers' recent batches in this log.
+    #[must_use]
+    pub fn producer_state(&self) -> &ProducerStateTable {
+        &self.producers
+    }
+
     /// The newest leader epoch in the log.
     #[must_use]
     pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
@@ -644,6 +672,9 @@ impl Log {
         }
         let segment_base_offset = active.base_offset;
         self.log_end_offset = header.next_offset();
+        // Recorded as soon as the batch is in the log, whoever appended it: a follower that
+        // becomes leader must answer a retry of a batch it copied as a duplicate.
+        self.producers.record(header);
         if self
             .epoch_cache
             .assign(header.partition_leader_epoch, header.base_offset)
@@ -713,6 +744,14 @@ impl Log {
                 self.poisoned = true;
                 return Err(error);
             }
+            // Every batch below `new_base` is durable now (the sealed segment was just synced,
+            // earlier ones at their rolls), so the table as of `new_base` can be trusted by
+            // any later open that finds the log at least that long; a crash that loses the
+            // new segment's batches leaves the snapshot at the log end, where it still holds.
+            // It costs two fsyncs per roll, and saves reading the sealed segments' headers at
+            // every open. A failed write poisons the log, as any failed fsync does.
+            producer_state::write_snapshot(&*storage, &self.dir, new_base, &self.producers)
+                .inspect_err(|_| self.poisoned = true)?;
         }
         let segment = Segment::create(&*storage, &self.dir, new_base, now_ms)?;
         self.segments.insert(new_base, segment);
@@ -1050,6 +1089,36 @@ impl Log {
         Ok(())
     }
 
+    /// Rebuilds the producer-state table from the newest readable snapshot between the log
+    /// start and the log end, then the headers of the batches after it (from the log start if
+    /// there is none). Returns the offset reading started from. Blocks on reads.
+    fn rebuild_producer_state(&mut self) -> Result<Offset> {
+        let storage = Arc::clone(&self.storage);
+        let offsets = producer_state::snapshot_offsets(&*storage, &self.dir)?;
+        let mut table = ProducerStateTable::default();
+        let mut from = self.log_start_offset;
+        let usable = offsets
+            .iter()
+            .rev()
+            .filter(|o| (self.log_start_offset..=self.log_end_offset).contains(*o));
+        for &offset in usable {
+            if let Some(loaded) = producer_state::read_snapshot(&*storage, &self.dir, offset)? {
+                table = loaded;
+                from = offset;
+                break;
+            }
+            tracing::warn!(dir = %self.dir.display(), offset = offset.0, "unreadable producer-state snapshot skipped");
+        }
+        table.evict_below(self.log_start_offset);
+        self.for_each_header_from(from, |h| {
+            if h.base_offset >= from {
+                table.record(h);
+            }
+        })?;
+        self.producers = table;
+        Ok(from)
+    }
+
     /// For a follower: the end offset of `epoch` (the start of the next larger epoch, or the
     /// log end), with the largest epoch at or below it that the log knows.
     #[must_use]
@@ -1060,10 +1129,23 @@ impl Log {
     /// Removes every batch at or past `offset` (a whole batch if `offset` falls inside it), as
     /// a follower does to drop a suffix its new leader does not have. Crash-safe: the recovery
     /// point is lowered durably first, later segments are removed newest first, and the cut is
-    /// fsynced, so a crash at any step leaves a prefix of the old log. Blocks on fsyncs.
+    /// fsynced, so a crash at any step leaves a prefix of the old log. Producer-state
+    /// snapshots past the cut are removed before anything is cut, and the producer table is
+    /// rebuilt from what is left. A failure part way poisons the log. Blocks on fsyncs.
     pub fn truncate_to(&mut self, offset: Offset) -> Result<()> {
         self.check_usable()?;
+        if offset < self.log_start_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: self.log_end_offset,
+            });
+        }
+        // A truncation that fails part way leaves segments, checkpoints or the producer table
+        // between the old log and the cut one: nothing is trusted until a reopen recovers a
+        // prefix and rebuilds the rest.
         self.truncate_unchecked(offset)
+            .inspect_err(|_| self.poisoned = true)
     }
 
     /// Reopens a log poisoned by a failed fsync: cuts it back to its recovery point (the page
@@ -1109,6 +1191,14 @@ impl Log {
                 .inspect_err(|_| self.poisoned = true)?;
         }
         let storage = Arc::clone(&self.storage);
+        // Snapshots past the cut describe batches about to go: they are removed first, made
+        // durable by the directory fsync below, so that a crash anywhere later never leaves
+        // one to be taken for the batches appended after the cut.
+        let past_cut: Vec<Offset> = producer_state::snapshot_offsets(&*storage, &self.dir)?
+            .into_iter()
+            .filter(|o| *o > offset)
+            .collect();
+        producer_state::remove_snapshots(&*storage, &self.dir, &past_cut)?;
         // Segments wholly at or past the offset go, newest first; the first segment stays
         // (emptied) so the log keeps its start.
         let doomed: Vec<Offset> = self
@@ -1162,6 +1252,25 @@ impl Log {
         if self.epoch_cache.truncate_from_end(self.log_end_offset) {
             self.epoch_cache.write_checkpoint(&*storage, &self.dir)?;
         }
+        // A cut inside a batch (or inside a gap compaction left) ends the log below `offset`;
+        // a snapshot between the two would miss the batches appended next.
+        let past_end: Vec<Offset> = producer_state::snapshot_offsets(&*storage, &self.dir)?
+            .into_iter()
+            .filter(|o| *o > self.log_end_offset)
+            .collect();
+        if !past_end.is_empty() {
+            producer_state::remove_snapshots(&*storage, &self.dir, &past_end)?;
+            storage
+                .sync_dir(&self.dir)
+                .map_err(|e| StorageError::io(&self.dir, e))?;
+        }
+        // The table still holds the batches that were cut: a retry of one would be answered
+        // as a duplicate with offsets that now hold (or will hold) other data, an acknowledged
+        // loss. It is rebuilt from what is left. A poisoned log is truncated only on its way
+        // to a reopen, which rebuilds it.
+        if !self.poisoned {
+            self.rebuild_producer_state()?;
+        }
         tracing::info!(dir = %self.dir.display(), offset = offset.0, log_end_offset = self.log_end_offset.0, "log truncated");
         Ok(())
     }
@@ -1211,6 +1320,16 @@ impl Log {
             if self.epoch_cache.truncate_from_start(self.log_start_offset) {
                 self.epoch_cache.write_checkpoint(&*storage, &self.dir)?;
             }
+            // The producers' batches that went with the segments are forgotten, as a rebuild
+            // from the log would forget them, and so are the snapshots below the new log start
+            // (nothing in them is still in the log). Their removal is durable with the next
+            // directory fsync; a crash before it leaves them for the next open to remove.
+            self.producers.evict_below(self.log_start_offset);
+            let below_start: Vec<Offset> = producer_state::snapshot_offsets(&*storage, &self.dir)?
+                .into_iter()
+                .filter(|o| *o < self.log_start_offset)
+                .collect();
+            producer_state::remove_snapshots(&*storage, &self.dir, &below_start)?;
             tracing::info!(dir = %self.dir.display(), segments = removed.len(), log_start_offset = self.log_start_offset.0, "retention deleted segments");
         }
         Ok(removed)
@@ -1472,6 +1591,9 @@ impl Log {
         self.flush()?;
         let storage = Arc::clone(&self.storage);
         self.active().write_indexes(&*storage)?;
+        // After the flush, so every batch the snapshot describes is durable: the next open
+        // reads no batch header at all.
+        producer_state::write_snapshot(&*storage, &self.dir, self.log_end_offset, &self.producers)?;
         self.write_recovery_point()?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_MARKER);
         let file = storage

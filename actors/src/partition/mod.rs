@@ -1,8 +1,8 @@
 //! The Partition actor: owns one partition's log exclusively, as its leader.
 //!
 //! The actor is the supervised, addressable part; the work is done by its log thread, a
-//! dedicated OS thread the actor starts and stops, which owns the `Log` (segment files), the
-//! producer-state table, the queue of `acks=all` answers waiting for durability and the high
+//! dedicated OS thread the actor starts and stops, which owns the `Log` (segment files and
+//! the idempotent producers' table, which the log keeps), the queue of `acks=all` answers waiting for durability and the high
 //! watermark (published on a watch channel). Produce, fetch and list-offsets requests go from
 //! `PartitionHandle` straight to the log thread's inbox and their answers straight back to the
 //! caller: one hand-off each way, where a `spawn_blocking` per request took four (session,
@@ -47,7 +47,7 @@ use vltava_storage::{
 
 use crate::directory::{ActorDirectory, ActorStats, PartitionGauges, PublishedState};
 use crate::metadata::producer_ids::{Fencing, ProducerRegistry, UnknownProducer};
-use crate::partition::producer_state::{ProducerStateTable, SequenceCheck};
+use crate::partition::producer_state::SequenceCheck;
 
 /// Messages a partition's mailbox may hold before its handle answers `Overloaded`. Sessions
 /// admit at most a few requests each, so this bounds many sessions hammering one partition.
@@ -520,7 +520,6 @@ struct Core {
     gauges: Arc<PartitionGauges>,
     /// `None` only while the log is being reopened after a failed flush.
     log: Option<Log>,
-    producers: ProducerStateTable,
     waiters: AckQueue<(Reply<ProduceOk>, ProduceOk)>,
     high_watermark: watch::Sender<Offset>,
     flush_in_flight: bool,
@@ -644,11 +643,11 @@ impl Actor for Partition {
         let dir = args.dir.clone();
         let config = args.log_config.clone();
         let topic_id = Arc::clone(&args.topic_id);
-        let (log, producers) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+        let log = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
             // The id is checked (and another topic's data removed) before the log opens, so
             // that no read ever sees a deleted topic's data under its successor's name.
             let check = data_dir::check_topic_id(&RealStorage, &dir, &topic_id)?;
-            let mut log = Log::open(Arc::new(RealStorage), &dir, config, now_ms())?;
+            let log = Log::open(Arc::new(RealStorage), &dir, config, now_ms())?;
             // Written after the open, so that a new partition's open still finds an empty
             // directory and skips recovery. Crash before this write: the directory holds no
             // id file and, for a new partition, an empty log, so the next open adopts it
@@ -656,9 +655,7 @@ impl Actor for Partition {
             if check.writes_id() {
                 data_dir::record_topic_id(&RealStorage, &dir, &topic_id)?;
             }
-            let (producers, from) = ProducerStateTable::rebuild(&mut log)?;
-            tracing::debug!(dir = %dir.display(), from = from.0, producers = producers.len(), "producer state rebuilt");
-            Ok((log, producers))
+            Ok(log)
         })
         .await??;
         if let Some(t) = &log.recovery_report().truncation {
@@ -674,7 +671,6 @@ impl Actor for Partition {
             stats,
             gauges,
             log: Some(log),
-            producers,
             waiters: AckQueue::new(ACK_WAITERS_MAX),
             high_watermark,
             flush_in_flight: false,
@@ -862,17 +858,9 @@ impl Core {
         }
     }
 
-    /// Writes the producer-state snapshot and closes the log cleanly.
+    /// Closes the log cleanly (which writes its producer-state snapshot).
     fn close(&mut self) {
         let Some(log) = self.log.take() else { return };
-        // The snapshot first: if it is written and the close fails, recovery still ignores a
-        // snapshot past the recovered log end.
-        if let Err(e) = self
-            .producers
-            .write_snapshot(log.dir(), log.log_end_offset())
-        {
-            tracing::warn!(dir = %log.dir().display(), error = %e, "producer-state snapshot not written");
-        }
         match log.close() {
             Ok(()) => tracing::info!(partition = %self.args.id, "partition closed"),
             Err(e) => {
@@ -953,9 +941,9 @@ impl Core {
         };
         let log_start_offset = self.log().log_start_offset();
         let registry = &self.args.producer_ids;
-        let verdict = self
-            .producers
-            .check(&header, |id, epoch| registry.standing(id, epoch));
+        let verdict = producer_state::check(self.log().producer_state(), &header, |id, epoch| {
+            registry.standing(id, epoch)
+        });
         let (base_offset, last_offset, log_append_time) = match verdict {
             SequenceCheck::Fenced { received, fencing } => {
                 let _ = reply.send(Err(PartitionError::ProducerFenced {
@@ -990,13 +978,10 @@ impl Core {
             SequenceCheck::Append => {
                 let epoch = self.args.leader_epoch;
                 let batch_bytes = batch.len() as u64;
-                let appended = self
-                    .log_mut()
-                    .append_as_leader(&mut batch, epoch, now_ms())
-                    .map(|info| (info, BatchHeader::parse(&batch)));
+                // The log records the batch in its producer table as it appends it.
+                let appended = self.log_mut().append_as_leader(&mut batch, epoch, now_ms());
                 match appended {
-                    Ok((info, Ok(stored))) => {
-                        self.producers.record(&stored);
+                    Ok(info) => {
                         let g = &self.gauges;
                         g.bytes_in.fetch_add(batch_bytes, Ordering::Relaxed);
                         g.events_in.fetch_add(
@@ -1010,10 +995,6 @@ impl Core {
                             g.size_bytes.fetch_add(batch_bytes, Ordering::Relaxed);
                         }
                         (info.base_offset, info.last_offset, info.log_append_time)
-                    }
-                    Ok((_, Err(e))) => {
-                        let _ = reply.send(Err(StorageError::InvalidBatch(e).into()));
-                        return;
                     }
                     Err(e) => {
                         tracing::debug!(partition = %self.args.id, error = %e, "append refused");

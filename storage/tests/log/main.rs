@@ -5,6 +5,7 @@ mod basics;
 mod compact;
 mod crash;
 mod faults;
+mod producers;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
