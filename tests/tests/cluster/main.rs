@@ -475,12 +475,14 @@ const RECREATED_PARTITIONS: u32 = 3;
 /// Events produced to each partition of the topic, before and after it is created again.
 const EVENTS_PER_PARTITION: usize = 20;
 
-/// Produces `EVENTS_PER_PARTITION` events named `<prefix>-<partition>-<i>` to every partition
-/// of `topic` through `bootstrap`, retrying each until acknowledged; returns their values.
-async fn produce_to_every_partition(
+/// Produces `count(p)` events named `<prefix><p>-<i>` to each partition `p` of `topic`
+/// through `bootstrap`, each retried until acknowledged before the next; returns their values.
+async fn produce_counts(
     bootstrap: &[String],
     topic: &str,
+    partitions: u32,
     prefix: &str,
+    count: impl Fn(u32) -> u64,
 ) -> BTreeSet<String> {
     let producer = Producer::new(
         Cluster::connect(bootstrap, "cluster-test").await.unwrap(),
@@ -489,9 +491,9 @@ async fn produce_to_every_partition(
     .await
     .unwrap();
     let mut sent = BTreeSet::new();
-    for partition in 0..RECREATED_PARTITIONS {
-        for i in 0..EVENTS_PER_PARTITION {
-            let value = format!("{prefix}-{partition}-{i}");
+    for partition in 0..partitions {
+        for i in 0..count(partition) {
+            let value = format!("{prefix}{partition}-{i}");
             until_ok(FAILOVER_BOUND, || async {
                 let record = ProducerRecord {
                     topic: topic.to_owned(),
@@ -509,6 +511,23 @@ async fn produce_to_every_partition(
     }
     producer.close().await.unwrap();
     sent
+}
+
+/// `EVENTS_PER_PARTITION` events named `<prefix>-<partition>-<i>` to every partition of the
+/// recreated topic.
+async fn produce_to_every_partition(
+    bootstrap: &[String],
+    topic: &str,
+    prefix: &str,
+) -> BTreeSet<String> {
+    produce_counts(
+        bootstrap,
+        topic,
+        RECREATED_PARTITIONS,
+        &format!("{prefix}-"),
+        |_| EVENTS_PER_PARTITION as u64,
+    )
+    .await
 }
 
 /// Issue 12: node 3 is stopped; topic `recreated` is deleted and created again under the same
@@ -884,39 +903,6 @@ fn a_node_cut_off_by_the_network_refuses_metadata_and_catches_up_when_healed() {
 /// more, so that every partition's lag differs and a mixed-up partition shows.
 const LAG_EVENTS_FIRST: u64 = 5;
 
-/// Produces `count(p)` events to each partition `p` of `topic` through `bootstrap`, each
-/// acknowledged before the next.
-async fn produce_counts(
-    bootstrap: &[String],
-    topic: &str,
-    partitions: u32,
-    count: impl Fn(u32) -> u64,
-) {
-    let producer = Producer::new(
-        Cluster::connect(bootstrap, "cluster-test").await.unwrap(),
-        ProducerConfig::default(),
-    )
-    .await
-    .unwrap();
-    for partition in 0..partitions {
-        for i in 0..count(partition) {
-            until_ok(FAILOVER_BOUND, || async {
-                let record = ProducerRecord {
-                    topic: topic.to_owned(),
-                    partition: Some(partition),
-                    key: None,
-                    value: Some(format!("{partition}-{i}").into_bytes()),
-                    headers: Vec::new(),
-                    timestamp: None,
-                };
-                producer.send(record).await?.wait().await
-            })
-            .await;
-        }
-    }
-    producer.close().await.unwrap();
-}
-
 /// The group's offsets as DescribeGroups through `addr` shows them, per partition of `topic`:
 /// (committed offset, high watermark, lag), each `None` when absent.
 type LagRow = (Option<u64>, Option<u64>, Option<u64>);
@@ -1015,7 +1001,7 @@ fn group_lag_and_resets_cover_partitions_led_by_other_nodes() {
             .map(|p| p.leader.expect("a leader").0)
             .collect();
         assert_eq!(leaders, BTreeSet::from([1, 2, 3]), "every node leads some");
-        produce_counts(&bootstrap, TOPIC, PARTITIONS, |_| LAG_EVENTS_FIRST).await;
+        produce_counts(&bootstrap, TOPIC, PARTITIONS, "", |_| LAG_EVENTS_FIRST).await;
 
         // One member consumes everything and commits it, then leaves (ResetOffsets needs an
         // empty group).
@@ -1049,7 +1035,7 @@ fn group_lag_and_resets_cover_partitions_led_by_other_nodes() {
         }
 
         // More events: partition p is p + 1 behind, whichever node leads it.
-        produce_counts(&bootstrap, TOPIC, PARTITIONS, |p| u64::from(p) + 1).await;
+        produce_counts(&bootstrap, TOPIC, PARTITIONS, "", |p| u64::from(p) + 1).await;
         let end = |p: u32| LAG_EVENTS_FIRST + u64::from(p) + 1;
         let behind: BTreeMap<u32, LagRow> = (0..PARTITIONS)
             .map(|p| {

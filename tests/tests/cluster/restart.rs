@@ -6,46 +6,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vltava_client::{
-    Cluster, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, Producer, ProducerConfig,
-    ProducerRecord, SeekTo,
-};
+use vltava_client::{Cluster, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, SeekTo};
 use vltava_messages::protocol::ErrorCode;
 use vltava_tests::cluster::TestCluster;
 
-use super::{FAILOVER_BOUND, admin, code, metadata, runtime, until_ok};
+use super::{FAILOVER_BOUND, admin, code, metadata, produce_counts, runtime, until_ok};
 
 const TOPIC: &str = "kept";
 const PARTITIONS: u32 = 6;
 const EVENTS_PER_PARTITION: u64 = 10;
-
-/// Produces `EVENTS_PER_PARTITION` events to every partition of `TOPIC`, retrying each until
-/// it is acknowledged.
-async fn produce(bootstrap: &[String]) {
-    let producer = Producer::new(
-        Cluster::connect(bootstrap, "restart-test").await.unwrap(),
-        ProducerConfig::default(),
-    )
-    .await
-    .unwrap();
-    for partition in 0..PARTITIONS {
-        for i in 0..EVENTS_PER_PARTITION {
-            until_ok(FAILOVER_BOUND, || async {
-                let record = ProducerRecord {
-                    topic: TOPIC.to_owned(),
-                    partition: Some(partition),
-                    key: None,
-                    value: Some(format!("{partition}-{i}").into_bytes()),
-                    headers: Vec::new(),
-                    timestamp: None,
-                };
-                producer.send(record).await?.wait().await
-            })
-            .await;
-        }
-    }
-    producer.close().await.unwrap();
-}
 
 /// Stops every node (SIGTERM) and starts them all again: the topic with its partitions, a
 /// config set at creation and one altered later, every event and the group's committed
@@ -70,7 +39,7 @@ fn every_topic_config_and_committed_offset_survives_a_restart_of_every_node() {
             )
         })
         .await;
-        produce(&bootstrap).await;
+        produce_counts(&bootstrap, TOPIC, PARTITIONS, "", |_| EVENTS_PER_PARTITION).await;
         // A group reads everything and commits.
         let group_cluster = Cluster::connect(&bootstrap, "restart-test").await.unwrap();
         let mut member = GroupConsumer::new(
