@@ -5,10 +5,13 @@
 //! openraft 0.9 a follower that hears nothing from its leader starts an election once
 //! `election_timeout_max` (the leader's lease) plus its own timeout, drawn once from
 //! `[election_timeout_min, election_timeout_max)`, have passed since the last heartbeat, on
-//! its next tick (every 1.5 heartbeat intervals). With the defaults that is 750 to 1075 ms
+//! its next tick (every 1.5 heartbeat intervals). With the defaults that is 450 to 675 ms
 //! after the last heartbeat, then one vote round and one commit (a few fsyncs, milliseconds
-//! on loopback): about 0.8 to 1.1 s, and a split vote costs one more timeout of the other
-//! candidate.
+//! on loopback). A node that saw a candidate with a longer log than its own waits another
+//! `2 × election_timeout_max` before standing itself, and a split vote costs one more
+//! timeout: measured with real processes (docs/benchmarks.md, "Cluster metadata"), 150 to
+//! 300 ms gave failover p50 1.27 s and p99 1.79 s where 250 to 500 ms gave 1.94 s and
+//! 2.96 s, in back-to-back runs; the extra elections behind the tail are not explained yet.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,16 +27,17 @@ use vltava_messages::limits::FRAME_BYTES_MAX;
 /// second, nothing next to the control connection's traffic.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 
-/// The smallest election timeout. Five heartbeats: a follower does not start an election
-/// because a few heartbeats were late, or because the leader sat on a slow fsync for a
-/// quarter second.
-pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(250);
+/// The smallest election timeout. Three heartbeats, on top of the leader's lease (the
+/// largest timeout): a follower starts an election only after 450 ms without a heartbeat, so
+/// a few late heartbeats or a leader's slow fsync do not unseat it.
+pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(150);
 
 /// The largest election timeout, which openraft also uses as the leader's lease (no vote is
-/// granted to another candidate before it runs out). Twice the minimum, so the two followers
-/// of a 3-node quorum draw timeouts far enough apart to rarely split a vote, while the worst
-/// case (lease + largest timeout + a tick) stays near 1.1 s, under the 1.5 s target.
-pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(500);
+/// granted to another candidate before it runs out) and, doubled, as the back-off of a node
+/// that saw a longer log than its own. Twice the minimum, so the two followers of a 3-node
+/// quorum draw timeouts far enough apart to rarely split a vote; shorter than it was
+/// (500 ms), because every failed election round costs a multiple of it.
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(300);
 
 /// Entries applied since the last snapshot before the next one is built. Metadata entries are
 /// small (a few hundred bytes to a few KiB), so the log between snapshots stays at a few MiB
