@@ -689,37 +689,32 @@ impl PartitionOffsetsAnswer {
     }
 }
 
+/// The limits a PartitionOffsets request and its answer share: the entry count and each
+/// entry's topic name.
+fn check_offsets_partitions<'a>(
+    topics: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<(), PeerProtocolError> {
+    check_at_most("partitions", topics.len(), PARTITION_OFFSETS_PARTITIONS_MAX)?;
+    for topic in topics {
+        check_at_most(
+            "topic name bytes",
+            topic.len(),
+            crate::limits::TOPIC_NAME_BYTES_MAX,
+        )?;
+    }
+    Ok(())
+}
+
 impl PeerBody for PartitionOffsetsRequest {
     fn validate(&self) -> Result<(), PeerProtocolError> {
-        check_at_most(
-            "partitions",
-            self.partitions.len(),
-            PARTITION_OFFSETS_PARTITIONS_MAX,
-        )?;
-        for query in &self.partitions {
-            check_at_most(
-                "topic name bytes",
-                query.topic.len(),
-                crate::limits::TOPIC_NAME_BYTES_MAX,
-            )?;
-        }
-        Ok(())
+        check_offsets_partitions(self.partitions.iter().map(|q| q.topic.as_str()))
     }
 }
 
 impl PeerBody for PartitionOffsetsResponse {
     fn validate(&self) -> Result<(), PeerProtocolError> {
-        check_at_most(
-            "partitions",
-            self.partitions.len(),
-            PARTITION_OFFSETS_PARTITIONS_MAX,
-        )?;
+        check_offsets_partitions(self.partitions.iter().map(|a| a.topic.as_str()))?;
         for answer in &self.partitions {
-            check_at_most(
-                "topic name bytes",
-                answer.topic.len(),
-                crate::limits::TOPIC_NAME_BYTES_MAX,
-            )?;
             if let Some(error) = &answer.error {
                 check_at_most(
                     "error name bytes",

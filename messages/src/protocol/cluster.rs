@@ -6,10 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::check_topic_names;
 use super::error::ProtocolError;
-use super::metadata::TopicMetadata;
-use crate::limits::TOPICS_PER_REQUEST_MAX;
+use super::metadata::{TopicMetadata, check_requested_topics};
 use crate::types::NodeId;
 
 /// DescribeCluster request, version 1.
@@ -27,14 +25,7 @@ impl DescribeClusterRequest {
     /// # Errors
     /// `FieldTooLarge` or `InvalidTopicName`.
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        match &self.topics {
-            None => Ok(()),
-            Some(topics) => check_topic_names(
-                "topics",
-                topics.iter().map(String::as_str),
-                TOPICS_PER_REQUEST_MAX,
-            ),
-        }
+        check_requested_topics(self.topics.as_deref())
     }
 }
 

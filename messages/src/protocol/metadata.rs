@@ -24,14 +24,20 @@ impl MetadataRequest {
     /// # Errors
     /// `FieldTooLarge` or `InvalidTopicName`.
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        match &self.topics {
-            None => Ok(()),
-            Some(topics) => check_topic_names(
-                "topics",
-                topics.iter().map(String::as_str),
-                TOPICS_PER_REQUEST_MAX,
-            ),
-        }
+        check_requested_topics(self.topics.as_deref())
+    }
+}
+
+/// The rule of a request's optional topic list (Metadata, DescribeCluster): absent means
+/// every topic; present, at most `TOPICS_PER_REQUEST_MAX` valid names.
+pub(super) fn check_requested_topics(topics: Option<&[String]>) -> Result<(), ProtocolError> {
+    match topics {
+        None => Ok(()),
+        Some(topics) => check_topic_names(
+            "topics",
+            topics.iter().map(String::as_str),
+            TOPICS_PER_REQUEST_MAX,
+        ),
     }
 }
 
