@@ -4,8 +4,15 @@
 //!
 //! The binaries are found in the workspace's target directory (`VLTAVA_BIN_DIR` overrides);
 //! the test command in README.md builds them before running the tests.
+//!
+//! # Modules
+//! - `cluster`: a cluster of real nodes on 127.0.0.1, .2, .3 and so on.
+//! - `netcut`: cutting cluster members off from each other with iptables.
+//! - `history`: what clients observed and replicas held, and the checks that decide whether a
+//!   fault test passed (no acknowledged write lost, no duplicate, no epoch going back, ...).
 
 pub mod cluster;
+pub mod history;
 pub mod netcut;
 
 use std::io::{BufRead, BufReader};

@@ -16,7 +16,9 @@ use vltava_client::{
 use vltava_messages::protocol::{
     ErrorCode, InitProducerIdRequest, MetadataRequest, MetadataResponse, ResetTo,
 };
+use vltava_messages::{Offset, PartitionId};
 use vltava_tests::cluster::TestCluster;
+use vltava_tests::history::{CheckOptions, History, unique_value};
 use vltava_tests::{binary, eventually};
 
 mod peer_input;
@@ -89,10 +91,13 @@ fn code(error: &ClientError) -> Option<ErrorCode> {
 /// Three nodes from the README's commands form one cluster: every node's metadata names all
 /// three, one controller and one cluster id; a topic of 6 partitions is led by every node;
 /// events produced through node 1 are read through node 3, each once and in order per
-/// partition; producers on different nodes get different producer ids.
+/// partition (the history checker decides), and no partition's leader epoch goes back;
+/// producers on different nodes get different producer ids.
 #[test]
 fn three_nodes_form_one_cluster_and_serve_a_spread_topic() {
+    const EVENTS: u64 = 600;
     let cluster = TestCluster::start(3, &[]);
+    let history = History::new();
     runtime().block_on(async {
         let mut cluster_ids = BTreeSet::new();
         let mut controllers = BTreeSet::new();
@@ -146,6 +151,15 @@ fn three_nodes_form_one_cluster_and_serve_a_spread_topic() {
             "every node leads some partitions"
         );
 
+        for partition in &orders.partitions {
+            history.leader_epoch_seen(
+                "metadata-node-3",
+                "orders",
+                partition.partition,
+                partition.leader_epoch,
+            );
+        }
+
         let producer = Producer::new(
             Cluster::connect(&[cluster.node(1).addr.clone()], "cluster-test")
                 .await
@@ -154,28 +168,39 @@ fn three_nodes_form_one_cluster_and_serve_a_spread_topic() {
         )
         .await
         .unwrap();
-        let mut sent: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
         let mut deliveries = Vec::new();
-        for i in 0..600 {
-            let value = format!("event-{i}");
+        for i in 0..EVENTS {
+            let key = format!("key-{i}").into_bytes();
+            let value = unique_value(1, i);
             let record = ProducerRecord {
                 topic: "orders".into(),
                 partition: None,
-                key: Some(format!("key-{i}").into_bytes()),
-                value: Some(value.clone().into_bytes()),
+                key: Some(key.clone()),
+                value: Some(value.clone()),
                 headers: Vec::new(),
                 timestamp: None,
             };
-            deliveries.push((value, producer.send(record).await.unwrap()));
+            deliveries.push((key, value, producer.send(record).await.unwrap()));
         }
-        for (value, delivery) in deliveries {
+        let mut partitions_written = BTreeSet::new();
+        for (key, value, delivery) in deliveries {
             let written = delivery.wait().await.expect("acknowledged");
-            sent.entry(written.partition)
-                .or_default()
-                .push((written.offset.expect("acks=all has offsets").0, value));
+            let offset = written.offset.expect("acks=all has offsets");
+            history.acknowledged(
+                &written.topic,
+                PartitionId(written.partition),
+                offset,
+                &key,
+                &value,
+            );
+            partitions_written.insert(written.partition);
         }
         producer.close().await.unwrap();
-        assert_eq!(sent.len(), 6, "keys spread over all 6 partitions");
+        assert_eq!(
+            partitions_written.len(),
+            6,
+            "keys spread over all 6 partitions"
+        );
 
         let mut consumer = Consumer::new(
             Cluster::connect(&[cluster.node(3).addr.clone()], "cluster-test")
@@ -187,20 +212,42 @@ fn three_nodes_form_one_cluster_and_serve_a_spread_topic() {
             .assign("orders", None, SeekTo::Earliest)
             .await
             .unwrap();
-        let mut read: BTreeMap<u32, Vec<(u64, String)>> = BTreeMap::new();
+        let mut read = 0;
         let deadline = Instant::now() + FAILOVER_BOUND;
-        while read.values().map(Vec::len).sum::<usize>() < 600 && Instant::now() < deadline {
+        while read < EVENTS && Instant::now() < deadline {
             for record in consumer.poll().await.unwrap() {
-                read.entry(record.partition).or_default().push((
-                    record.offset,
-                    String::from_utf8(record.value.unwrap()).unwrap(),
-                ));
+                history.read(
+                    "consumer-node-3",
+                    &record.topic,
+                    PartitionId(record.partition),
+                    Offset(record.offset),
+                    record.key.as_deref().unwrap_or_default(),
+                    record.value.as_deref().unwrap_or_default(),
+                );
+                read += 1;
             }
         }
-        for events in sent.values_mut() {
-            events.sort();
+        // The epochs again after the traffic: with no failover they stay, and never go back.
+        let answer = metadata(&cluster.node(3).addr).await.unwrap();
+        let orders = answer.topics.iter().find(|t| t.name == "orders").unwrap();
+        for partition in &orders.partitions {
+            history.leader_epoch_seen(
+                "metadata-node-3",
+                "orders",
+                partition.partition,
+                partition.leader_epoch,
+            );
         }
-        assert_eq!(read, sent, "every event once, in order per partition");
+        // Every event once, in order per partition: every acknowledged write read at its
+        // offset (checks 1 and 4), nothing read that was not written (10) or twice (2, 5).
+        history
+            .check(CheckOptions {
+                require_all_acknowledged_read: true,
+                require_reads_written: true,
+                max_position_resets: Some(0),
+                ..CheckOptions::default()
+            })
+            .assert_ok();
 
         // Producer ids come from the controller's blocks, whichever node is asked.
         let mut ids = BTreeSet::new();
