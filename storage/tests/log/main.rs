@@ -5,6 +5,7 @@ mod basics;
 mod compact;
 mod crash;
 mod faults;
+mod high_watermark;
 mod producers;
 
 use std::path::{Path, PathBuf};
