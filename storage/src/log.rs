@@ -298,8 +298,13 @@ impl Log {
             log.parent_sync_needed = true;
             return Ok(log);
         }
+        // An entry starting exactly at the log end stays: a new leader recorded its epoch's
+        // start there (`record_epoch_start`) before appending anything, or the epoch's first
+        // batch was lost with the crash. Entries past the log end describe batches that are gone.
         if log.epoch_cache.truncate_from_start(log.log_start_offset)
-            | log.epoch_cache.truncate_from_end(log.log_end_offset)
+            | log
+                .epoch_cache
+                .truncate_from_end(log.log_end_offset.plus(1))
         {
             tracing::debug!(dir = %dir.display(), "leader-epoch cache trimmed to the recovered log");
         }
@@ -464,6 +469,7 @@ impl Log {
 
         // The epoch cache: checkpointed entries below the first scanned offset, then what the
         // scanned batch headers say.
+        let checkpointed_latest = checkpointed_epochs.entries().last().copied();
         let mut cache = checkpointed_epochs;
         if let Some(from) = scanned_from {
             cache.truncate_from_end(from);
@@ -472,6 +478,24 @@ impl Log {
             if cache.latest_epoch().is_none_or(|latest| epoch > latest) {
                 cache.assign(epoch, start_offset);
             }
+        }
+        // The checkpoint's newest entry, if it starts at the recovered log end and is newer than
+        // every batch, is an epoch no batch of which is in the log: one a new leader recorded
+        // with `record_epoch_start` (fsynced, and no header can give it back), or one whose
+        // first batch the crash lost. It stays, so a leader's epoch start survives a crash.
+        let log_end = self
+            .segments
+            .values()
+            .next_back()
+            .map_or(Offset(0), |s| s.next_offset);
+        if let Some(entry) = checkpointed_latest
+            && entry.start_offset == log_end
+            && cache
+                .entries()
+                .last()
+                .is_none_or(|l| l.epoch < entry.epoch && l.start_offset <= entry.start_offset)
+        {
+            cache.assign(entry.epoch, entry.start_offset);
         }
         self.epoch_cache = cache;
         Ok(())
@@ -621,6 +645,51 @@ impl Log {
             self.high_watermark_to_checkpoint = Some(offset);
             self.high_watermark_checkpoint_due = true;
         }
+    }
+
+    /// For a new leader, before it appends anything: records in the leader-epoch cache that
+    /// `epoch` starts at the log end, and writes the leader-epoch checkpoint durably before
+    /// returning (a leader change is rare, and a follower's truncation asks for the end of
+    /// an epoch, which this entry answers, so it must survive a crash even with no batch of
+    /// the epoch in the log). Anything appended but not yet durable is flushed first, so the
+    /// start offset is durable too. Returns whether the cache changed: `false` if `epoch` is
+    /// already the latest (its start is then at or before the log end). An epoch older than
+    /// the latest is refused with `LeaderEpochRegression`. Later appends of `epoch` add no
+    /// entry. A failed flush or checkpoint write poisons the log. Blocks on fsyncs when the
+    /// cache changes.
+    pub fn record_epoch_start(&mut self, epoch: LeaderEpoch) -> Result<bool> {
+        self.check_usable()?;
+        self.check_epoch(epoch)?;
+        if self.latest_epoch() == Some(epoch) {
+            return Ok(false);
+        }
+        if self.recovery_point < self.log_end_offset {
+            // The entry says the epoch starts at the log end: what lies below it is made
+            // durable first, or a crash could leave a shorter log with the entry past its end,
+            // which the next open drops.
+            self.flush()?;
+        }
+        let changed = self.epoch_cache.assign(epoch, self.log_end_offset);
+        assert!(changed, "a newer epoch always changes the cache");
+        let storage = Arc::clone(&self.storage);
+        // Crash before the rename lands: the old checkpoint stands, without the epoch, and the
+        // caller never learnt that it was recorded. After it: the next open keeps the entry,
+        // as the newest one starting at the log end or as the epoch of the batches after it.
+        self.epoch_cache
+            .write_checkpoint(&*storage, &self.dir)
+            .inspect_err(|_| self.poisoned = true)?;
+        if std::mem::take(&mut self.parent_sync_needed) {
+            // A new partition's directory entry may not be durable yet, and with it the
+            // checkpoint just written: its parent is fsynced now rather than by the first flush.
+            if let Some(parent) = self.dir.parent() {
+                storage
+                    .sync_dir(parent)
+                    .map_err(|e| StorageError::io(parent, e))
+                    .inspect_err(|_| self.poisoned = true)?;
+            }
+        }
+        tracing::info!(dir = %self.dir.display(), epoch = epoch.0, start_offset = self.log_end_offset.0, "leader epoch start recorded");
+        Ok(true)
     }
 
     fn active(&self) -> &Segment {
@@ -1277,6 +1346,11 @@ impl Log {
     /// fsynced, so a crash at any step leaves a prefix of the old log. Producer-state
     /// snapshots past the cut are removed before anything is cut, and the producer table is
     /// rebuilt from what is left. A failure part way poisons the log. Blocks on fsyncs.
+    ///
+    /// Leader-epoch entries starting at or past `offset` go too, even when `offset` is the log
+    /// end and no batch is cut: an entry at the log end with no batch of its epoch (the first
+    /// batch was lost in a crash, or a leader recorded it with `record_epoch_start`) is dropped,
+    /// durably, so a follower's truncation to its log end leaves only what its batches say.
     /// A high-watermark checkpoint that might hold a value past the new log end is rewritten
     /// with the lowered value before this returns.
     pub fn truncate_to(&mut self, offset: Offset) -> Result<()> {
@@ -1287,6 +1361,15 @@ impl Log {
                 log_start_offset: self.log_start_offset,
                 log_end_offset: self.log_end_offset,
             });
+        }
+        if offset == self.log_end_offset && self.epoch_cache.truncate_from_end(offset) {
+            let storage = Arc::clone(&self.storage);
+            // Crash before it lands: the entry comes back at open, and the next truncation to
+            // the log end drops it again.
+            return self
+                .epoch_cache
+                .write_checkpoint(&*storage, &self.dir)
+                .inspect_err(|_| self.poisoned = true);
         }
         // A truncation that fails part way leaves segments, checkpoints or the producer table
         // between the old log and the cut one: nothing is trusted until a reopen recovers a
@@ -1329,6 +1412,21 @@ impl Log {
         if self.recovery_point > offset {
             self.recovery_point = offset;
             self.write_recovery_point()?;
+        }
+        // Epoch entries past the cut go durably before anything is cut: open keeps an entry
+        // starting at the recovered log end (a leader's epoch start), so one whose batches a
+        // crash during this truncation left cut must not be in the checkpoint then. The cut
+        // starts at the batch holding `offset`, which may begin below it.
+        let cut_from = match self.locate(offset)? {
+            Some((_, _, header)) => header.base_offset.min(offset),
+            None => offset,
+        };
+        if self.epoch_cache.truncate_from_end(cut_from) {
+            // After the recovery point was lowered: a crash after this leaves the batches in
+            // segments past the recovery point, whose headers the next open reads to derive
+            // the entries again.
+            self.epoch_cache
+                .write_checkpoint(&*self.storage, &self.dir)?;
         }
         if self.cleaner_checkpoint > offset {
             // Offsets past the cut will be written again, uncleaned: the checkpoint must not

@@ -4,6 +4,7 @@
 mod basics;
 mod compact;
 mod crash;
+mod epochs;
 mod faults;
 mod high_watermark;
 mod producers;
