@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use vltava_messages::Offset;
+
 use crate::error::{Result, StorageError};
 use crate::fs::Storage;
 
@@ -68,4 +70,39 @@ pub fn read_bounded(storage: &dyn Storage, path: &Path, bytes_max: u64) -> Resul
         return Ok(None);
     }
     Ok(Some(body.to_vec()))
+}
+
+/// Writes a checkpoint holding one offset: `version (u8) | offset (u64) | crc (u32)`, the
+/// framing of the recovery-point and high-watermark checkpoints. Blocks on two fsyncs.
+pub fn write_offset(storage: &dyn Storage, path: &Path, version: u8, offset: Offset) -> Result<()> {
+    let mut body = vec![version];
+    body.extend_from_slice(&offset.0.to_be_bytes());
+    write_atomic(storage, path, &body)
+}
+
+/// What reading a one-offset checkpoint found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetCheckpoint {
+    /// No file.
+    Missing,
+    /// A file that is not a whole checkpoint of this version: a bad CRC, a wrong length or
+    /// an unknown version.
+    Damaged,
+    Found(Offset),
+}
+
+/// Reads a checkpoint written by [`write_offset`] with the same `version`. Blocks.
+pub fn read_offset(storage: &dyn Storage, path: &Path, version: u8) -> Result<OffsetCheckpoint> {
+    if !storage.exists(path) {
+        return Ok(OffsetCheckpoint::Missing);
+    }
+    let Some(body) = read(storage, path)? else {
+        return Ok(OffsetCheckpoint::Damaged);
+    };
+    Ok(match body.as_slice() {
+        [v, rest @ ..] if *v == version && rest.len() == 8 => OffsetCheckpoint::Found(Offset(
+            u64::from_be_bytes(rest.try_into().expect("8 bytes")),
+        )),
+        _ => OffsetCheckpoint::Damaged,
+    })
 }

@@ -28,13 +28,22 @@ pub struct FlushJob {
     /// acknowledged.
     pub(crate) sync_parent: bool,
     pub(crate) active: (PathBuf, Arc<dyn StorageFile>),
+    /// Fdatasync the active segment: false for a job made only to write the high-watermark
+    /// checkpoint, when everything appended is already durable.
+    pub(crate) sync_active: bool,
     pub(crate) target: Offset,
     pub(crate) generation: u64,
+    /// The log's flush generation. Truncation bumps it under this lock, and a job writes its
+    /// checkpoints under it only if the generation is still its own, so a job that raced with
+    /// a truncation never writes a recovery point or a high watermark the log no longer has.
+    pub(crate) generation_cell: Arc<Mutex<u64>>,
     /// Set after a roll: once the syncs succeed, the job also rewrites the recovery-point
-    /// checkpoint, so recovery after a crash skips the sealed segments. The cell holds the
-    /// log's flush generation; truncation bumps it under the same lock, so a job that raced
-    /// with a truncation never writes a recovery point the log no longer has.
-    pub(crate) checkpoint: Option<Arc<Mutex<u64>>>,
+    /// checkpoint, so recovery after a crash skips the sealed segments.
+    pub(crate) write_recovery_point: bool,
+    /// Set when the high watermark changed: once the syncs succeed, the job rewrites the
+    /// high-watermark checkpoint with this value (at most the job's target, so never past
+    /// what the job made durable).
+    pub(crate) high_watermark: Option<Offset>,
 }
 
 impl FlushJob {
@@ -44,10 +53,13 @@ impl FlushJob {
         self.target
     }
 
-    /// Fsyncs the sealed segments, the active one and, after a roll, the directory. Blocks.
+    /// Fsyncs the active segment and, after a roll, the directory; then writes the checkpoints
+    /// that are due (recovery point after a roll, high watermark after it changed). Blocks.
     pub fn run(&self) -> Result<()> {
         let (path, file) = &self.active;
-        file.sync_data().map_err(|e| StorageError::io(path, e))?;
+        if self.sync_active {
+            file.sync_data().map_err(|e| StorageError::io(path, e))?;
+        }
         if self.sync_dir {
             // A new segment's directory entry must be durable before anything in it is
             // acknowledged, or a crash could lose the whole file.
@@ -63,12 +75,21 @@ impl FlushJob {
                 .sync_dir(parent)
                 .map_err(|e| StorageError::io(parent, e))?;
         }
-        if let Some(cell) = &self.checkpoint {
-            let generation = cell
+        if self.write_recovery_point || self.high_watermark.is_some() {
+            let generation = self
+                .generation_cell
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if *generation == self.generation {
-                crate::log::write_recovery_point(&*self.storage, &self.dir, self.target)?;
+                if self.write_recovery_point {
+                    crate::log::write_recovery_point(&*self.storage, &self.dir, self.target)?;
+                }
+                if let Some(high_watermark) = self.high_watermark {
+                    // Everything below the target is durable now, and the value is at most the
+                    // target. Crash before the rename lands: the old checkpoint stands, lower
+                    // than this one, which only makes the next open more conservative.
+                    crate::log::write_high_watermark(&*self.storage, &self.dir, high_watermark)?;
+                }
             }
         }
         Ok(())

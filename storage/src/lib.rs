@@ -14,11 +14,13 @@
 //! - `segment`: one segment: append, scan, find, truncate, index files.
 //! - `index`: the sparse offset and time indexes.
 //! - `epoch`: the leader-epoch cache and its checkpoint.
-//! - `checkpoint`: atomic, checksummed small files.
+//! - `checkpoint`: atomic, checksummed small files, and the one-offset framing of the
+//!   recovery-point and high-watermark checkpoints.
 //! - `compaction`: compaction jobs for logs whose cleanup policy is `compact` (keep the newest
 //!   record per key, drop expired tombstones, merge segments) and their crash-safe swap.
-//! - `log`: `Log`, the partition log: open with recovery, leader and follower appends,
-//!   reads, offset and timestamp lookups, truncation, roll, retention, close.
+//! - `log`: `Log`, the partition log: open with recovery, leader and follower appends, a new
+//!   leader's epoch start, reads, offset and timestamp lookups, truncation, roll, retention,
+//!   the high-watermark checkpoint, close.
 //! - `producer_state`: idempotent producers' recent batches, owned by the `Log` (recorded at
 //!   every append, rebuilt at open and after a truncation) and its snapshot files.
 //! - `partition_metadata`: `partition.metadata`, the id of the topic a partition directory
@@ -36,6 +38,9 @@
 //!   producer's bytes (fields outside the CRC) and appends them as they are.
 //! - After open, the log is a prefix of what was appended before the crash, holding every
 //!   batch that was durable; a torn or corrupt tail is cut off and reported.
+//! - The high-watermark checkpoint is at most the log end (and the flush target) when it is
+//!   written, is rewritten before a truncation below it returns, and is read at open as
+//!   min(value, log end); a leader epoch recorded at the log end survives a crash.
 //! - After a failed fsync the log is poisoned: nothing more is appended or acknowledged until
 //!   it is reopened at its recovery point.
 //! - Compaction never changes an offset and never rewrites the active segment or anything at

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vltava_messages::batch::{self, BatchHeader, HEADER_BYTES};
 use vltava_messages::{LeaderEpoch, Offset, RecordBatchRef, TimestampType};
 
-use crate::checkpoint::{self, TEMP_SUFFIX};
+use crate::checkpoint::{self, OffsetCheckpoint, TEMP_SUFFIX};
 use crate::compaction::{
     self, CompactionJob, CompactionOutcome, CompactionOutput, CompactionReport, PassSettings,
     PassStats, SourceSegment, SwapError,
@@ -38,6 +38,17 @@ pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-checkpoint";
 pub const CLEAN_SHUTDOWN_MARKER: &str = ".clean-shutdown";
 /// Format version of the recovery-point checkpoint body.
 const RECOVERY_POINT_VERSION: u8 = 1;
+/// File name of the high-watermark checkpoint.
+pub const HIGH_WATERMARK_CHECKPOINT: &str = "high-watermark-checkpoint";
+/// Format version of the high-watermark checkpoint body.
+const HIGH_WATERMARK_VERSION: u8 = 1;
+/// The least time, on the log's clock (the largest `now_ms` any call gave it), between two
+/// flush jobs from [`Log::begin_flush`] that write the high-watermark checkpoint. Without it,
+/// with fsync durability, every flush job would follow a change of the high watermark and add
+/// the checkpoint's two fsyncs (file and directory) to the job's one. A stale checkpoint is
+/// only conservative (a replica reopens with a lower high watermark and waits for it to move
+/// again), so Kafka's default for `replica.high.watermark.checkpoint.interval.ms` is kept.
+pub const HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS: u64 = 5_000;
 
 /// What an append did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +127,25 @@ pub struct Log {
     /// The recovery-point checkpoint should be rewritten after the next flush (a segment
     /// rolled, so the recovery after a crash can skip the sealed ones).
     checkpoint_due: bool,
+    /// What `high-watermark-checkpoint` said at open, lowered to the recovered log end; `None`
+    /// without a readable file. Fixed at open: see [`Log::high_watermark_checkpoint`].
+    high_watermark_checkpoint: Option<Offset>,
+    /// The value the next high-watermark checkpoint write carries: the last value given to
+    /// `set_high_watermark`, lowered by truncation; at open, `high_watermark_checkpoint`.
+    /// Kept apart from `high_watermark`, which open sets to the log end, so that no write
+    /// ever records a high watermark the caller did not set.
+    high_watermark_to_checkpoint: Option<Offset>,
+    /// `high_watermark_to_checkpoint` changed since a flush job last took it.
+    high_watermark_checkpoint_due: bool,
+    /// An upper bound on the value the checkpoint file holds, or a flush job in flight may
+    /// still write: a truncation below it rewrites the file before it returns.
+    high_watermark_checkpoint_max: Option<Offset>,
+    /// The log clock when a flush job from `begin_flush` last took the high-watermark
+    /// checkpoint; `None` since open (the first one is not held back).
+    high_watermark_checkpoint_taken_ms: Option<u64>,
+    /// The log's clock: the largest `now_ms` given to open, an append, a roll, retention or
+    /// compaction. It paces the high-watermark checkpoint without reading the system clock.
+    clock_ms: u64,
     flush_in_flight: bool,
     /// Bumped by truncation: a flush job from an older generation synced offsets that may
     /// have been cut and written again, so its target no longer means anything. Shared with
@@ -197,6 +227,7 @@ impl Log {
         let clean_shutdown = storage.exists(&marker);
         let checkpointed_recovery_point = read_recovery_point(&*storage, dir)?;
         let epoch_checkpoint = LeaderEpochCache::read_checkpoint(&*storage, dir)?;
+        let high_watermark_read = read_high_watermark(&*storage, dir);
 
         let mut log = Log {
             dir: dir.to_path_buf(),
@@ -211,6 +242,12 @@ impl Log {
             dir_sync_needed: false,
             parent_sync_needed: false,
             checkpoint_due: false,
+            high_watermark_checkpoint: None,
+            high_watermark_to_checkpoint: None,
+            high_watermark_checkpoint_due: false,
+            high_watermark_checkpoint_max: None,
+            high_watermark_checkpoint_taken_ms: None,
+            clock_ms: now_ms,
             flush_in_flight: false,
             flush_generation: Arc::new(Mutex::new(0)),
             poisoned: false,
@@ -261,8 +298,13 @@ impl Log {
             log.parent_sync_needed = true;
             return Ok(log);
         }
+        // An entry starting exactly at the log end stays: a new leader recorded its epoch's
+        // start there (`record_epoch_start`) before appending anything, or the epoch's first
+        // batch was lost with the crash. Entries past the log end describe batches that are gone.
         if log.epoch_cache.truncate_from_start(log.log_start_offset)
-            | log.epoch_cache.truncate_from_end(log.log_end_offset)
+            | log
+                .epoch_cache
+                .truncate_from_end(log.log_end_offset.plus(1))
         {
             tracing::debug!(dir = %dir.display(), "leader-epoch cache trimmed to the recovered log");
         }
@@ -298,6 +340,7 @@ impl Log {
         log.recovery_point = log.log_end_offset;
         log.write_recovery_point()?;
         log.high_watermark = log.log_end_offset;
+        log.open_high_watermark_checkpoint(high_watermark_read)?;
         log.cleaner_checkpoint = compaction::read_cleaner_checkpoint(&*storage, dir)?
             .unwrap_or(log.log_start_offset)
             .clamp(log.log_start_offset, log.log_end_offset);
@@ -426,6 +469,7 @@ impl Log {
 
         // The epoch cache: checkpointed entries below the first scanned offset, then what the
         // scanned batch headers say.
+        let checkpointed_latest = checkpointed_epochs.entries().last().copied();
         let mut cache = checkpointed_epochs;
         if let Some(from) = scanned_from {
             cache.truncate_from_end(from);
@@ -434,6 +478,24 @@ impl Log {
             if cache.latest_epoch().is_none_or(|latest| epoch > latest) {
                 cache.assign(epoch, start_offset);
             }
+        }
+        // The checkpoint's newest entry, if it starts at the recovered log end and is newer than
+        // every batch, is an epoch no batch of which is in the log: one a new leader recorded
+        // with `record_epoch_start` (fsynced, and no header can give it back), or one whose
+        // first batch the crash lost. It stays, so a leader's epoch start survives a crash.
+        let log_end = self
+            .segments
+            .values()
+            .next_back()
+            .map_or(Offset(0), |s| s.next_offset);
+        if let Some(entry) = checkpointed_latest
+            && entry.start_offset == log_end
+            && cache
+                .entries()
+                .last()
+                .is_none_or(|l| l.epoch < entry.epoch && l.start_offset <= entry.start_offset)
+        {
+            cache.assign(entry.epoch, entry.start_offset);
         }
         self.epoch_cache = cache;
         Ok(())
@@ -495,10 +557,24 @@ impl Log {
         self.log_end_offset
     }
 
-    /// Offsets below it are committed and visible to consumers.
+    /// Offsets below it are committed and visible to consumers. [`Log::open`] sets it to the
+    /// log end (single-node semantics), whatever the high-watermark checkpoint says; a
+    /// replica starts from min([`Log::high_watermark_checkpoint`], log end) instead.
     #[must_use]
     pub fn high_watermark(&self) -> Offset {
         self.high_watermark
+    }
+
+    /// What `high-watermark-checkpoint` said when the log was opened, lowered to the log end
+    /// that recovery left: min(file value, log end at open), so it never claims offsets a crash
+    /// took away (or that a truncation cut before the file was rewritten). `None` when there
+    /// is no file (a new partition, or a directory written before the checkpoint existed) or
+    /// it is damaged or of an unknown version (a warning is logged). It may lie below the log
+    /// start (retention moved the start past an older checkpoint): clamp it. It does not
+    /// change after open; later values go to the file, for the next open.
+    #[must_use]
+    pub fn high_watermark_checkpoint(&self) -> Option<Offset> {
+        self.high_watermark_checkpoint
     }
 
     /// Offsets below it are durable (fsynced).
@@ -552,6 +628,9 @@ impl Log {
     }
 
     /// Moves the high watermark. It must stay within `[log_start_offset, log_end_offset]`.
+    /// Never blocks: a new value makes the high-watermark checkpoint due, and a later flush job
+    /// (paced by [`HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS`]), [`Log::flush`] or
+    /// [`Log::close`] writes it.
     pub fn set_high_watermark(&mut self, offset: Offset) {
         assert!(
             offset >= self.log_start_offset,
@@ -562,6 +641,55 @@ impl Log {
             "high watermark past the log end"
         );
         self.high_watermark = offset;
+        if self.high_watermark_to_checkpoint != Some(offset) {
+            self.high_watermark_to_checkpoint = Some(offset);
+            self.high_watermark_checkpoint_due = true;
+        }
+    }
+
+    /// For a new leader, before it appends anything: records in the leader-epoch cache that
+    /// `epoch` starts at the log end, and writes the leader-epoch checkpoint durably before
+    /// returning (a leader change is rare, and a follower's truncation asks for the end of
+    /// an epoch, which this entry answers, so it must survive a crash even with no batch of
+    /// the epoch in the log). Anything appended but not yet durable is flushed first, so the
+    /// start offset is durable too. Returns whether the cache changed: `false` if `epoch` is
+    /// already the latest (its start is then at or before the log end). An epoch older than
+    /// the latest is refused with `LeaderEpochRegression`. Later appends of `epoch` add no
+    /// entry. A failed flush or checkpoint write poisons the log. Blocks on fsyncs when the
+    /// cache changes.
+    pub fn record_epoch_start(&mut self, epoch: LeaderEpoch) -> Result<bool> {
+        self.check_usable()?;
+        self.check_epoch(epoch)?;
+        if self.latest_epoch() == Some(epoch) {
+            return Ok(false);
+        }
+        if self.recovery_point < self.log_end_offset {
+            // The entry says the epoch starts at the log end: what lies below it is made
+            // durable first, or a crash could leave a shorter log with the entry past its end,
+            // which the next open drops.
+            self.flush()?;
+        }
+        let changed = self.epoch_cache.assign(epoch, self.log_end_offset);
+        assert!(changed, "a newer epoch always changes the cache");
+        let storage = Arc::clone(&self.storage);
+        // Crash before the rename lands: the old checkpoint stands, without the epoch, and the
+        // caller never learnt that it was recorded. After it: the next open keeps the entry,
+        // as the newest one starting at the log end or as the epoch of the batches after it.
+        self.epoch_cache
+            .write_checkpoint(&*storage, &self.dir)
+            .inspect_err(|_| self.poisoned = true)?;
+        if std::mem::take(&mut self.parent_sync_needed) {
+            // A new partition's directory entry may not be durable yet, and with it the
+            // checkpoint just written: its parent is fsynced now rather than by the first flush.
+            if let Some(parent) = self.dir.parent() {
+                storage
+                    .sync_dir(parent)
+                    .map_err(|e| StorageError::io(parent, e))
+                    .inspect_err(|_| self.poisoned = true)?;
+            }
+        }
+        tracing::info!(dir = %self.dir.display(), epoch = epoch.0, start_offset = self.log_end_offset.0, "leader epoch start recorded");
+        Ok(true)
     }
 
     fn active(&self) -> &Segment {
@@ -656,6 +784,7 @@ impl Log {
         header: &BatchHeader,
         now_ms: u64,
     ) -> Result<AppendInfo> {
+        self.clock_ms = self.clock_ms.max(now_ms);
         self.maybe_roll(header, now_ms)?;
         let interval = self.config.index_interval_bytes;
         let active = self.active_mut();
@@ -765,6 +894,7 @@ impl Log {
     /// and its data never expires).
     pub fn roll_if_old(&mut self, now_ms: u64) -> Result<bool> {
         self.check_usable()?;
+        self.clock_ms = self.clock_ms.max(now_ms);
         let active = self.active();
         if active.is_empty() || now_ms.saturating_sub(active.created_ms) < self.config.segment_ms {
             return Ok(false);
@@ -774,19 +904,30 @@ impl Log {
     }
 
     /// A flush job covering everything appended so far, unless one is already in flight or
-    /// nothing is unsynced. Run it on a flusher thread, then hand it to [`Log::complete_flush`].
+    /// nothing is due: nothing unsynced, and no high-watermark checkpoint due (one is due
+    /// after the high watermark changed, at most once per
+    /// [`HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS`] of the log's clock; the first after open is
+    /// not held back). Run it on a flusher thread, then hand it to [`Log::complete_flush`].
     pub fn begin_flush(&mut self) -> Option<FlushJob> {
         if self.poisoned || self.flush_in_flight {
             return None;
         }
+        let high_watermark = self.high_watermark_checkpoint_due
+            && self.high_watermark_checkpoint_taken_ms.is_none_or(|t| {
+                self.clock_ms.saturating_sub(t) >= HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS
+            });
         if self.recovery_point == self.log_end_offset
             && !self.dir_sync_needed
             && !self.parent_sync_needed
+            && !high_watermark
         {
             return None;
         }
         self.flush_in_flight = true;
-        Some(self.flush_job())
+        if high_watermark {
+            self.high_watermark_checkpoint_taken_ms = Some(self.clock_ms);
+        }
+        Some(self.flush_job(high_watermark))
     }
 
     fn generation(&self) -> MutexGuard<'_, u64> {
@@ -795,20 +936,36 @@ impl Log {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn flush_job(&mut self) -> FlushJob {
+    /// A job syncing everything appended so far; with `high_watermark`, it also writes the
+    /// high-watermark checkpoint if that is due.
+    fn flush_job(&mut self, high_watermark: bool) -> FlushJob {
         let active = self.active();
         let active = (active.log_path.clone(), Arc::clone(&active.file));
         let generation = *self.generation();
+        let high_watermark = (high_watermark
+            && std::mem::take(&mut self.high_watermark_checkpoint_due))
+        .then_some(self.high_watermark_to_checkpoint)
+        .flatten();
+        if let Some(value) = high_watermark {
+            assert!(
+                value <= self.log_end_offset,
+                "a high-watermark checkpoint past the log end"
+            );
+            self.high_watermark_checkpoint_max =
+                self.high_watermark_checkpoint_max.max(Some(value));
+        }
         FlushJob {
             storage: Arc::clone(&self.storage),
             dir: self.dir.clone(),
             sync_dir: std::mem::take(&mut self.dir_sync_needed),
             sync_parent: std::mem::take(&mut self.parent_sync_needed),
             active,
+            sync_active: self.recovery_point < self.log_end_offset,
             target: self.log_end_offset,
             generation,
-            checkpoint: std::mem::take(&mut self.checkpoint_due)
-                .then(|| Arc::clone(&self.flush_generation)),
+            generation_cell: Arc::clone(&self.flush_generation),
+            write_recovery_point: std::mem::take(&mut self.checkpoint_due),
+            high_watermark,
         }
     }
 
@@ -829,10 +986,15 @@ impl Log {
         Ok(self.recovery_point)
     }
 
-    /// Flushes everything appended so far, on the calling thread. Blocks on fsyncs.
+    /// Flushes everything appended so far, on the calling thread, and writes the
+    /// high-watermark checkpoint if the high watermark changed since it was last taken (not
+    /// paced: this is the caller asking for everything to be durable). Blocks on fsyncs.
+    ///
+    /// A job from [`Log::begin_flush`] still in flight may write its older high watermark
+    /// after this one; that only leaves the checkpoint lower, which is safe.
     pub fn flush(&mut self) -> Result<Offset> {
         self.check_usable()?;
-        let job = self.flush_job();
+        let job = self.flush_job(true);
         let result = job.run();
         let in_flight = self.flush_in_flight;
         let outcome = self.complete_flush(job, result);
@@ -851,6 +1013,58 @@ impl Log {
         write_recovery_point(&*self.storage, &self.dir, self.recovery_point).inspect_err(|_| {
             self.poisoned = true;
         })
+    }
+
+    /// Takes what `high-watermark-checkpoint` said into account at open, once recovery has
+    /// set the log end: the accessor's value is min(file value, log end), and a file holding
+    /// more than the log end (a crash lost the tail it counted, or cut a truncation short)
+    /// is rewritten with the log end now, before anything is appended at those offsets
+    /// again, so that no later open reads the stale value over different batches. Blocks on
+    /// fsyncs only in that rare case.
+    fn open_high_watermark_checkpoint(&mut self, read: Option<Offset>) -> Result<()> {
+        let value = read.map(|v| v.min(self.log_end_offset));
+        if read.is_some_and(|v| v > self.log_end_offset) {
+            let path = self.dir.join(HIGH_WATERMARK_CHECKPOINT);
+            tracing::warn!(path = %path.display(), checkpoint = read.map(|v| v.0), log_end_offset = self.log_end_offset.0, "high-watermark checkpoint past the recovered log end; lowered to it");
+            // Crash before the rename lands: the next open finds the old value and lowers it
+            // again, against a log end that nothing was appended past.
+            write_high_watermark(&*self.storage, &self.dir, self.log_end_offset)?;
+        }
+        self.high_watermark_checkpoint = value;
+        self.high_watermark_to_checkpoint = value;
+        self.high_watermark_checkpoint_max = value;
+        Ok(())
+    }
+
+    /// After a truncation: the value the next checkpoint carries is lowered to the new log end,
+    /// and if the file (or a flush job made before the truncation) might hold more, the file
+    /// is rewritten now, so a crash after appends past the cut cannot reopen with a value that
+    /// counts batches that were cut. Crash before it lands: the next open lowers the old value
+    /// to the log end it recovers, which holds nothing appended after the cut yet.
+    fn lower_high_watermark_checkpoint(&mut self) -> Result<()> {
+        let log_end = self.log_end_offset;
+        if let Some(value) = self.high_watermark_to_checkpoint
+            && value > log_end
+        {
+            self.high_watermark_to_checkpoint = Some(log_end);
+            self.high_watermark_checkpoint_due = true;
+        }
+        if self
+            .high_watermark_checkpoint_max
+            .is_some_and(|max| max > log_end)
+        {
+            let value = self
+                .high_watermark_to_checkpoint
+                .unwrap_or(log_end)
+                .min(log_end);
+            let cell = Arc::clone(&self.flush_generation);
+            let _guard = cell
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            write_high_watermark(&*self.storage, &self.dir, value)?;
+            self.high_watermark_checkpoint_max = Some(value);
+        }
+        Ok(())
     }
 
     /// Finds the segment and position of the first batch whose last offset is at or past
@@ -1132,6 +1346,13 @@ impl Log {
     /// fsynced, so a crash at any step leaves a prefix of the old log. Producer-state
     /// snapshots past the cut are removed before anything is cut, and the producer table is
     /// rebuilt from what is left. A failure part way poisons the log. Blocks on fsyncs.
+    ///
+    /// Leader-epoch entries starting at or past `offset` go too, even when `offset` is the log
+    /// end and no batch is cut: an entry at the log end with no batch of its epoch (the first
+    /// batch was lost in a crash, or a leader recorded it with `record_epoch_start`) is dropped,
+    /// durably, so a follower's truncation to its log end leaves only what its batches say.
+    /// A high-watermark checkpoint that might hold a value past the new log end is rewritten
+    /// with the lowered value before this returns.
     pub fn truncate_to(&mut self, offset: Offset) -> Result<()> {
         self.check_usable()?;
         if offset < self.log_start_offset {
@@ -1140,6 +1361,15 @@ impl Log {
                 log_start_offset: self.log_start_offset,
                 log_end_offset: self.log_end_offset,
             });
+        }
+        if offset == self.log_end_offset && self.epoch_cache.truncate_from_end(offset) {
+            let storage = Arc::clone(&self.storage);
+            // Crash before it lands: the entry comes back at open, and the next truncation to
+            // the log end drops it again.
+            return self
+                .epoch_cache
+                .write_checkpoint(&*storage, &self.dir)
+                .inspect_err(|_| self.poisoned = true);
         }
         // A truncation that fails part way leaves segments, checkpoints or the producer table
         // between the old log and the cut one: nothing is trusted until a reopen recovers a
@@ -1175,13 +1405,28 @@ impl Log {
                 log_end_offset: self.log_end_offset,
             });
         }
-        // A flush job in flight checks the generation and writes its checkpoint under the
-        // same lock, so once this bump is done it can no longer write a recovery point past
-        // the cut.
+        // A flush job in flight checks the generation and writes its checkpoints under the
+        // same lock, so once this bump is done it can no longer write a recovery point or a
+        // high watermark past the cut.
         *self.generation() += 1;
         if self.recovery_point > offset {
             self.recovery_point = offset;
             self.write_recovery_point()?;
+        }
+        // Epoch entries past the cut go durably before anything is cut: open keeps an entry
+        // starting at the recovered log end (a leader's epoch start), so one whose batches a
+        // crash during this truncation left cut must not be in the checkpoint then. The cut
+        // starts at the batch holding `offset`, which may begin below it.
+        let cut_from = match self.locate(offset)? {
+            Some((_, _, header)) => header.base_offset.min(offset),
+            None => offset,
+        };
+        if self.epoch_cache.truncate_from_end(cut_from) {
+            // After the recovery point was lowered: a crash after this leaves the batches in
+            // segments past the recovery point, whose headers the next open reads to derive
+            // the entries again.
+            self.epoch_cache
+                .write_checkpoint(&*self.storage, &self.dir)?;
         }
         if self.cleaner_checkpoint > offset {
             // Offsets past the cut will be written again, uncleaned: the checkpoint must not
@@ -1252,6 +1497,7 @@ impl Log {
         if self.epoch_cache.truncate_from_end(self.log_end_offset) {
             self.epoch_cache.write_checkpoint(&*storage, &self.dir)?;
         }
+        self.lower_high_watermark_checkpoint()?;
         // A cut inside a batch (or inside a gap compaction left) ends the log below `offset`;
         // a snapshot between the two would miss the batches appended next.
         let past_end: Vec<Offset> = producer_state::snapshot_offsets(&*storage, &self.dir)?
@@ -1281,6 +1527,7 @@ impl Log {
     /// (`CleanupPolicy::Compact`) deletes nothing.
     pub fn delete_old_segments(&mut self, now_ms: u64) -> Result<Vec<Offset>> {
         self.check_usable()?;
+        self.clock_ms = self.clock_ms.max(now_ms);
         if self.config.cleanup_policy == CleanupPolicy::Compact {
             // A compacted log keeps every key's newest record however old.
             return Ok(Vec::new());
@@ -1349,6 +1596,7 @@ impl Log {
     /// Cheap: it reads nothing. Run the job on another thread, then hand its output to
     /// [`Log::complete_compaction`]; appends and reads may go on meanwhile.
     pub fn begin_compaction(&mut self, now_ms: u64) -> Option<CompactionJob> {
+        self.clock_ms = self.clock_ms.max(now_ms);
         if self.config.cleanup_policy != CleanupPolicy::Compact
             || self.poisoned
             || self.compaction_job.is_some()
@@ -1613,19 +1861,54 @@ pub(crate) fn write_recovery_point(
     dir: &Path,
     recovery_point: Offset,
 ) -> Result<()> {
-    let mut body = vec![RECOVERY_POINT_VERSION];
-    body.extend_from_slice(&recovery_point.0.to_be_bytes());
-    checkpoint::write_atomic(storage, &dir.join(RECOVERY_POINT_CHECKPOINT), &body)
+    checkpoint::write_offset(
+        storage,
+        &dir.join(RECOVERY_POINT_CHECKPOINT),
+        RECOVERY_POINT_VERSION,
+        recovery_point,
+    )
 }
 
 fn read_recovery_point(storage: &dyn Storage, dir: &Path) -> Result<Option<Offset>> {
-    let Some(body) = checkpoint::read(storage, &dir.join(RECOVERY_POINT_CHECKPOINT))? else {
-        return Ok(None);
-    };
-    match body.as_slice() {
-        [RECOVERY_POINT_VERSION, rest @ ..] if rest.len() == 8 => Ok(Some(Offset(
-            u64::from_be_bytes(rest.try_into().expect("8 bytes")),
-        ))),
-        _ => Ok(None),
+    let path = dir.join(RECOVERY_POINT_CHECKPOINT);
+    Ok(
+        match checkpoint::read_offset(storage, &path, RECOVERY_POINT_VERSION)? {
+            OffsetCheckpoint::Found(offset) => Some(offset),
+            OffsetCheckpoint::Missing | OffsetCheckpoint::Damaged => None,
+        },
+    )
+}
+
+/// Writes the high-watermark checkpoint atomically and durably. Callers hold the log's flush
+/// generation lock, so two writers never share the temporary file. Blocks on fsyncs.
+pub(crate) fn write_high_watermark(
+    storage: &dyn Storage,
+    dir: &Path,
+    high_watermark: Offset,
+) -> Result<()> {
+    checkpoint::write_offset(
+        storage,
+        &dir.join(HIGH_WATERMARK_CHECKPOINT),
+        HIGH_WATERMARK_VERSION,
+        high_watermark,
+    )
+}
+
+/// Reads the high-watermark checkpoint. It only ever makes a replica more conservative when
+/// absent, so a damaged file, one of an unknown version, or one that cannot be read is
+/// reported with a warning and taken as absent: it never fails an open. Blocks.
+fn read_high_watermark(storage: &dyn Storage, dir: &Path) -> Option<Offset> {
+    let path = dir.join(HIGH_WATERMARK_CHECKPOINT);
+    match checkpoint::read_offset(storage, &path, HIGH_WATERMARK_VERSION) {
+        Ok(OffsetCheckpoint::Found(offset)) => Some(offset),
+        Ok(OffsetCheckpoint::Missing) => None,
+        Ok(OffsetCheckpoint::Damaged) => {
+            tracing::warn!(path = %path.display(), "high-watermark checkpoint damaged or of an unknown version; ignored");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "high-watermark checkpoint unreadable; ignored");
+            None
+        }
     }
 }

@@ -4,7 +4,9 @@
 mod basics;
 mod compact;
 mod crash;
+mod epochs;
 mod faults;
+mod high_watermark;
 mod producers;
 
 use std::path::{Path, PathBuf};
