@@ -1342,6 +1342,7 @@ impl<L: MetadataLog> ControllerState<L> {
                     partition,
                     leader: Some(leader),
                     leader_epoch: 0,
+                    partition_epoch: 0,
                     replicas,
                     isr: vec![leader],
                 }
