@@ -8,7 +8,7 @@ use super::*;
 use crate::protocol::{ErrorCode, FRAME_HEADER_BYTES, read_header};
 
 /// The header and body of one whole frame.
-fn split(frame: &[u8]) -> (FrameHeader, &[u8]) {
+pub(super) fn split(frame: &[u8]) -> (FrameHeader, &[u8]) {
     let header_bytes = frame
         .first_chunk::<FRAME_HEADER_BYTES>()
         .expect("a whole header");
@@ -21,7 +21,7 @@ fn split(frame: &[u8]) -> (FrameHeader, &[u8]) {
     (header, &frame[FRAME_HEADER_BYTES..])
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -108,6 +108,8 @@ fn service_request() -> impl Strategy<Value = PeerRequest> {
         vec(offsets_query(), 0..8).prop_map(|partitions| PeerRequest::PartitionOffsets(
             PartitionOffsetsRequest { partitions }
         )),
+        replication::tests::replica_fetch_request().prop_map(PeerRequest::ReplicaFetch),
+        replication::tests::epoch_end_request().prop_map(PeerRequest::OffsetForLeaderEpoch),
     ]
 }
 
@@ -119,6 +121,8 @@ fn service_response() -> impl Strategy<Value = PeerResponse> {
         vec(offsets_answer(), 0..8).prop_map(|partitions| PeerResponse::PartitionOffsets(
             PartitionOffsetsResponse { partitions }
         )),
+        replication::tests::replica_fetch_response().prop_map(PeerResponse::ReplicaFetch),
+        replication::tests::epoch_end_response().prop_map(PeerResponse::OffsetForLeaderEpoch),
     ]
 }
 
@@ -552,7 +556,7 @@ fn payloads_round_trip_and_nesting_is_bounded() {
 
 const PROTOCOL_MD: &str = include_str!("../../../PROTOCOL.md");
 
-fn doc_fixture(name: &str) -> Vec<u8> {
+pub(super) fn doc_fixture(name: &str) -> Vec<u8> {
     let marker = format!("<!-- fixture: {name} -->");
     let start = PROTOCOL_MD
         .find(&marker)
@@ -566,7 +570,7 @@ fn doc_fixture(name: &str) -> Vec<u8> {
     unhex(&rest[open..open + close])
 }
 
-fn doc_table(name: &str) -> Vec<Vec<String>> {
+pub(super) fn doc_table(name: &str) -> Vec<Vec<String>> {
     let begin = format!("<!-- begin {name} -->");
     let end = format!("<!-- end {name} -->");
     let start = PROTOCOL_MD.find(&begin).expect("table start") + begin.len();
