@@ -39,8 +39,9 @@
 //!   or the time of an offset), for lag in DescribeGroups and for ResetOffsets; at most
 //!   [`PARTITION_OFFSETS_PARTITIONS_MAX`] partitions per request, each answered with its
 //!   offsets or a client error.
-//! - `ControllerForward` (0x4030): an admin request forwarded to the controller;
-//!   `LeaseRenew` (0x4031): a node's heartbeat to the controller.
+//! - `ControllerForward` (0x4030): an admin request forwarded to the controller (among them
+//!   a partition leader's ISR change, `AlterIsr`); `LeaseRenew` (0x4031): a node's heartbeat
+//!   to the controller.
 //! - The data range 0x4020 to 0x402F: `ReplicaFetch` (0x4020), `OffsetForLeaderEpoch`
 //!   (0x4021), `PartitionOffsets` (0x4028); the rest is free.
 //!
@@ -512,6 +513,38 @@ pub enum ForwardedAdmin {
         host: String,
         port: u16,
     },
+    /// A partition leader's change of the partition's in-sync replicas: a compare-and-set the
+    /// controller commits only if the partition is still at both `leader_epoch` and
+    /// `partition_epoch`. Answered with the partition's committed state
+    /// ([`ControllerForwardResponse::isr`]), taken or not.
+    AlterIsr {
+        topic: String,
+        partition: u32,
+        /// The proposing leader.
+        leader: u32,
+        leader_epoch: u32,
+        /// The partition epoch the proposal is based on.
+        partition_epoch: u32,
+        /// The proposed ISR (node ids, sorted, no duplicates, containing `leader`).
+        isr: Vec<u32>,
+    },
+}
+
+/// The most node ids an ISR may list, in a [`ForwardedAdmin::AlterIsr`] proposal or a
+/// committed state. An ISR is a subset of a partition's replicas, which placement takes from
+/// the cluster's live nodes; a controller quorum has at most 7 members today, so 16 leaves
+/// room for nodes that are not quorum members while keeping a proposal small.
+pub const ISR_NODES_MAX: usize = 16;
+
+/// A partition's committed leadership and ISR state, as the controller answers a
+/// [`ForwardedAdmin::AlterIsr`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedIsrWire {
+    pub leader_epoch: u32,
+    /// Grows with every committed change of the partition's leader or ISR.
+    pub partition_epoch: u32,
+    /// The committed ISR: node ids, sorted, no duplicates.
+    pub isr: Vec<u32>,
 }
 
 /// ControllerForward request, version 1.
@@ -522,12 +555,16 @@ pub struct ControllerForwardRequest {
 
 /// ControllerForward response, version 1: the controller's answer. `error_code` is a client
 /// protocol error code (0: success) with its `message`; InitProducerId's grant is in
-/// `producer`.
+/// `producer`, AlterIsr's answer in `isr`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControllerForwardResponse {
     pub error_code: u16,
     pub message: String,
     pub producer: Option<(u64, u16)>,
+    /// AlterIsr's answer: the partition's committed state after the request (a new partition
+    /// epoch if the proposal was taken, the unchanged one if it was refused).
+    #[serde(default)]
+    pub isr: Option<CommittedIsrWire>,
 }
 
 impl PeerBody for ControllerForwardRequest {
@@ -575,6 +612,19 @@ impl PeerBody for ControllerForwardRequest {
                 host.len(),
                 crate::limits::SOFTWARE_FIELD_BYTES_MAX,
             ),
+            ForwardedAdmin::AlterIsr {
+                topic, leader, isr, ..
+            } => {
+                check_at_most("topic name bytes", topic.len(), TOPIC_NAME_BYTES_MAX)?;
+                check_isr(isr)?;
+                if isr.binary_search(leader).is_err() {
+                    return Err(PeerProtocolError::FieldInvalid {
+                        field: "isr",
+                        rule: "contains the proposing leader",
+                    });
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -585,8 +635,24 @@ impl PeerBody for ControllerForwardResponse {
             "error message bytes",
             self.message.len(),
             PEER_ERROR_MESSAGE_BYTES_MAX,
-        )
+        )?;
+        if let Some(committed) = &self.isr {
+            check_isr(&committed.isr)?;
+        }
+        Ok(())
     }
+}
+
+/// An ISR's own rules: at most [`ISR_NODES_MAX`] node ids, sorted, none twice.
+fn check_isr(isr: &[u32]) -> Result<(), PeerProtocolError> {
+    check_count_at_most("isr", isr.len(), ISR_NODES_MAX)?;
+    if !isr.windows(2).all(|pair| pair[0] < pair[1]) {
+        return Err(PeerProtocolError::FieldInvalid {
+            field: "isr",
+            rule: "sorted, without duplicates",
+        });
+    }
+    Ok(())
 }
 
 /// LeaseRenew request, version 1: the renewing node (known from the handshake) says which
@@ -1094,8 +1160,8 @@ pub enum PeerProtocolError {
         value: u64,
         max: u64,
     },
-    /// A field breaks a rule that relates it to another field (a flushed offset past the
-    /// fetch offset).
+    /// A field breaks a rule that relates it to itself or to another field (an ISR not sorted,
+    /// a flushed offset past the fetch offset).
     #[error("{field} breaks its rule: {rule}")]
     FieldInvalid {
         field: &'static str,

@@ -554,4 +554,8 @@ fn protocol_md_gives_the_replication_bounds() {
         value("Partitions per OffsetForLeaderEpoch request"),
         EPOCH_END_PARTITIONS_MAX.to_string()
     );
+    assert_eq!(
+        value("Node ids in an AlterIsr `isr`"),
+        crate::peer::ISR_NODES_MAX.to_string()
+    );
 }
