@@ -16,8 +16,9 @@
 //! - `protocol`: the client wire protocol: the 16-byte frame header and stream parser, the
 //!   MessagePack request and response bodies, error codes, the hand-written fetch answer.
 //! - `peer`: the peer protocol between nodes: the same frames with kinds of their own
-//!   (0x4000 to 0x40FF), the peer handshake, ping, the Raft kinds with opaque payloads, and
-//!   peer error codes.
+//!   (0x4000 to 0x40FF), the peer handshake, ping, the Raft kinds with opaque payloads,
+//!   replication (replica fetch, epoch ends), partition offsets, forwarded admin requests
+//!   (ISR changes among them), lease renewals, and peer error codes.
 //!
 //! # Invariants
 //! - A record batch is validated (length, magic, CRC-32C, attributes, record count and every

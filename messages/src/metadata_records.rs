@@ -47,6 +47,11 @@ pub enum MetadataRecord {
         partition: u32,
         leader: Option<u32>,
         leader_epoch: u32,
+        /// Grows with every committed change of the partition's leader or ISR; an ISR
+        /// proposal (the peer protocol's `AlterIsr`) names the one it is based on. 0 in records
+        /// written before it existed (an optional field with a default: no version bump).
+        #[serde(default)]
+        partition_epoch: u32,
         replicas: Vec<u32>,
         isr: Vec<u32>,
     },
@@ -84,6 +89,8 @@ pub struct MetadataRecordError {
 /// refuse a kind they do not know anyway, and the bump turns that refusal into a clear one.
 /// (A new optional field with a default needs no bump: named maps let old builds skip it.)
 /// Version 2 added `NodeFenced` and `NodeUnfenced`; version 1 batches read unchanged.
+/// `PartitionChange`'s `partition_epoch` came later, without a bump: records written before
+/// it read as epoch 0, and an older build reading a newer record skips the field.
 pub const METADATA_RECORDS_VERSION: u16 = 2;
 
 /// Bytes of the version prefix of an encoded [`MetadataBatch`].
@@ -189,6 +196,7 @@ mod tests {
                 partition: 2,
                 leader: Some(1),
                 leader_epoch: 0,
+                partition_epoch: 3,
                 replicas: vec![1],
                 isr: vec![1],
             },
@@ -210,6 +218,56 @@ mod tests {
             assert_eq!(MetadataRecord::decode(&record.encode()).unwrap(), record);
         }
         assert!(MetadataRecord::decode(&[0xc1]).is_err());
+    }
+
+    /// A `PartitionChange` written before `partition_epoch` existed reads as epoch 0, and one
+    /// written now still reads for a build that does not know the field.
+    #[test]
+    fn a_partition_change_without_its_partition_epoch_reads_as_epoch_0() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        #[serde(tag = "type")]
+        enum Before {
+            PartitionChange {
+                topic: String,
+                partition: u32,
+                leader: Option<u32>,
+                leader_epoch: u32,
+                replicas: Vec<u32>,
+                isr: Vec<u32>,
+            },
+        }
+        let before = Before::PartitionChange {
+            topic: "orders".into(),
+            partition: 2,
+            leader: Some(1),
+            leader_epoch: 4,
+            replicas: vec![1, 2],
+            isr: vec![1],
+        };
+        let old_bytes = rmp_serde::to_vec_named(&before).unwrap();
+        assert_eq!(
+            MetadataRecord::decode(&old_bytes).unwrap(),
+            MetadataRecord::PartitionChange {
+                topic: "orders".into(),
+                partition: 2,
+                leader: Some(1),
+                leader_epoch: 4,
+                partition_epoch: 0,
+                replicas: vec![1, 2],
+                isr: vec![1],
+            }
+        );
+        let now = MetadataRecord::PartitionChange {
+            topic: "orders".into(),
+            partition: 2,
+            leader: Some(1),
+            leader_epoch: 4,
+            partition_epoch: 9,
+            replicas: vec![1, 2],
+            isr: vec![1],
+        };
+        let read_by_old: Before = rmp_serde::from_slice(&now.encode()).unwrap();
+        assert_eq!(read_by_old, before);
     }
 
     #[test]

@@ -149,7 +149,8 @@ fn forwarded_deadline(admin: &ForwardedAdmin) -> Option<Instant> {
         | ForwardedAdmin::CreatePartitions { timeout_ms, .. } => *timeout_ms,
         ForwardedAdmin::AlterConfigs { .. }
         | ForwardedAdmin::InitProducerId { .. }
-        | ForwardedAdmin::RegisterNode { .. } => 0,
+        | ForwardedAdmin::RegisterNode { .. }
+        | ForwardedAdmin::AlterIsr { .. } => 0,
     };
     (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms)))
 }
@@ -528,11 +529,13 @@ impl ControllerHandle {
                 error_code: 0,
                 message: String::new(),
                 producer,
+                isr: None,
             },
             Err(e) => ControllerForwardResponse {
                 error_code: e.code().code(),
                 message: truncate_message(e.to_string()),
                 producer: None,
+                isr: None,
             },
         }
     }
@@ -643,6 +646,12 @@ impl ControllerHandle {
                 })
                 .await
                 .map(|()| None),
+            // A placeholder until the controller serves ISR changes: a clear refusal rather
+            // than a guess.
+            ForwardedAdmin::AlterIsr { .. } => Err(ControllerError::Remote {
+                code: ErrorCode::InvalidRequest,
+                message: "AlterIsr is not served yet".to_owned(),
+            }),
         }
     }
 
@@ -1342,6 +1351,7 @@ impl<L: MetadataLog> ControllerState<L> {
                     partition,
                     leader: Some(leader),
                     leader_epoch: 0,
+                    partition_epoch: 0,
                     replicas,
                     isr: vec![leader],
                 }

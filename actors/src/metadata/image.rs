@@ -100,6 +100,7 @@ impl MetadataImage {
                     partition: u32::try_from(index).expect("partition indexes fit u32"),
                     leader: partition.leader,
                     leader_epoch: partition.leader_epoch,
+                    partition_epoch: 0,
                     replicas: partition.replicas.clone(),
                     isr: partition.isr.clone(),
                 });
@@ -216,6 +217,7 @@ impl MetadataImage {
                 partition,
                 leader,
                 leader_epoch,
+                partition_epoch: _,
                 replicas,
                 isr,
             } => {

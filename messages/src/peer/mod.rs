@@ -11,8 +11,8 @@
 //! is an unknown kind there and a client frame sent to a peer port is refused at once.
 //!
 //! A node opens two connections to each other node, `control` (Raft, leases) and `data`
-//! (forwarded admin requests, partition offsets, replica fetches), so that an election never
-//! waits behind bulk data or a slow request.
+//! (forwarded admin requests, partition offsets, replica fetches and epoch ends), so that an
+//! election never waits behind bulk data or a slow request.
 //! The first frame on each is a [`PeerHandshakeRequest`] naming the cluster, the dialling
 //! node, the node it means to reach and the channel; both sides check the identities and a
 //! mismatch is refused with a [`PeerFailure`] that names both. After it, the dialling node
@@ -26,22 +26,34 @@
 //!   the Raft RPCs (0x4010 to 0x4012), whose bodies carry openraft's messages as opaque
 //!   MessagePack `bin` bytes ([`RaftPayload`]; see [`encode_payload`]) so that this crate
 //!   never depends on openraft.
+//! - `ReplicaFetch` (0x4020, data connection): a follower node's replica fetcher asks a
+//!   leader node for the record batches past each partition's fetch offset, for all the
+//!   partitions it follows there, in one long-polled request; at most
+//!   [`REPLICA_FETCH_PARTITIONS_MAX`] partitions and [`REPLICA_FETCH_BYTES_MAX`] bytes (plus
+//!   one batch) per answer.
+//! - `OffsetForLeaderEpoch` (0x4021, data connection): a new follower asks the leader where
+//!   an epoch ends in the leader's log, to truncate what the leader does not have; at most
+//!   [`EPOCH_END_PARTITIONS_MAX`] partitions per request.
 //! - `PartitionOffsets` (0x4028, data connection): a group coordinator asks a partition's
 //!   leader for its log start, high watermark and log end (and optionally an offset by time,
 //!   or the time of an offset), for lag in DescribeGroups and for ResetOffsets; at most
 //!   [`PARTITION_OFFSETS_PARTITIONS_MAX`] partitions per request, each answered with its
 //!   offsets or a client error.
-//! - `ControllerForward` (0x4030): an admin request forwarded to the controller;
-//!   `LeaseRenew` (0x4031): a node's heartbeat to the controller.
-//! - The data range 0x4020 to 0x402F: `PartitionOffsets` (0x4028); the rest is reserved for
-//!   replication (replica fetch).
+//! - `ControllerForward` (0x4030): an admin request forwarded to the controller (among them
+//!   a partition leader's ISR change, `AlterIsr`); `LeaseRenew` (0x4031): a node's heartbeat
+//!   to the controller.
+//! - The data range 0x4020 to 0x402F: `ReplicaFetch` (0x4020), `OffsetForLeaderEpoch`
+//!   (0x4021), `PartitionOffsets` (0x4028); the rest is free.
 //!
 //! # Layout
 //! - `codec`: frames to bytes and back for peer kinds, the bounded body decoder, and the
 //!   opaque-payload helpers.
-//! - this file: kinds, bodies, error codes and limits.
+//! - `replication`: the replication kinds' bodies and limits (ReplicaFetch,
+//!   OffsetForLeaderEpoch).
+//! - this file: kinds, the other bodies, error codes and limits.
 
 mod codec;
+mod replication;
 
 #[cfg(test)]
 mod tests;
@@ -54,6 +66,14 @@ use crate::types::{NodeId, Offset, PartitionId};
 pub use codec::{
     decode_payload, decode_request_body, decode_response_body, encode_failure, encode_payload,
     encode_request_body, encode_response_body,
+};
+pub use replication::{
+    EPOCH_END_PARTITIONS_MAX, EPOCH_END_REPLY_FIELDS_BYTES_MAX, EpochEndQuery, EpochEndReply,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+    REPLICA_FETCH_ANSWER_FIELDS_BYTES_MAX, REPLICA_FETCH_BODY_FIELDS_BYTES_MAX,
+    REPLICA_FETCH_BYTES_MAX, REPLICA_FETCH_PARTITIONS_MAX, REPLICA_FETCH_RECORDS_BYTES_MAX,
+    REPLICA_FETCH_WAIT_MS_MAX, ReplicaFetchAnswer, ReplicaFetchPartition, ReplicaFetchRequest,
+    ReplicaFetchResponse,
 };
 
 /// The first kind number of the peer range. Client kinds count up from 0 and are far below it;
@@ -91,8 +111,8 @@ const _: () = assert!(PEER_KIND_LAST & crate::protocol::RESPONSE_BIT == 0);
 pub enum PeerChannel {
     /// Raft and lease renewals: small and latency-sensitive.
     Control,
-    /// Forwarded admin requests, partition offsets and replica fetches: answers that may be
-    /// slow (an admin change, a read of the log) or bulky, and long polls.
+    /// Forwarded admin requests, partition offsets, replica fetches and epoch ends: answers
+    /// that may be slow (an admin change, a read of the log) or bulky, and long polls.
     Data,
 }
 
@@ -304,6 +324,12 @@ peer_kinds! {
         0x4011 RaftVote(RaftPayload, RaftPayload) versions 1..=1;
         /// openraft's InstallSnapshot (one chunk), opaque.
         0x4012 RaftInstallSnapshot(RaftPayload, RaftPayload) versions 1..=1;
+        /// A follower node's replica fetcher asks a leader node for the bytes past each
+        /// partition's fetch offset, for all the partitions it follows there (a long poll).
+        0x4020 ReplicaFetch(ReplicaFetchRequest, ReplicaFetchResponse) versions 1..=1;
+        /// A new follower asks the leader where an epoch ends in the leader's log, to truncate
+        /// what the leader does not have.
+        0x4021 OffsetForLeaderEpoch(OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse) versions 1..=1;
         /// A group coordinator asks the leader of some partitions for their offsets (log
         /// start, high watermark, log end, and optionally an offset by time or the time of an
         /// offset), for lag and offset resets.
@@ -487,6 +513,38 @@ pub enum ForwardedAdmin {
         host: String,
         port: u16,
     },
+    /// A partition leader's change of the partition's in-sync replicas: a compare-and-set the
+    /// controller commits only if the partition is still at both `leader_epoch` and
+    /// `partition_epoch`. Answered with the partition's committed state
+    /// ([`ControllerForwardResponse::isr`]), taken or not.
+    AlterIsr {
+        topic: String,
+        partition: u32,
+        /// The proposing leader.
+        leader: u32,
+        leader_epoch: u32,
+        /// The partition epoch the proposal is based on.
+        partition_epoch: u32,
+        /// The proposed ISR (node ids, sorted, no duplicates, containing `leader`).
+        isr: Vec<u32>,
+    },
+}
+
+/// The most node ids an ISR may list, in a [`ForwardedAdmin::AlterIsr`] proposal or a
+/// committed state. An ISR is a subset of a partition's replicas, which placement takes from
+/// the cluster's live nodes; a controller quorum has at most 7 members today, so 16 leaves
+/// room for nodes that are not quorum members while keeping a proposal small.
+pub const ISR_NODES_MAX: usize = 16;
+
+/// A partition's committed leadership and ISR state, as the controller answers a
+/// [`ForwardedAdmin::AlterIsr`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedIsrWire {
+    pub leader_epoch: u32,
+    /// Grows with every committed change of the partition's leader or ISR.
+    pub partition_epoch: u32,
+    /// The committed ISR: node ids, sorted, no duplicates.
+    pub isr: Vec<u32>,
 }
 
 /// ControllerForward request, version 1.
@@ -497,12 +555,16 @@ pub struct ControllerForwardRequest {
 
 /// ControllerForward response, version 1: the controller's answer. `error_code` is a client
 /// protocol error code (0: success) with its `message`; InitProducerId's grant is in
-/// `producer`.
+/// `producer`, AlterIsr's answer in `isr`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControllerForwardResponse {
     pub error_code: u16,
     pub message: String,
     pub producer: Option<(u64, u16)>,
+    /// AlterIsr's answer: the partition's committed state after the request (a new partition
+    /// epoch if the proposal was taken, the unchanged one if it was refused).
+    #[serde(default)]
+    pub isr: Option<CommittedIsrWire>,
 }
 
 impl PeerBody for ControllerForwardRequest {
@@ -550,6 +612,19 @@ impl PeerBody for ControllerForwardRequest {
                 host.len(),
                 crate::limits::SOFTWARE_FIELD_BYTES_MAX,
             ),
+            ForwardedAdmin::AlterIsr {
+                topic, leader, isr, ..
+            } => {
+                check_at_most("topic name bytes", topic.len(), TOPIC_NAME_BYTES_MAX)?;
+                check_isr(isr)?;
+                if isr.binary_search(leader).is_err() {
+                    return Err(PeerProtocolError::FieldInvalid {
+                        field: "isr",
+                        rule: "contains the proposing leader",
+                    });
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -560,8 +635,24 @@ impl PeerBody for ControllerForwardResponse {
             "error message bytes",
             self.message.len(),
             PEER_ERROR_MESSAGE_BYTES_MAX,
-        )
+        )?;
+        if let Some(committed) = &self.isr {
+            check_isr(&committed.isr)?;
+        }
+        Ok(())
     }
+}
+
+/// An ISR's own rules: at most [`ISR_NODES_MAX`] node ids, sorted, none twice.
+fn check_isr(isr: &[u32]) -> Result<(), PeerProtocolError> {
+    check_count_at_most("isr", isr.len(), ISR_NODES_MAX)?;
+    if !isr.windows(2).all(|pair| pair[0] < pair[1]) {
+        return Err(PeerProtocolError::FieldInvalid {
+            field: "isr",
+            rule: "sorted, without duplicates",
+        });
+    }
+    Ok(())
 }
 
 /// LeaseRenew request, version 1: the renewing node (known from the handshake) says which
@@ -716,20 +807,26 @@ impl PeerBody for PartitionOffsetsResponse {
         check_offsets_partitions(self.partitions.iter().map(|a| a.topic.as_str()))?;
         for answer in &self.partitions {
             if let Some(error) = &answer.error {
-                check_at_most(
-                    "error name bytes",
-                    error.name.len(),
-                    PEER_ERROR_NAME_BYTES_MAX,
-                )?;
-                check_at_most(
-                    "error message bytes",
-                    error.message.len(),
-                    crate::limits::ERROR_MESSAGE_BYTES_MAX,
-                )?;
+                check_response_error(error)?;
             }
         }
         Ok(())
     }
+}
+
+/// The limits of a client error carried in a peer answer's entry: its name and message, so
+/// that the entry stays within its kind's per-entry budget.
+fn check_response_error(error: &ResponseError) -> Result<(), PeerProtocolError> {
+    check_at_most(
+        "error name bytes",
+        error.name.len(),
+        PEER_ERROR_NAME_BYTES_MAX,
+    )?;
+    check_at_most(
+        "error message bytes",
+        error.message.len(),
+        crate::limits::ERROR_MESSAGE_BYTES_MAX,
+    )
 }
 
 /// What every body checks after decoding, beyond what serde checks.
@@ -807,14 +904,36 @@ fn check_kinds(kinds: &[KindVersions]) -> Result<(), PeerProtocolError> {
     Ok(())
 }
 
+/// A length (bytes, entries) against a wire bound.
 fn check_at_most(field: &'static str, value: usize, max: u32) -> Result<(), PeerProtocolError> {
-    let value = u64::try_from(value).unwrap_or(u64::MAX);
-    if value > u64::from(max) {
-        return Err(PeerProtocolError::FieldTooLarge {
-            field,
-            value,
-            max: u64::from(max),
-        });
+    check_number_at_most(
+        field,
+        u64::try_from(value).unwrap_or(u64::MAX),
+        u64::from(max),
+    )
+}
+
+/// A count of entries against a bound kept as an in-memory length.
+fn check_count_at_most(
+    field: &'static str,
+    value: usize,
+    max: usize,
+) -> Result<(), PeerProtocolError> {
+    check_number_at_most(
+        field,
+        u64::try_from(value).unwrap_or(u64::MAX),
+        u64::try_from(max).unwrap_or(u64::MAX),
+    )
+}
+
+/// A number (a length, a count, or a field's value such as a wait) against its bound.
+fn check_number_at_most(
+    field: &'static str,
+    value: u64,
+    max: u64,
+) -> Result<(), PeerProtocolError> {
+    if value > max {
+        return Err(PeerProtocolError::FieldTooLarge { field, value, max });
     }
     Ok(())
 }
@@ -1034,12 +1153,19 @@ pub enum PeerProtocolError {
     /// The body is MessagePack but not the expected shape (a missing field, a wrong type).
     #[error("malformed body: {reason}")]
     Malformed { reason: String },
-    /// A count or a length is above its limit.
+    /// A count, a length or a bounded number is above its limit.
     #[error("{field} is {value}, above the limit of {max}")]
     FieldTooLarge {
         field: &'static str,
         value: u64,
         max: u64,
+    },
+    /// A field breaks a rule that relates it to itself or to another field (an ISR not sorted,
+    /// a flushed offset past the fetch offset).
+    #[error("{field} breaks its rule: {rule}")]
+    FieldInvalid {
+        field: &'static str,
+        rule: &'static str,
     },
 }
 
@@ -1061,7 +1187,8 @@ impl PeerProtocolError {
             | PeerProtocolError::TrailingBytes
             | PeerProtocolError::TooDeep { .. }
             | PeerProtocolError::Malformed { .. }
-            | PeerProtocolError::FieldTooLarge { .. } => PeerErrorCode::CorruptFrame,
+            | PeerProtocolError::FieldTooLarge { .. }
+            | PeerProtocolError::FieldInvalid { .. } => PeerErrorCode::CorruptFrame,
         }
     }
 

@@ -8,7 +8,7 @@ use super::*;
 use crate::protocol::{ErrorCode, FRAME_HEADER_BYTES, read_header};
 
 /// The header and body of one whole frame.
-fn split(frame: &[u8]) -> (FrameHeader, &[u8]) {
+pub(super) fn split(frame: &[u8]) -> (FrameHeader, &[u8]) {
     let header_bytes = frame
         .first_chunk::<FRAME_HEADER_BYTES>()
         .expect("a whole header");
@@ -21,7 +21,7 @@ fn split(frame: &[u8]) -> (FrameHeader, &[u8]) {
     (header, &frame[FRAME_HEADER_BYTES..])
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -100,6 +100,63 @@ fn offsets_answer() -> impl Strategy<Value = PartitionOffsetsAnswer> {
         )
 }
 
+/// A sorted set of node ids without duplicates, and one of them as the leader.
+fn isr_and_leader() -> impl Strategy<Value = (Vec<u32>, u32)> {
+    proptest::collection::btree_set(any::<u32>(), 1..=ISR_NODES_MAX).prop_flat_map(|isr| {
+        let isr: Vec<u32> = isr.into_iter().collect();
+        let count = isr.len();
+        (Just(isr), 0..count).prop_map(|(isr, index)| {
+            let leader = isr[index];
+            (isr, leader)
+        })
+    })
+}
+
+fn alter_isr() -> impl Strategy<Value = ForwardedAdmin> {
+    (
+        "[a-z0-9._-]{1,32}",
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+        isr_and_leader(),
+    )
+        .prop_map(
+            |(topic, partition, leader_epoch, partition_epoch, (isr, leader))| {
+                ForwardedAdmin::AlterIsr {
+                    topic,
+                    partition,
+                    leader,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                }
+            },
+        )
+}
+
+fn forward_response() -> impl Strategy<Value = ControllerForwardResponse> {
+    (
+        any::<u16>(),
+        ".{0,32}",
+        proptest::option::of((any::<u64>(), any::<u16>())),
+        proptest::option::of((any::<u32>(), any::<u32>(), isr_and_leader())),
+    )
+        .prop_map(
+            |(error_code, message, producer, isr)| ControllerForwardResponse {
+                error_code,
+                message,
+                producer,
+                isr: isr.map(
+                    |(leader_epoch, partition_epoch, (isr, _))| CommittedIsrWire {
+                        leader_epoch,
+                        partition_epoch,
+                        isr,
+                    },
+                ),
+            },
+        )
+}
+
 fn service_request() -> impl Strategy<Value = PeerRequest> {
     prop_oneof![
         payload().prop_map(PeerRequest::RaftAppendEntries),
@@ -108,6 +165,10 @@ fn service_request() -> impl Strategy<Value = PeerRequest> {
         vec(offsets_query(), 0..8).prop_map(|partitions| PeerRequest::PartitionOffsets(
             PartitionOffsetsRequest { partitions }
         )),
+        replication::tests::replica_fetch_request().prop_map(PeerRequest::ReplicaFetch),
+        replication::tests::epoch_end_request().prop_map(PeerRequest::OffsetForLeaderEpoch),
+        alter_isr()
+            .prop_map(|admin| PeerRequest::ControllerForward(ControllerForwardRequest { admin })),
     ]
 }
 
@@ -119,6 +180,9 @@ fn service_response() -> impl Strategy<Value = PeerResponse> {
         vec(offsets_answer(), 0..8).prop_map(|partitions| PeerResponse::PartitionOffsets(
             PartitionOffsetsResponse { partitions }
         )),
+        replication::tests::replica_fetch_response().prop_map(PeerResponse::ReplicaFetch),
+        replication::tests::epoch_end_response().prop_map(PeerResponse::OffsetForLeaderEpoch),
+        forward_response().prop_map(PeerResponse::ControllerForward),
     ]
 }
 
@@ -471,6 +535,142 @@ fn partition_offsets_are_bounded_and_the_largest_answer_fits_a_frame() {
     assert_eq!(PeerResponse::decode(&header, body).unwrap(), Ok(largest));
 }
 
+fn alter_isr_request(leader: u32, isr: Vec<u32>) -> PeerRequest {
+    PeerRequest::ControllerForward(ControllerForwardRequest {
+        admin: ForwardedAdmin::AlterIsr {
+            topic: "orders".into(),
+            partition: 3,
+            leader,
+            leader_epoch: 4,
+            partition_epoch: 7,
+            isr,
+        },
+    })
+}
+
+fn decode_request(request: &PeerRequest) -> Result<PeerRequest, PeerProtocolError> {
+    let frame = request.encode(1).expect("the request encodes");
+    let (header, body) = split(&frame);
+    PeerRequest::decode(&header, body)
+}
+
+/// An ISR proposal the controller could not compare with its own state is refused when
+/// decoded: unsorted, with a node twice, without the proposing leader, or longer than
+/// `ISR_NODES_MAX`.
+#[test]
+fn alter_isr_proposals_are_sorted_unique_bounded_and_contain_the_leader() {
+    let fine = alter_isr_request(2, vec![1, 2, 5]);
+    assert_eq!(decode_request(&fine), Ok(fine));
+    let unsorted = PeerProtocolError::FieldInvalid {
+        field: "isr",
+        rule: "sorted, without duplicates",
+    };
+    assert_eq!(
+        decode_request(&alter_isr_request(2, vec![2, 1])),
+        Err(unsorted.clone())
+    );
+    assert_eq!(
+        decode_request(&alter_isr_request(2, vec![1, 2, 2])),
+        Err(unsorted)
+    );
+    let no_leader = PeerProtocolError::FieldInvalid {
+        field: "isr",
+        rule: "contains the proposing leader",
+    };
+    assert_eq!(
+        decode_request(&alter_isr_request(3, vec![1, 2])),
+        Err(no_leader.clone())
+    );
+    assert_eq!(
+        decode_request(&alter_isr_request(3, Vec::new())),
+        Err(no_leader)
+    );
+    let most: Vec<u32> = (0..ISR_NODES_MAX as u32).collect();
+    let at_limit = alter_isr_request(0, most.clone());
+    assert_eq!(decode_request(&at_limit), Ok(at_limit));
+    let mut past = most;
+    past.push(ISR_NODES_MAX as u32);
+    assert_eq!(
+        decode_request(&alter_isr_request(0, past)),
+        Err(PeerProtocolError::FieldTooLarge {
+            field: "isr",
+            value: ISR_NODES_MAX as u64 + 1,
+            max: ISR_NODES_MAX as u64,
+        })
+    );
+    let long_topic = PeerRequest::ControllerForward(ControllerForwardRequest {
+        admin: ForwardedAdmin::AlterIsr {
+            topic: "t".repeat(crate::limits::TOPIC_NAME_BYTES_MAX as usize + 1),
+            partition: 0,
+            leader: 1,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            isr: vec![1],
+        },
+    });
+    assert!(matches!(
+        decode_request(&long_topic),
+        Err(PeerProtocolError::FieldTooLarge {
+            field: "topic name bytes",
+            ..
+        })
+    ));
+}
+
+/// The controller's answer to AlterIsr travels in `isr`, under the same rules as a proposal's
+/// ISR; an answer from a build that does not know the field decodes with `isr` absent.
+#[test]
+fn forwarded_answers_carry_the_committed_isr() {
+    let answer = |isr: Vec<u32>| {
+        PeerResponse::ControllerForward(ControllerForwardResponse {
+            isr: Some(CommittedIsrWire {
+                leader_epoch: 4,
+                partition_epoch: 8,
+                isr,
+            }),
+            ..ControllerForwardResponse::default()
+        })
+    };
+    let decode = |response: &PeerResponse| {
+        let frame = response.encode(1).unwrap();
+        let (header, body) = split(&frame);
+        PeerResponse::decode(&header, body).map(|r| r.unwrap())
+    };
+    assert_eq!(decode(&answer(vec![1, 2])), Ok(answer(vec![1, 2])));
+    assert_eq!(
+        decode(&answer(vec![2, 1])),
+        Err(PeerProtocolError::FieldInvalid {
+            field: "isr",
+            rule: "sorted, without duplicates",
+        })
+    );
+
+    // {"error_code": 0, "message": "", "producer": nil}, as the previous version wrote it.
+    #[derive(serde::Serialize)]
+    struct Before {
+        error_code: u16,
+        message: String,
+        producer: Option<(u64, u16)>,
+    }
+    let frame = encode_response_body(
+        PeerKind::ControllerForward,
+        1,
+        &Before {
+            error_code: 0,
+            message: String::new(),
+            producer: None,
+        },
+    )
+    .unwrap();
+    let (header, body) = split(&frame);
+    assert_eq!(
+        PeerResponse::decode(&header, body).unwrap(),
+        Ok(PeerResponse::ControllerForward(
+            ControllerForwardResponse::default()
+        ))
+    );
+}
+
 #[test]
 fn refusals_carry_the_refusing_identity_and_close() {
     let failure = PeerFailure::refusal(
@@ -552,7 +752,7 @@ fn payloads_round_trip_and_nesting_is_bounded() {
 
 const PROTOCOL_MD: &str = include_str!("../../../PROTOCOL.md");
 
-fn doc_fixture(name: &str) -> Vec<u8> {
+pub(super) fn doc_fixture(name: &str) -> Vec<u8> {
     let marker = format!("<!-- fixture: {name} -->");
     let start = PROTOCOL_MD
         .find(&marker)
@@ -566,7 +766,7 @@ fn doc_fixture(name: &str) -> Vec<u8> {
     unhex(&rest[open..open + close])
 }
 
-fn doc_table(name: &str) -> Vec<Vec<String>> {
+pub(super) fn doc_table(name: &str) -> Vec<Vec<String>> {
     let begin = format!("<!-- begin {name} -->");
     let end = format!("<!-- end {name} -->");
     let start = PROTOCOL_MD.find(&begin).expect("table start") + begin.len();

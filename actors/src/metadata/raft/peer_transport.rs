@@ -297,7 +297,9 @@ impl PeerService for RaftPeerService {
             }
             PeerRequest::ControllerForward(_)
             | PeerRequest::LeaseRenew(_)
-            | PeerRequest::PartitionOffsets(_) => Err(PeerFailure::new(
+            | PeerRequest::PartitionOffsets(_)
+            | PeerRequest::ReplicaFetch(_)
+            | PeerRequest::OffsetForLeaderEpoch(_) => Err(PeerFailure::new(
                 PeerErrorCode::ServiceFailed,
                 "the Raft service answers Raft kinds only",
             )),

@@ -159,7 +159,9 @@ impl PeerService for TestService {
             PeerRequest::RaftInstallSnapshot(_) => PeerResponse::RaftInstallSnapshot(answer),
             PeerRequest::ControllerForward(_)
             | PeerRequest::LeaseRenew(_)
-            | PeerRequest::PartitionOffsets(_) => {
+            | PeerRequest::PartitionOffsets(_)
+            | PeerRequest::ReplicaFetch(_)
+            | PeerRequest::OffsetForLeaderEpoch(_) => {
                 unreachable!("refused above")
             }
         })
@@ -287,6 +289,8 @@ fn answer_text(response: &PeerResponse) -> String {
         PeerResponse::ControllerForward(answer) => format!("{answer:?}"),
         PeerResponse::LeaseRenew(answer) => format!("{answer:?}"),
         PeerResponse::PartitionOffsets(answer) => format!("{answer:?}"),
+        PeerResponse::ReplicaFetch(answer) => format!("{answer:?}"),
+        PeerResponse::OffsetForLeaderEpoch(answer) => format!("{answer:?}"),
     }
 }
 

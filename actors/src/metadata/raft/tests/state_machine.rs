@@ -51,6 +51,7 @@ fn rich_records() -> Vec<MetadataRecord> {
             partition: 4,
             leader: Some(2),
             leader_epoch: 3,
+            partition_epoch: 0,
             replicas: vec![2, 1],
             isr: vec![2],
         },
