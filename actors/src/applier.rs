@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
-use vltava_messages::{LeaderEpoch, PartitionId};
+use vltava_messages::{LeaderEpoch, NodeId, PartitionId};
 use vltava_storage::Flusher;
 
 use crate::directory::{ActorDirectory, ActorKind, ActorStats};
@@ -31,6 +31,10 @@ use crate::metadata::MetadataImage;
 use crate::metadata::producer_ids::ProducerRegistry;
 use crate::metadata::topic_config;
 use crate::partition::data_dir::{self, Assignment};
+use crate::partition::replica_state::{
+    Assignment as ReplicaAssignment, PartitionEpoch, ReplicaConfig,
+};
+use crate::partition::replication::ReplicaLinks;
 use crate::partition::supervisor::PartitionSupervisorHandle;
 use crate::partition::{Durability, PartitionArgs};
 use vltava_messages::group_records::OFFSETS_TOPIC;
@@ -53,6 +57,11 @@ pub struct ApplierConfig {
     pub groups: Option<GroupManagerHandle>,
     /// The node-wide producer ids and epochs, handed to every partition it starts.
     pub producer_ids: ProducerRegistry,
+    /// The node's replication services (the controller, leaders, replica fetchers), handed
+    /// to every partition it starts.
+    pub links: Arc<dyn ReplicaLinks>,
+    /// How long a follower may lag before it leaves the ISR.
+    pub replica_lag_time_max: std::time::Duration,
 }
 
 #[derive(Debug)]
@@ -129,8 +138,29 @@ impl ApplierHandle {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Running {
     topic_id: String,
-    leader_epoch: u32,
     configs: BTreeMap<String, String>,
+}
+
+/// A partition's leadership as `image` says, for this node's replica of it.
+fn assignment_of(partition: &crate::metadata::PartitionImage) -> ReplicaAssignment {
+    // Partitions placed before replica sets were recorded name only their leader.
+    let replicas: Vec<NodeId> = if partition.replicas.is_empty() {
+        partition.leader.into_iter().map(NodeId).collect()
+    } else {
+        partition.replicas.iter().copied().map(NodeId).collect()
+    };
+    let mut isr: std::collections::BTreeSet<NodeId> =
+        partition.isr.iter().copied().map(NodeId).collect();
+    if isr.is_empty() {
+        isr.extend(partition.leader.map(NodeId));
+    }
+    ReplicaAssignment {
+        leader: partition.leader.map(NodeId),
+        leader_epoch: LeaderEpoch(partition.leader_epoch),
+        partition_epoch: PartitionEpoch(partition.partition_epoch),
+        replicas,
+        isr,
+    }
 }
 
 #[derive(Debug)]
@@ -142,6 +172,11 @@ pub struct ApplierState {
     config: ApplierConfig,
     stats: Arc<ActorStats>,
     running: BTreeMap<(String, u32), Running>,
+    /// The leadership each running partition was last told.
+    assigned: BTreeMap<(String, u32), ReplicaAssignment>,
+    /// The partitions of `__consumer_offsets` this node leads (their group coordinators run
+    /// here).
+    coordinating: std::collections::BTreeSet<u32>,
     /// The version of the last image applied. In a cluster images reach the applier two ways
     /// (the controller's commit, and the watch of what the quorum committed), so an older one
     /// can arrive after a newer one; applying it would undo the newer one's changes.
@@ -194,6 +229,8 @@ impl Actor for MetadataApplier {
             config,
             stats,
             running: BTreeMap::new(),
+            assigned: BTreeMap::new(),
+            coordinating: std::collections::BTreeSet::new(),
             applied_version: None,
             failed: BTreeMap::new(),
             image: None,
@@ -260,19 +297,23 @@ impl ApplierState {
     }
 
     /// Stops, removes and starts partitions until those running are the ones `image` gives
-    /// this node.
+    /// this node (every partition it is a replica of), and tells running ones a new
+    /// leadership in place.
     async fn make_partitions_match(&mut self, image: &MetadataImage) {
-        let mut wanted: BTreeMap<(String, u32), Running> = BTreeMap::new();
+        let node = self.config.node_id;
+        let mut wanted: BTreeMap<(String, u32), (Running, ReplicaAssignment)> = BTreeMap::new();
         for (name, topic) in &image.topics {
             for (index, partition) in topic.partitions.iter().enumerate() {
-                if partition.leader == Some(self.config.node_id) {
+                if partition.leader == Some(node) || partition.replicas.contains(&node) {
                     wanted.insert(
                         (name.clone(), index as u32),
-                        Running {
-                            topic_id: topic.topic_id.clone(),
-                            leader_epoch: partition.leader_epoch,
-                            configs: topic.configs.clone(),
-                        },
+                        (
+                            Running {
+                                topic_id: topic.topic_id.clone(),
+                                configs: topic.configs.clone(),
+                            },
+                            assignment_of(partition),
+                        ),
                     );
                 }
             }
@@ -283,19 +324,18 @@ impl ApplierState {
             .running
             .iter()
             .chain(&self.failed)
-            .filter(|(key, running)| wanted.get(*key) != Some(*running))
+            .filter(|(key, running)| wanted.get(*key).map(|(r, _)| r) != Some(*running))
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
         let mut deleted = Vec::new();
         let mut changed = Vec::new();
         for ((topic, partition), running) in stale {
             // Coordinators stop before the offsets partition they write to.
-            if topic == OFFSETS_TOPIC
-                && let Some(groups) = &self.config.groups
-            {
-                groups.unload(partition);
+            if topic == OFFSETS_TOPIC {
+                self.stop_coordinating(partition);
             }
             self.running.remove(&(topic.clone(), partition));
+            self.assigned.remove(&(topic.clone(), partition));
             self.failed.remove(&(topic.clone(), partition));
             let gone = image
                 .topics
@@ -319,8 +359,34 @@ impl ApplierState {
             self.config.partitions.stop_partitions(keys, true).await;
             self.remove_partitions_data(deleted).await;
         }
+        // Running partitions whose leadership changed are told in place: the log stays open.
+        let mut reassigned = Vec::new();
+        for (key, (_, assignment)) in &wanted {
+            if self.running.contains_key(key) && self.assigned.get(key) != Some(assignment) {
+                reassigned.push((key.clone(), assignment.clone()));
+            }
+        }
+        if !reassigned.is_empty() {
+            // Coordinators stop before their offsets partition stops leading.
+            for ((topic, partition), assignment) in &reassigned {
+                if topic == OFFSETS_TOPIC && assignment.leader != Some(NodeId(node)) {
+                    self.stop_coordinating(*partition);
+                }
+            }
+            let told = reassigned
+                .iter()
+                .map(|((t, p), a)| ((Arc::from(t.as_str()), PartitionId(*p)), a.clone()))
+                .collect();
+            self.config.partitions.assign(told).await;
+            for (key, assignment) in reassigned {
+                if key.0 == OFFSETS_TOPIC && assignment.leader == Some(NodeId(node)) {
+                    self.start_coordinating(key.1);
+                }
+                self.assigned.insert(key, assignment);
+            }
+        }
         let mut starting = Vec::new();
-        for (key, running) in wanted {
+        for (key, (running, assignment)) in wanted {
             if self.running.contains_key(&key) {
                 continue;
             }
@@ -345,37 +411,44 @@ impl ApplierState {
                     ..config.log
                 },
                 durability: self.config.durability,
-                leader_epoch: LeaderEpoch(running.leader_epoch),
+                node_id: NodeId(node),
+                assignment: assignment.clone(),
+                replica: ReplicaConfig {
+                    durability: self.config.durability,
+                    min_insync_replicas: config.min_insync_replicas.map(usize::from),
+                    unclean_leader_election: config.unclean_leader_election,
+                    replica_lag_time_max: self.config.replica_lag_time_max,
+                },
+                links: Arc::clone(&self.config.links),
                 flusher: Arc::clone(&self.config.flusher),
                 directory: self.config.directory.clone(),
                 producer_ids: self.config.producer_ids.clone(),
             };
-            starting.push((key, running, args));
+            starting.push((key, running, assignment, args));
         }
         if starting.is_empty() {
             return;
         }
-        let mut wanted_now: BTreeMap<(String, u32), Running> = BTreeMap::new();
+        let mut wanted_now: BTreeMap<(String, u32), (Running, ReplicaAssignment)> = BTreeMap::new();
         let mut args = Vec::with_capacity(starting.len());
-        for (key, running, a) in starting {
-            wanted_now.insert(key, running);
+        for (key, running, assignment, a) in starting {
+            wanted_now.insert(key, (running, assignment));
             args.push(a);
         }
         // Several at once (`PARTITION_STARTS_CONCURRENT`): a topic of thousands of partitions
         // opened one at a time left a core idle.
         for ((topic, partition), outcome) in self.config.partitions.start_partitions(args).await {
             let key = (topic.to_string(), partition.0);
-            let running = wanted_now
+            let (running, assignment) = wanted_now
                 .remove(&key)
                 .expect("every outcome is for a partition asked for");
             match outcome {
                 Ok(()) => {
-                    if key.0 == OFFSETS_TOPIC
-                        && let Some(groups) = &self.config.groups
-                    {
-                        groups.load(key.1);
+                    if key.0 == OFFSETS_TOPIC && assignment.leader == Some(NodeId(node)) {
+                        self.start_coordinating(key.1);
                     }
                     self.failed.remove(&key);
+                    self.assigned.insert(key.clone(), assignment);
                     self.running.insert(key, running);
                 }
                 Err(e) => {
@@ -383,6 +456,24 @@ impl ApplierState {
                     self.failed.insert(key, running);
                 }
             }
+        }
+    }
+
+    /// This node leads `__consumer_offsets` partition `partition` now: its coordinators load.
+    fn start_coordinating(&mut self, partition: u32) {
+        if let Some(groups) = &self.config.groups
+            && self.coordinating.insert(partition)
+        {
+            groups.load(partition);
+        }
+    }
+
+    /// This node no longer leads (or runs) `__consumer_offsets` partition `partition`.
+    fn stop_coordinating(&mut self, partition: u32) {
+        if let Some(groups) = &self.config.groups
+            && self.coordinating.remove(&partition)
+        {
+            groups.unload(partition);
         }
     }
 

@@ -72,5 +72,6 @@ pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod peer;
+pub mod replication;
 pub mod session;
 pub mod shutdown;

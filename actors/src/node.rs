@@ -46,6 +46,8 @@ use crate::metadata::raft::{
 use crate::metadata::{FileMetadataLog, MetadataImage};
 use crate::metrics::RequestMetrics;
 use crate::partition::Durability;
+use crate::partition::replica_state::REPLICA_LAG_TIME_MAX_DEFAULT;
+use crate::partition::replication::{ReplicaLinks, Standalone};
 use crate::partition::supervisor::{
     PartitionRegistry, PartitionSupervisor, PartitionSupervisorHandle,
 };
@@ -53,6 +55,7 @@ use crate::peer::{
     ClusterId, PEER_CONNECTIONS_MAX, PeerIdentity, PeerLinkConfig, PeerLinks, PeerListener,
     PeerListenerConfig, PeerTimings,
 };
+use crate::replication::ReplicaManager;
 use crate::session::NodeServices;
 use crate::session::listener::run_listener;
 use std::collections::BTreeMap;
@@ -94,6 +97,8 @@ pub struct ClusterOptions {
     /// Metadata log entries between snapshots (`--metadata-snapshot-entries`); a quarter of
     /// them is kept behind each snapshot for followers that lag a little.
     pub snapshot_entries: u64,
+    /// How long a follower may lag before it leaves the ISR (`--replica-lag-time-max-ms`).
+    pub replica_lag_time_max: Duration,
 }
 
 /// What runs for a node's membership of a cluster.
@@ -302,7 +307,22 @@ impl Node {
         )
         .await?;
         let producer_ids = ProducerRegistry::default();
+        // In a cluster, partitions replicate through the node's ReplicaManager (fetchers,
+        // epoch-end questions, ISR proposals); a single node's partitions have no other
+        // replica.
+        let replication = links.as_ref().map(|links| {
+            ReplicaManager::new(NodeId(options.node_id), links.clone(), registry.clone())
+        });
+        let replica_links: Arc<dyn ReplicaLinks> = match &replication {
+            Some(manager) => Arc::new(manager.clone()),
+            None => Arc::new(Standalone),
+        };
         let applier_config = ApplierConfig {
+            links: replica_links,
+            replica_lag_time_max: options
+                .cluster
+                .as_ref()
+                .map_or(REPLICA_LAG_TIME_MAX_DEFAULT, |c| c.replica_lag_time_max),
             groups: Some(groups.clone()),
             node: node.clone(),
             node_id: options.node_id,
@@ -357,6 +377,9 @@ impl Node {
                     cell.clone(),
                 )
                 .await?;
+                if let Some(manager) = &replication {
+                    manager.serve_controller(controller.clone());
+                }
                 (controller, Some(runtime), cluster_id)
             }
         };

@@ -1,7 +1,7 @@
 //! The Partition actor, its supervisor and the MetadataApplier that starts and stops
 //! partitions, through their handles, on real files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,13 +11,17 @@ use vltava_actors::metadata::producer_ids::{
     PRODUCER_ID_BLOCK, ProducerIdsImage, ProducerRegistry,
 };
 use vltava_actors::metadata::{MetadataImage, PartitionImage, TopicImage};
+use vltava_actors::partition::replica_state::{
+    Assignment, PartitionEpoch, REPLICA_LAG_TIME_MAX_DEFAULT, ReplicaConfig,
+};
+use vltava_actors::partition::replication::Standalone;
 use vltava_actors::partition::supervisor::{
     PartitionRegistry, PartitionSlot, PartitionSupervisor, PartitionSupervisorHandle, RESTARTS_MAX,
 };
 use vltava_actors::partition::{Acks, Durability, OffsetSpec, PartitionArgs, PartitionError};
 use vltava_messages::metadata_records::MetadataRecord;
 use vltava_messages::{
-    BatchBuilder, Compression, LeaderEpoch, Offset, PartitionId, ProducerEpoch, ProducerId,
+    BatchBuilder, Compression, LeaderEpoch, NodeId, Offset, PartitionId, ProducerEpoch, ProducerId,
     Sequence,
 };
 use vltava_storage::{Flusher, LogConfig};
@@ -39,7 +43,16 @@ fn args(
         dir: dir.join("t-0"),
         log_config: LogConfig::default(),
         durability,
-        leader_epoch: LeaderEpoch(1),
+        node_id: NodeId(1),
+        assignment: Assignment {
+            leader: Some(NodeId(1)),
+            leader_epoch: LeaderEpoch(1),
+            partition_epoch: PartitionEpoch(0),
+            replicas: vec![NodeId(1)],
+            isr: BTreeSet::from([NodeId(1)]),
+        },
+        replica: ReplicaConfig::default(),
+        links: Arc::new(Standalone),
         flusher: Arc::new(Flusher::new(1, 64)),
         directory: directory.clone(),
         producer_ids: producers_issued(8),
@@ -433,6 +446,7 @@ fn image_with_topic(topic: Option<(&str, u32)>) -> Arc<MetadataImage> {
                     .map(|_| PartitionImage {
                         leader: Some(1),
                         leader_epoch: 0,
+                        partition_epoch: 0,
                         replicas: vec![1],
                         isr: vec![1],
                     })
@@ -468,6 +482,8 @@ async fn deleting_a_topic_removes_a_partition_that_failed_to_start() {
             partitions: partitions.clone(),
             groups: None,
             producer_ids: ProducerRegistry::default(),
+            links: Arc::new(Standalone),
+            replica_lag_time_max: REPLICA_LAG_TIME_MAX_DEFAULT,
         },
         None,
     )
@@ -547,6 +563,8 @@ async fn applier_over(
             partitions: partitions.clone(),
             groups: None,
             producer_ids: producers_issued(8),
+            links: Arc::new(Standalone),
+            replica_lag_time_max: REPLICA_LAG_TIME_MAX_DEFAULT,
         },
         None,
     )

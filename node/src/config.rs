@@ -69,6 +69,10 @@ pub struct NodeFlags {
     /// [default: 1024].
     #[arg(long, env = "VLTAVA_METADATA_SNAPSHOT_ENTRIES")]
     pub metadata_snapshot_entries: Option<u64>,
+    /// In a cluster: a follower that has not caught up with its leader for this long leaves
+    /// the partition's in-sync replicas (Kafka's replica.lag.time.max.ms) [default: 10000].
+    #[arg(long, env = "VLTAVA_REPLICA_LAG_TIME_MAX_MS")]
+    pub replica_lag_time_max_ms: Option<u64>,
     /// Address of the admin HTTP endpoint [default: 127.0.0.1:9422].
     #[arg(long, env = "VLTAVA_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
@@ -143,6 +147,7 @@ struct FileSettings {
     peer_listen: Option<String>,
     controller_quorum: Option<String>,
     metadata_snapshot_entries: Option<u64>,
+    replica_lag_time_max_ms: Option<u64>,
     log_format: Option<String>,
     durability: Option<String>,
     verify_reads: Option<bool>,
@@ -204,6 +209,15 @@ pub const METADATA_SNAPSHOT_ENTRIES_MIN: u64 = 8;
 /// More would let the log (replayed at every start) grow long.
 pub const METADATA_SNAPSHOT_ENTRIES_MAX: u64 = 1_000_000;
 
+/// `--replica-lag-time-max-ms` by default: Kafka's 10 s.
+pub const REPLICA_LAG_TIME_MAX_MS_DEFAULT: u64 = 10_000;
+/// The shortest lag time: below a few fetch rounds (each up to 250 ms held by an idle leader)
+/// an idle follower would flap in and out of the ISR.
+pub const REPLICA_LAG_TIME_MAX_MS_MIN: u64 = 500;
+/// The longest: an hour, past which a dead follower would hold every acks=all answer for
+/// longer than any client waits.
+pub const REPLICA_LAG_TIME_MAX_MS_MAX: u64 = 3_600_000;
+
 /// How this node joins a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -214,6 +228,8 @@ pub struct ClusterConfig {
     pub quorum: std::collections::BTreeMap<u32, SocketAddr>,
     /// Metadata log entries between snapshots.
     pub snapshot_entries: u64,
+    /// How long a follower may lag before it leaves the ISR.
+    pub replica_lag_time_max: std::time::Duration,
 }
 
 /// Parses `ID@HOST:PORT,...`: distinct ids and addresses, at most
@@ -335,10 +351,20 @@ impl NodeConfig {
                         "metadata snapshot entries {snapshot_entries} is outside {METADATA_SNAPSHOT_ENTRIES_MIN}..={METADATA_SNAPSHOT_ENTRIES_MAX}"
                     );
                 }
+                let lag_ms = flags
+                    .replica_lag_time_max_ms
+                    .or(file.replica_lag_time_max_ms)
+                    .unwrap_or(REPLICA_LAG_TIME_MAX_MS_DEFAULT);
+                if !(REPLICA_LAG_TIME_MAX_MS_MIN..=REPLICA_LAG_TIME_MAX_MS_MAX).contains(&lag_ms) {
+                    bail!(
+                        "replica lag time {lag_ms} ms is outside {REPLICA_LAG_TIME_MAX_MS_MIN}..={REPLICA_LAG_TIME_MAX_MS_MAX}"
+                    );
+                }
                 Some(ClusterConfig {
                     peer_listen,
                     quorum,
                     snapshot_entries,
+                    replica_lag_time_max: std::time::Duration::from_millis(lag_ms),
                 })
             }
         };

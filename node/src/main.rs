@@ -169,6 +169,7 @@ async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode
                 quorum: cluster.quorum.clone(),
                 cluster_id,
                 snapshot_entries: cluster.snapshot_entries,
+                replica_lag_time_max: cluster.replica_lag_time_max,
             })
         }
     };

@@ -162,6 +162,18 @@ impl PeerService for NodePeerService {
                     serve_local(self.node_id.0, &self.partitions, &self.image, request).await,
                 ))
             }
+            PeerRequest::ReplicaFetch(request) => Ok(PeerResponse::ReplicaFetch(
+                crate::replication::serve_replica_fetch(
+                    self.node_id,
+                    from,
+                    &self.partitions,
+                    request,
+                )
+                .await,
+            )),
+            PeerRequest::OffsetForLeaderEpoch(request) => Ok(PeerResponse::OffsetForLeaderEpoch(
+                crate::replication::serve_epoch_end(self.node_id, &self.partitions, request).await,
+            )),
             raft_request => {
                 let (_, raft) = self.raft.get().ok_or_else(|| starting("Raft member"))?;
                 raft.handle(from, channel, raft_request).await

@@ -26,7 +26,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use vltava_messages::ErrorCode;
 use vltava_messages::metadata_records::MetadataRecord;
-use vltava_messages::peer::{ControllerForwardResponse, ForwardedAdmin};
+use vltava_messages::peer::{CommittedIsrWire, ControllerForwardResponse, ForwardedAdmin};
 use vltava_messages::{ProducerEpoch, ProducerId};
 
 use crate::directory::{ActorDirectory, ActorKind, ActorStats};
@@ -75,6 +75,10 @@ pub enum ControllerError {
     /// The controller's own refusal of a forwarded request, as it answered it.
     #[error("{message}")]
     Remote { code: ErrorCode, message: String },
+    /// An ISR proposal that cannot be right whatever the partition's state (a replica that is
+    /// not one, an ISR without its leader): a bug on the proposing node.
+    #[error("invalid ISR proposal: {0}")]
+    InvalidIsr(String),
 }
 
 impl ControllerError {
@@ -89,6 +93,7 @@ impl ControllerError {
             ControllerError::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
             ControllerError::InvalidConfig(_) => ErrorCode::InvalidConfig,
             ControllerError::Overloaded => ErrorCode::Overloaded,
+            ControllerError::InvalidIsr(_) => ErrorCode::InvalidRequest,
             ControllerError::NotAvailable(_)
             | ControllerError::Metadata(MetadataError::NotLeader { .. }) => {
                 ErrorCode::ControllerNotAvailable
@@ -397,6 +402,18 @@ pub enum ControllerMsg {
         port: u16,
         reply: Reply,
     },
+    /// A partition leader's ISR change, committed only if the partition is still at the
+    /// proposal's leader, leader epoch and partition epoch (compare-and-set); answered `Ok`
+    /// either way (the asker reads the outcome from the image).
+    AlterIsr {
+        topic: String,
+        partition: u32,
+        leader: u32,
+        leader_epoch: u32,
+        partition_epoch: u32,
+        isr: Vec<u32>,
+        reply: Reply,
+    },
     /// The lease supervisor's decisions: nodes whose lease ran out are fenced, fenced nodes
     /// that renewed it are unfenced, in one commit.
     SetFencing {
@@ -409,6 +426,25 @@ pub enum ControllerMsg {
         current: Option<ProducerIdentity>,
         reply: oneshot::Sender<Result<ProducerIdentity, ControllerError>>,
     },
+}
+
+/// What a decided admin request gives back besides success: InitProducerId's grant, AlterIsr's
+/// committed ISR.
+#[derive(Debug, Default)]
+struct Decided {
+    producer: Option<(u64, u16)>,
+    isr: Option<CommittedIsrWire>,
+}
+
+/// A leader's proposed ISR change (`ControllerMsg::AlterIsr`).
+#[derive(Debug)]
+struct IsrChange {
+    topic: String,
+    partition: u32,
+    leader: u32,
+    leader_epoch: u32,
+    partition_epoch: u32,
+    isr: Vec<u32>,
 }
 
 /// The only way to reach the Controller.
@@ -525,11 +561,11 @@ impl ControllerHandle {
     ) -> ControllerForwardResponse {
         let deadline = forwarded_deadline(&admin);
         match self.decide_here(from, admin, deadline).await {
-            Ok(producer) => ControllerForwardResponse {
+            Ok(decided) => ControllerForwardResponse {
                 error_code: 0,
                 message: String::new(),
-                producer,
-                isr: None,
+                producer: decided.producer,
+                isr: decided.isr,
             },
             Err(e) => ControllerForwardResponse {
                 error_code: e.code().code(),
@@ -542,15 +578,18 @@ impl ControllerHandle {
 
     /// Has `admin` decided: by this node's controller, or forwarded to the controller on
     /// another node. `from` is the node that asks (this one, or the forwarding node);
-    /// InitProducerId's grant comes back as `Some`.
+    /// InitProducerId's grant and AlterIsr's committed ISR come back in `Decided`.
     async fn decide(
         &self,
         from: u32,
         admin: ForwardedAdmin,
         deadline: Option<Instant>,
-    ) -> Result<Option<(u64, u16)>, ControllerError> {
+    ) -> Result<Decided, ControllerError> {
         match self.remote()? {
-            Some(to) => self.forward(to, admin, deadline).await.map(|a| a.producer),
+            Some(to) => self.forward(to, admin, deadline).await.map(|a| Decided {
+                producer: a.producer,
+                isr: a.isr,
+            }),
             None => self.decide_here(from, admin, deadline).await,
         }
     }
@@ -562,7 +601,7 @@ impl ControllerHandle {
         from: u32,
         admin: ForwardedAdmin,
         deadline: Option<Instant>,
-    ) -> Result<Option<(u64, u16)>, ControllerError> {
+    ) -> Result<Decided, ControllerError> {
         match admin {
             ForwardedAdmin::CreateTopic {
                 name,
@@ -584,7 +623,7 @@ impl ControllerHandle {
                     reply,
                 })
                 .await
-                .map(|()| None)
+                .map(|()| Decided::default())
             }
             ForwardedAdmin::DeleteTopic {
                 name,
@@ -596,7 +635,7 @@ impl ControllerHandle {
                     reply,
                 })
                 .await
-                .map(|()| None)
+                .map(|()| Decided::default())
             }
             ForwardedAdmin::AlterConfigs {
                 topic,
@@ -612,7 +651,7 @@ impl ControllerHandle {
                     reply,
                 })
                 .await
-                .map(|()| None),
+                .map(|()| Decided::default()),
             ForwardedAdmin::CreatePartitions {
                 topic,
                 partitions,
@@ -629,14 +668,17 @@ impl ControllerHandle {
                     }
                 })
                 .await
-                .map(|()| None)
+                .map(|()| Decided::default())
             }
             ForwardedAdmin::InitProducerId { current } => self
                 .local_init_producer_id(
                     current.map(|(id, epoch)| (ProducerId(id), ProducerEpoch(epoch))),
                 )
                 .await
-                .map(|(id, epoch)| Some((id.0, epoch.0))),
+                .map(|(id, epoch)| Decided {
+                    producer: Some((id.0, epoch.0)),
+                    isr: None,
+                }),
             ForwardedAdmin::RegisterNode { host, port } => self
                 .call(|reply| ControllerMsg::RegisterNode {
                     node_id: from,
@@ -645,13 +687,45 @@ impl ControllerHandle {
                     reply,
                 })
                 .await
-                .map(|()| None),
-            // A placeholder until the controller serves ISR changes: a clear refusal rather
-            // than a guess.
-            ForwardedAdmin::AlterIsr { .. } => Err(ControllerError::Remote {
-                code: ErrorCode::InvalidRequest,
-                message: "AlterIsr is not served yet".to_owned(),
-            }),
+                .map(|()| Decided::default()),
+            ForwardedAdmin::AlterIsr {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => {
+                let key = topic.clone();
+                self.call(|reply| ControllerMsg::AlterIsr {
+                    topic,
+                    partition,
+                    leader,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                    reply,
+                })
+                .await?;
+                // Taken or refused, the answer is the partition's committed state: the
+                // controller answers only once its change (if any) is published here.
+                let image = self.image.borrow();
+                let current = image
+                    .topics
+                    .get(&key)
+                    .and_then(|t| t.partitions.get(partition as usize))
+                    .ok_or_else(|| ControllerError::UnknownTopic(format!("{key}-{partition}")))?;
+                let mut isr = current.isr.clone();
+                isr.sort_unstable();
+                Ok(Decided {
+                    producer: None,
+                    isr: Some(CommittedIsrWire {
+                        leader_epoch: current.leader_epoch,
+                        partition_epoch: current.partition_epoch,
+                        isr,
+                    }),
+                })
+            }
         }
     }
 
@@ -701,6 +775,32 @@ impl ControllerHandle {
             Err(e) if e.code() == ErrorCode::TopicAlreadyExists => Ok(()),
             other => other.map(drop),
         }
+    }
+
+    /// A partition leader's ISR change, committed by the controller only if the partition is
+    /// still at `leader`, `leader_epoch` and `partition_epoch`. Answers the partition's
+    /// committed state after it, taken or not.
+    pub async fn alter_isr(
+        &self,
+        topic: String,
+        partition: u32,
+        leader: u32,
+        leader_epoch: u32,
+        partition_epoch: u32,
+        isr: Vec<u32>,
+    ) -> Result<CommittedIsrWire, ControllerError> {
+        let admin = ForwardedAdmin::AlterIsr {
+            topic,
+            partition,
+            leader,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        };
+        self.decide(self.node_id, admin, None)
+            .await?
+            .isr
+            .ok_or_else(|| ControllerError::NotAvailable("the controller answered no ISR".into()))
     }
 
     /// Registers this node with the controller: where clients reach it.
@@ -782,6 +882,7 @@ impl ControllerHandle {
         };
         self.decide(self.node_id, admin, None)
             .await?
+            .producer
             .map(|(id, epoch)| (ProducerId(id), ProducerEpoch(epoch)))
             .ok_or_else(|| {
                 ControllerError::NotAvailable("the controller granted no producer id".into())
@@ -1016,6 +1117,7 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             ControllerMsg::AlterConfigs { .. } => "AlterConfigs",
             ControllerMsg::CreatePartitions { .. } => "CreatePartitions",
             ControllerMsg::RegisterNode { .. } => "RegisterNode",
+            ControllerMsg::AlterIsr { .. } => "AlterIsr",
             ControllerMsg::SetFencing { .. } => "SetFencing",
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
@@ -1025,6 +1127,7 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             | ControllerMsg::AlterConfigs { reply, .. }
             | ControllerMsg::CreatePartitions { reply, .. }
             | ControllerMsg::RegisterNode { reply, .. }
+            | ControllerMsg::AlterIsr { reply, .. }
             | ControllerMsg::SetFencing { reply, .. } => reply,
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
@@ -1040,6 +1143,7 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
                 | ControllerMsg::AlterConfigs { reply, .. }
                 | ControllerMsg::CreatePartitions { reply, .. }
                 | ControllerMsg::RegisterNode { reply, .. }
+                | ControllerMsg::AlterIsr { reply, .. }
                 | ControllerMsg::SetFencing { reply, .. } => reply,
                 ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
             };
@@ -1113,6 +1217,30 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
                 unfence,
                 mut reply,
             } => (state.set_fencing(&fence, &unfence, &mut reply).await, reply),
+            ControllerMsg::AlterIsr {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+                mut reply,
+            } => (
+                state
+                    .alter_isr(
+                        IsrChange {
+                            topic,
+                            partition,
+                            leader,
+                            leader_epoch,
+                            partition_epoch,
+                            isr,
+                        },
+                        &mut reply,
+                    )
+                    .await,
+                reply,
+            ),
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
         if let Err(e) = &outcome {
@@ -1243,6 +1371,83 @@ impl<L: MetadataLog> ControllerState<L> {
         .await
     }
 
+    /// Commits a leader's ISR change if the partition is still where the leader saw it: the
+    /// same leader, leader epoch and partition epoch. A stale proposal is refused by doing
+    /// nothing (the leader reads the partition's committed state in the answer). A node the
+    /// controller fenced does not join an ISR: it may be cut off from the quorum, and an ISR
+    /// member holds back every `acks=all` answer.
+    async fn alter_isr(
+        &mut self,
+        change: IsrChange,
+        reply: &mut Reply,
+    ) -> Result<(), ControllerError> {
+        let IsrChange {
+            topic,
+            partition,
+            leader,
+            leader_epoch,
+            partition_epoch,
+            mut isr,
+        } = change;
+        let Some(current) = self
+            .image
+            .topics
+            .get(&topic)
+            .and_then(|t| t.partitions.get(partition as usize))
+        else {
+            return Err(ControllerError::UnknownTopic(format!(
+                "{topic}-{partition}"
+            )));
+        };
+        if current.leader != Some(leader)
+            || current.leader_epoch != leader_epoch
+            || current.partition_epoch != partition_epoch
+        {
+            tracing::info!(topic, partition, leader, leader_epoch, partition_epoch, current_leader = ?current.leader, current_leader_epoch = current.leader_epoch, current_partition_epoch = current.partition_epoch, "stale ISR proposal refused");
+            return Ok(());
+        }
+        isr.sort_unstable();
+        isr.dedup();
+        if !isr.contains(&leader) {
+            return Err(ControllerError::InvalidIsr(format!(
+                "{topic}-{partition}: the ISR {isr:?} leaves out its leader {leader}"
+            )));
+        }
+        if let Some(node) = isr.iter().find(|n| !current.replicas.contains(n)) {
+            return Err(ControllerError::InvalidIsr(format!(
+                "{topic}-{partition}: node {node} is not a replica"
+            )));
+        }
+        let mut committed = current.isr.clone();
+        committed.sort_unstable();
+        if committed == isr {
+            return Ok(());
+        }
+        if let Some(node) = isr
+            .iter()
+            .find(|n| !committed.contains(n) && !self.image.is_live(**n))
+        {
+            tracing::info!(
+                topic,
+                partition,
+                node,
+                "ISR expansion refused: the node is fenced"
+            );
+            return Ok(());
+        }
+        tracing::info!(topic, partition, leader, leader_epoch, from = ?committed, to = ?isr, "committing an ISR change");
+        let record = MetadataRecord::PartitionChange {
+            topic,
+            partition,
+            leader: Some(leader),
+            leader_epoch,
+            partition_epoch: partition_epoch + 1,
+            replicas: current.replicas.clone(),
+            isr,
+        };
+        self.commit(vec![record], reply, None).await
+    }
+
     /// Fences and unfences nodes as the lease supervisor decided, skipping what the image
     /// already says (a decision taken on an image that was not the newest).
     async fn set_fencing(
@@ -1352,8 +1557,10 @@ impl<L: MetadataLog> ControllerState<L> {
                     leader: Some(leader),
                     leader_epoch: 0,
                     partition_epoch: 0,
+                    // Every replica starts in sync: a new partition is empty on all of them.
+                    // A follower that does not fetch leaves it after the lag time.
+                    isr: replicas.clone(),
                     replicas,
-                    isr: vec![leader],
                 }
             })
             .collect()

@@ -22,6 +22,9 @@ pub struct NodeImage {
 pub struct PartitionImage {
     pub leader: Option<u32>,
     pub leader_epoch: u32,
+    /// Grows with every committed change of the leader or the ISR (ISR proposals are
+    /// compare-and-set on it).
+    pub partition_epoch: u32,
     pub replicas: Vec<u32>,
     pub isr: Vec<u32>,
 }
@@ -78,6 +81,7 @@ impl MetadataImage {
         let untouched = PartitionImage {
             leader: None,
             leader_epoch: 0,
+            partition_epoch: 0,
             replicas: Vec::new(),
             isr: Vec::new(),
         };
@@ -100,7 +104,7 @@ impl MetadataImage {
                     partition: u32::try_from(index).expect("partition indexes fit u32"),
                     leader: partition.leader,
                     leader_epoch: partition.leader_epoch,
-                    partition_epoch: 0,
+                    partition_epoch: partition.partition_epoch,
                     replicas: partition.replicas.clone(),
                     isr: partition.isr.clone(),
                 });
@@ -170,6 +174,7 @@ impl MetadataImage {
                     .map(|_| PartitionImage {
                         leader: None,
                         leader_epoch: 0,
+                        partition_epoch: 0,
                         replicas: Vec::new(),
                         isr: Vec::new(),
                     })
@@ -190,6 +195,7 @@ impl MetadataImage {
                         t.partitions.push(PartitionImage {
                             leader: None,
                             leader_epoch: 0,
+                            partition_epoch: 0,
                             replicas: Vec::new(),
                             isr: Vec::new(),
                         });
@@ -217,7 +223,7 @@ impl MetadataImage {
                 partition,
                 leader,
                 leader_epoch,
-                partition_epoch: _,
+                partition_epoch,
                 replicas,
                 isr,
             } => {
@@ -229,6 +235,7 @@ impl MetadataImage {
                     *p = PartitionImage {
                         leader: *leader,
                         leader_epoch: *leader_epoch,
+                        partition_epoch: *partition_epoch,
                         replicas: replicas.clone(),
                         isr: isr.clone(),
                     };

@@ -11,7 +11,7 @@ use vltava_storage::config::SEGMENT_BYTES_MIN;
 
 /// Keys a topic may set, sorted by name: DescribeTopics lists them in this order (a test
 /// checks it is sorted).
-pub const TOPIC_CONFIG_KEYS: [&str; 10] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 11] = [
     "cleanup.policy",
     "delete.retention.ms",
     "max.message.bytes",
@@ -22,6 +22,7 @@ pub const TOPIC_CONFIG_KEYS: [&str; 10] = [
     "retention.ms",
     "segment.bytes",
     "segment.ms",
+    "unclean.leader.election.enable",
 ];
 
 /// A bad config key or value.
@@ -47,14 +48,20 @@ pub struct TopicConfig {
     pub log: LogConfig,
     /// `delete` or `compact` (also in `log.cleanup_policy`).
     pub cleanup_policy: String,
-    pub min_insync_replicas: u16,
+    /// `min.insync.replicas` as set; `None`: a majority of the replicas
+    /// (`min_insync_replicas_for`).
+    pub min_insync_replicas: Option<u16>,
+    /// `unclean.leader.election.enable`: whether a leader may be elected from outside the ISR
+    /// (losing what only the ISR held). Off by default.
+    pub unclean_leader_election: bool,
 }
 
 /// Checks every key and value and builds the effective settings over the defaults.
 pub fn parse(configs: &BTreeMap<String, String>) -> Result<TopicConfig, TopicConfigError> {
     let mut log = LogConfig::default();
     let mut cleanup_policy = "delete".to_owned();
-    let mut min_insync_replicas = 1;
+    let mut min_insync_replicas = None;
+    let mut unclean_leader_election = false;
     for (key, value) in configs {
         let number = |v: &str| v.parse::<i64>().map_err(|_| bad(key, v, "not an integer"));
         match key.as_str() {
@@ -127,7 +134,14 @@ pub fn parse(configs: &BTreeMap<String, String>) -> Result<TopicConfig, TopicCon
                 if !(1..=i64::from(u16::MAX)).contains(&n) {
                     return Err(bad(key, value, "expected at least 1"));
                 }
-                min_insync_replicas = n as u16;
+                min_insync_replicas = Some(n as u16);
+            }
+            "unclean.leader.election.enable" => {
+                unclean_leader_election = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad(key, value, "expected true or false")),
+                }
             }
             "message.timestamp.type" => {
                 log.timestamp_type = match value.as_str() {
@@ -150,6 +164,7 @@ pub fn parse(configs: &BTreeMap<String, String>) -> Result<TopicConfig, TopicCon
         log,
         cleanup_policy,
         min_insync_replicas,
+        unclean_leader_election,
     })
 }
 
@@ -174,10 +189,19 @@ pub fn check_alteration(
 }
 
 impl TopicConfig {
-    /// The effective value of `key`, written as a client sets it: setting every key to its
-    /// value gives this same config. `None` for a key that is not a topic config.
+    /// The effective `min.insync.replicas` for a topic of `replication_factor` replicas: as
+    /// set, or a majority of them.
     #[must_use]
-    pub fn value(&self, key: &str) -> Option<String> {
+    pub fn min_insync_replicas_for(&self, replication_factor: u16) -> u16 {
+        self.min_insync_replicas
+            .unwrap_or(replication_factor / 2 + 1)
+    }
+
+    /// The effective value of `key` for a topic of `replication_factor` replicas, written as a
+    /// client sets it: setting every key to its value gives the same effective config. `None`
+    /// for a key that is not a topic config.
+    #[must_use]
+    pub fn value(&self, key: &str, replication_factor: u16) -> Option<String> {
         let limit = |value: Option<u64>| value.map_or_else(|| "-1".to_owned(), |v| v.to_string());
         Some(match key {
             "cleanup.policy" => self.cleanup_policy.clone(),
@@ -191,7 +215,8 @@ impl TopicConfig {
             "min.cleanable.dirty.ratio" => {
                 (f64::from(self.log.cleanable_dirty_percent_min) / 100.0).to_string()
             }
-            "min.insync.replicas" => self.min_insync_replicas.to_string(),
+            "min.insync.replicas" => self.min_insync_replicas_for(replication_factor).to_string(),
+            "unclean.leader.election.enable" => self.unclean_leader_election.to_string(),
             "retention.bytes" => limit(self.log.retention_bytes),
             "retention.ms" => limit(self.log.retention_ms),
             "segment.bytes" => self.log.segment_bytes_max.to_string(),
@@ -211,11 +236,12 @@ pub struct DescribedConfig {
     pub is_default: bool,
 }
 
-/// Every topic config key with its effective value, sorted by key, for a topic that sets
-/// `set`. Configs are checked before they are committed, so `set` parses; if it ever did not,
-/// the defaults are reported (and the failure logged) rather than no value.
+/// Every topic config key with its effective value, sorted by key, for a topic of
+/// `replication_factor` replicas that sets `set`. Configs are checked before they are
+/// committed, so `set` parses; if it ever did not, the defaults are reported (and the failure
+/// logged) rather than no value.
 #[must_use]
-pub fn describe(set: &BTreeMap<String, String>) -> Vec<DescribedConfig> {
+pub fn describe(set: &BTreeMap<String, String>, replication_factor: u16) -> Vec<DescribedConfig> {
     let config = parse(set).unwrap_or_else(|error| {
         tracing::error!(%error, "a committed topic config does not parse; describing defaults");
         parse(&BTreeMap::new()).expect("the defaults are valid")
@@ -225,7 +251,7 @@ pub fn describe(set: &BTreeMap<String, String>) -> Vec<DescribedConfig> {
         .map(|&key| DescribedConfig {
             key,
             value: config
-                .value(key)
+                .value(key, replication_factor)
                 .expect("every key in TOPIC_CONFIG_KEYS has a value"),
             is_default: !set.contains_key(key),
         })

@@ -25,6 +25,7 @@
 pub mod data_dir;
 pub mod producer_state;
 pub mod replica_state;
+pub mod replication;
 pub mod supervisor;
 
 use std::path::PathBuf;
@@ -38,16 +39,21 @@ use std::sync::mpsc;
 
 use tokio::sync::{oneshot, watch};
 use vltava_messages::batch::BatchHeader;
-use vltava_messages::{LeaderEpoch, Offset, PartitionId, ProducerEpoch, ProducerId};
+use vltava_messages::{LeaderEpoch, NodeId, Offset, PartitionId, ProducerEpoch, ProducerId};
 use vltava_storage::compaction::CompactionOutput;
 use vltava_storage::config::CleanupPolicy;
 use vltava_storage::{
-    AckQueue, FlushJob, Flusher, Log, LogConfig, LogRead, RealStorage, StorageError, SubmitError,
+    FlushJob, Flusher, Log, LogConfig, LogRead, RealStorage, StorageError, SubmitError,
 };
 
 use crate::directory::{ActorDirectory, ActorStats, PartitionGauges, PublishedState};
 use crate::metadata::producer_ids::{Fencing, ProducerRegistry, UnknownProducer};
 use crate::partition::producer_state::SequenceCheck;
+use crate::partition::replica_state::{
+    Assignment, Effect, EpochEndAnswer, FollowerReport, IsrAnswer, LocalLog, ReplicaConfig,
+    ReplicaError, ReplicaState,
+};
+use crate::partition::replication::ReplicaLinks;
 
 /// Messages a partition's mailbox may hold before its handle answers `Overloaded`. Sessions
 /// admit at most a few requests each, so this bounds many sessions hammering one partition.
@@ -63,6 +69,12 @@ pub const COMPACTION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often a partition checks retention and rolls an old active segment.
 pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How often a partition's replica state hears the time: it shrinks the ISR of followers that
+/// lag past `replica.lag.time.max.ms` (10 s by default) and repeats unanswered ISR proposals
+/// (after 1 s) and epoch-end questions (after 0.5 s); a quarter of the shortest of those
+/// keeps each late by at most a quarter of its interval.
+pub const REPLICA_TICK_INTERVAL: Duration = Duration::from_millis(125);
 
 /// Log threads running in this process, for the admin endpoint's `/resources` (a leak check:
 /// it must fall back when partitions stop). Process-wide, as the threads are.
@@ -141,6 +153,10 @@ pub enum PartitionError {
         log_start_offset: Offset,
         high_watermark: Offset,
     },
+    /// Refused by the replica state: not the leader, too few in-sync replicas, an offset not
+    /// yet available in a new leader's epoch...
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -160,6 +176,7 @@ impl PartitionError {
             PartitionError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
             PartitionError::UnknownProducerId { .. } => ErrorCode::UnknownProducerId,
             PartitionError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            PartitionError::Replica(replica) => ErrorCode::from(replica),
             PartitionError::Storage(storage) => match storage {
                 S::InvalidBatch(_) => ErrorCode::CorruptBatch,
                 S::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
@@ -194,6 +211,16 @@ pub struct FetchOk {
 pub struct LogOffsets {
     pub log_start_offset: Offset,
     pub high_watermark: Offset,
+    pub log_end_offset: Offset,
+}
+
+/// A leader's answer to a follower's fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaFetchOk {
+    /// Whole batches from the follower's log end on, as stored.
+    pub records: Vec<u8>,
+    pub high_watermark: Offset,
+    pub log_start_offset: Offset,
     pub log_end_offset: Offset,
 }
 
@@ -259,6 +286,40 @@ enum CoreMsg {
         job: FlushJob,
         result: Result<(), StorageError>,
     },
+    /// The partition's leadership as the metadata now says (applied in place).
+    Assign {
+        assignment: Assignment,
+    },
+    /// Leader: a follower's fetch, answered with the bytes past its log end.
+    ReplicaFetch {
+        report: FollowerReport,
+        bytes_max: u32,
+        reply: Reply<ReplicaFetchOk>,
+    },
+    /// Leader: where `epoch` ends in this log (OffsetForLeaderEpoch).
+    EpochEnd {
+        leader_epoch: LeaderEpoch,
+        epoch: LeaderEpoch,
+        reply: Reply<Option<(LeaderEpoch, Offset)>>,
+    },
+    /// Follower: batches fetched from the leader in `leader_epoch`, to append unchanged;
+    /// answered once they are appended (and, with fsync durability, flushed).
+    ApplyFetched {
+        leader_epoch: LeaderEpoch,
+        records: Vec<u8>,
+        leader_high_watermark: Offset,
+        leader_log_start_offset: Offset,
+        reply: Reply<LocalLog>,
+    },
+    /// Follower: the leader's answer to its epoch-end question.
+    EpochEndAnswered {
+        answer: EpochEndAnswer,
+    },
+    /// Leader: the controller's answer to an ISR proposal.
+    IsrAnswered {
+        answer: IsrAnswer,
+    },
+    ReplicaTick,
     FlushTick,
     RetentionTick,
     CompactionTick,
@@ -287,6 +348,13 @@ impl CoreMsg {
             CoreMsg::ListOffsets { .. } => "ListOffsets",
             CoreMsg::Offsets { .. } => "Offsets",
             CoreMsg::Flushed { .. } => "Flushed",
+            CoreMsg::Assign { .. } => "Assign",
+            CoreMsg::ReplicaFetch { .. } => "ReplicaFetch",
+            CoreMsg::EpochEnd { .. } => "EpochEnd",
+            CoreMsg::ApplyFetched { .. } => "ApplyFetched",
+            CoreMsg::EpochEndAnswered { .. } => "EpochEndAnswered",
+            CoreMsg::IsrAnswered { .. } => "IsrAnswered",
+            CoreMsg::ReplicaTick => "ReplicaTick",
             CoreMsg::FlushTick => "FlushTick",
             CoreMsg::RetentionTick => "RetentionTick",
             CoreMsg::CompactionTick => "CompactionTick",
@@ -303,6 +371,10 @@ impl CoreMsg {
         !matches!(
             self,
             CoreMsg::FlushTick
+                | CoreMsg::ReplicaTick
+                | CoreMsg::Assign { .. }
+                | CoreMsg::EpochEndAnswered { .. }
+                | CoreMsg::IsrAnswered { .. }
                 | CoreMsg::RetentionTick
                 | CoreMsg::CompactionTick
                 | CoreMsg::Shutdown { .. }
@@ -353,9 +425,90 @@ pub struct PartitionHandle {
     core: mpsc::Sender<CoreMsg>,
     stats: Arc<ActorStats>,
     high_watermark: watch::Receiver<Offset>,
+    log_end: watch::Receiver<Offset>,
 }
 
 impl PartitionHandle {
+    /// Sends a control message past the mailbox bound: assignments and the answers to the
+    /// partition's own questions are few (one per change or retry) and must not be lost to
+    /// a burst of produce requests.
+    fn send_control(&self, msg: CoreMsg) {
+        // A failed send means the thread has stopped; a restarted partition gets its
+        // assignment from the applier again.
+        let _ = self.core.send(msg);
+    }
+
+    /// The partition's leadership as the metadata now says: it becomes leader or follower in
+    /// place (the log stays open), or stays as it is for a repeat.
+    pub fn assign(&self, assignment: Assignment) {
+        self.send_control(CoreMsg::Assign { assignment });
+    }
+
+    /// The controller's answer to this partition's ISR proposal.
+    pub fn isr_answered(&self, answer: IsrAnswer) {
+        self.send_control(CoreMsg::IsrAnswered { answer });
+    }
+
+    /// The leader's answer to this partition's epoch-end question.
+    pub fn epoch_end_answered(&self, answer: EpochEndAnswer) {
+        self.send_control(CoreMsg::EpochEndAnswered { answer });
+    }
+
+    /// Leader: queues a follower's fetch; the answer holds the bytes past its log end (at
+    /// most `bytes_max`, but at least one whole batch if there is one).
+    pub fn replica_fetch_enqueue(
+        &self,
+        report: FollowerReport,
+        bytes_max: u32,
+    ) -> Result<Pending<ReplicaFetchOk>, PartitionError> {
+        self.enqueue(|reply| CoreMsg::ReplicaFetch {
+            report,
+            bytes_max,
+            reply,
+        })
+    }
+
+    /// Leader: where `epoch` ends in this log, with the largest epoch at or below it that the
+    /// log knows (OffsetForLeaderEpoch); `None` if it knows none.
+    pub async fn epoch_end(
+        &self,
+        leader_epoch: LeaderEpoch,
+        epoch: LeaderEpoch,
+    ) -> Result<Option<(LeaderEpoch, Offset)>, PartitionError> {
+        self.call(|reply| CoreMsg::EpochEnd {
+            leader_epoch,
+            epoch,
+            reply,
+        })
+        .await
+    }
+
+    /// Follower: appends batches fetched from the leader; answers with the log's offsets once
+    /// they are appended and, with fsync durability, flushed.
+    pub async fn apply_fetched(
+        &self,
+        leader_epoch: LeaderEpoch,
+        records: Vec<u8>,
+        leader_high_watermark: Offset,
+        leader_log_start_offset: Offset,
+    ) -> Result<LocalLog, PartitionError> {
+        self.call(|reply| CoreMsg::ApplyFetched {
+            leader_epoch,
+            records,
+            leader_high_watermark,
+            leader_log_start_offset,
+            reply,
+        })
+        .await
+    }
+
+    /// The log end offset, which moves with every append: a leader's answers to follower
+    /// fetches long-poll on it.
+    #[must_use]
+    pub fn log_end(&self) -> watch::Receiver<Offset> {
+        self.log_end.clone()
+    }
+
     fn send(&self, msg: CoreMsg) -> Result<(), PartitionError> {
         if self.stats.depth() >= PARTITION_MAILBOX_MAX {
             return Err(PartitionError::Overloaded);
@@ -490,7 +643,14 @@ pub struct PartitionArgs {
     pub dir: PathBuf,
     pub log_config: LogConfig,
     pub durability: Durability,
-    pub leader_epoch: LeaderEpoch,
+    /// This node.
+    pub node_id: NodeId,
+    /// The partition's leadership when it starts; later changes come through `assign`.
+    pub assignment: Assignment,
+    /// `min.insync.replicas`, the lag time, unclean election (durability is `durability`).
+    pub replica: ReplicaConfig,
+    /// The node's way to the controller, the leader and its replica fetchers.
+    pub links: Arc<dyn ReplicaLinks>,
     pub flusher: Arc<Flusher>,
     pub directory: ActorDirectory,
     /// The node-wide producer ids and epochs each idempotent batch is checked against.
@@ -513,6 +673,33 @@ pub struct PartitionState {
     timers: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// An `acks=all` produce waiting for the high watermark: its reply and its answer.
+type Waiter = (Reply<ProduceOk>, ProduceOk);
+
+/// The replica state of a log just opened: unassigned, its high watermark
+/// min(checkpoint, log end) (the log start without a checkpoint, until a role moves it).
+fn open_replica(args: &PartitionArgs, log: &Log) -> ReplicaState<Waiter> {
+    ReplicaState::open(
+        args.node_id,
+        ReplicaConfig {
+            durability: args.durability,
+            ..args.replica
+        },
+        local_log(log),
+        log.high_watermark_checkpoint(),
+    )
+}
+
+/// The log's offsets as the replica state keeps them.
+fn local_log(log: &Log) -> LocalLog {
+    LocalLog {
+        log_start_offset: log.log_start_offset(),
+        log_end_offset: log.log_end_offset(),
+        flushed_offset: log.recovery_point(),
+        latest_epoch: log.latest_epoch(),
+    }
+}
+
 /// What the log thread owns: everything about the log.
 struct Core {
     args: PartitionArgs,
@@ -520,8 +707,14 @@ struct Core {
     gauges: Arc<PartitionGauges>,
     /// `None` only while the log is being reopened after a failed flush.
     log: Option<Log>,
-    waiters: AckQueue<(Reply<ProduceOk>, ProduceOk)>,
+    /// Role, epochs, ISR, high watermark and the `acks=all` answers waiting for it.
+    replica: ReplicaState<Waiter>,
     high_watermark: watch::Sender<Offset>,
+    log_end: watch::Sender<Offset>,
+    /// Follower: the fetcher's `ApplyFetched` answer, held until a flush reaches the offset
+    /// (fsync durability), so that its next fetch reports the bytes durable. One at a time:
+    /// the node's fetcher sends the next only after this answer.
+    flush_waiter: Option<(Offset, Reply<LocalLog>)>,
     flush_in_flight: bool,
     /// A compaction pass is running on the blocking pool.
     compaction_in_flight: bool,
@@ -582,6 +775,7 @@ impl Partition {
             Some(PublishedState::Partition(Arc::clone(&gauges))),
         );
         let (hw_sender, hw_receiver) = watch::channel(Offset(0));
+        let (log_end_sender, log_end_receiver) = watch::channel(Offset(0));
         let (core, inbox) = mpsc::channel();
         let topic = Arc::clone(&args.topic);
         let partition = args.partition;
@@ -594,6 +788,7 @@ impl Partition {
                 stats: Arc::clone(&stats),
                 gauges,
                 high_watermark: hw_sender,
+                log_end: log_end_sender,
                 core: core.clone(),
                 inbox,
             },
@@ -607,6 +802,7 @@ impl Partition {
             core,
             stats,
             high_watermark: hw_receiver,
+            log_end: log_end_receiver,
         })
     }
 }
@@ -618,6 +814,7 @@ pub struct PartitionStart {
     stats: Arc<ActorStats>,
     gauges: Arc<PartitionGauges>,
     high_watermark: watch::Sender<Offset>,
+    log_end: watch::Sender<Offset>,
     core: mpsc::Sender<CoreMsg>,
     inbox: mpsc::Receiver<CoreMsg>,
 }
@@ -637,6 +834,7 @@ impl Actor for Partition {
             stats,
             gauges,
             high_watermark,
+            log_end,
             core,
             inbox,
         } = start;
@@ -662,22 +860,28 @@ impl Actor for Partition {
             tracing::warn!(partition = %args.id, position = t.position, bytes_cut = t.bytes_cut, reason = %t.reason, "recovered partition log");
         }
         tracing::info!(partition = %args.id, log_end_offset = log.log_end_offset().0, "partition open");
-        high_watermark.send_replace(log.high_watermark());
         let id = args.id.clone();
         let durability = args.durability;
         let compacted = args.log_config.cleanup_policy == CleanupPolicy::Compact;
-        let state = Core {
+        let replica = open_replica(&args, &log);
+        let assignment = args.assignment.clone();
+        let mut state = Core {
             args,
             stats,
             gauges,
             log: Some(log),
-            waiters: AckQueue::new(ACK_WAITERS_MAX),
+            replica,
             high_watermark,
+            log_end,
+            flush_waiter: None,
             flush_in_flight: false,
             compaction_in_flight: false,
             inbox: core.clone(),
             runtime: tokio::runtime::Handle::current(),
         };
+        state.sync_high_watermark();
+        // Before the thread serves anything: the first request already meets the role.
+        state.assign(assignment).map_err(ActorProcessingErr::from)?;
         state.publish_segments();
         state.publish();
         let actor = myself.clone();
@@ -759,9 +963,8 @@ fn run_log_thread(mut core: Core, inbox: &mpsc::Receiver<CoreMsg>, actor: &Actor
             .unwrap_or_else(|| "a panic".to_owned());
         Stop::Failed(format!("log thread panicked: {what}"))
     });
-    for (reply, _) in core.waiters.fail_all() {
-        let _ = reply.send(Err(PartitionError::Offline));
-    }
+    // Waiting `acks=all` answers and a held fetch answer are dropped with the replica state
+    // and the core, which their callers see as `Offline`.
     match stop {
         Stop::Shutdown(done) => {
             core.close();
@@ -783,11 +986,35 @@ fn run_log_thread(mut core: Core, inbox: &mpsc::Receiver<CoreMsg>, actor: &Actor
 impl Core {
     /// Handles messages one at a time until a shutdown or a failure.
     fn serve(&mut self, inbox: &mpsc::Receiver<CoreMsg>) -> Stop {
+        let mut next_tick = Instant::now() + REPLICA_TICK_INTERVAL;
         loop {
-            let Ok(msg) = inbox.recv() else {
+            // The replica state hears the time only where another replica is involved (a
+            // leader with followers, a follower): a single-replica partition (every one on a
+            // node without a cluster) has no lag to measure and nothing to retry, and thousands
+            // of them ticking would keep the cores busy for nothing.
+            let replicated = self
+                .replica
+                .assignment()
+                .is_some_and(|a| a.replicas.len() > 1);
+            let received = if replicated && Instant::now() >= next_tick {
+                // Due even while requests keep the inbox busy.
+                Ok(CoreMsg::ReplicaTick)
+            } else if replicated {
+                match inbox.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                    Ok(msg) => Ok(msg),
+                    Err(mpsc::RecvTimeoutError::Timeout) => Ok(CoreMsg::ReplicaTick),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+                }
+            } else {
+                inbox.recv().map_err(|_| ())
+            };
+            let Ok(msg) = received else {
                 // Every sender gone: the actor and all handles are dropped.
                 return Stop::Failed("the partition's inbox closed".into());
             };
+            if matches!(msg, CoreMsg::ReplicaTick) {
+                next_tick = Instant::now() + REPLICA_TICK_INTERVAL;
+            }
             let started = Instant::now();
             let kind = msg.kind();
             let counted = msg.counted();
@@ -797,10 +1024,7 @@ impl Core {
                     acks,
                     leader_epoch,
                     reply,
-                } => {
-                    self.produce(batch, acks, leader_epoch, reply);
-                    Ok(())
-                }
+                } => self.produce(batch, acks, leader_epoch, reply),
                 CoreMsg::Fetch {
                     offset,
                     bytes_max,
@@ -825,6 +1049,68 @@ impl Core {
                     Ok(())
                 }
                 CoreMsg::Flushed { job, result } => self.flushed(job, result),
+                CoreMsg::Assign { assignment } => self.assign(assignment),
+                CoreMsg::ReplicaFetch {
+                    report,
+                    bytes_max,
+                    reply,
+                } => self.replica_fetch(report, bytes_max, reply),
+                CoreMsg::EpochEnd {
+                    leader_epoch,
+                    epoch,
+                    reply,
+                } => {
+                    let answer = self
+                        .replica
+                        .check_epoch_end_question(leader_epoch)
+                        .map(|()| self.log().end_offset_for_epoch(epoch))
+                        .map_err(PartitionError::from);
+                    let _ = reply.send(answer);
+                    Ok(())
+                }
+                CoreMsg::ApplyFetched {
+                    leader_epoch,
+                    records,
+                    leader_high_watermark,
+                    leader_log_start_offset,
+                    reply,
+                } => self.apply_fetched(
+                    leader_epoch,
+                    &records,
+                    leader_high_watermark,
+                    leader_log_start_offset,
+                    reply,
+                ),
+                CoreMsg::EpochEndAnswered { answer } => {
+                    let epochs = self
+                        .log
+                        .as_ref()
+                        .expect("the log is there except while it is reopened")
+                        .epoch_cache();
+                    match self
+                        .replica
+                        .epoch_end_answered(answer, epochs, Instant::now())
+                    {
+                        Ok(effects) => self.carry_out(effects),
+                        Err(e) => {
+                            tracing::warn!(partition = %self.args.id, error = %e, "epoch-end answer refused");
+                            Ok(())
+                        }
+                    }
+                }
+                CoreMsg::IsrAnswered { answer } => {
+                    match self.replica.isr_answered(answer, Instant::now()) {
+                        Ok(effects) => self.carry_out(effects),
+                        Err(e) => {
+                            tracing::warn!(partition = %self.args.id, error = %e, "ISR answer refused");
+                            Ok(())
+                        }
+                    }
+                }
+                CoreMsg::ReplicaTick => {
+                    let effects = self.replica.tick(Instant::now());
+                    self.carry_out(effects)
+                }
                 CoreMsg::FlushTick => {
                     self.start_flush();
                     Ok(())
@@ -872,6 +1158,12 @@ impl Core {
     /// Stores the log's offsets where the admin endpoint reads them.
     fn publish(&self) {
         let Some(log) = self.log.as_ref() else { return };
+        let log_end_offset = log.log_end_offset();
+        self.log_end.send_if_modified(|end| {
+            let moved = *end != log_end_offset;
+            *end = log_end_offset;
+            moved
+        });
         let g = &self.gauges;
         g.log_start_offset
             .store(log.log_start_offset().0, Ordering::Relaxed);
@@ -881,8 +1173,10 @@ impl Core {
             .store(log.high_watermark().0, Ordering::Relaxed);
         g.flushed_offset
             .store(log.recovery_point().0, Ordering::Relaxed);
-        g.leader_epoch
-            .store(u64::from(self.args.leader_epoch.0), Ordering::Relaxed);
+        g.leader_epoch.store(
+            u64::from(self.replica.leader_epoch().unwrap_or_default().0),
+            Ordering::Relaxed,
+        );
     }
 
     /// Stores the segment count and size; they change only on a roll or a retention pass, so
@@ -905,7 +1199,10 @@ impl Core {
     }
 
     fn check_epoch(&self, received: Option<LeaderEpoch>) -> Result<(), PartitionError> {
-        let current = self.args.leader_epoch;
+        // Unassigned: the request is refused by the role check that follows.
+        let Some(current) = self.replica.leader_epoch() else {
+            return Ok(());
+        };
         match received {
             Some(received) if received < current => {
                 Err(PartitionError::FencedLeaderEpoch { current, received })
@@ -923,20 +1220,22 @@ impl Core {
         acks: Acks,
         leader_epoch: Option<LeaderEpoch>,
         reply: Reply<ProduceOk>,
-    ) {
+    ) -> Result<(), String> {
         if let Err(e) = self.check_epoch(leader_epoch) {
             let _ = reply.send(Err(e));
-            return;
+            return Ok(());
         }
-        if acks == Acks::All && self.waiters.len() >= ACK_WAITERS_MAX {
-            let _ = reply.send(Err(PartitionError::Overloaded));
-            return;
+        // Not the leader, too few in-sync replicas for acks=all, or too many answers waiting:
+        // refused before anything is appended.
+        if let Err(e) = self.replica.admit_append(acks) {
+            let _ = reply.send(Err(e.into()));
+            return Ok(());
         }
         let header = match BatchHeader::parse(&batch) {
             Ok(header) => header,
             Err(e) => {
                 let _ = reply.send(Err(StorageError::InvalidBatch(e).into()));
-                return;
+                return Ok(());
             }
         };
         let log_start_offset = self.log().log_start_offset();
@@ -953,7 +1252,7 @@ impl Core {
                     received,
                     fencing,
                 }));
-                return;
+                return Ok(());
             }
             SequenceCheck::Unknown(reason) => {
                 let _ = reply.send(Err(PartitionError::UnknownProducerId {
@@ -962,21 +1261,24 @@ impl Core {
                         .expect("only idempotent batches are unknown"),
                     reason,
                 }));
-                return;
+                return Ok(());
             }
             SequenceCheck::OutOfOrder { expected, received } => {
                 let _ = reply.send(Err(PartitionError::OutOfOrderSequence {
                     expected,
                     received,
                 }));
-                return;
+                return Ok(());
             }
             SequenceCheck::Duplicate(original) => {
                 tracing::debug!(partition = %self.args.id, base_offset = original.base_offset.0, "duplicate batch answered with its original offsets");
                 (original.base_offset, original.last_offset, None)
             }
             SequenceCheck::Append => {
-                let epoch = self.args.leader_epoch;
+                let epoch = self
+                    .replica
+                    .leader_epoch()
+                    .expect("admit_append passed: the replica leads");
                 let batch_bytes = batch.len() as u64;
                 // The log records the batch in its producer table as it appends it.
                 let appended = self.log_mut().append_as_leader(&mut batch, epoch, now_ms());
@@ -999,7 +1301,7 @@ impl Core {
                     Err(e) => {
                         tracing::debug!(partition = %self.args.id, error = %e, "append refused");
                         let _ = reply.send(Err(e.into()));
-                        return;
+                        return Ok(());
                     }
                 }
             }
@@ -1010,32 +1312,14 @@ impl Core {
             log_append_time,
             log_start_offset,
         };
-        if self.args.durability != Durability::Fsync {
-            // Visible and acknowledged once written.
-            let end = self.log().log_end_offset();
-            self.advance_high_watermark(end);
-        }
-        match acks {
-            Acks::None | Acks::Leader => {
-                let _ = reply.send(Ok(ok));
-            }
-            Acks::All => {
-                let next = last_offset.plus(1);
-                if next <= *self.high_watermark.borrow() {
-                    let _ = reply.send(Ok(ok));
-                } else {
-                    // A duplicate of a batch still waiting completes no earlier than the queue's
-                    // tail, which keeps the queue in offset order.
-                    let next = self.waiters.tail().map_or(next, |tail| tail.max(next));
-                    if let Err((reply, _)) = self.waiters.push(next, (reply, ok)) {
-                        let _ = reply.send(Err(PartitionError::Overloaded));
-                    }
-                }
-            }
-        }
+        let log = local_log(self.log());
+        let effects = self
+            .replica
+            .appended(log, last_offset, acks, (reply, ok), Instant::now());
         if self.args.durability == Durability::Fsync {
             self.start_flush();
         }
+        self.carry_out(effects)
     }
 
     fn start_flush(&mut self) {
@@ -1072,46 +1356,329 @@ impl Core {
         self.flush_in_flight = false;
         let log = self.log.as_mut().ok_or("log missing")?;
         match log.complete_flush(job, result) {
-            Ok(flushed) => {
-                if self.args.durability == Durability::Fsync {
-                    self.advance_high_watermark(flushed);
-                }
+            Ok(_) => {
+                let log = local_log(self.log());
+                let effects = self.replica.local_log_changed(log, Instant::now());
+                self.carry_out(effects)?;
+                self.answer_flush_waiter();
                 self.start_flush();
                 Ok(())
             }
             Err(error) => {
                 tracing::error!(partition = %self.args.id, %error, "flush failed; failing waiting producers and reopening the log");
-                for (reply, _) in self.waiters.fail_all() {
-                    let _ = reply.send(Err(PartitionError::Storage(StorageError::Poisoned {
-                        dir: self.args.dir.clone(),
-                    })));
-                }
                 let log = self.log.take().ok_or("log missing")?;
                 // If even that fails the thread stops and the actor fails: its supervisor
                 // decides.
                 let log = log
                     .reopen_after_failure(now_ms())
                     .map_err(|e| format!("reopening the log failed: {e}"))?;
-                self.high_watermark.send_replace(log.high_watermark());
+                // The reopened log ends at its recovery point, which no transition of the
+                // replica state allows outside a truncation: it starts afresh over the
+                // reopened log, and the waiting answers and a held fetch answer go with the
+                // old one (their callers see `Offline`). It takes its assignment again; a
+                // replicated partition's leader is refused the same epoch (followers may have
+                // copied what the failed fsync lost) and waits for a new one.
+                self.flush_waiter = None;
+                self.replica = open_replica(&self.args, &log);
                 self.log = Some(log);
+                self.sync_high_watermark();
+                if let Some(assignment) = self.args_assignment() {
+                    self.assign(assignment)?;
+                }
                 Ok(())
             }
         }
     }
 
-    /// Moves the high watermark forward, answers the producers it covers and wakes fetches.
-    fn advance_high_watermark(&mut self, offset: Offset) {
-        let Some(log) = self.log.as_mut() else { return };
-        let offset = offset.min(log.log_end_offset()).max(log.log_start_offset());
-        if offset <= log.high_watermark() && offset <= *self.high_watermark.borrow() {
-            return;
+    /// The assignment the replica state holds (or, before any, the one the partition started
+    /// with).
+    fn args_assignment(&self) -> Option<Assignment> {
+        Some(
+            self.replica
+                .assignment()
+                .cloned()
+                .unwrap_or_else(|| self.args.assignment.clone()),
+        )
+    }
+
+    /// Makes the log's and the watch's high watermark the replica state's.
+    fn sync_high_watermark(&mut self) {
+        let high_watermark = self.replica.high_watermark();
+        if let Some(log) = self.log.as_mut() {
+            log.set_high_watermark(high_watermark);
         }
-        log.set_high_watermark(offset);
-        // Published before the producers hear back, so whoever learns of an acknowledged
-        // write also sees it below the high watermark.
-        self.high_watermark.send_replace(offset);
-        for (reply, ok) in self.waiters.complete(offset) {
-            let _ = reply.send(Ok(ok));
+        self.high_watermark.send_replace(high_watermark);
+    }
+
+    /// Takes the partition's leadership as the metadata says: leader when it names this node,
+    /// follower otherwise (of nobody when it names no leader). In place: the log stays open.
+    fn assign(&mut self, assignment: Assignment) -> Result<(), String> {
+        let now = Instant::now();
+        let leads = assignment.leader == Some(self.args.node_id);
+        let epoch = assignment.leader_epoch;
+        let transition = if leads {
+            self.replica.become_leader(assignment, now)
+        } else {
+            self.replica.become_follower(assignment, now)
+        };
+        match transition {
+            Ok(effects) => {
+                tracing::debug!(partition = %self.args.id, leader_epoch = epoch.0, role = ?self.replica.role(), "assignment applied");
+                self.carry_out(effects)?;
+                if leads && self.args.durability == Durability::Fsync {
+                    // What the log holds past its recovery point (written before a restart
+                    // or a role change) counts only once flushed: start now, not at the next
+                    // append.
+                    self.start_flush();
+                }
+            }
+            // A stale or conflicting assignment (an image older than one applied, say); the
+            // replica keeps its role. Offline until a newer one comes if it had none.
+            Err(e) => {
+                tracing::warn!(partition = %self.args.id, leader_epoch = epoch.0, error = %e, role = ?self.replica.role(), "assignment refused")
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out what the replica state asked for, in order. A failed log operation (a
+    /// truncation, an epoch record) stops the thread: the log is poisoned.
+    fn carry_out(&mut self, effects: Vec<Effect<Waiter>>) -> Result<(), String> {
+        let mut queue: std::collections::VecDeque<Effect<Waiter>> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Acknowledge { waiters } => {
+                    for (reply, ok) in waiters {
+                        let _ = reply.send(Ok(ok));
+                    }
+                }
+                Effect::Fail { waiters, error } => {
+                    for (reply, _) in waiters {
+                        let _ = reply.send(Err(PartitionError::Replica(error.clone())));
+                    }
+                }
+                // Published before the producers hear back (the state machine orders it
+                // first), so whoever learns of an acknowledged write also sees it below the
+                // high watermark.
+                Effect::PublishHighWatermark { .. } => self.sync_high_watermark(),
+                Effect::RecordEpochStart {
+                    leader_epoch,
+                    start_offset,
+                } => {
+                    // Followers ask where an epoch starts; a partition without followers is
+                    // never asked, and its epoch cache records the epoch with its first batch
+                    // as it always did. Skipping the durable record there keeps a new
+                    // single-replica partition free of fsyncs until its first write (a
+                    // topic of thousands of partitions opens in seconds, not minutes).
+                    let alone = self
+                        .replica
+                        .assignment()
+                        .is_some_and(|a| a.replicas.len() <= 1);
+                    if !alone {
+                        let log = self.log_mut();
+                        debug_assert_eq!(log.log_end_offset(), start_offset);
+                        log.record_epoch_start(leader_epoch)
+                            .map_err(|e| format!("recording epoch {leader_epoch}'s start: {e}"))?;
+                    }
+                }
+                Effect::ProposeIsr(proposal) => {
+                    tracing::info!(partition = %self.args.id, ?proposal, "proposing an ISR change");
+                    self.args
+                        .links
+                        .propose_isr(&self.args.topic, self.args.partition, proposal);
+                }
+                Effect::AskEpochEnd {
+                    leader,
+                    leader_epoch,
+                    epoch,
+                } => self.args.links.ask_epoch_end(
+                    &self.args.topic,
+                    self.args.partition,
+                    leader,
+                    leader_epoch,
+                    epoch,
+                ),
+                Effect::Truncate { offset } => {
+                    let end = self.log().log_end_offset();
+                    tracing::info!(partition = %self.args.id, offset = offset.0, log_end_offset = end.0, "truncating to the leader's log");
+                    self.log_mut()
+                        .truncate_to(offset)
+                        .map_err(|e| format!("truncating to {offset}: {e}"))?;
+                    self.publish_segments();
+                    let log = local_log(self.log());
+                    queue.extend(self.replica.log_truncated(log, Instant::now()));
+                    self.sync_high_watermark();
+                }
+                Effect::StartFetching {
+                    leader,
+                    leader_epoch,
+                } => {
+                    let log = local_log(self.log());
+                    self.args.links.start_fetching(
+                        &self.args.topic,
+                        self.args.partition,
+                        leader,
+                        leader_epoch,
+                        log,
+                    );
+                }
+                Effect::StopFetching => self
+                    .args
+                    .links
+                    .stop_fetching(&self.args.topic, self.args.partition),
+            }
+        }
+        Ok(())
+    }
+
+    /// Leader: a follower's fetch. Its report moves the follower's progress (and maybe the
+    /// high watermark); the answer holds the bytes past its log end.
+    fn replica_fetch(
+        &mut self,
+        report: FollowerReport,
+        bytes_max: u32,
+        reply: Reply<ReplicaFetchOk>,
+    ) -> Result<(), String> {
+        match self.replica.follower_fetched(report, Instant::now()) {
+            Ok(accepted) => self.carry_out(accepted.effects)?,
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return Ok(());
+            }
+        }
+        // The follower hears of a failed read; the log is not changed by one.
+        let _ = reply.send(self.read_for_follower(report.log_end_offset, bytes_max));
+        Ok(())
+    }
+
+    fn read_for_follower(
+        &mut self,
+        offset: Offset,
+        bytes_max: u32,
+    ) -> Result<ReplicaFetchOk, PartitionError> {
+        let log = self.log();
+        let log_start_offset = log.log_start_offset();
+        let log_end_offset = log.log_end_offset();
+        if offset < log_start_offset {
+            return Err(PartitionError::OffsetOutOfRange {
+                offset,
+                log_start_offset,
+                high_watermark: self.replica.high_watermark(),
+            });
+        }
+        let records = if offset < log_end_offset && bytes_max > 0 {
+            let read = self.log_mut().read(offset, bytes_max, None)?;
+            read.bytes
+        } else {
+            Vec::new()
+        };
+        Ok(ReplicaFetchOk {
+            records,
+            high_watermark: self.replica.high_watermark(),
+            log_start_offset,
+            log_end_offset,
+        })
+    }
+
+    /// Follower: appends the leader's batches unchanged, then answers (at once, or once
+    /// flushed with fsync durability) with the log's offsets.
+    fn apply_fetched(
+        &mut self,
+        leader_epoch: LeaderEpoch,
+        records: &[u8],
+        leader_high_watermark: Offset,
+        leader_log_start_offset: Offset,
+        reply: Reply<LocalLog>,
+    ) -> Result<(), String> {
+        match self.replica.fetching_from() {
+            Some((_, epoch)) if epoch == leader_epoch => {}
+            _ => {
+                // A fetch of an epoch this replica left (or not fetching at all): nothing of
+                // it is appended.
+                let _ = reply.send(Err(PartitionError::Replica(ReplicaError::NotLeader {
+                    leader: self.replica.assignment().and_then(|a| a.leader),
+                })));
+                return Ok(());
+            }
+        }
+        if leader_log_start_offset > self.log().log_end_offset() && !records.is_empty() {
+            // The leader no longer holds what this log would need next (retention removed
+            // it); catching up from the leader's log start is not built yet.
+            tracing::warn!(partition = %self.args.id, leader_log_start_offset = leader_log_start_offset.0, "the leader's log starts past this follower's log end");
+        }
+        let mut rest = records;
+        let mut appended = 0u64;
+        while !rest.is_empty() {
+            let header = match BatchHeader::parse(rest) {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = reply.send(Err(StorageError::InvalidBatch(e).into()));
+                    return Ok(());
+                }
+            };
+            let Some(len) = usize::try_from(header.total_bytes())
+                .ok()
+                .filter(|n| *n <= rest.len())
+            else {
+                // A partial batch at the end of an answer cut by its byte budget: the next
+                // fetch asks from here.
+                break;
+            };
+            let (batch, after) = rest.split_at(len);
+            match self.log_mut().append_as_follower(batch, now_ms()) {
+                Ok(info) => {
+                    appended += 1;
+                    let g = &self.gauges;
+                    g.bytes_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    g.events_in.fetch_add(
+                        info.last_offset.0 - info.base_offset.0 + 1,
+                        Ordering::Relaxed,
+                    );
+                    if info.position == 0 {
+                        self.publish_segments();
+                    } else {
+                        g.size_bytes
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(partition = %self.args.id, error = %e, "a fetched batch was refused");
+                    if self.log().is_poisoned() {
+                        return Err(format!("appending a fetched batch: {e}"));
+                    }
+                    let _ = reply.send(Err(e.into()));
+                    return Ok(());
+                }
+            }
+            rest = after;
+        }
+        let log = local_log(self.log());
+        let effects =
+            self.replica
+                .fetch_applied(leader_epoch, leader_high_watermark, log, Instant::now());
+        self.carry_out(effects)?;
+        if self.args.durability == Durability::Fsync && log.flushed_offset < log.log_end_offset {
+            if appended > 0 || self.flush_in_flight {
+                self.start_flush();
+            }
+            // One fetcher per partition sends the next only after this answer, so at most
+            // one waits; a stray second replaces (and drops) the first.
+            self.flush_waiter = Some((log.log_end_offset, reply));
+        } else {
+            let _ = reply.send(Ok(log));
+        }
+        Ok(())
+    }
+
+    /// Answers a held `ApplyFetched` once the flush reached its offsets.
+    fn answer_flush_waiter(&mut self) {
+        let Some((offset, _)) = &self.flush_waiter else {
+            return;
+        };
+        let log = local_log(self.log());
+        if log.flushed_offset >= *offset || log.flushed_offset >= log.log_end_offset {
+            let (_, reply) = self.flush_waiter.take().expect("checked above");
+            let _ = reply.send(Ok(log));
         }
     }
 
@@ -1122,19 +1689,26 @@ impl Core {
         leader_epoch: Option<LeaderEpoch>,
     ) -> Result<FetchOk, PartitionError> {
         self.check_epoch(leader_epoch)?;
-        let high_watermark = self.log().high_watermark();
+        // Consumers read from the leader, and from a new leader only once its high watermark
+        // reached its epoch's start (before, it may be below what consumers already read).
+        self.replica.check_offset_query()?;
+        let high_watermark = self.replica.high_watermark();
         let log_start_offset = self.log().log_start_offset();
-        // Past the high watermark is out of range for a consumer, even if the leader's log
-        // holds it already.
-        if offset < log_start_offset || offset > high_watermark {
+        let log_end_offset = self.log().log_end_offset();
+        // Between the high watermark and the log end is not out of range: those offsets exist
+        // and become readable as the followers catch up (a consumer that read them from an
+        // old leader waits here rather than resetting its position).
+        if offset < log_start_offset || offset > log_end_offset {
             return Err(PartitionError::OffsetOutOfRange {
                 offset,
                 log_start_offset,
                 high_watermark,
             });
         }
-        if bytes_max == 0 {
-            // Only the watermarks were asked for (the fetch's byte budget is spent).
+        if bytes_max == 0 || offset >= high_watermark {
+            // Only the watermarks were asked for (the fetch's byte budget is spent), or
+            // nothing is committed past the offset yet (a long poll waits for the high
+            // watermark to move).
             return Ok(FetchOk {
                 records: Vec::new(),
                 high_watermark,
@@ -1161,7 +1735,7 @@ impl Core {
         let log = self.log();
         let offsets = LogOffsets {
             log_start_offset: log.log_start_offset(),
-            high_watermark: log.high_watermark(),
+            high_watermark: self.replica.high_watermark(),
             log_end_offset: log.log_end_offset(),
         };
         assert!(
@@ -1178,7 +1752,8 @@ impl Core {
         leader_epoch: Option<LeaderEpoch>,
     ) -> Result<ListedOffset, PartitionError> {
         self.check_epoch(leader_epoch)?;
-        let high_watermark = self.log().high_watermark();
+        self.replica.check_offset_query()?;
+        let high_watermark = self.replica.high_watermark();
         let (offset, timestamp) = match spec {
             OffsetSpec::Earliest => (Some(self.log().log_start_offset()), None),
             OffsetSpec::Latest => (Some(high_watermark), None),
@@ -1204,7 +1779,7 @@ impl Core {
         Ok(ListedOffset {
             offset,
             timestamp,
-            leader_epoch: epoch_at.unwrap_or(self.args.leader_epoch),
+            leader_epoch: epoch_at.or(self.replica.leader_epoch()).unwrap_or_default(),
         })
     }
 

@@ -66,7 +66,9 @@
 //! - ISR shrink: a follower that has not been caught up for `replica_lag_time_max` (caught up:
 //!   a fetch reached the leader's log end, or reached the log end the leader had at the
 //!   follower's previous fetch, which counts from that previous fetch). ISR expansion: a
-//!   follower whose measure reaches the high watermark and the leader's epoch start offset.
+//!   follower whose measure reaches the high watermark and the leader's epoch start offset,
+//!   and that was caught up within `replica_lag_time_max` (a dead follower's last report
+//!   may still reach the high watermark of an idle partition; it must not come back).
 //!   One proposal at a time, sent again after `ISR_PROPOSAL_RETRY_INTERVAL` if unanswered;
 //!   applied only when the controller's committed answer arrives. A follower that joins gets a
 //!   full lag window.
@@ -782,7 +784,13 @@ impl<W> ReplicaState<W> {
                     // queue's tail, which keeps the queue in offset order.
                     let next = last_offset.plus(1);
                     let next = leading.waiters.tail().map_or(next, |tail| tail.max(next));
-                    if let Err(waiter) = leading.waiters.push(next, waiter) {
+                    if next <= s.high_watermark {
+                        // A retry of a batch already below the high watermark (so is every
+                        // waiting answer before it): answered at once.
+                        effects.push(Effect::Acknowledge {
+                            waiters: vec![waiter],
+                        });
+                    } else if let Err(waiter) = leading.waiters.push(next, waiter) {
                         effects.push(Effect::Fail {
                             waiters: vec![waiter],
                             error: ReplicaError::Overloaded {
@@ -1055,8 +1063,12 @@ impl<W> ReplicaState<W> {
         // Batches of an epoch at or past this one in the log were written by some other
         // incarnation of that epoch's leader: leading it again would write different batches
         // under the same (offset, epoch), which followers' truncation cannot tell apart.
+        // A partition without followers is the exception: nobody else can hold batches of
+        // the epoch, so its own restart (a node, or the partition's supervisor restarting it)
+        // may lead the epoch again.
+        let alone = assignment.replicas.as_slice() == [self.node];
         if let Some(latest) = self.log.latest_epoch
-            && latest >= assignment.leader_epoch
+            && (latest > assignment.leader_epoch || (latest == assignment.leader_epoch && !alone))
         {
             return Err(ControlError::EpochNotNewerThanLog {
                 leader_epoch: assignment.leader_epoch,
@@ -1340,7 +1352,14 @@ impl<W> ReplicaState<W> {
         } else if let (Some(log_end), Some(flushed)) =
             (progress.log_end_offset, progress.flushed_offset)
         {
-            self.measure(log_end, flushed) >= self.high_watermark.max(leading.epoch_start_offset)
+            // Caught up recently too: the progress a follower reported before it died stays
+            // here, and on an idle partition it still reaches the high watermark; without
+            // this the leader would propose the dead follower back into the ISR right after
+            // removing it (and the ISR would flap, failing acks=all answers each time).
+            now.saturating_duration_since(progress.last_caught_up)
+                <= self.config.replica_lag_time_max
+                && self.measure(log_end, flushed)
+                    >= self.high_watermark.max(leading.epoch_start_offset)
         } else {
             false
         }

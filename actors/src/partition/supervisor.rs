@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use vltava_messages::PartitionId;
 
 use crate::directory::{ActorDirectory, ActorKind, ActorStats};
+use crate::partition::replica_state::Assignment;
 use crate::partition::{Partition, PartitionArgs, PartitionHandle};
 
 /// Restarts allowed per partition within `RESTART_WINDOW` before it is left offline: enough
@@ -154,6 +155,12 @@ pub enum PartitionSupervisorMsg {
     },
     /// Stop partitions (online or offline), up to `PARTITION_STARTS_CONCURRENT` at once.
     /// With `discard`, their logs are dropped without a clean close: their topic was deleted.
+    /// New leaderships for running partitions: each is told in place, and a later restart
+    /// of it starts with the new one.
+    Assign {
+        assignments: Vec<(PartitionKey, Assignment)>,
+        reply: oneshot::Sender<()>,
+    },
     Stop {
         keys: Vec<PartitionKey>,
         discard: bool,
@@ -201,6 +208,22 @@ impl PartitionSupervisorHandle {
             return gone();
         }
         answer.await.unwrap_or_else(|_| gone())
+    }
+
+    /// Tells running partitions their new leadership (in place; a later restart of one
+    /// starts with it), and returns once each was told.
+    pub async fn assign(&self, assignments: Vec<(PartitionKey, Assignment)>) {
+        let (reply, answer) = oneshot::channel();
+        self.stats.enqueued();
+        if self
+            .actor
+            .send_message(PartitionSupervisorMsg::Assign { assignments, reply })
+            .is_ok()
+        {
+            let _ = answer.await;
+        } else {
+            self.stats.dequeued();
+        }
     }
 
     /// Stops a partition and waits until its log is closed.
@@ -311,6 +334,7 @@ impl Actor for PartitionSupervisor {
         let kind = match &msg {
             PartitionSupervisorMsg::Start { .. } => "Start",
             PartitionSupervisorMsg::Stop { .. } => "Stop",
+            PartitionSupervisorMsg::Assign { .. } => "Assign",
         };
         match msg {
             PartitionSupervisorMsg::Start { args, reply } => {
@@ -323,6 +347,22 @@ impl Actor for PartitionSupervisor {
                 reply,
             } => {
                 state.stop(keys, discard).await;
+                let _ = reply.send(());
+            }
+            PartitionSupervisorMsg::Assign { assignments, reply } => {
+                for (key, assignment) in assignments {
+                    let Some(child) = state
+                        .by_key
+                        .get(&key)
+                        .and_then(|id| state.children.get_mut(id))
+                    else {
+                        // Offline or stopped: a start or restart takes its assignment from
+                        // the applier's next start.
+                        continue;
+                    };
+                    child.args.assignment = assignment.clone();
+                    child.handle.assign(assignment);
+                }
                 let _ = reply.send(());
             }
         }

@@ -66,6 +66,7 @@ use self::group_requests::GroupAnswer;
 use crate::directory::{ActorKind, ActorStats, PublishedState, SessionGauges};
 use crate::metadata::controller::ControllerError;
 use crate::metrics::RequestMetrics;
+use crate::partition::replica_state::ReplicaError;
 use crate::partition::supervisor::PartitionSlot;
 use crate::partition::{Acks, PartitionError, PartitionHandle};
 use crate::shutdown::stopped;
@@ -691,7 +692,14 @@ fn group_frame(answer: GroupAnswer, header: &FrameHeader) -> Answer {
 /// The wire error for a partition's refusal.
 #[must_use]
 pub fn partition_error(error: &PartitionError) -> ResponseError {
-    ResponseError::new(error.error_code(), error.to_string())
+    match error {
+        // A follower replica names its leader, so the client goes there without a metadata
+        // round trip.
+        PartitionError::Replica(ReplicaError::NotLeader { leader }) => {
+            ResponseError::not_leader(*leader, error.to_string())
+        }
+        _ => ResponseError::new(error.error_code(), error.to_string()),
+    }
 }
 
 fn controller_error(error: &ControllerError) -> ResponseError {

@@ -109,7 +109,7 @@ pub(super) fn describe_topics(
         .into_iter()
         .map(|name| match image.topics.get(&name) {
             Some(topic) => {
-                let configs = effective_configs(&topic.configs);
+                let configs = effective_configs(&topic.configs, topic.replication_factor);
                 TopicDescription {
                     partitions: partition_metadata(image, topic),
                     internal: is_internal_topic(&name),
@@ -134,8 +134,11 @@ pub(super) fn describe_topics(
 }
 
 /// Every config key with its effective value, sorted by name, marking the defaults.
-pub(super) fn effective_configs(set: &BTreeMap<String, String>) -> Vec<ConfigEntry> {
-    topic_config::describe(set)
+pub(super) fn effective_configs(
+    set: &BTreeMap<String, String>,
+    replication_factor: u16,
+) -> Vec<ConfigEntry> {
+    topic_config::describe(set, replication_factor)
         .into_iter()
         .map(|c| ConfigEntry {
             name: c.key.to_owned(),

@@ -22,6 +22,7 @@ use vltava_tests::history::{CheckOptions, History, unique_value};
 use vltava_tests::{binary, eventually};
 
 mod peer_input;
+mod replication;
 mod restart;
 
 /// How long a cluster may take to elect a new controller and take a change again. The target

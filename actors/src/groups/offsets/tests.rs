@@ -114,6 +114,7 @@ fn image(leaders: &[Option<u32>]) -> watch::Receiver<Arc<MetadataImage>> {
                 .map(|leader| PartitionImage {
                     leader: *leader,
                     leader_epoch: 0,
+                    partition_epoch: 0,
                     replicas: leader.iter().copied().collect(),
                     isr: leader.iter().copied().collect(),
                 })

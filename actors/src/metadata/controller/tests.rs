@@ -74,6 +74,8 @@ async fn controller(
             partitions,
             groups: None,
             producer_ids: ProducerRegistry::default(),
+            links: Arc::new(crate::partition::replication::Standalone),
+            replica_lag_time_max: crate::partition::replica_state::REPLICA_LAG_TIME_MAX_DEFAULT,
         },
         None,
     )

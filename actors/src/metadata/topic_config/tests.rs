@@ -38,7 +38,10 @@ fn good_configs_apply_and_bad_ones_name_the_key() {
 /// the order they were declared.
 #[test]
 fn described_keys_are_every_key_once_sorted_by_name() {
-    let keys: Vec<&str> = describe(&BTreeMap::new()).iter().map(|c| c.key).collect();
+    let keys: Vec<&str> = describe(&BTreeMap::new(), 3)
+        .iter()
+        .map(|c| c.key)
+        .collect();
     let mut sorted = keys.clone();
     sorted.sort_unstable();
     sorted.dedup();
@@ -62,25 +65,31 @@ fn every_described_value_is_effective_and_gives_the_same_config() {
         ),
     ]);
     for set in [BTreeMap::new(), custom] {
-        let described = describe(&set);
+        let described = describe(&set, 3);
         let as_set: BTreeMap<String, String> = described
             .iter()
             .map(|c| (c.key.to_owned(), c.value.clone()))
             .collect();
+        let (again, first) = (parse(&as_set).unwrap(), parse(&set).unwrap());
+        assert_eq!(again.log, first.log, "{described:?}");
+        assert_eq!(again.cleanup_policy, first.cleanup_policy);
+        assert_eq!(again.unclean_leader_election, first.unclean_leader_election);
+        // The default (a majority) reads back as the number it is for this topic.
         assert_eq!(
-            parse(&as_set).unwrap(),
-            parse(&set).unwrap(),
-            "{described:?}"
+            again.min_insync_replicas_for(3),
+            first.min_insync_replicas_for(3)
         );
         for c in &described {
             assert_eq!(c.is_default, !set.contains_key(c.key), "{c:?}");
         }
     }
-    let defaults = describe(&BTreeMap::new());
+    let defaults = describe(&BTreeMap::new(), 3);
     let value = |key| &defaults.iter().find(|c| c.key == key).unwrap().value;
     assert_eq!(value("delete.retention.ms"), "86400000");
     assert_eq!(value("min.cleanable.dirty.ratio"), "0.5");
     assert_eq!(value("message.timestamp.type"), "CreateTime");
+    assert_eq!(value("min.insync.replicas"), "2", "a majority of 3");
+    assert_eq!(value("unclean.leader.election.enable"), "false");
 }
 
 /// A key both set and deleted in one AlterTopicConfigs entry is refused (PROTOCOL.md 6.5);

@@ -263,6 +263,44 @@ fn a_shrink_is_proposed_after_the_lag_time_and_applied_only_when_committed() {
     );
 }
 
+/// A follower that stopped fetching leaves the ISR after the lag time, and is not proposed
+/// back although its last report still reaches the high watermark of the idle partition:
+/// only a fetch that catches up again brings it back (a cluster test found the dead follower
+/// proposed back at once, and acks=all answers failing each time the ISR flapped).
+#[test]
+fn a_follower_that_stopped_fetching_is_not_proposed_back_into_the_isr() {
+    let now = Instant::now();
+    let lag = REPLICA_LAG_TIME_MAX_DEFAULT;
+    let mut s = leader(ReplicaConfig::default(), &[A, B, C], now);
+    append(&mut s, 10, 10, Acks::Leader, 0, now);
+    s.follower_fetched(report(B, 10, 10), now).unwrap();
+    s.follower_fetched(report(C, 10, 10), now).unwrap();
+    assert_eq!(s.high_watermark(), Offset(10));
+    // C dies; B keeps fetching. Nothing new is written.
+    let mut t = now;
+    while t <= now + lag {
+        t += Duration::from_secs(1);
+        s.follower_fetched(report(B, 10, 10), t).unwrap();
+        s.tick(t);
+    }
+    assert_eq!(s.pending_isr().map(|p| p.isr.clone()), Some(isr(&[A, B])));
+    s.isr_answered(committed(2, &[A, B]), t).unwrap();
+    assert_eq!(s.isr(), Some(&isr(&[A, B])));
+    for _ in 0..5 {
+        t += Duration::from_secs(1);
+        let mut effects = s.follower_fetched(report(B, 10, 10), t).unwrap().effects;
+        effects.extend(s.tick(t));
+        assert!(
+            proposals(&effects).is_empty(),
+            "C's old report must not bring it back: {effects:?}"
+        );
+    }
+    // C comes back and fetches up to the log end: it is proposed back.
+    t += Duration::from_secs(1);
+    let effects = s.follower_fetched(report(C, 10, 10), t).unwrap().effects;
+    assert_eq!(proposals(&effects), vec![isr(&[A, B, C])]);
+}
+
 #[test]
 fn a_follower_that_reaches_the_log_end_the_leader_had_at_its_last_fetch_stays_in_sync() {
     let now = Instant::now();

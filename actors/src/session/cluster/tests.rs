@@ -21,6 +21,7 @@ fn image() -> MetadataImage {
             .map(|p| PartitionImage {
                 leader: Some(p % 3 + 1),
                 leader_epoch: p,
+                partition_epoch: 0,
                 replicas: vec![p % 3 + 1],
                 isr: vec![p % 3 + 1],
             })

@@ -1,0 +1,651 @@
+//! Replication between nodes: the node's side of [`ReplicaLinks`] (its ReplicaFetchers, its
+//! epoch-end questions to leaders, its partitions' ISR proposals to the controller), and the
+//! leader's side of the two peer kinds followers send (`serve_replica_fetch`,
+//! `serve_epoch_end`).
+//!
+//! - One ReplicaFetcher task per leader node this node follows partitions of: one fetch
+//!   session (follower node, leader node) batching all those partitions in one ReplicaFetch
+//!   request on the data connection, one request at a time. Each answer's batches go to their
+//!   partitions unchanged (`PartitionHandle::apply_fetched`), which answer once the bytes are
+//!   appended and, with fsync durability, flushed; the next request goes at once and reports
+//!   the new log ends and flushed offsets, so the leader learns of a follower's fsync within
+//!   one round trip. A leader holds a request while nothing is new (long poll, at most
+//!   `REPLICA_FETCH_WAIT`).
+//! - Bounds: at most `REPLICA_FETCH_PARTITIONS_MAX` partitions per request (a fetcher with
+//!   more sends several requests in turn), `REPLICA_FETCH_BYTES` per answer; a failed request
+//!   is retried after a back-off doubling from `FETCH_BACKOFF_MIN` to `FETCH_BACKOFF_MAX`.
+//! - A fetcher with no partitions left ends; the next `start_fetching` towards its leader
+//!   starts a new one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use vltava_messages::peer::{
+    EpochEndQuery, EpochEndReply, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+    REPLICA_FETCH_PARTITIONS_MAX, ReplicaFetchAnswer, ReplicaFetchPartition, ReplicaFetchRequest,
+    ReplicaFetchResponse,
+};
+use vltava_messages::protocol::{ErrorCode, ResponseError};
+use vltava_messages::{LeaderEpoch, NodeId, Offset, PartitionId};
+
+use crate::metadata::controller::ControllerHandle;
+use crate::partition::replica_state::{
+    CommittedIsr, EpochEndAnswer, FollowerReport, IsrAnswer, IsrProposal, LocalLog, PartitionEpoch,
+};
+use crate::partition::replication::ReplicaLinks;
+use crate::partition::supervisor::{PartitionRegistry, PartitionSlot};
+use crate::partition::{PartitionError, PartitionHandle};
+use crate::peer::{PeerChannel, PeerLinks, PeerRequest, PeerResponse};
+use crate::session::partition_error;
+
+/// How long a leader holds a follower's fetch while none of its partitions has anything new.
+/// Kafka's `replica.fetch.wait.max.ms` is 500 ms; answers on the data connection come back in
+/// order, so a forwarded admin request or a PartitionOffsets question queued behind a held
+/// fetch waits as long: half of Kafka's keeps that wait short while an idle follower still
+/// sends only a few requests a second.
+pub const REPLICA_FETCH_WAIT: Duration = Duration::from_millis(250);
+
+/// The byte budget of one ReplicaFetch answer over all its partitions. Large enough that a
+/// follower of a busy leader moves megabytes per round trip, small enough that one answer is
+/// far below the frame limit and a follower's partitions share the link fairly.
+pub const REPLICA_FETCH_BYTES: u32 = vltava_messages::peer::REPLICA_FETCH_BYTES_MAX;
+
+/// How long a fetcher waits for an answer beyond the leader's long poll before it gives the
+/// request up and sends it again: a leader that stopped answering is noticed within seconds.
+pub const FETCH_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first back-off after a failed fetch, doubled up to `FETCH_BACKOFF_MAX`.
+pub const FETCH_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// The longest back-off between failed fetches: a leader that comes back is fetched from
+/// within a second.
+pub const FETCH_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How long an epoch-end question or an ISR proposal may take before it counts as lost (the
+/// replica state asks again on its own schedule).
+pub const REPLICATION_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+type PartitionKey = (Arc<str>, PartitionId);
+
+/// What a fetcher knows of one partition it fetches.
+#[derive(Clone, Copy, Debug)]
+struct Fetching {
+    leader_epoch: LeaderEpoch,
+    log: LocalLog,
+    /// The leader's high watermark last applied (an answer with no bytes and no new high
+    /// watermark is not worth a message to the partition).
+    leader_high_watermark: Option<Offset>,
+}
+
+/// The partitions one fetcher fetches, shared with the node's `ReplicaManager`.
+#[derive(Debug, Default)]
+struct FetcherShared {
+    partitions: Mutex<BTreeMap<PartitionKey, Fetching>>,
+    /// Woken when partitions are added.
+    changed: Notify,
+}
+
+/// The node's replication services; `ReplicaLinks` for its partitions.
+#[derive(Clone, Debug)]
+pub struct ReplicaManager {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    node_id: NodeId,
+    links: PeerLinks,
+    registry: PartitionRegistry,
+    controller: OnceLock<ControllerHandle>,
+    fetchers: Mutex<HashMap<NodeId, Arc<FetcherShared>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ReplicaManager {
+    /// Must be called within a tokio runtime (fetchers and calls run on it).
+    #[must_use]
+    pub fn new(node_id: NodeId, links: PeerLinks, registry: PartitionRegistry) -> ReplicaManager {
+        ReplicaManager {
+            inner: Arc::new(Inner {
+                node_id,
+                links,
+                registry,
+                controller: OnceLock::new(),
+                fetchers: Mutex::new(HashMap::new()),
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        }
+    }
+
+    /// ISR proposals go to `controller` from now on (until then they are dropped, and the
+    /// partitions propose again after their retry interval).
+    pub fn serve_controller(&self, controller: ControllerHandle) {
+        let _ = self.inner.controller.set(controller);
+    }
+
+    fn handle(&self, topic: &str, partition: PartitionId) -> Option<PartitionHandle> {
+        match self.inner.registry.get(topic, partition) {
+            Some(PartitionSlot::Online(handle)) => Some(handle),
+            _ => None,
+        }
+    }
+}
+
+impl ReplicaLinks for ReplicaManager {
+    fn propose_isr(&self, topic: &Arc<str>, partition: PartitionId, proposal: IsrProposal) {
+        let Some(controller) = self.inner.controller.get().cloned() else {
+            tracing::debug!(%topic, partition = partition.0, "no controller yet for an ISR proposal");
+            return;
+        };
+        let manager = self.clone();
+        let topic = Arc::clone(topic);
+        self.inner.runtime.spawn(async move {
+            let proposed_at = proposal.partition_epoch;
+            let answer = tokio::time::timeout(
+                REPLICATION_CALL_TIMEOUT,
+                controller.alter_isr(
+                    topic.to_string(),
+                    partition.0,
+                    proposal.leader.0,
+                    proposal.leader_epoch.0,
+                    proposal.partition_epoch.0,
+                    proposal.isr.iter().map(|n| n.0).collect(),
+                ),
+            )
+            .await;
+            match answer {
+                Ok(Ok(committed)) => {
+                    if let Some(handle) = manager.handle(&topic, partition) {
+                        handle.isr_answered(IsrAnswer {
+                            proposed_at,
+                            committed: CommittedIsr {
+                                leader_epoch: LeaderEpoch(committed.leader_epoch),
+                                partition_epoch: PartitionEpoch(committed.partition_epoch),
+                                isr: committed.isr.into_iter().map(NodeId).collect(),
+                            },
+                        });
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(%topic, partition = partition.0, error = %e, "ISR proposal not answered");
+                }
+                Err(_) => {
+                    tracing::info!(%topic, partition = partition.0, "ISR proposal timed out");
+                }
+            }
+        });
+    }
+
+    fn ask_epoch_end(
+        &self,
+        topic: &Arc<str>,
+        partition: PartitionId,
+        leader: NodeId,
+        leader_epoch: LeaderEpoch,
+        epoch: LeaderEpoch,
+    ) {
+        let manager = self.clone();
+        let topic = Arc::clone(topic);
+        self.inner.runtime.spawn(async move {
+            let request = PeerRequest::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest {
+                partitions: vec![EpochEndQuery {
+                    topic: topic.to_string(),
+                    partition,
+                    leader_epoch,
+                    epoch,
+                }],
+            });
+            let answer = manager
+                .inner
+                .links
+                .call(leader, PeerChannel::Data, request, REPLICATION_CALL_TIMEOUT)
+                .await;
+            let reply = match answer {
+                Ok(PeerResponse::OffsetForLeaderEpoch(mut response))
+                    if response.partitions.len() == 1 =>
+                {
+                    response.partitions.pop().expect("one answer")
+                }
+                Ok(other) => {
+                    tracing::warn!(%topic, partition = partition.0, leader = leader.0, "OffsetForLeaderEpoch answered with {}", other.kind().name());
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(%topic, partition = partition.0, leader = leader.0, error = %e, "OffsetForLeaderEpoch failed; the partition asks again");
+                    return;
+                }
+            };
+            if let Some(error) = reply.error {
+                tracing::info!(%topic, partition = partition.0, leader = leader.0, error = %error.message, "OffsetForLeaderEpoch refused; the partition asks again");
+                return;
+            }
+            let end = match (reply.end_epoch, reply.end_offset) {
+                (Some(e), Some(o)) => Some((e, o)),
+                _ => None,
+            };
+            if let Some(handle) = manager.handle(&topic, partition) {
+                handle.epoch_end_answered(EpochEndAnswer {
+                    leader_epoch,
+                    requested: epoch,
+                    end,
+                });
+            }
+        });
+    }
+
+    fn start_fetching(
+        &self,
+        topic: &Arc<str>,
+        partition: PartitionId,
+        leader: NodeId,
+        leader_epoch: LeaderEpoch,
+        log: LocalLog,
+    ) {
+        let key = (Arc::clone(topic), partition);
+        let mut fetchers = self.inner.fetchers.lock().expect("fetchers lock");
+        for (node, fetcher) in fetchers.iter() {
+            if *node != leader {
+                fetcher
+                    .partitions
+                    .lock()
+                    .expect("fetcher lock")
+                    .remove(&key);
+            }
+        }
+        let fetching = Fetching {
+            leader_epoch,
+            log,
+            leader_high_watermark: None,
+        };
+        if let Some(fetcher) = fetchers.get(&leader) {
+            fetcher
+                .partitions
+                .lock()
+                .expect("fetcher lock")
+                .insert(key, fetching);
+            fetcher.changed.notify_one();
+            return;
+        }
+        let shared = Arc::new(FetcherShared::default());
+        shared
+            .partitions
+            .lock()
+            .expect("fetcher lock")
+            .insert(key, fetching);
+        fetchers.insert(leader, Arc::clone(&shared));
+        tracing::info!(leader = leader.0, "starting a replica fetcher");
+        self.inner
+            .runtime
+            .spawn(run_fetcher(self.clone(), leader, shared));
+    }
+
+    fn stop_fetching(&self, topic: &Arc<str>, partition: PartitionId) {
+        let key = (Arc::clone(topic), partition);
+        let fetchers = self.inner.fetchers.lock().expect("fetchers lock");
+        for fetcher in fetchers.values() {
+            fetcher
+                .partitions
+                .lock()
+                .expect("fetcher lock")
+                .remove(&key);
+        }
+    }
+}
+
+/// One fetcher: fetches from `leader` until none of its partitions is left.
+async fn run_fetcher(manager: ReplicaManager, leader: NodeId, shared: Arc<FetcherShared>) {
+    let node = manager.inner.node_id;
+    let mut backoff = FETCH_BACKOFF_MIN;
+    loop {
+        let batch: Vec<(PartitionKey, Fetching)> = {
+            // Emptiness is decided under the manager's lock, so a `start_fetching` racing with
+            // the end finds either this fetcher still registered or none.
+            let mut fetchers = manager.inner.fetchers.lock().expect("fetchers lock");
+            let partitions = shared.partitions.lock().expect("fetcher lock");
+            if partitions.is_empty() {
+                if fetchers
+                    .get(&leader)
+                    .is_some_and(|f| Arc::ptr_eq(f, &shared))
+                {
+                    fetchers.remove(&leader);
+                }
+                tracing::info!(
+                    leader = leader.0,
+                    "replica fetcher stops: no partitions left"
+                );
+                return;
+            }
+            partitions
+                .iter()
+                .take(REPLICA_FETCH_PARTITIONS_MAX)
+                .map(|(k, f)| (k.clone(), *f))
+                .collect()
+        };
+        let request = ReplicaFetchRequest {
+            max_wait_ms: u32::try_from(REPLICA_FETCH_WAIT.as_millis()).unwrap_or(u32::MAX),
+            bytes_max: REPLICA_FETCH_BYTES,
+            partitions: batch
+                .iter()
+                .map(|((topic, partition), f)| ReplicaFetchPartition {
+                    topic: topic.to_string(),
+                    partition: *partition,
+                    leader_epoch: f.leader_epoch,
+                    fetch_offset: f.log.log_end_offset,
+                    flushed_offset: f.log.flushed_offset,
+                })
+                .collect(),
+        };
+        let answer = manager
+            .inner
+            .links
+            .call(
+                leader,
+                PeerChannel::Data,
+                PeerRequest::ReplicaFetch(request),
+                REPLICA_FETCH_WAIT + FETCH_ANSWER_TIMEOUT,
+            )
+            .await;
+        let response = match answer {
+            Ok(PeerResponse::ReplicaFetch(response))
+                if response.partitions.len() == batch.len() =>
+            {
+                response
+            }
+            Ok(other) => {
+                tracing::warn!(
+                    node = node.0,
+                    leader = leader.0,
+                    "ReplicaFetch answered with {} ({} partitions)",
+                    other.kind().name(),
+                    batch.len()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(FETCH_BACKOFF_MAX);
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(leader = leader.0, error = %e, "replica fetch failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(FETCH_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let applied = apply_answers(&manager, &batch, response).await;
+        {
+            let mut partitions = shared.partitions.lock().expect("fetcher lock");
+            for (key, fetching) in &applied {
+                // Only if the partition still fetches in the same epoch: a restart of its
+                // fetching (a new epoch) keeps its own starting point.
+                if let Some(current) = partitions.get_mut(key)
+                    && current.leader_epoch == fetching.leader_epoch
+                {
+                    *current = *fetching;
+                }
+            }
+        }
+        if applied
+            .iter()
+            .any(|(_, f)| f.leader_high_watermark.is_some())
+        {
+            backoff = FETCH_BACKOFF_MIN;
+        } else {
+            // Every partition was refused (a leader that does not lead them any more, say):
+            // wait for the metadata to move them rather than spin.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(FETCH_BACKOFF_MAX);
+        }
+    }
+}
+
+/// Hands each partition its answer's batches and returns what each fetches from next.
+async fn apply_answers(
+    manager: &ReplicaManager,
+    batch: &[(PartitionKey, Fetching)],
+    response: ReplicaFetchResponse,
+) -> Vec<(PartitionKey, Fetching)> {
+    let mut pending = Vec::new();
+    for (((topic, partition), fetching), answer) in batch.iter().zip(response.partitions) {
+        let key = (Arc::clone(topic), *partition);
+        let mut next = *fetching;
+        if let Some(error) = &answer.error {
+            tracing::debug!(%topic, partition = partition.0, error = %error.message, "replica fetch refused");
+            next.leader_high_watermark = None;
+            pending.push((key, next, None));
+            continue;
+        }
+        let ReplicaFetchAnswer {
+            records,
+            high_watermark,
+            log_start_offset,
+            ..
+        } = answer;
+        let high_watermark = high_watermark.unwrap_or_default();
+        if records.is_empty() && fetching.leader_high_watermark == Some(high_watermark) {
+            pending.push((key, next, None));
+            continue;
+        }
+        let Some(handle) = manager.handle(topic, *partition) else {
+            pending.push((key, next, None));
+            continue;
+        };
+        let call = tokio::spawn(async move {
+            handle
+                .apply_fetched(
+                    next.leader_epoch,
+                    records,
+                    high_watermark,
+                    log_start_offset.unwrap_or_default(),
+                )
+                .await
+        });
+        next.leader_high_watermark = Some(high_watermark);
+        pending.push((key, next, Some(call)));
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for (key, mut next, call) in pending {
+        if let Some(call) = call {
+            match call.await {
+                Ok(Ok(log)) => next.log = log,
+                Ok(Err(e)) => {
+                    log_apply_error(&key, &e);
+                    next.leader_high_watermark = None;
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %key.0, partition = key.1.0, error = %e, "applying fetched batches panicked");
+                    next.leader_high_watermark = None;
+                }
+            }
+        } else if next.leader_high_watermark.is_none() {
+            // Refused or gone: keep the same starting point.
+        }
+        out.push((key, next));
+    }
+    out
+}
+
+fn log_apply_error(key: &PartitionKey, error: &PartitionError) {
+    tracing::info!(topic = %key.0, partition = key.1.0, error = %error, "fetched batches not applied");
+}
+
+/// The answer to one partition of a follower's fetch.
+fn refused(topic: String, partition: PartitionId, error: ResponseError) -> ReplicaFetchAnswer {
+    ReplicaFetchAnswer {
+        topic,
+        partition,
+        error: Some(error),
+        high_watermark: None,
+        log_start_offset: None,
+        log_end_offset: None,
+        records: Vec::new(),
+    }
+}
+
+/// Leader: answers a follower's ReplicaFetch from the local partitions, holding it (at most
+/// `max_wait_ms`) while none has anything past the follower's log end.
+pub async fn serve_replica_fetch(
+    node_id: NodeId,
+    from: NodeId,
+    registry: &PartitionRegistry,
+    request: ReplicaFetchRequest,
+) -> ReplicaFetchResponse {
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(u64::from(request.max_wait_ms)).min(REPLICA_FETCH_WAIT * 4);
+    let mut log_ends: Vec<watch::Receiver<Offset>> = Vec::new();
+    let mut first = true;
+    loop {
+        let response = fetch_once(node_id, from, registry, &request, &mut log_ends, first).await;
+        first = false;
+        let any_data = response
+            .partitions
+            .iter()
+            .any(|a| a.error.is_some() || !a.records.is_empty());
+        if any_data || log_ends.is_empty() || tokio::time::Instant::now() >= deadline {
+            return response;
+        }
+        // Long poll: until any partition's log end moves, or the deadline.
+        let moved = async {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+            let mut waits = tokio::task::JoinSet::new();
+            for watch in log_ends.iter().cloned() {
+                let tx = tx.clone();
+                waits.spawn(async move {
+                    let mut watch = watch;
+                    if watch.changed().await.is_ok() {
+                        let _ = tx.try_send(());
+                    }
+                });
+            }
+            drop(tx);
+            let _ = rx.recv().await;
+        };
+        if tokio::time::timeout_at(deadline, moved).await.is_err() {
+            return fetch_once(node_id, from, registry, &request, &mut log_ends, false).await;
+        }
+    }
+}
+
+async fn fetch_once(
+    node_id: NodeId,
+    from: NodeId,
+    registry: &PartitionRegistry,
+    request: &ReplicaFetchRequest,
+    log_ends: &mut Vec<watch::Receiver<Offset>>,
+    first: bool,
+) -> ReplicaFetchResponse {
+    // One partition at a time, so the byte budget is spent exactly: each gets what is left
+    // (a partition's first batch is answered even past it, so an answer exceeds the budget by
+    // at most one batch), and those past it still report their progress, which may move the
+    // high watermark, and get their bytes next time.
+    let mut budget = request.bytes_max;
+    let mut answers = Vec::with_capacity(request.partitions.len());
+    for p in &request.partitions {
+        let handle = match registry.get(&p.topic, p.partition) {
+            Some(PartitionSlot::Online(handle)) => handle,
+            Some(PartitionSlot::Offline) => {
+                answers.push(refused(
+                    p.topic.clone(),
+                    p.partition,
+                    ResponseError::new(
+                        ErrorCode::PartitionOffline,
+                        format!(
+                            "{}-{} is offline on node {}",
+                            p.topic, p.partition.0, node_id.0
+                        ),
+                    ),
+                ));
+                continue;
+            }
+            None => {
+                answers.push(refused(
+                    p.topic.clone(),
+                    p.partition,
+                    ResponseError::not_leader(
+                        None,
+                        format!(
+                            "node {} holds no replica of {}-{}",
+                            node_id.0, p.topic, p.partition.0
+                        ),
+                    ),
+                ));
+                continue;
+            }
+        };
+        if first {
+            log_ends.push(handle.log_end());
+        }
+        let report = FollowerReport {
+            follower: from,
+            leader_epoch: p.leader_epoch,
+            log_end_offset: p.fetch_offset,
+            flushed_offset: p.flushed_offset,
+        };
+        let answer = match handle.replica_fetch_enqueue(report, budget) {
+            Ok(pending) => pending.wait().await,
+            Err(e) => Err(e),
+        };
+        answers.push(match answer {
+            Ok(ok) => {
+                budget = budget.saturating_sub(u32::try_from(ok.records.len()).unwrap_or(u32::MAX));
+                ReplicaFetchAnswer {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    error: None,
+                    high_watermark: Some(ok.high_watermark),
+                    log_start_offset: Some(ok.log_start_offset),
+                    log_end_offset: Some(ok.log_end_offset),
+                    records: ok.records,
+                }
+            }
+            Err(e) => refused(p.topic.clone(), p.partition, partition_error(&e)),
+        });
+    }
+    ReplicaFetchResponse {
+        partitions: answers,
+    }
+}
+
+/// Leader: answers a new follower's OffsetForLeaderEpoch from the local partitions.
+pub async fn serve_epoch_end(
+    node_id: NodeId,
+    registry: &PartitionRegistry,
+    request: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let mut partitions = Vec::with_capacity(request.partitions.len());
+    for q in request.partitions {
+        let failed = |error: ResponseError, q: &EpochEndQuery| EpochEndReply {
+            topic: q.topic.clone(),
+            partition: q.partition,
+            error: Some(error),
+            end_epoch: None,
+            end_offset: None,
+        };
+        let handle = match registry.get(&q.topic, q.partition) {
+            Some(PartitionSlot::Online(handle)) => handle,
+            _ => {
+                partitions.push(failed(
+                    ResponseError::not_leader(
+                        None,
+                        format!(
+                            "node {} does not serve {}-{}",
+                            node_id.0, q.topic, q.partition.0
+                        ),
+                    ),
+                    &q,
+                ));
+                continue;
+            }
+        };
+        partitions.push(match handle.epoch_end(q.leader_epoch, q.epoch).await {
+            Ok(end) => EpochEndReply {
+                topic: q.topic.clone(),
+                partition: q.partition,
+                error: None,
+                end_epoch: end.map(|(e, _)| e),
+                end_offset: end.map(|(_, o)| o),
+            },
+            Err(e) => failed(partition_error(&e), &q),
+        });
+    }
+    OffsetForLeaderEpochResponse { partitions }
+}
