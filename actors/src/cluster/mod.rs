@@ -128,10 +128,10 @@ impl PeerService for NodePeerService {
 
     /// A member that dials in is up: our own link to it stops waiting out its back-off.
     /// This matters most to the Raft leader, whose heartbeats reach a restarted member only
-    /// over this node's link to it; left to its back-off (up to 2 s after an outage of a
-    /// second or two) the link failed every heartbeat meanwhile, so the restarted member
-    /// lagged, started an election on its own early and lost it (docs/benchmarks.md, "Why
-    /// failover misses 1.5 s").
+    /// over this node's link to it; left to its back-off (hundreds of milliseconds after an
+    /// outage of half a second, up to 2 s) the link failed every heartbeat meanwhile, so the
+    /// restarted member lagged, started an election on its own early and lost it
+    /// (docs/benchmarks.md, "Why failover misses 1.5 s").
     fn connected(&self, from: NodeId, _channel: PeerChannel) {
         if let Some(link) = self.links.get(from) {
             link.reconnect_now();
