@@ -668,6 +668,7 @@ async fn join_cluster(
         leases.clone(),
         partitions,
         parts.publish.subscribe(),
+        links.clone(),
     ));
     let listener = PeerListener::spawn(
         cluster.peer_listener,

@@ -5,7 +5,8 @@
 //! - Owns: the listening socket; per connection, a reader (this file's `serve_requests`), a
 //!   writer task, and a task per request being handled.
 //! - Receives from: other nodes' PeerLinks.
-//! - Sends to: the node's `PeerService`; answers go back on the connection they came from.
+//! - Sends to: the node's `PeerService` (`connected` once per accepted handshake, `handle`
+//!   per request); answers go back on the connection they came from.
 //! - Bounds: `connections_max` connections (one past it is closed at once); per connection
 //!   `PEER_INFLIGHT_REQUESTS_MAX` requests from reading a header to writing its answer (past
 //!   it the reader stops reading, and the peer sees back-pressure); `PEER_BYTES_IN_FLIGHT_MAX`
@@ -313,6 +314,7 @@ async fn serve_connection<S: PeerService>(
         let _ = previous.send(true);
     }
     tracing::debug!(listener = %shared.id, %peer, from = from.0, %channel, "peer connection handshaken");
+    shared.service.connected(from, channel);
 
     let (queue, answers) = mpsc::channel(PEER_INFLIGHT_REQUESTS_MAX);
     let writer_task = tokio::spawn(write_answers(writer, answers, shared.timings.write_timeout));

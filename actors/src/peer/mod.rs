@@ -111,8 +111,9 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// The first wait before reconnecting; each failed attempt doubles it up to
 /// `BACKOFF_MAX`. 100 ms reconnects at once, in human terms, to a node that restarted.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-/// The longest wait between attempts. A node that comes back is reached within 2 s, and a node
-/// that stays down costs each link one connection attempt per channel every 1 to 2 s.
+/// The longest wait between attempts. A node that comes back is reached within 2 s (at once
+/// if it dials in first: `PeerLinkHandle::reconnect_now`), and a node that stays down costs
+/// each link one connection attempt per channel every 1 to 2 s.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// The wait after a refused handshake: a refusal (another cluster, another node at the
 /// address) needs an operator, so the link retries at its slowest pace.
@@ -297,6 +298,13 @@ pub trait PeerService: Send + Sync + 'static {
     fn admits(&self, node: NodeId) -> bool {
         let _ = node;
         true
+    }
+
+    /// Node `from` has just opened its `channel` connection to this node (its handshake was
+    /// accepted). It is up, so a link to it that is waiting out a back-off may dial now. Must
+    /// return at once; nothing by default.
+    fn connected(&self, from: NodeId, channel: PeerChannel) {
+        let _ = (from, channel);
     }
 
     /// Answers one request from node `from`, received on `channel`. The answer must be of the

@@ -433,6 +433,78 @@ async fn the_link_reconnects_after_the_listener_restarts() {
     .await;
 }
 
+/// A link waiting out a long back-off dials at once when `reconnect_now` says its peer is
+/// back, instead of failing calls until the back-off ends. The story: a restarted controller
+/// member was dialled by the Raft leader only when the leader's back-off (up to 2 s) ran out,
+/// so it missed every heartbeat meanwhile and a failover soon after took extra elections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_now_ends_a_back_off_at_once() {
+    bounded(async {
+        // A back-off far longer than the test waits: only `reconnect_now` can end it in time.
+        let slow = PeerTimings {
+            backoff_initial: Duration::from_secs(20),
+            backoff_max: Duration::from_secs(20),
+            ..fast()
+        };
+        let a = Node::start(1, CLUSTER).await;
+        let mut b = Node::start(2, CLUSTER).await;
+        let links = PeerLinks::new(
+            PeerLinkConfig {
+                identity: PeerIdentity {
+                    cluster_id: CLUSTER.into(),
+                    node_id: a.id,
+                },
+                bind_ip: LOCALHOST,
+                timings: slow,
+            },
+            a.directory.clone(),
+            "n1-slow",
+        );
+        links.reconcile(&BTreeMap::from([(b.id, b.address)])).await;
+        let link = links.get(b.id).expect("a link to node 2");
+        call_until_ok(&link, PeerChannel::Control, "before").await;
+
+        b.stop_listener().await;
+        eventually("both channels backing off", || async {
+            [PeerChannel::Control, PeerChannel::Data]
+                .iter()
+                .all(|c| link.gauges().channel_state(*c) == ChannelState::BackingOff)
+                .then_some(())
+        })
+        .await;
+        b.restart_listener().await;
+        let error = link
+            .call(
+                PeerChannel::Control,
+                vote("early"),
+                Duration::from_millis(500),
+            )
+            .await
+            .expect_err("still backing off: the link has not dialled again");
+        assert!(error.is_retriable(), "{error}");
+
+        let told = Instant::now();
+        link.reconnect_now();
+        assert_eq!(
+            call_until_ok(&link, PeerChannel::Control, "after").await,
+            "2 answers 1 on control: after"
+        );
+        assert_eq!(
+            call_until_ok(&link, PeerChannel::Data, "after").await,
+            "2 answers 1 on data: after"
+        );
+        assert!(
+            told.elapsed() < Duration::from_secs(5),
+            "dialled {:?} after reconnect_now, not at the back-off's end",
+            told.elapsed()
+        );
+        links.shutdown().await;
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
 /// A peer that handshakes and then never reads: the link's writes time out within the write
 /// bound, every request it held (written or queued) fails with a retriable `Unreachable`
 /// naming the stalled write, the queue never exceeds its bound meanwhile, and the link

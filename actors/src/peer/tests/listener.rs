@@ -228,6 +228,39 @@ async fn a_new_connection_replaces_the_old_one_of_its_node_and_channel() {
     .await;
 }
 
+/// The listener tells its service of each accepted handshake, by node and channel, and of
+/// no refused one: the node uses it to end its own link's back-off to a peer that dials in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_hears_of_each_accepted_handshake() {
+    bounded(async {
+        let b = Node::start(2, CLUSTER).await;
+        let (_refused, answer) =
+            raw_handshake(b.address, "another-cluster", 5, 2, PeerChannel::Control).await;
+        answer.expect_err("refused");
+        let (_control, answer) =
+            raw_handshake(b.address, CLUSTER, 5, 2, PeerChannel::Control).await;
+        answer.expect("accepted");
+        let (_data, answer) = raw_handshake(b.address, CLUSTER, 5, 2, PeerChannel::Data).await;
+        answer.expect("accepted");
+        let expected = vec![
+            (NodeId(5), PeerChannel::Control),
+            (NodeId(5), PeerChannel::Data),
+        ];
+        eventually("both handshakes reported", || async {
+            let seen = b
+                .service
+                .connected
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            (seen == expected).then_some(())
+        })
+        .await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
 /// PROTOCOL.md's table of peer bounds gives the values of these constants.
 #[test]
 fn protocol_md_gives_the_peer_bounds() {

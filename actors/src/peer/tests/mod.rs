@@ -90,6 +90,8 @@ struct TestService {
     /// Requests waiting at the gate.
     waiting: AtomicU64,
     refused_nodes: Vec<NodeId>,
+    /// The handshakes `connected` was told of, in order.
+    connected: std::sync::Mutex<Vec<(NodeId, PeerChannel)>>,
 }
 
 impl TestService {
@@ -100,6 +102,7 @@ impl TestService {
             received: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             refused_nodes: Vec::new(),
+            connected: std::sync::Mutex::default(),
         })
     }
 }
@@ -107,6 +110,13 @@ impl TestService {
 impl PeerService for TestService {
     fn admits(&self, node: NodeId) -> bool {
         !self.refused_nodes.contains(&node)
+    }
+
+    fn connected(&self, from: NodeId, channel: PeerChannel) {
+        self.connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((from, channel));
     }
 
     async fn handle(

@@ -98,6 +98,9 @@ pub fn run(rt: &Runtime, args: &Args) -> anyhow::Result<Report> {
         });
         let created = created.with_context(|| format!("round {round}"))?;
         let elections = elections_since(&cluster, &log_marks, killed_wall);
+        if let Some(dir) = &args.log_dir {
+            write_logs(&cluster, dir, round)?;
+        }
         let relaunched_at = Instant::now();
         let node = cluster.node_mut(controller);
         node.relaunch();
@@ -214,6 +217,18 @@ async fn watch_election(
         tokio::time::sleep(retry).await;
     }
     None
+}
+
+/// Writes every node's log so far to `dir/round-NN-node-M.log`; the killed node's ends at
+/// the kill (a relaunch starts its log afresh).
+fn write_logs(cluster: &TestCluster, dir: &std::path::Path, round: u32) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for id in 1..=3 {
+        let path = dir.join(format!("round-{round:02}-node-{id}.log"));
+        std::fs::write(&path, cluster.node(id).log_text())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// How many log lines `node` has captured so far.

@@ -83,6 +83,11 @@ struct Args {
     /// normal pace first (see docs/benchmarks.md on why that changes the figure).
     #[arg(long, default_value_t = 0)]
     settle_ms: u64,
+    /// Failover: a directory to write each node's log into at the end of every round
+    /// (`round-NN-node-M.log`), to read why an election was refused (openraft logs its
+    /// reasons at info).
+    #[arg(long)]
+    log_dir: Option<std::path::PathBuf>,
     /// Propagation: topics created through node 1, one at a time.
     #[arg(long, default_value_t = 200)]
     topics: u32,
