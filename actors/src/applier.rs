@@ -62,6 +62,10 @@ pub struct ApplierConfig {
     pub links: Arc<dyn ReplicaLinks>,
     /// How long a follower may lag before it leaves the ISR.
     pub replica_lag_time_max: std::time::Duration,
+    /// In a cluster, this run of the node: it leads a replicated partition only once the
+    /// metadata holds this incarnation (registered with a new leader epoch for each such
+    /// partition). `None` on a single node, whose partitions have no other replica.
+    pub incarnation: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -141,8 +145,13 @@ struct Running {
     configs: BTreeMap<String, String>,
 }
 
-/// A partition's leadership as `image` says, for this node's replica of it.
-fn assignment_of(partition: &crate::metadata::PartitionImage) -> ReplicaAssignment {
+/// A partition's leadership as the image says, for this node's replica of it; with
+/// `hidden_leader` set, that node's leadership is hidden (the partition is given no leader
+/// until the metadata names this run of the node, which leads it then in a new epoch).
+fn assignment_for(
+    partition: &crate::metadata::PartitionImage,
+    hidden_leader: Option<u32>,
+) -> ReplicaAssignment {
     // Partitions placed before replica sets were recorded name only their leader.
     let replicas: Vec<NodeId> = if partition.replicas.is_empty() {
         partition.leader.into_iter().map(NodeId).collect()
@@ -155,7 +164,10 @@ fn assignment_of(partition: &crate::metadata::PartitionImage) -> ReplicaAssignme
         isr.extend(partition.leader.map(NodeId));
     }
     ReplicaAssignment {
-        leader: partition.leader.map(NodeId),
+        leader: partition
+            .leader
+            .filter(|leader| Some(*leader) != hidden_leader)
+            .map(NodeId),
         leader_epoch: LeaderEpoch(partition.leader_epoch),
         partition_epoch: PartitionEpoch(partition.partition_epoch),
         replicas,
@@ -301,6 +313,15 @@ impl ApplierState {
     /// leadership in place.
     async fn make_partitions_match(&mut self, image: &MetadataImage) {
         let node = self.config.node_id;
+        // Before this run of the node is registered, its replicated partitions are not led
+        // here: the epochs the metadata gives them may be ones an earlier run led, and batches
+        // it lost with its page cache may live on in followers under them.
+        let registered = self.config.incarnation.is_none_or(|incarnation| {
+            image
+                .nodes
+                .get(&node)
+                .is_some_and(|n| n.incarnation == incarnation)
+        });
         let mut wanted: BTreeMap<(String, u32), (Running, ReplicaAssignment)> = BTreeMap::new();
         for (name, topic) in &image.topics {
             for (index, partition) in topic.partitions.iter().enumerate() {
@@ -312,7 +333,10 @@ impl ApplierState {
                                 topic_id: topic.topic_id.clone(),
                                 configs: topic.configs.clone(),
                             },
-                            assignment_of(partition),
+                            assignment_for(
+                                partition,
+                                (!registered && partition.replicas.len() > 1).then_some(node),
+                            ),
                         ),
                     );
                 }

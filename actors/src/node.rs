@@ -317,7 +317,15 @@ impl Node {
             Some(manager) => Arc::new(manager.clone()),
             None => Arc::new(Standalone),
         };
+        // This run of the node, in a cluster: registered with the controller, which gives the
+        // replicated partitions the node leads a new leader epoch with it. Never 0, the
+        // incarnation of nodes that do not say.
+        let incarnation = options
+            .cluster
+            .as_ref()
+            .map(|_| uuid::Uuid::new_v4().as_u64_pair().0.max(1));
         let applier_config = ApplierConfig {
+            incarnation,
             links: replica_links,
             replica_lag_time_max: options
                 .cluster
@@ -370,6 +378,7 @@ impl Node {
                 let links = links.expect("made above for a cluster");
                 let (controller, runtime, cluster_id) = join_cluster(
                     cluster,
+                    incarnation.expect("drawn above for a cluster"),
                     links,
                     registry.clone(),
                     &options.data_dir,
@@ -634,6 +643,7 @@ fn peer_links(
 /// registered: a node serves clients only as a member of a working quorum.
 async fn join_cluster(
     cluster: ClusterOptions,
+    incarnation: u64,
     links: PeerLinks,
     partitions: PartitionRegistry,
     data_dir: &std::path::Path,
@@ -766,7 +776,7 @@ async fn join_cluster(
         controller.clone(),
     ));
     retry_while_electing("register with the controller", || {
-        controller.register_node(advertised.0.clone(), advertised.1)
+        controller.register_node(advertised.0.clone(), advertised.1, incarnation)
     })
     .await
     .map_err(|e| NodeError::Internal(format!("cannot register with the controller: {e}")))?;

@@ -484,6 +484,7 @@ async fn deleting_a_topic_removes_a_partition_that_failed_to_start() {
             producer_ids: ProducerRegistry::default(),
             links: Arc::new(Standalone),
             replica_lag_time_max: REPLICA_LAG_TIME_MAX_DEFAULT,
+            incarnation: None,
         },
         None,
     )
@@ -565,6 +566,7 @@ async fn applier_over(
             producer_ids: producers_issued(8),
             links: Arc::new(Standalone),
             replica_lag_time_max: REPLICA_LAG_TIME_MAX_DEFAULT,
+            incarnation: None,
         },
         None,
     )
@@ -583,6 +585,7 @@ fn image_listing_node(topic: Option<(&str, u32)>, version: u64) -> Arc<MetadataI
             host: "127.0.0.1".into(),
             port: 9092,
             fenced: false,
+            incarnation: 0,
         },
     );
     Arc::new(image)

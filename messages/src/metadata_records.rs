@@ -21,6 +21,12 @@ pub enum MetadataRecord {
         node_id: u32,
         host: String,
         port: u16,
+        /// Which run of the node registered (a random number drawn at each start; 0 in
+        /// records written before it existed: a new optional field, no version bump). A node
+        /// leads its replicated partitions only once the metadata holds its own incarnation,
+        /// committed together with their new leader epochs.
+        #[serde(default)]
+        incarnation: u64,
     },
     /// A topic was created with `partitions` partitions.
     TopicCreated {
@@ -183,6 +189,7 @@ mod tests {
                 node_id: 1,
                 host: "127.0.0.1".into(),
                 port: 9420,
+                incarnation: 7,
             },
             MetadataRecord::TopicCreated {
                 name: "orders".into(),

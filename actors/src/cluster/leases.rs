@@ -285,6 +285,7 @@ mod tests {
                             host: "127.0.0.1".into(),
                             port: 9420,
                             fenced: *fenced,
+                            incarnation: 0,
                         },
                     )
                 })

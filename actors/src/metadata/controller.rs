@@ -400,6 +400,7 @@ pub enum ControllerMsg {
         node_id: u32,
         host: String,
         port: u16,
+        incarnation: u64,
         reply: Reply,
     },
     /// A partition leader's ISR change, committed only if the partition is still at the
@@ -434,6 +435,15 @@ pub enum ControllerMsg {
 struct Decided {
     producer: Option<(u64, u16)>,
     isr: Option<CommittedIsrWire>,
+}
+
+/// A node's registration (`ControllerMsg::RegisterNode`).
+#[derive(Debug)]
+struct Registration {
+    node_id: u32,
+    host: String,
+    port: u16,
+    incarnation: u64,
 }
 
 /// A leader's proposed ISR change (`ControllerMsg::AlterIsr`).
@@ -679,11 +689,16 @@ impl ControllerHandle {
                     producer: Some((id.0, epoch.0)),
                     isr: None,
                 }),
-            ForwardedAdmin::RegisterNode { host, port } => self
+            ForwardedAdmin::RegisterNode {
+                host,
+                port,
+                incarnation,
+            } => self
                 .call(|reply| ControllerMsg::RegisterNode {
                     node_id: from,
                     host,
                     port,
+                    incarnation,
                     reply,
                 })
                 .await
@@ -803,9 +818,20 @@ impl ControllerHandle {
             .ok_or_else(|| ControllerError::NotAvailable("the controller answered no ISR".into()))
     }
 
-    /// Registers this node with the controller: where clients reach it.
-    pub async fn register_node(&self, host: String, port: u16) -> Result<(), ControllerError> {
-        let admin = ForwardedAdmin::RegisterNode { host, port };
+    /// Registers this run of this node with the controller: where clients reach it, and its
+    /// incarnation (drawn at each start), which gives the replicated partitions it leads a new
+    /// leader epoch.
+    pub async fn register_node(
+        &self,
+        host: String,
+        port: u16,
+        incarnation: u64,
+    ) -> Result<(), ControllerError> {
+        let admin = ForwardedAdmin::RegisterNode {
+            host,
+            port,
+            incarnation,
+        };
         self.decide(self.node_id, admin, None).await.map(drop)
     }
 
@@ -1048,10 +1074,13 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             .get(&args.node_id)
             .is_some_and(|n| n.host == args.advertised_host && n.port == args.advertised_port);
         if !registered {
+            // A single node's partitions have no other replica: its incarnation is not needed
+            // (0), and its restarts keep their leader epochs.
             let record = MetadataRecord::NodeRegistered {
                 node_id: args.node_id,
                 host: args.advertised_host.clone(),
                 port: args.advertised_port,
+                incarnation: 0,
             };
             log.append(vec![record.clone()]).await?;
             image.apply(&record);
@@ -1207,9 +1236,20 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
                 node_id,
                 host,
                 port,
+                incarnation,
                 mut reply,
             } => (
-                state.register_node(node_id, host, port, &mut reply).await,
+                state
+                    .register_node(
+                        Registration {
+                            node_id,
+                            host,
+                            port,
+                            incarnation,
+                        },
+                        &mut reply,
+                    )
+                    .await,
                 reply,
             ),
             ControllerMsg::SetFencing {
@@ -1342,33 +1382,63 @@ impl<L: MetadataLog> ControllerState<L> {
         Ok(())
     }
 
-    /// Records where clients reach node `node_id`, unless the image says so already.
+    /// Records where clients reach node `node_id` and which run of it this is, unless the
+    /// image says so already. A new incarnation comes with a new leader epoch for every
+    /// replicated partition the node leads, in the same commit: the node may have lost
+    /// batches it had not flushed, which followers copied, and writing other batches at those
+    /// offsets under the same epoch would make the two logs diverge where truncation by epoch
+    /// cannot see it. The node leads those partitions only once the metadata holds its
+    /// incarnation (the applier holds them leaderless until then), so the new epoch is the
+    /// first it leads them in.
     async fn register_node(
         &mut self,
-        node_id: u32,
-        host: String,
-        port: u16,
+        registration: Registration,
         reply: &mut Reply,
     ) -> Result<(), ControllerError> {
+        let Registration {
+            node_id,
+            host,
+            port,
+            incarnation,
+        } = registration;
         let registered = self
             .image
             .nodes
             .get(&node_id)
-            .is_some_and(|n| n.host == host && n.port == port);
+            .is_some_and(|n| n.host == host && n.port == port && n.incarnation == incarnation);
         if registered {
             return Ok(());
         }
-        tracing::info!(node_id, %host, port, "registering node");
-        self.commit(
-            vec![MetadataRecord::NodeRegistered {
-                node_id,
-                host,
-                port,
-            }],
-            reply,
-            None,
-        )
-        .await
+        let mut records = vec![MetadataRecord::NodeRegistered {
+            node_id,
+            host: host.clone(),
+            port,
+            incarnation,
+        }];
+        for (name, topic) in &self.image.topics {
+            for (index, p) in topic.partitions.iter().enumerate() {
+                if p.leader == Some(node_id) && p.replicas.len() > 1 {
+                    records.push(MetadataRecord::PartitionChange {
+                        topic: name.clone(),
+                        partition: u32::try_from(index).expect("partition indexes fit u32"),
+                        leader: p.leader,
+                        leader_epoch: p.leader_epoch + 1,
+                        partition_epoch: p.partition_epoch + 1,
+                        replicas: p.replicas.clone(),
+                        isr: p.isr.clone(),
+                    });
+                }
+            }
+        }
+        tracing::info!(
+            node_id,
+            %host,
+            port,
+            incarnation,
+            partitions_led = records.len() - 1,
+            "registering node"
+        );
+        self.commit(records, reply, None).await
     }
 
     /// Commits a leader's ISR change if the partition is still where the leader saw it: the

@@ -15,6 +15,8 @@ pub struct NodeImage {
     /// The controller stopped hearing from the node for a whole lease: clients are not sent
     /// to it and placement skips it until it renews its lease.
     pub fenced: bool,
+    /// The run of the node that registered last (drawn at each start; 0 for a single node).
+    pub incarnation: u64,
 }
 
 /// A partition as the metadata knows it.
@@ -71,6 +73,7 @@ impl MetadataImage {
                 node_id: node.node_id,
                 host: node.host.clone(),
                 port: node.port,
+                incarnation: node.incarnation,
             });
             if node.fenced {
                 records.push(MetadataRecord::NodeFenced {
@@ -139,6 +142,7 @@ impl MetadataImage {
                 node_id,
                 host,
                 port,
+                incarnation,
             } => {
                 // A node registering again (a new address) keeps its fencing: only the
                 // controller's lease decisions change that.
@@ -150,6 +154,7 @@ impl MetadataImage {
                         host: host.clone(),
                         port: *port,
                         fenced,
+                        incarnation: *incarnation,
                     },
                 );
             }

@@ -508,10 +508,15 @@ pub enum ForwardedAdmin {
     InitProducerId {
         current: Option<(u64, u16)>,
     },
-    /// The forwarding node's own registration: where clients reach it.
+    /// The forwarding node's own registration: where clients reach it, and which run of the
+    /// node this is (a random number each start), so the controller gives the partitions it
+    /// led a new leader epoch.
     RegisterNode {
         host: String,
         port: u16,
+        /// 0 from a node written before incarnations existed.
+        #[serde(default)]
+        incarnation: u64,
     },
     /// A partition leader's change of the partition's in-sync replicas: a compare-and-set the
     /// controller commits only if the partition is still at both `leader_epoch` and

@@ -4,13 +4,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vltava_client::{
     Cluster, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, SeekTo,
 };
 use vltava_messages::protocol::ErrorCode;
+use vltava_messages::{Offset, PartitionId};
 use vltava_tests::cluster::TestCluster;
+use vltava_tests::history::{CheckOptions, History, unique_value};
 
 use super::{FAILOVER_BOUND, admin, code, metadata, runtime, until_ok};
 
@@ -315,5 +319,312 @@ fn acks_all_needs_the_minimum_isr_and_a_returning_follower_rejoins_it() {
             "a refused write was not appended: {values:?}"
         );
         assert_eq!(values.last(), Some(&"after"));
+    });
+}
+
+/// An idempotent `acks=all` producer writing unique values to every partition of `TOPIC` until
+/// `stop`, recording what was acknowledged (and what was sent without an answer) in `history`.
+async fn produce_until(
+    bootstrap: Vec<String>,
+    partitions: u32,
+    history: History,
+    stop: Arc<AtomicBool>,
+) -> u64 {
+    let producer = Producer::new(
+        Cluster::connect(&bootstrap, "replication-load")
+            .await
+            .unwrap(),
+        ProducerConfig::default(),
+    )
+    .await
+    .unwrap();
+    let (deliveries, mut answers) =
+        tokio::sync::mpsc::channel::<(u32, Vec<u8>, vltava_client::Delivery)>(4096);
+    let recorder = {
+        let history = history.clone();
+        tokio::spawn(async move {
+            let mut acknowledged = 0u64;
+            while let Some((partition, value, delivery)) = answers.recv().await {
+                match delivery.wait().await {
+                    Ok(written) => {
+                        acknowledged += 1;
+                        history.acknowledged(
+                            TOPIC,
+                            PartitionId(written.partition),
+                            written.offset.expect("acks=all has offsets"),
+                            b"",
+                            &value,
+                        );
+                    }
+                    Err(_) => history.attempted(TOPIC, PartitionId(partition), b"", &value),
+                }
+            }
+            acknowledged
+        })
+    };
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let partition = u32::try_from(seq % u64::from(partitions)).unwrap();
+        let value = unique_value(1, seq);
+        let record = ProducerRecord {
+            topic: TOPIC.to_owned(),
+            partition: Some(partition),
+            key: None,
+            value: Some(value.clone()),
+            headers: Vec::new(),
+            timestamp: None,
+        };
+        match producer.send(record).await {
+            Ok(delivery) => deliveries.send((partition, value, delivery)).await.unwrap(),
+            Err(_) => history.attempted(TOPIC, PartitionId(partition), b"", &value),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    producer.flush().await.ok();
+    drop(deliveries);
+    let acknowledged = recorder.await.unwrap();
+    producer.close().await.ok();
+    acknowledged
+}
+
+/// Reads every partition from the earliest offset through `addr` into `history` until every
+/// partition's read offset reaches its high watermark as `expected` says (the acknowledged
+/// count is a lower bound: unacknowledged writes may be there too).
+async fn read_all(addr: &str, history: &History, reader: &str, expected: u64) {
+    let mut consumer = Consumer::new(
+        Cluster::connect(&[addr.to_owned()], reader).await.unwrap(),
+        ConsumerConfig::default(),
+    );
+    consumer
+        .assign(TOPIC, None, SeekTo::Earliest)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    let mut read = 0u64;
+    let mut idle_polls = 0;
+    while Instant::now() < deadline && (read < expected || idle_polls < 3) {
+        let records = consumer.poll().await.unwrap();
+        if records.is_empty() {
+            idle_polls += 1;
+        } else {
+            idle_polls = 0;
+        }
+        for record in records {
+            read += 1;
+            history.read(
+                reader,
+                TOPIC,
+                PartitionId(record.partition),
+                Offset(record.offset),
+                record.key.as_deref().unwrap_or_default(),
+                &record.value.unwrap_or_default(),
+            );
+        }
+    }
+}
+
+/// The ISR of every partition of `TOPIC` as node `addr` sees it.
+async fn isr_sizes(addr: &str) -> Vec<usize> {
+    match metadata(addr).await {
+        Ok(answer) => answer
+            .topics
+            .iter()
+            .find(|t| t.name == TOPIC)
+            .map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| p.in_sync_replicas.len())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Waits until every partition's ISR has `size` members, as node `addr` sees it.
+async fn wait_for_isr(addr: &str, size: usize, what: &str) {
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    loop {
+        let sizes = isr_sizes(addr).await;
+        if !sizes.is_empty() && sizes.iter().all(|s| *s == size) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: ISR sizes {sizes:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Prints what every node logged about replication (leadership, ISR changes, fetches,
+/// truncations, refusals), for a failed test to explain itself.
+fn dump_replication_logs(cluster: &TestCluster) {
+    for (index, node) in cluster.nodes.iter().enumerate() {
+        let log = node.log_text();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("openraft"))
+            .filter(|l| {
+                [
+                    "ISR",
+                    "fetch",
+                    "epoch",
+                    "assignment",
+                    "truncat",
+                    "refused",
+                    "not applied",
+                ]
+                .iter()
+                .any(|w| l.contains(w))
+            })
+            .collect();
+        let shown = lines.len().saturating_sub(200);
+        eprintln!(
+            "--- node {} (last 200 lines):\n{}",
+            index + 1,
+            lines[shown..].join("\n")
+        );
+    }
+}
+
+/// Waits until node 3 left the ISR of the two partitions it follows (the one it leads keeps
+/// its ISR: no failover yet, and nobody else shrinks it).
+async fn wait_for_followers_out(addr: &str) {
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    loop {
+        let sizes = isr_sizes(addr).await;
+        if sizes.iter().filter(|s| **s == 2).count() >= 2 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 stayed in the ISR of the partitions it follows: {sizes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `during` while an idempotent acks=all producer writes to an RF 3 topic of 3
+/// partitions, then reads everything back and lets the history checker decide: nothing
+/// acknowledged lost, nothing duplicated, no offset with two values, order kept, no
+/// consumer reset.
+fn under_load(
+    cluster: &mut TestCluster,
+    during: impl FnOnce(&mut TestCluster, &tokio::runtime::Runtime),
+) {
+    let rt = runtime();
+    let bootstrap = cluster.bootstrap();
+    rt.block_on(async {
+        let admin = admin(&bootstrap).await;
+        until_ok(FAILOVER_BOUND, || {
+            admin.create_topic(TOPIC, PARTITIONS, 3, BTreeMap::new())
+        })
+        .await;
+        wait_for_isr(&bootstrap[0], 3, "a new topic").await;
+    });
+    let history = History::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = rt.spawn(produce_until(
+        bootstrap.clone(),
+        PARTITIONS,
+        history.clone(),
+        Arc::clone(&stop),
+    ));
+    std::thread::sleep(Duration::from_secs(2));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| during(cluster, &rt)));
+    if let Err(panic) = outcome {
+        dump_replication_logs(cluster);
+        std::panic::resume_unwind(panic);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = rt.block_on(load).unwrap();
+    assert!(acknowledged > 0, "the producer got nothing acknowledged");
+    rt.block_on(read_all(
+        &cluster.node(1).addr,
+        &history,
+        "reader-1",
+        acknowledged,
+    ));
+    history
+        .check(CheckOptions {
+            require_all_acknowledged_read: true,
+            replicas_identical: false,
+            max_position_resets: Some(0),
+            require_reads_written: true,
+        })
+        .assert_ok();
+}
+
+/// kill -9 of a follower's node while an acks=all producer runs, then a restart: the
+/// follower truncates what it must, catches up and rejoins the ISR; the history checker finds
+/// nothing acknowledged lost, duplicated or rewritten.
+#[test]
+fn a_follower_killed_under_load_catches_up_and_rejoins_the_isr() {
+    let mut cluster = TestCluster::start(3, &["--replica-lag-time-max-ms", "1000"]);
+    under_load(&mut cluster, |cluster, rt| {
+        // Node 3 leads one partition and follows the other two; only its followers' side
+        // matters here, so the partition it leads pauses (no failover yet).
+        cluster.node_mut(3).kill();
+        let addr = cluster.node(1).addr.clone();
+        rt.block_on(wait_for_followers_out(&addr));
+        cluster.node_mut(3).restart();
+        let addr = cluster.node(1).addr.clone();
+        rt.block_on(wait_for_isr(&addr, 3, "node 3 back"));
+    });
+}
+
+/// kill -9 of a leader's node under acks=all load and a restart (no failover yet: its
+/// partition waits meanwhile): the restarted node leads in a new leader epoch, its followers
+/// cut what it does not have, and nothing acknowledged is lost.
+#[test]
+fn a_leaders_node_killed_under_load_loses_nothing_acknowledged() {
+    let mut cluster = TestCluster::start(3, &[]);
+    under_load(&mut cluster, |cluster, rt| {
+        let before = rt.block_on(async {
+            let answer = metadata(&cluster.node(1).addr).await.unwrap();
+            let topic = answer.topics.iter().find(|t| t.name == TOPIC).unwrap();
+            topic.partitions[0].leader_epoch
+        });
+        let leader = rt.block_on(async {
+            let answer = metadata(&cluster.node(1).addr).await.unwrap();
+            let topic = answer.topics.iter().find(|t| t.name == TOPIC).unwrap();
+            topic.partitions[0].leader.unwrap().0
+        });
+        cluster.node_mut(leader).kill();
+        std::thread::sleep(Duration::from_secs(1));
+        cluster.node_mut(leader).restart();
+        let other = if leader == 1 { 2 } else { 1 };
+        let addr = cluster.node(other).addr.clone();
+        rt.block_on(async {
+            let deadline = Instant::now() + FAILOVER_BOUND;
+            loop {
+                let answer = metadata(&addr).await.unwrap();
+                let topic = answer.topics.iter().find(|t| t.name == TOPIC).unwrap();
+                let p = &topic.partitions[0];
+                if p.leader_epoch > before {
+                    assert_eq!(p.leader.map(|n| n.0), Some(leader));
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no new leader epoch after the restart"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    });
+}
+
+/// SIGSTOP of a follower: it leaves the ISR after the lag time while acks=all goes on with
+/// the other two; SIGCONT: it catches up and returns.
+#[test]
+fn a_paused_follower_leaves_the_isr_and_returns_when_resumed() {
+    let mut cluster = TestCluster::start(3, &["--replica-lag-time-max-ms", "1000"]);
+    under_load(&mut cluster, |cluster, rt| {
+        cluster.node(3).pause();
+        let addr = cluster.node(1).addr.clone();
+        rt.block_on(wait_for_followers_out(&addr));
+        cluster.node(3).resume();
+        rt.block_on(wait_for_isr(&addr, 3, "node 3 resumed"));
     });
 }

@@ -40,6 +40,7 @@ fn image() -> MetadataImage {
                         host: format!("127.0.0.{id}"),
                         port: 9420,
                         fenced: false,
+                        incarnation: 0,
                     },
                 )
             })

@@ -30,11 +30,13 @@ fn rich_records() -> Vec<MetadataRecord> {
             node_id: 1,
             host: "10.0.0.1".into(),
             port: 9420,
+            incarnation: 0,
         },
         MetadataRecord::NodeRegistered {
             node_id: 2,
             host: "10.0.0.2".into(),
             port: 9420,
+            incarnation: 0,
         },
         topic("orders", 0),
         MetadataRecord::PartitionsAdded {
