@@ -1,7 +1,10 @@
 //! The MetadataApplier: the only thing that starts, stops or re-roles this node's Partition
 //! actors. It receives each new metadata image from the controller, compares it with the
-//! partitions it runs, and makes the difference: starts partitions this node now leads,
-//! restarts those whose config changed, stops (and, for deleted topics, removes) the rest.
+//! partitions it runs, and makes the difference: starts a partition for every replica this
+//! node holds, tells running ones a new leadership in place (leader or follower, leader
+//! epoch, ISR: the log stays open), restarts those whose config changed, stops (and, for
+//! deleted topics, removes) the rest. Group coordinators run where their `__consumer_offsets`
+//! partition is led.
 //!
 //! - Receives from: the Controller (`apply`, which answers once the image is in force).
 //! - Sends to: the PartitionSupervisor (start, stop), one batch of partitions at a time, and
