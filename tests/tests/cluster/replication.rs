@@ -277,27 +277,7 @@ fn acks_all_needs_the_minimum_isr_and_a_returning_follower_rejoins_it() {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => {
-                    for id in [leader, followers[0]] {
-                        let log = cluster.node(id).log_text();
-                        let wanted: Vec<&str> = log
-                            .lines()
-                            .filter(|l| !l.contains("openraft"))
-                            .filter(|l| {
-                                [
-                                    "ISR",
-                                    "fetch",
-                                    "epoch",
-                                    "assignment",
-                                    "truncat",
-                                    "fenc",
-                                    "lease",
-                                ]
-                                .iter()
-                                .any(|w| l.contains(w))
-                            })
-                            .collect();
-                        eprintln!("--- node {id}:\n{}", wanted.join("\n"));
-                    }
+                    dump_replication_logs(&cluster);
                     panic!("acks=all still refused after a follower came back: {e}");
                 }
             }
