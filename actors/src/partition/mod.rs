@@ -1425,10 +1425,16 @@ impl Core {
             Ok(effects) => {
                 tracing::debug!(partition = %self.args.id, leader_epoch = epoch.0, role = ?self.replica.role(), "assignment applied");
                 self.carry_out(effects)?;
-                if leads && self.args.durability == Durability::Fsync {
+                let log = self.log();
+                if leads
+                    && self.args.durability == Durability::Fsync
+                    && log.recovery_point() < log.log_end_offset()
+                {
                     // What the log holds past its recovery point (written before a restart
                     // or a role change) counts only once flushed: start now, not at the next
-                    // append.
+                    // append. Only then: a new partition's first flush also fsyncs its
+                    // directory entries, which a topic of thousands of partitions must not
+                    // pay for at creation.
                     self.start_flush();
                 }
             }
