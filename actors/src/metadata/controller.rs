@@ -151,7 +151,8 @@ fn forwarded_deadline(admin: &ForwardedAdmin) -> Option<Instant> {
     let timeout_ms = match admin {
         ForwardedAdmin::CreateTopic { timeout_ms, .. }
         | ForwardedAdmin::DeleteTopic { timeout_ms, .. }
-        | ForwardedAdmin::CreatePartitions { timeout_ms, .. } => *timeout_ms,
+        | ForwardedAdmin::CreatePartitions { timeout_ms, .. }
+        | ForwardedAdmin::ElectLeaders { timeout_ms, .. } => *timeout_ms,
         ForwardedAdmin::AlterConfigs { .. }
         | ForwardedAdmin::InitProducerId { .. }
         | ForwardedAdmin::RegisterNode { .. }
@@ -566,12 +567,14 @@ impl ControllerHandle {
                 message: String::new(),
                 producer: decided.producer,
                 isr: decided.isr,
+                elections: None,
             },
             Err(e) => ControllerForwardResponse {
                 error_code: e.code().code(),
                 message: truncate_message(e.to_string()),
                 producer: None,
                 isr: None,
+                elections: None,
             },
         }
     }
@@ -726,6 +729,10 @@ impl ControllerHandle {
                     }),
                 })
             }
+            ForwardedAdmin::ElectLeaders { .. } => Err(ControllerError::Remote {
+                code: ErrorCode::InvalidRequest,
+                message: "ElectLeaders is not served yet".into(),
+            }),
         }
     }
 

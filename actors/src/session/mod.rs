@@ -655,6 +655,11 @@ fn dispatch(
                     Request::InitProducerId(request) => {
                         Outgoing::Frame(init_producer_id(request, correlation_id, &services).await)
                     }
+                    Request::ElectLeaders(_) => Outgoing::Frame(failure_frame(
+                        &header,
+                        ErrorCode::InvalidRequest,
+                        "ElectLeaders is not served yet",
+                    )),
                     Request::Handshake(_)
                     | Request::Metadata(_)
                     | Request::DescribeTopics(_)

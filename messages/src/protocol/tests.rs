@@ -381,7 +381,50 @@ fn request() -> impl Strategy<Value = Request> {
         init_producer,
         group_request(),
         cluster_request(),
+        elect_leaders_request(),
     ]
+}
+
+/// An ElectLeaders request in either mode, valid by construction.
+fn elect_leaders_request() -> impl Strategy<Value = Request> {
+    let election = (topic_name(), partition_id(), node_id());
+    (vec(election, 1..4), any::<bool>(), timeout_ms()).prop_map(
+        |(partitions, preferred, timeout_ms)| {
+            Request::from(ElectLeadersRequest {
+                partitions: partitions
+                    .into_iter()
+                    .map(|(topic, partition, to)| LeaderElection {
+                        topic,
+                        partition,
+                        to: (!preferred).then_some(to),
+                    })
+                    .collect(),
+                preferred,
+                timeout_ms,
+            })
+        },
+    )
+}
+
+fn elect_leaders_response() -> impl Strategy<Value = Response> {
+    let result = (
+        topic_name(),
+        partition_id(),
+        maybe_error(),
+        option::of(node_id()),
+        option::of(epoch()),
+    )
+        .prop_map(
+            |(topic, partition, error, leader, leader_epoch)| LeaderElectionResult {
+                topic,
+                partition,
+                error,
+                leader,
+                leader_epoch,
+            },
+        );
+    (vec(result, 0..4), any::<bool>())
+        .prop_map(|(partitions, more)| Response::from(ElectLeadersResponse { partitions, more }))
 }
 
 fn cluster_request() -> impl Strategy<Value = Request> {
@@ -920,6 +963,7 @@ fn response() -> impl Strategy<Value = Response> {
         init_producer,
         group_response(),
         cluster_response(),
+        elect_leaders_response(),
         failed,
     ]
 }
@@ -2060,12 +2104,12 @@ fn long_error_messages_are_cut_at_a_character_boundary() {
 }
 
 /// The handshake lists every kind with its range, all at version 1 today; number 19 stays
-/// free for consumer groups, so DescribeCluster is 20.
+/// free for consumer groups, so DescribeCluster is 20 and ElectLeaders 21.
 #[test]
 fn handshake_lists_every_kind() {
     let list = RequestKind::handshake_list();
-    assert_eq!(list.len(), 20);
-    let codes: Vec<u16> = (0..=18).chain([20]).collect();
+    assert_eq!(list.len(), 21);
+    let codes: Vec<u16> = (0..=18).chain([20, 21]).collect();
     for (code, entry) in codes.into_iter().zip(&list) {
         assert_eq!(entry.kind, code);
         assert_eq!(
@@ -2076,6 +2120,55 @@ fn handshake_lists_every_kind() {
     }
     assert!(RequestKind::from_code(19).is_none());
     assert_eq!(RequestKind::DescribeCluster.code(), 20);
+    assert_eq!(RequestKind::ElectLeaders.code(), 21);
+}
+
+/// ElectLeaders' two modes are kept apart at decoding: a preferred election names no target,
+/// a targeted one names the target of every partition and at least one partition; at most
+/// 4,096 partitions, each topic name valid.
+#[test]
+fn elect_leaders_requests_keep_their_mode_and_bounds() {
+    let election = |to: Option<u32>| LeaderElection {
+        topic: "orders".into(),
+        partition: PartitionId(0),
+        to: to.map(NodeId),
+    };
+    let request = |partitions: Vec<LeaderElection>, preferred: bool| ElectLeadersRequest {
+        partitions,
+        preferred,
+        timeout_ms: 1000,
+    };
+    assert!(request(vec![election(Some(2))], false).validate().is_ok());
+    assert!(request(vec![election(None)], true).validate().is_ok());
+    assert!(
+        request(Vec::new(), true).validate().is_ok(),
+        "preferred, every partition"
+    );
+    for refused in [
+        request(vec![election(Some(2))], true),
+        request(vec![election(None)], false),
+        request(Vec::new(), false),
+        request(
+            vec![election(Some(2)); PARTITIONS_PER_REQUEST_MAX as usize + 1],
+            false,
+        ),
+        ElectLeadersRequest {
+            timeout_ms: crate::limits::TIMEOUT_MS_MAX + 1,
+            ..request(vec![election(Some(2))], false)
+        },
+    ] {
+        let error = decode_request(&Request::from(refused.clone()).encode(1).unwrap()).unwrap_err();
+        assert_eq!(error.error_code(), ErrorCode::InvalidRequest, "{refused:?}");
+    }
+    let bad_name = request(
+        vec![LeaderElection {
+            topic: "a/b".into(),
+            ..election(Some(2))
+        }],
+        false,
+    );
+    let error = decode_request(&Request::from(bad_name).encode(1).unwrap()).unwrap_err();
+    assert_eq!(error.error_code(), ErrorCode::InvalidTopicName);
 }
 
 // ---------------------------------------------------------------------------------------------
