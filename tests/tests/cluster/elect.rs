@@ -151,6 +151,28 @@ fn moving_the_leader_twenty_times_under_load_loses_nothing() {
         assert_eq!(p.leader.map(|n| n.0), Some(leader));
         history.leader_epoch_seen("metadata", TOPIC, PartitionId(0), p.leader_epoch);
 
+        // Back to the first replica (the preferred leader), for the named topic, through the
+        // CLI; then a preferred election of every partition finds nothing left to move.
+        let addr = cluster.node(3).addr.clone();
+        let (exit, stdout, stderr) = tokio::task::spawn_blocking(move || {
+            vltava_at(&addr, &["partition", "elect-preferred", TOPIC])
+        })
+        .await
+        .unwrap();
+        assert_eq!(exit, Some(0), "stdout {stdout}, stderr {stderr}");
+        let preferred = replicas[0];
+        let expected_epoch = epoch.map_or(0, |e| e.0) + u32::from(leader != preferred);
+        assert_eq!(
+            stdout.trim(),
+            format!("partition {TOPIC}-0: leader {preferred}, leader epoch {expected_epoch}")
+        );
+        let everything = admin.elect_preferred(&[]).await.unwrap();
+        assert!(
+            everything.iter().all(|r| r.topic != TOPIC),
+            "{everything:?}"
+        );
+        leader = preferred;
+
         // Refusals: a node that is not a replica, through the CLI.
         let addr = cluster.node(1).addr.clone();
         let (exit, _, stderr) = tokio::task::spawn_blocking(move || {
