@@ -2297,6 +2297,31 @@ fn golden_describe_cluster_response() -> Response {
     })
 }
 
+fn golden_elect_leaders_request() -> Request {
+    Request::from(ElectLeadersRequest {
+        partitions: vec![LeaderElection {
+            topic: "orders".into(),
+            partition: PartitionId(0),
+            to: Some(NodeId(2)),
+        }],
+        preferred: false,
+        timeout_ms: 30_000,
+    })
+}
+
+fn golden_elect_leaders_response() -> Response {
+    Response::from(ElectLeadersResponse {
+        partitions: vec![LeaderElectionResult {
+            topic: "orders".into(),
+            partition: PartitionId(0),
+            error: None,
+            leader: Some(NodeId(2)),
+            leader_epoch: Some(LeaderEpoch(5)),
+        }],
+        more: false,
+    })
+}
+
 fn golden_error_response() -> Response {
     let request = FrameHeader {
         length: 12,
@@ -2335,6 +2360,14 @@ const ERROR_RESPONSE_HEX: &str = "0000009a80080007000000000000000381a56572726f72
     697420737065616b732076657273696f6e73203120746f2031a9726574726961\
     626c65c2ab76657273696f6e5f6d696e01ab76657273696f6e5f6d617801";
 
+const ELECT_LEADERS_REQUEST_HEX: &str = "0000004f00150001000000000000000583aa706172746974696f6e739183a574\
+    6f706963a66f7264657273a9706172746974696f6e00a2746f02a97072656665\
+    72726564c2aa74696d656f75745f6d73cd7530";
+
+const ELECT_LEADERS_RESPONSE_HEX: &str = "0000004880150001000000000000000581aa706172746974696f6e739184a574\
+    6f706963a66f7264657273a9706172746974696f6e00a66c656164657202ac6c\
+    65616465725f65706f636805";
+
 const DESCRIBE_CLUSTER_REQUEST_HEX: &str =
     "0000001c00140001000000000000000481a6746f7069637391a66f7264657273";
 
@@ -2371,6 +2404,12 @@ fn golden_fixtures_match_the_code_and_the_doc() {
             golden_describe_cluster_request(),
             4,
         ),
+        (
+            "elect-leaders-request",
+            ELECT_LEADERS_REQUEST_HEX,
+            golden_elect_leaders_request(),
+            5,
+        ),
     ];
     for (name, expected, request, correlation_id) in requests {
         let bytes = request.encode(correlation_id).unwrap();
@@ -2396,6 +2435,12 @@ fn golden_fixtures_match_the_code_and_the_doc() {
             DESCRIBE_CLUSTER_RESPONSE_HEX,
             golden_describe_cluster_response(),
             4,
+        ),
+        (
+            "elect-leaders-response",
+            ELECT_LEADERS_RESPONSE_HEX,
+            golden_elect_leaders_response(),
+            5,
         ),
     ];
     for (name, expected, response, correlation_id) in responses {
