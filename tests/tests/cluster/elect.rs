@@ -17,7 +17,9 @@ use vltava_messages::{LeaderEpoch, Offset, PartitionId};
 use vltava_tests::cluster::TestCluster;
 use vltava_tests::history::{CheckOptions, History, unique_value};
 
-use super::{FAILOVER_BOUND, admin, code, metadata, runtime, until_ok, vltava_at};
+use super::{
+    FAILOVER_BOUND, admin, code, controller_seen_by, metadata, runtime, until_ok, vltava_at,
+};
 
 const TOPIC: &str = "elected";
 /// How many times the leader moves.
@@ -62,6 +64,12 @@ fn moving_the_leader_twenty_times_under_load_loses_nothing() {
         })
         .await;
         assert_eq!(replicas.len(), 3);
+        // The CLI asks a node that is not the controller, so its requests are forwarded (the
+        // controller may move meanwhile; then the node answers ControllerNotAvailable, and the
+        // exit code says so).
+        let controller = controller_seen_by(&cluster.node(1).addr).await;
+        let forwarder = (1..=3).find(|n| *n != controller).unwrap();
+        let forwarder_addr = cluster.node(forwarder).addr.clone();
 
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
@@ -86,7 +94,7 @@ fn moving_the_leader_twenty_times_under_load_loses_nothing() {
             let index = replicas.iter().position(|n| *n == leader).unwrap();
             let target = replicas[(index + 1) % replicas.len()];
             let moved_to = if round == CLI_MOVE {
-                let addr = cluster.node(target).addr.clone();
+                let addr = forwarder_addr.clone();
                 let args = [
                     "partition",
                     "elect-leader",
@@ -153,7 +161,7 @@ fn moving_the_leader_twenty_times_under_load_loses_nothing() {
 
         // Back to the first replica (the preferred leader), for the named topic, through the
         // CLI; then a preferred election of every partition finds nothing left to move.
-        let addr = cluster.node(3).addr.clone();
+        let addr = forwarder_addr.clone();
         let (exit, stdout, stderr) = tokio::task::spawn_blocking(move || {
             vltava_at(&addr, &["partition", "elect-preferred", TOPIC])
         })
@@ -174,7 +182,7 @@ fn moving_the_leader_twenty_times_under_load_loses_nothing() {
         leader = preferred;
 
         // Refusals: a node that is not a replica, through the CLI.
-        let addr = cluster.node(1).addr.clone();
+        let addr = forwarder_addr.clone();
         let (exit, _, stderr) = tokio::task::spawn_blocking(move || {
             vltava_at(
                 &addr,
@@ -298,10 +306,18 @@ async fn consume(bootstrap: Vec<String>, history: History, read_to: Arc<AtomicU6
             .unwrap(),
         ConsumerConfig::default(),
     );
-    consumer
+    // The partition may still be opening on its leader (LeaderNotAvailable, retriable).
+    let assigned_by = Instant::now() + FAILOVER_BOUND;
+    while let Err(e) = consumer
         .assign(TOPIC, Some(vec![0]), SeekTo::Earliest)
         .await
-        .unwrap();
+    {
+        assert!(
+            e.is_retriable() && Instant::now() < assigned_by,
+            "cannot assign: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let key = (TOPIC.to_owned(), 0);
     let mut next = 0;
     let mut resets = 0;
