@@ -1,4 +1,5 @@
-//! Topic administration (create, delete, list, describe, alter configs, add partitions) and
+//! Topic administration (create, delete, list, describe, alter configs, add partitions),
+//! partition leadership (elect a given in-sync replica, or every partition's first replica) and
 //! consumer-group administration (find the coordinator, list, describe, delete, read and reset
 //! committed offsets). Each group request goes to the group's coordinator, found afresh and
 //! retried while it moves (`coordinator`).
@@ -9,16 +10,17 @@ use std::time::Duration;
 
 use vltava_messages::protocol::{
     AlterTopicConfigsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeClusterResponse, DescribeTopicsRequest, MetadataResponse,
-    NewTopic, PartitionCountChange, TopicConfigChanges, TopicDescription,
+    DescribeClusterRequest, DescribeClusterResponse, DescribeTopicsRequest, ElectLeadersRequest,
+    ElectLeadersResponse, LeaderElection, LeaderElectionResult, MetadataResponse, NewTopic,
+    PartitionCountChange, TopicConfigChanges, TopicDescription,
 };
 
-use vltava_messages::PartitionId;
 use vltava_messages::protocol::{
     CommittedTopic, DeleteGroupsRequest, DescribeGroupsRequest, FindCoordinatorResponse,
     GroupDescription, GroupListing, GroupResult, ListGroupsRequest, OffsetFetchRequest,
     RequestBody, ResetOffsetsRequest, ResetPartition, ResetTo, TopicPartitions, TopicResult,
 };
+use vltava_messages::{LeaderEpoch, NodeId, PartitionId};
 
 use crate::cluster::Cluster;
 use crate::coordinator::{GROUP_REQUEST_TIMEOUT, find_coordinator, send_to_coordinator};
@@ -26,6 +28,11 @@ use crate::error::{ClientError, check};
 
 /// How long an admin request may take: creating a topic waits for its partitions to open.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most ElectLeaders requests one `elect_preferred` of every partition sends: each moves
+/// up to 4,096 partitions, so 64 rounds cover 262,144, more than a cluster of a few nodes
+/// holds.
+pub const ELECT_PREFERRED_ROUNDS_MAX: usize = 64;
 
 /// The first topic error of an admin answer, if any.
 fn check_topics(topics: Vec<TopicResult>) -> Result<(), ClientError> {
@@ -153,6 +160,77 @@ impl Admin {
         check_topics(answer.topics)?;
         self.cluster.refresh().await?;
         Ok(())
+    }
+
+    /// Moves the leadership of `topic`-`partition` to node `to`, which must be one of its
+    /// in-sync replicas and not fenced (otherwise the partition's error: `IneligibleLeader`,
+    /// retriable once the node has caught up, or `InvalidRequest` for a node that is not a
+    /// replica). Returns the leader epoch the partition has after the move (unchanged if `to`
+    /// already led). Producers to the old leader see the retriable `NotLeader` and follow.
+    pub async fn elect_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        to: u32,
+    ) -> Result<LeaderEpoch, ClientError> {
+        let request = ElectLeadersRequest {
+            partitions: vec![LeaderElection {
+                topic: topic.to_owned(),
+                partition: PartitionId(partition),
+                to: Some(NodeId(to)),
+            }],
+            preferred: false,
+            timeout_ms: ADMIN_TIMEOUT.as_millis() as u32,
+        };
+        let answer = self.send(&request).await?;
+        let result = answer.partitions.into_iter().next().ok_or_else(|| {
+            ClientError::Protocol(format!("empty ElectLeaders answer for {topic}-{partition}"))
+        })?;
+        check(result.error)?;
+        let epoch = result.leader_epoch.ok_or_else(|| {
+            ClientError::Protocol(format!("no leader epoch for {topic}-{partition}"))
+        })?;
+        self.cluster.refresh().await?;
+        Ok(epoch)
+    }
+
+    /// Moves partitions back to their first replica (their preferred leader): the given
+    /// (topic, partition) pairs, or, when `partitions` is empty, every partition of the
+    /// cluster that another replica leads (in rounds of at most 4,096 until none is left
+    /// that can move). Returns each partition's outcome: its leader and leader epoch, or its
+    /// own error (e.g. `IneligibleLeader` when the first replica is not in sync).
+    pub async fn elect_preferred(
+        &self,
+        partitions: &[(String, u32)],
+    ) -> Result<Vec<LeaderElectionResult>, ClientError> {
+        let request = ElectLeadersRequest {
+            partitions: partitions
+                .iter()
+                .map(|(topic, partition)| LeaderElection {
+                    topic: topic.clone(),
+                    partition: PartitionId(*partition),
+                    to: None,
+                })
+                .collect(),
+            preferred: true,
+            timeout_ms: ADMIN_TIMEOUT.as_millis() as u32,
+        };
+        request
+            .validate()
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        let mut results = Vec::new();
+        // Every partition: a round moves at most 4,096; bounded by the rounds that still
+        // move something, and by a fixed count against a cluster that keeps changing.
+        for _ in 0..ELECT_PREFERRED_ROUNDS_MAX {
+            let answer: ElectLeadersResponse = self.send(&request).await?;
+            let moved_any = answer.partitions.iter().any(|r| r.error.is_none());
+            results.extend(answer.partitions);
+            if !answer.more || !moved_any {
+                break;
+            }
+        }
+        self.cluster.refresh().await?;
+        Ok(results)
     }
 
     /// Which node coordinates `group_id` (retried while the coordinator is not available).

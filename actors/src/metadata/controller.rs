@@ -26,11 +26,15 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use vltava_messages::ErrorCode;
 use vltava_messages::metadata_records::MetadataRecord;
-use vltava_messages::peer::{CommittedIsrWire, ControllerForwardResponse, ForwardedAdmin};
+use vltava_messages::peer::{
+    CommittedIsrWire, ControllerForwardResponse, ElectionResultWire, ElectionWire, ElectionsWire,
+    ForwardedAdmin,
+};
 use vltava_messages::{ProducerEpoch, ProducerId};
 
 use crate::directory::{ActorDirectory, ActorKind, ActorStats};
 use crate::metadata::ImageApplier;
+use crate::metadata::elections::{self, Election};
 use crate::metadata::producer_ids::{self, ProducerIdError, ProducerRegistry};
 use crate::metadata::topic_config::{self, TopicConfigError};
 use crate::metadata::{MetadataError, MetadataImage, MetadataLog};
@@ -151,7 +155,8 @@ fn forwarded_deadline(admin: &ForwardedAdmin) -> Option<Instant> {
     let timeout_ms = match admin {
         ForwardedAdmin::CreateTopic { timeout_ms, .. }
         | ForwardedAdmin::DeleteTopic { timeout_ms, .. }
-        | ForwardedAdmin::CreatePartitions { timeout_ms, .. } => *timeout_ms,
+        | ForwardedAdmin::CreatePartitions { timeout_ms, .. }
+        | ForwardedAdmin::ElectLeaders { timeout_ms, .. } => *timeout_ms,
         ForwardedAdmin::AlterConfigs { .. }
         | ForwardedAdmin::InitProducerId { .. }
         | ForwardedAdmin::RegisterNode { .. }
@@ -192,6 +197,8 @@ pub enum Change {
     CreateTopic(String),
     DeleteTopic(String),
     CreatePartitions(String),
+    /// ElectLeaders' moves, all in one change.
+    ElectLeaders,
 }
 
 /// How far a change had got when its request's deadline passed.
@@ -229,6 +236,9 @@ impl TimedOut {
             (Change::CreatePartitions(_), TimeoutStage::Queued) => {
                 "no partition added: the timeout passed while the request was queued"
             }
+            (Change::ElectLeaders, TimeoutStage::Queued) => {
+                "no leader moved: the timeout passed while the request was queued"
+            }
             (_, TimeoutStage::Committing) => {
                 "timed out while committing: the change is made unless the metadata write fails (see Metadata)"
             }
@@ -240,6 +250,9 @@ impl TimedOut {
             }
             (Change::CreatePartitions(_), TimeoutStage::Applying) => {
                 "partitions added; timed out while they open, which goes on (LeaderNotAvailable until open)"
+            }
+            (Change::ElectLeaders, TimeoutStage::Applying) => {
+                "leaders moved; timed out while this node's replicas change role, which goes on"
             }
         }
     }
@@ -415,6 +428,14 @@ pub enum ControllerMsg {
         isr: Vec<u32>,
         reply: Reply,
     },
+    /// An ElectLeaders request: the outcomes go on `outcomes` once decided (before the commit);
+    /// `reply` says whether the commit and this node's role changes completed.
+    ElectLeaders {
+        elections: Vec<Election>,
+        preferred: bool,
+        outcomes: oneshot::Sender<ElectionsWire>,
+        reply: Reply,
+    },
     /// The lease supervisor's decisions: nodes whose lease ran out are fenced, fenced nodes
     /// that renewed it are unfenced, in one commit.
     SetFencing {
@@ -435,6 +456,7 @@ pub enum ControllerMsg {
 struct Decided {
     producer: Option<(u64, u16)>,
     isr: Option<CommittedIsrWire>,
+    elections: Option<ElectionsWire>,
 }
 
 /// A node's registration (`ControllerMsg::RegisterNode`).
@@ -576,12 +598,14 @@ impl ControllerHandle {
                 message: String::new(),
                 producer: decided.producer,
                 isr: decided.isr,
+                elections: decided.elections,
             },
             Err(e) => ControllerForwardResponse {
                 error_code: e.code().code(),
                 message: truncate_message(e.to_string()),
                 producer: None,
                 isr: None,
+                elections: None,
             },
         }
     }
@@ -599,6 +623,7 @@ impl ControllerHandle {
             Some(to) => self.forward(to, admin, deadline).await.map(|a| Decided {
                 producer: a.producer,
                 isr: a.isr,
+                elections: a.elections,
             }),
             None => self.decide_here(from, admin, deadline).await,
         }
@@ -687,7 +712,7 @@ impl ControllerHandle {
                 .await
                 .map(|(id, epoch)| Decided {
                     producer: Some((id.0, epoch.0)),
-                    isr: None,
+                    ..Decided::default()
                 }),
             ForwardedAdmin::RegisterNode {
                 host,
@@ -734,11 +759,42 @@ impl ControllerHandle {
                 isr.sort_unstable();
                 Ok(Decided {
                     producer: None,
+                    elections: None,
                     isr: Some(CommittedIsrWire {
                         leader_epoch: current.leader_epoch,
                         partition_epoch: current.partition_epoch,
                         isr,
                     }),
+                })
+            }
+            ForwardedAdmin::ElectLeaders {
+                partitions,
+                preferred,
+                timeout_ms: _,
+            } => {
+                let elections = partitions
+                    .into_iter()
+                    .map(|e| Election {
+                        topic: e.topic,
+                        partition: e.partition,
+                        to: if preferred { None } else { e.to },
+                    })
+                    .collect();
+                let (outcomes, decided) = oneshot::channel();
+                self.call_by(deadline, Some(Change::ElectLeaders), |reply| {
+                    ControllerMsg::ElectLeaders {
+                        elections,
+                        preferred,
+                        outcomes,
+                        reply,
+                    }
+                })
+                .await?;
+                // The outcomes were sent before the commit that the reply waited for.
+                let elections = decided.await.map_err(|_| ControllerError::Unavailable)?;
+                Ok(Decided {
+                    elections: Some(elections),
+                    ..Decided::default()
                 })
             }
         }
@@ -816,6 +872,29 @@ impl ControllerHandle {
             .await?
             .isr
             .ok_or_else(|| ControllerError::NotAvailable("the controller answered no ISR".into()))
+    }
+
+    /// Moves partitions' leadership (ElectLeaders): each to its `to`, or with `preferred` to
+    /// its first replica (an empty list: every partition another replica leads). Answers
+    /// each partition's outcome once the moves are committed and applied on this node; with a
+    /// deadline, `TimedOut` when it passes.
+    pub async fn elect_leaders(
+        &self,
+        partitions: Vec<ElectionWire>,
+        preferred: bool,
+        deadline: Option<Instant>,
+    ) -> Result<ElectionsWire, ControllerError> {
+        let admin = ForwardedAdmin::ElectLeaders {
+            partitions,
+            preferred,
+            timeout_ms: timeout_ms(deadline),
+        };
+        self.decide(self.node_id, admin, deadline)
+            .await?
+            .elections
+            .ok_or_else(|| {
+                ControllerError::NotAvailable("the controller answered no elections".into())
+            })
     }
 
     /// Registers this run of this node with the controller: where clients reach it, and its
@@ -1147,6 +1226,7 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             ControllerMsg::CreatePartitions { .. } => "CreatePartitions",
             ControllerMsg::RegisterNode { .. } => "RegisterNode",
             ControllerMsg::AlterIsr { .. } => "AlterIsr",
+            ControllerMsg::ElectLeaders { .. } => "ElectLeaders",
             ControllerMsg::SetFencing { .. } => "SetFencing",
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
@@ -1157,6 +1237,7 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             | ControllerMsg::CreatePartitions { reply, .. }
             | ControllerMsg::RegisterNode { reply, .. }
             | ControllerMsg::AlterIsr { reply, .. }
+            | ControllerMsg::ElectLeaders { reply, .. }
             | ControllerMsg::SetFencing { reply, .. } => reply,
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
@@ -1173,6 +1254,7 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
                 | ControllerMsg::CreatePartitions { reply, .. }
                 | ControllerMsg::RegisterNode { reply, .. }
                 | ControllerMsg::AlterIsr { reply, .. }
+                | ControllerMsg::ElectLeaders { reply, .. }
                 | ControllerMsg::SetFencing { reply, .. } => reply,
                 ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
             };
@@ -1257,6 +1339,17 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
                 unfence,
                 mut reply,
             } => (state.set_fencing(&fence, &unfence, &mut reply).await, reply),
+            ControllerMsg::ElectLeaders {
+                elections,
+                preferred,
+                outcomes,
+                mut reply,
+            } => (
+                state
+                    .elect_leaders(&elections, preferred, outcomes, &mut reply)
+                    .await,
+                reply,
+            ),
             ControllerMsg::AlterIsr {
                 topic,
                 partition,
@@ -1516,6 +1609,56 @@ impl<L: MetadataLog> ControllerState<L> {
             isr,
         };
         self.commit(vec![record], reply, None).await
+    }
+
+    /// Decides an ElectLeaders request on the committed image (`elections::decide`, whose doc
+    /// says why a move to a live in-sync replica loses no acknowledged write), sends the
+    /// outcomes, and commits every move in one metadata change. The old leaders learn of it
+    /// from the image like everyone else: each becomes a follower in place and truncates, by
+    /// leader epoch, what the new leader does not have (unacknowledged writes only).
+    async fn elect_leaders(
+        &mut self,
+        requested: &[Election],
+        preferred: bool,
+        outcomes: oneshot::Sender<ElectionsWire>,
+        reply: &mut Reply,
+    ) -> Result<(), ControllerError> {
+        Self::check_deadline(reply, Change::ElectLeaders)?;
+        let decision = elections::decide(&self.image, requested, preferred);
+        let results = decision
+            .outcomes
+            .iter()
+            .map(|outcome| match &outcome.result {
+                Ok(elected) => ElectionResultWire {
+                    topic: outcome.topic.clone(),
+                    partition: outcome.partition,
+                    error_code: 0,
+                    message: String::new(),
+                    leader: Some(elected.leader),
+                    leader_epoch: elected.leader_epoch,
+                },
+                Err(e) => ElectionResultWire {
+                    topic: outcome.topic.clone(),
+                    partition: outcome.partition,
+                    error_code: e.code().code(),
+                    message: vltava_messages::protocol::ResponseError::new(e.code(), e.to_string())
+                        .message,
+                    leader: None,
+                    leader_epoch: 0,
+                },
+            })
+            .collect();
+        // The handle reads the outcomes only after `reply` says the commit went through.
+        let _ = outcomes.send(ElectionsWire {
+            results,
+            more: decision.more,
+        });
+        if decision.records.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(moves = ?decision.records, "committing leader elections");
+        self.commit(decision.records, reply, Some(Change::ElectLeaders))
+            .await
     }
 
     /// Fences and unfences nodes as the lease supervisor decided, skipping what the image

@@ -10,6 +10,8 @@
 //!   InitProducerId.
 //! - `ImageApplier`: the seam through which the Controller has the node brought in line with
 //!   a new image (the MetadataApplier, outside this folder, implements it).
+//! - `elections`: the controller's decision on ElectLeaders (who may lead, what is committed),
+//!   sans IO, with why a move to an in-sync replica loses nothing acknowledged.
 //! - `topic_config`: topic config keys, their checks and effective values.
 //! - `producer_ids`: producer-id blocks and epochs, and the node-wide registry partitions
 //!   check idempotent batches against.
@@ -21,6 +23,7 @@
 //! and the controller reaches the applier only through `ImageApplier`.
 
 pub mod controller;
+pub mod elections;
 pub mod freshness;
 mod image;
 mod log;

@@ -37,7 +37,8 @@ pub use services::NodeServices;
 use fetch::{FetchAnswer, fetch, list_offsets};
 use produce::{OwnedProduce, decode_produce, init_producer_id, produce};
 use topics::{
-    alter_configs, create_partitions, create_topics, delete_topics, describe_topics, metadata,
+    alter_configs, create_partitions, create_topics, delete_topics, describe_topics, elect_leaders,
+    metadata,
 };
 
 use std::future::Future;
@@ -531,6 +532,7 @@ fn answers_from_metadata(request: &Request) -> bool {
             | Request::DeleteTopics(_)
             | Request::AlterTopicConfigs(_)
             | Request::CreatePartitions(_)
+            | Request::ElectLeaders(_)
             | Request::InitProducerId(_)
     )
 }
@@ -654,6 +656,9 @@ fn dispatch(
                     )),
                     Request::InitProducerId(request) => {
                         Outgoing::Frame(init_producer_id(request, correlation_id, &services).await)
+                    }
+                    Request::ElectLeaders(request) => {
+                        Outgoing::Frame(elect_leaders(request, &header, &services).await)
                     }
                     Request::Handshake(_)
                     | Request::Metadata(_)

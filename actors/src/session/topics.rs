@@ -1,16 +1,18 @@
 //! Metadata and topic admin requests: Metadata, DescribeTopics, CreateTopics, DeleteTopics,
-//! AlterTopicConfigs, CreatePartitions. Changes go to the Controller; reads come from the
+//! AlterTopicConfigs, CreatePartitions, and ElectLeaders (partition leadership). Changes go to the Controller; reads come from the
 //! published metadata image.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use vltava_messages::peer::ElectionWire;
 use vltava_messages::protocol::{
     AlterTopicConfigsRequest, AlterTopicConfigsResponse, ConfigEntry, CreatePartitionsRequest,
     CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeTopicsRequest, DescribeTopicsResponse, ErrorCode,
-    MetadataRequest, MetadataResponse, NodeInfo, PartitionMetadata, ResponseError,
-    TopicDescription, TopicMetadata, TopicResult, is_internal_topic,
+    DeleteTopicsResponse, DescribeTopicsRequest, DescribeTopicsResponse, ElectLeadersRequest,
+    ElectLeadersResponse, ErrorCode, FrameHeader, LeaderElectionResult, MetadataRequest,
+    MetadataResponse, NodeInfo, PartitionMetadata, Response, ResponseError, TopicDescription,
+    TopicMetadata, TopicResult, is_internal_topic,
 };
 use vltava_messages::{LeaderEpoch, NodeId, PartitionId};
 
@@ -242,4 +244,61 @@ pub(super) async fn create_partitions(
         topics.push(topic_result(change.name, outcome));
     }
     CreatePartitionsResponse { topics }
+}
+
+// ---- leadership ----
+
+/// ElectLeaders: the controller decides every partition and commits the moves in one change
+/// (`metadata::elections`); a refusal of the whole request (no controller, overloaded, timed
+/// out) fails it as a whole.
+pub(super) async fn elect_leaders(
+    request: ElectLeadersRequest,
+    header: &FrameHeader,
+    services: &NodeServices,
+) -> Vec<u8> {
+    let deadline = admin_deadline(request.timeout_ms);
+    let partitions = request
+        .partitions
+        .into_iter()
+        .map(|e| ElectionWire {
+            topic: e.topic,
+            partition: e.partition.0,
+            to: e.to.map(|n| n.0),
+        })
+        .collect();
+    match services
+        .controller
+        .elect_leaders(partitions, request.preferred, Some(deadline))
+        .await
+    {
+        Ok(answer) => {
+            let partitions = answer
+                .results
+                .into_iter()
+                .map(|r| {
+                    let error = (r.error_code != 0).then(|| {
+                        let code = ErrorCode::from_code(r.error_code)
+                            .unwrap_or(ErrorCode::UnknownServerError);
+                        ResponseError::new(code, r.message)
+                    });
+                    LeaderElectionResult {
+                        topic: r.topic,
+                        partition: PartitionId(r.partition),
+                        leader: r.leader.filter(|_| error.is_none()).map(NodeId),
+                        leader_epoch: error.is_none().then_some(LeaderEpoch(r.leader_epoch)),
+                        error,
+                    }
+                })
+                .collect();
+            Response::from(ElectLeadersResponse {
+                partitions,
+                more: answer.more,
+            })
+            .encode(header.correlation_id)
+            .unwrap_or_default()
+        }
+        Err(e) => Response::failed(header, controller_error(&e))
+            .encode(header.correlation_id)
+            .unwrap_or_default(),
+    }
 }

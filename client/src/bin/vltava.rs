@@ -37,7 +37,7 @@ const GROUP_CLOSE_TIMEOUT: Duration = Duration::from_secs(40);
 #[command(
     name = "vltava",
     version,
-    about = "The vltava command line: topics, produce, consume, groups, cluster, admin"
+    about = "The vltava command line: topics, partitions, produce, consume, groups, cluster, admin"
 )]
 struct Cli {
     /// Nodes to bootstrap from, comma-separated.
@@ -69,6 +69,11 @@ enum Command {
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
+    },
+    /// Move partitions' leadership: to a given in-sync replica, or back to the first replica.
+    Partition {
+        #[command(subcommand)]
+        command: PartitionCommand,
     },
     /// Send one event per line of standard input.
     Produce(ProduceArgs),
@@ -170,6 +175,30 @@ enum TopicCommand {
     },
     /// Delete a topic and its data.
     Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum PartitionCommand {
+    /// Move a partition's leadership to NODE, one of its in-sync replicas (a controlled move:
+    /// no acknowledged write is lost; producers follow the new leader). Exits 1 if NODE is not
+    /// an in-sync replica (retry once it has caught up) or not a replica at all.
+    ElectLeader {
+        topic: String,
+        partition: u32,
+        /// The node that is to lead the partition.
+        #[arg(long)]
+        to: u32,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Move partitions back to their first replica: every partition of the named topics, or of
+    /// the whole cluster when none is named. Prints one line per partition that moved or could
+    /// not; exits 1 if any could not.
+    ElectPreferred {
+        topics: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -352,6 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("cannot reach the cluster")?;
     match cli.command {
         Command::Topic { command } => topic(Admin::new(cluster), command).await,
+        Command::Partition { command } => partition_command(Admin::new(cluster), command).await,
         Command::Produce(args) => produce(cluster, args).await,
         Command::Consume(args) if args.group.is_some() => consume_group(cluster, args).await,
         Command::Consume(args) => consume(cluster, args).await,
@@ -741,6 +771,85 @@ async fn topic(admin: Admin, command: TopicCommand) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot delete topic {name}"))?;
             writeln!(out, "deleted topic {name}")?;
+        }
+    }
+    Ok(())
+}
+
+async fn partition_command(admin: Admin, command: PartitionCommand) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        PartitionCommand::ElectLeader {
+            topic,
+            partition,
+            to,
+            format,
+        } => {
+            let epoch = admin
+                .elect_leader(&topic, partition, to)
+                .await
+                .with_context(|| format!("cannot move the leadership of {topic}-{partition}"))?;
+            match format {
+                Format::Text => writeln!(
+                    out,
+                    "partition {topic}-{partition}: leader {to}, leader epoch {}",
+                    epoch.0
+                )?,
+                Format::Json => writeln!(
+                    out,
+                    "{}",
+                    json!({"topic": topic, "partition": partition, "leader": to, "leader_epoch": epoch.0})
+                )?,
+            }
+        }
+        PartitionCommand::ElectPreferred { topics, format } => {
+            let mut partitions = Vec::new();
+            if !topics.is_empty() {
+                for description in admin.describe_topics(&topics).await? {
+                    if let Some(error) = description.error {
+                        return Err(ClientError::Server(error)).with_context(|| {
+                            format!("cannot elect leaders of {}", description.name)
+                        });
+                    }
+                    partitions.extend(
+                        description
+                            .partitions
+                            .iter()
+                            .map(|p| (description.name.clone(), p.partition.0)),
+                    );
+                }
+            }
+            let results = admin
+                .elect_preferred(&partitions)
+                .await
+                .context("cannot elect the preferred leaders")?;
+            let mut failed = None;
+            for r in &results {
+                match (format, &r.error) {
+                    (Format::Text, None) => writeln!(
+                        out,
+                        "partition {}-{}: leader {}, leader epoch {}",
+                        r.topic,
+                        r.partition.0,
+                        r.leader.map_or("none".into(), |l| l.0.to_string()),
+                        r.leader_epoch.map_or(0, |e| e.0)
+                    )?,
+                    (Format::Text, Some(error)) => {
+                        writeln!(out, "partition {}-{}: {error}", r.topic, r.partition.0)?;
+                    }
+                    (Format::Json, _) => writeln!(out, "{}", serde_json::to_value(r)?)?,
+                }
+                if let Some(error) = &r.error {
+                    failed.get_or_insert_with(|| {
+                        (format!("{}-{}", r.topic, r.partition.0), error.clone())
+                    });
+                }
+            }
+            out.flush()?;
+            if let Some((partition, error)) = failed {
+                return Err(ClientError::Server(error))
+                    .with_context(|| format!("cannot move the leadership of {partition}"));
+            }
         }
     }
     Ok(())

@@ -533,6 +533,48 @@ pub enum ForwardedAdmin {
         /// The proposed ISR (node ids, sorted, no duplicates, containing `leader`).
         isr: Vec<u32>,
     },
+    /// A client's ElectLeaders: move each partition's leadership to its `to` (targeted), or
+    /// to its first replica (`preferred`; an empty list: every partition). Answered per
+    /// partition in [`ControllerForwardResponse::elections`].
+    ElectLeaders {
+        partitions: Vec<ElectionWire>,
+        preferred: bool,
+        timeout_ms: u32,
+    },
+}
+
+/// The most partitions one forwarded ElectLeaders names or its answer lists: the client
+/// protocol's bound on the request, which the answer of a preferred election of every
+/// partition keeps to as well.
+pub const ELECTIONS_MAX: usize = crate::limits::PARTITIONS_PER_REQUEST_MAX as usize;
+
+/// One partition of a forwarded ElectLeaders.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionWire {
+    pub topic: String,
+    pub partition: u32,
+    /// The target node (targeted elections only).
+    pub to: Option<u32>,
+}
+
+/// One partition's outcome of a forwarded ElectLeaders: `error_code` 0 with the partition's
+/// leader and leader epoch after the request, or a client error code and its message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionResultWire {
+    pub topic: String,
+    pub partition: u32,
+    pub error_code: u16,
+    pub message: String,
+    pub leader: Option<u32>,
+    pub leader_epoch: u32,
+}
+
+/// The controller's answer to a forwarded ElectLeaders.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionsWire {
+    pub results: Vec<ElectionResultWire>,
+    /// A preferred election of every partition left some for another request.
+    pub more: bool,
 }
 
 /// The most node ids an ISR may list, in a [`ForwardedAdmin::AlterIsr`] proposal or a
@@ -570,6 +612,10 @@ pub struct ControllerForwardResponse {
     /// epoch if the proposal was taken, the unchanged one if it was refused).
     #[serde(default)]
     pub isr: Option<CommittedIsrWire>,
+    /// ElectLeaders' answer: one outcome per partition. An answer without it (a build before
+    /// it) reads as nil.
+    #[serde(default)]
+    pub elections: Option<ElectionsWire>,
 }
 
 impl PeerBody for ControllerForwardRequest {
@@ -630,6 +676,17 @@ impl PeerBody for ControllerForwardRequest {
                 }
                 Ok(())
             }
+            ForwardedAdmin::ElectLeaders { partitions, .. } => {
+                check_count_at_most("partitions", partitions.len(), ELECTIONS_MAX)?;
+                for election in partitions {
+                    check_at_most(
+                        "topic name bytes",
+                        election.topic.len(),
+                        TOPIC_NAME_BYTES_MAX,
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -643,6 +700,21 @@ impl PeerBody for ControllerForwardResponse {
         )?;
         if let Some(committed) = &self.isr {
             check_isr(&committed.isr)?;
+        }
+        if let Some(elections) = &self.elections {
+            check_count_at_most("elections", elections.results.len(), ELECTIONS_MAX)?;
+            for result in &elections.results {
+                check_at_most(
+                    "topic name bytes",
+                    result.topic.len(),
+                    crate::limits::TOPIC_NAME_BYTES_MAX,
+                )?;
+                check_at_most(
+                    "error message bytes",
+                    result.message.len(),
+                    crate::limits::ERROR_MESSAGE_BYTES_MAX,
+                )?;
+            }
         }
         Ok(())
     }

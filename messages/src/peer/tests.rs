@@ -153,8 +153,59 @@ fn forward_response() -> impl Strategy<Value = ControllerForwardResponse> {
                         isr,
                     },
                 ),
+                elections: None,
             },
         )
+        .prop_flat_map(|response| {
+            (Just(response), proptest::option::of(elections())).prop_map(|(response, elections)| {
+                ControllerForwardResponse {
+                    elections,
+                    ..response
+                }
+            })
+        })
+}
+
+fn elections() -> impl Strategy<Value = ElectionsWire> {
+    let result = (
+        "[a-z0-9._-]{1,32}",
+        any::<u32>(),
+        any::<u16>(),
+        ".{0,16}",
+        proptest::option::of(any::<u32>()),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(topic, partition, error_code, message, leader, leader_epoch)| ElectionResultWire {
+                topic,
+                partition,
+                error_code,
+                message,
+                leader,
+                leader_epoch,
+            },
+        );
+    (vec(result, 0..4), any::<bool>()).prop_map(|(results, more)| ElectionsWire { results, more })
+}
+
+fn elect_leaders() -> impl Strategy<Value = ForwardedAdmin> {
+    let election = (
+        "[a-z0-9._-]{1,32}",
+        any::<u32>(),
+        proptest::option::of(any::<u32>()),
+    )
+        .prop_map(|(topic, partition, to)| ElectionWire {
+            topic,
+            partition,
+            to,
+        });
+    (vec(election, 0..4), any::<bool>(), any::<u32>()).prop_map(
+        |(partitions, preferred, timeout_ms)| ForwardedAdmin::ElectLeaders {
+            partitions,
+            preferred,
+            timeout_ms,
+        },
+    )
 }
 
 fn service_request() -> impl Strategy<Value = PeerRequest> {
@@ -168,6 +219,8 @@ fn service_request() -> impl Strategy<Value = PeerRequest> {
         replication::tests::replica_fetch_request().prop_map(PeerRequest::ReplicaFetch),
         replication::tests::epoch_end_request().prop_map(PeerRequest::OffsetForLeaderEpoch),
         alter_isr()
+            .prop_map(|admin| PeerRequest::ControllerForward(ControllerForwardRequest { admin })),
+        elect_leaders()
             .prop_map(|admin| PeerRequest::ControllerForward(ControllerForwardRequest { admin })),
     ]
 }

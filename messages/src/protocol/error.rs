@@ -102,6 +102,7 @@ error_codes! {
     45 OffsetNotAvailable true "A new leader has not yet reached its epoch's start offset; offset queries must wait. Retry.";
     46 PartitionOffline true "The partition's log is offline on this node (a failed fsync or disk); leadership will move. Refresh metadata and retry.";
     47 LeaderNotAvailable true "The partition has no leader right now (an election is in progress), or its leader is still opening it (a topic or partitions just created). Retry after refreshing metadata.";
+    48 IneligibleLeader true "ElectLeaders: the node asked to lead the partition is not in its in-sync replicas, or is fenced, so it may lack acknowledged writes. Retry once it has caught up.";
     60 OffsetOutOfRange false "The fetch offset is below the log start offset or above the log end offset; reset the position (ListOffsets). An offset between the high watermark and the log end (which a consumer may have read from an earlier leader) is not out of range: the fetch answers empty and waits for the high watermark.";
     61 CorruptBatch false "A record batch failed validation (length, magic, CRC-32C, attributes, producer fields or record framing).";
     62 BatchTooLarge false "A record batch is larger than its topic's `max.message.bytes` (at most 4 MiB).";

@@ -13,8 +13,8 @@
 //!   body; [`parse_frame`], which finds frames in a byte buffer.
 //! - `error`: [`ErrorCode`], [`ResponseError`] (the wire error map), [`ProtocolError`].
 //! - `codec`: body encoding and bounded decoding, topic-name and field-limit checks.
-//! - `handshake`, `metadata`, `topics`, `produce`, `fetch`, `groups`, `cluster`: the bodies,
-//!   one struct per map.
+//! - `handshake`, `metadata`, `topics`, `produce`, `fetch`, `groups`, `cluster`, `leaders`: the
+//!   bodies, one struct per map.
 //! - `fetch_writer`: the Fetch answer written by hand, record bytes borrowed, for `writev`.
 //!
 //! # Decoding a request (server side)
@@ -33,6 +33,7 @@ mod fetch_writer;
 mod frame;
 mod groups;
 mod handshake;
+mod leaders;
 mod metadata;
 mod produce;
 mod topics;
@@ -75,6 +76,9 @@ pub use groups::{
     TopicPartitions,
 };
 pub use handshake::{HandshakeRequest, HandshakeResponse, KindVersions};
+pub use leaders::{
+    ElectLeadersRequest, ElectLeadersResponse, LeaderElection, LeaderElectionResult,
+};
 pub use metadata::{MetadataRequest, MetadataResponse, NodeInfo, PartitionMetadata, TopicMetadata};
 pub use produce::{
     Acks, InitProducerIdRequest, InitProducerIdResponse, InvalidAcks, ProducePartition,
@@ -401,6 +405,8 @@ request_kinds! {
     18 ResetOffsets(ResetOffsetsRequest, ResetOffsetsResponse) versions 1..=1;
     /// The cluster as one node sees it: nodes, controller, Raft state, every partition.
     20 DescribeCluster(DescribeClusterRequest, DescribeClusterResponse) versions 1..=1;
+    /// Move partitions' leadership to a named in-sync replica, or back to their first replica.
+    21 ElectLeaders(ElectLeadersRequest, ElectLeadersResponse) versions 1..=1;
 }
 
 impl RequestKind {

@@ -381,7 +381,50 @@ fn request() -> impl Strategy<Value = Request> {
         init_producer,
         group_request(),
         cluster_request(),
+        elect_leaders_request(),
     ]
+}
+
+/// An ElectLeaders request in either mode, valid by construction.
+fn elect_leaders_request() -> impl Strategy<Value = Request> {
+    let election = (topic_name(), partition_id(), node_id());
+    (vec(election, 1..4), any::<bool>(), timeout_ms()).prop_map(
+        |(partitions, preferred, timeout_ms)| {
+            Request::from(ElectLeadersRequest {
+                partitions: partitions
+                    .into_iter()
+                    .map(|(topic, partition, to)| LeaderElection {
+                        topic,
+                        partition,
+                        to: (!preferred).then_some(to),
+                    })
+                    .collect(),
+                preferred,
+                timeout_ms,
+            })
+        },
+    )
+}
+
+fn elect_leaders_response() -> impl Strategy<Value = Response> {
+    let result = (
+        topic_name(),
+        partition_id(),
+        maybe_error(),
+        option::of(node_id()),
+        option::of(epoch()),
+    )
+        .prop_map(
+            |(topic, partition, error, leader, leader_epoch)| LeaderElectionResult {
+                topic,
+                partition,
+                error,
+                leader,
+                leader_epoch,
+            },
+        );
+    (vec(result, 0..4), any::<bool>())
+        .prop_map(|(partitions, more)| Response::from(ElectLeadersResponse { partitions, more }))
 }
 
 fn cluster_request() -> impl Strategy<Value = Request> {
@@ -920,6 +963,7 @@ fn response() -> impl Strategy<Value = Response> {
         init_producer,
         group_response(),
         cluster_response(),
+        elect_leaders_response(),
         failed,
     ]
 }
@@ -2060,12 +2104,12 @@ fn long_error_messages_are_cut_at_a_character_boundary() {
 }
 
 /// The handshake lists every kind with its range, all at version 1 today; number 19 stays
-/// free for consumer groups, so DescribeCluster is 20.
+/// free for consumer groups, so DescribeCluster is 20 and ElectLeaders 21.
 #[test]
 fn handshake_lists_every_kind() {
     let list = RequestKind::handshake_list();
-    assert_eq!(list.len(), 20);
-    let codes: Vec<u16> = (0..=18).chain([20]).collect();
+    assert_eq!(list.len(), 21);
+    let codes: Vec<u16> = (0..=18).chain([20, 21]).collect();
     for (code, entry) in codes.into_iter().zip(&list) {
         assert_eq!(entry.kind, code);
         assert_eq!(
@@ -2076,6 +2120,55 @@ fn handshake_lists_every_kind() {
     }
     assert!(RequestKind::from_code(19).is_none());
     assert_eq!(RequestKind::DescribeCluster.code(), 20);
+    assert_eq!(RequestKind::ElectLeaders.code(), 21);
+}
+
+/// ElectLeaders' two modes are kept apart at decoding: a preferred election names no target,
+/// a targeted one names the target of every partition and at least one partition; at most
+/// 4,096 partitions, each topic name valid.
+#[test]
+fn elect_leaders_requests_keep_their_mode_and_bounds() {
+    let election = |to: Option<u32>| LeaderElection {
+        topic: "orders".into(),
+        partition: PartitionId(0),
+        to: to.map(NodeId),
+    };
+    let request = |partitions: Vec<LeaderElection>, preferred: bool| ElectLeadersRequest {
+        partitions,
+        preferred,
+        timeout_ms: 1000,
+    };
+    assert!(request(vec![election(Some(2))], false).validate().is_ok());
+    assert!(request(vec![election(None)], true).validate().is_ok());
+    assert!(
+        request(Vec::new(), true).validate().is_ok(),
+        "preferred, every partition"
+    );
+    for refused in [
+        request(vec![election(Some(2))], true),
+        request(vec![election(None)], false),
+        request(Vec::new(), false),
+        request(
+            vec![election(Some(2)); PARTITIONS_PER_REQUEST_MAX as usize + 1],
+            false,
+        ),
+        ElectLeadersRequest {
+            timeout_ms: crate::limits::TIMEOUT_MS_MAX + 1,
+            ..request(vec![election(Some(2))], false)
+        },
+    ] {
+        let error = decode_request(&Request::from(refused.clone()).encode(1).unwrap()).unwrap_err();
+        assert_eq!(error.error_code(), ErrorCode::InvalidRequest, "{refused:?}");
+    }
+    let bad_name = request(
+        vec![LeaderElection {
+            topic: "a/b".into(),
+            ..election(Some(2))
+        }],
+        false,
+    );
+    let error = decode_request(&Request::from(bad_name).encode(1).unwrap()).unwrap_err();
+    assert_eq!(error.error_code(), ErrorCode::InvalidTopicName);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2204,6 +2297,31 @@ fn golden_describe_cluster_response() -> Response {
     })
 }
 
+fn golden_elect_leaders_request() -> Request {
+    Request::from(ElectLeadersRequest {
+        partitions: vec![LeaderElection {
+            topic: "orders".into(),
+            partition: PartitionId(0),
+            to: Some(NodeId(2)),
+        }],
+        preferred: false,
+        timeout_ms: 30_000,
+    })
+}
+
+fn golden_elect_leaders_response() -> Response {
+    Response::from(ElectLeadersResponse {
+        partitions: vec![LeaderElectionResult {
+            topic: "orders".into(),
+            partition: PartitionId(0),
+            error: None,
+            leader: Some(NodeId(2)),
+            leader_epoch: Some(LeaderEpoch(5)),
+        }],
+        more: false,
+    })
+}
+
 fn golden_error_response() -> Response {
     let request = FrameHeader {
         length: 12,
@@ -2242,6 +2360,14 @@ const ERROR_RESPONSE_HEX: &str = "0000009a80080007000000000000000381a56572726f72
     697420737065616b732076657273696f6e73203120746f2031a9726574726961\
     626c65c2ab76657273696f6e5f6d696e01ab76657273696f6e5f6d617801";
 
+const ELECT_LEADERS_REQUEST_HEX: &str = "0000004f00150001000000000000000583aa706172746974696f6e739183a574\
+    6f706963a66f7264657273a9706172746974696f6e00a2746f02a97072656665\
+    72726564c2aa74696d656f75745f6d73cd7530";
+
+const ELECT_LEADERS_RESPONSE_HEX: &str = "0000004880150001000000000000000581aa706172746974696f6e739184a574\
+    6f706963a66f7264657273a9706172746974696f6e00a66c656164657202ac6c\
+    65616465725f65706f636805";
+
 const DESCRIBE_CLUSTER_REQUEST_HEX: &str =
     "0000001c00140001000000000000000481a6746f7069637391a66f7264657273";
 
@@ -2278,6 +2404,12 @@ fn golden_fixtures_match_the_code_and_the_doc() {
             golden_describe_cluster_request(),
             4,
         ),
+        (
+            "elect-leaders-request",
+            ELECT_LEADERS_REQUEST_HEX,
+            golden_elect_leaders_request(),
+            5,
+        ),
     ];
     for (name, expected, request, correlation_id) in requests {
         let bytes = request.encode(correlation_id).unwrap();
@@ -2303,6 +2435,12 @@ fn golden_fixtures_match_the_code_and_the_doc() {
             DESCRIBE_CLUSTER_RESPONSE_HEX,
             golden_describe_cluster_response(),
             4,
+        ),
+        (
+            "elect-leaders-response",
+            ELECT_LEADERS_RESPONSE_HEX,
+            golden_elect_leaders_response(),
+            5,
         ),
     ];
     for (name, expected, response, correlation_id) in responses {

@@ -240,6 +240,7 @@ fn every_timeout_message_fits_a_wire_error_message() {
         Change::CreateTopic(name.clone()),
         Change::DeleteTopic(name.clone()),
         Change::CreatePartitions(name.clone()),
+        Change::ElectLeaders,
     ] {
         for stage in [
             TimeoutStage::Queued,
@@ -258,4 +259,54 @@ fn every_timeout_message_fits_a_wire_error_message() {
             );
         }
     }
+}
+
+/// ElectLeaders through the handle on one node: its partitions' only replica already leads,
+/// so a targeted election of it answers success with the leader epoch unchanged and commits
+/// nothing; another node is not a replica (`InvalidRequest`), an unknown partition is
+/// answered as such, and a preferred election of every partition finds nothing to move.
+#[tokio::test(start_paused = true)]
+async fn elect_leaders_answers_each_partition_and_commits_only_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let append_ms = Arc::new(AtomicU64::new(0));
+    let controller = controller("c4", dir.path(), &append_ms).await;
+    create(&controller, "moved", None).await.unwrap();
+    let version = controller.image().borrow().version;
+    let election = |partition: u32, to: u32| ElectionWire {
+        topic: "moved".into(),
+        partition,
+        to: Some(to),
+    };
+    let answer = controller
+        .elect_leaders(
+            vec![election(0, 1), election(0, 2), election(3, 1)],
+            false,
+            None,
+        )
+        .await
+        .unwrap();
+    let codes: Vec<u16> = answer.results.iter().map(|r| r.error_code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            0,
+            ErrorCode::InvalidRequest.code(),
+            ErrorCode::UnknownPartition.code()
+        ],
+        "{answer:?}"
+    );
+    assert_eq!(
+        (answer.results[0].leader, answer.results[0].leader_epoch),
+        (Some(1), 0)
+    );
+    assert_eq!(
+        controller.image().borrow().version,
+        version,
+        "nothing was committed"
+    );
+    let every = controller
+        .elect_leaders(Vec::new(), true, None)
+        .await
+        .unwrap();
+    assert!(every.results.is_empty() && !every.more, "{every:?}");
 }

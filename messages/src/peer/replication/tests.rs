@@ -558,4 +558,8 @@ fn protocol_md_gives_the_replication_bounds() {
         value("Node ids in an AlterIsr `isr`"),
         crate::peer::ISR_NODES_MAX.to_string()
     );
+    assert_eq!(
+        value("Partitions per forwarded ElectLeaders, and results in its answer"),
+        crate::peer::ELECTIONS_MAX.to_string()
+    );
 }
