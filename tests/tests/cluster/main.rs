@@ -21,6 +21,7 @@ use vltava_tests::cluster::TestCluster;
 use vltava_tests::history::{CheckOptions, History, unique_value};
 use vltava_tests::{binary, eventually};
 
+mod observe;
 mod peer_input;
 mod replication;
 mod restart;
