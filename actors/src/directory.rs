@@ -5,7 +5,7 @@
 //! actor starts, restarts or stops.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +28,8 @@ pub enum ActorKind {
     GroupCoordinator,
     /// The link to one remote node (two connections).
     PeerLink,
+    /// The task fetching this node's follower partitions from one leader node.
+    ReplicaFetcher,
 }
 
 impl ActorKind {
@@ -44,6 +46,7 @@ impl ActorKind {
             ActorKind::GroupManager => "GroupManager",
             ActorKind::GroupCoordinator => "GroupCoordinator",
             ActorKind::PeerLink => "PeerLink",
+            ActorKind::ReplicaFetcher => "ReplicaFetcher",
         }
     }
 
@@ -59,6 +62,7 @@ impl ActorKind {
         ActorKind::GroupManager,
         ActorKind::GroupCoordinator,
         ActorKind::PeerLink,
+        ActorKind::ReplicaFetcher,
     ];
 
     /// The kind with this name (as `name` spells it, any case).
@@ -155,6 +159,106 @@ pub struct PartitionGauges {
     /// Batch bytes served to fetches, and the offsets they covered.
     pub bytes_out: AtomicU64,
     pub events_out: AtomicU64,
+    /// The replica's role, a `ReplicaRole` as `u8` (`role()` reads it back).
+    pub role: AtomicU8,
+    /// The ISR and, on the leader, each follower's progress: replaced in place (no allocation
+    /// once its vectors have grown to the replica count) at most every
+    /// `REPLICATION_PUBLISH_INTERVAL` and whenever the role or leader epoch changes, so the
+    /// log thread takes this lock a few times a second, not once per message.
+    pub replication: Mutex<ReplicationGauges>,
+}
+
+impl PartitionGauges {
+    /// The role last published.
+    #[must_use]
+    pub fn role(&self) -> ReplicaRole {
+        ReplicaRole::from_u8(self.role.load(Ordering::Relaxed))
+    }
+
+    /// A copy of the replication state last published.
+    #[must_use]
+    pub fn replication(&self) -> ReplicationGauges {
+        self.replication
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A partition replica's role, as published.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ReplicaRole {
+    /// Opened, not yet told its role by the metadata.
+    #[default]
+    Unassigned = 0,
+    Leader = 1,
+    Follower = 2,
+}
+
+impl ReplicaRole {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicaRole::Unassigned => "unassigned",
+            ReplicaRole::Leader => "leader",
+            ReplicaRole::Follower => "follower",
+        }
+    }
+
+    #[must_use]
+    pub fn from_u8(value: u8) -> ReplicaRole {
+        match value {
+            1 => ReplicaRole::Leader,
+            2 => ReplicaRole::Follower,
+            _ => ReplicaRole::Unassigned,
+        }
+    }
+}
+
+/// A partition replica's view of its replication, as its log thread last published it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationGauges {
+    /// The leader the replica knows (from its assignment).
+    pub leader: Option<u32>,
+    pub replicas: Vec<u32>,
+    /// The committed ISR as the replica knows it.
+    pub isr: Vec<u32>,
+    /// Leader only: every other replica, in node order; empty elsewhere.
+    pub followers: Vec<FollowerGauges>,
+    /// When this was published (Unix ms); 0 before the first time.
+    pub published_at_ms: u64,
+}
+
+impl ReplicationGauges {
+    /// Whether `node` is in the ISR as this replica knows it.
+    #[must_use]
+    pub fn in_isr(&self, node: u32) -> bool {
+        self.isr.contains(&node)
+    }
+}
+
+/// What a leader knows of one follower, as published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowerGauges {
+    pub node_id: u32,
+    /// From its latest fetch in this leader epoch; `None` until it fetched.
+    pub log_end_offset: Option<u64>,
+    pub flushed_offset: Option<u64>,
+    /// The leader's log end minus the follower's, when published; `None` until it fetched.
+    pub lag_offsets: Option<u64>,
+    /// When the follower was last caught up with the leader's log end (Unix ms).
+    pub last_caught_up_ms: u64,
+}
+
+impl FollowerGauges {
+    /// How long ago the follower was last caught up, at `now_ms` (Unix ms). A follower that
+    /// keeps up shows at most the time between its fetches (a leader holds an idle fetch up
+    /// to 250 ms), one that stopped fetching a growing number.
+    #[must_use]
+    pub fn lag_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.last_caught_up_ms)
+    }
 }
 
 /// What a client session publishes about itself.
@@ -181,6 +285,9 @@ pub enum PublishedState {
     /// which every actor module imports, imports none of them (the admin endpoint, which knows
     /// both, reads it back with `downcast_ref`).
     PeerLink(Arc<dyn std::any::Any + Send + Sync>),
+    /// A replica fetcher's partitions, traffic and last error: a
+    /// `replication::ReplicaFetcherGauges`, type-erased as `PeerLink` is.
+    ReplicaFetcher(Arc<dyn std::any::Any + Send + Sync>),
 }
 
 /// One registered actor.
@@ -262,6 +369,21 @@ impl ActorDirectory {
             } else {
                 entry.status = ActorStatus::Failed;
             }
+        }
+    }
+
+    /// Removes the entry `id` if `owned` says it is still the caller's (a successor registered
+    /// under the same id keeps its entry); returns whether it removed it.
+    pub fn unregister_if(&self, id: &str, owned: impl FnOnce(&ActorEntry) -> bool) -> bool {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.get(id).is_some_and(owned) {
+            entries.remove(id);
+            true
+        } else {
+            false
         }
     }
 

@@ -22,6 +22,9 @@
 //!   sans-IO group state machine, the assignors, and `offsets` (the partitions' offsets a
 //!   coordinator reads for lag and resets: local ones from their Partition, others from their
 //!   leader through the `RemoteOffsets` trait; and the answer to another node's request).
+//! - `replication`: the `ReplicaManager`, the node's side of replication: one ReplicaFetcher
+//!   task per leader node followed (registered in the directory with its `fetcher_gauges`),
+//!   epoch-end questions, ISR proposals, and the leader's answers to followers' fetches.
 //! - `directory`, `metrics`: the node's actor directory (id, kind, parent, status, counters,
 //!   published gauges) and request metrics, read by the admin endpoint without messaging
 //!   actors.

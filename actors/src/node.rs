@@ -311,7 +311,13 @@ impl Node {
         // epoch-end questions, ISR proposals); a single node's partitions have no other
         // replica.
         let replication = links.as_ref().map(|links| {
-            ReplicaManager::new(NodeId(options.node_id), links.clone(), registry.clone())
+            ReplicaManager::new(
+                NodeId(options.node_id),
+                links.clone(),
+                registry.clone(),
+                directory.clone(),
+                &root,
+            )
         });
         let replica_links: Arc<dyn ReplicaLinks> = match &replication {
             Some(manager) => Arc::new(manager.clone()),

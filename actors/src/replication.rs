@@ -16,6 +16,10 @@
 //!   is retried after a back-off doubling from `FETCH_BACKOFF_MIN` to `FETCH_BACKOFF_MAX`.
 //! - A fetcher with no partitions left ends; the next `start_fetching` towards its leader
 //!   starts a new one.
+//! - Each fetcher is in the node's actor directory as `<node>/replica-fetcher/<leader>` while
+//!   its task runs, with its partitions, traffic and last error (`fetcher_gauges`).
+
+pub mod fetcher_gauges;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -30,6 +34,7 @@ use vltava_messages::peer::{
 use vltava_messages::protocol::{ErrorCode, ResponseError};
 use vltava_messages::{LeaderEpoch, NodeId, Offset, PartitionId};
 
+use crate::directory::ActorDirectory;
 use crate::metadata::controller::ControllerHandle;
 use crate::partition::replica_state::{
     CommittedIsr, EpochEndAnswer, FollowerReport, IsrAnswer, IsrProposal, LocalLog, PartitionEpoch,
@@ -100,12 +105,22 @@ struct Inner {
     controller: OnceLock<ControllerHandle>,
     fetchers: Mutex<HashMap<NodeId, Arc<FetcherShared>>>,
     runtime: tokio::runtime::Handle,
+    /// Where fetchers register, under `parent` (the node supervisor's id).
+    directory: ActorDirectory,
+    parent: String,
 }
 
 impl ReplicaManager {
-    /// Must be called within a tokio runtime (fetchers and calls run on it).
+    /// Must be called within a tokio runtime (fetchers and calls run on it). Fetchers register
+    /// in `directory` under `parent`.
     #[must_use]
-    pub fn new(node_id: NodeId, links: PeerLinks, registry: PartitionRegistry) -> ReplicaManager {
+    pub fn new(
+        node_id: NodeId,
+        links: PeerLinks,
+        registry: PartitionRegistry,
+        directory: ActorDirectory,
+        parent: &str,
+    ) -> ReplicaManager {
         ReplicaManager {
             inner: Arc::new(Inner {
                 node_id,
@@ -114,6 +129,8 @@ impl ReplicaManager {
                 controller: OnceLock::new(),
                 fetchers: Mutex::new(HashMap::new()),
                 runtime: tokio::runtime::Handle::current(),
+                directory,
+                parent: parent.to_owned(),
             }),
         }
     }
@@ -296,6 +313,13 @@ impl ReplicaLinks for ReplicaManager {
 /// One fetcher: fetches from `leader` until none of its partitions is left.
 async fn run_fetcher(manager: ReplicaManager, leader: NodeId, shared: Arc<FetcherShared>) {
     let node = manager.inner.node_id;
+    // Unregistered when this task ends, whichever way.
+    let registration = fetcher_gauges::FetcherRegistration::register(
+        &manager.inner.directory,
+        &manager.inner.parent,
+        node,
+        leader,
+    );
     let mut backoff = FETCH_BACKOFF_MIN;
     loop {
         let batch: Vec<(PartitionKey, Fetching)> = {
@@ -316,6 +340,12 @@ async fn run_fetcher(manager: ReplicaManager, leader: NodeId, shared: Arc<Fetche
                 );
                 return;
             }
+            registration.gauges.set_partitions(
+                partitions.len(),
+                partitions
+                    .keys()
+                    .map(|(topic, partition)| (&**topic, *partition)),
+            );
             partitions
                 .iter()
                 .take(REPLICA_FETCH_PARTITIONS_MAX)
@@ -360,17 +390,23 @@ async fn run_fetcher(manager: ReplicaManager, leader: NodeId, shared: Arc<Fetche
                     other.kind().name(),
                     batch.len()
                 );
+                registration.failed(&format_args!(
+                    "ReplicaFetch answered with {}",
+                    other.kind().name()
+                ));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(FETCH_BACKOFF_MAX);
                 continue;
             }
             Err(e) => {
                 tracing::debug!(leader = leader.0, error = %e, "replica fetch failed");
+                registration.failed(&e);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(FETCH_BACKOFF_MAX);
                 continue;
             }
         };
+        registration.answered(response.partitions.iter().map(|a| a.records.len()).sum());
         let applied = apply_answers(&manager, &batch, response).await;
         {
             let mut partitions = shared.partitions.lock().expect("fetcher lock");

@@ -116,6 +116,21 @@ pub const CLUSTER_PARTITION_FIELDS_BYTES_MAX: u32 = 400;
 /// partitions array header (about 520 bytes; a test checks the bound).
 pub const CLUSTER_TOPIC_FIELDS_BYTES_MAX: u32 = 576;
 
+/// The most led partitions one DescribeCluster answer gives replication progress for
+/// (`replica_status`). A status costs up to `CLUSTER_REPLICA_STATUS_BYTES_MAX`, far more than
+/// a partition's placement, so it has its own, smaller bound: 256 cover a node's leaderships
+/// in a small cluster, and 1 MiB of them fits beside the largest listing in one frame.
+pub const CLUSTER_REPLICA_STATUSES_LISTED_MAX: u32 = 256;
+
+/// The most followers one replica status lists: 31 is the 32 replicas the partition budget
+/// allows, less the leader.
+pub const CLUSTER_REPLICA_FOLLOWERS_LISTED_MAX: u32 = 31;
+
+/// An upper bound on the bytes of one replica status: its map with every number at its
+/// largest, a topic name of `TOPIC_NAME_BYTES_MAX` bytes and 31 followers with every field
+/// (about 3.9 KiB; a test checks the bound).
+pub const CLUSTER_REPLICA_STATUS_BYTES_MAX: u32 = 4096;
+
 /// What a DescribeCluster answer may take around its topics: the body's own fields (cluster
 /// id, controller, versions, the Raft section) and the nodes, each a small map with a host of
 /// at most 255 bytes. 64 KiB holds more than 200 nodes; a cluster's nodes are its quorum's
@@ -182,6 +197,7 @@ const _: () = assert!(
         + CLUSTER_BODY_FIELDS_BYTES_MAX as u64
         + TOPICS_PER_REQUEST_MAX as u64 * CLUSTER_TOPIC_FIELDS_BYTES_MAX as u64
         + CLUSTER_PARTITIONS_LISTED_MAX as u64 * CLUSTER_PARTITION_FIELDS_BYTES_MAX as u64
+        + CLUSTER_REPLICA_STATUSES_LISTED_MAX as u64 * CLUSTER_REPLICA_STATUS_BYTES_MAX as u64
         <= FRAME_BYTES_MAX as u64
 );
 const _: () = assert!(CLUSTER_PARTITIONS_LISTED_MAX >= PARTITIONS_PER_TOPIC_MAX);

@@ -46,12 +46,14 @@ use vltava_storage::{
     FlushJob, Flusher, Log, LogConfig, LogRead, RealStorage, StorageError, SubmitError,
 };
 
-use crate::directory::{ActorDirectory, ActorStats, PartitionGauges, PublishedState};
+use crate::directory::{
+    ActorDirectory, ActorStats, FollowerGauges, PartitionGauges, PublishedState, ReplicaRole,
+};
 use crate::metadata::producer_ids::{Fencing, ProducerRegistry, UnknownProducer};
 use crate::partition::producer_state::SequenceCheck;
 use crate::partition::replica_state::{
     Assignment, Effect, EpochEndAnswer, FollowerReport, IsrAnswer, LocalLog, ReplicaConfig,
-    ReplicaError, ReplicaState,
+    ReplicaError, ReplicaState, RoleKind,
 };
 use crate::partition::replication::ReplicaLinks;
 
@@ -75,6 +77,12 @@ pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(300);
 /// (after 1 s) and epoch-end questions (after 0.5 s); a quarter of the shortest of those
 /// keeps each late by at most a quarter of its interval.
 pub const REPLICA_TICK_INTERVAL: Duration = Duration::from_millis(125);
+
+/// How often at most a partition republishes its ISR and followers' progress for the admin
+/// endpoint (sooner when its role or leader epoch changes). The log thread handles many
+/// thousands of messages a second; taking the gauges' lock after each would cost more than
+/// the readers gain, and an operator reading lag needs it to a tenth of a second at best.
+pub const REPLICATION_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Log threads running in this process, for the admin endpoint's `/resources` (a leak check:
 /// it must fall back when partitions stop). Process-wide, as the threads are.
@@ -718,6 +726,8 @@ struct Core {
     flush_in_flight: bool,
     /// A compaction pass is running on the blocking pool.
     compaction_in_flight: bool,
+    /// When `publish_replication` last stored the ISR and followers' progress.
+    replication_published_at: Option<Instant>,
     /// The thread's own inbox, for flush and compaction completions.
     inbox: mpsc::Sender<CoreMsg>,
     /// For work the thread hands to tokio's blocking pool (compaction passes, flushes when
@@ -876,6 +886,7 @@ impl Actor for Partition {
             flush_waiter: None,
             flush_in_flight: false,
             compaction_in_flight: false,
+            replication_published_at: None,
             inbox: core.clone(),
             runtime: tokio::runtime::Handle::current(),
         };
@@ -1156,7 +1167,7 @@ impl Core {
     }
 
     /// Stores the log's offsets where the admin endpoint reads them.
-    fn publish(&self) {
+    fn publish(&mut self) {
         let Some(log) = self.log.as_ref() else { return };
         let log_end_offset = log.log_end_offset();
         self.log_end.send_if_modified(|end| {
@@ -1173,10 +1184,71 @@ impl Core {
             .store(log.high_watermark().0, Ordering::Relaxed);
         g.flushed_offset
             .store(log.recovery_point().0, Ordering::Relaxed);
-        g.leader_epoch.store(
-            u64::from(self.replica.leader_epoch().unwrap_or_default().0),
-            Ordering::Relaxed,
-        );
+        let leader_epoch = u64::from(self.replica.leader_epoch().unwrap_or_default().0);
+        let role = match self.replica.role() {
+            RoleKind::Unassigned => ReplicaRole::Unassigned,
+            RoleKind::Leader => ReplicaRole::Leader,
+            RoleKind::Follower => ReplicaRole::Follower,
+        } as u8;
+        // Both swapped every time (no short circuit), so both stay current.
+        let epoch_changed = g.leader_epoch.swap(leader_epoch, Ordering::Relaxed) != leader_epoch;
+        let role_changed = g.role.swap(role, Ordering::Relaxed) != role;
+        self.publish_replication(epoch_changed || role_changed, log_end_offset);
+    }
+
+    /// Stores the replica's ISR and, on the leader, each follower's progress: when `changed`
+    /// (a new role or leader epoch) or once `REPLICATION_PUBLISH_INTERVAL` has passed, in place
+    /// under the gauges' lock (the vectors keep their capacity, so this allocates only while
+    /// they first grow to the replica count).
+    fn publish_replication(&mut self, changed: bool, log_end_offset: Offset) {
+        let now = Instant::now();
+        if !changed
+            && self
+                .replication_published_at
+                .is_some_and(|at| now.duration_since(at) < REPLICATION_PUBLISH_INTERVAL)
+        {
+            return;
+        }
+        self.replication_published_at = Some(now);
+        let now_ms = now_ms();
+        let mut published = self
+            .gauges
+            .replication
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        published.published_at_ms = now_ms;
+        published.replicas.clear();
+        published.isr.clear();
+        published.followers.clear();
+        published.leader = None;
+        let Some(assignment) = self.replica.assignment() else {
+            return;
+        };
+        published.leader = assignment.leader.map(|n| n.0);
+        published
+            .replicas
+            .extend(assignment.replicas.iter().map(|n| n.0));
+        published
+            .isr
+            .extend(self.replica.isr().into_iter().flatten().map(|n| n.0));
+        let own = self.replica.node();
+        for node in assignment.replicas.iter().filter(|n| **n != own) {
+            let Some(progress) = self.replica.follower(*node) else {
+                continue;
+            };
+            let caught_up_ago = now.saturating_duration_since(progress.last_caught_up);
+            published.followers.push(FollowerGauges {
+                node_id: node.0,
+                log_end_offset: progress.log_end_offset.map(|o| o.0),
+                flushed_offset: progress.flushed_offset.map(|o| o.0),
+                lag_offsets: progress
+                    .log_end_offset
+                    .map(|o| log_end_offset.0.saturating_sub(o.0)),
+                last_caught_up_ms: now_ms
+                    .saturating_sub(u64::try_from(caught_up_ago.as_millis()).unwrap_or(u64::MAX)),
+            });
+        }
+        published.followers.sort_unstable_by_key(|f| f.node_id);
     }
 
     /// Stores the segment count and size; they change only on a roll or a retention pass, so

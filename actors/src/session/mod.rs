@@ -590,6 +590,7 @@ fn dispatch(
                 &services.controller.image().borrow(),
                 services.raft.as_ref().map(RaftStatusSource::status),
                 &lease_ages(services),
+                &cluster::led_partitions(&services.directory),
                 &request,
                 cluster::ListingBounds::WIRE,
             )

@@ -425,7 +425,8 @@ async fn cluster_command(admin: Admin, command: ClusterCommand) -> anyhow::Resul
 }
 
 /// The text form of a DescribeCluster answer: the cluster, its quorum as the node sees it,
-/// its nodes, then one line per partition.
+/// its nodes, then one line per partition, followed, for a partition the answering node
+/// leads, by one line per follower with its ISR membership and lag.
 fn print_cluster(out: &mut impl Write, answer: &DescribeClusterResponse) -> std::io::Result<()> {
     let id =
         |node: Option<vltava_messages::NodeId>| node.map_or("none".into(), |n| n.0.to_string());
@@ -468,6 +469,13 @@ fn print_cluster(out: &mut impl Write, answer: &DescribeClusterResponse) -> std:
             .collect::<Vec<_>>()
             .join(",")
     };
+    let listing = answer.replica_status.as_deref();
+    let statuses: std::collections::HashMap<(&str, u32), _> = listing
+        .into_iter()
+        .flat_map(|l| &l.partitions)
+        .map(|s| ((s.topic.as_str(), s.partition.0), s))
+        .collect();
+    let offset = |o: Option<vltava_messages::Offset>| o.map_or("none".into(), |o| o.0.to_string());
     for topic in answer.topics.iter().filter(|t| t.error.is_none()) {
         writeln!(
             out,
@@ -485,7 +493,37 @@ fn print_cluster(out: &mut impl Write, answer: &DescribeClusterResponse) -> std:
                 list(&p.replicas),
                 list(&p.in_sync_replicas)
             )?;
+            let Some(status) = statuses.get(&(topic.name.as_str(), p.partition.0)) else {
+                continue;
+            };
+            writeln!(
+                out,
+                "      leader {}: log_end_offset: {}  high_watermark: {}  flushed_offset: {}",
+                answer.node_id.0,
+                status.log_end_offset.0,
+                status.high_watermark.0,
+                status.flushed_offset.0
+            )?;
+            for f in &status.followers {
+                writeln!(
+                    out,
+                    "      follower {}: {}  log_end_offset: {}  flushed_offset: {}  lag: {} offsets, {} ms",
+                    f.node_id.0,
+                    if f.in_sync { "in isr" } else { "out of isr" },
+                    offset(f.log_end_offset),
+                    offset(f.flushed_offset),
+                    f.lag_offsets.map_or("unknown".into(), |l| l.to_string()),
+                    f.lag_ms
+                )?;
+            }
         }
+    }
+    if let Some(omitted) = listing.and_then(|l| l.partitions_omitted) {
+        writeln!(
+            out,
+            "({omitted} more partitions led by node {} have no replica status here)",
+            answer.node_id.0
+        )?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ProtocolError;
 use super::metadata::{TopicMetadata, check_requested_topics};
-use crate::types::NodeId;
+use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId};
 
 /// DescribeCluster request, version 1.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +58,56 @@ pub struct DescribeClusterResponse {
     /// some out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topics_omitted: Option<u32>,
+    /// The replication progress of the listed partitions the answering node leads, from its
+    /// own replicas' published state (other nodes' leaders are not asked). Absent: none (a
+    /// node that leads none of them, or one that does not write it). Kept apart from
+    /// `topics`, whose entries are Metadata's. Boxed, as `raft` is, to keep `Response` small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_status: Option<Box<ReplicaStatusListing>>,
+}
+
+/// The replica statuses of a DescribeCluster answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatusListing {
+    /// At most `CLUSTER_REPLICA_STATUSES_LISTED_MAX`, in the order of the answer's `topics`.
+    pub partitions: Vec<PartitionReplicaStatus>,
+    /// How many led partitions `partitions` leaves out to stay within its bound; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions_omitted: Option<u32>,
+}
+
+/// One partition the answering node leads, as its replica last published it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionReplicaStatus {
+    pub topic: String,
+    pub partition: PartitionId,
+    /// The leader epoch the leader replica is in.
+    pub leader_epoch: LeaderEpoch,
+    pub log_end_offset: Offset,
+    pub high_watermark: Offset,
+    /// The leader's own flushed offset (every offset below it is fsynced).
+    pub flushed_offset: Offset,
+    /// Every other replica, in node id order, at most `CLUSTER_REPLICA_FOLLOWERS_LISTED_MAX`.
+    pub followers: Vec<FollowerStatus>,
+}
+
+/// What a leader knows of one follower.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerStatus {
+    pub node_id: NodeId,
+    /// In the committed ISR as the leader knows it.
+    pub in_sync: bool,
+    /// The follower's log end and flushed offset from its latest fetch in this leader epoch;
+    /// absent until it fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_end_offset: Option<Offset>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flushed_offset: Option<Offset>,
+    /// The leader's log end minus the follower's; absent until it fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_offsets: Option<u64>,
+    /// How long ago the follower was last caught up with the leader's log end, in ms.
+    pub lag_ms: u64,
 }
 
 /// The metadata quorum as the answering node sees it.

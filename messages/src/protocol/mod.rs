@@ -44,7 +44,10 @@ mod tests;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use cluster::{ClusterNode, DescribeClusterRequest, DescribeClusterResponse, RaftInfo};
+pub use cluster::{
+    ClusterNode, DescribeClusterRequest, DescribeClusterResponse, FollowerStatus,
+    PartitionReplicaStatus, RaftInfo, ReplicaStatusListing,
+};
 pub use codec::{FrameAround, INTERNAL_TOPIC_PREFIX, is_internal_topic, validate_topic_name};
 pub use error::{
     Direction, ErrorCode, GROUP_ERROR_CODE_FIRST, GROUP_ERROR_CODE_LAST, ProtocolError,

@@ -15,6 +15,7 @@ use super::*;
 use crate::batch::{BatchBuilder, Compression};
 use crate::limits::{
     BODY_DEPTH_MAX, CLUSTER_BODY_FIELDS_BYTES_MAX, CLUSTER_PARTITION_FIELDS_BYTES_MAX,
+    CLUSTER_REPLICA_FOLLOWERS_LISTED_MAX, CLUSTER_REPLICA_STATUS_BYTES_MAX,
     CLUSTER_TOPIC_FIELDS_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, FETCH_BODY_FIELDS_BYTES_MAX,
     FETCH_PARTITION_FIELDS_BYTES_MAX, FETCH_TOPIC_FIELDS_BYTES_MAX, FRAME_BYTES_MAX,
     PARTITIONS_PER_REQUEST_MAX, PRODUCER_EPOCH_MAX, PRODUCER_ID_MAX, TOPIC_NAME_BYTES_MAX,
@@ -471,12 +472,59 @@ fn cluster_response() -> impl Strategy<Value = Response> {
             internal,
             partitions,
         });
+    let follower = (
+        node_id(),
+        any::<bool>(),
+        option::of(offset()),
+        option::of(offset()),
+        option::of(any::<u64>()),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(node_id, in_sync, log_end_offset, flushed_offset, lag_offsets, lag_ms)| {
+                FollowerStatus {
+                    node_id,
+                    in_sync,
+                    log_end_offset,
+                    flushed_offset,
+                    lag_offsets,
+                    lag_ms,
+                }
+            },
+        );
+    let status = (
+        topic_name(),
+        partition_id(),
+        any::<u32>(),
+        (offset(), offset(), offset()),
+        vec(follower, 0..3),
+    )
+        .prop_map(
+            |(
+                topic,
+                partition,
+                epoch,
+                (log_end_offset, high_watermark, flushed_offset),
+                followers,
+            )| {
+                PartitionReplicaStatus {
+                    topic,
+                    partition,
+                    leader_epoch: LeaderEpoch(epoch),
+                    log_end_offset,
+                    high_watermark,
+                    flushed_offset,
+                    followers,
+                }
+            },
+        );
     (
         (text(), node_id(), option::of(node_id()), any::<u64>()),
         option::of(raft.prop_map(Box::new)),
         vec(node, 0..4),
         vec(topic, 0..4),
         option::of(any::<u32>()),
+        (vec(status, 0..3), option::of(any::<u32>())),
     )
         .prop_map(
             |(
@@ -485,6 +533,7 @@ fn cluster_response() -> impl Strategy<Value = Response> {
                 nodes,
                 topics,
                 omitted,
+                (replica_status, replica_status_omitted),
             )| {
                 Response::from(DescribeClusterResponse {
                     cluster_id,
@@ -495,6 +544,14 @@ fn cluster_response() -> impl Strategy<Value = Response> {
                     nodes,
                     topics,
                     topics_omitted: omitted,
+                    replica_status: (!replica_status.is_empty()
+                        || replica_status_omitted.is_some())
+                    .then(|| {
+                        Box::new(ReplicaStatusListing {
+                            partitions: replica_status,
+                            partitions_omitted: replica_status_omitted,
+                        })
+                    }),
                 })
             },
         )
@@ -1817,6 +1874,10 @@ fn cluster_answer_field_budgets_hold() {
             .collect(),
         topics: Vec::new(),
         topics_omitted: Some(u32::MAX),
+        replica_status: Some(Box::new(ReplicaStatusListing {
+            partitions: Vec::new(),
+            partitions_omitted: Some(u32::MAX),
+        })),
     };
     let empty = encoded(&answer);
     // The topics array header grows from fixarray to array32 at worst.
@@ -1860,6 +1921,34 @@ fn cluster_answer_field_budgets_hold() {
         one_partition - one_topic
     );
     assert!(empty + 4 <= CLUSTER_BODY_FIELDS_BYTES_MAX, "{empty}");
+
+    // A replica status with every field at its largest (the listing's array header grows to
+    // array32 at worst, which the body budget holds).
+    let listing = answer.replica_status.as_mut().expect("a listing");
+    listing.partitions.push(PartitionReplicaStatus {
+        topic: "n".repeat(TOPIC_NAME_BYTES_MAX as usize),
+        partition: PartitionId(u32::MAX),
+        leader_epoch: LeaderEpoch(u32::MAX),
+        log_end_offset: Offset(u64::MAX),
+        high_watermark: Offset(u64::MAX),
+        flushed_offset: Offset(u64::MAX),
+        followers: (0..CLUSTER_REPLICA_FOLLOWERS_LISTED_MAX)
+            .map(|n| FollowerStatus {
+                node_id: NodeId(u32::MAX - n),
+                in_sync: true,
+                log_end_offset: Some(Offset(u64::MAX)),
+                flushed_offset: Some(Offset(u64::MAX)),
+                lag_offsets: Some(u64::MAX),
+                lag_ms: u64::MAX,
+            })
+            .collect(),
+    });
+    let one_status = encoded(&answer);
+    assert!(
+        one_status - one_partition <= CLUSTER_REPLICA_STATUS_BYTES_MAX,
+        "{}",
+        one_status - one_partition
+    );
 }
 
 /// A node entry is a map, so a newer node may add fields to it (a rack, say) that this
@@ -1911,6 +2000,7 @@ fn cluster_answers_with_unknown_node_fields_and_no_raft_decode() {
             }],
             topics: Vec::new(),
             topics_omitted: None,
+            replica_status: None,
         }
     );
 }
@@ -2294,6 +2384,7 @@ fn golden_describe_cluster_response() -> Response {
             }],
         }],
         topics_omitted: None,
+        replica_status: None,
     })
 }
 
@@ -2763,6 +2854,11 @@ fn protocol_md_limits_match_the_code() {
         (
             "Partitions listed",
             count(crate::limits::CLUSTER_PARTITIONS_LISTED_MAX),
+            Box::new(node_bound),
+        ),
+        (
+            "Replica statuses listed",
+            count(crate::limits::CLUSTER_REPLICA_STATUSES_LISTED_MAX),
             Box::new(node_bound),
         ),
     ];

@@ -94,7 +94,7 @@ pub fn render(view: &NodeView) -> String {
                         .clone(),
                 );
             }
-            Some(PublishedState::PeerLink(_)) | None => {}
+            Some(PublishedState::PeerLink(_) | PublishedState::ReplicaFetcher(_)) | None => {}
         }
     }
     for (i, (name, help)) in [

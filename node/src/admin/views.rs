@@ -7,13 +7,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use vltava_actors::directory::{
-    ActorEntry, ActorKind, PartitionGauges, PublishedState, SessionGauges,
+    ActorEntry, ActorKind, PartitionGauges, PublishedState, ReplicaRole, SessionGauges,
 };
 use vltava_actors::groups::GroupSnapshot;
 use vltava_actors::metadata::raft::RaftStatus;
 use vltava_actors::metadata::{PartitionImage, TopicImage};
 use vltava_actors::node::NodeView;
 use vltava_actors::peer::{PeerChannel, PeerLinkGauges};
+use vltava_actors::replication::fetcher_gauges::ReplicaFetcherGauges;
 
 fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
@@ -64,8 +65,39 @@ fn actor_summary(entry: &ActorEntry) -> Value {
     })
 }
 
-fn partition_state(g: &PartitionGauges) -> Value {
+/// A partition replica's replication as its log thread last published it, from the view of
+/// node `node_id` (this node): its role, the ISR and whether it is in it, and on the leader
+/// each follower's progress and lag.
+fn replication_state(g: &PartitionGauges, node_id: u32) -> Value {
+    let replication = g.replication();
+    let now_ms = unix_ms(SystemTime::now());
+    let followers: Vec<Value> = replication
+        .followers
+        .iter()
+        .map(|f| {
+            json!({
+                "node_id": f.node_id,
+                "in_isr": replication.in_isr(f.node_id),
+                "log_end_offset": f.log_end_offset,
+                "flushed_offset": f.flushed_offset,
+                "lag_offsets": f.lag_offsets,
+                "lag_ms": f.lag_ms(now_ms),
+            })
+        })
+        .collect();
+    let role = g.role();
     json!({
+        "role": role.name(),
+        "leader": replication.leader,
+        "isr": replication.isr,
+        "in_isr": replication.in_isr(node_id),
+        // Only the leader tracks its followers.
+        "followers": (role == ReplicaRole::Leader).then_some(followers),
+    })
+}
+
+fn partition_state(g: &PartitionGauges, node_id: u32) -> Value {
+    let mut body = json!({
         "topic": g.topic,
         "partition": g.partition,
         "log_start_offset": load(&g.log_start_offset),
@@ -79,6 +111,30 @@ fn partition_state(g: &PartitionGauges) -> Value {
         "events_in": load(&g.events_in),
         "bytes_out": load(&g.bytes_out),
         "events_out": load(&g.events_out),
+    });
+    merge(&mut body, replication_state(g, node_id));
+    body
+}
+
+/// Adds `extra`'s fields to `body` (both objects).
+fn merge(body: &mut Value, extra: Value) {
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+}
+
+fn fetcher_state(g: &ReplicaFetcherGauges) -> Value {
+    let last_error = g.last_error();
+    json!({
+        "leader": g.leader.0,
+        "partition_count": g.partition_count(),
+        "partitions": g.partitions(),
+        "bytes_fetched": g.bytes_fetched(),
+        "bytes_per_second": g.bytes_per_second(),
+        "fetch_requests": g.fetch_requests(),
+        "fetch_errors": g.fetch_errors(),
+        "last_error": last_error.as_ref().map(|(text, _)| text),
+        "last_error_at_ms": last_error.map(|(_, at)| at),
     })
 }
 
@@ -123,11 +179,14 @@ fn peer_link_state(g: &PeerLinkGauges) -> Value {
 
 fn published(state: &PublishedState, view: &NodeView) -> Value {
     match state {
-        PublishedState::Partition(g) => partition_state(g),
+        PublishedState::Partition(g) => partition_state(g, view.node_id),
         PublishedState::Session(g) => session_state(g),
         PublishedState::PeerLink(g) => g
             .downcast_ref::<PeerLinkGauges>()
             .map_or(Value::Null, peer_link_state),
+        PublishedState::ReplicaFetcher(g) => g
+            .downcast_ref::<ReplicaFetcherGauges>()
+            .map_or(Value::Null, fetcher_state),
         PublishedState::Group(g) => {
             let snapshot = g
                 .lock()
@@ -312,7 +371,7 @@ fn local_partitions(view: &NodeView) -> BTreeMap<(String, u32), (ActorEntry, Val
         .into_iter()
         .filter_map(|e| match &e.state {
             Some(PublishedState::Partition(g)) => {
-                let state = partition_state(g);
+                let state = partition_state(g, view.node_id);
                 Some(((g.topic.clone(), g.partition), (e, state)))
             }
             _ => None,
@@ -349,6 +408,9 @@ fn partition_view(
                 "events_in",
                 "bytes_out",
                 "events_out",
+                "role",
+                "in_isr",
+                "followers",
             ] {
                 body[key] = state[key].clone();
             }
@@ -482,7 +544,8 @@ pub fn cluster(view: &NodeView) -> Value {
         .and_then(|(_, freshness)| freshness.age())
         .map(|a| a.as_millis() as u64);
     // Every partition's placement from the image, grouped by topic: what `vltava cluster
-    // describe` shows, without the local log fields `/partitions` adds.
+    // describe` shows, with this node's replica of it (`replica`, null where it holds none).
+    let local = local_partitions(view);
     let topics: Vec<Value> = image
         .topics
         .iter()
@@ -492,12 +555,35 @@ pub fn cluster(view: &NodeView) -> Value {
                 .iter()
                 .enumerate()
                 .map(|(index, p)| {
+                    let replica = local
+                        .get(&(name.clone(), index as u32))
+                        .map(|(entry, state)| {
+                            let mut replica = json!({
+                                "node_id": view.node_id,
+                                "actor": entry.id,
+                                "status": entry.status.name(),
+                            });
+                            for key in [
+                                "role",
+                                "leader_epoch",
+                                "log_end_offset",
+                                "flushed_offset",
+                                "high_watermark",
+                                "in_isr",
+                                "isr",
+                                "followers",
+                            ] {
+                                replica[key] = state[key].clone();
+                            }
+                            replica
+                        });
                     json!({
                         "partition": index,
                         "leader": p.leader,
                         "leader_epoch": p.leader_epoch,
                         "replicas": p.replicas,
                         "isr": p.isr,
+                        "replica": replica,
                     })
                 })
                 .collect();

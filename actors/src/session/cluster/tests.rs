@@ -2,11 +2,14 @@
 //! the Raft section only on a quorum member.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use vltava_messages::protocol::{DescribeClusterRequest, ErrorCode};
 
-use super::{ListingBounds, describe_cluster};
+use super::{LedPartitions, ListingBounds, describe_cluster};
+use crate::directory::{FollowerGauges, PartitionGauges, ReplicaRole, ReplicationGauges};
 use crate::metadata::raft::{RaftRole, RaftStatus};
 use crate::metadata::{MetadataImage, NodeImage, PartitionImage, TopicImage};
 
@@ -77,6 +80,7 @@ fn lists_the_cluster_every_node_and_every_topic_in_name_order() {
         &image(),
         Some(status()),
         &HashMap::new(),
+        &LedPartitions::new(),
         &DescribeClusterRequest::default(),
         ListingBounds::WIRE,
     );
@@ -121,6 +125,7 @@ fn a_node_outside_a_quorum_has_no_raft_section() {
         &image(),
         None,
         &HashMap::new(),
+        &LedPartitions::new(),
         &DescribeClusterRequest::default(),
         ListingBounds::WIRE,
     );
@@ -138,6 +143,7 @@ fn named_topics_come_in_request_order_and_unknown_ones_say_so() {
         &image(),
         None,
         &HashMap::new(),
+        &LedPartitions::new(),
         &request,
         ListingBounds::WIRE,
     );
@@ -150,6 +156,7 @@ fn named_topics_come_in_request_order_and_unknown_ones_say_so() {
         &image(),
         None,
         &HashMap::new(),
+        &LedPartitions::new(),
         &DescribeClusterRequest {
             topics: Some(Vec::new()),
         },
@@ -166,12 +173,14 @@ fn the_listing_stops_before_the_topic_that_would_pass_the_partition_bound() {
     let bounds = ListingBounds {
         topics_max: 1024,
         partitions_max: 4,
+        statuses_max: 16,
     };
     let answer = describe_cluster(
         1,
         &image(),
         None,
         &HashMap::new(),
+        &LedPartitions::new(),
         &DescribeClusterRequest::default(),
         bounds,
     );
@@ -182,12 +191,14 @@ fn the_listing_stops_before_the_topic_that_would_pass_the_partition_bound() {
     let exact = ListingBounds {
         topics_max: 1024,
         partitions_max: 6,
+        statuses_max: 16,
     };
     let answer = describe_cluster(
         1,
         &image(),
         None,
         &HashMap::new(),
+        &LedPartitions::new(),
         &DescribeClusterRequest::default(),
         exact,
     );
@@ -200,12 +211,14 @@ fn the_listing_stops_at_the_topic_bound() {
     let bounds = ListingBounds {
         topics_max: 2,
         partitions_max: 1000,
+        statuses_max: 16,
     };
     let answer = describe_cluster(
         1,
         &image(),
         None,
         &HashMap::new(),
+        &LedPartitions::new(),
         &DescribeClusterRequest::default(),
         bounds,
     );
@@ -225,6 +238,7 @@ fn fenced_nodes_are_marked_and_lease_ages_given() {
         &image,
         None,
         &ages,
+        &LedPartitions::new(),
         &DescribeClusterRequest::default(),
         ListingBounds::WIRE,
     );
@@ -256,4 +270,106 @@ fn fenced_nodes_are_marked_and_lease_ages_given() {
             .any(|p| p.leader.is_none()),
         "some partition was led by node 3"
     );
+}
+
+/// A partition this node leads as published by its replica: node 1 leads `b`-0 with
+/// followers 2 (in sync, caught up) and 3 (out of the ISR, 40 offsets behind).
+fn led_b0() -> LedPartitions {
+    let gauges = PartitionGauges {
+        topic: "b".into(),
+        partition: 0,
+        ..PartitionGauges::default()
+    };
+    gauges.log_end_offset.store(100, Ordering::Relaxed);
+    gauges.high_watermark.store(100, Ordering::Relaxed);
+    gauges.flushed_offset.store(90, Ordering::Relaxed);
+    gauges.leader_epoch.store(4, Ordering::Relaxed);
+    gauges
+        .role
+        .store(ReplicaRole::Leader as u8, Ordering::Relaxed);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    *gauges.replication.lock().expect("not poisoned") = ReplicationGauges {
+        leader: Some(1),
+        replicas: vec![1, 2, 3],
+        isr: vec![1, 2],
+        followers: vec![
+            FollowerGauges {
+                node_id: 2,
+                log_end_offset: Some(100),
+                flushed_offset: Some(100),
+                lag_offsets: Some(0),
+                last_caught_up_ms: now_ms,
+            },
+            FollowerGauges {
+                node_id: 3,
+                log_end_offset: Some(60),
+                flushed_offset: Some(50),
+                lag_offsets: Some(40),
+                last_caught_up_ms: now_ms - 60_000,
+            },
+        ],
+        published_at_ms: now_ms,
+    };
+    BTreeMap::from([(("b".to_owned(), 0), Arc::new(gauges))])
+}
+
+/// The partitions this node leads get a replica status with each follower's ISR membership
+/// and lag; other partitions get none.
+#[test]
+fn led_partitions_get_their_followers_lag() {
+    let answer = describe_cluster(
+        1,
+        &image(),
+        None,
+        &HashMap::new(),
+        &led_b0(),
+        &DescribeClusterRequest::default(),
+        ListingBounds::WIRE,
+    );
+    let listing = answer.replica_status.expect("node 1 leads b-0");
+    assert_eq!(listing.partitions.len(), 1);
+    assert_eq!(listing.partitions_omitted, None);
+    let status = &listing.partitions[0];
+    assert_eq!((status.topic.as_str(), status.partition.0), ("b", 0));
+    assert_eq!(status.leader_epoch.0, 4);
+    assert_eq!(
+        (
+            status.log_end_offset.0,
+            status.high_watermark.0,
+            status.flushed_offset.0
+        ),
+        (100, 100, 90)
+    );
+    let followers: Vec<(u32, bool, Option<u64>)> = status
+        .followers
+        .iter()
+        .map(|f| (f.node_id.0, f.in_sync, f.lag_offsets))
+        .collect();
+    assert_eq!(followers, [(2, true, Some(0)), (3, false, Some(40))]);
+    assert!(status.followers[0].lag_ms < 60_000);
+    assert!(status.followers[1].lag_ms >= 60_000);
+}
+
+/// Past the status bound the rest of the led partitions are counted, not listed.
+#[test]
+fn replica_statuses_stop_at_their_bound() {
+    let bounds = ListingBounds {
+        statuses_max: 0,
+        ..ListingBounds::WIRE
+    };
+    let answer = describe_cluster(
+        1,
+        &image(),
+        None,
+        &HashMap::new(),
+        &led_b0(),
+        &DescribeClusterRequest::default(),
+        bounds,
+    );
+    let listing = answer.replica_status.expect("a count of those left out");
+    assert!(listing.partitions.is_empty());
+    assert_eq!(listing.partitions_omitted, Some(1));
 }
