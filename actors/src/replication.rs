@@ -527,7 +527,9 @@ pub async fn serve_replica_fetch(
 ) -> ReplicaFetchResponse {
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(u64::from(request.max_wait_ms)).min(REPLICA_FETCH_WAIT * 4);
-    let mut log_ends: Vec<watch::Receiver<Offset>> = Vec::new();
+    // Each partition's log-end watch with the follower's fetch offset: the wait ends when a
+    // log end passes its fetch offset, i.e. when there is something to answer.
+    let mut log_ends: Vec<(watch::Receiver<Offset>, Offset)> = Vec::new();
     let mut first = true;
     loop {
         let response = fetch_once(node_id, from, registry, &request, &mut log_ends, first).await;
@@ -539,15 +541,19 @@ pub async fn serve_replica_fetch(
         if any_data || log_ends.is_empty() || tokio::time::Instant::now() >= deadline {
             return response;
         }
-        // Long poll: until any partition's log end moves, or the deadline.
+        // Long poll: until any partition's log end passes the follower's fetch offset, or the
+        // deadline. Waiting for a log end *past the fetch offset* (not for any change of the
+        // watch: a clone of a receiver that never marked a value seen reports a change at once,
+        // which made this loop spin until the deadline on every idle fetch) ends the wait only
+        // when there is something to answer; a value already past it ends it at once.
         let moved = async {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
             let mut waits = tokio::task::JoinSet::new();
-            for watch in log_ends.iter().cloned() {
+            for (watch, fetch_offset) in log_ends.iter().cloned() {
                 let tx = tx.clone();
                 waits.spawn(async move {
                     let mut watch = watch;
-                    if watch.changed().await.is_ok() {
+                    if watch.wait_for(|end| *end > fetch_offset).await.is_ok() {
                         let _ = tx.try_send(());
                     }
                 });
@@ -566,7 +572,7 @@ async fn fetch_once(
     from: NodeId,
     registry: &PartitionRegistry,
     request: &ReplicaFetchRequest,
-    log_ends: &mut Vec<watch::Receiver<Offset>>,
+    log_ends: &mut Vec<(watch::Receiver<Offset>, Offset)>,
     first: bool,
 ) -> ReplicaFetchResponse {
     // One partition at a time, so the byte budget is spent exactly: each gets what is left
@@ -608,7 +614,7 @@ async fn fetch_once(
             }
         };
         if first {
-            log_ends.push(handle.log_end());
+            log_ends.push((handle.log_end(), p.fetch_offset));
         }
         let report = FollowerReport {
             follower: from,
