@@ -102,7 +102,9 @@ struct FollowerLag {
 #[derive(Debug)]
 struct Paced {
     rate: f64,
-    run: BenchRun,
+    /// The paced run, or why it failed (a rate the cluster could not hold: the run then
+    /// reports the lag it saw; see docs/benchmarks.md).
+    run: Result<BenchRun, String>,
     leader: u32,
     followers: Vec<FollowerLag>,
     /// Leader log end seen → leader high watermark seen at or past it.
@@ -201,11 +203,17 @@ fn one_repeat(rt: &Runtime, args: &Args, r: u32) -> anyhow::Result<Repeat> {
     println!("  RF 3, acks=1, 4 in flight: {}", rf3_one_4.line());
 
     let paced = paced(rt, args, &cluster, r, rf3_all_1.events_per_s / 2.0)?;
-    println!(
-        "  paced RF 3 acks=all at {:.0} events/s: {}",
-        paced.rate,
-        paced.run.line()
-    );
+    match &paced.run {
+        Ok(run) => println!(
+            "  paced RF 3 acks=all at {:.0} events/s: {}",
+            paced.rate,
+            run.line()
+        ),
+        Err(e) => println!(
+            "  paced RF 3 acks=all at {:.0} events/s FAILED: {e}",
+            paced.rate
+        ),
+    }
     for f in &paced.followers {
         println!(
             "    follower {} append lag {}; flushed lag {}; unmatched {}",
@@ -503,9 +511,10 @@ fn paced(
         let series = sampler
             .join()
             .map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
-        anyhow::Ok((run?, series))
+        anyhow::Ok((run, series))
     })?;
     let (run, series) = series;
+    let run = run.map_err(|e| format!("{e:#}"));
     let leader_series = &series[0];
     let lag_of = |node: u32, samples: &[Sample]| {
         let (append, unmatched) = lags(leader_series, samples, |s| s.log_end);
@@ -609,8 +618,16 @@ fn catch_up(
     .map(str::to_owned)
     .to_vec();
     let produced = bench(&leader_addr, &topic, &extra, &[leader_pid])?;
-    let (leader_end, _, _) =
-        offsets_of(cluster.node(leader), &topic).context("the leader lists the topic")?;
+    // The leader's gauges are published after the message that appended, which may be a
+    // moment after its acks=1 answer: wait until they show every event produced.
+    let leader_end = before_end + produced.events;
+    let deadline = Instant::now() + ISR_TIMEOUT;
+    while offsets_of(cluster.node(leader), &topic).is_none_or(|(end, _, _)| end < leader_end) {
+        if Instant::now() >= deadline {
+            bail!("the leader's log end did not reach {leader_end} within {ISR_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(args.sample_ms));
+    }
     let relaunched = Instant::now();
     let node = cluster.node_mut(follower);
     node.relaunch();
@@ -654,6 +671,9 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// Picks one run of a repeat.
+type RunOf = fn(&Repeat) -> &BenchRun;
+
 impl Report {
     pub fn print(&self) {
         println!(
@@ -663,13 +683,13 @@ impl Report {
             load_average()
         );
         let col = |f: &dyn Fn(&Repeat) -> f64| median(self.repeats.iter().map(f).collect());
-        let rows: [(&str, &dyn Fn(&Repeat) -> &BenchRun); 6] = [
-            ("single node acks=all 1 in flight", &|r| &r.single_all_1),
-            ("RF 3 acks=all 1 in flight", &|r| &r.rf3_all_1),
-            ("single node acks=all 4 in flight", &|r| &r.single_all_4),
-            ("RF 3 acks=all 4 in flight", &|r| &r.rf3_all_4),
-            ("RF 3 acks=1 1 in flight", &|r| &r.rf3_one_1),
-            ("RF 3 acks=1 4 in flight", &|r| &r.rf3_one_4),
+        let rows: [(&str, RunOf); 6] = [
+            ("single node acks=all 1 in flight", |r| &r.single_all_1),
+            ("RF 3 acks=all 1 in flight", |r| &r.rf3_all_1),
+            ("single node acks=all 4 in flight", |r| &r.single_all_4),
+            ("RF 3 acks=all 4 in flight", |r| &r.rf3_all_4),
+            ("RF 3 acks=1 1 in flight", |r| &r.rf3_one_1),
+            ("RF 3 acks=1 4 in flight", |r| &r.rf3_one_4),
         ];
         for (name, get) in rows {
             let runs: Vec<String> = self
@@ -721,11 +741,18 @@ impl Report {
         );
         for (i, r) in self.repeats.iter().enumerate() {
             let p = &r.paced;
-            println!(
-                "  repeat {i} paced at {:.0} events/s (4 in flight): achieved {:.0} events/s, \
-                 latency p50 {:.2} ms p99 {:.2} ms",
-                p.rate, p.run.events_per_s, p.run.latency_p50_ms, p.run.latency_p99_ms
-            );
+            match &p.run {
+                Ok(run) => println!(
+                    "  repeat {i} paced at {:.0} events/s (4 in flight): achieved {:.0} \
+                     events/s, latency p50 {:.2} ms p99 {:.2} ms, nodes CPU {:.1} s",
+                    p.rate,
+                    run.events_per_s,
+                    run.latency_p50_ms,
+                    run.latency_p99_ms,
+                    run.nodes_cpu_s
+                ),
+                Err(e) => println!("  repeat {i} paced at {:.0} events/s FAILED: {e}", p.rate),
+            }
             for f in &p.followers {
                 println!(
                     "    follower {}: append lag p50 {} p99 {}; flushed lag p50 {} p99 {} (n = {}, \
