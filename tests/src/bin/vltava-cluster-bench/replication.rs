@@ -46,6 +46,8 @@ const ISR_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a restarted follower may take to catch up before the run gives up: far above a
 /// gigabyte at the disk's pace.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
+/// How many times a run refused with "still opening" before it wrote anything is tried.
+const BENCH_ATTEMPTS_MAX: u32 = 20;
 
 /// One `vltava-bench produce` run.
 #[derive(Debug, Clone)]
@@ -373,6 +375,33 @@ fn offsets_of(node: &TestNode, topic: &str) -> Option<(u64, u64, u64)> {
 /// Runs `vltava-bench produce` with the fixed event shape and `extra`, and the CPU time of
 /// `pids` across it.
 fn bench(bootstrap: &str, topic: &str, extra: &[String], pids: &[u32]) -> anyhow::Result<BenchRun> {
+    // A new RF 3 topic whose replicas are all in the ISR and listed on every node has still
+    // answered "partition ... is still opening on this node" (LeaderNotAvailable, retriable)
+    // to the first produce; the raw producer does not retry, so the run is repeated while
+    // that is the only error and nothing was written.
+    let mut attempts = 0;
+    loop {
+        match bench_once(bootstrap, topic, extra, pids) {
+            Err(e)
+                if attempts < BENCH_ATTEMPTS_MAX
+                    && format!("{e:#}").contains("still opening")
+                    && !format!("{e:#}").contains("after writing") =>
+            {
+                attempts += 1;
+                println!("  (the leader was still opening {topic}; run again)");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn bench_once(
+    bootstrap: &str,
+    topic: &str,
+    extra: &[String],
+    pids: &[u32],
+) -> anyhow::Result<BenchRun> {
     check_interrupted()?;
     let binary = vltava_tests::bin_dir().join("vltava-bench");
     let cpu_before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
@@ -394,7 +423,11 @@ fn bench(bootstrap: &str, topic: &str, extra: &[String], pids: &[u32]) -> anyhow
         )
     })?;
     let produce = &report["produce"];
+    let nothing_written = produce["events"].as_u64() == Some(0);
     if produce["errors"].as_array().is_none_or(|e| !e.is_empty()) || !output.status.success() {
+        if !nothing_written {
+            bail!("vltava-bench {extra:?} failed after writing: {report}");
+        }
         bail!("vltava-bench {extra:?} failed: {report}");
     }
     let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
@@ -619,8 +652,13 @@ fn catch_up(
     .to_vec();
     let produced = bench(&leader_addr, &topic, &extra, &[leader_pid])?;
     // The leader's gauges are published after the message that appended, which may be a
-    // moment after its acks=1 answer: wait until they show every event produced.
-    let leader_end = before_end + produced.events;
+    // moment after its acks=1 answer: wait until they show every event produced (a refused
+    // attempt may have written some too, hence the maximum).
+    let leader_end = (before_end + produced.events).max(
+        offsets_of(cluster.node(leader), &topic)
+            .map(|(end, _, _)| end)
+            .unwrap_or(0),
+    );
     let deadline = Instant::now() + ISR_TIMEOUT;
     while offsets_of(cluster.node(leader), &topic).is_none_or(|(end, _, _)| end < leader_end) {
         if Instant::now() >= deadline {
