@@ -11,6 +11,10 @@
 //!   acknowledgement until Metadata of nodes 2 and 3 both show it (polled every `--poll-ms`).
 //! - `throughput`: `--creations` one-partition topics by `--creators` concurrent creators,
 //!   through the controller and then (on a new cluster) through a node that forwards.
+//! - `replication` (issue 13; not part of `all`, as it takes minutes and gigabytes): RF 3
+//!   produce throughput (acks=all and acks=1), paced latency, replication lag and follower
+//!   catch-up, against a single node measured in the same run, with `vltava-bench` as the load
+//!   generator (see `replication`).
 //!
 //! The binaries come from `vltava_tests::bin_dir()`: the target directory's profile that this
 //! program was built with (so `cargo run --release` uses `target/release`), or
@@ -23,6 +27,7 @@
 
 mod failover;
 mod propagation;
+mod replication;
 mod stats;
 mod throughput;
 
@@ -63,6 +68,7 @@ enum Scenario {
     Failover,
     Propagation,
     Throughput,
+    Replication,
 }
 
 #[derive(Debug, Parser)]
@@ -100,6 +106,21 @@ struct Args {
     /// Throughput: concurrent creators, one connection each.
     #[arg(long, default_value_t = 8)]
     creators: u32,
+    /// Replication: how many times the whole scenario runs, each on a fresh cluster.
+    #[arg(long, default_value_t = 2)]
+    repeats: u32,
+    /// Replication: events of 1 KiB per throughput run.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Replication: how long the paced run lasts.
+    #[arg(long, default_value_t = 20)]
+    paced_s: u64,
+    /// Replication: events of 1 KiB produced while a follower is down.
+    #[arg(long, default_value_t = 1_000_000)]
+    catch_up_events: u64,
+    /// Replication: the period of the admin-endpoint sampler (lag) and of the catch-up poll.
+    #[arg(long, default_value_t = 10)]
+    sample_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -116,6 +137,8 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.rounds > 0 && args.topics > 0 && args.creations > 0);
     anyhow::ensure!(args.creators > 0, "--creators must be at least 1");
+    anyhow::ensure!(args.repeats > 0 && args.events > 0 && args.catch_up_events > 0);
+    anyhow::ensure!(args.paced_s > 0 && args.sample_ms > 0);
     // Two workers, as the machine the figures come from has two cores; the nodes compete
     // for the same cores, which the conditions in docs/benchmarks.md say.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -145,6 +168,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     if run_all || args.scenario == Scenario::Failover {
         let report = failover::run(&rt, args)?;
+        report.print();
+    }
+    if args.scenario == Scenario::Replication {
+        let report = replication::run(&rt, args)?;
         report.print();
     }
     println!("load average at end: {}", load_average());
