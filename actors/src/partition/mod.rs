@@ -1356,18 +1356,7 @@ impl Core {
                 let appended = self.log_mut().append_as_leader(&mut batch, epoch, now_ms());
                 match appended {
                     Ok(info) => {
-                        let g = &self.gauges;
-                        g.bytes_in.fetch_add(batch_bytes, Ordering::Relaxed);
-                        g.events_in.fetch_add(
-                            info.last_offset.0 - info.base_offset.0 + 1,
-                            Ordering::Relaxed,
-                        );
-                        if info.position == 0 {
-                            // The batch opened a new segment.
-                            self.publish_segments();
-                        } else {
-                            g.size_bytes.fetch_add(batch_bytes, Ordering::Relaxed);
-                        }
+                        self.count_append(batch_bytes, &info);
                         (info.base_offset, info.last_offset, info.log_append_time)
                     }
                     Err(e) => {
@@ -1706,18 +1695,7 @@ impl Core {
             match self.log_mut().append_as_follower(batch, now_ms()) {
                 Ok(info) => {
                     appended += 1;
-                    let g = &self.gauges;
-                    g.bytes_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    g.events_in.fetch_add(
-                        info.last_offset.0 - info.base_offset.0 + 1,
-                        Ordering::Relaxed,
-                    );
-                    if info.position == 0 {
-                        self.publish_segments();
-                    } else {
-                        g.size_bytes
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    }
+                    self.count_append(batch.len() as u64, &info);
                 }
                 Err(e) => {
                     tracing::warn!(partition = %self.args.id, error = %e, "a fetched batch was refused");
@@ -1746,6 +1724,22 @@ impl Core {
             let _ = reply.send(Ok(log));
         }
         Ok(())
+    }
+
+    /// Counts an appended batch (leader's or follower's) in the partition's gauges.
+    fn count_append(&self, batch_bytes: u64, info: &vltava_storage::AppendInfo) {
+        let g = &self.gauges;
+        g.bytes_in.fetch_add(batch_bytes, Ordering::Relaxed);
+        g.events_in.fetch_add(
+            info.last_offset.0 - info.base_offset.0 + 1,
+            Ordering::Relaxed,
+        );
+        if info.position == 0 {
+            // The batch opened a new segment.
+            self.publish_segments();
+        } else {
+            g.size_bytes.fetch_add(batch_bytes, Ordering::Relaxed);
+        }
     }
 
     /// Answers a held `ApplyFetched` once the flush reached its offsets.
