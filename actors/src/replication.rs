@@ -36,12 +36,12 @@ use vltava_messages::{LeaderEpoch, NodeId, Offset, PartitionId};
 
 use crate::directory::ActorDirectory;
 use crate::metadata::controller::ControllerHandle;
+use crate::partition::PartitionHandle;
 use crate::partition::replica_state::{
     CommittedIsr, EpochEndAnswer, FollowerReport, IsrAnswer, IsrProposal, LocalLog, PartitionEpoch,
 };
 use crate::partition::replication::ReplicaLinks;
 use crate::partition::supervisor::{PartitionRegistry, PartitionSlot};
-use crate::partition::{PartitionError, PartitionHandle};
 use crate::peer::{PeerChannel, PeerLinks, PeerRequest, PeerResponse};
 use crate::session::partition_error;
 
@@ -484,7 +484,7 @@ async fn apply_answers(
             match call.await {
                 Ok(Ok(log)) => next.log = log,
                 Ok(Err(e)) => {
-                    log_apply_error(&key, &e);
+                    tracing::info!(topic = %key.0, partition = key.1.0, error = %e, "fetched batches not applied");
                     next.leader_high_watermark = None;
                 }
                 Err(e) => {
@@ -492,16 +492,11 @@ async fn apply_answers(
                     next.leader_high_watermark = None;
                 }
             }
-        } else if next.leader_high_watermark.is_none() {
-            // Refused or gone: keep the same starting point.
         }
+        // Refused or gone: `next` keeps the same starting point.
         out.push((key, next));
     }
     out
-}
-
-fn log_apply_error(key: &PartitionKey, error: &PartitionError) {
-    tracing::info!(topic = %key.0, partition = key.1.0, error = %error, "fetched batches not applied");
 }
 
 /// The answer to one partition of a follower's fetch.

@@ -1440,26 +1440,19 @@ impl Core {
                 // replicated partition's leader is refused the same epoch (followers may have
                 // copied what the failed fsync lost) and waits for a new one.
                 self.flush_waiter = None;
+                // The assignment the old state held (the newest the applier gave), not the
+                // one the partition started with, which may be epochs old.
+                let assignment = self
+                    .replica
+                    .assignment()
+                    .cloned()
+                    .unwrap_or_else(|| self.args.assignment.clone());
                 self.replica = open_replica(&self.args, &log);
                 self.log = Some(log);
                 self.sync_high_watermark();
-                if let Some(assignment) = self.args_assignment() {
-                    self.assign(assignment)?;
-                }
-                Ok(())
+                self.assign(assignment)
             }
         }
-    }
-
-    /// The assignment the replica state holds (or, before any, the one the partition started
-    /// with).
-    fn args_assignment(&self) -> Option<Assignment> {
-        Some(
-            self.replica
-                .assignment()
-                .cloned()
-                .unwrap_or_else(|| self.args.assignment.clone()),
-        )
     }
 
     /// Makes the log's and the watch's high watermark the replica state's.
