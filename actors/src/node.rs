@@ -764,6 +764,7 @@ async fn join_cluster(
         publish,
         producer_ids,
         applier,
+        freshness.clone(),
     ));
     // Renewals start before the node registers, so the controller has heard from it by the
     // time it appears in the metadata.
@@ -779,6 +780,7 @@ async fn join_cluster(
         member.raft.clone(),
         node_id,
         leases.clone(),
+        links.clone(),
         controller.clone(),
     ));
     retry_while_electing("register with the controller", || {

@@ -78,7 +78,12 @@ impl ClientError {
             )
         ) || matches!(
             self,
-            ClientError::ConnectionLost(_) | ClientError::Connect { .. }
+            // A request that timed out may have gone to a leader that is paused or cut off
+            // while the cluster moved its partitions: the metadata says where they went.
+            ClientError::ConnectionLost(_)
+                | ClientError::Connect { .. }
+                | ClientError::Timeout(_)
+                | ClientError::NoNodeAvailable(_)
         )
     }
 }

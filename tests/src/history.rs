@@ -566,6 +566,18 @@ impl History {
         });
     }
 
+    /// How many writes to `topic`-`partition` were acknowledged so far: a test waits on it to
+    /// see producers carry on after a fault.
+    #[must_use]
+    pub fn acknowledged_count(&self, topic: &str, partition: PartitionId) -> usize {
+        let wanted = at(topic, partition);
+        self.lock()
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Acknowledged { at, .. } if *at == wanted))
+            .count()
+    }
+
     /// A write sent whose outcome is unknown (a timeout): it may be absent, or present at one
     /// offset.
     pub fn attempted(&self, topic: &str, partition: PartitionId, key: &[u8], value: &[u8]) {

@@ -25,7 +25,7 @@
 //! is compared across nodes. A node counts its freshness from when it *sent* the renewal
 //! that was granted, which is never later than when the controller granted it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,7 @@ use vltava_messages::peer::{LeaseRenewRequest, LeaseRenewResponse};
 
 use crate::metadata::MetadataImage;
 use crate::metadata::controller::ControllerHandle;
+use crate::metadata::failover;
 pub use crate::metadata::freshness::{LeaseTable, MetadataFreshness};
 use crate::metadata::raft::{MetadataRaft, vltava_node_id};
 use crate::peer::{PeerChannel, PeerLinks, PeerRequest, PeerResponse};
@@ -139,7 +140,23 @@ pub async fn renew_leases(
                     )
                     .await
                 {
-                    Ok(PeerResponse::LeaseRenew(answer)) if answer.granted => Ok(()),
+                    // The grant vouches for this node's image only once the node applied
+                    // what the controller had committed when it answered: a leader that was
+                    // paused and moved away must not take its partitions for its own again
+                    // between the grant and the image that moves them.
+                    Ok(PeerResponse::LeaseRenew(answer)) if answer.granted => {
+                        if freshness
+                            .until_applied(answer.metadata_version, NODE_LEASE_TIMEOUT)
+                            .await
+                        {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "the grant needs metadata version {} applied, and it was not within a lease",
+                                answer.metadata_version
+                            ))
+                        }
+                    }
                     Ok(PeerResponse::LeaseRenew(answer)) => Err(format!(
                         "node {leader} did not grant the lease (it names controller {:?})",
                         answer.controller_id
@@ -173,12 +190,19 @@ pub async fn renew_leases(
 /// nodes to unfence. `granted_at` is when this node became the controller and `first_seen`
 /// when it first saw each node in the image: an unfenced node's lease runs at least from the
 /// later of the two, so neither an election nor a node's registration fences it at once.
+///
+/// `gone` is the fast path: nodes whose peer link found their process gone (a dropped
+/// connection, then a refused dial), with since when. Such a node is fenced at once, without
+/// waiting out its lease, unless it renewed since (it restarted and is back). Nothing
+/// else is taken as a sign of death: a paused or cut-off node is left to its lease, since it
+/// may still believe it leads (see ARCHITECTURE.md, "Leader leases").
 #[must_use]
 pub fn fencing_decisions(
     image: &MetadataImage,
     table: &LeaseTable,
     granted_at: Instant,
     first_seen: &HashMap<u32, Instant>,
+    gone: &BTreeMap<u32, Instant>,
     now: Instant,
     timeout: Duration,
 ) -> (Vec<u32>, Vec<u32>) {
@@ -186,11 +210,15 @@ pub fn fencing_decisions(
     let mut unfence = Vec::new();
     for node in image.nodes.values() {
         let renewed = table.last_renewed(node.node_id);
+        let gone_since = gone.get(&node.node_id).copied();
         if node.fenced {
             // Only a real renewal within a lease unfences: the grant at election does not.
-            if renewed
-                .is_some_and(|at| at >= granted_at && now.saturating_duration_since(at) < timeout)
-            {
+            // A node found gone stays fenced until it renews after that was seen.
+            if renewed.is_some_and(|at| {
+                at >= granted_at
+                    && now.saturating_duration_since(at) < timeout
+                    && gone_since.is_none_or(|gone| at > gone)
+            }) {
                 unfence.push(node.node_id);
             }
         } else {
@@ -198,7 +226,8 @@ pub fn fencing_decisions(
             let since = renewed
                 .map_or(granted_at, |at| at.max(granted_at))
                 .max(seen);
-            if now.saturating_duration_since(since) >= timeout {
+            let found_gone = gone_since.is_some_and(|gone| renewed.is_none_or(|at| at < gone));
+            if found_gone || now.saturating_duration_since(since) >= timeout {
                 fence.push(node.node_id);
             }
         }
@@ -212,12 +241,14 @@ pub async fn supervise_leases(
     raft: MetadataRaft,
     node_id: u32,
     table: LeaseTable,
+    links: PeerLinks,
     controller: ControllerHandle,
 ) {
     let image = controller.image();
     // The term in which this node leads, and when it saw itself elected in it.
     let mut leading: Option<(u64, Instant)> = None;
     let mut first_seen: HashMap<u32, Instant> = HashMap::new();
+    let mut checked_version: Option<u64> = None;
     let mut interval = tokio::time::interval(LEASE_CHECK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -256,10 +287,18 @@ pub async fn supervise_leases(
             &table,
             granted_at,
             &first_seen,
+            &links.gone(),
             now,
             NODE_LEASE_TIMEOUT,
         );
-        if fence.is_empty() && unfence.is_empty() {
+        // With no fencing change there may still be leadership to mend, on an image no
+        // fencing commit decided (one written by a version without failover, or a topic
+        // whose unclean-election setting changed while it had no leader). Looked at once
+        // per image version: the decision reads nothing else.
+        let mend =
+            checked_version != Some(snapshot.version) && !failover::decide(&snapshot).is_empty();
+        checked_version = Some(snapshot.version);
+        if fence.is_empty() && unfence.is_empty() && !mend {
             continue;
         }
         if let Err(e) = controller.set_fencing(fence, unfence).await {
@@ -305,7 +344,15 @@ mod tests {
         // Nobody renewed with this controller yet: still within the granted lease.
         let just_before = elected + LEASE - Duration::from_millis(1);
         assert_eq!(
-            fencing_decisions(&image, &table, elected, &seen, just_before, LEASE),
+            fencing_decisions(
+                &image,
+                &table,
+                elected,
+                &seen,
+                &BTreeMap::new(),
+                just_before,
+                LEASE
+            ),
             (vec![], vec![])
         );
         // Node 1 renewed meanwhile; node 2 never did: only node 2 is fenced once the grant
@@ -313,7 +360,15 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         table.renew(1);
         assert_eq!(
-            fencing_decisions(&image, &table, elected, &seen, elected + LEASE, LEASE),
+            fencing_decisions(
+                &image,
+                &table,
+                elected,
+                &seen,
+                &BTreeMap::new(),
+                elected + LEASE,
+                LEASE
+            ),
             (vec![2], vec![])
         );
     }
@@ -331,13 +386,22 @@ mod tests {
                 &table,
                 elected,
                 &seen,
+                &BTreeMap::new(),
                 registered + LEASE / 2,
                 LEASE
             ),
             (vec![], vec![])
         );
         assert_eq!(
-            fencing_decisions(&image, &table, elected, &seen, registered + LEASE, LEASE),
+            fencing_decisions(
+                &image,
+                &table,
+                elected,
+                &seen,
+                &BTreeMap::new(),
+                registered + LEASE,
+                LEASE
+            ),
             (vec![3], vec![])
         );
     }
@@ -350,19 +414,109 @@ mod tests {
         let image = image(&[(2, true)]);
         // Fenced before this controller: the election's grant does not unfence it.
         assert_eq!(
-            fencing_decisions(&image, &table, elected, &seen, elected, LEASE),
+            fencing_decisions(
+                &image,
+                &table,
+                elected,
+                &seen,
+                &BTreeMap::new(),
+                elected,
+                LEASE
+            ),
             (vec![], vec![])
         );
         tokio::time::advance(Duration::from_millis(500)).await;
         table.renew(2);
         let renewed = Instant::now();
         assert_eq!(
-            fencing_decisions(&image, &table, elected, &seen, renewed, LEASE),
+            fencing_decisions(
+                &image,
+                &table,
+                elected,
+                &seen,
+                &BTreeMap::new(),
+                renewed,
+                LEASE
+            ),
             (vec![], vec![2])
         );
         // A renewal older than a lease is no reason to unfence.
         assert_eq!(
-            fencing_decisions(&image, &table, elected, &seen, renewed + LEASE, LEASE),
+            fencing_decisions(
+                &image,
+                &table,
+                elected,
+                &seen,
+                &BTreeMap::new(),
+                renewed + LEASE,
+                LEASE
+            ),
+            (vec![], vec![])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_found_gone_is_fenced_at_once_until_it_renews_again() {
+        let table = LeaseTable::default();
+        let elected = Instant::now();
+        let seen = HashMap::from([(1, elected), (2, elected)]);
+        table.renew(1);
+        table.renew(2);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let gone = BTreeMap::from([(2, Instant::now())]);
+        let now = Instant::now();
+        // Well within its lease, node 2 is fenced because its process is gone.
+        assert_eq!(
+            fencing_decisions(
+                &image(&[(1, false), (2, false)]),
+                &table,
+                elected,
+                &seen,
+                &gone,
+                now,
+                LEASE
+            ),
+            (vec![2], vec![])
+        );
+        // Its renewal from before it went is no reason to unfence it.
+        assert_eq!(
+            fencing_decisions(
+                &image(&[(1, false), (2, true)]),
+                &table,
+                elected,
+                &seen,
+                &gone,
+                now,
+                LEASE
+            ),
+            (vec![], vec![])
+        );
+        // It restarted and renewed (the link has not redialled yet): unfenced, not fenced.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        table.renew(2);
+        let now = Instant::now();
+        assert_eq!(
+            fencing_decisions(
+                &image(&[(1, false), (2, true)]),
+                &table,
+                elected,
+                &seen,
+                &gone,
+                now,
+                LEASE
+            ),
+            (vec![], vec![2])
+        );
+        assert_eq!(
+            fencing_decisions(
+                &image(&[(1, false), (2, false)]),
+                &table,
+                elected,
+                &seen,
+                &gone,
+                now,
+                LEASE
+            ),
             (vec![], vec![])
         );
     }

@@ -44,6 +44,7 @@ use crate::applier::ApplierHandle;
 use crate::groups::offsets::{RemoteOffsets, RemoteOffsetsError, RemoteOffsetsFuture, serve_local};
 use crate::metadata::MetadataImage;
 use crate::metadata::controller::{ControllerError, ControllerHandle, Forwarder, Route};
+use crate::metadata::freshness::MetadataFreshness;
 use crate::metadata::producer_ids::ProducerRegistry;
 use crate::metadata::raft::{MetadataRaft, RaftPeerService, raft_node_id, vltava_node_id};
 use crate::partition::supervisor::PartitionRegistry;
@@ -381,6 +382,7 @@ pub async fn publish_images(
     publish: watch::Sender<Arc<MetadataImage>>,
     producer_ids: ProducerRegistry,
     applier: ApplierHandle,
+    freshness: MetadataFreshness,
 ) {
     // The server metrics change only with the vote, the leader or the membership, not with
     // every heartbeat as the full metrics do.
@@ -407,7 +409,9 @@ pub async fn publish_images(
                 shared.producers.reserved_end,
             );
             publish.send_replace(Arc::clone(&shared));
+            let version = shared.version;
             applier.apply(shared).await;
+            freshness.applied(version);
         }
         tokio::select! {
             changed = committed.changed() => if changed.is_err() { return },

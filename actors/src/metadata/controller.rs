@@ -35,6 +35,7 @@ use vltava_messages::{ProducerEpoch, ProducerId};
 use crate::directory::{ActorDirectory, ActorKind, ActorStats};
 use crate::metadata::ImageApplier;
 use crate::metadata::elections::{self, Election};
+use crate::metadata::failover;
 use crate::metadata::producer_ids::{self, ProducerIdError, ProducerRegistry};
 use crate::metadata::topic_config::{self, TopicConfigError};
 use crate::metadata::{MetadataError, MetadataImage, MetadataLog};
@@ -1682,6 +1683,19 @@ impl<L: MetadataLog> ControllerState<L> {
                 records.push(MetadataRecord::NodeUnfenced { node_id: *node_id });
             }
         }
+        // Leadership and ISRs follow the fencing in the same commit, so no committed image
+        // has a partition led by a fenced node (a controller that fails over mid-way leaves
+        // nothing half-done); with no fencing change this finishes what an earlier
+        // controller's commit may have left (`failover` module doc).
+        let mut fenced = self.image.clone();
+        for record in &records {
+            fenced.apply(record);
+        }
+        let moves = failover::decide(&fenced);
+        if !moves.is_empty() {
+            tracing::info!(moves = ?moves, "committing leadership and ISR changes for fenced nodes");
+        }
+        records.extend(moves);
         if records.is_empty() {
             return Ok(());
         }

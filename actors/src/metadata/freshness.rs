@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How long a node's lease lasts after a renewal: the controller fences a node it has not
@@ -17,11 +18,27 @@ use tokio::time::Instant;
 /// within about two seconds.
 pub const NODE_LEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How much sooner than the controller a partition leader takes its own lease for lapsed
+/// ([`MetadataFreshness::check_leader`]). The node counts its lease from when it *sent* the
+/// renewal the controller granted, and the controller fences it a whole lease after it
+/// *received* the last one, so the node's count already ends first; the margin adds room for
+/// the two monotonic clocks running at slightly different rates and for the scheduling
+/// delay between the check and the append it guards. ARCHITECTURE.md ("Leader leases")
+/// gives the whole argument.
+pub const LEADER_LEASE_MARGIN: Duration = Duration::from_millis(250);
+
+const _: () = assert!(LEADER_LEASE_MARGIN.as_nanos() * 4 < NODE_LEASE_TIMEOUT.as_nanos());
+
 /// When this node's lease was last granted: whether its metadata is fresh.
 #[derive(Clone, Debug)]
 pub struct MetadataFreshness {
     granted: Arc<Mutex<Option<Instant>>>,
     timeout: Duration,
+    /// The version of the newest image this node has applied (its partitions took their
+    /// roles from it): a renewal is taken as granted only once this reaches the version the
+    /// controller held when it granted it, so a lease never vouches for an image older than
+    /// the controller's decisions up to then (`until_applied`).
+    applied: Arc<watch::Sender<u64>>,
 }
 
 impl Default for MetadataFreshness {
@@ -36,7 +53,28 @@ impl MetadataFreshness {
         MetadataFreshness {
             granted: Arc::new(Mutex::new(None)),
             timeout,
+            applied: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// The node applied the image of `version`.
+    pub fn applied(&self, version: u64) {
+        self.applied.send_if_modified(|applied| {
+            let newer = version > *applied;
+            if newer {
+                *applied = version;
+            }
+            newer
+        });
+    }
+
+    /// Waits until the node applied an image of at least `version`, at most `bound`; whether
+    /// it did.
+    pub async fn until_applied(&self, version: u64, bound: Duration) -> bool {
+        let mut applied = self.applied.subscribe();
+        tokio::time::timeout(bound, applied.wait_for(|v| *v >= version))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// A renewal sent at `sent_at` was granted.
@@ -66,6 +104,23 @@ impl MetadataFreshness {
                 age.as_millis()
             )),
             None => Err("this node has not heard from the controller yet".to_owned()),
+        }
+    }
+}
+
+impl MetadataFreshness {
+    /// Whether this node may still act as a partition leader: its lease has at least
+    /// [`LEADER_LEASE_MARGIN`] left, so the controller cannot have fenced it and moved its
+    /// partitions yet. `Err` says why not, for the retriable `NotLeader` a producer gets.
+    pub fn check_leader(&self) -> Result<(), String> {
+        let within = self.timeout.saturating_sub(LEADER_LEASE_MARGIN);
+        match self.age() {
+            Some(age) if age <= within => Ok(()),
+            Some(age) => Err(format!(
+                "this node's lease with the controller may have run out ({} ms since it was granted): it does not lead until it renews",
+                age.as_millis()
+            )),
+            None => Err("this node holds no lease with the controller yet".to_owned()),
         }
     }
 }

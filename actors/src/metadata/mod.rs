@@ -12,6 +12,8 @@
 //!   a new image (the MetadataApplier, outside this folder, implements it).
 //! - `elections`: the controller's decision on ElectLeaders (who may lead, what is committed),
 //!   sans IO, with why a move to an in-sync replica loses nothing acknowledged.
+//! - `failover`: the controller's supervision of leadership when nodes are fenced (new
+//!   leaders from the ISR, ISRs without fenced nodes), sans IO.
 //! - `topic_config`: topic config keys, their checks and effective values.
 //! - `producer_ids`: producer-id blocks and epochs, and the node-wide registry partitions
 //!   check idempotent batches against.
@@ -24,6 +26,7 @@
 
 pub mod controller;
 pub mod elections;
+pub mod failover;
 pub mod freshness;
 mod image;
 mod log;

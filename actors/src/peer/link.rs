@@ -409,6 +409,8 @@ impl ChannelTask {
         let timings = self.config.timings;
         // Failed attempts since the last connection that worked, for the back-off.
         let mut failures: u32 = 0;
+        // Once a connection has been up, every later attempt follows a drop: a dial refused
+        // then means the peer's process is gone (`PeerLinkGauges::gone_since`).
         let mut connected_before = false;
         // Whether the current outage has been logged at INFO (later attempts log at DEBUG).
         let mut outage_logged = false;
@@ -426,6 +428,7 @@ impl ChannelTask {
                     }
                     connected_before = true;
                     failures = 0;
+                    self.gauges.clear_gone();
                     self.gauges.clear_refusal();
                     self.gauges.channel(self.channel).set_fault(None);
                     self.set_state(ChannelState::Connected);
@@ -457,6 +460,14 @@ impl ChannelTask {
                 }
                 Err(Attempt::Failed(fault)) => {
                     self.gauges.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    if connected_before
+                        && matches!(&fault, LinkFault::Connect { source } if source.kind() == std::io::ErrorKind::ConnectionRefused)
+                    {
+                        if self.gauges.gone_since().is_none() {
+                            tracing::info!(link = %self.id, address = %self.address, "peer is gone: its connection dropped and nothing listens on its port");
+                        }
+                        self.gauges.mark_gone();
+                    }
                     failures = failures.saturating_add(1);
                     if outage_logged {
                         tracing::debug!(link = %self.id, channel = %self.channel, %fault, failures, "peer connection attempt failed");

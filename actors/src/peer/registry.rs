@@ -77,6 +77,16 @@ impl PeerLinks {
             .collect()
     }
 
+    /// Every member whose process is known gone, with since when
+    /// ([`PeerLinkGauges::gone_since`](super::state::PeerLinkGauges::gone_since)).
+    #[must_use]
+    pub fn gone(&self) -> BTreeMap<u32, tokio::time::Instant> {
+        self.links()
+            .iter()
+            .filter_map(|(node, link)| link.gauges().gone_since().map(|at| (node.0, at)))
+            .collect()
+    }
+
     /// Calls `node` through its link.
     ///
     /// # Errors

@@ -131,6 +131,9 @@ pub struct PeerLinkGauges {
     last_error: Mutex<Option<String>>,
     refusal: Mutex<Option<Refusal>>,
     rtt: Mutex<Option<Duration>>,
+    /// Since when the peer's process is known gone: a connection to it dropped and dialling
+    /// it again was refused (nothing listens on its port). `None` while it may be alive.
+    gone_since: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl PeerLinkGauges {
@@ -146,7 +149,25 @@ impl PeerLinkGauges {
             last_error: Mutex::new(None),
             refusal: Mutex::new(None),
             rtt: Mutex::new(None),
+            gone_since: Mutex::new(None),
         }
+    }
+
+    /// Since when the peer's process is known gone: one of the link's connections to it
+    /// dropped, and dialling again found nothing listening (connection refused). A single
+    /// reset or a timeout does not count: a paused or cut-off node is not known gone, and
+    /// is left to its lease. Cleared when a connection to it is established again.
+    #[must_use]
+    pub fn gone_since(&self) -> Option<tokio::time::Instant> {
+        *lock(&self.gone_since)
+    }
+
+    pub(crate) fn mark_gone(&self) {
+        lock(&self.gone_since).get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    pub(crate) fn clear_gone(&self) {
+        *lock(&self.gone_since) = None;
     }
 
     pub(crate) fn channel(&self, channel: PeerChannel) -> &ChannelGauges {

@@ -179,6 +179,18 @@ pub(super) fn produce(
 ) -> Answer {
     let acks = request.acks;
     let deadline = Instant::now() + Duration::from_millis(u64::from(request.timeout_ms.max(1)));
+    // A cluster node leads its partitions only while its lease with the controller holds:
+    // checked before anything is appended and again before a write is acknowledged, so a
+    // node that was paused or cut off past its lease never acknowledges once the controller
+    // may have moved its partitions (ARCHITECTURE.md, "Leader leases").
+    let lease = services.freshness.clone();
+    let lease_lapsed = move || {
+        lease
+            .as_ref()
+            .and_then(|f| f.check_leader().err())
+            .map(|reason| ResponseError::not_leader(None, reason))
+    };
+    let lapsed_before = lease_lapsed();
     // Queue every batch at its partition now, in the order they came.
     let mut slots: Vec<(String, Vec<(PartitionId, ProduceSlot)>)> =
         Vec::with_capacity(request.topics.len());
@@ -195,7 +207,9 @@ pub(super) fn produce(
             } else {
                 Ok(())
             };
-            let routed = internal.and_then(|()| route(services, &name, p.partition));
+            let routed = internal
+                .and_then(|()| lapsed_before.clone().map_or(Ok(()), Err))
+                .and_then(|()| route(services, &name, p.partition));
             let slot = match routed.and_then(|handle| {
                 let batches = split_batches(p.records)?;
                 let mut pending = Vec::with_capacity(batches.len());
@@ -241,7 +255,7 @@ pub(super) fn produce(
                         }
                         match (failure, first) {
                             (Some(error), _) => Err(error),
-                            (None, Some(ok)) => Ok(ok),
+                            (None, Some(ok)) => lease_lapsed().map_or(Ok(ok), Err),
                             (None, None) => Err(ResponseError::new(
                                 ErrorCode::CorruptBatch,
                                 "no record batch",

@@ -25,8 +25,10 @@ use super::{DEFAULT_PARTITIONS, NodeServices, controller_error};
 // ---- metadata ----
 
 /// A topic's partitions as Metadata and DescribeTopics answer them. A partition whose leader
-/// is fenced (its node stopped renewing its lease) has no leader to send clients to: it is
-/// answered without one, with the retriable `LeaderNotAvailable`.
+/// is fenced (its node stopped renewing its lease, and the controller has not moved it yet)
+/// or that has no leader (every in-sync replica is fenced, and it waits for one to return)
+/// has no leader to send clients to: it is answered without one, with the retriable
+/// `LeaderNotAvailable`.
 pub(super) fn partition_metadata(
     image: &MetadataImage,
     topic: &crate::metadata::TopicImage,
@@ -37,14 +39,17 @@ pub(super) fn partition_metadata(
         .enumerate()
         .map(|(i, p)| {
             let fenced = p.leader.filter(|l| !image.is_live(*l));
+            let error = match (p.leader, fenced) {
+                (_, Some(l)) => Some(format!("the leader, node {l}, is fenced")),
+                (None, _) if !p.replicas.is_empty() => Some(format!(
+                    "no leader: every in-sync replica ({:?}) is fenced; the partition waits for one to return",
+                    p.isr
+                )),
+                _ => None,
+            };
             PartitionMetadata {
                 partition: PartitionId(i as u32),
-                error: fenced.map(|l| {
-                    ResponseError::new(
-                        ErrorCode::LeaderNotAvailable,
-                        format!("the leader, node {l}, is fenced"),
-                    )
-                }),
+                error: error.map(|m| ResponseError::new(ErrorCode::LeaderNotAvailable, m)),
                 leader: p.leader.filter(|_| fenced.is_none()).map(NodeId),
                 leader_epoch: LeaderEpoch(p.leader_epoch),
                 replicas: p.replicas.iter().copied().map(NodeId).collect(),

@@ -22,6 +22,7 @@ use vltava_tests::history::{CheckOptions, History, unique_value};
 use vltava_tests::{binary, eventually};
 
 mod elect;
+mod failover;
 mod observe;
 mod peer_input;
 mod replication;

@@ -1,0 +1,245 @@
+//! The controller's supervision of partition leadership when nodes fail (issue 14), sans IO:
+//! from a committed image (with the fencing decisions of the same commit already applied),
+//! the `PartitionChange` records that leave no partition led by a fenced node and no fenced
+//! node in an ISR it could hold back.
+//!
+//! # Rules, per placed partition
+//! 1. **The ISR loses its fenced members**, unless that would leave it empty: then it stays
+//!    as it was. Every member of a committed ISR holds every acknowledged write (the leader
+//!    computes the high watermark over a superset of the committed ISR: `elections` says
+//!    why), so the last members are exactly the nodes that may lead again without losing
+//!    anything; the partition waits for one of them.
+//! 2. **A live leader keeps leading.** A leader that is fenced (or no leader at all) is
+//!    replaced by the first replica, in replica order, that is in the ISR and live; the
+//!    replica order is the operator's preference, so leadership lands where placement meant.
+//! 3. **No eligible replica:** the partition is left without a leader (`leader: None`, the
+//!    epoch bumped so that the fenced leader, if it comes back, learns it no longer leads),
+//!    unless the topic sets `unclean.leader.election.enable`: then the first live replica
+//!    leads with an ISR of itself alone, and what only the old ISR held is lost, as the
+//!    setting says.
+//! 4. A change of leader bumps the leader epoch; any change bumps the partition epoch (ISR
+//!    proposals in flight are compare-and-set on it and are refused as stale).
+//!
+//! The same rules run when a node is unfenced, which is how a partition left leaderless by
+//! rule 3 gets its leader back, and on every supervisor tick, so that a controller elected
+//! in the middle of a failover finishes it from the committed image alone.
+
+use vltava_messages::metadata_records::MetadataRecord;
+
+use crate::metadata::topic_config;
+use crate::metadata::{MetadataImage, PartitionImage};
+
+/// The records that bring every partition of `image` in line with the rules of the module
+/// doc; empty when nothing needs to change.
+#[must_use]
+pub fn decide(image: &MetadataImage) -> Vec<MetadataRecord> {
+    let mut records = Vec::new();
+    for (name, topic) in &image.topics {
+        // Unparseable configs were refused when they were set; a topic from an older
+        // version falls back to the safe default (clean elections only).
+        let unclean = topic_config::parse(&topic.configs)
+            .map(|c| c.unclean_leader_election)
+            .unwrap_or(false);
+        for (index, current) in topic.partitions.iter().enumerate() {
+            let Some(next) = supervise(image, current, unclean) else {
+                continue;
+            };
+            records.push(MetadataRecord::PartitionChange {
+                topic: name.clone(),
+                partition: u32::try_from(index).expect("partition indexes fit u32"),
+                leader: next.leader,
+                leader_epoch: next.leader_epoch,
+                partition_epoch: next.partition_epoch,
+                replicas: next.replicas,
+                isr: next.isr,
+            });
+        }
+    }
+    records
+}
+
+/// One partition's next state under the rules, or `None` if it stays as it is.
+fn supervise(
+    image: &MetadataImage,
+    current: &PartitionImage,
+    unclean: bool,
+) -> Option<PartitionImage> {
+    if current.replicas.is_empty() {
+        return None;
+    }
+    let live = |node: &u32| image.is_live(*node);
+    let mut isr: Vec<u32> = current.isr.iter().copied().filter(live).collect();
+    if isr.is_empty() {
+        isr.clone_from(&current.isr);
+    }
+    let leader = match current.leader {
+        Some(leader) if live(&leader) => Some(leader),
+        _ => {
+            let clean = current
+                .replicas
+                .iter()
+                .copied()
+                .find(|r| isr.contains(r) && live(r));
+            match clean {
+                Some(leader) => Some(leader),
+                None if unclean => {
+                    let chosen = current.replicas.iter().copied().find(live);
+                    if let Some(leader) = chosen {
+                        isr = vec![leader];
+                    }
+                    chosen
+                }
+                None => None,
+            }
+        }
+    };
+    if leader == current.leader && isr == current.isr {
+        return None;
+    }
+    let leader_epoch = if leader == current.leader {
+        current.leader_epoch
+    } else {
+        current.leader_epoch + 1
+    };
+    Some(PartitionImage {
+        leader,
+        leader_epoch,
+        partition_epoch: current.partition_epoch + 1,
+        replicas: current.replicas.clone(),
+        isr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::metadata::{NodeImage, TopicImage};
+
+    fn image(fenced: &[u32], partitions: Vec<PartitionImage>, unclean: bool) -> MetadataImage {
+        let mut configs = BTreeMap::new();
+        if unclean {
+            configs.insert(
+                "unclean.leader.election.enable".to_owned(),
+                "true".to_owned(),
+            );
+        }
+        MetadataImage {
+            nodes: (1..=3)
+                .map(|id| {
+                    (
+                        id,
+                        NodeImage {
+                            node_id: id,
+                            host: format!("127.0.0.{id}"),
+                            port: 9420,
+                            fenced: fenced.contains(&id),
+                            incarnation: 1,
+                        },
+                    )
+                })
+                .collect(),
+            topics: BTreeMap::from([(
+                "t".to_owned(),
+                TopicImage {
+                    topic_id: "id".to_owned(),
+                    replication_factor: 3,
+                    configs,
+                    partitions,
+                },
+            )]),
+            ..MetadataImage::default()
+        }
+    }
+
+    fn partition(leader: Option<u32>, isr: &[u32]) -> PartitionImage {
+        PartitionImage {
+            leader,
+            leader_epoch: 4,
+            partition_epoch: 9,
+            replicas: vec![1, 2, 3],
+            isr: isr.to_vec(),
+        }
+    }
+
+    fn decided(image: &MetadataImage) -> Vec<PartitionImage> {
+        let mut after = image.clone();
+        for record in decide(image) {
+            after.apply(&record);
+        }
+        // A decision is complete: deciding again on its outcome changes nothing.
+        assert!(decide(&after).is_empty(), "not a fixed point: {after:?}");
+        after.topics["t"].partitions.clone()
+    }
+
+    #[test]
+    fn a_fenced_leader_is_replaced_by_the_first_live_in_sync_replica() {
+        let before = image(&[1], vec![partition(Some(1), &[1, 2, 3])], false);
+        let after = decided(&before);
+        assert_eq!(after[0].leader, Some(2));
+        assert_eq!(after[0].isr, vec![2, 3]);
+        assert_eq!(after[0].leader_epoch, 5);
+        assert_eq!(after[0].partition_epoch, 10);
+    }
+
+    #[test]
+    fn a_replica_outside_the_isr_is_never_elected_cleanly() {
+        // Node 2 comes first in replica order but fell out of the ISR: node 3 leads.
+        let before = image(&[1], vec![partition(Some(1), &[1, 3])], false);
+        assert_eq!(decided(&before)[0].leader, Some(3));
+    }
+
+    #[test]
+    fn a_fenced_follower_leaves_the_isr_and_the_leader_and_its_epoch_stay() {
+        let before = image(&[3], vec![partition(Some(1), &[1, 2, 3])], false);
+        let after = decided(&before);
+        assert_eq!(after[0].leader, Some(1));
+        assert_eq!(after[0].leader_epoch, 4, "no leader change, no epoch bump");
+        assert_eq!(after[0].isr, vec![1, 2]);
+        assert_eq!(after[0].partition_epoch, 10);
+    }
+
+    #[test]
+    fn with_every_isr_member_fenced_the_partition_waits_leaderless_keeping_its_isr() {
+        let before = image(&[1, 2], vec![partition(Some(1), &[1, 2])], false);
+        let after = decided(&before);
+        assert_eq!(after[0].leader, None);
+        assert_eq!(after[0].isr, vec![1, 2], "the last members hold every ack");
+        assert_eq!(
+            after[0].leader_epoch, 5,
+            "the old leader must learn it lost"
+        );
+        // One of them comes back: it leads again.
+        let mut back = before.clone();
+        back.topics.get_mut("t").unwrap().partitions = after;
+        back.nodes.get_mut(&2).unwrap().fenced = false;
+        let again = decided(&back);
+        assert_eq!(again[0].leader, Some(2));
+        assert_eq!(again[0].isr, vec![2]);
+        assert_eq!(again[0].leader_epoch, 6);
+    }
+
+    #[test]
+    fn a_live_replica_outside_the_isr_leads_only_with_unclean_election() {
+        let clean = image(&[1, 2], vec![partition(Some(1), &[1, 2])], false);
+        assert_eq!(decided(&clean)[0].leader, None);
+        let unclean = image(&[1, 2], vec![partition(Some(1), &[1, 2])], true);
+        let after = decided(&unclean);
+        assert_eq!(after[0].leader, Some(3));
+        assert_eq!(after[0].isr, vec![3]);
+    }
+
+    #[test]
+    fn healthy_and_unplaced_partitions_are_left_alone() {
+        let unplaced = PartitionImage {
+            leader: None,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            replicas: vec![],
+            isr: vec![],
+        };
+        let before = image(&[], vec![partition(Some(2), &[1, 2, 3]), unplaced], false);
+        assert!(decide(&before).is_empty());
+    }
+}
