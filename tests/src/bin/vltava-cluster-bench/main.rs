@@ -15,6 +15,9 @@
 //!   produce throughput (acks=all and acks=1), paced latency, replication lag and follower
 //!   catch-up, against a single node measured in the same run, with `vltava-bench` as the load
 //!   generator (see `replication`).
+//! - `partition-failover` (issue 14; not part of `all`): SIGKILL the node leading a partition
+//!   of an RF 3 topic (`--kill leader`: not the controller; `--kill controller`), time until
+//!   an acks=all write to it is acknowledged by its new leader; `--rounds` times.
 //!
 //! The binaries come from `vltava_tests::bin_dir()`: the target directory's profile that this
 //! program was built with (so `cargo run --release` uses `target/release`), or
@@ -26,6 +29,7 @@
 //! leaving nodes running.
 
 mod failover;
+mod partition_failover;
 mod propagation;
 mod replication;
 mod stats;
@@ -69,6 +73,16 @@ enum Scenario {
     Propagation,
     Throughput,
     Replication,
+    PartitionFailover,
+}
+
+/// Partition failover: whose node is killed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KillTarget {
+    /// A partition leader's node that is not the controller.
+    Leader,
+    /// The controller's node, which leads a partition too.
+    Controller,
 }
 
 #[derive(Debug, Parser)]
@@ -77,9 +91,12 @@ struct Args {
     /// Which scenario to run.
     #[arg(long, value_enum, default_value = "all")]
     scenario: Scenario,
-    /// Failover: controller kills.
+    /// Failover and partition failover: kills.
     #[arg(long, default_value_t = 20)]
     rounds: u32,
+    /// Partition failover: whose node is killed.
+    #[arg(long, value_enum, default_value = "leader")]
+    kill: KillTarget,
     /// Failover: the pause between attempts of the creation (the issue says 10 to 20 ms).
     #[arg(long, default_value_t = 10)]
     retry_ms: u64,
@@ -172,6 +189,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     if args.scenario == Scenario::Replication {
         let report = replication::run(&rt, args)?;
+        report.print();
+    }
+    if args.scenario == Scenario::PartitionFailover {
+        let report = partition_failover::run(&rt, args)?;
         report.print();
     }
     println!("load average at end: {}", load_average());
