@@ -99,6 +99,9 @@ pub struct ClusterOptions {
     pub snapshot_entries: u64,
     /// How long a follower may lag before it leaves the ISR (`--replica-lag-time-max-ms`).
     pub replica_lag_time_max: Duration,
+    /// How long a partition's preferred leader must be live and in sync before the
+    /// controller moves leadership back to it (`--preferred-leader-return-ms`); `None`: never.
+    pub preferred_leader_return: Option<Duration>,
 }
 
 /// What runs for a node's membership of a cluster.
@@ -782,6 +785,7 @@ async fn join_cluster(
         leases.clone(),
         links.clone(),
         controller.clone(),
+        cluster.preferred_leader_return,
     ));
     retry_while_electing("register with the controller", || {
         controller.register_node(advertised.0.clone(), advertised.1, incarnation)

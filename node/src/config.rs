@@ -73,6 +73,12 @@ pub struct NodeFlags {
     /// the partition's in-sync replicas (Kafka's replica.lag.time.max.ms) [default: 10000].
     #[arg(long, env = "VLTAVA_REPLICA_LAG_TIME_MAX_MS")]
     pub replica_lag_time_max_ms: Option<u64>,
+    /// In a cluster: when a partition's first replica (its preferred leader) has been live
+    /// and in sync for this long while another replica leads, the controller moves the
+    /// leadership back to it, so that load spreads again after a failover; 0 turns this off
+    /// [default: 30000].
+    #[arg(long, env = "VLTAVA_PREFERRED_LEADER_RETURN_MS")]
+    pub preferred_leader_return_ms: Option<u64>,
     /// Address of the admin HTTP endpoint [default: 127.0.0.1:9422].
     #[arg(long, env = "VLTAVA_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
@@ -148,6 +154,7 @@ struct FileSettings {
     controller_quorum: Option<String>,
     metadata_snapshot_entries: Option<u64>,
     replica_lag_time_max_ms: Option<u64>,
+    preferred_leader_return_ms: Option<u64>,
     log_format: Option<String>,
     durability: Option<String>,
     verify_reads: Option<bool>,
@@ -218,6 +225,13 @@ pub const REPLICA_LAG_TIME_MAX_MS_MIN: u64 = 500;
 /// longer than any client waits.
 pub const REPLICA_LAG_TIME_MAX_MS_MAX: u64 = 3_600_000;
 
+/// `--preferred-leader-return-ms` by default: long enough that a node that restarts in a
+/// loop does not drag leadership back and forth, short enough that a failover's imbalance
+/// lasts seconds, not Kafka's five-minute check interval.
+pub const PREFERRED_LEADER_RETURN_MS_DEFAULT: u64 = 30_000;
+/// The longest: a day; 0 turns the return off.
+pub const PREFERRED_LEADER_RETURN_MS_MAX: u64 = 86_400_000;
+
 /// How this node joins a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -230,6 +244,9 @@ pub struct ClusterConfig {
     pub snapshot_entries: u64,
     /// How long a follower may lag before it leaves the ISR.
     pub replica_lag_time_max: std::time::Duration,
+    /// How long a preferred leader waits live and in sync before leadership returns to it;
+    /// `None`: never.
+    pub preferred_leader_return: Option<std::time::Duration>,
 }
 
 /// Parses `ID@HOST:PORT,...`: distinct ids and addresses, at most
@@ -360,11 +377,22 @@ impl NodeConfig {
                         "replica lag time {lag_ms} ms is outside {REPLICA_LAG_TIME_MAX_MS_MIN}..={REPLICA_LAG_TIME_MAX_MS_MAX}"
                     );
                 }
+                let return_ms = flags
+                    .preferred_leader_return_ms
+                    .or(file.preferred_leader_return_ms)
+                    .unwrap_or(PREFERRED_LEADER_RETURN_MS_DEFAULT);
+                if return_ms > PREFERRED_LEADER_RETURN_MS_MAX {
+                    bail!(
+                        "preferred leader return {return_ms} ms is above {PREFERRED_LEADER_RETURN_MS_MAX} (0 turns it off)"
+                    );
+                }
                 Some(ClusterConfig {
                     peer_listen,
                     quorum,
                     snapshot_entries,
                     replica_lag_time_max: std::time::Duration::from_millis(lag_ms),
+                    preferred_leader_return: (return_ms > 0)
+                        .then(|| std::time::Duration::from_millis(return_ms)),
                 })
             }
         };

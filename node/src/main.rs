@@ -170,6 +170,7 @@ async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode
                 cluster_id,
                 snapshot_entries: cluster.snapshot_entries,
                 replica_lag_time_max: cluster.replica_lag_time_max,
+                preferred_leader_return: cluster.preferred_leader_return,
             })
         }
     };

@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use vltava_messages::NodeId;
-use vltava_messages::peer::{LeaseRenewRequest, LeaseRenewResponse};
+use vltava_messages::peer::{ElectionWire, LeaseRenewRequest, LeaseRenewResponse};
 
 use crate::metadata::MetadataImage;
 use crate::metadata::controller::ControllerHandle;
@@ -50,6 +50,10 @@ pub use crate::metadata::freshness::NODE_LEASE_TIMEOUT;
 /// How long one renewal may take before the node gives up on it (and tries again at the next
 /// interval).
 pub const LEASE_RENEW_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often the controller's node looks for partitions whose preferred leader should lead
+/// them again.
+pub const PREFERRED_RETURN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the controller's node checks for expired leases.
 pub const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -243,12 +247,18 @@ pub async fn supervise_leases(
     table: LeaseTable,
     links: PeerLinks,
     controller: ControllerHandle,
+    preferred_return: Option<Duration>,
 ) {
     let image = controller.image();
     // The term in which this node leads, and when it saw itself elected in it.
     let mut leading: Option<(u64, Instant)> = None;
     let mut first_seen: HashMap<u32, Instant> = HashMap::new();
     let mut checked_version: Option<u64> = None;
+    // When each partition's preferred leader was first seen ready to lead it again, and when
+    // that was last looked at (every `PREFERRED_RETURN_CHECK_INTERVAL`, not every tick: it
+    // reads every partition).
+    let mut preferred_since = HashMap::new();
+    let mut preferred_checked: Option<Instant> = None;
     let mut interval = tokio::time::interval(LEASE_CHECK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -263,6 +273,7 @@ pub async fn supervise_leases(
         };
         if leader != Some(node_id) {
             leading = None;
+            preferred_since.clear();
             continue;
         }
         let granted_at = match leading {
@@ -298,6 +309,30 @@ pub async fn supervise_leases(
         let mend =
             checked_version != Some(snapshot.version) && !failover::decide(&snapshot).is_empty();
         checked_version = Some(snapshot.version);
+        if let Some(delay) = preferred_return
+            && preferred_checked.is_none_or(|at| at.elapsed() >= PREFERRED_RETURN_CHECK_INTERVAL)
+            && fence.is_empty()
+        {
+            preferred_checked = Some(now);
+            let due = failover::preferred_returns(&snapshot, &mut preferred_since, now, delay);
+            if !due.is_empty() {
+                tracing::info!(
+                    partitions = due.len(),
+                    "moving leadership back to preferred replicas"
+                );
+                let wire = due
+                    .into_iter()
+                    .map(|e| ElectionWire {
+                        topic: e.topic,
+                        partition: e.partition,
+                        to: None,
+                    })
+                    .collect();
+                if let Err(e) = controller.elect_leaders(wire, true, None).await {
+                    tracing::info!(error = %e, "preferred leaders not moved back; retrying later");
+                }
+            }
+        }
         if fence.is_empty() && unfence.is_empty() && !mend {
             continue;
         }

@@ -20,12 +20,22 @@
 //! 4. A change of leader bumps the leader epoch; any change bumps the partition epoch (ISR
 //!    proposals in flight are compare-and-set on it and are refused as stale).
 //!
+//! [`preferred_returns`] is the other half of supervision: once a partition's first replica
+//! has been live and in sync for a delay while another replica leads, the supervisor moves
+//! leadership back to it (a preferred election), so that load spreads again after a failover.
+//!
 //! The same rules run when a node is unfenced, which is how a partition left leaderless by
 //! rule 3 gets its leader back, and on every supervisor tick, so that a controller elected
 //! in the middle of a failover finishes it from the committed image alone.
 
-use vltava_messages::metadata_records::MetadataRecord;
+use std::collections::HashMap;
+use std::time::Duration;
 
+use tokio::time::Instant;
+use vltava_messages::metadata_records::MetadataRecord;
+use vltava_messages::peer::ELECTIONS_MAX;
+
+use crate::metadata::elections::Election;
 use crate::metadata::topic_config;
 use crate::metadata::{MetadataImage, PartitionImage};
 
@@ -108,6 +118,48 @@ fn supervise(
         replicas: current.replicas.clone(),
         isr,
     })
+}
+
+/// Partitions whose leadership should return to their preferred leader (the first replica)
+/// now: those where another replica leads while the first is live and in the ISR, and has
+/// been so for at least `delay` by `since` (which this keeps: when each partition was first
+/// seen so, forgetting those no longer so). Going through the controlled move of
+/// `elections` (a new leader epoch, the ISR unchanged) loses nothing acknowledged. At most
+/// `ELECTIONS_MAX` at a time, in topic and partition order.
+pub fn preferred_returns(
+    image: &MetadataImage,
+    since: &mut HashMap<(String, u32), Instant>,
+    now: Instant,
+    delay: Duration,
+) -> Vec<Election> {
+    let mut due = Vec::new();
+    let mut waiting = HashMap::new();
+    for (name, topic) in &image.topics {
+        for (index, p) in topic.partitions.iter().enumerate() {
+            let Some(&preferred) = p.replicas.first() else {
+                continue;
+            };
+            let returnable = p.leader.is_some_and(|l| l != preferred)
+                && p.isr.contains(&preferred)
+                && image.is_live(preferred);
+            if !returnable {
+                continue;
+            }
+            let partition = u32::try_from(index).expect("partition indexes fit u32");
+            let key = (name.clone(), partition);
+            let first_seen = since.get(&key).copied().unwrap_or(now);
+            if now.saturating_duration_since(first_seen) >= delay && due.len() < ELECTIONS_MAX {
+                due.push(Election {
+                    topic: name.clone(),
+                    partition,
+                    to: None,
+                });
+            }
+            waiting.insert(key, first_seen);
+        }
+    }
+    *since = waiting;
+    due
 }
 
 #[cfg(test)]
@@ -228,6 +280,40 @@ mod tests {
         let after = decided(&unclean);
         assert_eq!(after[0].leader, Some(3));
         assert_eq!(after[0].isr, vec![3]);
+    }
+
+    #[test]
+    fn leadership_returns_to_the_preferred_replica_only_after_it_was_in_sync_for_the_delay() {
+        let delay = Duration::from_secs(30);
+        let start = Instant::now();
+        let mut since = HashMap::new();
+        // Node 1 (preferred) is back but not in sync yet: nothing to do, nothing remembered.
+        let behind = image(&[], vec![partition(Some(2), &[2, 3])], false);
+        assert!(preferred_returns(&behind, &mut since, start, delay).is_empty());
+        assert!(since.is_empty());
+        // In sync: remembered from now, due only a whole delay later.
+        let in_sync = image(&[], vec![partition(Some(2), &[1, 2, 3])], false);
+        assert!(preferred_returns(&in_sync, &mut since, start, delay).is_empty());
+        let almost = start + delay - Duration::from_millis(1);
+        assert!(preferred_returns(&in_sync, &mut since, almost, delay).is_empty());
+        assert_eq!(
+            preferred_returns(&in_sync, &mut since, start + delay, delay),
+            vec![Election {
+                topic: "t".to_owned(),
+                partition: 0,
+                to: None
+            }]
+        );
+        // It fell out of the ISR meanwhile: the count starts again when it is back.
+        assert!(preferred_returns(&behind, &mut since, start + delay, delay).is_empty());
+        let later = start + delay * 2;
+        assert!(preferred_returns(&in_sync, &mut since, later, delay).is_empty());
+        // A fenced preferred replica is never due.
+        let fenced = image(&[1], vec![partition(Some(2), &[1, 2, 3])], false);
+        assert!(preferred_returns(&fenced, &mut since, later + delay * 2, delay).is_empty());
+        // Already led by the preferred replica: nothing.
+        let home = image(&[], vec![partition(Some(1), &[1, 2, 3])], false);
+        assert!(preferred_returns(&home, &mut since, later + delay * 2, delay).is_empty());
     }
 
     #[test]

@@ -212,3 +212,55 @@ fn two_nodes_killed_at_once_stop_writes_and_one_returning_brings_them_back() {
         cluster.node_mut(3).restart();
     });
 }
+
+/// Every partition of `TOPIC`'s replicas (the first is the preferred leader), as `addr` sees
+/// them.
+async fn preferred_leaders(addr: &str) -> Vec<u32> {
+    let answer = metadata(addr).await.unwrap();
+    let topic = answer.topics.iter().find(|t| t.name == TOPIC).unwrap();
+    topic.partitions.iter().map(|p| p.replicas[0].0).collect()
+}
+
+/// After a failover and the killed node's return, leadership goes back to each partition's
+/// first replica once it has been in sync for `--preferred-leader-return-ms`, under load and
+/// with nothing acknowledged lost: load spreads again without an operator.
+#[test]
+fn leadership_returns_to_the_preferred_replica_after_it_rejoins() {
+    let mut cluster = TestCluster::start(
+        3,
+        &[
+            "--replica-lag-time-max-ms",
+            "1000",
+            "--preferred-leader-return-ms",
+            "2000",
+        ],
+    );
+    under_load(&mut cluster, |cluster, rt, _history| {
+        let observer = cluster.node(1).addr.clone();
+        let preferred = rt.block_on(preferred_leaders(&observer));
+        let victim = preferred[0];
+        let observer = cluster.node(other_than(victim)).addr.clone();
+        cluster.node_mut(victim).kill();
+        rt.block_on(wait_for_leaders_other_than(&observer, victim));
+        cluster.node_mut(victim).restart();
+        rt.block_on(async {
+            let deadline = Instant::now() + FAILOVER_BOUND;
+            loop {
+                let now: Vec<Option<u32>> = leaders(&observer)
+                    .await
+                    .into_iter()
+                    .map(|(l, _)| l)
+                    .collect();
+                let home: Vec<Option<u32>> = preferred.iter().map(|p| Some(*p)).collect();
+                if now == home {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "leaders {now:?}, preferred {preferred:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    });
+}
