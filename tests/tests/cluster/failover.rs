@@ -6,9 +6,12 @@ use std::time::{Duration, Instant};
 
 use vltava_client::connection::Connection;
 use vltava_messages::protocol::{
-    Acks, ErrorCode, ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic,
+    Acks, ErrorCode, InitProducerIdRequest, ProducePartition, ProduceRequest, ProduceResponse,
+    ProduceTopic,
 };
-use vltava_messages::{BatchBuilder, Compression, PartitionId};
+use vltava_messages::{
+    BatchBuilder, Compression, PartitionId, ProducerEpoch, ProducerId, Sequence,
+};
 use vltava_tests::cluster::TestCluster;
 use vltava_tests::history::History;
 
@@ -263,4 +266,158 @@ fn leadership_returns_to_the_preferred_replica_after_it_rejoins() {
             }
         });
     });
+}
+
+/// Produces one idempotent batch (one record) to `partition` of `topic` with acks=all over
+/// `conn`: its base offset, or the error code.
+async fn produce_idempotent(
+    conn: &Connection,
+    topic: &str,
+    partition: u32,
+    producer: (u64, u16),
+    sequence: u32,
+    value: &str,
+) -> Result<u64, Option<ErrorCode>> {
+    let mut batch = BatchBuilder::new(Compression::None).producer(
+        ProducerId(producer.0),
+        ProducerEpoch(producer.1),
+        Sequence(sequence),
+    );
+    batch.push(None, Some(value.as_bytes()), &[], 1_000);
+    let request = ProduceRequest {
+        acks: Acks::All,
+        timeout_ms: 10_000,
+        topics: vec![ProduceTopic {
+            name: topic.into(),
+            partitions: vec![ProducePartition {
+                partition: PartitionId(partition),
+                current_leader_epoch: None,
+                records: batch.build(),
+            }],
+        }],
+    };
+    let answer = conn
+        .send(&request, REQUEST_TIMEOUT)
+        .await
+        .map_err(|e| e.code())?;
+    let result = &answer.topics[0].partitions[0];
+    match &result.error {
+        Some(error) => Err(error.error_code()),
+        None => Ok(result.base_offset.expect("an offset on success").0),
+    }
+}
+
+/// Idempotence across failover: the followers rebuild each producer's state from the batches
+/// they copy, so after the leader's node is killed the new leader answers a retry of a batch
+/// the old leader wrote (the producer never saw its answer, say) as a duplicate with the
+/// original offset, and the log holds it once; the next sequence goes on from there.
+#[test]
+fn a_new_leader_answers_a_retry_of_the_old_leaders_batch_with_its_original_offset() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let rt = super::runtime();
+    let bootstrap = cluster.bootstrap();
+    let (victim, producer, first, second) = rt.block_on(async {
+        let admin = super::admin(&bootstrap).await;
+        super::until_ok(FAILOVER_BOUND, || {
+            admin.create_topic("idempotent", 1, 3, std::collections::BTreeMap::new())
+        })
+        .await;
+        wait_for_isr_of(&bootstrap[0], "idempotent", 3).await;
+        let leader = leader_of(&bootstrap[0], "idempotent").await;
+        let conn = Connection::connect(&bootstrap[leader as usize - 1], "idempotent")
+            .await
+            .unwrap();
+        let answer = conn
+            .send(
+                &InitProducerIdRequest {
+                    producer_id: None,
+                    producer_epoch: None,
+                },
+                REQUEST_TIMEOUT,
+            )
+            .await
+            .unwrap();
+        let producer = (answer.producer_id.0, answer.producer_epoch.0);
+        let first = produce_idempotent(&conn, "idempotent", 0, producer, 0, "a")
+            .await
+            .unwrap();
+        let second = produce_idempotent(&conn, "idempotent", 0, producer, 1, "b")
+            .await
+            .unwrap();
+        (leader, producer, first, second)
+    });
+    cluster.node_mut(victim).kill();
+    let observer = cluster.node(other_than(victim)).addr.clone();
+    rt.block_on(async {
+        let deadline = Instant::now() + FAILOVER_BOUND;
+        let new_leader = loop {
+            let leader = leader_of(&observer, "idempotent").await;
+            if leader != victim && leader != 0 {
+                break leader;
+            }
+            assert!(Instant::now() < deadline, "no new leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let conn = Connection::connect(&bootstrap[new_leader as usize - 1], "idempotent")
+            .await
+            .unwrap();
+        // The new leader may still be catching its high watermark up: retriable errors
+        // until it answers.
+        let retried = loop {
+            match produce_idempotent(&conn, "idempotent", 0, producer, 1, "b").await {
+                Ok(offset) => break offset,
+                Err(code) => {
+                    assert!(
+                        code.is_some_and(ErrorCode::is_retriable),
+                        "the retry was refused with {code:?}"
+                    );
+                    assert!(Instant::now() < deadline, "the retry never went through");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        assert_eq!(retried, second, "a duplicate is answered with its original offset");
+        let third = produce_idempotent(&conn, "idempotent", 0, producer, 2, "c")
+            .await
+            .unwrap();
+        assert_eq!(third, second + 1, "nothing was written twice");
+        assert_eq!(second, first + 1);
+    });
+}
+
+/// The leader of partition 0 of `topic` as `addr` sees it; 0 when there is none.
+async fn leader_of(addr: &str, topic: &str) -> u32 {
+    metadata(addr)
+        .await
+        .ok()
+        .and_then(|answer| {
+            answer
+                .topics
+                .iter()
+                .find(|t| t.name == topic)
+                .and_then(|t| t.partitions.first())
+                .and_then(|p| p.leader)
+                .map(|n| n.0)
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until partition 0 of `topic` has `size` in-sync replicas, as `addr` sees it.
+async fn wait_for_isr_of(addr: &str, topic: &str, size: usize) {
+    let deadline = Instant::now() + FAILOVER_BOUND;
+    loop {
+        let isr = metadata(addr).await.ok().and_then(|answer| {
+            answer
+                .topics
+                .iter()
+                .find(|t| t.name == topic)
+                .and_then(|t| t.partitions.first())
+                .map(|p| p.in_sync_replicas.len())
+        });
+        if isr == Some(size) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{topic}: ISR {isr:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
