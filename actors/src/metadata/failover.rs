@@ -32,6 +32,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use vltava_messages::limits::PARTITIONS_PER_TOPIC_MAX;
 use vltava_messages::metadata_records::MetadataRecord;
 use vltava_messages::peer::ELECTIONS_MAX;
 
@@ -39,11 +40,21 @@ use crate::metadata::elections::Election;
 use crate::metadata::topic_config;
 use crate::metadata::{MetadataImage, PartitionImage};
 
+/// The most partition changes one failover commit carries: a topic creation's worth
+/// (`PARTITIONS_PER_TOPIC_MAX`), which is known to fit a metadata log entry and a peer frame.
+/// A node that led more gets the rest in the next commits, which the supervisor makes on the
+/// next image version (the rules read the image alone, so every step is a valid state).
+pub const CHANGES_PER_COMMIT_MAX: usize = PARTITIONS_PER_TOPIC_MAX as usize;
+
 /// The records that bring every partition of `image` in line with the rules of the module
-/// doc; empty when nothing needs to change.
+/// doc; empty when nothing needs to change. Leader moves come first, then ISR-only
+/// changes, at most [`CHANGES_PER_COMMIT_MAX`] in all: a partition without a live leader
+/// is unavailable, a fenced ISR member only holds back its high watermark until the leader
+/// drops it after the lag time anyway.
 #[must_use]
 pub fn decide(image: &MetadataImage) -> Vec<MetadataRecord> {
     let mut records = Vec::new();
+    let mut isr_only = Vec::new();
     for (name, topic) in &image.topics {
         // Unparseable configs were refused when they were set; a topic from an older
         // version falls back to the safe default (clean elections only).
@@ -54,7 +65,12 @@ pub fn decide(image: &MetadataImage) -> Vec<MetadataRecord> {
             let Some(next) = supervise(image, current, unclean) else {
                 continue;
             };
-            records.push(MetadataRecord::PartitionChange {
+            let bucket = if next.leader == current.leader {
+                &mut isr_only
+            } else {
+                &mut records
+            };
+            bucket.push(MetadataRecord::PartitionChange {
                 topic: name.clone(),
                 partition: u32::try_from(index).expect("partition indexes fit u32"),
                 leader: next.leader,
@@ -65,6 +81,8 @@ pub fn decide(image: &MetadataImage) -> Vec<MetadataRecord> {
             });
         }
     }
+    records.extend(isr_only);
+    records.truncate(CHANGES_PER_COMMIT_MAX);
     records
 }
 
@@ -314,6 +332,52 @@ mod tests {
         // Already led by the preferred replica: nothing.
         let home = image(&[], vec![partition(Some(1), &[1, 2, 3])], false);
         assert!(preferred_returns(&home, &mut since, later + delay * 2, delay).is_empty());
+    }
+
+    #[test]
+    fn a_large_failover_goes_in_bounded_commits_leader_moves_first() {
+        let many = CHANGES_PER_COMMIT_MAX + 10;
+        // Half led by the fenced node 1, half led by node 2 with node 1 in the ISR.
+        let partitions = (0..many)
+            .map(|i| partition(Some(if i % 2 == 0 { 2 } else { 1 }), &[1, 2, 3]))
+            .collect();
+        let mut image = image(&[1], partitions, false);
+        let mut commits = 0;
+        loop {
+            let records = decide(&image);
+            if records.is_empty() {
+                break;
+            }
+            assert!(records.len() <= CHANGES_PER_COMMIT_MAX);
+            if commits == 0 {
+                // Every leader move is in the first commit (there are fewer than the bound).
+                let moves = records
+                    .iter()
+                    .take(many / 2)
+                    .filter(|r| {
+                        matches!(
+                            r,
+                            MetadataRecord::PartitionChange {
+                                leader_epoch: 5,
+                                ..
+                            }
+                        )
+                    })
+                    .count();
+                assert_eq!(moves, many / 2, "the leader moves come first");
+            }
+            for record in &records {
+                image.apply(record);
+            }
+            commits += 1;
+        }
+        assert_eq!(commits, 2);
+        assert!(
+            image.topics["t"]
+                .partitions
+                .iter()
+                .all(|p| p.leader != Some(1) && !p.isr.contains(&1))
+        );
     }
 
     #[test]

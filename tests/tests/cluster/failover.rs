@@ -376,7 +376,10 @@ fn a_new_leader_answers_a_retry_of_the_old_leaders_batch_with_its_original_offse
                 }
             }
         };
-        assert_eq!(retried, second, "a duplicate is answered with its original offset");
+        assert_eq!(
+            retried, second,
+            "a duplicate is answered with its original offset"
+        );
         let third = produce_idempotent(&conn, "idempotent", 0, producer, 2, "c")
             .await
             .unwrap();
