@@ -125,7 +125,7 @@ pub async fn renew_leases(
                 {
                     Ok(Ok(_)) => {
                         table.renew(node_id);
-                        Ok(())
+                        Ok(None)
                     }
                     Ok(Err(e)) => Err(format!("this node no longer leads: {e}")),
                     Err(_) => Err("a quorum did not confirm this node's leadership".to_owned()),
@@ -147,19 +147,11 @@ pub async fn renew_leases(
                     // The grant vouches for this node's image only once the node applied
                     // what the controller had committed when it answered: a leader that was
                     // paused and moved away must not take its partitions for its own again
-                    // between the grant and the image that moves them.
+                    // between the grant and the image that moves them. The loop does not
+                    // wait for that: renewals go on (the controller counts them as they
+                    // come), and the grant counts when the image is applied.
                     Ok(PeerResponse::LeaseRenew(answer)) if answer.granted => {
-                        if freshness
-                            .until_applied(answer.metadata_version, NODE_LEASE_TIMEOUT)
-                            .await
-                        {
-                            Ok(())
-                        } else {
-                            Err(format!(
-                                "the grant needs metadata version {} applied, and it was not within a lease",
-                                answer.metadata_version
-                            ))
-                        }
+                        Ok(Some(answer.metadata_version))
                     }
                     Ok(PeerResponse::LeaseRenew(answer)) => Err(format!(
                         "node {leader} did not grant the lease (it names controller {:?})",
@@ -174,8 +166,11 @@ pub async fn renew_leases(
             }
         };
         match outcome {
-            Ok(()) => {
-                freshness.granted(sent_at);
+            Ok(version) => {
+                match version {
+                    Some(version) => freshness.granted_at_version(sent_at, version),
+                    None => freshness.granted(sent_at),
+                }
                 last_failure_logged = None;
             }
             Err(reason) => {
@@ -554,6 +549,30 @@ mod tests {
             ),
             (vec![], vec![])
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_counts_only_once_the_node_applied_the_version_it_names() {
+        let freshness = MetadataFreshness::new(LEASE);
+        freshness.applied(7);
+        let first = Instant::now();
+        freshness.granted_at_version(first, 7);
+        assert!(freshness.check_leader().is_ok(), "version 7 is applied");
+        // The lease nearly runs out; a renewal is granted at version 9, which the node has
+        // not applied: it does not count yet.
+        tokio::time::advance(LEASE - Duration::from_millis(100)).await;
+        let second = Instant::now();
+        freshness.granted_at_version(second, 9);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(freshness.check().is_err(), "the grant at version 9 waits");
+        freshness.applied(8);
+        assert!(freshness.check().is_err(), "version 8 is not enough");
+        freshness.applied(9);
+        assert!(
+            freshness.check_leader().is_ok(),
+            "counted from when it was sent"
+        );
+        assert_eq!(freshness.age(), Some(Duration::from_millis(200)));
     }
 
     #[tokio::test(start_paused = true)]

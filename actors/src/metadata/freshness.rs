@@ -4,11 +4,10 @@
 //! by `cluster::leases::renew_leases`; here, in `metadata/`, so that sessions can check it
 //! without depending on the cluster wiring.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How long a node's lease lasts after a renewal: the controller fences a node it has not
@@ -29,16 +28,39 @@ pub const LEADER_LEASE_MARGIN: Duration = Duration::from_millis(250);
 
 const _: () = assert!(LEADER_LEASE_MARGIN.as_nanos() * 4 < NODE_LEASE_TIMEOUT.as_nanos());
 
+/// Grants waiting for the node to apply the metadata version they name, at most: at one
+/// renewal every 250 ms, sixteen span two leases, and a grant older than a lease is worth
+/// nothing anyway.
+pub const PENDING_GRANTS_MAX: usize = 16;
+
 /// When this node's lease was last granted: whether its metadata is fresh.
 #[derive(Clone, Debug)]
 pub struct MetadataFreshness {
-    granted: Arc<Mutex<Option<Instant>>>,
+    lease: Arc<Mutex<Lease>>,
     timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Lease {
+    /// When the newest renewal that counts was sent.
+    granted: Option<Instant>,
     /// The version of the newest image this node has applied (its partitions took their
-    /// roles from it): a renewal is taken as granted only once this reaches the version the
-    /// controller held when it granted it, so a lease never vouches for an image older than
-    /// the controller's decisions up to then (`until_applied`).
-    applied: Arc<watch::Sender<u64>>,
+    /// roles from it).
+    applied: u64,
+    /// Grants the controller gave at a metadata version this node had not applied yet, oldest
+    /// first: (when the renewal was sent, the version). One counts only once the node has
+    /// applied its version, so a lease never vouches for an image older than the controller's
+    /// decisions at the time of the grant (a paused leader that resumes and renews must not
+    /// take its partitions for its own until it has applied the image that moved them).
+    pending: VecDeque<(Instant, u64)>,
+}
+
+impl Lease {
+    fn grant(&mut self, sent_at: Instant) {
+        if self.granted.is_none_or(|g| g < sent_at) {
+            self.granted = Some(sent_at);
+        }
+    }
 }
 
 impl Default for MetadataFreshness {
@@ -51,46 +73,53 @@ impl MetadataFreshness {
     #[must_use]
     pub fn new(timeout: Duration) -> MetadataFreshness {
         MetadataFreshness {
-            granted: Arc::new(Mutex::new(None)),
+            lease: Arc::new(Mutex::new(Lease::default())),
             timeout,
-            applied: Arc::new(watch::channel(0).0),
         }
     }
 
-    /// The node applied the image of `version`.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lease> {
+        self.lease.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The node applied the image of `version`: grants waiting for it count from now on.
     pub fn applied(&self, version: u64) {
-        self.applied.send_if_modified(|applied| {
-            let newer = version > *applied;
-            if newer {
-                *applied = version;
+        let mut lease = self.lock();
+        lease.applied = lease.applied.max(version);
+        while let Some(&(sent_at, needed)) = lease.pending.front() {
+            if needed > lease.applied {
+                break;
             }
-            newer
-        });
-    }
-
-    /// Waits until the node applied an image of at least `version`, at most `bound`; whether
-    /// it did.
-    pub async fn until_applied(&self, version: u64, bound: Duration) -> bool {
-        let mut applied = self.applied.subscribe();
-        tokio::time::timeout(bound, applied.wait_for(|v| *v >= version))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    /// A renewal sent at `sent_at` was granted.
-    pub fn granted(&self, sent_at: Instant) {
-        let mut granted = self.granted.lock().unwrap_or_else(PoisonError::into_inner);
-        if granted.is_none_or(|g| g < sent_at) {
-            *granted = Some(sent_at);
+            lease.pending.pop_front();
+            lease.grant(sent_at);
         }
+    }
+
+    /// A renewal sent at `sent_at` was granted by a controller at metadata `version`: it
+    /// counts now if the node has applied that version, else once it has.
+    pub fn granted_at_version(&self, sent_at: Instant, version: u64) {
+        let mut lease = self.lock();
+        if version <= lease.applied {
+            lease.grant(sent_at);
+            return;
+        }
+        if lease.pending.len() == PENDING_GRANTS_MAX {
+            lease.pending.pop_front();
+        }
+        lease.pending.push_back((sent_at, version));
+    }
+
+    /// A renewal sent at `sent_at` was granted (the controller's own node, whose image is the
+    /// one it decides on).
+    pub fn granted(&self, sent_at: Instant) {
+        self.lock().grant(sent_at);
     }
 
     /// How long ago the lease was last granted; `None` if never.
     #[must_use]
     pub fn age(&self) -> Option<Duration> {
-        self.granted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.lock()
+            .granted
             .map(|g| Instant::now().saturating_duration_since(g))
     }
 
