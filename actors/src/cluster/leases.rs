@@ -11,10 +11,18 @@
 //!   metadata quorum: a node that has not renewed for [`NODE_LEASE_TIMEOUT`] is fenced, a
 //!   fenced node that renewed is unfenced, each decision committed as a metadata record
 //!   (`NodeFenced` / `NodeUnfenced`) through the controller.
+//! - The fast path: a node whose process the controller's peer link found gone (its
+//!   connection dropped and a dial was refused) is fenced at once (`fencing_decisions`).
+//! - Each fencing commit also moves the fenced nodes' partitions to live in-sync replicas and
+//!   takes them out of the ISRs (`metadata::failover`); once a second the supervisor moves
+//!   leadership back to preferred replicas that have been in sync for
+//!   `--preferred-leader-return-ms` (`failover::preferred_returns`).
 //! - A newly elected controller first grants every node a full lease (from the moment it
 //!   saw itself elected), so nobody is fenced for the time the election took. A node the
 //!   metadata already marks fenced is not granted one: it must renew to be unfenced.
-//! - [`MetadataFreshness`] is the node's own side: when its lease was last granted. A node
+//! - [`MetadataFreshness`] is the node's own side: when its lease was last granted (a grant
+//!   counts once the node has applied the metadata version it names), and whether it may
+//!   still lead (`check_leader`, ARCHITECTURE.md "Leader leases"). A node
 //!   whose lease is older than [`NODE_LEASE_TIMEOUT`] is cut off from the controller, and its
 //!   image may be stale: sessions answer Metadata, FindCoordinator and admin requests with
 //!   the retriable `ControllerNotAvailable` instead of a stale answer.
