@@ -505,6 +505,42 @@ async fn reconnect_now_ends_a_back_off_at_once() {
     .await;
 }
 
+/// A peer whose process is gone (its connections drop, and dialling finds nothing listening)
+/// is marked gone, which the controller takes as a death without waiting out the lease; the
+/// mark clears as soon as a connection succeeds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_port_refuses_after_a_drop_is_marked_gone_until_it_is_back() {
+    bounded(async {
+        let a = Node::start(1, CLUSTER).await;
+        let mut b = Node::start(2, CLUSTER).await;
+        a.link_to(&[&b]).await;
+        let link = a.link(b.id);
+        call_until_ok(&link, PeerChannel::Control, "before").await;
+        assert_eq!(link.gauges().gone_since(), None, "up: not gone");
+
+        b.stop_listener().await;
+        eventually("marked gone", || async {
+            link.gauges().gone_since().map(|_| ())
+        })
+        .await;
+        assert_eq!(
+            a.links.gone().keys().copied().collect::<Vec<_>>(),
+            vec![b.id.0]
+        );
+
+        b.restart_listener().await;
+        link.reconnect_now();
+        call_until_ok(&link, PeerChannel::Control, "after").await;
+        eventually("no longer gone", || async {
+            link.gauges().gone_since().is_none().then_some(())
+        })
+        .await;
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
 /// A peer that handshakes and then never reads: the link's writes time out within the write
 /// bound, every request it held (written or queued) fails with a retriable `Unreachable`
 /// naming the stalled write, the queue never exceeds its bound meanwhile, and the link
@@ -568,6 +604,8 @@ async fn a_peer_that_stops_reading_fails_sends_within_the_write_timeout() {
             (accepted.load(Ordering::Relaxed) >= 3 && link.gauges().reconnects() >= 1).then_some(())
         })
         .await;
+        // A stalled peer (paused, say) still listens: it is never taken for gone.
+        assert_eq!(link.gauges().gone_since(), None);
         link.stop();
         link.stopped().await;
         fake.abort();
