@@ -1,6 +1,12 @@
 //! The consumer: reads assigned partitions from positions it keeps, with long-poll fetches
 //! sent to each partition's leader. Seek to an offset, the earliest or latest offset, or the
 //! first offset at or after a timestamp.
+//!
+//! Through a leader change the positions stay: a partition whose leader cannot be reached, or
+//! that answers a retriable error (`NotLeader`, `FencedLeaderEpoch`, a timeout, a lost
+//! connection), makes the consumer refresh its metadata and fetch it again from the same
+//! position on the leader the metadata names, after `FETCH_RETRY_BACKOFF` if nothing else
+//! came. Only `OffsetOutOfRange` moves a position the caller did not ask to move.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,6 +21,12 @@ use vltava_messages::{Offset, PartitionId};
 
 use crate::cluster::Cluster;
 use crate::error::ClientError;
+
+/// How long `poll` waits before it returns empty when its partitions' leaders could not be
+/// reached or answered only retriable errors: long enough that a consumer polling in a loop
+/// through a failover does not ask for metadata in a tight loop, short against the second or
+/// two a leader change takes.
+pub const FETCH_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Consumer settings.
 #[derive(Clone, Debug)]
@@ -266,6 +278,10 @@ impl Consumer {
             let answers = self
                 .send_fetches(self.config.max_wait, self.config.min_bytes)
                 .await?;
+            if answers.is_empty() && !self.positions.is_empty() {
+                // No leader could be reached (`send_fetches` refreshed the metadata).
+                tokio::time::sleep(FETCH_RETRY_BACKOFF.min(self.config.max_wait)).await;
+            }
             self.take_answers(answers).await?;
         }
         // Read ahead: while the caller handles these events the next ones travel. It asks
@@ -283,7 +299,9 @@ impl Consumer {
         Ok(())
     }
 
-    /// Sends one fetch per leader of the assigned partitions, from their positions.
+    /// Sends one fetch per leader of the assigned partitions, from their positions. A partition
+    /// whose leader is unknown or cannot be reached is left out this time, and the metadata
+    /// refreshed for the next.
     async fn send_fetches(
         &self,
         max_wait: Duration,
@@ -292,14 +310,31 @@ impl Consumer {
         // Group the assigned partitions by leader connection.
         let mut by_leader: HashMap<String, (crate::connection::Connection, Vec<Assigned>)> =
             HashMap::new();
+        let mut stale = false;
         for ((topic, partition), offset) in &self.positions {
-            let (leader, epoch) = self.cluster.leader(topic, PartitionId(*partition)).await?;
-            let connection = self.cluster.fetch_connection_to(leader.addr()).await?;
+            let found = async {
+                let (leader, epoch) = self.cluster.leader(topic, PartitionId(*partition)).await?;
+                let connection = self.cluster.fetch_connection_to(leader.addr()).await?;
+                Ok::<_, ClientError>((connection, epoch))
+            }
+            .await;
+            let (connection, epoch) = match found {
+                Ok(found) => found,
+                Err(e) if e.is_retriable() => {
+                    tracing::debug!(%topic, partition, error = %e, "no leader to fetch from; refreshing metadata");
+                    stale = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             by_leader
                 .entry(connection.addr().to_owned())
                 .or_insert_with(|| (connection, Vec::new()))
                 .1
                 .push((topic.clone(), *partition, *offset, epoch));
+        }
+        if stale && let Err(e) = self.cluster.refresh().await {
+            tracing::debug!(error = %e, "metadata refresh failed; the next poll tries again");
         }
         let mut answers = Vec::new();
         for (_, (connection, partitions)) in by_leader {
@@ -402,7 +437,14 @@ impl Consumer {
             }
         }
         if refresh {
-            self.cluster.refresh().await?;
+            // The positions stay: the next fetch asks the leader the metadata now names from
+            // where this one asked. A failed refresh is left for the next poll to retry.
+            if let Err(e) = self.cluster.refresh().await {
+                tracing::debug!(error = %e, "metadata refresh failed; the next poll tries again");
+            }
+            if self.buffered.is_empty() {
+                tokio::time::sleep(FETCH_RETRY_BACKOFF.min(self.config.max_wait)).await;
+            }
         }
         Ok(())
     }

@@ -2,17 +2,21 @@
 //! off, the controller moves its partitions to in-sync replicas, producers carry on, and the
 //! history checker finds nothing acknowledged lost, duplicated or rewritten.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vltava_client::connection::Connection;
+use vltava_client::{Cluster, Consumer, ConsumerConfig, ProducerConfig, SeekTo};
 use vltava_messages::protocol::{
     Acks, ErrorCode, ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic,
 };
-use vltava_messages::{BatchBuilder, Compression, PartitionId};
+use vltava_messages::{BatchBuilder, Compression, Offset, PartitionId};
 use vltava_tests::cluster::TestCluster;
 use vltava_tests::history::History;
 
-use super::replication::{PARTITIONS, TOPIC, under_load, wait_for_isr};
+use super::replication::{PARTITIONS, TOPIC, under_load, under_load_with, wait_for_isr};
 use super::{FAILOVER_BOUND, REQUEST_TIMEOUT, metadata};
 
 /// Every partition of `TOPIC`'s leader and leader epoch, as node `addr` sees it (empty if it
@@ -210,5 +214,196 @@ fn two_nodes_killed_at_once_stop_writes_and_one_returning_brings_them_back() {
         cluster.node_mut(2).restart();
         wait_for_acknowledgements(history, 1, acknowledged, "node 2 back");
         cluster.node_mut(3).restart();
+    });
+}
+
+/// How long a producer with default settings (a 30 s request timeout) may take to have its
+/// writes to a paused leader's partition acknowledged on the new leader, from the pause: the
+/// controller moves the partition about 2 s after the pause (its fencing timeout), and the
+/// producer's leader check (`LEADER_CHECK_INTERVAL`, 1 s) finds the move within a second or
+/// two; far below the 30 s (plus slack) that waiting out the requests would take.
+const PAUSED_LEADER_RESUME_BOUND: Duration = Duration::from_secs(10);
+
+/// How long a metadata refresh may take when the first node it asks is paused: the hedge
+/// delay (500 ms) and the next node's answer, with room for a busy machine; far below the 8 s
+/// a paused node cost before.
+const HEDGED_REFRESH_BOUND: Duration = Duration::from_secs(3);
+
+/// SIGSTOP of a partition's leader under an idempotent producer with DEFAULT settings (30 s
+/// request timeout): the producer stops waiting on the requests it sent to the paused node
+/// once the metadata shows the partition moved, sends those batches again to the new leader,
+/// and its writes there are acknowledged well within `PAUSED_LEADER_RESUME_BOUND` of the
+/// pause. A client whose first bootstrap address is the paused node still loads metadata
+/// within `HEDGED_REFRESH_BOUND`. The history checker finds nothing lost, duplicated or
+/// reordered (the resent batches that had got through are answered as duplicates).
+#[test]
+fn a_default_producer_carries_on_quickly_past_a_paused_leader() {
+    let mut cluster = TestCluster::start(3, &["--replica-lag-time-max-ms", "1000"]);
+    under_load_with(
+        &mut cluster,
+        ProducerConfig::default(),
+        |cluster, rt, history| {
+            let observer = cluster.node(1).addr.clone();
+            let victim = rt.block_on(leaders(&observer))[0]
+                .0
+                .expect("partition 0 has a leader");
+            let other = other_than(victim);
+            let observer = cluster.node(other).addr.clone();
+            let victim_addr = cluster.node(victim).addr.clone();
+            cluster.node(victim).pause();
+            let paused_at = Instant::now();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rt.block_on(wait_for_leaders_other_than(&observer, victim));
+                let moved_after = paused_at.elapsed();
+                // Answers the producer had before the pause may still be on their way to the
+                // history; what comes after this settling time was written on the new leader.
+                std::thread::sleep(Duration::from_millis(300));
+                let acknowledged = history.acknowledged_count(TOPIC, PartitionId(0));
+                let deadline = paused_at + FAILOVER_BOUND;
+                while history.acknowledged_count(TOPIC, PartitionId(0)) <= acknowledged {
+                    assert!(
+                        Instant::now() < deadline,
+                        "nothing acknowledged on partition 0 within {FAILOVER_BOUND:?} of the pause"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let resumed_after = paused_at.elapsed();
+                eprintln!(
+                    "default producer, node {victim} paused: partition 0 moved after {moved_after:?}, \
+                 acknowledged again after {resumed_after:?} (bound {PAUSED_LEADER_RESUME_BOUND:?})"
+                );
+                assert!(
+                    resumed_after < PAUSED_LEADER_RESUME_BOUND,
+                    "the producer took {resumed_after:?} to carry on past the paused leader"
+                );
+                // Metadata through a paused first bootstrap address: the next is asked after
+                // the hedge delay rather than after the paused node's timeouts.
+                let started = Instant::now();
+                let hedged = rt.block_on(Cluster::connect(
+                    &[victim_addr.clone(), observer.clone()],
+                    "hedged-refresh",
+                ));
+                let took = started.elapsed();
+                eprintln!("metadata with a paused first bootstrap address took {took:?}");
+                assert!(hedged.is_ok(), "no metadata: {hedged:?}");
+                assert!(
+                    took < HEDGED_REFRESH_BOUND,
+                    "a paused first node held the refresh for {took:?}"
+                );
+            }));
+            cluster.node(victim).resume();
+            if let Err(panic) = outcome {
+                std::panic::resume_unwind(panic);
+            }
+            rt.block_on(wait_for_isr(
+                &observer,
+                3,
+                &format!("node {victim} resumed"),
+            ));
+        },
+    );
+}
+
+/// A consumer reading every partition (`Consumer::assign`) into `history` as `reader` until
+/// `stop`, sharing its positions in `positions`. A position that moves other than forward
+/// past what was read is recorded as a reset, which the checker counts.
+async fn read_until(
+    bootstrap: Vec<String>,
+    history: History,
+    reader: &'static str,
+    positions: Arc<Mutex<BTreeMap<u32, u64>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut consumer = Consumer::new(
+        Cluster::connect(&bootstrap, reader).await.unwrap(),
+        ConsumerConfig {
+            max_wait: Duration::from_millis(200),
+            ..ConsumerConfig::default()
+        },
+    );
+    consumer
+        .assign(TOPIC, None, SeekTo::Earliest)
+        .await
+        .unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        let before = consumer.positions().clone();
+        // Retriable trouble is the consumer's to handle: `poll` fails only on what is final.
+        let records = consumer.poll().await.expect("poll through a failover");
+        let mut read: BTreeMap<u32, u64> = BTreeMap::new();
+        for record in records {
+            read.insert(record.partition, record.offset);
+            history.read(
+                reader,
+                TOPIC,
+                PartitionId(record.partition),
+                Offset(record.offset),
+                record.key.as_deref().unwrap_or_default(),
+                &record.value.unwrap_or_default(),
+            );
+        }
+        for ((_, partition), after) in consumer.positions() {
+            let from = before.get(&(TOPIC.to_owned(), *partition)).copied();
+            let moved_back = from.is_some_and(|from| *after < from);
+            let moved_unread = !read.contains_key(partition) && from != Some(*after);
+            if moved_back || moved_unread {
+                history.position_reset(
+                    reader,
+                    TOPIC,
+                    PartitionId(*partition),
+                    Offset(from.unwrap_or_default()),
+                    Offset(*after),
+                );
+            }
+            positions.lock().unwrap().insert(*partition, *after);
+        }
+    }
+}
+
+/// A consumer (`Consumer::assign`, every partition) reads while the leader of partition 0 is
+/// killed under load: it refetches from its position on the new leader, never resets it, and
+/// goes on reading partition 0 past where it was; the history checker (no position reset,
+/// order kept per reader, nothing unwritten read) passes.
+#[test]
+fn a_consumer_reads_on_from_its_position_through_a_leader_kill() {
+    let mut cluster = TestCluster::start(3, &["--replica-lag-time-max-ms", "1000"]);
+    under_load(&mut cluster, |cluster, rt, history| {
+        let positions = Arc::new(Mutex::new(BTreeMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = rt.spawn(read_until(
+            cluster.bootstrap(),
+            history.clone(),
+            "live-reader",
+            Arc::clone(&positions),
+            Arc::clone(&stop),
+        ));
+        std::thread::sleep(Duration::from_secs(1));
+        let observer = cluster.node(1).addr.clone();
+        let victim = rt.block_on(leaders(&observer))[0]
+            .0
+            .expect("partition 0 has a leader");
+        let observer = cluster.node(other_than(victim)).addr.clone();
+        let acknowledged = history.acknowledged_count(TOPIC, PartitionId(0));
+        cluster.node_mut(victim).kill();
+        let killed_at = Instant::now();
+        rt.block_on(wait_for_leaders_other_than(&observer, victim));
+        wait_for_acknowledgements(history, 0, acknowledged, &format!("node {victim} killed"));
+        let read_before = positions.lock().unwrap().get(&0).copied().unwrap_or(0);
+        let deadline = Instant::now() + FAILOVER_BOUND;
+        while positions.lock().unwrap().get(&0).copied().unwrap_or(0) <= read_before {
+            assert!(
+                Instant::now() < deadline && !reader.is_finished(),
+                "the consumer did not read on from offset {read_before} of partition 0"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "consumer read partition 0 on the new leader {:?} after the kill",
+            killed_at.elapsed()
+        );
+        cluster.node_mut(victim).restart();
+        rt.block_on(wait_for_isr(&observer, 3, &format!("node {victim} back")));
+        stop.store(true, Ordering::Relaxed);
+        rt.block_on(reader)
+            .expect("the reader ends without a failure");
     });
 }
