@@ -303,9 +303,11 @@ class Connection:
                                       "topics": [{"name": topic, "partitions": parts}]})
         return {r["partition"]: check_entry(r) for r in answer["topics"][0]["partitions"]}
 
-    def init_producer_id(self):
-        """A new idempotent producer identity (section 6.10): (producer_id, producer_epoch)."""
-        answer = self.request(INIT_PRODUCER_ID, {})
+    def init_producer_id(self, current=None):
+        """A new idempotent producer identity, or with `current` = (producer_id, producer_epoch)
+        the next epoch of it (section 6.10): (producer_id, producer_epoch)."""
+        body = {} if current is None else {"producer_id": current[0], "producer_epoch": current[1]}
+        answer = self.request(INIT_PRODUCER_ID, body)
         return answer["producer_id"], answer["producer_epoch"]
 
     def list_offsets(self, topic, partitions, spec):
@@ -481,42 +483,68 @@ class Cluster:
 class IdempotentProducer:
     """Writes one batch at a time per partition, idempotently (section 6.10), so a retry after
     a timeout or a lost connection, also to a new leader, never writes a batch twice: a batch
-    that got through is answered with its original offsets."""
+    that got through is answered with its original offsets. On `UnknownProducerId` (say, a
+    leader that has not yet learnt of an id the controller just issued) it bumps its epoch, a
+    new id if the node does not know this one, and starts every partition again at sequence 0;
+    with one batch in flight, only the batch being sent is not yet acknowledged."""
 
     def __init__(self, cluster):
         self.cluster = cluster
         self.sequences = {}  # (topic, partition) -> next base_sequence
+        self.producer_id, self.producer_epoch = self._init_producer_id(None)
+
+    def _init_producer_id(self, current):
+        """InitProducerId (section 6.10) with retries; `current` asks for its next epoch, and
+        falls back to a new id if the node does not know it."""
         deadline = time.monotonic() + DELIVERY_TIMEOUT_S
         backoff = Backoff()
         while True:
             try:
-                cluster.refresh()
-                conn = cluster.connection(cluster.preferred)
-                self.producer_id, self.producer_epoch = conn.init_producer_id()
-                return
+                self.cluster.refresh()
+                conn = self.cluster.connection(self.cluster.preferred)
+                conn.sock.settimeout(METADATA_TIMEOUT_S + TIMEOUT_SLACK_S)
+                return conn.init_producer_id(current)
             except VltavaError as e:
+                if e.name == "UnknownProducerId" and current is not None:
+                    current = None  # ask for a new id instead
+                    continue
                 if not e.retriable or time.monotonic() >= deadline:
                     raise
             except (OSError, ConnectionError):
-                if cluster.preferred is not None:
-                    cluster.forget(cluster.preferred)
+                if self.cluster.preferred is not None:
+                    self.cluster.forget(self.cluster.preferred)
                 if time.monotonic() >= deadline:
                     raise
             backoff.sleep()
 
     def send(self, topic, partition, records):
-        """Appends `records` as one batch; returns its base offset. Raises after
+        """Appends `records` as one batch; returns its base offset and the node that answered
+        (the leader that acknowledged it). Raises after
         DELIVERY_TIMEOUT_S of retries, or at once on a final error."""
-        sequence = self.sequences.get((topic, partition), 0)
-        batch = build_batch(records, (self.producer_id, self.producer_epoch, sequence))
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        backoff = Backoff()
+        while True:
+            sequence = self.sequences.get((topic, partition), 0)
+            batch = build_batch(records, (self.producer_id, self.producer_epoch, sequence))
 
-        def produce(conn, epoch):
-            return conn.produce(topic, partition, [batch], leader_epoch=epoch, timeout_ms=PRODUCE_TIMEOUT_MS)
+            def produce(conn, epoch):
+                answer = conn.produce(topic, partition, [batch], leader_epoch=epoch, timeout_ms=PRODUCE_TIMEOUT_MS)
+                return answer, conn.node_id
 
-        result = self.cluster.call(topic, partition, produce, PRODUCE_TIMEOUT_MS / 1000 + TIMEOUT_SLACK_S,
-                                   time.monotonic() + DELIVERY_TIMEOUT_S)
-        self.sequences[(topic, partition)] = (sequence + len(records)) % (1 << 31)
-        return result["base_offset"]
+            try:
+                result, node_id = self.cluster.call(topic, partition, produce,
+                                                    PRODUCE_TIMEOUT_MS / 1000 + TIMEOUT_SLACK_S, deadline)
+            except VltavaError as e:
+                if e.name != "UnknownProducerId" or time.monotonic() >= deadline:
+                    raise
+                print(f"renewing the producer identity after {topic}-{partition}: {e}", file=sys.stderr, flush=True)
+                self.producer_id, self.producer_epoch = self._init_producer_id(
+                    (self.producer_id, self.producer_epoch))
+                self.sequences = {}
+                backoff.sleep()
+                continue
+            self.sequences[(topic, partition)] = (sequence + len(records)) % (1 << 31)
+            return result["base_offset"], node_id
 
 
 def fetch_from(cluster, topic, partition, position, deadline):
@@ -539,8 +567,9 @@ def fetch_from(cluster, topic, partition, position, deadline):
 
 def failover_run(bootstrap, topic, rounds):
     """Writes one event to every partition of `topic` per round and reads it back, through
-    whatever happens to the cluster meanwhile. Prints `ACK partition offset value` per
-    acknowledged write and `READ partition offset value` per event read, for a test to check;
+    whatever happens to the cluster meanwhile. Prints `ACK partition offset node value` per
+    acknowledged write (`node`: the leader that acknowledged it) and `READ partition offset
+    value` per event read, for a test to check;
     returns 0 when every acknowledged write was read back at its offset, else 1."""
     cluster = Cluster(bootstrap.split(","), "python-failover")
     cluster.refresh()
@@ -552,9 +581,9 @@ def failover_run(bootstrap, topic, rounds):
     for round_index in range(rounds):
         for p in partitions:
             value = f"py-{round_index}-{p}".encode()
-            offset = producer.send(topic, p, [Record(None, value, int(time.time() * 1000))])
+            offset, node_id = producer.send(topic, p, [Record(None, value, int(time.time() * 1000))])
             acknowledged[(p, offset)] = value
-            print(f"ACK {p} {offset} {value.decode()}", flush=True)
+            print(f"ACK {p} {offset} {node_id} {value.decode()}", flush=True)
         for p in partitions:
             deadline = time.monotonic() + DELIVERY_TIMEOUT_S
             last = max(o for (q, o) in acknowledged if q == p)
