@@ -209,7 +209,7 @@ impl Producer {
         }
         let identity = if config.idempotent {
             Some(Arc::new(
-                Identity::init(Arc::clone(&cluster), config.request_timeout).await?,
+                Identity::init(Arc::clone(&cluster), &config).await?,
             ))
         } else {
             None
@@ -305,14 +305,29 @@ struct Identity {
 }
 
 impl Identity {
-    async fn init(
-        cluster: Arc<Cluster>,
-        request_timeout: Duration,
-    ) -> Result<Identity, ClientError> {
-        let stamp = init_producer_id(&cluster, None, request_timeout).await?;
+    /// Asks for a producer id, retrying retriable failures (a controller election, a node
+    /// cut off from the quorum, a lost connection) with the producer's back-off, on the node
+    /// a metadata refresh finds, for at most the delivery timeout: a producer started while
+    /// the cluster is electing its controller or moving partitions waits, as its sends would.
+    async fn init(cluster: Arc<Cluster>, config: &ProducerConfig) -> Result<Identity, ClientError> {
+        let started = Instant::now();
+        let mut backoff = config.retry_backoff;
+        let stamp = loop {
+            match init_producer_id(&cluster, None, config.request_timeout).await {
+                Ok(stamp) => break stamp,
+                Err(e) if e.is_retriable() && started.elapsed() < config.delivery_timeout => {
+                    tracing::debug!(error = %e, "no producer id yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                    // Find a node that answers (and is not cut off) for the next attempt.
+                    let _ = cluster.refresh().await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Identity {
             cluster,
-            request_timeout,
+            request_timeout: config.request_timeout,
             current: tokio::sync::Mutex::new(stamp),
         })
     }
