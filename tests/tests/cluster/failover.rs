@@ -8,9 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vltava_client::connection::Connection;
-use vltava_client::{ClientError, Cluster, Consumer, ConsumerConfig, ProducerConfig, SeekTo};
+use vltava_client::{
+    ClientError, Cluster, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, ProducerConfig,
+    SeekTo,
+};
 use vltava_messages::protocol::{
-    Acks, ErrorCode, ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic,
+    Acks, ErrorCode, FindCoordinatorRequest, ProducePartition, ProduceRequest, ProduceResponse,
+    ProduceTopic,
 };
 use vltava_messages::{BatchBuilder, Compression, Offset, PartitionId};
 use vltava_tests::cluster::TestCluster;
@@ -595,4 +599,171 @@ fn the_python_client_writes_and_reads_through_a_leader_kill() {
             require_reads_written: true,
         })
         .assert_ok();
+}
+
+/// The group whose member reads through a leader kill.
+const GROUP: &str = "failover-readers";
+
+/// A group consumer subscribed to `TOPIC`, reading into `history` as `reader` until `stop`,
+/// sharing its positions in `positions`; a position that moves back, or moves without records
+/// read, is recorded as a reset. Returns the errors `poll` gave (all retriable, or the read
+/// stops at the first final one).
+async fn group_read_until(
+    bootstrap: Vec<String>,
+    history: History,
+    reader: &'static str,
+    positions: Arc<Mutex<BTreeMap<u32, u64>>>,
+    stop: Arc<AtomicBool>,
+) -> Vec<ClientError> {
+    let mut member = GroupConsumer::new(
+        Cluster::connect(&bootstrap, reader).await.unwrap(),
+        ConsumerConfig {
+            max_wait: Duration::from_millis(200),
+            ..ConsumerConfig::default()
+        },
+        GroupConfig::new(GROUP),
+    )
+    .unwrap();
+    member.subscribe(&[TOPIC]).unwrap();
+    let mut errors = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let before = member.positions().clone();
+        let records = match member.poll().await {
+            Ok(records) => records,
+            Err(e) if e.is_retriable() => {
+                errors.push(e);
+                continue;
+            }
+            Err(e) => {
+                errors.push(e);
+                break;
+            }
+        };
+        let mut read: BTreeMap<u32, u64> = BTreeMap::new();
+        for record in records {
+            read.insert(record.partition, record.offset);
+            history.read(
+                reader,
+                TOPIC,
+                PartitionId(record.partition),
+                Offset(record.offset),
+                record.key.as_deref().unwrap_or_default(),
+                &record.value.unwrap_or_default(),
+            );
+        }
+        for ((_, partition), after) in member.positions() {
+            // A partition newly assigned starts where the group's commit (or the reset
+            // policy) says: not a reset of a position this member held.
+            if let Some(from) = before.get(&(TOPIC.to_owned(), *partition)).copied()
+                && (*after < from || (!read.contains_key(partition) && from != *after))
+            {
+                history.position_reset(
+                    reader,
+                    TOPIC,
+                    PartitionId(*partition),
+                    Offset(from),
+                    Offset(*after),
+                );
+            }
+            positions.lock().unwrap().insert(*partition, *after);
+        }
+    }
+    member.close().await.ok();
+    errors
+}
+
+/// A group consumer (`GroupConsumer`, one member owning every partition) keeps consuming
+/// while the leader of a partition is killed under load: the node chosen is not the group's
+/// coordinator (coordinator failover is another test's), so the member stays in the group
+/// and reads the moved partition on from its position on the new leader, with no position
+/// reset and, beyond retriable ones, no error; the history checker passes.
+#[test]
+fn a_group_consumer_keeps_consuming_through_a_leader_kill() {
+    let mut cluster = TestCluster::start(3, &["--replica-lag-time-max-ms", "1000"]);
+    under_load(&mut cluster, |cluster, rt, history| {
+        let positions = Arc::new(Mutex::new(BTreeMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = rt.spawn(group_read_until(
+            cluster.bootstrap(),
+            history.clone(),
+            "group-reader",
+            Arc::clone(&positions),
+            Arc::clone(&stop),
+        ));
+        // Wait until the member owns and reads every partition.
+        let deadline = Instant::now() + FAILOVER_BOUND;
+        while positions
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|p| **p > 0)
+            .count()
+            < PARTITIONS as usize
+        {
+            assert!(
+                Instant::now() < deadline && !reader.is_finished(),
+                "the group member does not read every partition: {:?}",
+                positions.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let observer = cluster.node(1).addr.clone();
+        let coordinator = rt
+            .block_on(async {
+                let conn = Connection::connect(&observer, "find-coordinator").await?;
+                conn.send(
+                    &FindCoordinatorRequest {
+                        group_id: GROUP.into(),
+                    },
+                    REQUEST_TIMEOUT,
+                )
+                .await
+            })
+            .expect("the group's coordinator")
+            .node_id
+            .0;
+        let before = rt.block_on(leaders(&observer));
+        let (partition, victim) = before
+            .iter()
+            .enumerate()
+            .find_map(|(p, (leader, _))| {
+                leader
+                    .filter(|l| *l != coordinator)
+                    .map(|l| (u32::try_from(p).unwrap(), l))
+            })
+            .expect("a partition led by a node other than the coordinator");
+        let observer = cluster.node(other_than(victim)).addr.clone();
+        let acknowledged = history.acknowledged_count(TOPIC, PartitionId(partition));
+        cluster.node_mut(victim).kill();
+        let killed_at = Instant::now();
+        rt.block_on(wait_for_leaders_other_than(&observer, victim));
+        wait_for_acknowledgements(
+            history,
+            partition,
+            acknowledged,
+            &format!("node {victim} killed"),
+        );
+        let read_before = positions.lock().unwrap()[&partition];
+        let deadline = Instant::now() + FAILOVER_BOUND;
+        while positions.lock().unwrap()[&partition] <= read_before {
+            assert!(
+                Instant::now() < deadline && !reader.is_finished(),
+                "the group member did not read on from offset {read_before} of partition {partition}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "group member read partition {partition} on the new leader {:?} after node {victim} (not the coordinator, node {coordinator}) was killed",
+            killed_at.elapsed()
+        );
+        cluster.node_mut(victim).restart();
+        rt.block_on(wait_for_isr(&observer, 3, &format!("node {victim} back")));
+        stop.store(true, Ordering::Relaxed);
+        let errors = rt.block_on(reader).expect("the group reader ends");
+        eprintln!("group member's poll errors through the kill: {errors:?}");
+        assert!(
+            errors.iter().all(ClientError::is_retriable),
+            "a final error: {errors:?}"
+        );
+    });
 }
