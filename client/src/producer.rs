@@ -617,6 +617,14 @@ fn finish(outstanding: &(AtomicUsize, Notify)) {
     outstanding.1.notify_waiters();
 }
 
+/// Whether batches sent to `sent_to` should go again to `now`: the partition has a leader
+/// and it is another node, or the same node in another leader epoch (it lost and regained
+/// the partition, so what it held in flight may have been cut). A partition without a leader
+/// is not a move: sending again would only fail, so the answers are waited for meanwhile.
+fn moved(sent_to: PartitionLeader, now: PartitionLeader) -> bool {
+    now.leader.is_some() && now != sent_to
+}
+
 /// Sends one partition's batches in order, with retries.
 struct PartitionSender {
     cluster: Arc<Cluster>,
@@ -819,8 +827,7 @@ impl PartitionSender {
                 continue;
             }
             if let Some(now) = self.cluster.known_leader(&self.topic, self.partition)
-                && now.leader.is_some()
-                && now != sent_to
+                && moved(sent_to, now)
             {
                 return Waited::Moved(now);
             }
@@ -989,5 +996,33 @@ impl PartitionSender {
             Ok(result.base_offset)
         });
         (answer, sent_to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vltava_messages::NodeId;
+
+    use super::*;
+
+    fn led(node: Option<u32>, epoch: u32) -> PartitionLeader {
+        PartitionLeader {
+            leader: node.map(NodeId),
+            leader_epoch: LeaderEpoch(epoch),
+        }
+    }
+
+    /// In-flight batches go again when the partition has a new leader or a new leader epoch,
+    /// never while it has none, nor when nothing changed.
+    #[test]
+    fn batches_go_again_only_to_a_leader_that_moved() {
+        let sent_to = led(Some(1), 4);
+        assert!(moved(sent_to, led(Some(2), 5)), "another node leads");
+        assert!(
+            moved(sent_to, led(Some(1), 5)),
+            "the same node in a new epoch"
+        );
+        assert!(!moved(sent_to, led(Some(1), 4)), "nothing changed");
+        assert!(!moved(sent_to, led(None, 5)), "no leader to send to");
     }
 }
