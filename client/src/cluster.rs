@@ -43,6 +43,18 @@ pub struct PartitionLeader {
     pub leader_epoch: LeaderEpoch,
 }
 
+impl PartitionLeader {
+    /// Whether requests sent to this leader should go again to `now`: the partition has a
+    /// leader and it is another node, or the same node in another leader epoch (it lost and
+    /// regained the partition, so what it held in flight may have been cut). A partition
+    /// without a leader is not a move: sending again would only fail, so the answers are
+    /// waited for meanwhile.
+    #[must_use]
+    pub fn moved_to(self, now: PartitionLeader) -> bool {
+        now.leader.is_some() && now != self
+    }
+}
+
 #[derive(Debug, Default)]
 struct Known {
     nodes: HashMap<NodeId, String>,

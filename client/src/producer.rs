@@ -49,7 +49,8 @@ pub const PARTITION_QUEUE_BATCHES: usize = 16;
 pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long the oldest batch in flight on a partition may wait for its answer before the
 /// idempotent producer checks whether the partition's leader moved, and how often it checks
-/// again (one metadata refresh each time) while the answer is still out. An acks=all answer
+/// again (one metadata refresh each time) while the answer is still out. The consumer checks
+/// its fetches the same way, this long past their own wait. An acks=all answer
 /// from a live leader takes milliseconds; one that takes a second more likely comes from a
 /// leader that is paused or cut off, whose partitions the controller moves within about two
 /// seconds (its fencing timeout). Checking every second finds the move within a second of it,
@@ -617,14 +618,6 @@ fn finish(outstanding: &(AtomicUsize, Notify)) {
     outstanding.1.notify_waiters();
 }
 
-/// Whether batches sent to `sent_to` should go again to `now`: the partition has a leader
-/// and it is another node, or the same node in another leader epoch (it lost and regained
-/// the partition, so what it held in flight may have been cut). A partition without a leader
-/// is not a move: sending again would only fail, so the answers are waited for meanwhile.
-fn moved(sent_to: PartitionLeader, now: PartitionLeader) -> bool {
-    now.leader.is_some() && now != sent_to
-}
-
 /// Sends one partition's batches in order, with retries.
 struct PartitionSender {
     cluster: Arc<Cluster>,
@@ -827,7 +820,7 @@ impl PartitionSender {
                 continue;
             }
             if let Some(now) = self.cluster.known_leader(&self.topic, self.partition)
-                && moved(sent_to, now)
+                && sent_to.moved_to(now)
             {
                 return Waited::Moved(now);
             }
@@ -996,33 +989,5 @@ impl PartitionSender {
             Ok(result.base_offset)
         });
         (answer, sent_to)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use vltava_messages::NodeId;
-
-    use super::*;
-
-    fn led(node: Option<u32>, epoch: u32) -> PartitionLeader {
-        PartitionLeader {
-            leader: node.map(NodeId),
-            leader_epoch: LeaderEpoch(epoch),
-        }
-    }
-
-    /// In-flight batches go again when the partition has a new leader or a new leader epoch,
-    /// never while it has none, nor when nothing changed.
-    #[test]
-    fn batches_go_again_only_to_a_leader_that_moved() {
-        let sent_to = led(Some(1), 4);
-        assert!(moved(sent_to, led(Some(2), 5)), "another node leads");
-        assert!(
-            moved(sent_to, led(Some(1), 5)),
-            "the same node in a new epoch"
-        );
-        assert!(!moved(sent_to, led(Some(1), 4)), "nothing changed");
-        assert!(!moved(sent_to, led(None, 5)), "no leader to send to");
     }
 }

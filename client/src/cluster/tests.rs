@@ -192,3 +192,24 @@ async fn every_candidate_failing_returns_the_last_failure() {
     assert_eq!(outcome, Err(None));
     assert!(asked.is_empty());
 }
+
+fn led(node: Option<u32>, epoch: u32) -> PartitionLeader {
+    PartitionLeader {
+        leader: node.map(NodeId),
+        leader_epoch: LeaderEpoch(epoch),
+    }
+}
+
+/// Requests in flight go again when the partition has a new leader or a new leader epoch,
+/// never while it has none, nor when nothing changed.
+#[test]
+fn requests_go_again_only_to_a_leader_that_moved() {
+    let sent_to = led(Some(1), 4);
+    assert!(sent_to.moved_to(led(Some(2), 5)), "another node leads");
+    assert!(
+        sent_to.moved_to(led(Some(1), 5)),
+        "the same node in a new epoch"
+    );
+    assert!(!sent_to.moved_to(led(Some(1), 4)), "nothing changed");
+    assert!(!sent_to.moved_to(led(None, 5)), "no leader to send to");
+}

@@ -240,8 +240,10 @@ const HEDGED_REFRESH_BOUND: Duration = Duration::from_secs(3);
 /// once the metadata shows the partition moved, sends those batches again to the new leader,
 /// and its writes there are acknowledged well within `PAUSED_LEADER_RESUME_BOUND` of the
 /// pause. A client whose first bootstrap address is the paused node still loads metadata
-/// within `HEDGED_REFRESH_BOUND`. The history checker finds nothing lost, duplicated or
-/// reordered (the resent batches that had got through are answered as duplicates).
+/// within `HEDGED_REFRESH_BOUND`, and a consumer reads partition 0 on from its position on the
+/// new leader within `PAUSED_LEADER_RESUME_BOUND` of the pause too. The history checker finds nothing lost, duplicated or
+/// reordered (the resent batches that had got through are answered as duplicates), and no
+/// consumer position reset.
 #[test]
 fn a_default_producer_carries_on_quickly_past_a_paused_leader() {
     let mut cluster = TestCluster::start(3, &["--replica-lag-time-max-ms", "1000"]);
@@ -256,6 +258,16 @@ fn a_default_producer_carries_on_quickly_past_a_paused_leader() {
             let other = other_than(victim);
             let observer = cluster.node(other).addr.clone();
             let victim_addr = cluster.node(victim).addr.clone();
+            let positions = Arc::new(Mutex::new(BTreeMap::new()));
+            let stop = Arc::new(AtomicBool::new(false));
+            let reader = rt.spawn(read_until(
+                cluster.bootstrap(),
+                history.clone(),
+                "paused-leader-reader",
+                Arc::clone(&positions),
+                Arc::clone(&stop),
+            ));
+            std::thread::sleep(Duration::from_secs(1));
             cluster.node(victim).pause();
             let paused_at = Instant::now();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -296,11 +308,32 @@ fn a_default_producer_carries_on_quickly_past_a_paused_leader() {
                     took < HEDGED_REFRESH_BOUND,
                     "a paused first node held the refresh for {took:?}"
                 );
+                // The consumer reads partition 0 on from its position on the new leader: it
+                // gives up on its fetch to the paused node once the metadata shows the move.
+                let read_before = positions.lock().unwrap()[&0];
+                while positions.lock().unwrap()[&0] <= read_before {
+                    assert!(
+                        Instant::now() < deadline && !reader.is_finished(),
+                        "the consumer did not read on from offset {read_before} of partition 0"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let read_after = paused_at.elapsed();
+                eprintln!(
+                    "consumer read partition 0 on the new leader {read_after:?} after the pause"
+                );
+                assert!(
+                    read_after < PAUSED_LEADER_RESUME_BOUND,
+                    "the consumer took {read_after:?} to read on past the paused leader"
+                );
             }));
+            stop.store(true, Ordering::Relaxed);
             cluster.node(victim).resume();
             if let Err(panic) = outcome {
                 std::panic::resume_unwind(panic);
             }
+            rt.block_on(reader)
+                .expect("the reader ends without a failure");
             rt.block_on(wait_for_isr(
                 &observer,
                 3,
