@@ -1,6 +1,15 @@
 //! The consumer: reads assigned partitions from positions it keeps, with long-poll fetches
 //! sent to each partition's leader. Seek to an offset, the earliest or latest offset, or the
 //! first offset at or after a timestamp.
+//!
+//! Through a leader change the positions stay: a partition whose leader cannot be reached, or
+//! that answers a retriable error (`NotLeader`, `FencedLeaderEpoch`, a timeout, a lost
+//! connection), makes the consumer refresh its metadata and fetch it again from the same
+//! position on the leader the metadata names, after `FETCH_RETRY_BACKOFF` if nothing else
+//! came. A fetch whose answer is overdue by `LEADER_CHECK_INTERVAL` makes it check, once per
+//! interval, whether the partitions' leaders moved, and give up on that fetch if one did (a
+//! paused leader answers nothing until its connection's timeout). Only `OffsetOutOfRange`
+//! moves a position the caller did not ask to move.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,8 +22,15 @@ use vltava_messages::protocol::{
 };
 use vltava_messages::{Offset, PartitionId};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, PartitionLeader};
 use crate::error::ClientError;
+use crate::producer::LEADER_CHECK_INTERVAL;
+
+/// How long `poll` waits before it returns empty when its partitions' leaders could not be
+/// reached or answered only retriable errors: long enough that a consumer polling in a loop
+/// through a failover does not ask for metadata in a tight loop, short against the second or
+/// two a leader change takes.
+pub const FETCH_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Consumer settings.
 #[derive(Clone, Debug)]
@@ -63,11 +79,21 @@ pub struct ConsumerRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-/// An assigned partition about to be fetched: topic, partition, position, leader epoch.
-type Assigned = (String, u32, u64, vltava_messages::LeaderEpoch);
+/// An assigned partition about to be fetched: topic, partition, position, and its leader.
+type Assigned = (String, u32, u64, PartitionLeader);
+
+/// A fetch sent to one leader.
+#[derive(Debug)]
+struct SentFetch {
+    answer: tokio::task::JoinHandle<Result<FetchResponse, ClientError>>,
+    /// When the answer is overdue: the fetch's own wait plus `LEADER_CHECK_INTERVAL`.
+    overdue_at: tokio::time::Instant,
+    /// Each partition asked, with the leader it was asked of.
+    routes: Vec<(String, u32, PartitionLeader)>,
+}
 
 /// The fetches in flight, one per leader.
-type FetchAnswers = Vec<tokio::task::JoinHandle<Result<FetchResponse, ClientError>>>;
+type FetchAnswers = Vec<SentFetch>;
 
 /// A fetch sent ahead while the caller handles the events of the last one.
 #[derive(Debug)]
@@ -266,6 +292,10 @@ impl Consumer {
             let answers = self
                 .send_fetches(self.config.max_wait, self.config.min_bytes)
                 .await?;
+            if answers.is_empty() && !self.positions.is_empty() {
+                // No leader could be reached (`send_fetches` refreshed the metadata).
+                tokio::time::sleep(FETCH_RETRY_BACKOFF.min(self.config.max_wait)).await;
+            }
             self.take_answers(answers).await?;
         }
         // Read ahead: while the caller handles these events the next ones travel. It asks
@@ -283,7 +313,9 @@ impl Consumer {
         Ok(())
     }
 
-    /// Sends one fetch per leader of the assigned partitions, from their positions.
+    /// Sends one fetch per leader of the assigned partitions, from their positions. A partition
+    /// whose leader is unknown or cannot be reached is left out this time, and the metadata
+    /// refreshed for the next.
     async fn send_fetches(
         &self,
         max_wait: Duration,
@@ -292,25 +324,50 @@ impl Consumer {
         // Group the assigned partitions by leader connection.
         let mut by_leader: HashMap<String, (crate::connection::Connection, Vec<Assigned>)> =
             HashMap::new();
+        let mut stale = false;
         for ((topic, partition), offset) in &self.positions {
-            let (leader, epoch) = self.cluster.leader(topic, PartitionId(*partition)).await?;
-            let connection = self.cluster.fetch_connection_to(leader.addr()).await?;
+            let found = async {
+                let (leader, route) = self
+                    .cluster
+                    .leader_route(topic, PartitionId(*partition))
+                    .await?;
+                let connection = self.cluster.fetch_connection_to(leader.addr()).await?;
+                Ok::<_, ClientError>((connection, route))
+            }
+            .await;
+            let (connection, route) = match found {
+                Ok(found) => found,
+                Err(e) if e.is_retriable() => {
+                    tracing::debug!(%topic, partition, error = %e, "no leader to fetch from; refreshing metadata");
+                    stale = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             by_leader
                 .entry(connection.addr().to_owned())
                 .or_insert_with(|| (connection, Vec::new()))
                 .1
-                .push((topic.clone(), *partition, *offset, epoch));
+                .push((topic.clone(), *partition, *offset, route));
+        }
+        if stale && let Err(e) = self.cluster.refresh().await {
+            tracing::debug!(error = %e, "metadata refresh failed; the next poll tries again");
         }
         let mut answers = Vec::new();
         for (_, (connection, partitions)) in by_leader {
             let mut topics: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
-            for (topic, partition, offset, epoch) in partitions {
-                topics.entry(topic).or_default().push(FetchPartition {
-                    partition: PartitionId(partition),
-                    fetch_offset: Offset(offset),
-                    partition_max_bytes: self.config.partition_max_bytes,
-                    current_leader_epoch: Some(epoch),
-                });
+            let mut routes = Vec::with_capacity(partitions.len());
+            for (topic, partition, offset, route) in partitions {
+                topics
+                    .entry(topic.clone())
+                    .or_default()
+                    .push(FetchPartition {
+                        partition: PartitionId(partition),
+                        fetch_offset: Offset(offset),
+                        partition_max_bytes: self.config.partition_max_bytes,
+                        current_leader_epoch: Some(route.leader_epoch),
+                    });
+                routes.push((topic, partition, route));
             }
             let request = FetchRequest {
                 max_wait_ms: max_wait.as_millis() as u32,
@@ -321,27 +378,67 @@ impl Consumer {
                     .map(|(name, partitions)| FetchTopic { name, partitions })
                     .collect(),
             };
-            answers.push(tokio::spawn(async move {
-                connection.send(&request, max_wait).await
-            }));
+            answers.push(SentFetch {
+                answer: tokio::spawn(async move { connection.send(&request, max_wait).await }),
+                overdue_at: tokio::time::Instant::now() + max_wait + LEADER_CHECK_INTERVAL,
+                routes,
+            });
         }
         Ok(answers)
+    }
+
+    /// Waits for a fetch's answer. Once it is overdue (`SentFetch::overdue_at`) it refreshes
+    /// the metadata once per `LEADER_CHECK_INTERVAL`, and gives up on the fetch (`None`) as
+    /// soon as one of its partitions is led by another node or in another leader epoch: a
+    /// fetch to a paused leader would otherwise hold the consumer for its wait plus the
+    /// connection's slack (5 s). The positions stay; the next fetch asks the new leader.
+    async fn wait_for(
+        &self,
+        mut sent: SentFetch,
+    ) -> Result<Option<Result<FetchResponse, ClientError>>, ClientError> {
+        let joined = |j: Result<_, tokio::task::JoinError>| {
+            j.map(Some)
+                .map_err(|e| ClientError::Protocol(e.to_string()))
+        };
+        let mut due = sent.overdue_at;
+        loop {
+            tokio::select! {
+                answer = &mut sent.answer => return joined(answer),
+                () = tokio::time::sleep_until(due) => {}
+            }
+            let refreshed = tokio::select! {
+                answer = &mut sent.answer => return joined(answer),
+                refreshed = self.cluster.refresh() => refreshed,
+            };
+            due = tokio::time::Instant::now() + LEADER_CHECK_INTERVAL;
+            let moved = refreshed.is_ok()
+                && sent.routes.iter().any(|(topic, partition, sent_to)| {
+                    self.cluster
+                        .known_leader(topic, PartitionId(*partition))
+                        .is_some_and(|now| sent_to.moved_to(now))
+                });
+            if moved {
+                tracing::debug!(routes = ?sent.routes, "a leader moved while its fetch was out; fetching from the new one");
+                // Its answer, if it ever comes, would be dropped anyway.
+                sent.answer.abort();
+                return Ok(None);
+            }
+        }
     }
 
     /// Buffers the events of fetch answers and moves the positions past them.
     async fn take_answers(&mut self, answers: FetchAnswers) -> Result<(), ClientError> {
         let mut refresh = false;
-        for answer in answers {
-            let answer = match answer
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-            {
-                Ok(answer) => answer,
-                Err(e) if e.is_retriable() => {
+        for sent in answers {
+            let answer = match self.wait_for(sent).await? {
+                // The leader moved, and the metadata says where: fetch there next time.
+                None => continue,
+                Some(Ok(answer)) => answer,
+                Some(Err(e)) if e.is_retriable() => {
                     refresh = true;
                     continue;
                 }
-                Err(e) => return Err(e),
+                Some(Err(e)) => return Err(e),
             };
             for topic in answer.topics {
                 for p in topic.partitions {
@@ -402,7 +499,14 @@ impl Consumer {
             }
         }
         if refresh {
-            self.cluster.refresh().await?;
+            // The positions stay: the next fetch asks the leader the metadata now names from
+            // where this one asked. A failed refresh is left for the next poll to retry.
+            if let Err(e) = self.cluster.refresh().await {
+                tracing::debug!(error = %e, "metadata refresh failed; the next poll tries again");
+            }
+            if self.buffered.is_empty() {
+                tokio::time::sleep(FETCH_RETRY_BACKOFF.min(self.config.max_wait)).await;
+            }
         }
         Ok(())
     }

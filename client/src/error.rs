@@ -63,7 +63,9 @@ impl ClientError {
         }
     }
 
-    /// Whether the error means the client's metadata is stale (refresh, then retry).
+    /// Whether the error means the client's metadata is stale (refresh, then retry): the
+    /// routing errors of PROTOCOL.md's *Riding out failures*, and a connection or request
+    /// that failed without an answer.
     #[must_use]
     pub fn wants_metadata_refresh(&self) -> bool {
         matches!(
@@ -75,6 +77,8 @@ impl ClientError {
                     | ErrorCode::UnknownPartition
                     | ErrorCode::LeaderNotAvailable
                     | ErrorCode::PartitionOffline
+                    // A node whose log failed gives up leadership: the metadata names the next.
+                    | ErrorCode::StorageError
             )
         ) || matches!(
             self,

@@ -36,7 +36,7 @@ use vltava_messages::{
     Sequence,
 };
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, PartitionLeader};
 use crate::connection::Connection;
 use crate::error::ClientError;
 use crate::partitioner::{StickyPartitioner, partition_for_key};
@@ -47,6 +47,16 @@ pub const SEND_BUFFER_EVENTS: usize = 16_384;
 pub const PARTITION_QUEUE_BATCHES: usize = 16;
 /// The longest back-off between retries.
 pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long the oldest batch in flight on a partition may wait for its answer before the
+/// idempotent producer checks whether the partition's leader moved, and how often it checks
+/// again (one metadata refresh each time) while the answer is still out. The consumer checks
+/// its fetches the same way, this long past their own wait. An acks=all answer
+/// from a live leader takes milliseconds; one that takes a second more likely comes from a
+/// leader that is paused or cut off, whose partitions the controller moves within about two
+/// seconds (its fencing timeout). Checking every second finds the move within a second of it,
+/// at the cost of one small Metadata request per second per stalled partition, where waiting
+/// out the request timeout (30 s by default) would stall the partition that long.
+pub const LEADER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Producer settings.
 #[derive(Clone, Debug)]
@@ -200,7 +210,7 @@ impl Producer {
         }
         let identity = if config.idempotent {
             Some(Arc::new(
-                Identity::init(Arc::clone(&cluster), config.request_timeout).await?,
+                Identity::init(Arc::clone(&cluster), &config).await?,
             ))
         } else {
             None
@@ -296,14 +306,29 @@ struct Identity {
 }
 
 impl Identity {
-    async fn init(
-        cluster: Arc<Cluster>,
-        request_timeout: Duration,
-    ) -> Result<Identity, ClientError> {
-        let stamp = init_producer_id(&cluster, None, request_timeout).await?;
+    /// Asks for a producer id, retrying retriable failures (a controller election, a node
+    /// cut off from the quorum, a lost connection) with the producer's back-off, on the node
+    /// a metadata refresh finds, for at most the delivery timeout: a producer started while
+    /// the cluster is electing its controller or moving partitions waits, as its sends would.
+    async fn init(cluster: Arc<Cluster>, config: &ProducerConfig) -> Result<Identity, ClientError> {
+        let started = Instant::now();
+        let mut backoff = config.retry_backoff;
+        let stamp = loop {
+            match init_producer_id(&cluster, None, config.request_timeout).await {
+                Ok(stamp) => break stamp,
+                Err(e) if e.is_retriable() && started.elapsed() < config.delivery_timeout => {
+                    tracing::debug!(error = %e, "no producer id yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                    // Find a node that answers (and is not cut off) for the next attempt.
+                    let _ = cluster.refresh().await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Identity {
             cluster,
-            request_timeout,
+            request_timeout: config.request_timeout,
             current: tokio::sync::Mutex::new(stamp),
         })
     }
@@ -608,7 +633,25 @@ struct PartitionSender {
 type AnswerFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<Option<Offset>, ClientError>> + Send>,
 >;
-type InFlight = (Sealed, AnswerFuture);
+
+/// A batch sent and not yet answered.
+struct InFlight {
+    batch: Sealed,
+    answer: AnswerFuture,
+    /// When its request was written.
+    sent: Instant,
+    /// The partition's leader (node and leader epoch) it was sent to; absent when the send
+    /// failed before a leader was found (the answer is then that failure).
+    sent_to: Option<PartitionLeader>,
+}
+
+/// How waiting for an in-flight batch ended.
+enum Waited {
+    Answered(Result<Option<Offset>, ClientError>),
+    /// The partition's leader moved away from the one the batch was sent to: its outcome is
+    /// unknown, and it is to be sent again to the new leader.
+    Moved(PartitionLeader),
+}
 
 impl PartitionSender {
     async fn run(self, mut batches: mpsc::Receiver<Sealed>) {
@@ -616,6 +659,9 @@ impl PartitionSender {
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut backoff = self.config.retry_backoff;
         let mut open = true;
+        // When this partition last checked its leader (`wait_for`), so that checks are at
+        // least `LEADER_CHECK_INTERVAL` apart.
+        let mut checked: Option<Instant> = None;
         loop {
             // Take new batches while there is room.
             while open && waiting.len() + in_flight.len() < self.config.max_in_flight {
@@ -642,14 +688,44 @@ impl PartitionSender {
                 let Some(mut batch) = waiting.pop_front() else {
                     break;
                 };
-                let answer = self.submit(&mut batch.bytes).await;
-                in_flight.push_back((batch, answer));
+                let (answer, sent_to) = self.submit(&mut batch.bytes).await;
+                in_flight.push_back(InFlight {
+                    batch,
+                    answer,
+                    sent: Instant::now(),
+                    sent_to,
+                });
             }
             // The oldest answer decides.
-            let Some((batch, task)) = in_flight.pop_front() else {
+            let Some(mut oldest) = in_flight.pop_front() else {
                 continue;
             };
-            let result = task.await;
+            let result = match self.wait_for(&mut oldest, &mut checked).await {
+                Waited::Answered(result) => result,
+                Waited::Moved(to) => {
+                    // Give up on every answer still out (their requests went to the old
+                    // leader, or after one that did) and send the batches again, in order, to
+                    // the new one: a batch that got through is answered as a duplicate with
+                    // its original offsets (idempotence), one that did not is appended.
+                    tracing::info!(
+                        topic = %self.topic,
+                        partition = self.partition.0,
+                        leader = ?to.leader.map(|n| n.0),
+                        leader_epoch = to.leader_epoch.0,
+                        batches = in_flight.len() + 1,
+                        "leader moved while batches were in flight; sending them to the new leader"
+                    );
+                    let again: Vec<Sealed> = std::iter::once(oldest.batch)
+                        .chain(in_flight.drain(..).map(|f| f.batch))
+                        .collect();
+                    for batch in again.into_iter().rev() {
+                        waiting.push_front(batch);
+                    }
+                    backoff = self.config.retry_backoff;
+                    continue;
+                }
+            };
+            let batch = oldest.batch;
             match result {
                 Ok(offset) => {
                     backoff = self.config.retry_backoff;
@@ -660,15 +736,8 @@ impl PartitionSender {
                     // Every batch after it failed or will fail too: wait for those answers,
                     // then send them all again in order under the new identity.
                     let mut held = vec![batch];
-                    for (later, task) in in_flight.drain(..) {
-                        match task.await {
-                            Ok(offset) => {
-                                later.outcome.send_replace(Some(Ok(offset)));
-                                finish(&self.outstanding);
-                            }
-                            Err(_) => held.push(later),
-                        }
-                    }
+                    self.settle_later(&mut in_flight, &mut held, &mut checked)
+                        .await;
                     let renumbered = self
                         .renumber(&error, &mut held, &mut waiting, &mut batches, &mut open)
                         .await;
@@ -698,20 +767,14 @@ impl PartitionSender {
                     // Everything sent after it failed or will fail out of sequence: wait for
                     // those answers, then send them all again in order.
                     let mut again = vec![batch];
-                    for (later, task) in in_flight.drain(..) {
-                        match task.await {
-                            Ok(offset) => {
-                                later.outcome.send_replace(Some(Ok(offset)));
-                                finish(&self.outstanding);
-                            }
-                            Err(_) => again.push(later),
-                        }
-                    }
+                    self.settle_later(&mut in_flight, &mut again, &mut checked)
+                        .await;
                     for batch in again.into_iter().rev() {
                         waiting.push_front(batch);
                     }
                     if error.wants_metadata_refresh() {
                         let _ = self.cluster.refresh().await;
+                        checked = Some(Instant::now());
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
@@ -720,6 +783,74 @@ impl PartitionSender {
                     tracing::warn!(topic = %self.topic, partition = self.partition.0, %error, "batch failed");
                     batch.outcome.send_replace(Some(Err(error)));
                     finish(&self.outstanding);
+                }
+            }
+        }
+    }
+
+    /// Waits for the answer of a batch in flight. An idempotent producer also watches the
+    /// partition's leader while the answer is overdue: from `LEADER_CHECK_INTERVAL` after the
+    /// send, at most once per interval (`checked` is the partition's last check), it refreshes
+    /// the metadata, and if the partition is now led by another node or in another leader
+    /// epoch than the batch was sent to, it stops waiting (`Waited::Moved`). A request to a
+    /// paused or cut-off leader would otherwise hold the partition for the request timeout.
+    ///
+    /// Without idempotence the answer (or its timeout) always decides: a batch sent again
+    /// while its first request may still be appended could be written twice.
+    async fn wait_for(&self, flight: &mut InFlight, checked: &mut Option<Instant>) -> Waited {
+        let sent_to = match flight.sent_to {
+            Some(sent_to) if self.identity.is_some() => sent_to,
+            _ => return Waited::Answered((&mut flight.answer).await),
+        };
+        loop {
+            let due = (flight.sent + LEADER_CHECK_INTERVAL)
+                .max(checked.map_or(flight.sent, |at| at + LEADER_CHECK_INTERVAL));
+            tokio::select! {
+                answer = &mut flight.answer => return Waited::Answered(answer),
+                () = tokio::time::sleep_until(due.into()) => {}
+            }
+            // The refresh is bounded by its own timeouts; the answer may still come meanwhile.
+            let refreshed = tokio::select! {
+                answer = &mut flight.answer => return Waited::Answered(answer),
+                refreshed = self.cluster.refresh() => refreshed,
+            };
+            *checked = Some(Instant::now());
+            if let Err(e) = refreshed {
+                tracing::debug!(topic = %self.topic, partition = self.partition.0, error = %e, "leader check: no metadata");
+                continue;
+            }
+            if let Some(now) = self.cluster.known_leader(&self.topic, self.partition)
+                && sent_to.moved_to(now)
+            {
+                return Waited::Moved(now);
+            }
+        }
+    }
+
+    /// Waits for the answers of the batches sent after one that failed: those acknowledged are
+    /// done; those that failed too, or whose leader moved while they waited (and every one
+    /// after that), join `again`, in order, to be sent once more.
+    async fn settle_later(
+        &self,
+        in_flight: &mut VecDeque<InFlight>,
+        again: &mut Vec<Sealed>,
+        checked: &mut Option<Instant>,
+    ) {
+        let mut moved = false;
+        for mut later in in_flight.drain(..) {
+            if moved {
+                again.push(later.batch);
+                continue;
+            }
+            match self.wait_for(&mut later, checked).await {
+                Waited::Answered(Ok(offset)) => {
+                    later.batch.outcome.send_replace(Some(Ok(offset)));
+                    finish(&self.outstanding);
+                }
+                Waited::Answered(Err(_)) => again.push(later.batch),
+                Waited::Moved(_) => {
+                    moved = true;
+                    again.push(later.batch);
                 }
             }
         }
@@ -804,10 +935,15 @@ impl PartitionSender {
     /// to wait for. The batch's bytes move into the request while it is written and back
     /// out afterwards, kept for a retry; they go to the socket from where they are, not
     /// through a copy in the frame (`Connection::submit_produce`).
-    async fn submit(&self, records: &mut Vec<u8>) -> AnswerFuture {
+    async fn submit(&self, records: &mut Vec<u8>) -> (AnswerFuture, Option<PartitionLeader>) {
+        let mut sent_to = None;
         let submitted = async {
-            let (connection, epoch): (Connection, LeaderEpoch) =
-                self.cluster.leader(&self.topic, self.partition).await?;
+            let (connection, leader): (Connection, PartitionLeader) = self
+                .cluster
+                .leader_route(&self.topic, self.partition)
+                .await?;
+            sent_to = Some(leader);
+            let epoch: LeaderEpoch = leader.leader_epoch;
             let mut request = ProduceRequest {
                 acks: self.config.acks,
                 timeout_ms: self.config.request_timeout.as_millis() as u32,
@@ -835,7 +971,7 @@ impl PartitionSender {
             submitted
         }
         .await;
-        Box::pin(async move {
+        let answer = Box::pin(async move {
             let answer = match submitted {
                 Err(e) => return Err(e),
                 Ok(None) => return Ok(None),
@@ -851,6 +987,7 @@ impl PartitionSender {
                 return Err(ClientError::Server(error));
             }
             Ok(result.base_offset)
-        })
+        });
+        (answer, sent_to)
     }
 }

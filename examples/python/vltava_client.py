@@ -5,11 +5,13 @@ It needs only the `msgpack` package. Section numbers below (section 2, 6.7, ...)
 of PROTOCOL.md at the repository root.
 
 Run the demo against a node:  python3 vltava_client.py 127.0.0.1:9420
+Run through a failover:        python3 vltava_client.py --failover HOST:PORT[,HOST:PORT...] TOPIC ROUNDS
 """
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import struct
 import sys
@@ -23,10 +25,11 @@ CLIENT_VERSION = "0.1.0"
 
 # Request kinds (section 4) and the versions this client speaks of each.
 HANDSHAKE, METADATA, CREATE_TOPICS, PRODUCE, FETCH, LIST_OFFSETS = 0, 1, 2, 7, 8, 9
+INIT_PRODUCER_ID = 10
 FIND_COORDINATOR, GROUP_HEARTBEAT, OFFSET_COMMIT, OFFSET_FETCH, DESCRIBE_GROUPS = 11, 12, 13, 14, 16
 CLIENT_VERSIONS = {kind: (1, 1) for kind in (HANDSHAKE, METADATA, CREATE_TOPICS, PRODUCE, FETCH, LIST_OFFSETS,
-                                             FIND_COORDINATOR, GROUP_HEARTBEAT, OFFSET_COMMIT, OFFSET_FETCH,
-                                             DESCRIBE_GROUPS)}
+                                             INIT_PRODUCER_ID, FIND_COORDINATOR, GROUP_HEARTBEAT, OFFSET_COMMIT,
+                                             OFFSET_FETCH, DESCRIBE_GROUPS)}
 RESPONSE_BIT = 0x8000
 FRAME_HEADER = struct.Struct(">IHHQ")  # length, kind, version, correlation_id (section 2)
 FRAME_BYTES_MAX = 8 * 1024 * 1024
@@ -146,11 +149,13 @@ class Record:
     offset: int | None = None
 
 
-def build_batch(records):
-    """Builds an uncompressed, non-idempotent record batch (section 7) from `records`.
+def build_batch(records, producer=None):
+    """Builds an uncompressed record batch (section 7) from `records`: non-idempotent, or
+    stamped with `producer` = (producer_id, producer_epoch, base_sequence) (section 6.10).
 
     The base offset and partition leader epoch are 0: the leader writes them.
     """
+    producer_id, producer_epoch, base_sequence = producer if producer is not None else (-1, -1, -1)
     first_ts = records[0].timestamp
     body = bytearray()
     for index, rec in enumerate(records):
@@ -167,7 +172,7 @@ def build_batch(records):
         body += r
     max_ts = max(rec.timestamp for rec in records)
     header = BATCH_HEADER.pack(0, BATCH_HEADER.size - 12 + len(body), 0, 1, 0, 0, len(records) - 1,
-                               first_ts, max_ts, -1, -1, -1, len(records))
+                               first_ts, max_ts, producer_id, producer_epoch, base_sequence, len(records))
     batch = bytearray(header) + body
     struct.pack_into(">I", batch, 17, crc32c(batch[CRC_START:]))
     return bytes(batch)
@@ -298,6 +303,13 @@ class Connection:
                                       "topics": [{"name": topic, "partitions": parts}]})
         return {r["partition"]: check_entry(r) for r in answer["topics"][0]["partitions"]}
 
+    def init_producer_id(self, current=None):
+        """A new idempotent producer identity, or with `current` = (producer_id, producer_epoch)
+        the next epoch of it (section 6.10): (producer_id, producer_epoch)."""
+        body = {} if current is None else {"producer_id": current[0], "producer_epoch": current[1]}
+        answer = self.request(INIT_PRODUCER_ID, body)
+        return answer["producer_id"], answer["producer_epoch"]
+
     def list_offsets(self, topic, partitions, spec):
         """`spec` is "earliest" or "latest"; returns {partition: offset}."""
         parts = [{"partition": p, "spec": spec} for p in partitions]
@@ -331,6 +343,265 @@ class Connection:
         """OffsetFetch of every committed partition: {(topic, partition): offset}."""
         answer = self.request(OFFSET_FETCH, {"group_id": group_id})
         return {(t["topic"], p["partition"]): p.get("offset") for t in answer["topics"] for p in t["partitions"]}
+
+
+# --- Through failover (section 10, "Riding out failures") ---------------------------------
+
+# What to do about an error (section 10): refresh metadata and retry on the routing errors,
+# retry after a back-off on the other retriable ones, give up on the rest.
+REFRESH_METADATA = {"NotLeader", "FencedLeaderEpoch", "UnknownTopic", "UnknownPartition", "LeaderNotAvailable",
+                    "PartitionOffline", "StorageError"}
+RETRY_BACKOFF_S, RETRY_BACKOFF_MAX_S = 0.05, 2.0  # doubled per failure, with jitter, up to the cap
+DELIVERY_TIMEOUT_S = 120.0  # how long one write may keep being retried (the Rust default)
+PRODUCE_TIMEOUT_MS = 5000  # the produce request's own timeout_ms
+FETCH_MAX_WAIT_MS = 500
+TIMEOUT_SLACK_S = 5.0  # on top of a request's own timeout, for the answer's way back
+METADATA_TIMEOUT_S = 3.0  # a live node answers metadata at once
+CONNECT_TIMEOUT_S = 5.0  # TCP connect and handshake; a paused node accepts TCP and says nothing
+
+
+class Backoff:
+    """Capped exponential back-off with jitter (section 10)."""
+
+    def __init__(self):
+        self.next_s = RETRY_BACKOFF_S
+
+    def sleep(self):
+        time.sleep(self.next_s * random.uniform(0.5, 1.0))
+        self.next_s = min(self.next_s * 2, RETRY_BACKOFF_MAX_S)
+
+
+class Cluster:
+    """What a client knows of the cluster (section 10): node addresses, each partition's
+    leader and leader epoch from the newest metadata seen (`metadata_version` never goes
+    back), and one connection per node, dropped when it fails or times out (its answers can
+    no longer be matched)."""
+
+    def __init__(self, bootstrap, client_id="python-example"):
+        self.bootstrap = list(bootstrap)
+        self.client_id = client_id
+        self.nodes = {}  # node_id -> "host:port"
+        self.partitions = {}  # topic -> {partition: (leader node_id or None, leader_epoch)}
+        self.version = None
+        self.connections = {}  # "host:port" -> Connection
+        self.preferred = None
+
+    def connection(self, address):
+        conn = self.connections.get(address)
+        if conn is None:
+            conn = Connection(address, self.client_id, timeout=CONNECT_TIMEOUT_S)
+            self.connections[address] = conn
+        return conn
+
+    def forget(self, address):
+        conn = self.connections.pop(address, None)
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def refresh(self):
+        """Metadata from the first node that answers within METADATA_TIMEOUT_S: the last one
+        that answered, then the bootstrap addresses, then the other known nodes."""
+        candidates = []
+        for address in [self.preferred] + self.bootstrap + list(self.nodes.values()):
+            if address is not None and address not in candidates:
+                candidates.append(address)
+        last_error = None
+        for address in candidates:
+            try:
+                conn = self.connection(address)
+                conn.sock.settimeout(METADATA_TIMEOUT_S)
+                meta = conn.metadata()
+            except (OSError, ConnectionError, VltavaError) as e:
+                self.forget(address)
+                last_error = e
+                continue
+            self.preferred = address
+            version = meta.get("metadata_version")
+            if self.version is not None and version is not None and version < self.version:
+                return  # older than what is known: keep that
+            self.version = version
+            self.nodes = {n["node_id"]: f"{n['host']}:{n['port']}" for n in meta["nodes"]}
+            self.partitions = {t["name"]: {p["partition"]: (p.get("leader"), p["leader_epoch"]) for p in t["partitions"]}
+                               for t in meta["topics"] if t.get("error") is None}
+            return
+        raise ConnectionError(f"no node answered metadata: {last_error}")
+
+    def leader(self, topic, partition):
+        """(address, leader_epoch) of the partition's leader, refreshing once if unknown."""
+        for attempt in (0, 1):
+            leader, epoch = self.partitions.get(topic, {}).get(partition, (None, 0))
+            if leader is not None and leader in self.nodes:
+                return self.nodes[leader], epoch
+            if attempt == 0:
+                self.refresh()
+        raise VltavaError({"code": 47, "name": "LeaderNotAvailable", "retriable": True,
+                           "message": f"no leader known for {topic}-{partition}"})
+
+    def call(self, topic, partition, send, timeout_s, deadline):
+        """Runs `send(connection, leader_epoch)` against the partition's leader until it
+        succeeds, a final error, or `deadline` (time.monotonic()): the routing errors refresh
+        the metadata, every retriable error and lost or silent connection backs off and
+        retries (section 10)."""
+        backoff = Backoff()
+        while True:
+            address = None
+            try:
+                address, epoch = self.leader(topic, partition)
+                conn = self.connection(address)
+                conn.sock.settimeout(timeout_s)
+                return send(conn, epoch)
+            except VltavaError as e:
+                if not e.retriable or time.monotonic() >= deadline:
+                    raise
+                print(f"retrying {topic}-{partition} at {address}: {e}", file=sys.stderr, flush=True)
+                if e.name in REFRESH_METADATA:
+                    self._refresh_quietly()
+            except (OSError, ConnectionError) as e:  # refused, reset, or no answer in time
+                if address is not None:
+                    self.forget(address)
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{topic}-{partition}: {e}") from e
+                print(f"retrying {topic}-{partition} at {address}: {type(e).__name__}: {e}", file=sys.stderr,
+                      flush=True)
+                self._refresh_quietly()
+            backoff.sleep()
+
+    def _refresh_quietly(self):
+        try:
+            self.refresh()
+        except (OSError, ConnectionError):
+            pass  # every node is unreachable now; the next attempt asks again
+
+    def close(self):
+        for address in list(self.connections):
+            self.forget(address)
+
+
+class IdempotentProducer:
+    """Writes one batch at a time per partition, idempotently (section 6.10), so a retry after
+    a timeout or a lost connection, also to a new leader, never writes a batch twice: a batch
+    that got through is answered with its original offsets. On `UnknownProducerId` (say, a
+    leader that has not yet learnt of an id the controller just issued) it bumps its epoch, a
+    new id if the node does not know this one, and starts every partition again at sequence 0;
+    with one batch in flight, only the batch being sent is not yet acknowledged."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.sequences = {}  # (topic, partition) -> next base_sequence
+        self.producer_id, self.producer_epoch = self._init_producer_id(None)
+
+    def _init_producer_id(self, current):
+        """InitProducerId (section 6.10) with retries; `current` asks for its next epoch, and
+        falls back to a new id if the node does not know it."""
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        backoff = Backoff()
+        while True:
+            try:
+                self.cluster.refresh()
+                conn = self.cluster.connection(self.cluster.preferred)
+                conn.sock.settimeout(METADATA_TIMEOUT_S + TIMEOUT_SLACK_S)
+                return conn.init_producer_id(current)
+            except VltavaError as e:
+                if e.name == "UnknownProducerId" and current is not None:
+                    current = None  # ask for a new id instead
+                    continue
+                if not e.retriable or time.monotonic() >= deadline:
+                    raise
+            except (OSError, ConnectionError):
+                if self.cluster.preferred is not None:
+                    self.cluster.forget(self.cluster.preferred)
+                if time.monotonic() >= deadline:
+                    raise
+            backoff.sleep()
+
+    def send(self, topic, partition, records):
+        """Appends `records` as one batch; returns its base offset and the node that answered
+        (the leader that acknowledged it). Raises after
+        DELIVERY_TIMEOUT_S of retries, or at once on a final error."""
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        backoff = Backoff()
+        while True:
+            sequence = self.sequences.get((topic, partition), 0)
+            batch = build_batch(records, (self.producer_id, self.producer_epoch, sequence))
+
+            def produce(conn, epoch):
+                answer = conn.produce(topic, partition, [batch], leader_epoch=epoch, timeout_ms=PRODUCE_TIMEOUT_MS)
+                return answer, conn.node_id
+
+            try:
+                result, node_id = self.cluster.call(topic, partition, produce,
+                                                    PRODUCE_TIMEOUT_MS / 1000 + TIMEOUT_SLACK_S, deadline)
+            except VltavaError as e:
+                if e.name != "UnknownProducerId" or time.monotonic() >= deadline:
+                    raise
+                print(f"renewing the producer identity after {topic}-{partition}: {e}", file=sys.stderr, flush=True)
+                self.producer_id, self.producer_epoch = self._init_producer_id(
+                    (self.producer_id, self.producer_epoch))
+                self.sequences = {}
+                backoff.sleep()
+                continue
+            self.sequences[(topic, partition)] = (sequence + len(records)) % (1 << 31)
+            return result["base_offset"], node_id
+
+
+def fetch_from(cluster, topic, partition, position, deadline):
+    """Records of one partition from `position` on its leader (long poll), retried through
+    failover until `deadline`; the position is the caller's and only records move it."""
+
+    def fetch(conn, epoch):
+        parts = [{"partition": partition, "fetch_offset": position, "partition_max_bytes": 1 << 20,
+                  "current_leader_epoch": epoch}]
+        answer = conn.request(FETCH, {"max_wait_ms": FETCH_MAX_WAIT_MS, "min_bytes": 1, "max_bytes": 1 << 20,
+                                      "topics": [{"name": topic, "partitions": parts}]})
+        return check_entry(answer["topics"][0]["partitions"][0])
+
+    result = cluster.call(topic, partition, fetch, FETCH_MAX_WAIT_MS / 1000 + TIMEOUT_SLACK_S, deadline)
+    records = []
+    for _, recs in parse_batches(result.get("records") or b""):
+        records.extend(rec for rec in recs if rec.offset >= position)
+    return records
+
+
+def failover_run(bootstrap, topic, rounds):
+    """Writes one event to every partition of `topic` per round and reads it back, through
+    whatever happens to the cluster meanwhile. Prints `ACK partition offset node value` per
+    acknowledged write (`node`: the leader that acknowledged it) and `READ partition offset
+    value` per event read, for a test to check;
+    returns 0 when every acknowledged write was read back at its offset, else 1."""
+    cluster = Cluster(bootstrap.split(","), "python-failover")
+    cluster.refresh()
+    partitions = sorted(cluster.partitions[topic])
+    producer = IdempotentProducer(cluster)
+    positions = {p: 0 for p in partitions}
+    acknowledged = {}  # (partition, offset) -> value
+    read = {}
+    for round_index in range(rounds):
+        for p in partitions:
+            value = f"py-{round_index}-{p}".encode()
+            offset, node_id = producer.send(topic, p, [Record(None, value, int(time.time() * 1000))])
+            acknowledged[(p, offset)] = value
+            print(f"ACK {p} {offset} {node_id} {value.decode()}", flush=True)
+        for p in partitions:
+            deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+            last = max(o for (q, o) in acknowledged if q == p)
+            while positions[p] <= last:
+                for rec in fetch_from(cluster, topic, p, positions[p], deadline):
+                    read[(p, rec.offset)] = rec.value
+                    print(f"READ {p} {rec.offset} {rec.value.decode()}", flush=True)
+                    positions[p] = rec.offset + 1
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"partition {p}: offset {last} not read within {DELIVERY_TIMEOUT_S} s")
+    cluster.close()
+    missing = [k for k, v in acknowledged.items() if read.get(k) != v]
+    if missing:
+        print(f"vltava python failover run: FAILED ({len(missing)} acknowledged writes not read back, "
+              f"e.g. {missing[:3]})")
+        return 1
+    print(f"vltava python failover run: OK ({len(acknowledged)} writes acknowledged and read back)")
+    return 0
 
 
 def assignment_of(answer):
@@ -520,8 +791,14 @@ def main(bootstrap):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--failover":
+        try:
+            sys.exit(failover_run(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+        except (VltavaError, OSError, ValueError) as e:
+            print(f"vltava python failover run: FAILED ({type(e).__name__}: {e})")
+            sys.exit(1)
     if len(sys.argv) != 2:
-        print("usage: vltava_client.py HOST:PORT", file=sys.stderr)
+        print("usage: vltava_client.py HOST:PORT | --failover HOST:PORT[,...] TOPIC ROUNDS", file=sys.stderr)
         sys.exit(2)
     try:
         sys.exit(main(sys.argv[1]))

@@ -302,25 +302,33 @@ fn acks_all_needs_the_minimum_isr_and_a_returning_follower_rejoins_it() {
     });
 }
 
-/// An idempotent `acks=all` producer writing unique values to every partition of `TOPIC` until
-/// `stop`, recording what was acknowledged (and what was sent without an answer) in `history`.
+/// The producer `under_load` runs: idempotent acks=all with a 3 s request timeout. A request
+/// to a paused leader hangs until it times out (the connection stays up); the shorter timeout
+/// was how these tests let the producer find the new leader before it watched the leader
+/// itself (`LEADER_CHECK_INTERVAL`), and it keeps them quick. `under_load_with` takes others,
+/// e.g. the default.
+fn load_config() -> ProducerConfig {
+    ProducerConfig {
+        request_timeout: Duration::from_secs(3),
+        ..ProducerConfig::default()
+    }
+}
+
+/// An `acks=all` producer with `config` writing unique values to every partition of `TOPIC`
+/// until `stop`, recording what was acknowledged (and what was sent without an answer) in
+/// `history`.
 async fn produce_until(
     bootstrap: Vec<String>,
     partitions: u32,
     history: History,
     stop: Arc<AtomicBool>,
+    config: ProducerConfig,
 ) -> u64 {
     let producer = Producer::new(
         Cluster::connect(&bootstrap, "replication-load")
             .await
             .unwrap(),
-        ProducerConfig {
-            // A request to a paused leader hangs until it times out (the connection stays
-            // up); a shorter timeout than the default 30 s lets the producer find the new
-            // leader while the pause lasts.
-            request_timeout: Duration::from_secs(3),
-            ..ProducerConfig::default()
-        },
+        config,
     )
     .await
     .unwrap();
@@ -498,6 +506,15 @@ pub(super) fn under_load(
     cluster: &mut TestCluster,
     during: impl FnOnce(&mut TestCluster, &tokio::runtime::Runtime, &History),
 ) {
+    under_load_with(cluster, load_config(), during);
+}
+
+/// `under_load` with the producer's settings given.
+pub(super) fn under_load_with(
+    cluster: &mut TestCluster,
+    config: ProducerConfig,
+    during: impl FnOnce(&mut TestCluster, &tokio::runtime::Runtime, &History),
+) {
     let rt = runtime();
     let bootstrap = cluster.bootstrap();
     rt.block_on(async {
@@ -515,6 +532,7 @@ pub(super) fn under_load(
         PARTITIONS,
         history.clone(),
         Arc::clone(&stop),
+        config,
     ));
     std::thread::sleep(Duration::from_secs(2));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
