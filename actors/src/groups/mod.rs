@@ -39,6 +39,12 @@ use crate::partition::supervisor::{PartitionRegistry, PartitionSlot};
 
 /// Partitions of `__consumer_offsets` when the node creates it.
 pub const OFFSETS_TOPIC_PARTITIONS_DEFAULT: u32 = 8;
+/// Replicas of each `__consumer_offsets` partition when a cluster creates it, at most the
+/// cluster's size (Kafka's `offsets.topic.replication.factor`, also 3): with the default
+/// `min.insync.replicas` (a majority, 2) a committed offset is on two
+/// nodes before it is answered, and a group's coordinator can move to either when its node
+/// fails. A single node uses 1.
+pub const OFFSETS_TOPIC_REPLICATION_FACTOR_DEFAULT: u16 = 3;
 /// Segment size of the offsets topic: small, so compaction can clean sealed segments early.
 pub const OFFSETS_TOPIC_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// How long an empty group keeps its committed offsets (Kafka's default: 7 days).
