@@ -561,6 +561,9 @@ impl CoordinatorState {
                     v: GROUP_RECORD_VERSION,
                     assignor: self.group.assignor.name().to_owned(),
                     created_ms: self.group.created_ms,
+                    group_epoch: self.group.group_epoch,
+                    assignment_epoch: self.group.assignment_epoch,
+                    partition_counts: BTreeMap::new(),
                 }
                 .encode(),
             ),

@@ -628,6 +628,8 @@ async fn replay(
                     (GroupRecordKey::Group { group: id }, None) => {
                         groups.remove(&id);
                     }
+                    // Membership is not restored yet: members rejoin.
+                    (GroupRecordKey::Member { .. }, _) => {}
                 }
             }
         }
