@@ -6,7 +6,9 @@
 //! change (a leader election) or not be ready yet (it is loading the group's offsets). Those
 //! cases answer `CoordinatorNotAvailable`, `NotCoordinator` or `CoordinatorLoadInProgress`,
 //! all retriable: the client backs off, finds the coordinator again and retries, at most
-//! `COORDINATOR_ATTEMPTS_MAX` times per call.
+//! `COORDINATOR_ATTEMPTS_MAX` times per call. The new coordinator holds the group's members
+//! (it replayed them from the offsets partition), so a member carries on there with its
+//! member id, epoch and partitions.
 //!
 //! FindCoordinator goes to the node that answered last, and on to the next candidate when one
 //! cannot be reached or refuses for a reason of its own (a node cut off from the controller
