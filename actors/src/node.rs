@@ -61,6 +61,7 @@ use crate::session::listener::run_listener;
 use std::collections::BTreeMap;
 use vltava_messages::NodeId;
 use vltava_messages::group_records::OFFSETS_TOPIC;
+use vltava_messages::protocol::ErrorCode;
 use vltava_storage::RealStorage;
 
 /// The directory of a cluster member's Raft log, vote and snapshot, under `__metadata`.
@@ -130,6 +131,13 @@ impl std::fmt::Debug for ClusterRuntime {
 /// How long a registration or internal-topic creation waits between attempts while the
 /// quorum forms or elects a controller.
 pub const CLUSTER_JOIN_RETRY: Duration = Duration::from_millis(200);
+/// How long a starting node waits for `__consumer_offsets` to exist before it serves anyway.
+/// A new cluster creates it once as many nodes as its replication factor are registered and
+/// live, which for members started together is within seconds of the quorum forming; a node
+/// started alone (the others down at a cluster's first start) serves after this, without
+/// consumer groups (`CoordinatorNotAvailable`, retriable) until the topic is created, which a
+/// task of the node goes on trying every `CLUSTER_JOIN_RETRY` until it is, or the node stops.
+pub const OFFSETS_TOPIC_START_WAIT: Duration = Duration::from_secs(30);
 
 /// What a node starts with.
 #[derive(Debug)]
@@ -155,6 +163,9 @@ pub struct NodeOptions {
     pub group_settings: GroupSettings,
     /// Partitions of `__consumer_offsets` if the node creates it.
     pub offsets_topic_partitions: u32,
+    /// Its replication factor if the node creates it, capped at the cluster's size (the
+    /// quorum's members; 1 for a single node).
+    pub offsets_topic_replication_factor: u16,
     /// Its segment size.
     pub offsets_topic_segment_bytes: u64,
     /// How long an empty group keeps its committed offsets.
@@ -239,6 +250,9 @@ pub struct Node {
     partitions: PartitionSupervisorHandle,
     listener: JoinHandle<()>,
     cluster: Option<ClusterRuntime>,
+    /// The creation of `__consumer_offsets`, still going on when the node started serving;
+    /// aborted at shutdown.
+    offsets_topic: Option<JoinHandle<Result<(), ControllerError>>>,
     shutdown: watch::Sender<bool>,
     stopping: Arc<AtomicBool>,
     fatal: watch::Receiver<Option<String>>,
@@ -278,6 +292,12 @@ impl Node {
             Some(cell.clone()),
         )
         .await?;
+        // The offsets topic's replicas: the setting, at most one per member of the cluster.
+        let cluster_size = options.cluster.as_ref().map_or(1, |c| c.quorum.len());
+        let offsets_replication_factor = options
+            .offsets_topic_replication_factor
+            .min(u16::try_from(cluster_size).unwrap_or(u16::MAX))
+            .max(1);
         let (publish, image) = watch::channel(Arc::new(MetadataImage::default()));
         // In a cluster the links to the other members exist before the group manager, whose
         // coordinators read other nodes' partitions over them; they connect in the background
@@ -401,9 +421,10 @@ impl Node {
                 (controller, Some(runtime), cluster_id)
             }
         };
-        // Consumer groups keep their offsets in a compacted internal topic with a fixed
-        // partition count; the controller creates it when the first node asks (in a cluster,
-        // every node asks, and the controller creates it once).
+        // Consumer groups keep their state in a compacted internal topic with a fixed
+        // partition count; the controller creates it when the first node asks (in a
+        // cluster, every node asks, and the controller creates it once), with
+        // `offsets_replication_factor` replicas, so not before that many nodes are live.
         let offsets_configs: BTreeMap<String, String> = [
             ("cleanup.policy".to_owned(), "compact".to_owned()),
             (
@@ -413,15 +434,42 @@ impl Node {
         ]
         .into_iter()
         .collect();
-        retry_while_electing("create the internal topic", || {
-            controller.ensure_internal_topic(
-                OFFSETS_TOPIC,
-                options.offsets_topic_partitions,
-                offsets_configs.clone(),
-            )
-        })
-        .await
-        .map_err(|e| NodeError::Internal(format!("cannot create {OFFSETS_TOPIC}: {e}")))?;
+        let ensuring = ensure_offsets_topic(
+            controller.clone(),
+            options.offsets_topic_partitions,
+            offsets_replication_factor,
+            offsets_configs,
+        );
+        let mut creating = tokio::spawn(async move {
+            let created = ensuring.await;
+            match &created {
+                Ok(()) => tracing::debug!("{OFFSETS_TOPIC} exists"),
+                Err(e) => tracing::error!(error = %e, "cannot create {OFFSETS_TOPIC}"),
+            }
+            created
+        });
+        let offsets_topic = match tokio::time::timeout(OFFSETS_TOPIC_START_WAIT, &mut creating)
+            .await
+        {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(e))) => {
+                return Err(NodeError::Internal(format!(
+                    "cannot create {OFFSETS_TOPIC}: {e}"
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(NodeError::Internal(format!(
+                    "the creation of {OFFSETS_TOPIC} failed: {e}"
+                )));
+            }
+            Err(_) => {
+                tracing::warn!(
+                    replication_factor = offsets_replication_factor,
+                    "{OFFSETS_TOPIC} does not exist yet (too few live nodes for its replication factor); serving without consumer groups until it does"
+                );
+                Some(creating)
+            }
+        };
         let requests = Arc::new(RequestMetrics::default());
         let raft_status = cluster.as_ref().map(|runtime| runtime.status.clone());
         let view = NodeView {
@@ -487,6 +535,7 @@ impl Node {
             partitions,
             listener,
             cluster,
+            offsets_topic,
             shutdown,
             stopping,
             fatal,
@@ -509,6 +558,9 @@ impl Node {
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
         let _ = self.listener.await;
+        if let Some(creating) = &self.offsets_topic {
+            creating.abort();
+        }
         if let Some(cluster) = self.cluster {
             for task in &cluster.tasks {
                 task.abort();
@@ -815,6 +867,60 @@ async fn join_cluster(
         },
         cluster_id,
     ))
+}
+
+/// Creates `__consumer_offsets` with `replication_factor` replicas unless it exists: it asks
+/// the controller once that many nodes are registered and live (before, the controller would
+/// refuse the factor), and again while the quorum elects or a node is fenced between the look
+/// and the creation, every `CLUSTER_JOIN_RETRY`, saying why in the log every
+/// `QUORUM_WAIT_LOG_INTERVAL`. Ends when the topic exists or with an error retrying will not
+/// mend; the caller bounds how long it waits for it.
+async fn ensure_offsets_topic(
+    controller: ControllerHandle,
+    partitions: u32,
+    replication_factor: u16,
+    configs: BTreeMap<String, String>,
+) -> Result<(), ControllerError> {
+    let image = controller.image();
+    let mut last_log = std::time::Instant::now();
+    loop {
+        let (exists, live) = {
+            let image = image.borrow();
+            (
+                image.topics.contains_key(OFFSETS_TOPIC),
+                image.nodes.values().filter(|n| !n.fenced).count(),
+            )
+        };
+        if exists {
+            return Ok(());
+        }
+        let mut waiting_for = format!("{replication_factor} live nodes ({live} now)");
+        if live >= usize::from(replication_factor) {
+            match controller
+                .ensure_internal_topic(
+                    OFFSETS_TOPIC,
+                    partitions,
+                    replication_factor,
+                    configs.clone(),
+                )
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if e.code().is_retriable()
+                        || e.code() == ErrorCode::InvalidReplicationFactor =>
+                {
+                    waiting_for = e.to_string();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if last_log.elapsed() >= QUORUM_WAIT_LOG_INTERVAL {
+            tracing::info!(waiting_for, "waiting to create {OFFSETS_TOPIC}");
+            last_log = std::time::Instant::now();
+        }
+        tokio::time::sleep(CLUSTER_JOIN_RETRY).await;
+    }
 }
 
 /// Runs `attempt` until it succeeds or fails with an error that retrying will not mend.

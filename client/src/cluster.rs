@@ -146,7 +146,7 @@ impl Cluster {
 
     /// The addresses to try for a request any node can answer, each once: the last that
     /// answered, then the bootstrap addresses, then every node the metadata named.
-    fn candidates(&self) -> Vec<String> {
+    pub(crate) fn candidates(&self) -> Vec<String> {
         let preferred = self
             .preferred
             .lock()
@@ -169,7 +169,7 @@ impl Cluster {
         candidates
     }
 
-    fn set_preferred(&self, addr: &str) {
+    pub(crate) fn set_preferred(&self, addr: &str) {
         *self
             .preferred
             .lock()

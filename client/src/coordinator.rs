@@ -6,7 +6,13 @@
 //! change (a leader election) or not be ready yet (it is loading the group's offsets). Those
 //! cases answer `CoordinatorNotAvailable`, `NotCoordinator` or `CoordinatorLoadInProgress`,
 //! all retriable: the client backs off, finds the coordinator again and retries, at most
-//! `COORDINATOR_ATTEMPTS_MAX` times per call.
+//! `COORDINATOR_ATTEMPTS_MAX` times per call. The new coordinator holds the group's members
+//! (it replayed them from the offsets partition), so a member carries on there with its
+//! member id, epoch and partitions.
+//!
+//! FindCoordinator goes to the node that answered last, and on to the next candidate when one
+//! cannot be reached or refuses for a reason of its own (a node cut off from the controller
+//! answers `ControllerNotAvailable`): another node may answer at once.
 
 use std::time::Duration;
 
@@ -80,7 +86,9 @@ pub fn is_coordinator_code(code: Option<ErrorCode>) -> bool {
 }
 
 /// Whether a failed group request is worth sending again after finding the coordinator: it
-/// moved, is loading, is overloaded, or the connection to it failed.
+/// moved, is loading, is overloaded, the node asked is cut off from the controller
+/// (`ControllerNotAvailable`, which FindCoordinator answers then: another node, or the same one
+/// later, knows where the coordinator is), or the connection to it failed.
 #[must_use]
 pub fn wants_coordinator_retry(error: &ClientError) -> bool {
     match error {
@@ -88,7 +96,11 @@ pub fn wants_coordinator_retry(error: &ClientError) -> bool {
             is_coordinator_code(e.error_code())
                 || matches!(
                     e.error_code(),
-                    Some(ErrorCode::Overloaded | ErrorCode::RequestTimedOut)
+                    Some(
+                        ErrorCode::Overloaded
+                            | ErrorCode::RequestTimedOut
+                            | ErrorCode::ControllerNotAvailable
+                    )
                 )
         }
         ClientError::Connect { .. }
@@ -125,7 +137,11 @@ pub async fn find_coordinator(
     }
 }
 
-/// One FindCoordinator request to any node, no retry (for callers that retry themselves).
+/// One FindCoordinator round, no backoff (for callers that retry themselves): the node that
+/// answered last first, then each other candidate once while a node cannot be reached or
+/// answers an error worth asking elsewhere (`wants_coordinator_retry`); the first answer, or
+/// the last error. At most one request per known node, each bounded by
+/// `GROUP_REQUEST_TIMEOUT`.
 pub async fn find_coordinator_once(
     cluster: &Cluster,
     group_id: &str,
@@ -133,11 +149,25 @@ pub async fn find_coordinator_once(
     let request = FindCoordinatorRequest {
         group_id: group_id.to_owned(),
     };
-    cluster
-        .any_connection()
-        .await?
-        .send(&request, GROUP_REQUEST_TIMEOUT)
-        .await
+    let mut last_error = None;
+    for addr in cluster.candidates() {
+        let answer = match cluster.connection_to(&addr).await {
+            Ok(connection) => connection.send(&request, GROUP_REQUEST_TIMEOUT).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(found) => {
+                cluster.set_preferred(&addr);
+                return Ok(found);
+            }
+            Err(e) if wants_coordinator_retry(&e) => {
+                tracing::debug!(group_id, %addr, error = %e, "FindCoordinator failed here; asking the next node");
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ClientError::NoNodeAvailable("no node to ask".into())))
 }
 
 /// Sends `request` to the coordinator of `group_id`, finding it first. A retriable coordinator

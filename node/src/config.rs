@@ -11,7 +11,8 @@ use clap::Args;
 use serde::Deserialize;
 use vltava_actors::groups::state::{GroupSettings, SESSION_TIMEOUT_MAX, SESSION_TIMEOUT_MIN};
 use vltava_actors::groups::{
-    OFFSETS_RETENTION_DEFAULT, OFFSETS_TOPIC_PARTITIONS_DEFAULT, OFFSETS_TOPIC_SEGMENT_BYTES,
+    OFFSETS_RETENTION_DEFAULT, OFFSETS_TOPIC_PARTITIONS_DEFAULT,
+    OFFSETS_TOPIC_REPLICATION_FACTOR_DEFAULT, OFFSETS_TOPIC_SEGMENT_BYTES,
 };
 use vltava_actors::partition::Durability;
 use vltava_storage::config::SEGMENT_BYTES_MIN;
@@ -114,6 +115,11 @@ pub struct NodeFlags {
     /// [default: 8].
     #[arg(long, env = "VLTAVA_OFFSETS_TOPIC_PARTITIONS")]
     pub offsets_topic_partitions: Option<u32>,
+    /// Replicas of each __consumer_offsets partition, used when the cluster creates it, at most
+    /// the number of cluster members; it is created once that many nodes are live [default: 3;
+    /// a single node uses 1].
+    #[arg(long, env = "VLTAVA_OFFSETS_TOPIC_REPLICATION_FACTOR")]
+    pub offsets_topic_replication_factor: Option<u16>,
     /// Segment size of __consumer_offsets, used when the node creates it: compaction cleans
     /// only sealed segments [default: 16 MiB].
     #[arg(long, env = "VLTAVA_OFFSETS_TOPIC_SEGMENT_BYTES")]
@@ -166,6 +172,7 @@ struct FileSettings {
     admin_token: Option<String>,
     enable_fault_injection: Option<bool>,
     offsets_topic_partitions: Option<u32>,
+    offsets_topic_replication_factor: Option<u16>,
     offsets_retention_ms: Option<u64>,
     offsets_topic_segment_bytes: Option<u64>,
     group_heartbeat_interval_ms: Option<u64>,
@@ -200,6 +207,7 @@ pub struct NodeConfig {
     pub admin_token: Option<String>,
     pub enable_fault_injection: bool,
     pub offsets_topic_partitions: u32,
+    pub offsets_topic_replication_factor: u16,
     pub offsets_topic_segment_bytes: u64,
     pub offsets_retention: Duration,
     pub group_settings: GroupSettings,
@@ -429,6 +437,13 @@ impl NodeConfig {
         if !(1..=1024).contains(&offsets_topic_partitions) {
             bail!("offsets_topic_partitions must be between 1 and 1024");
         }
+        let offsets_topic_replication_factor = flags
+            .offsets_topic_replication_factor
+            .or(file.offsets_topic_replication_factor)
+            .unwrap_or(OFFSETS_TOPIC_REPLICATION_FACTOR_DEFAULT);
+        if offsets_topic_replication_factor == 0 {
+            bail!("offsets_topic_replication_factor must be at least 1");
+        }
         let offsets_topic_segment_bytes = flags
             .offsets_topic_segment_bytes
             .or(file.offsets_topic_segment_bytes)
@@ -475,6 +490,7 @@ impl NodeConfig {
         Ok(NodeConfig {
             verify_reads: flags.verify_reads.or(file.verify_reads).unwrap_or(false),
             offsets_topic_partitions,
+            offsets_topic_replication_factor,
             offsets_topic_segment_bytes,
             offsets_retention,
             group_settings,

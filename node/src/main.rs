@@ -190,6 +190,7 @@ async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode
         flusher_threads: config.flusher_threads,
         group_settings: config.group_settings,
         offsets_topic_partitions: config.offsets_topic_partitions,
+        offsets_topic_replication_factor: config.offsets_topic_replication_factor,
         offsets_topic_segment_bytes: config.offsets_topic_segment_bytes,
         offsets_retention: config.offsets_retention,
     })

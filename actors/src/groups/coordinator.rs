@@ -4,16 +4,27 @@
 //!   rebalance history) and the heartbeats parked until a member's assignment changes.
 //! - Receives from: client sessions (heartbeat, commit, offset fetch, describe, delete,
 //!   reset), its own timers (ticks that expire members, parked heartbeats coming due).
-//! - Sends to: the Partition actor of its `__consumer_offsets` partition (commits as acks=all
-//!   appends, so a commit is answered once it is durable), and, through its `OffsetsReader`,
+//! - Sends to: the Partition actor of its `__consumer_offsets` partition (commits, and the
+//!   group's membership as `membership` records it, as acks=all appends, so a commit is
+//!   answered once it is durable and a heartbeat once the membership it answers from is), and,
+//!   through its `OffsetsReader`,
 //!   the Partitions of the topics it describes or resets (high watermarks, offsets by time):
 //!   those led here directly, those led by other nodes with the peer kind PartitionOffsets,
 //!   one request per leader, each bounded by `REMOTE_OFFSETS_TIMEOUT`.
 //! - Waits: a DescribeGroups reads offsets on a task of its own, so the mailbox goes on
 //!   meanwhile; a ResetOffsets reads them in the handler (it commits what it read, and the
 //!   group is empty), holding the mailbox at most about `REMOTE_OFFSETS_TIMEOUT`.
+//! - Writes before it answers: after each message, the membership changes it made (joins,
+//!   leaves, epochs, assignments, revocations) are appended to the offsets partition before
+//!   any heartbeat answer computed from them goes out, in batches of at most
+//!   `PERSIST_BATCH_BYTES_MAX`. If that write fails, the waiting answers fail with
+//!   `CoordinatorNotAvailable` (retriable) and the coordinator fails too, so that the manager
+//!   reloads the group from the log rather than serve from state the log does not hold.
 //! - Publishes: a snapshot of the group for the admin endpoint after every change.
 //! - Mailbox bound: `COORDINATOR_MAILBOX_MAX`, checked by its handle (`Overloaded`).
+//! - Stops: when its group is deleted or expires, or when the manager unloads its offsets
+//!   partition (this node no longer leads it); heartbeats parked then are answered
+//!   `NotCoordinator`, so their members find the new coordinator and carry on there.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,7 +35,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, watch};
 use vltava_messages::batch::BatchBuilder;
 use vltava_messages::group_records::{
-    GROUP_RECORD_VERSION, GroupRecordKey, GroupValue, OFFSETS_TOPIC, OffsetValue,
+    GROUP_RECORD_VERSION, GroupRecordKey, OFFSETS_TOPIC, OffsetValue,
 };
 use vltava_messages::peer::PartitionOffsetsQuery;
 use vltava_messages::protocol::{
@@ -36,7 +47,8 @@ use vltava_messages::protocol::{
 };
 use vltava_messages::{Compression, Offset, PartitionId};
 
-use super::assignor::{Assignor, TopicPartition};
+use super::assignor::TopicPartition;
+use super::membership::{self, Persisted, Record};
 use super::offsets::{OffsetsReader, PartitionOffsets};
 use super::state::{Committed, GroupSettings, GroupState, HeartbeatOutcome, Refusal};
 use super::{GroupRegistry, GroupSnapshot};
@@ -50,8 +62,33 @@ use crate::partition::supervisor::{PartitionRegistry, PartitionSlot};
 pub const COORDINATOR_MAILBOX_MAX: u64 = 4096;
 /// How often a coordinator checks sessions, revocation deadlines and offset expiry.
 pub const COORDINATOR_TICK: Duration = Duration::from_millis(250);
+/// The most bytes of records (keys and values) a coordinator puts in one batch of the offsets
+/// partition; a write of more (the membership of a large group after a rebalance) is split
+/// into several batches appended one after the other. Well below the topic's 4 MiB batch
+/// limit, leaving room for record headers.
+pub const PERSIST_BATCH_BYTES_MAX: usize = 512 * 1024;
+/// What one record costs in a batch beyond its key and value (lengths, offset and timestamp
+/// deltas, attributes), rounded up, for `PERSIST_BATCH_BYTES_MAX`.
+const RECORD_OVERHEAD_BYTES: usize = 32;
 
 type Reply<T> = oneshot::Sender<Result<T, Refusal>>;
+
+/// Heartbeat answers computed while handling one message, sent once the membership they were
+/// computed from is durable.
+type Outbox = Vec<(
+    Reply<ConsumerGroupHeartbeatResponse>,
+    Result<ConsumerGroupHeartbeatResponse, Refusal>,
+)>;
+
+/// Why a coordinator stopped serving: its membership could not be written, so its memory is
+/// ahead of the log; the manager reloads the group from the log.
+#[derive(Debug, thiserror::Error)]
+#[error("group {group}: the membership could not be written ({code:?}): {reason}")]
+pub struct PersistFailed {
+    pub group: String,
+    pub code: ErrorCode,
+    pub reason: String,
+}
 
 pub enum CoordinatorMsg {
     Heartbeat {
@@ -200,8 +237,9 @@ pub struct CoordinatorArgs {
     pub offsets_partition: u32,
     /// Loaded from the offsets topic; empty for a new group.
     pub offsets: BTreeMap<TopicPartition, Committed>,
-    pub assignor: Option<Assignor>,
-    pub created_ms: Option<u64>,
+    /// The group record and member records loaded from the offsets topic; empty for a new
+    /// group.
+    pub persisted: Persisted,
     pub settings: GroupSettings,
     /// How long an empty group keeps its offsets.
     pub offsets_retention: Duration,
@@ -229,8 +267,17 @@ pub struct CoordinatorState {
     group: GroupState,
     parked: HashMap<String, Parked>,
     park_seq: u64,
-    /// Whether the group's settings record is in the offsets topic.
-    group_record_written: bool,
+    /// The group's membership as the offsets topic holds it: what the next write compares
+    /// the group with.
+    persisted: Persisted,
+    /// The group version `persisted` was last brought up to date at: an unchanged version
+    /// means nothing to write, so a heartbeat with nothing new costs no comparison.
+    persisted_version: Option<u64>,
+    /// Set once the group's tombstones are written (deleted or expired): nothing more of it
+    /// is written.
+    deleted: bool,
+    /// Heartbeat answers waiting for the membership write of the message being handled.
+    outbox: Outbox,
     /// The group version last published.
     published_version: Option<u64>,
 }
@@ -296,18 +343,19 @@ impl Actor for GroupCoordinator {
         (args, stats, snapshot): Self::Arguments,
     ) -> Result<CoordinatorState, ActorProcessingErr> {
         let now = Instant::now();
-        let loaded = args.assignor.is_some();
         let mut group = GroupState::new(
             args.group_id.clone(),
-            args.assignor.unwrap_or(super::assignor::DEFAULT_ASSIGNOR),
+            super::assignor::DEFAULT_ASSIGNOR,
             args.settings,
             now,
         );
         group.offsets.clone_from(&args.offsets);
-        if let Some(created) = args.created_ms {
-            group.created_ms = created;
+        let members = membership::restore(&mut group, &args.persisted, now);
+        if members > 0 {
+            tracing::info!(group = %args.group_id, members, group_epoch = group.group_epoch, "group loaded with its members");
         }
         myself.send_interval(COORDINATOR_TICK, || CoordinatorMsg::Tick);
+        let persisted = args.persisted.clone();
         let mut state = CoordinatorState {
             args,
             stats,
@@ -315,7 +363,10 @@ impl Actor for GroupCoordinator {
             group,
             parked: HashMap::new(),
             park_seq: 0,
-            group_record_written: loaded,
+            persisted,
+            persisted_version: None,
+            deleted: false,
+            outbox: Vec::new(),
             published_version: None,
         };
         state.publish();
@@ -370,11 +421,30 @@ impl Actor for GroupCoordinator {
                     } else {
                         Err(fenced(&member_id))
                     };
-                    let _ = parked.reply.send(answer);
+                    state.outbox.push((parked.reply, answer));
                 }
             }
         }
         state.answer_parked();
+        let written = state.persist().await;
+        let outbox = std::mem::take(&mut state.outbox);
+        if let Err(refusal) = written {
+            for (reply, _) in outbox {
+                // The member retries, here or at the next coordinator.
+                let _ = reply.send(Err(refusal.clone()));
+            }
+            tracing::warn!(group = %state.args.group_id, code = refusal.0.name(), reason = %refusal.1, "group membership not written; reloading the group from the log");
+            return Err(PersistFailed {
+                group: state.args.group_id.clone(),
+                code: refusal.0,
+                reason: refusal.1,
+            }
+            .into());
+        }
+        for (reply, answer) in outbox {
+            // A session that went away does not need its answer.
+            let _ = reply.send(answer);
+        }
         state.publish();
         state.stats.time(kind, started.elapsed());
         if counted {
@@ -390,8 +460,14 @@ impl Actor for GroupCoordinator {
         _myself: ActorRef<CoordinatorMsg>,
         state: &mut CoordinatorState,
     ) -> Result<(), ActorProcessingErr> {
-        for (member_id, parked) in state.parked.drain() {
-            let _ = parked.reply.send(Err(fenced(&member_id)));
+        // A coordinator stops with members only when its offsets partition moved away (a
+        // deleted or expired group has none): their parked heartbeats are told to find the
+        // new coordinator, where their membership was replayed. A dropped session is ignored.
+        for (_, parked) in state.parked.drain() {
+            let _ = parked.reply.send(Err((
+                ErrorCode::NotCoordinator,
+                "the group's coordinator moved; find it again".into(),
+            )));
         }
         state.args.registry.remove_group(&state.args.group_id);
         state.args.directory.unregister(&state.args.id);
@@ -441,9 +517,8 @@ impl CoordinatorState {
         if let Some(old) = self.parked.remove(&request.member_id)
             && self.group.members.contains_key(&request.member_id)
         {
-            let _ = old
-                .reply
-                .send(Ok(self.group.answer_for(&request.member_id)));
+            let answer = self.group.answer_for(&request.member_id);
+            self.outbox.push((old.reply, Ok(answer)));
         }
         let mut counts = self.counts();
         if let Some(topics) = &request.subscribed_topics {
@@ -457,7 +532,7 @@ impl CoordinatorState {
         let now = Instant::now();
         match self.group.heartbeat(request, client_id, host, now, &counts) {
             Ok(HeartbeatOutcome::Answer(answer)) => {
-                let _ = reply.send(Ok(answer));
+                self.outbox.push((reply, Ok(answer)));
             }
             Ok(HeartbeatOutcome::Park { member_id, wait }) => {
                 self.park_seq += 1;
@@ -467,7 +542,7 @@ impl CoordinatorState {
             }
             Err(refusal) => {
                 tracing::debug!(group = %self.args.group_id, code = refusal.0.name(), reason = %refusal.1, "heartbeat refused");
-                let _ = reply.send(Err(refusal));
+                self.outbox.push((reply, Err(refusal)));
             }
         }
     }
@@ -487,7 +562,7 @@ impl CoordinatorState {
             } else {
                 Err(fenced(&member_id))
             };
-            let _ = parked.reply.send(answer);
+            self.outbox.push((parked.reply, answer));
         }
     }
 
@@ -530,41 +605,63 @@ impl CoordinatorState {
         }
     }
 
-    /// Appends records to the group's offsets partition and waits until they are durable.
-    async fn append(&self, records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), Refusal> {
+    /// Appends records to the group's offsets partition (in batches of at most
+    /// `PERSIST_BATCH_BYTES_MAX`, one after the other) and waits until they are below the
+    /// high watermark (acks=all), so they survive a change of the partition's leader.
+    async fn append(&self, records: &[Record]) -> Result<(), Refusal> {
         let handle = self.offsets_handle()?;
         let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
-        let mut builder = BatchBuilder::new(Compression::None);
-        for (key, value) in records {
-            builder.push(Some(key), value.as_deref(), &[], now);
+        let mut rest = records;
+        while !rest.is_empty() {
+            let mut bytes = 0usize;
+            let mut count = 0usize;
+            for (key, value) in rest {
+                let size = key.len() + value.as_ref().map_or(0, Vec::len) + RECORD_OVERHEAD_BYTES;
+                if count > 0 && bytes + size > PERSIST_BATCH_BYTES_MAX {
+                    break;
+                }
+                bytes += size;
+                count += 1;
+            }
+            let (batch, later) = rest.split_at(count);
+            rest = later;
+            let mut builder = BatchBuilder::new(Compression::None);
+            for (key, value) in batch {
+                builder.push(Some(key), value.as_deref(), &[], now);
+            }
+            handle
+                .produce(builder.build(), Acks::All, None)
+                .await
+                .map_err(|e| {
+                    (
+                        ErrorCode::CoordinatorNotAvailable,
+                        format!("the group's records could not be written: {e}"),
+                    )
+                })?;
         }
-        handle
-            .produce(builder.build(), Acks::All, None)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                (
-                    ErrorCode::CoordinatorNotAvailable,
-                    format!("offsets could not be written: {e}"),
-                )
-            })
+        Ok(())
     }
 
-    fn group_record(&self) -> (Vec<u8>, Option<Vec<u8>>) {
-        (
-            GroupRecordKey::Group {
-                group: self.args.group_id.clone(),
+    /// Writes the membership changes made since the last write (nothing if the group's
+    /// version did not move, or once the group is deleted). A group that has never had a
+    /// member or an offset writes nothing yet: a join refused, say, leaves no trace.
+    async fn persist(&mut self) -> Result<(), Refusal> {
+        if self.deleted || self.persisted_version == Some(self.group.version) {
+            return Ok(());
+        }
+        let next = Persisted::of(&self.group);
+        let untouched = self.persisted == Persisted::default()
+            && self.group.members.is_empty()
+            && self.group.offsets.is_empty();
+        if !untouched {
+            let records = self.persisted.changes(&next, &self.args.group_id);
+            if !records.is_empty() {
+                self.append(&records).await?;
             }
-            .encode(),
-            Some(
-                GroupValue {
-                    v: GROUP_RECORD_VERSION,
-                    assignor: self.group.assignor.name().to_owned(),
-                    created_ms: self.group.created_ms,
-                }
-                .encode(),
-            ),
-        )
+            self.persisted = next;
+        }
+        self.persisted_version = Some(self.group.version);
+        Ok(())
     }
 
     async fn commit(
@@ -640,11 +737,9 @@ impl CoordinatorState {
             }
         }
         if !records.is_empty() {
-            if !self.group_record_written {
-                records.push(self.group_record());
-            }
+            // The group record (a group created by this commit) follows in the membership
+            // write after the message.
             self.append(&records).await?;
-            self.group_record_written = true;
             self.group.offsets.extend(accepted);
             self.group.version += 1;
         }
@@ -780,6 +875,7 @@ impl CoordinatorState {
                 )
             })
             .collect();
+        records.extend(self.persisted.member_tombstones(&self.args.group_id));
         records.push((
             GroupRecordKey::Group {
                 group: self.args.group_id.clone(),
@@ -790,6 +886,7 @@ impl CoordinatorState {
         self.append(&records).await?;
         self.group.offsets.clear();
         self.group.version += 1;
+        self.deleted = true;
         Ok(())
     }
 

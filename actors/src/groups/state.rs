@@ -115,9 +115,11 @@ pub struct GroupState {
     pub group_epoch: i32,
     pub assignment_epoch: i32,
     pub members: BTreeMap<String, Member>,
-    target: BTreeMap<String, BTreeSet<TopicPartition>>,
+    /// Each member's part of the target assignment (at `assignment_epoch`); written and read
+    /// back by `membership` when the group moves to another coordinator.
+    pub(super) target: BTreeMap<String, BTreeSet<TopicPartition>>,
     /// The partition counts the target was computed with.
-    counts_used: BTreeMap<String, u32>,
+    pub(super) counts_used: BTreeMap<String, u32>,
     pub offsets: BTreeMap<TopicPartition, Committed>,
     pub rebalances: VecDeque<RebalanceRecord>,
     pub created_ms: u64,

@@ -824,11 +824,14 @@ impl ControllerHandle {
         self.decide(self.node_id, admin, deadline).await.map(drop)
     }
 
-    /// Creates one of the cluster's internal topics (`__consumer_offsets`) unless it exists.
+    /// Creates one of the cluster's internal topics (`__consumer_offsets`) unless it exists,
+    /// with `replication_factor` replicas per partition (refused with
+    /// `InvalidReplicationFactor` while fewer nodes are live).
     pub async fn ensure_internal_topic(
         &self,
         name: &str,
         partitions: u32,
+        replication_factor: u16,
         configs: BTreeMap<String, String>,
     ) -> Result<(), ControllerError> {
         if self.image.borrow().topics.contains_key(name) {
@@ -837,7 +840,7 @@ impl ControllerHandle {
         let admin = ForwardedAdmin::CreateTopic {
             name: name.to_owned(),
             partitions,
-            replication_factor: 1,
+            replication_factor,
             configs,
             validate_only: false,
             internal: true,

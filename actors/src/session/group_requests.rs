@@ -2,6 +2,13 @@
 //! group's coordinator through the GroupManager's registry and turns the coordinator's typed
 //! refusals into wire errors. A refusal of a heartbeat, commit or reset fails the request as
 //! a whole; DescribeGroups and DeleteGroups answer per group.
+//!
+//! A cluster node cut off from the controller for longer than its lease may have lost the
+//! leadership of the offsets partitions its coordinators serve without knowing it (the
+//! controller moves it away from a node it cannot reach): its coordinators then answer
+//! `NotCoordinator`, so that members look for the current coordinator instead of heartbeating
+//! one that may no longer hold their group. Their writes would fail anyway (the partition
+//! refuses them); this keeps heartbeats from going on there too.
 
 use vltava_messages::group_records::OFFSETS_TOPIC;
 use vltava_messages::protocol::{
@@ -26,6 +33,17 @@ pub enum GroupAnswer {
 
 fn failed(refusal: Refusal) -> GroupAnswer {
     GroupAnswer::Failed(ResponseError::new(refusal.0, refusal.1))
+}
+
+/// `NotCoordinator` if this node's lease with the controller ran out (see the module doc).
+fn cut_off(services: &NodeServices) -> Option<Refusal> {
+    let freshness = services.freshness.as_ref()?;
+    freshness.check().err().map(|reason| {
+        (
+            ErrorCode::NotCoordinator,
+            format!("this node may no longer coordinate the group: {reason}"),
+        )
+    })
 }
 
 fn answer<T: Into<Response>>(result: Result<T, Refusal>) -> GroupAnswer {
@@ -70,6 +88,9 @@ pub async fn heartbeat(
     host: String,
     services: &NodeServices,
 ) -> GroupAnswer {
+    if let Some(refusal) = cut_off(services) {
+        return failed(refusal);
+    }
     let joining = request.member_epoch == vltava_messages::protocol::MEMBER_EPOCH_JOIN;
     let coordinator = match services
         .groups
@@ -90,6 +111,9 @@ pub async fn heartbeat(
 }
 
 pub async fn commit(request: OffsetCommitRequest, services: &NodeServices) -> GroupAnswer {
+    if let Some(refusal) = cut_off(services) {
+        return failed(refusal);
+    }
     // A member's commit to a group the node does not know is refused like its heartbeat; a
     // commit from outside the group creates the group.
     let create = request.member_epoch < 0;
@@ -104,6 +128,9 @@ pub async fn commit(request: OffsetCommitRequest, services: &NodeServices) -> Gr
 }
 
 pub async fn fetch_offsets(request: OffsetFetchRequest, services: &NodeServices) -> GroupAnswer {
+    if let Some(refusal) = cut_off(services) {
+        return failed(refusal);
+    }
     match services.groups.coordinator(&request.group_id, false).await {
         Ok(c) => answer(c.fetch_offsets(request).await),
         // A group that never committed has no offsets: an empty answer, as Kafka gives.
@@ -145,9 +172,12 @@ pub async fn describe_groups(
 ) -> GroupAnswer {
     let mut groups = Vec::with_capacity(request.group_ids.len());
     for group_id in request.group_ids {
-        let described = match services.groups.coordinator(&group_id, false).await {
-            Ok(c) => c.describe().await,
-            Err(refusal) => Err(refusal),
+        let described = match cut_off(services) {
+            Some(refusal) => Err(refusal),
+            None => match services.groups.coordinator(&group_id, false).await {
+                Ok(c) => c.describe().await,
+                Err(refusal) => Err(refusal),
+            },
         };
         groups.push(match described {
             Ok(description) => description,
@@ -164,9 +194,12 @@ pub async fn describe_groups(
 pub async fn delete_groups(request: DeleteGroupsRequest, services: &NodeServices) -> GroupAnswer {
     let mut groups = Vec::with_capacity(request.group_ids.len());
     for group_id in request.group_ids {
-        let deleted = match services.groups.coordinator(&group_id, false).await {
-            Ok(c) => c.delete().await,
-            Err(refusal) => Err(refusal),
+        let deleted = match cut_off(services) {
+            Some(refusal) => Err(refusal),
+            None => match services.groups.coordinator(&group_id, false).await {
+                Ok(c) => c.delete().await,
+                Err(refusal) => Err(refusal),
+            },
         };
         groups.push(GroupResult {
             group_id,
@@ -177,6 +210,9 @@ pub async fn delete_groups(request: DeleteGroupsRequest, services: &NodeServices
 }
 
 pub async fn reset_offsets(request: ResetOffsetsRequest, services: &NodeServices) -> GroupAnswer {
+    if let Some(refusal) = cut_off(services) {
+        return failed(refusal);
+    }
     match services.groups.coordinator(&request.group_id, true).await {
         Ok(c) => answer(c.reset(request).await),
         Err(refusal) => failed(refusal),

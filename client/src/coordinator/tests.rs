@@ -40,8 +40,8 @@ fn coordinator_retries_wait_a_bounded_total() {
     assert!(total <= Duration::from_secs(12), "{total:?}");
 }
 
-/// Coordinator errors, overload and connection failures are retried; fencing, unknown
-/// members and bad requests are not (the caller handles them).
+/// Coordinator errors, overload, a node cut off from the controller and connection failures
+/// are retried; fencing, unknown members and bad requests are not (the caller handles them).
 #[test]
 fn only_coordinator_and_connection_errors_are_retried() {
     let server = |code| ClientError::Server(ResponseError::new(code, "test"));
@@ -50,6 +50,7 @@ fn only_coordinator_and_connection_errors_are_retried() {
         ErrorCode::NotCoordinator,
         ErrorCode::CoordinatorLoadInProgress,
         ErrorCode::Overloaded,
+        ErrorCode::ControllerNotAvailable,
     ] {
         assert!(wants_coordinator_retry(&server(code)), "{code:?}");
     }

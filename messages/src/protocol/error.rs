@@ -111,9 +111,9 @@ error_codes! {
     80 OutOfOrderSequence false "An idempotent producer's batch does not follow its last one on this partition (a gap, or a new epoch not starting at sequence 0): a batch in between was lost.";
     81 ProducerFenced false "A newer incarnation of this producer id holds a higher epoch, or the id was retired when its epochs ran out; this one must stop.";
     82 UnknownProducerId false "The node never issued this producer id or epoch, or the partition holds no state for it and the batch does not start at sequence 0. Bump the epoch with InitProducerId (a new id if that is refused too) and start again at sequence 0.";
-    100 CoordinatorNotAvailable true "The group's coordinator is not available (its offsets partition has no leader, or the offsets topic is being created). Retry after FindCoordinator.";
-    101 NotCoordinator true "This node does not coordinate the group; call FindCoordinator and retry there.";
-    102 CoordinatorLoadInProgress true "The coordinator is still loading the group's offsets. Retry.";
+    100 CoordinatorNotAvailable true "The group's coordinator is not available (its offsets partition has no leader, the offsets topic is being created, or a write to the offsets partition failed and the coordinator is reloading the group). Retry after FindCoordinator.";
+    101 NotCoordinator true "This node does not coordinate the group (any more: the group's offsets partition moved, or this node is cut off from the controller); call FindCoordinator and retry there. The member keeps its member id, epoch and partitions.";
+    102 CoordinatorLoadInProgress true "The coordinator is still loading the group's offsets and membership (it just became the leader of the group's offsets partition). Retry.";
     103 InvalidGroupId false "The group id is empty or too long.";
     104 GroupIdNotFound false "No such group: it has no members and no committed offsets.";
     105 UnknownMemberId false "The group has no member with this id (it left or was removed); join again with member epoch 0.";

@@ -2,8 +2,9 @@
 //! three nodes form one cluster, spread a topic's partitions, serve producers and consumers
 //! through any node, hand out distinct producer ids, survive the loss of their controller,
 //! refuse a member that holds another cluster's data, describe themselves alike through
-//! every node (`vltava cluster describe`, the admin endpoint's `/cluster`), and show group lag
-//! and reset group offsets for partitions whichever node leads them.
+//! every node (`vltava cluster describe`, the admin endpoint's `/cluster`), show group lag
+//! and reset group offsets for partitions whichever node leads them, and keep a group's
+//! members and offsets while its coordinator moves (`coordinator`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use vltava_tests::cluster::TestCluster;
 use vltava_tests::history::{CheckOptions, History, unique_value};
 use vltava_tests::{binary, eventually};
 
+mod coordinator;
 mod elect;
 mod failover;
 mod observe;
