@@ -449,6 +449,7 @@ fn image_with_topic(topic: Option<(&str, u32)>) -> Arc<MetadataImage> {
                         partition_epoch: 0,
                         replicas: vec![1],
                         isr: vec![1],
+                        target_replicas: None,
                     })
                     .collect(),
             },

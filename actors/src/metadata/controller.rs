@@ -1519,6 +1519,7 @@ impl<L: MetadataLog> ControllerState<L> {
                         partition_epoch: p.partition_epoch + 1,
                         replicas: p.replicas.clone(),
                         isr: p.isr.clone(),
+                        target_replicas: p.target_replicas.clone(),
                     });
                 }
             }
@@ -1607,6 +1608,7 @@ impl<L: MetadataLog> ControllerState<L> {
             partition_epoch: partition_epoch + 1,
             replicas: current.replicas.clone(),
             isr,
+            target_replicas: current.target_replicas.clone(),
         };
         self.commit(vec![record], reply, None).await
     }
@@ -1774,6 +1776,7 @@ impl<L: MetadataLog> ControllerState<L> {
                     // A follower that does not fetch leaves it after the lag time.
                     isr: replicas.clone(),
                     replicas,
+                    target_replicas: None,
                 }
             })
             .collect()
