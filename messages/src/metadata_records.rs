@@ -341,10 +341,7 @@ mod tests {
             isr: vec![1, 2],
             target_replicas: None,
         };
-        assert_eq!(
-            settled.encode(),
-            rmp_serde::to_vec_named(&before).unwrap()
-        );
+        assert_eq!(settled.encode(), rmp_serde::to_vec_named(&before).unwrap());
         let moving = MetadataRecord::PartitionChange {
             topic: "orders".into(),
             partition: 0,

@@ -12,6 +12,9 @@
 //!   a new image (the MetadataApplier, outside this folder, implements it).
 //! - `elections`: the controller's decision on ElectLeaders (who may lead, what is committed),
 //!   sans IO, with why a move to an in-sync replica loses nothing acknowledged.
+//! - `reassign`: the controller's decisions on AlterPartitionReassignments (a move's start,
+//!   its completion when an ISR change brings the whole target in sync), sans IO, with why
+//!   no replica leaves before the target holds every acknowledged write.
 //! - `topic_config`: topic config keys, their checks and effective values.
 //! - `producer_ids`: producer-id blocks and epochs, and the node-wide registry partitions
 //!   check idempotent batches against.
@@ -29,6 +32,7 @@ mod image;
 mod log;
 pub mod producer_ids;
 pub mod raft;
+pub mod reassign;
 pub mod topic_config;
 
 pub use image::{MetadataImage, NodeImage, PartitionImage, TopicImage};

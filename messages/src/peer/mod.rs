@@ -583,6 +583,9 @@ pub struct ElectionsWire {
 /// room for nodes that are not quorum members while keeping a proposal small.
 pub const ISR_NODES_MAX: usize = 16;
 
+// Every replica of a partition under reassignment may be in its ISR at once.
+const _: () = assert!(crate::limits::REASSIGNMENT_REPLICAS_MAX as usize <= ISR_NODES_MAX);
+
 /// A partition's committed leadership and ISR state, as the controller answers a
 /// [`ForwardedAdmin::AlterIsr`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
