@@ -175,6 +175,10 @@ fn assignment_for(
         partition_epoch: PartitionEpoch(partition.partition_epoch),
         replicas,
         isr,
+        target_replicas: partition
+            .target_replicas
+            .as_ref()
+            .map(|target| target.iter().copied().map(NodeId).collect()),
     }
 }
 

@@ -50,6 +50,7 @@ fn args(
             partition_epoch: PartitionEpoch(0),
             replicas: vec![NodeId(1)],
             isr: BTreeSet::from([NodeId(1)]),
+            target_replicas: None,
         },
         replica: ReplicaConfig::default(),
         links: Arc::new(Standalone),
