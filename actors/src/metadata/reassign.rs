@@ -59,6 +59,8 @@ use std::collections::BTreeMap;
 use vltava_messages::ErrorCode;
 use vltava_messages::limits::REASSIGNMENT_REPLICAS_MAX;
 use vltava_messages::metadata_records::MetadataRecord;
+use vltava_messages::peer::ReassignmentResultWire;
+use vltava_messages::protocol::ResponseError;
 
 use crate::metadata::{MetadataImage, PartitionImage};
 
@@ -136,6 +138,37 @@ pub struct ReassignmentOutcome {
     pub topic: String,
     pub partition: u32,
     pub result: Result<Reassigned, ReassignmentError>,
+}
+
+impl ReassignmentOutcome {
+    /// The outcome as a forwarded answer carries it (and the session answers it): the error's
+    /// code and message, or the placement after the request.
+    #[must_use]
+    pub fn to_wire(&self) -> ReassignmentResultWire {
+        match &self.result {
+            Ok(reassigned) => ReassignmentResultWire {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                error_code: 0,
+                message: String::new(),
+                replicas: reassigned.replicas.clone(),
+                target_replicas: reassigned.target_replicas.clone(),
+                leader: reassigned.leader,
+                leader_epoch: reassigned.leader_epoch,
+            },
+            Err(e) => ReassignmentResultWire {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                error_code: e.code().code(),
+                // Cut to the wire's bound, as every error message the node writes.
+                message: ResponseError::new(e.code(), e.to_string()).message,
+                replicas: Vec::new(),
+                target_replicas: None,
+                leader: None,
+                leader_epoch: 0,
+            },
+        }
+    }
 }
 
 /// The decision on a whole request: an outcome per partition, in request order, and the
