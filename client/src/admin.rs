@@ -289,7 +289,10 @@ impl Admin {
     }
 
     /// Waits, at most `timeout`, until `topic`-`partition` is on `target` with no move under
-    /// way, asking every `REASSIGNMENT_POLL_INTERVAL` (DescribeTopics). Errors that may pass
+    /// way, asking every `REASSIGNMENT_POLL_INTERVAL` (DescribeTopics). `started` is the
+    /// leader epoch `reassign_partition` answered: every change of a partition's replicas
+    /// raises it, so an answer from a node that has not applied the move's start yet (its
+    /// epoch is older) is skipped rather than taken for a move replaced. Errors that may pass
     /// (a node restarting, a controller election) are asked through until the timeout; a
     /// refusal that will not pass (the topic was deleted, say) is returned.
     pub async fn await_reassignment(
@@ -297,6 +300,7 @@ impl Admin {
         topic: &str,
         partition: u32,
         target: &[u32],
+        started: LeaderEpoch,
         timeout: Duration,
     ) -> Result<ReassignmentWait, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -304,6 +308,13 @@ impl Admin {
         let mut last = None;
         loop {
             match self.partition_placement(topic, partition).await {
+                Ok((placement, _)) if placement.leader_epoch < started => {
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        "the node answering has not seen the move yet"
+                    );
+                }
                 Ok((placement, moving)) => {
                     match moving {
                         None if placement.replicas == target => {

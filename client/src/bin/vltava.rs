@@ -993,8 +993,9 @@ async fn reassign(
         }
         return Ok(());
     };
+    let started_at = started.leader_epoch.unwrap_or_default();
     let waited = admin
-        .await_reassignment(topic, partition, replicas, wait)
+        .await_reassignment(topic, partition, replicas, started_at, wait)
         .await
         .with_context(|| format!("cannot follow the move of {name}"))?;
     match waited {

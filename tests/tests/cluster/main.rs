@@ -3,7 +3,8 @@
 //! through any node, hand out distinct producer ids, survive the loss of their controller,
 //! refuse a member that holds another cluster's data, describe themselves alike through
 //! every node (`vltava cluster describe`, the admin endpoint's `/cluster`), and show group lag
-//! and reset group offsets for partitions whichever node leads them.
+//! and reset group offsets for partitions whichever node leads them; move partitions'
+//! leadership and replicas on command (`elect`, `reassign`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use vltava_tests::{binary, eventually};
 mod elect;
 mod observe;
 mod peer_input;
+mod reassign;
 mod replication;
 mod restart;
 
