@@ -45,7 +45,9 @@
 //!    (a fenced node may be named: the move completes once it is back and in sync); with the
 //!    replicas it will drop, at most `REASSIGNMENT_REPLICAS_MAX` (`InvalidRequest`).
 //! 3. A target equal to the replicas with no move under way, or equal to the move under way,
-//!    changes nothing: success, the partition as it is.
+//!    changes nothing: success, the partition as it is. (A repeated move that could complete
+//!    but did not, because no member of its target was live when the ISR change that
+//!    completed it came, completes then.)
 //! 4. A target that differs from a move under way **replaces** it: the replicas become the new
 //!    target followed by every current replica not in it (the old target's additions
 //!    included), which leave when the new move completes. Naming the replicas a partition had
@@ -239,10 +241,15 @@ fn reassign(
     if current.replicas.is_empty() {
         return Err(ReassignmentError::Unplaced);
     }
-    let settled = current.target_replicas.is_none() && current.replicas == target;
-    let repeated = current.target_replicas.as_deref() == Some(target);
-    if settled || repeated {
+    if current.target_replicas.is_none() && current.replicas == target {
         return Ok(current.clone());
+    }
+    if current.target_replicas.as_deref() == Some(target) {
+        // The move under way: it completes now if an ISR change could not complete it (its
+        // target was all in sync but, the leader leaving, no member of it was live then).
+        return Ok(
+            complete(image, current).map_or_else(|| current.clone(), |done| stamp(current, done))
+        );
     }
     let mut replicas = target.to_vec();
     replicas.extend(current.replicas.iter().filter(|n| !target.contains(n)));

@@ -182,6 +182,35 @@ fn a_move_away_from_the_leader_waits_while_no_target_replica_is_live() {
     assert_eq!(next.replicas, vec![3, 4, 1, 2]);
 }
 
+/// A move whose target came in sync while none of it was live (the leader leaving) waits;
+/// once a member of the target is live again, repeating the request completes it.
+#[test]
+fn repeating_a_stalled_move_completes_it_once_a_target_replica_is_live() {
+    let before = image(1);
+    let mut moving = applied(&before, &decide(&before, &[to(0, &[3, 4])]));
+    for node in [3, 4] {
+        moving.nodes.get_mut(&node).unwrap().fenced = true;
+    }
+    let current = partition(&moving, 0);
+    let stalled = with_isr(&moving, &current, vec![1, 2, 3, 4]);
+    assert_eq!(stalled.target_replicas, Some(vec![3, 4]));
+    let mut stalled_image = moving.clone();
+    stalled_image.apply(&stalled.record("t", 0));
+    let still = decide(&stalled_image, &[to(0, &[3, 4])]);
+    assert!(still.records.is_empty(), "nobody of the target is live yet");
+    stalled_image.nodes.get_mut(&4).unwrap().fenced = false;
+    let nudged = decide(&stalled_image, &[to(0, &[3, 4])]);
+    assert_eq!(
+        nudged.outcomes[0].result,
+        Ok(Reassigned {
+            replicas: vec![3, 4],
+            target_replicas: None,
+            leader: Some(4),
+            leader_epoch: stalled.leader_epoch + 1,
+        })
+    );
+}
+
 #[test]
 fn a_target_already_in_sync_completes_at_once() {
     let mut before = image(1);

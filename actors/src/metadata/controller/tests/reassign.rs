@@ -68,8 +68,8 @@ async fn controller_and_applier(
     (controller, applier)
 }
 
-/// Topic `moving` on node 1 alone is moved to node 2 (registered as another node would,
-/// through a forwarded registration): the move starts with both replicas and node 1 leading,
+/// Topic `moving` on node 1 alone is moved to node 2 (registered afterwards as another node
+/// would, through a forwarded registration): the move starts with both replicas and node 1 leading,
 /// node 2 not in sync; repeating it changes nothing; node 1's ISR change that takes node 2 in
 /// completes it, node 2 leading in a new epoch; node 1, no longer a replica, stops its
 /// partition and removes its directory.
@@ -78,6 +78,8 @@ async fn a_move_starts_completes_with_the_isr_change_and_the_old_replica_loses_i
     let dir = tempfile::tempdir().unwrap();
     let (controller, applier) = controller_and_applier("r1", dir.path()).await;
     applier.arm_sweep(0).await;
+    // Created before node 2 registers, so that placement puts it on node 1.
+    create(&controller, "moving", None).await.unwrap();
     let registered = controller
         .serve_forwarded(
             2,
@@ -89,7 +91,6 @@ async fn a_move_starts_completes_with_the_isr_change_and_the_old_replica_loses_i
         )
         .await;
     assert_eq!(registered.error_code, 0, "{registered:?}");
-    create(&controller, "moving", None).await.unwrap();
     let data = crate::applier::partition_dir(dir.path(), "moving", 0);
     assert!(data.exists());
     let to_node_2 = || {
