@@ -297,9 +297,12 @@ fn a_partition_moved_twice_under_load_loses_nothing_and_leaves_no_data_behind() 
 /// files end equal to a's, byte for byte, and b's directory goes. Bad targets (a node that is
 /// not registered, a node named twice, no node) are each the partition's `InvalidRequest`,
 /// through the library and the CLI, and move nothing; an unknown partition is
-/// `UnknownPartition`. Deleting the topic then removes its directory from both replicas.
+/// `UnknownPartition`. A move to a paused node stays under way (`topic describe` shows it)
+/// until naming the old replicas cancels it. Deleting the topic then removes its directory
+/// from both replicas.
 #[test]
-fn a_new_replica_holds_the_leaders_batches_byte_for_byte_and_a_deleted_topic_leaves_no_data() {
+fn a_new_replica_holds_the_leaders_batches_byte_for_byte_bad_or_stalled_moves_change_nothing_and_a_deleted_topic_leaves_no_data()
+ {
     let cluster = TestCluster::start(3, &[]);
     let bootstrap = cluster.bootstrap();
     let history = History::new();
@@ -388,6 +391,59 @@ fn a_new_replica_holds_the_leaders_batches_byte_for_byte_and_a_deleted_topic_lea
         );
         let after = placement(&cluster.node(1).addr, TOPIC, |_| true).await;
         assert_eq!(after, before, "the refused targets changed nothing");
+
+        // A move to a node that cannot catch up (paused) stays under way, and `topic
+        // describe` shows it; naming the replicas the partition had cancels it at once (they
+        // are in sync). Requests go through node a only, and if node b led the metadata quorum
+        // they wait for another controller: a request forwarded to the paused one would wait
+        // out the forwarding timeout.
+        cluster.node(b).pause();
+        let through_a = super::admin(&[cluster.node(a).addr.clone()]).await;
+        until_ok(FAILOVER_BOUND, || async {
+            match metadata(&cluster.node(a).addr).await?.controller_id {
+                Some(controller) if controller.0 != b => Ok(()),
+                other => Err(ClientError::InvalidArgument(format!(
+                    "controller {other:?} while node {b} is paused"
+                ))),
+            }
+        })
+        .await;
+        let to_b_c_a = [b, c, a];
+        let stalled = until_ok(FAILOVER_BOUND, || {
+            through_a.reassign_partition(TOPIC, 0, &to_b_c_a)
+        })
+        .await;
+        assert_eq!(
+            stalled.target_replicas.as_deref().map(ids),
+            Some(vec![b, c, a])
+        );
+        let expected = format!("reassigning to: {b},{c},{a}");
+        let addr = cluster.node(a).addr.clone();
+        let shown = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + FAILOVER_BOUND;
+            loop {
+                let (exit, stdout, stderr) = vltava_at(&addr, &["topic", "describe", TOPIC]);
+                if exit == Some(0) && stdout.contains(&expected) {
+                    return stdout;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no move shown: {stdout} {stderr}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await
+        .unwrap();
+        assert!(shown.contains(&format!("replicas: {b},{c},{a}")), "{shown}");
+        let cancelled = until_ok(FAILOVER_BOUND, || {
+            through_a.reassign_partition(TOPIC, 0, &to_c_a)
+        })
+        .await;
+        assert_eq!(cancelled.target_replicas, None, "{cancelled:?}");
+        assert_eq!(ids(&cancelled.replicas), [c, a]);
+        cluster.node(b).resume();
+        wait_for_data_gone(&cluster, b, "after the cancelled move").await;
 
         // A deleted topic's data goes from every replica.
         until_ok(FAILOVER_BOUND, || admin.delete_topic(TOPIC)).await;

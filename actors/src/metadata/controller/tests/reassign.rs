@@ -188,3 +188,24 @@ async fn bad_targets_are_refused_per_partition() {
     assert!(answer[2].message.contains("node 7"), "{answer:?}");
     assert_eq!(controller.image().borrow().version, version);
 }
+
+/// AlterPartitionReassignments' timeout messages fit a wire error message whole.
+#[test]
+fn the_reassignment_timeout_messages_fit_a_wire_error_message() {
+    for stage in [
+        TimeoutStage::Queued,
+        TimeoutStage::Committing,
+        TimeoutStage::Applying,
+    ] {
+        let message = TimedOut {
+            change: Change::AlterPartitionReassignments,
+            stage,
+        }
+        .to_string();
+        assert!(
+            message.len() <= vltava_messages::limits::ERROR_MESSAGE_BYTES_MAX as usize,
+            "{} bytes: {message}",
+            message.len()
+        );
+    }
+}
