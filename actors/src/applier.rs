@@ -3,14 +3,17 @@
 //! partitions it runs, and makes the difference: starts a partition for every replica this
 //! node holds, tells running ones a new leadership in place (leader or follower, leader
 //! epoch, ISR: the log stays open), restarts those whose config changed, stops (and, for
-//! deleted topics, removes) the rest. Group coordinators run where their `__consumer_offsets`
-//! partition is led.
+//! deleted topics and replicas moved away from this node, removes) the rest. Group
+//! coordinators run where their `__consumer_offsets` partition is led.
 //!
 //! - Receives from: the Controller (`apply`, which answers once the image is in force).
 //! - Sends to: the PartitionSupervisor (start, stop), one batch of partitions at a time, and
 //!   waits for each batch; the supervisor works on up to `PARTITION_STARTS_CONCURRENT` of a
 //!   batch at once. Partitions of deleted topics are discarded (stopped without closing their
-//!   logs) and their directories removed.
+//!   logs) and their directories removed. A replica a reassignment moved away from this node
+//!   (its topic stays, the node is no longer among its replicas) is stopped cleanly and its
+//!   directory removed, once sweeping is armed: before that the image may lag what the node
+//!   had applied before a restart, and the sweep removes it when armed.
 //! - Sweeps: once the node says its image has caught up (`arm_sweep`), and after every image
 //!   that deletes a topic, it removes the partition directories the image does not give this
 //!   node (`partition::data_dir::sweep`); each partition checks its directory's topic id as it
@@ -38,7 +41,7 @@ use crate::partition::replica_state::{
     Assignment as ReplicaAssignment, PartitionEpoch, ReplicaConfig,
 };
 use crate::partition::replication::ReplicaLinks;
-use crate::partition::supervisor::PartitionSupervisorHandle;
+use crate::partition::supervisor::{PartitionKey, PartitionSupervisorHandle};
 use crate::partition::{Durability, PartitionArgs};
 use vltava_messages::group_records::OFFSETS_TOPIC;
 
@@ -175,6 +178,10 @@ fn assignment_for(
         partition_epoch: PartitionEpoch(partition.partition_epoch),
         replicas,
         isr,
+        target_replicas: partition
+            .target_replicas
+            .as_ref()
+            .map(|target| target.iter().copied().map(NodeId).collect()),
     }
 }
 
@@ -356,26 +363,51 @@ impl ApplierState {
             .collect();
         let mut deleted = Vec::new();
         let mut changed = Vec::new();
+        let mut moved_away = Vec::new();
         for ((topic, partition), running) in stale {
             // Coordinators stop before the offsets partition they write to.
             if topic == OFFSETS_TOPIC {
                 self.stop_coordinating(partition);
             }
-            self.running.remove(&(topic.clone(), partition));
-            self.assigned.remove(&(topic.clone(), partition));
-            self.failed.remove(&(topic.clone(), partition));
+            let key = (topic, partition);
+            self.running.remove(&key);
+            self.assigned.remove(&key);
+            self.failed.remove(&key);
             let gone = image
                 .topics
-                .get(&topic)
+                .get(&key.0)
                 .is_none_or(|t| t.topic_id != running.topic_id);
             if gone {
-                deleted.push((topic, partition));
+                deleted.push(key);
+            } else if wanted.contains_key(&key) {
+                changed.push(key);
             } else {
-                changed.push((Arc::from(topic.as_str()), PartitionId(partition)));
+                moved_away.push(key);
             }
         }
-        if !changed.is_empty() {
-            self.config.partitions.stop_partitions(changed, false).await;
+        // A replica that moved away (a reassignment dropped this node) and one whose config
+        // changed (restarted below) stop cleanly.
+        let stopping: Vec<PartitionKey> = changed
+            .iter()
+            .chain(&moved_away)
+            .map(|(t, p)| (Arc::from(t.as_str()), PartitionId(*p)))
+            .collect();
+        if !stopping.is_empty() {
+            self.config
+                .partitions
+                .stop_partitions(stopping, false)
+                .await;
+        }
+        if !moved_away.is_empty() {
+            if self.sweep_armed(image) {
+                tracing::info!(partitions = ?moved_away, "replicas moved away from this node; removing their data");
+                self.remove_partitions_data(moved_away).await;
+            } else {
+                // The image may still lag what this node had applied before it restarted (a
+                // cluster member replays its Raft log as it catches up), and a later image may
+                // give the replica back, in sync: only the sweep, once armed, removes it.
+                tracing::info!(partitions = ?moved_away, "replicas moved away from this node; their data goes at the first sweep");
+            }
         }
         if !deleted.is_empty() {
             // A deleted topic's logs are dropped without a clean close: their files go next.
@@ -504,17 +536,22 @@ impl ApplierState {
         }
     }
 
+    /// Whether `image` may decide which partition data this node removes: the node armed
+    /// sweeping (`ArmSweep`), and the image is at least as new as it asked and lists this node.
+    fn sweep_armed(&self, image: &MetadataImage) -> bool {
+        self.sweep_version_min.is_some_and(|version_min| {
+            image.version >= version_min && image.nodes.contains_key(&self.config.node_id)
+        })
+    }
+
     /// Sweeps the data directory if sweeping is armed, the last image is recent enough and
     /// lists this node, and either no sweep ran yet or `topic_deleted`.
     async fn sweep_if_due(&mut self, topic_deleted: bool) {
         let Some(image) = &self.image else { return };
-        let Some(version_min) = self.sweep_version_min else {
-            return;
-        };
-        let node_id = self.config.node_id;
-        if image.version < version_min || !image.nodes.contains_key(&node_id) {
+        if !self.sweep_armed(image) {
             return;
         }
+        let node_id = self.config.node_id;
         if self.swept && !topic_deleted {
             return;
         }

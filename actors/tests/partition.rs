@@ -50,6 +50,7 @@ fn args(
             partition_epoch: PartitionEpoch(0),
             replicas: vec![NodeId(1)],
             isr: BTreeSet::from([NodeId(1)]),
+            target_replicas: None,
         },
         replica: ReplicaConfig::default(),
         links: Arc::new(Standalone),
@@ -449,6 +450,7 @@ fn image_with_topic(topic: Option<(&str, u32)>) -> Arc<MetadataImage> {
                         partition_epoch: 0,
                         replicas: vec![1],
                         isr: vec![1],
+                        target_replicas: None,
                     })
                     .collect(),
             },

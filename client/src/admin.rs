@@ -1,5 +1,6 @@
 //! Topic administration (create, delete, list, describe, alter configs, add partitions),
-//! partition leadership (elect a given in-sync replica, or every partition's first replica) and
+//! partition leadership (elect a given in-sync replica, or every partition's first replica),
+//! replica placement (move a partition to other replicas and wait for the move) and
 //! consumer-group administration (find the coordinator, list, describe, delete, read and reset
 //! committed offsets). Each group request goes to the group's coordinator, found afresh and
 //! retried while it moves (`coordinator`).
@@ -9,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vltava_messages::protocol::{
-    AlterTopicConfigsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeClusterResponse, DescribeTopicsRequest, ElectLeadersRequest,
-    ElectLeadersResponse, LeaderElection, LeaderElectionResult, MetadataResponse, NewTopic,
-    PartitionCountChange, TopicConfigChanges, TopicDescription,
+    AlterPartitionReassignmentsRequest, AlterTopicConfigsRequest, CreatePartitionsRequest,
+    CreateTopicsRequest, DeleteTopicsRequest, DescribeClusterRequest, DescribeClusterResponse,
+    DescribeTopicsRequest, ElectLeadersRequest, ElectLeadersResponse, LeaderElection,
+    LeaderElectionResult, MetadataResponse, NewTopic, PartitionCountChange, PartitionMetadata,
+    PartitionReassignment, PartitionReassignmentResult, TopicConfigChanges, TopicDescription,
 };
 
 use vltava_messages::protocol::{
@@ -33,6 +35,26 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// up to 4,096 partitions, so 64 rounds cover 262,144, more than a cluster of a few nodes
 /// holds.
 pub const ELECT_PREFERRED_ROUNDS_MAX: usize = 64;
+
+/// How often a wait for a reassignment asks where the partition stands: a move copies a
+/// partition's whole log, which takes seconds at least, so four times a second is prompt
+/// without loading the node it asks.
+pub const REASSIGNMENT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How a wait for a partition's reassignment ended (`Admin::await_reassignment`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReassignmentWait {
+    /// The partition is on the target: its placement now.
+    Completed(PartitionMetadata),
+    /// Another request replaced the move with one to `target_replicas` (its placement now in
+    /// `partition`), or moved the partition elsewhere.
+    Replaced {
+        partition: PartitionMetadata,
+        target_replicas: Option<Vec<NodeId>>,
+    },
+    /// The timeout passed with the move still under way (it goes on): the placement last seen.
+    StillMoving(PartitionMetadata),
+}
 
 /// The first topic error of an admin answer, if any.
 fn check_topics(topics: Vec<TopicResult>) -> Result<(), ClientError> {
@@ -231,6 +253,128 @@ impl Admin {
         }
         self.cluster.refresh().await?;
         Ok(results)
+    }
+
+    /// Moves `topic`-`partition` to `replicas` (its preferred leader first): the new replicas
+    /// copy the log and join the in-sync replicas, then the old ones leave. Returns once the
+    /// move has started (or completed, if the target was in sync already): the partition's
+    /// placement then, with `target_replicas` set while the move is under way. A bad target
+    /// (empty, a node twice, a node not in the cluster) is the partition's `InvalidRequest`.
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: &[u32],
+    ) -> Result<PartitionReassignmentResult, ClientError> {
+        let request = AlterPartitionReassignmentsRequest {
+            partitions: vec![PartitionReassignment {
+                topic: topic.to_owned(),
+                partition: PartitionId(partition),
+                replicas: replicas.iter().copied().map(NodeId).collect(),
+            }],
+            timeout_ms: ADMIN_TIMEOUT.as_millis() as u32,
+        };
+        request
+            .validate()
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        let answer = self.send(&request).await?;
+        let result = answer.partitions.into_iter().next().ok_or_else(|| {
+            ClientError::Protocol(format!(
+                "empty AlterPartitionReassignments answer for {topic}-{partition}"
+            ))
+        })?;
+        check(result.error.clone())?;
+        self.cluster.refresh().await?;
+        Ok(result)
+    }
+
+    /// Waits, at most `timeout`, until `topic`-`partition` is on `target` with no move under
+    /// way, asking every `REASSIGNMENT_POLL_INTERVAL` (DescribeTopics). `started` is the
+    /// leader epoch `reassign_partition` answered: every change of a partition's replicas
+    /// raises it, so an answer from a node that has not applied the move's start yet (its
+    /// epoch is older) is skipped rather than taken for a move replaced. Errors that may pass
+    /// (a node restarting, a controller election) are asked through until the timeout; a
+    /// refusal that will not pass (the topic was deleted, say) is returned.
+    pub async fn await_reassignment(
+        &self,
+        topic: &str,
+        partition: u32,
+        target: &[u32],
+        started: LeaderEpoch,
+        timeout: Duration,
+    ) -> Result<ReassignmentWait, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let target: Vec<NodeId> = target.iter().copied().map(NodeId).collect();
+        let mut last = None;
+        loop {
+            match self.partition_placement(topic, partition).await {
+                Ok((placement, _)) if placement.leader_epoch < started => {
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        "the node answering has not seen the move yet"
+                    );
+                }
+                Ok((placement, moving)) => {
+                    match moving {
+                        None if placement.replicas == target => {
+                            return Ok(ReassignmentWait::Completed(placement));
+                        }
+                        Some(moving) if moving == target => {}
+                        other => {
+                            return Ok(ReassignmentWait::Replaced {
+                                partition: placement,
+                                target_replicas: other,
+                            });
+                        }
+                    }
+                    last = Some(placement);
+                }
+                Err(e) if e.is_retriable() => {
+                    tracing::debug!(topic, partition, error = %e, "reassignment not readable yet; asking again");
+                }
+                Err(e) => return Err(e),
+            }
+            if tokio::time::Instant::now() + REASSIGNMENT_POLL_INTERVAL > deadline {
+                return match last {
+                    Some(placement) => Ok(ReassignmentWait::StillMoving(placement)),
+                    None => Err(ClientError::Timeout(
+                        u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    )),
+                };
+            }
+            tokio::time::sleep(REASSIGNMENT_POLL_INTERVAL).await;
+        }
+    }
+
+    /// A partition's placement and the target of a move under way, from DescribeTopics.
+    async fn partition_placement(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(PartitionMetadata, Option<Vec<NodeId>>), ClientError> {
+        let description = self
+            .describe_topics(&[topic.to_owned()])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                ClientError::Protocol(format!("empty DescribeTopics answer for {topic}"))
+            })?;
+        check(description.error)?;
+        let placement = description
+            .partitions
+            .into_iter()
+            .find(|p| p.partition.0 == partition)
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!("{topic} has no partition {partition}"))
+            })?;
+        let moving = description
+            .reassignments
+            .into_iter()
+            .find(|r| r.partition.0 == partition)
+            .map(|r| r.target_replicas);
+        Ok((placement, moving))
     }
 
     /// Which node coordinates `group_id` (retried while the coordinator is not available).

@@ -58,6 +58,13 @@ pub const CONFIGS_PER_TOPIC_MAX: u32 = 256;
 /// The longest config key, in bytes. Keys are short dotted names (`retention.ms`).
 pub const CONFIG_KEY_BYTES_MAX: u32 = 255;
 
+/// The most replicas a partition may have while a reassignment moves it
+/// (AlterPartitionReassignments): its target, and the target and the replicas it will drop
+/// together. The ISR of a partition under reassignment may hold all of them, and an ISR
+/// proposal between nodes lists at most 16 (`peer::ISR_NODES_MAX`); a controller quorum has at
+/// most 7 members today, so 16 leaves room for nodes outside it.
+pub const REASSIGNMENT_REPLICAS_MAX: u32 = 16;
+
 /// The longest config value, in bytes. Values are numbers, durations and short lists.
 pub const CONFIG_VALUE_BYTES_MAX: u32 = 4096;
 

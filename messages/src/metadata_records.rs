@@ -60,6 +60,17 @@ pub enum MetadataRecord {
         partition_epoch: u32,
         replicas: Vec<u32>,
         isr: Vec<u32>,
+        /// The replicas a reassignment under way moves the partition to (the operator's
+        /// `AlterPartitionReassignments`), `None` when none is. While one is, `replicas` lists
+        /// the target first and then the replicas it will drop, so that the new ones copy the
+        /// log and join the ISR before the old ones leave; the change that completes it sets
+        /// `replicas` to the target and this back to `None`. Every record states it, like the
+        /// other fields: a `PartitionChange` is the partition's whole state. Absent in records
+        /// written before it existed and in every record without a reassignment (an optional
+        /// field with a default, left out when `None`: no version bump, and the bytes of such
+        /// records are what they were).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target_replicas: Option<Vec<u32>>,
     },
     /// Producer ids below `end` are reserved: ids are handed out from the block this record
     /// opens, so one record covers a block of new producers and no id is handed out twice,
@@ -95,8 +106,11 @@ pub struct MetadataRecordError {
 /// refuse a kind they do not know anyway, and the bump turns that refusal into a clear one.
 /// (A new optional field with a default needs no bump: named maps let old builds skip it.)
 /// Version 2 added `NodeFenced` and `NodeUnfenced`; version 1 batches read unchanged.
-/// `PartitionChange`'s `partition_epoch` came later, without a bump: records written before
-/// it read as epoch 0, and an older build reading a newer record skips the field.
+/// `PartitionChange`'s `partition_epoch` and `target_replicas` came later, without a bump:
+/// records written before them read as epoch 0 and no reassignment, and an older build reading
+/// a newer record skips the fields (one that meets a record of a reassignment under way reads
+/// its `replicas`, target and leaving replicas together, which is what they are until it
+/// completes).
 pub const METADATA_RECORDS_VERSION: u16 = 2;
 
 /// Bytes of the version prefix of an encoded [`MetadataBatch`].
@@ -206,6 +220,17 @@ mod tests {
                 partition_epoch: 3,
                 replicas: vec![1],
                 isr: vec![1],
+                target_replicas: None,
+            },
+            MetadataRecord::PartitionChange {
+                topic: "orders".into(),
+                partition: 1,
+                leader: Some(2),
+                leader_epoch: 6,
+                partition_epoch: 8,
+                replicas: vec![3, 1, 2],
+                isr: vec![1, 2],
+                target_replicas: Some(vec![3, 1]),
             },
             MetadataRecord::TopicDeleted {
                 name: "orders".into(),
@@ -262,6 +287,7 @@ mod tests {
                 partition_epoch: 0,
                 replicas: vec![1, 2],
                 isr: vec![1],
+                target_replicas: None,
             }
         );
         let now = MetadataRecord::PartitionChange {
@@ -272,9 +298,63 @@ mod tests {
             partition_epoch: 9,
             replicas: vec![1, 2],
             isr: vec![1],
+            target_replicas: None,
         };
         let read_by_old: Before = rmp_serde::from_slice(&now.encode()).unwrap();
         assert_eq!(read_by_old, before);
+    }
+
+    /// A `PartitionChange` without a reassignment under way is written without
+    /// `target_replicas`, byte for byte as before the field existed; one with a reassignment
+    /// still reads for a build that does not know the field (it sees the combined replicas).
+    #[test]
+    fn a_partition_change_without_a_reassignment_is_written_as_before_target_replicas() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        #[serde(tag = "type")]
+        enum Before {
+            PartitionChange {
+                topic: String,
+                partition: u32,
+                leader: Option<u32>,
+                leader_epoch: u32,
+                partition_epoch: u32,
+                replicas: Vec<u32>,
+                isr: Vec<u32>,
+            },
+        }
+        let before = Before::PartitionChange {
+            topic: "orders".into(),
+            partition: 0,
+            leader: Some(1),
+            leader_epoch: 2,
+            partition_epoch: 3,
+            replicas: vec![3, 1, 2],
+            isr: vec![1, 2],
+        };
+        let settled = MetadataRecord::PartitionChange {
+            topic: "orders".into(),
+            partition: 0,
+            leader: Some(1),
+            leader_epoch: 2,
+            partition_epoch: 3,
+            replicas: vec![3, 1, 2],
+            isr: vec![1, 2],
+            target_replicas: None,
+        };
+        assert_eq!(settled.encode(), rmp_serde::to_vec_named(&before).unwrap());
+        let moving = MetadataRecord::PartitionChange {
+            topic: "orders".into(),
+            partition: 0,
+            leader: Some(1),
+            leader_epoch: 2,
+            partition_epoch: 3,
+            replicas: vec![3, 1, 2],
+            isr: vec![1, 2],
+            target_replicas: Some(vec![3, 1]),
+        };
+        let read_by_old: Before = rmp_serde::from_slice(&moving.encode()).unwrap();
+        assert_eq!(read_by_old, before);
+        assert_eq!(MetadataRecord::decode(&moving.encode()).unwrap(), moving);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use vltava_messages::ErrorCode;
 use vltava_messages::metadata_records::MetadataRecord;
 use vltava_messages::peer::{
     CommittedIsrWire, ControllerForwardResponse, ElectionResultWire, ElectionWire, ElectionsWire,
-    ForwardedAdmin,
+    ForwardedAdmin, ReassignmentResultWire, ReassignmentWire,
 };
 use vltava_messages::{ProducerEpoch, ProducerId};
 
@@ -37,6 +37,7 @@ use crate::metadata::ImageApplier;
 use crate::metadata::elections::{self, Election};
 use crate::metadata::failover;
 use crate::metadata::producer_ids::{self, ProducerIdError, ProducerRegistry};
+use crate::metadata::reassign::{self, Reassignment};
 use crate::metadata::topic_config::{self, TopicConfigError};
 use crate::metadata::{MetadataError, MetadataImage, MetadataLog};
 
@@ -157,7 +158,8 @@ fn forwarded_deadline(admin: &ForwardedAdmin) -> Option<Instant> {
         ForwardedAdmin::CreateTopic { timeout_ms, .. }
         | ForwardedAdmin::DeleteTopic { timeout_ms, .. }
         | ForwardedAdmin::CreatePartitions { timeout_ms, .. }
-        | ForwardedAdmin::ElectLeaders { timeout_ms, .. } => *timeout_ms,
+        | ForwardedAdmin::ElectLeaders { timeout_ms, .. }
+        | ForwardedAdmin::AlterPartitionReassignments { timeout_ms, .. } => *timeout_ms,
         ForwardedAdmin::AlterConfigs { .. }
         | ForwardedAdmin::InitProducerId { .. }
         | ForwardedAdmin::RegisterNode { .. }
@@ -200,6 +202,8 @@ pub enum Change {
     CreatePartitions(String),
     /// ElectLeaders' moves, all in one change.
     ElectLeaders,
+    /// AlterPartitionReassignments' starts (and immediate completions), all in one change.
+    AlterPartitionReassignments,
 }
 
 /// How far a change had got when its request's deadline passed.
@@ -240,6 +244,9 @@ impl TimedOut {
             (Change::ElectLeaders, TimeoutStage::Queued) => {
                 "no leader moved: the timeout passed while the request was queued"
             }
+            (Change::AlterPartitionReassignments, TimeoutStage::Queued) => {
+                "no partition moved: the timeout passed while the request was queued"
+            }
             (_, TimeoutStage::Committing) => {
                 "timed out while committing: the change is made unless the metadata write fails (see Metadata)"
             }
@@ -254,6 +261,9 @@ impl TimedOut {
             }
             (Change::ElectLeaders, TimeoutStage::Applying) => {
                 "leaders moved; timed out while this node's replicas change role, which goes on"
+            }
+            (Change::AlterPartitionReassignments, TimeoutStage::Applying) => {
+                "moves started; timed out while this node's replicas start or stop, which goes on"
             }
         }
     }
@@ -437,6 +447,13 @@ pub enum ControllerMsg {
         outcomes: oneshot::Sender<ElectionsWire>,
         reply: Reply,
     },
+    /// An AlterPartitionReassignments request: the outcomes go on `outcomes` once decided
+    /// (before the commit); `reply` says whether the commit and this node's changes completed.
+    AlterPartitionReassignments {
+        reassignments: Vec<Reassignment>,
+        outcomes: oneshot::Sender<Vec<ReassignmentResultWire>>,
+        reply: Reply,
+    },
     /// The lease supervisor's decisions: nodes whose lease ran out are fenced, fenced nodes
     /// that renewed it are unfenced, in one commit.
     SetFencing {
@@ -458,6 +475,7 @@ struct Decided {
     producer: Option<(u64, u16)>,
     isr: Option<CommittedIsrWire>,
     elections: Option<ElectionsWire>,
+    reassignments: Option<Vec<ReassignmentResultWire>>,
 }
 
 /// A node's registration (`ControllerMsg::RegisterNode`).
@@ -600,6 +618,7 @@ impl ControllerHandle {
                 producer: decided.producer,
                 isr: decided.isr,
                 elections: decided.elections,
+                reassignments: decided.reassignments,
             },
             Err(e) => ControllerForwardResponse {
                 error_code: e.code().code(),
@@ -607,6 +626,7 @@ impl ControllerHandle {
                 producer: None,
                 isr: None,
                 elections: None,
+                reassignments: None,
             },
         }
     }
@@ -625,6 +645,7 @@ impl ControllerHandle {
                 producer: a.producer,
                 isr: a.isr,
                 elections: a.elections,
+                reassignments: a.reassignments,
             }),
             None => self.decide_here(from, admin, deadline).await,
         }
@@ -759,13 +780,12 @@ impl ControllerHandle {
                 let mut isr = current.isr.clone();
                 isr.sort_unstable();
                 Ok(Decided {
-                    producer: None,
-                    elections: None,
                     isr: Some(CommittedIsrWire {
                         leader_epoch: current.leader_epoch,
                         partition_epoch: current.partition_epoch,
                         isr,
                     }),
+                    ..Decided::default()
                 })
             }
             ForwardedAdmin::ElectLeaders {
@@ -795,6 +815,36 @@ impl ControllerHandle {
                 let elections = decided.await.map_err(|_| ControllerError::Unavailable)?;
                 Ok(Decided {
                     elections: Some(elections),
+                    ..Decided::default()
+                })
+            }
+            ForwardedAdmin::AlterPartitionReassignments {
+                partitions,
+                timeout_ms: _,
+            } => {
+                let reassignments = partitions
+                    .into_iter()
+                    .map(|r| Reassignment {
+                        topic: r.topic,
+                        partition: r.partition,
+                        target: r.replicas,
+                    })
+                    .collect();
+                let (outcomes, decided) = oneshot::channel();
+                self.call_by(
+                    deadline,
+                    Some(Change::AlterPartitionReassignments),
+                    |reply| ControllerMsg::AlterPartitionReassignments {
+                        reassignments,
+                        outcomes,
+                        reply,
+                    },
+                )
+                .await?;
+                // The outcomes were sent before the commit that the reply waited for.
+                let reassignments = decided.await.map_err(|_| ControllerError::Unavailable)?;
+                Ok(Decided {
+                    reassignments: Some(reassignments),
                     ..Decided::default()
                 })
             }
@@ -898,6 +948,28 @@ impl ControllerHandle {
             .elections
             .ok_or_else(|| {
                 ControllerError::NotAvailable("the controller answered no elections".into())
+            })
+    }
+
+    /// Moves partitions to other replicas (AlterPartitionReassignments): each starts (or, with
+    /// its target in sync already, completes) in one commit; the moves complete later, in the
+    /// ISR changes that bring their targets in sync (`reassign`). Answers each partition's
+    /// outcome once the commit is applied on this node; with a deadline, `TimedOut` when it
+    /// passes.
+    pub async fn alter_partition_reassignments(
+        &self,
+        partitions: Vec<ReassignmentWire>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<ReassignmentResultWire>, ControllerError> {
+        let admin = ForwardedAdmin::AlterPartitionReassignments {
+            partitions,
+            timeout_ms: timeout_ms(deadline),
+        };
+        self.decide(self.node_id, admin, deadline)
+            .await?
+            .reassignments
+            .ok_or_else(|| {
+                ControllerError::NotAvailable("the controller answered no reassignments".into())
             })
     }
 
@@ -1231,6 +1303,7 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             ControllerMsg::RegisterNode { .. } => "RegisterNode",
             ControllerMsg::AlterIsr { .. } => "AlterIsr",
             ControllerMsg::ElectLeaders { .. } => "ElectLeaders",
+            ControllerMsg::AlterPartitionReassignments { .. } => "AlterPartitionReassignments",
             ControllerMsg::SetFencing { .. } => "SetFencing",
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
@@ -1242,6 +1315,7 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             | ControllerMsg::RegisterNode { reply, .. }
             | ControllerMsg::AlterIsr { reply, .. }
             | ControllerMsg::ElectLeaders { reply, .. }
+            | ControllerMsg::AlterPartitionReassignments { reply, .. }
             | ControllerMsg::SetFencing { reply, .. } => reply,
             ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
         };
@@ -1259,6 +1333,7 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
                 | ControllerMsg::RegisterNode { reply, .. }
                 | ControllerMsg::AlterIsr { reply, .. }
                 | ControllerMsg::ElectLeaders { reply, .. }
+                | ControllerMsg::AlterPartitionReassignments { reply, .. }
                 | ControllerMsg::SetFencing { reply, .. } => reply,
                 ControllerMsg::InitProducerId { .. } => unreachable!("answered above"),
             };
@@ -1351,6 +1426,16 @@ impl<L: MetadataLog + std::fmt::Debug> Actor for Controller<L> {
             } => (
                 state
                     .elect_leaders(&elections, preferred, outcomes, &mut reply)
+                    .await,
+                reply,
+            ),
+            ControllerMsg::AlterPartitionReassignments {
+                reassignments,
+                outcomes,
+                mut reply,
+            } => (
+                state
+                    .alter_partition_reassignments(&reassignments, outcomes, &mut reply)
                     .await,
                 reply,
             ),
@@ -1523,6 +1608,7 @@ impl<L: MetadataLog> ControllerState<L> {
                         partition_epoch: p.partition_epoch + 1,
                         replicas: p.replicas.clone(),
                         isr: p.isr.clone(),
+                        target_replicas: p.target_replicas.clone(),
                     });
                 }
             }
@@ -1603,16 +1689,14 @@ impl<L: MetadataLog> ControllerState<L> {
             return Ok(());
         }
         tracing::info!(topic, partition, leader, leader_epoch, from = ?committed, to = ?isr, "committing an ISR change");
-        let record = MetadataRecord::PartitionChange {
-            topic,
-            partition,
-            leader: Some(leader),
-            leader_epoch,
-            partition_epoch: partition_epoch + 1,
-            replicas: current.replicas.clone(),
-            isr,
-        };
-        self.commit(vec![record], reply, None).await
+        // The ISR change that brings a reassignment's whole target in sync completes it in the
+        // same record (`reassign`).
+        let next = reassign::with_isr(&self.image, current, isr);
+        if next.target_replicas.is_none() && current.target_replicas.is_some() {
+            tracing::info!(topic, partition, replicas = ?next.replicas, leader = ?next.leader, "completing a reassignment");
+        }
+        self.commit(vec![next.record(&topic, partition)], reply, None)
+            .await
     }
 
     /// Decides an ElectLeaders request on the committed image (`elections::decide`, whose doc
@@ -1663,6 +1747,31 @@ impl<L: MetadataLog> ControllerState<L> {
         tracing::info!(moves = ?decision.records, "committing leader elections");
         self.commit(decision.records, reply, Some(Change::ElectLeaders))
             .await
+    }
+
+    /// Decides an AlterPartitionReassignments request on the committed image
+    /// (`reassign::decide`, whose doc says why no replica leaves before the target holds every
+    /// acknowledged write), sends the outcomes, and commits every start in one metadata change.
+    async fn alter_partition_reassignments(
+        &mut self,
+        requested: &[Reassignment],
+        outcomes: oneshot::Sender<Vec<ReassignmentResultWire>>,
+        reply: &mut Reply,
+    ) -> Result<(), ControllerError> {
+        Self::check_deadline(reply, Change::AlterPartitionReassignments)?;
+        let decision = reassign::decide(&self.image, requested);
+        // The handle reads the outcomes only after `reply` says the commit went through.
+        let _ = outcomes.send(decision.outcomes.iter().map(|o| o.to_wire()).collect());
+        if decision.records.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(moves = ?decision.records, "committing partition reassignments");
+        self.commit(
+            decision.records,
+            reply,
+            Some(Change::AlterPartitionReassignments),
+        )
+        .await
     }
 
     /// Fences and unfences nodes as the lease supervisor decided, skipping what the image
@@ -1791,6 +1900,7 @@ impl<L: MetadataLog> ControllerState<L> {
                     // A follower that does not fetch leaves it after the lag time.
                     isr: replicas.clone(),
                     replicas,
+                    target_replicas: None,
                 }
             })
             .collect()

@@ -151,15 +151,9 @@ pub fn decide(image: &MetadataImage, elections: &[Election], preferred: bool) ->
             };
             let moved = elect(image, &current, target)?;
             if moved != current {
-                decision.records.push(MetadataRecord::PartitionChange {
-                    topic: election.topic.clone(),
-                    partition: election.partition,
-                    leader: moved.leader,
-                    leader_epoch: moved.leader_epoch,
-                    partition_epoch: moved.partition_epoch,
-                    replicas: moved.replicas.clone(),
-                    isr: moved.isr.clone(),
-                });
+                decision
+                    .records
+                    .push(moved.record(&election.topic, election.partition));
                 changed.insert(key, moved.clone());
             }
             Ok(Elected {
@@ -221,6 +215,8 @@ fn elect(
         partition_epoch: current.partition_epoch + 1,
         replicas: current.replicas.clone(),
         isr: current.isr.clone(),
+        // A reassignment under way goes on: the new leader is one of its replicas either way.
+        target_replicas: current.target_replicas.clone(),
     };
     assert!(
         moved.leader_epoch > current.leader_epoch

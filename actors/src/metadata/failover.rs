@@ -70,15 +70,10 @@ pub fn decide(image: &MetadataImage) -> Vec<MetadataRecord> {
             } else {
                 &mut records
             };
-            bucket.push(MetadataRecord::PartitionChange {
-                topic: name.clone(),
-                partition: u32::try_from(index).expect("partition indexes fit u32"),
-                leader: next.leader,
-                leader_epoch: next.leader_epoch,
-                partition_epoch: next.partition_epoch,
-                replicas: next.replicas,
-                isr: next.isr,
-            });
+            bucket.push(next.record(
+                name,
+                u32::try_from(index).expect("partition indexes fit u32"),
+            ));
         }
     }
     records.extend(isr_only);
@@ -135,6 +130,8 @@ fn supervise(
         partition_epoch: current.partition_epoch + 1,
         replicas: current.replicas.clone(),
         isr,
+        // A move under way goes on: its completion waits for the target in the ISR.
+        target_replicas: current.target_replicas.clone(),
     })
 }
 
@@ -230,6 +227,7 @@ mod tests {
             partition_epoch: 9,
             replicas: vec![1, 2, 3],
             isr: isr.to_vec(),
+            target_replicas: None,
         }
     }
 
@@ -388,6 +386,7 @@ mod tests {
             partition_epoch: 0,
             replicas: vec![],
             isr: vec![],
+            target_replicas: None,
         };
         let before = image(&[], vec![partition(Some(2), &[1, 2, 3]), unplaced], false);
         assert!(decide(&before).is_empty());

@@ -29,6 +29,28 @@ pub struct PartitionImage {
     pub partition_epoch: u32,
     pub replicas: Vec<u32>,
     pub isr: Vec<u32>,
+    /// The replicas a reassignment under way moves the partition to; `replicas` lists them
+    /// first, then the ones that leave when it completes (`metadata::reassign`). `None`: no
+    /// reassignment is under way.
+    pub target_replicas: Option<Vec<u32>>,
+}
+
+impl PartitionImage {
+    /// The record that makes a partition this one: a `PartitionChange` states the whole
+    /// partition.
+    #[must_use]
+    pub fn record(&self, topic: &str, partition: u32) -> MetadataRecord {
+        MetadataRecord::PartitionChange {
+            topic: topic.to_owned(),
+            partition,
+            leader: self.leader,
+            leader_epoch: self.leader_epoch,
+            partition_epoch: self.partition_epoch,
+            replicas: self.replicas.clone(),
+            isr: self.isr.clone(),
+            target_replicas: self.target_replicas.clone(),
+        }
+    }
 }
 
 /// A topic as the metadata knows it.
@@ -87,6 +109,7 @@ impl MetadataImage {
             partition_epoch: 0,
             replicas: Vec::new(),
             isr: Vec::new(),
+            target_replicas: None,
         };
         for (name, topic) in &self.topics {
             records.push(MetadataRecord::TopicCreated {
@@ -102,15 +125,10 @@ impl MetadataImage {
                 if *partition == untouched {
                     continue;
                 }
-                records.push(MetadataRecord::PartitionChange {
-                    topic: name.clone(),
-                    partition: u32::try_from(index).expect("partition indexes fit u32"),
-                    leader: partition.leader,
-                    leader_epoch: partition.leader_epoch,
-                    partition_epoch: partition.partition_epoch,
-                    replicas: partition.replicas.clone(),
-                    isr: partition.isr.clone(),
-                });
+                records.push(partition.record(
+                    name,
+                    u32::try_from(index).expect("partition indexes fit u32"),
+                ));
             }
         }
         if self.producers.reserved_end > 0 {
@@ -182,6 +200,7 @@ impl MetadataImage {
                         partition_epoch: 0,
                         replicas: Vec::new(),
                         isr: Vec::new(),
+                        target_replicas: None,
                     })
                     .collect();
                 self.topics.insert(
@@ -203,6 +222,7 @@ impl MetadataImage {
                             partition_epoch: 0,
                             replicas: Vec::new(),
                             isr: Vec::new(),
+                            target_replicas: None,
                         });
                     }
                 }
@@ -231,6 +251,7 @@ impl MetadataImage {
                 partition_epoch,
                 replicas,
                 isr,
+                target_replicas,
             } => {
                 if let Some(p) = self
                     .topics
@@ -243,6 +264,7 @@ impl MetadataImage {
                         partition_epoch: *partition_epoch,
                         replicas: replicas.clone(),
                         isr: isr.clone(),
+                        target_replicas: target_replicas.clone(),
                     };
                 }
             }

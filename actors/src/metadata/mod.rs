@@ -14,6 +14,9 @@
 //!   sans IO, with why a move to an in-sync replica loses nothing acknowledged.
 //! - `failover`: the controller's supervision of leadership when nodes are fenced (new
 //!   leaders from the ISR, ISRs without fenced nodes), sans IO.
+//! - `reassign`: the controller's decisions on AlterPartitionReassignments (a move's start,
+//!   its completion when an ISR change brings the whole target in sync), sans IO, with why
+//!   no replica leaves before the target holds every acknowledged write.
 //! - `topic_config`: topic config keys, their checks and effective values.
 //! - `producer_ids`: producer-id blocks and epochs, and the node-wide registry partitions
 //!   check idempotent batches against.
@@ -32,6 +35,7 @@ mod image;
 mod log;
 pub mod producer_ids;
 pub mod raft;
+pub mod reassign;
 pub mod topic_config;
 
 pub use image::{MetadataImage, NodeImage, PartitionImage, TopicImage};

@@ -18,9 +18,9 @@
 //! - Inbox bound: `PARTITION_MAILBOX_MAX` messages, checked by the handle (`Overloaded` past
 //!   it); sessions bound their own in-flight requests, so the bound is rarely reached.
 //! - Shutdown: the actor asks the log thread to stop, which fails waiting answers with
-//!   `PartitionOffline`, then closes the log (flush, indexes, clean-shutdown marker). A
-//!   partition of a deleted topic is discarded instead: its log is dropped unclosed, since its
-//!   files are removed next.
+//!   `PartitionOffline`, stops fetching from the leader, then closes the log (flush, indexes,
+//!   clean-shutdown marker). A partition of a deleted topic is discarded instead: its log is
+//!   dropped unclosed, since its files are removed next.
 
 pub mod data_dir;
 pub mod producer_state;
@@ -976,6 +976,15 @@ fn run_log_thread(mut core: Core, inbox: &mpsc::Receiver<CoreMsg>, actor: &Actor
     });
     // Waiting `acks=all` answers and a held fetch answer are dropped with the replica state
     // and the core, which their callers see as `Offline`.
+    // A stopped replica fetches no more: without this, a follower stopped because its replica
+    // moved away (or its topic went) stayed in its ReplicaFetcher's list, which went on asking
+    // the leader for it for the life of the process. A restart after a failure starts fetching
+    // again with its assignment.
+    if matches!(stop, Stop::Shutdown(_) | Stop::Discard) {
+        core.args
+            .links
+            .stop_fetching(&core.args.topic, core.args.partition);
+    }
     match stop {
         Stop::Shutdown(done) => {
             core.close();

@@ -193,6 +193,10 @@ pub struct Assignment {
     pub partition_epoch: PartitionEpoch,
     pub replicas: Vec<NodeId>,
     pub isr: BTreeSet<NodeId>,
+    /// The replicas a reassignment under way moves the partition to (all among `replicas`),
+    /// `None` when none is. The default `min.insync.replicas` is a majority of them then, so
+    /// that the replicas being added do not raise it while they catch up.
+    pub target_replicas: Option<Vec<NodeId>>,
 }
 
 /// A committed ISR, as the controller answers a proposal or the metadata carries it.
@@ -555,10 +559,16 @@ impl<W> ReplicaState<W> {
         self.assignment.as_ref().map(|a| &a.isr)
     }
 
-    /// `min.insync.replicas` for this partition's replicas.
+    /// `min.insync.replicas` for this partition's replicas: the topic's, or a majority of the
+    /// replicas (of the target, while a reassignment moves the partition: a move from one
+    /// replica to another would otherwise need both in sync before it could take a write).
     #[must_use]
     pub fn min_insync_replicas(&self) -> usize {
-        let replicas = self.assignment.as_ref().map_or(1, |a| a.replicas.len());
+        let replicas = self.assignment.as_ref().map_or(1, |a| {
+            a.target_replicas
+                .as_ref()
+                .map_or(a.replicas.len(), Vec::len)
+        });
         self.config
             .min_insync_replicas
             .unwrap_or_else(|| min_insync_replicas_default(replicas))

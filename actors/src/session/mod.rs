@@ -37,8 +37,8 @@ pub use services::NodeServices;
 use fetch::{FetchAnswer, fetch, list_offsets};
 use produce::{OwnedProduce, decode_produce, init_producer_id, produce};
 use topics::{
-    alter_configs, create_partitions, create_topics, delete_topics, describe_topics, elect_leaders,
-    metadata,
+    alter_configs, alter_partition_reassignments, create_partitions, create_topics, delete_topics,
+    describe_topics, elect_leaders, metadata,
 };
 
 use std::future::Future;
@@ -533,6 +533,7 @@ fn answers_from_metadata(request: &Request) -> bool {
             | Request::AlterTopicConfigs(_)
             | Request::CreatePartitions(_)
             | Request::ElectLeaders(_)
+            | Request::AlterPartitionReassignments(_)
             | Request::InitProducerId(_)
     )
 }
@@ -661,6 +662,9 @@ fn dispatch(
                     Request::ElectLeaders(request) => {
                         Outgoing::Frame(elect_leaders(request, &header, &services).await)
                     }
+                    Request::AlterPartitionReassignments(request) => Outgoing::Frame(
+                        alter_partition_reassignments(request, &header, &services).await,
+                    ),
                     Request::Handshake(_)
                     | Request::Metadata(_)
                     | Request::DescribeTopics(_)

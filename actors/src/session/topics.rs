@@ -1,18 +1,21 @@
 //! Metadata and topic admin requests: Metadata, DescribeTopics, CreateTopics, DeleteTopics,
-//! AlterTopicConfigs, CreatePartitions, and ElectLeaders (partition leadership). Changes go to the Controller; reads come from the
-//! published metadata image.
+//! AlterTopicConfigs, CreatePartitions, ElectLeaders (partition leadership) and
+//! AlterPartitionReassignments (replica placement). Changes go to the Controller; reads come
+//! from the published metadata image.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use vltava_messages::peer::ElectionWire;
+use vltava_messages::peer::{ElectionWire, ReassignmentWire};
 use vltava_messages::protocol::{
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse,
     AlterTopicConfigsRequest, AlterTopicConfigsResponse, ConfigEntry, CreatePartitionsRequest,
     CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
     DeleteTopicsResponse, DescribeTopicsRequest, DescribeTopicsResponse, ElectLeadersRequest,
     ElectLeadersResponse, ErrorCode, FrameHeader, LeaderElectionResult, MetadataRequest,
-    MetadataResponse, NodeInfo, PartitionMetadata, Response, ResponseError, TopicDescription,
-    TopicMetadata, TopicResult, is_internal_topic,
+    MetadataResponse, NodeInfo, OngoingReassignment, PartitionMetadata,
+    PartitionReassignmentResult, Response, ResponseError, TopicDescription, TopicMetadata,
+    TopicResult, is_internal_topic,
 };
 use vltava_messages::{LeaderEpoch, NodeId, PartitionId};
 
@@ -123,6 +126,7 @@ pub(super) fn describe_topics(
                     name,
                     error: None,
                     configs,
+                    reassignments: ongoing_reassignments(topic),
                 }
             }
             None => TopicDescription {
@@ -134,10 +138,27 @@ pub(super) fn describe_topics(
                 internal: false,
                 partitions: Vec::new(),
                 configs: Vec::new(),
+                reassignments: Vec::new(),
             },
         })
         .collect();
     DescribeTopicsResponse { topics }
+}
+
+/// A topic's partitions that a reassignment is moving, with their targets.
+fn ongoing_reassignments(topic: &crate::metadata::TopicImage) -> Vec<OngoingReassignment> {
+    topic
+        .partitions
+        .iter()
+        .enumerate()
+        .filter_map(|(index, p)| {
+            let target = p.target_replicas.as_ref()?;
+            Some(OngoingReassignment {
+                partition: PartitionId(u32::try_from(index).expect("partition indexes fit u32")),
+                target_replicas: target.iter().copied().map(NodeId).collect(),
+            })
+        })
+        .collect()
 }
 
 /// Every config key with its effective value, sorted by name, marking the defaults.
@@ -301,6 +322,64 @@ pub(super) async fn elect_leaders(
             })
             .encode(header.correlation_id)
             .unwrap_or_default()
+        }
+        Err(e) => Response::failed(header, controller_error(&e))
+            .encode(header.correlation_id)
+            .unwrap_or_default(),
+    }
+}
+
+// ---- replica placement ----
+
+/// AlterPartitionReassignments: the controller decides every partition and commits the moves'
+/// starts in one change (`metadata::reassign`); a refusal of the whole request (no controller,
+/// overloaded, timed out) fails it as a whole.
+pub(super) async fn alter_partition_reassignments(
+    request: AlterPartitionReassignmentsRequest,
+    header: &FrameHeader,
+    services: &NodeServices,
+) -> Vec<u8> {
+    let deadline = admin_deadline(request.timeout_ms);
+    let partitions = request
+        .partitions
+        .into_iter()
+        .map(|r| ReassignmentWire {
+            topic: r.topic,
+            partition: r.partition.0,
+            replicas: r.replicas.into_iter().map(|n| n.0).collect(),
+        })
+        .collect();
+    match services
+        .controller
+        .alter_partition_reassignments(partitions, Some(deadline))
+        .await
+    {
+        Ok(results) => {
+            let partitions = results
+                .into_iter()
+                .map(|r| {
+                    let error = (r.error_code != 0).then(|| {
+                        let code = ErrorCode::from_code(r.error_code)
+                            .unwrap_or(ErrorCode::UnknownServerError);
+                        ResponseError::new(code, r.message)
+                    });
+                    let placed = error.is_none();
+                    PartitionReassignmentResult {
+                        topic: r.topic,
+                        partition: PartitionId(r.partition),
+                        replicas: r.replicas.into_iter().map(NodeId).collect(),
+                        target_replicas: r
+                            .target_replicas
+                            .map(|target| target.into_iter().map(NodeId).collect()),
+                        leader: r.leader.filter(|_| placed).map(NodeId),
+                        leader_epoch: placed.then_some(LeaderEpoch(r.leader_epoch)),
+                        error,
+                    }
+                })
+                .collect();
+            Response::from(AlterPartitionReassignmentsResponse { partitions })
+                .encode(header.correlation_id)
+                .unwrap_or_default()
         }
         Err(e) => Response::failed(header, controller_error(&e))
             .encode(header.correlation_id)

@@ -541,6 +541,43 @@ pub enum ForwardedAdmin {
         preferred: bool,
         timeout_ms: u32,
     },
+    /// A client's AlterPartitionReassignments: move each partition to its `replicas`.
+    /// Answered per partition in [`ControllerForwardResponse::reassignments`].
+    AlterPartitionReassignments {
+        partitions: Vec<ReassignmentWire>,
+        timeout_ms: u32,
+    },
+}
+
+/// The most partitions one forwarded AlterPartitionReassignments names or its answer lists:
+/// the client protocol's bound on the request.
+pub const REASSIGNMENTS_MAX: usize = crate::limits::PARTITIONS_PER_REQUEST_MAX as usize;
+
+/// One partition of a forwarded AlterPartitionReassignments.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReassignmentWire {
+    pub topic: String,
+    pub partition: u32,
+    /// The target replicas, the preferred leader first, as the client named them (at most
+    /// `REASSIGNMENT_REPLICAS_MAX`; the controller checks the rest).
+    pub replicas: Vec<u32>,
+}
+
+/// One partition's outcome of a forwarded AlterPartitionReassignments: `error_code` 0 with the
+/// partition's placement after the request, or a client error code and its message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReassignmentResultWire {
+    pub topic: String,
+    pub partition: u32,
+    pub error_code: u16,
+    pub message: String,
+    /// The replicas after the request (while a move is under way: the target, then the
+    /// replicas that leave).
+    pub replicas: Vec<u32>,
+    /// The target of the move under way, if one is.
+    pub target_replicas: Option<Vec<u32>>,
+    pub leader: Option<u32>,
+    pub leader_epoch: u32,
 }
 
 /// The most partitions one forwarded ElectLeaders names or its answer lists: the client
@@ -583,6 +620,9 @@ pub struct ElectionsWire {
 /// room for nodes that are not quorum members while keeping a proposal small.
 pub const ISR_NODES_MAX: usize = 16;
 
+// Every replica of a partition under reassignment may be in its ISR at once.
+const _: () = assert!(crate::limits::REASSIGNMENT_REPLICAS_MAX as usize <= ISR_NODES_MAX);
+
 /// A partition's committed leadership and ISR state, as the controller answers a
 /// [`ForwardedAdmin::AlterIsr`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -616,6 +656,10 @@ pub struct ControllerForwardResponse {
     /// it) reads as nil.
     #[serde(default)]
     pub elections: Option<ElectionsWire>,
+    /// AlterPartitionReassignments' answer: one outcome per partition. An answer without it
+    /// (a build before it) reads as nil.
+    #[serde(default)]
+    pub reassignments: Option<Vec<ReassignmentResultWire>>,
 }
 
 impl PeerBody for ControllerForwardRequest {
@@ -687,6 +731,18 @@ impl PeerBody for ControllerForwardRequest {
                 }
                 Ok(())
             }
+            ForwardedAdmin::AlterPartitionReassignments { partitions, .. } => {
+                check_count_at_most("partitions", partitions.len(), REASSIGNMENTS_MAX)?;
+                for reassignment in partitions {
+                    check_at_most(
+                        "topic name bytes",
+                        reassignment.topic.len(),
+                        TOPIC_NAME_BYTES_MAX,
+                    )?;
+                    check_replicas(&reassignment.replicas)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -700,6 +756,25 @@ impl PeerBody for ControllerForwardResponse {
         )?;
         if let Some(committed) = &self.isr {
             check_isr(&committed.isr)?;
+        }
+        if let Some(reassignments) = &self.reassignments {
+            check_count_at_most("reassignments", reassignments.len(), REASSIGNMENTS_MAX)?;
+            for result in reassignments {
+                check_at_most(
+                    "topic name bytes",
+                    result.topic.len(),
+                    crate::limits::TOPIC_NAME_BYTES_MAX,
+                )?;
+                check_at_most(
+                    "error message bytes",
+                    result.message.len(),
+                    crate::limits::ERROR_MESSAGE_BYTES_MAX,
+                )?;
+                check_replicas(&result.replicas)?;
+                if let Some(target) = &result.target_replicas {
+                    check_replicas(target)?;
+                }
+            }
         }
         if let Some(elections) = &self.elections {
             check_count_at_most("elections", elections.results.len(), ELECTIONS_MAX)?;
@@ -718,6 +793,16 @@ impl PeerBody for ControllerForwardResponse {
         }
         Ok(())
     }
+}
+
+/// A reassignment's replica list: at most `REASSIGNMENT_REPLICAS_MAX` node ids (their order
+/// and uniqueness are the controller's to check, per partition).
+fn check_replicas(replicas: &[u32]) -> Result<(), PeerProtocolError> {
+    check_count_at_most(
+        "replicas",
+        replicas.len(),
+        crate::limits::REASSIGNMENT_REPLICAS_MAX as usize,
+    )
 }
 
 /// An ISR's own rules: at most [`ISR_NODES_MAX`] node ids, sorted, none twice.

@@ -154,16 +154,81 @@ fn forward_response() -> impl Strategy<Value = ControllerForwardResponse> {
                     },
                 ),
                 elections: None,
+                reassignments: None,
             },
         )
         .prop_flat_map(|response| {
-            (Just(response), proptest::option::of(elections())).prop_map(|(response, elections)| {
-                ControllerForwardResponse {
-                    elections,
-                    ..response
-                }
-            })
+            (
+                Just(response),
+                proptest::option::of(elections()),
+                proptest::option::of(vec(reassignment_result(), 0..4)),
+            )
+                .prop_map(|(response, elections, reassignments)| {
+                    ControllerForwardResponse {
+                        elections,
+                        reassignments,
+                        ..response
+                    }
+                })
         })
+}
+
+fn reassignment_result() -> impl Strategy<Value = ReassignmentResultWire> {
+    (
+        "[a-z0-9._-]{1,32}",
+        any::<u32>(),
+        any::<u16>(),
+        ".{0,16}",
+        vec(any::<u32>(), 0..4),
+        proptest::option::of(vec(any::<u32>(), 0..4)),
+        proptest::option::of(any::<u32>()),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(
+                topic,
+                partition,
+                error_code,
+                message,
+                replicas,
+                target_replicas,
+                leader,
+                leader_epoch,
+            )| {
+                ReassignmentResultWire {
+                    topic,
+                    partition,
+                    error_code,
+                    message,
+                    replicas,
+                    target_replicas,
+                    leader,
+                    leader_epoch,
+                }
+            },
+        )
+}
+
+fn reassign_partitions() -> impl Strategy<Value = ForwardedAdmin> {
+    let reassignment = (
+        "[a-z0-9._-]{1,32}",
+        any::<u32>(),
+        vec(
+            any::<u32>(),
+            0..=crate::limits::REASSIGNMENT_REPLICAS_MAX as usize,
+        ),
+    )
+        .prop_map(|(topic, partition, replicas)| ReassignmentWire {
+            topic,
+            partition,
+            replicas,
+        });
+    (vec(reassignment, 0..4), any::<u32>()).prop_map(|(partitions, timeout_ms)| {
+        ForwardedAdmin::AlterPartitionReassignments {
+            partitions,
+            timeout_ms,
+        }
+    })
 }
 
 fn elections() -> impl Strategy<Value = ElectionsWire> {
@@ -221,6 +286,8 @@ fn service_request() -> impl Strategy<Value = PeerRequest> {
         alter_isr()
             .prop_map(|admin| PeerRequest::ControllerForward(ControllerForwardRequest { admin })),
         elect_leaders()
+            .prop_map(|admin| PeerRequest::ControllerForward(ControllerForwardRequest { admin })),
+        reassign_partitions()
             .prop_map(|admin| PeerRequest::ControllerForward(ControllerForwardRequest { admin })),
     ]
 }

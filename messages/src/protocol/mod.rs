@@ -13,8 +13,8 @@
 //!   body; [`parse_frame`], which finds frames in a byte buffer.
 //! - `error`: [`ErrorCode`], [`ResponseError`] (the wire error map), [`ProtocolError`].
 //! - `codec`: body encoding and bounded decoding, topic-name and field-limit checks.
-//! - `handshake`, `metadata`, `topics`, `produce`, `fetch`, `groups`, `cluster`, `leaders`: the
-//!   bodies, one struct per map.
+//! - `handshake`, `metadata`, `topics`, `produce`, `fetch`, `groups`, `cluster`, `leaders`,
+//!   `reassignments`: the bodies, one struct per map.
 //! - `fetch_writer`: the Fetch answer written by hand, record bytes borrowed, for `writev`.
 //!
 //! # Decoding a request (server side)
@@ -36,6 +36,7 @@ mod handshake;
 mod leaders;
 mod metadata;
 mod produce;
+mod reassignments;
 mod topics;
 
 #[cfg(test)]
@@ -88,11 +89,15 @@ pub use produce::{
     ProducePartitionRef, ProducePartitionResponse, ProduceRequest, ProduceRequestRef,
     ProduceResponse, ProduceTopic, ProduceTopicRef, ProduceTopicResponse,
 };
+pub use reassignments::{
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, PartitionReassignment,
+    PartitionReassignmentResult,
+};
 pub use topics::{
     AlterTopicConfigsRequest, AlterTopicConfigsResponse, ConfigEntry, CreatePartitionsRequest,
     CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
     DeleteTopicsResponse, DescribeTopicsRequest, DescribeTopicsResponse, NewTopic,
-    PartitionCountChange, TopicConfigChanges, TopicDescription, TopicResult,
+    OngoingReassignment, PartitionCountChange, TopicConfigChanges, TopicDescription, TopicResult,
 };
 
 /// A request body: one map, the kind it travels as, and the body that answers it.
@@ -410,6 +415,8 @@ request_kinds! {
     20 DescribeCluster(DescribeClusterRequest, DescribeClusterResponse) versions 1..=1;
     /// Move partitions' leadership to a named in-sync replica, or back to their first replica.
     21 ElectLeaders(ElectLeadersRequest, ElectLeadersResponse) versions 1..=1;
+    /// Move partitions to other replicas: the new ones catch up, then the old ones leave.
+    22 AlterPartitionReassignments(AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse) versions 1..=1;
 }
 
 impl RequestKind {

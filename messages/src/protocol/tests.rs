@@ -18,8 +18,8 @@ use crate::limits::{
     CLUSTER_REPLICA_FOLLOWERS_LISTED_MAX, CLUSTER_REPLICA_STATUS_BYTES_MAX,
     CLUSTER_TOPIC_FIELDS_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, FETCH_BODY_FIELDS_BYTES_MAX,
     FETCH_PARTITION_FIELDS_BYTES_MAX, FETCH_TOPIC_FIELDS_BYTES_MAX, FRAME_BYTES_MAX,
-    PARTITIONS_PER_REQUEST_MAX, PRODUCER_EPOCH_MAX, PRODUCER_ID_MAX, TOPIC_NAME_BYTES_MAX,
-    TOPICS_PER_REQUEST_MAX,
+    PARTITIONS_PER_REQUEST_MAX, PRODUCER_EPOCH_MAX, PRODUCER_ID_MAX, REASSIGNMENT_REPLICAS_MAX,
+    TOPIC_NAME_BYTES_MAX, TOPICS_PER_REQUEST_MAX,
 };
 use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId, ProducerEpoch, ProducerId};
 
@@ -383,7 +383,65 @@ fn request() -> impl Strategy<Value = Request> {
         group_request(),
         cluster_request(),
         elect_leaders_request(),
+        reassignments_request(),
     ]
+}
+
+/// An AlterPartitionReassignments request within its bounds (its lists may still be empty or
+/// name a node twice: those are the controller's to refuse, per partition).
+fn reassignments_request() -> impl Strategy<Value = Request> {
+    let reassignment = (
+        topic_name(),
+        partition_id(),
+        vec(node_id(), 0..=REASSIGNMENT_REPLICAS_MAX as usize),
+    )
+        .prop_map(|(topic, partition, replicas)| PartitionReassignment {
+            topic,
+            partition,
+            replicas,
+        });
+    (vec(reassignment, 1..4), timeout_ms()).prop_map(|(partitions, timeout_ms)| {
+        Request::from(AlterPartitionReassignmentsRequest {
+            partitions,
+            timeout_ms,
+        })
+    })
+}
+
+fn reassignments_response() -> impl Strategy<Value = Response> {
+    let result = (
+        topic_name(),
+        partition_id(),
+        maybe_error(),
+        vec(node_id(), 0..4),
+        option::of(vec(node_id(), 0..4)),
+        option::of(node_id()),
+        option::of(epoch()),
+    )
+        .prop_map(
+            |(topic, partition, error, replicas, target_replicas, leader, leader_epoch)| {
+                PartitionReassignmentResult {
+                    topic,
+                    partition,
+                    error,
+                    replicas,
+                    target_replicas,
+                    leader,
+                    leader_epoch,
+                }
+            },
+        );
+    vec(result, 0..4)
+        .prop_map(|partitions| Response::from(AlterPartitionReassignmentsResponse { partitions }))
+}
+
+fn ongoing_reassignment() -> impl Strategy<Value = OngoingReassignment> {
+    (partition_id(), vec(node_id(), 1..4)).prop_map(|(partition, target_replicas)| {
+        OngoingReassignment {
+            partition,
+            target_replicas,
+        }
+    })
 }
 
 /// An ElectLeaders request in either mode, valid by construction.
@@ -932,14 +990,16 @@ fn response() -> impl Strategy<Value = Response> {
         any::<bool>(),
         vec(partition_metadata(), 0..3),
         vec(config_entry, 0..4),
+        vec(ongoing_reassignment(), 0..3),
     )
         .prop_map(
-            |(name, error, internal, partitions, configs)| TopicDescription {
+            |(name, error, internal, partitions, configs, reassignments)| TopicDescription {
                 name,
                 error,
                 internal,
                 partitions,
                 configs,
+                reassignments,
             },
         );
     let describe_topics =
@@ -1021,6 +1081,7 @@ fn response() -> impl Strategy<Value = Response> {
         group_response(),
         cluster_response(),
         elect_leaders_response(),
+        reassignments_response(),
         failed,
     ]
 }
@@ -2194,12 +2255,13 @@ fn long_error_messages_are_cut_at_a_character_boundary() {
 }
 
 /// The handshake lists every kind with its range, all at version 1 today; number 19 stays
-/// free for consumer groups, so DescribeCluster is 20 and ElectLeaders 21.
+/// free for consumer groups, so DescribeCluster is 20, ElectLeaders 21 and
+/// AlterPartitionReassignments 22.
 #[test]
 fn handshake_lists_every_kind() {
     let list = RequestKind::handshake_list();
-    assert_eq!(list.len(), 21);
-    let codes: Vec<u16> = (0..=18).chain([20, 21]).collect();
+    assert_eq!(list.len(), 22);
+    let codes: Vec<u16> = (0..=18).chain([20, 21, 22]).collect();
     for (code, entry) in codes.into_iter().zip(&list) {
         assert_eq!(entry.kind, code);
         assert_eq!(
@@ -2211,6 +2273,56 @@ fn handshake_lists_every_kind() {
     assert!(RequestKind::from_code(19).is_none());
     assert_eq!(RequestKind::DescribeCluster.code(), 20);
     assert_eq!(RequestKind::ElectLeaders.code(), 21);
+    assert_eq!(RequestKind::AlterPartitionReassignments.code(), 22);
+}
+
+/// AlterPartitionReassignments refuses as a whole only what breaks a bound: no partition or
+/// more than 4,096, a target of more than 16 replicas, a bad topic name, a long timeout. An
+/// empty target or a node named twice decodes: the controller refuses that partition alone.
+#[test]
+fn reassignment_requests_keep_their_bounds() {
+    let reassignment = |replicas: Vec<u32>| PartitionReassignment {
+        topic: "orders".into(),
+        partition: PartitionId(0),
+        replicas: replicas.into_iter().map(NodeId).collect(),
+    };
+    let request = |partitions: Vec<PartitionReassignment>| AlterPartitionReassignmentsRequest {
+        partitions,
+        timeout_ms: 1000,
+    };
+    let most: Vec<u32> = (1..=REASSIGNMENT_REPLICAS_MAX).collect();
+    for accepted in [
+        request(vec![reassignment(vec![3, 1])]),
+        request(vec![reassignment(vec![])]),
+        request(vec![reassignment(vec![2, 2])]),
+        request(vec![reassignment(most.clone())]),
+    ] {
+        let bytes = Request::from(accepted.clone()).encode(1).unwrap();
+        assert_eq!(decode_request(&bytes).unwrap(), Request::from(accepted));
+    }
+    let mut too_many = most;
+    too_many.push(REASSIGNMENT_REPLICAS_MAX + 1);
+    for refused in [
+        request(Vec::new()),
+        request(vec![
+            reassignment(vec![1]);
+            PARTITIONS_PER_REQUEST_MAX as usize + 1
+        ]),
+        request(vec![reassignment(too_many)]),
+        AlterPartitionReassignmentsRequest {
+            timeout_ms: crate::limits::TIMEOUT_MS_MAX + 1,
+            ..request(vec![reassignment(vec![1])])
+        },
+    ] {
+        let error = decode_request(&Request::from(refused.clone()).encode(1).unwrap()).unwrap_err();
+        assert_eq!(error.error_code(), ErrorCode::InvalidRequest, "{refused:?}");
+    }
+    let bad_name = request(vec![PartitionReassignment {
+        topic: "a/b".into(),
+        ..reassignment(vec![1])
+    }]);
+    let error = decode_request(&Request::from(bad_name).encode(1).unwrap()).unwrap_err();
+    assert_eq!(error.error_code(), ErrorCode::InvalidTopicName);
 }
 
 /// ElectLeaders' two modes are kept apart at decoding: a preferred election names no target,
@@ -2400,6 +2512,31 @@ fn golden_elect_leaders_request() -> Request {
     })
 }
 
+fn golden_reassignments_request() -> Request {
+    Request::from(AlterPartitionReassignmentsRequest {
+        partitions: vec![PartitionReassignment {
+            topic: "orders".into(),
+            partition: PartitionId(0),
+            replicas: vec![NodeId(3), NodeId(1)],
+        }],
+        timeout_ms: 30_000,
+    })
+}
+
+fn golden_reassignments_response() -> Response {
+    Response::from(AlterPartitionReassignmentsResponse {
+        partitions: vec![PartitionReassignmentResult {
+            topic: "orders".into(),
+            partition: PartitionId(0),
+            error: None,
+            replicas: vec![NodeId(3), NodeId(1), NodeId(2)],
+            target_replicas: Some(vec![NodeId(3), NodeId(1)]),
+            leader: Some(NodeId(1)),
+            leader_epoch: Some(LeaderEpoch(6)),
+        }],
+    })
+}
+
 fn golden_elect_leaders_response() -> Response {
     Response::from(ElectLeadersResponse {
         partitions: vec![LeaderElectionResult {
@@ -2459,6 +2596,15 @@ const ELECT_LEADERS_RESPONSE_HEX: &str = "0000004880150001000000000000000581aa70
     6f706963a66f7264657273a9706172746974696f6e00a66c656164657202ac6c\
     65616465725f65706f636805";
 
+const REASSIGNMENTS_REQUEST_HEX: &str = "0000004c00160001000000000000000682aa706172746974696f6e739183a574\
+    6f706963a66f7264657273a9706172746974696f6e00a87265706c6963617392\
+    0301aa74696d656f75745f6d73cd7530";
+
+const REASSIGNMENTS_RESPONSE_HEX: &str = "0000006880160001000000000000000681aa706172746974696f6e739186a574\
+    6f706963a66f7264657273a9706172746974696f6e00a87265706c6963617393\
+    030102af7461726765745f7265706c69636173920301a66c656164657201ac6c\
+    65616465725f65706f636806";
+
 const DESCRIBE_CLUSTER_REQUEST_HEX: &str =
     "0000001c00140001000000000000000481a6746f7069637391a66f7264657273";
 
@@ -2501,6 +2647,12 @@ fn golden_fixtures_match_the_code_and_the_doc() {
             golden_elect_leaders_request(),
             5,
         ),
+        (
+            "reassignments-request",
+            REASSIGNMENTS_REQUEST_HEX,
+            golden_reassignments_request(),
+            6,
+        ),
     ];
     for (name, expected, request, correlation_id) in requests {
         let bytes = request.encode(correlation_id).unwrap();
@@ -2532,6 +2684,12 @@ fn golden_fixtures_match_the_code_and_the_doc() {
             ELECT_LEADERS_RESPONSE_HEX,
             golden_elect_leaders_response(),
             5,
+        ),
+        (
+            "reassignments-response",
+            REASSIGNMENTS_RESPONSE_HEX,
+            golden_reassignments_response(),
+            6,
         ),
     ];
     for (name, expected, response, correlation_id) in responses {
@@ -2730,6 +2888,21 @@ fn protocol_md_limits_match_the_code() {
                     BTreeMap::new(),
                     Some(PARTITIONS_PER_TOPIC_MAX + 1),
                 ))
+            }),
+        ),
+        (
+            "Replicas per reassigned partition",
+            count(REASSIGNMENT_REPLICAS_MAX),
+            Box::new(|| {
+                let replicas = (0..=REASSIGNMENT_REPLICAS_MAX).map(NodeId).collect();
+                refused(Request::from(AlterPartitionReassignmentsRequest {
+                    partitions: vec![PartitionReassignment {
+                        topic: "t".into(),
+                        partition: PartitionId(0),
+                        replicas,
+                    }],
+                    timeout_ms: 1000,
+                }))
             }),
         ),
         (

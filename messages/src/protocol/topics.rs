@@ -16,6 +16,7 @@ use crate::limits::{
     CONFIG_KEY_BYTES_MAX, CONFIG_VALUE_BYTES_MAX, CONFIGS_PER_TOPIC_MAX, PARTITIONS_PER_TOPIC_MAX,
     TIMEOUT_MS_MAX, TOPICS_PER_REQUEST_MAX,
 };
+use crate::types::{NodeId, PartitionId};
 
 /// The result for one topic of an administrative request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +162,18 @@ pub struct TopicDescription {
     pub partitions: Vec<PartitionMetadata>,
     /// Every config key the topic has, including defaults, sorted by name.
     pub configs: Vec<ConfigEntry>,
+    /// The partitions a reassignment is moving (AlterPartitionReassignments), in partition
+    /// order, each with its target. Absent: none is moving.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reassignments: Vec<OngoingReassignment>,
+}
+
+/// A reassignment under way: its partition's `replicas` (in `partitions`) list the target
+/// first, then the replicas that leave once every target replica is in sync.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OngoingReassignment {
+    pub partition: PartitionId,
+    pub target_replicas: Vec<NodeId>,
 }
 
 /// One effective config of a topic.

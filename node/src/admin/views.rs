@@ -393,6 +393,9 @@ fn partition_view(
         "replicas": image.replicas,
         "isr": image.isr,
     });
+    if let Some(target) = &image.target_replicas {
+        body["target_replicas"] = json!(target);
+    }
     match local.get(&(topic.to_owned(), index)) {
         Some((entry, state)) => {
             body["actor"] = json!(entry.id);
@@ -577,14 +580,18 @@ pub fn cluster(view: &NodeView) -> Value {
                             }
                             replica
                         });
-                    json!({
+                    let mut partition = json!({
                         "partition": index,
                         "leader": p.leader,
                         "leader_epoch": p.leader_epoch,
                         "replicas": p.replicas,
                         "isr": p.isr,
                         "replica": replica,
-                    })
+                    });
+                    if let Some(target) = &p.target_replicas {
+                        partition["target_replicas"] = json!(target);
+                    }
+                    partition
                 })
                 .collect();
             json!({"name": name, "partitions": partitions})

@@ -74,6 +74,7 @@ fn moving_the_leader_twenty_times_under_load_loses_nothing() {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
         let producer = tokio::spawn(produce(
+            TOPIC,
             bootstrap.clone(),
             history.clone(),
             Arc::clone(&stop),
@@ -82,6 +83,7 @@ fn moving_the_leader_twenty_times_under_load_loses_nothing() {
         // The offset the consumer must reach before it stops (set once the producer is done).
         let read_to = Arc::new(AtomicU64::new(u64::MAX));
         let consumer = tokio::spawn(consume(
+            TOPIC,
             bootstrap.clone(),
             history.clone(),
             Arc::clone(&read_to),
@@ -225,7 +227,7 @@ fn moving_the_leader_twenty_times_under_load_loses_nothing() {
 
 /// Waits until `count` more events are acknowledged; panics with the nodes' logs if they are
 /// not within `FAILOVER_BOUND`.
-async fn wait_for_acks(acked: &AtomicU64, count: u64, cluster: &TestCluster) {
+pub(super) async fn wait_for_acks(acked: &AtomicU64, count: u64, cluster: &TestCluster) {
     let from = acked.load(Ordering::Relaxed);
     let deadline = Instant::now() + FAILOVER_BOUND;
     while acked.load(Ordering::Relaxed) < from + count {
@@ -239,10 +241,11 @@ async fn wait_for_acks(acked: &AtomicU64, count: u64, cluster: &TestCluster) {
     }
 }
 
-/// Sends unique values to partition 0 until `stop`, at most `SENDS_IN_FLIGHT_MAX` unanswered,
-/// recording each acknowledged one (and any failed one as attempted). Returns the highest
-/// acknowledged offset and the sends that failed.
-async fn produce(
+/// Sends unique values to partition 0 of `topic` until `stop`, at most `SENDS_IN_FLIGHT_MAX`
+/// unanswered, recording each acknowledged one (and any failed one as attempted). Returns the
+/// highest acknowledged offset and the sends that failed.
+pub(super) async fn produce(
+    topic: &'static str,
     bootstrap: Vec<String>,
     history: History,
     stop: Arc<AtomicBool>,
@@ -263,12 +266,12 @@ async fn produce(
         |value: Vec<u8>, outcome: Result<vltava_client::RecordMetadata, _>| match outcome {
             Ok(written) => {
                 let offset = written.offset.expect("acks=all has offsets");
-                history.acknowledged(TOPIC, PartitionId(0), offset, b"", &value);
+                history.acknowledged(topic, PartitionId(0), offset, b"", &value);
                 last = last.max(Some(offset.0));
                 acked.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                history.attempted(TOPIC, PartitionId(0), b"", &value);
+                history.attempted(topic, PartitionId(0), b"", &value);
                 failed.push(format!("{}: {e}", String::from_utf8_lossy(&value)));
             }
         };
@@ -277,7 +280,7 @@ async fn produce(
         let value = unique_value(1, seq);
         seq += 1;
         let record = ProducerRecord {
-            topic: TOPIC.to_owned(),
+            topic: topic.to_owned(),
             partition: Some(0),
             key: None,
             value: Some(value.clone()),
@@ -297,9 +300,14 @@ async fn produce(
     (last, failed)
 }
 
-/// Reads partition 0 from the earliest offset until it reaches `read_to`, recording every
-/// record and every position reset (a position that went back); returns the resets.
-async fn consume(bootstrap: Vec<String>, history: History, read_to: Arc<AtomicU64>) -> usize {
+/// Reads partition 0 of `topic` from the earliest offset until it reaches `read_to`, recording
+/// every record and every position reset (a position that went back); returns the resets.
+pub(super) async fn consume(
+    topic: &'static str,
+    bootstrap: Vec<String>,
+    history: History,
+    read_to: Arc<AtomicU64>,
+) -> usize {
     let mut consumer = Consumer::new(
         Cluster::connect(&bootstrap, "elect-consumer")
             .await
@@ -309,7 +317,7 @@ async fn consume(bootstrap: Vec<String>, history: History, read_to: Arc<AtomicU6
     // The partition may still be opening on its leader (LeaderNotAvailable, retriable).
     let assigned_by = Instant::now() + FAILOVER_BOUND;
     while let Err(e) = consumer
-        .assign(TOPIC, Some(vec![0]), SeekTo::Earliest)
+        .assign(topic, Some(vec![0]), SeekTo::Earliest)
         .await
     {
         assert!(
@@ -318,7 +326,7 @@ async fn consume(bootstrap: Vec<String>, history: History, read_to: Arc<AtomicU6
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let key = (TOPIC.to_owned(), 0);
+    let key = (topic.to_owned(), 0);
     let mut next = 0;
     let mut resets = 0;
     let mut deadline: Option<Instant> = None;
@@ -336,7 +344,7 @@ async fn consume(bootstrap: Vec<String>, history: History, read_to: Arc<AtomicU6
                 for r in records {
                     history.read(
                         "consumer",
-                        TOPIC,
+                        topic,
                         PartitionId(0),
                         Offset(r.offset),
                         r.key.as_deref().unwrap_or_default(),
@@ -355,7 +363,7 @@ async fn consume(bootstrap: Vec<String>, history: History, read_to: Arc<AtomicU6
         {
             history.position_reset(
                 "consumer",
-                TOPIC,
+                topic,
                 PartitionId(0),
                 Offset(next),
                 Offset(position),

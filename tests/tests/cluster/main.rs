@@ -3,8 +3,10 @@
 //! through any node, hand out distinct producer ids, survive the loss of their controller,
 //! refuse a member that holds another cluster's data, describe themselves alike through
 //! every node (`vltava cluster describe`, the admin endpoint's `/cluster`), show group lag
-//! and reset group offsets for partitions whichever node leads them, and keep a group's
-//! members and offsets while its coordinator moves (`coordinator`).
+//! and reset group offsets for partitions whichever node leads them, keep a group's
+//! members and offsets while its coordinator moves (`coordinator`), move partitions'
+//! leadership and replicas on command (`elect`, `reassign`), and move leadership on failure
+//! (`failover`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -27,6 +29,7 @@ mod elect;
 mod failover;
 mod observe;
 mod peer_input;
+mod reassign;
 mod replication;
 mod restart;
 

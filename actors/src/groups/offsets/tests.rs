@@ -117,6 +117,7 @@ fn image(leaders: &[Option<u32>]) -> watch::Receiver<Arc<MetadataImage>> {
                     partition_epoch: 0,
                     replicas: leader.iter().copied().collect(),
                     isr: leader.iter().copied().collect(),
+                    target_replicas: None,
                 })
                 .collect(),
         },

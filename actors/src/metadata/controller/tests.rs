@@ -310,3 +310,5 @@ async fn elect_leaders_answers_each_partition_and_commits_only_moves() {
         .unwrap();
     assert!(every.results.is_empty() && !every.more, "{every:?}");
 }
+
+mod reassign;

@@ -28,6 +28,7 @@ fn image(partitions: usize) -> MetadataImage {
         partition_epoch: 7,
         replicas: vec![1, 2, 3],
         isr: vec![1, 2],
+        target_replicas: None,
     };
     image.topics.insert(
         "t".into(),
@@ -69,6 +70,7 @@ fn an_in_sync_live_replica_takes_over_with_both_epochs_bumped() {
             partition_epoch: 8,
             replicas: vec![1, 2, 3],
             isr: vec![1, 2],
+            target_replicas: None,
         }],
         "replicas and ISR unchanged"
     );

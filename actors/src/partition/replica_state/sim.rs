@@ -196,6 +196,7 @@ impl Controller {
             partition_epoch: self.partition_epoch,
             replicas: NODES.to_vec(),
             isr: self.isr.clone(),
+            target_replicas: None,
         }
     }
 

@@ -34,6 +34,7 @@ fn assignment(
         partition_epoch: PartitionEpoch(partition_epoch),
         replicas: vec![A, B, C],
         isr: isr(members),
+        target_replicas: None,
     }
 }
 
@@ -180,6 +181,35 @@ fn the_high_watermark_advances_only_while_the_isr_has_min_insync_replicas() {
 fn min_insync_replicas_defaults_to_a_majority_of_the_replicas() {
     let defaults: Vec<usize> = [1, 2, 3, 5].map(min_insync_replicas_default).to_vec();
     assert_eq!(defaults, vec![1, 2, 2, 3]);
+}
+
+/// A move from A alone to B alone has both as replicas until B is in sync; counting the
+/// majority over both would refuse every `acks=all` write meanwhile, so it counts the target.
+#[test]
+fn while_a_reassignment_moves_the_partition_the_default_min_insync_replicas_counts_its_target() {
+    let now = Instant::now();
+    let mut s = State::open(A, ReplicaConfig::default(), log(0, 0, None), None);
+    let moving = Assignment {
+        leader: Some(A),
+        leader_epoch: LeaderEpoch(1),
+        partition_epoch: PartitionEpoch(1),
+        replicas: vec![B, A],
+        isr: isr(&[A]),
+        target_replicas: Some(vec![B]),
+    };
+    s.become_leader(moving, now).unwrap();
+    assert_eq!(s.min_insync_replicas(), 1);
+    assert_eq!(s.admit_append(Acks::All), Ok(()));
+    let settled = Assignment {
+        leader: Some(A),
+        leader_epoch: LeaderEpoch(2),
+        partition_epoch: PartitionEpoch(2),
+        replicas: vec![B, A],
+        isr: isr(&[A]),
+        target_replicas: None,
+    };
+    s.become_leader(settled, now).unwrap();
+    assert_eq!(s.min_insync_replicas(), 2, "a majority of both replicas");
 }
 
 #[test]

@@ -27,6 +27,7 @@ fn image() -> MetadataImage {
                 partition_epoch: 0,
                 replicas: vec![p % 3 + 1],
                 isr: vec![p % 3 + 1],
+                target_replicas: None,
             })
             .collect(),
     };

@@ -153,3 +153,38 @@ fn connection_flags_are_accepted_anywhere_on_the_line() {
     let cli = parse(&["--bootstrap", "127.0.0.2:9420", "topic", "list"]).expect("bootstrap first");
     assert_eq!(cli.bootstrap, "127.0.0.2:9420");
 }
+
+/// `--replicas` takes a comma-separated list, in order: its first node is the preferred leader.
+#[test]
+fn reassign_reads_its_replicas_in_order() {
+    let cli = Cli::try_parse_from([
+        "vltava",
+        "partition",
+        "reassign",
+        "orders",
+        "3",
+        "--replicas",
+        "2,3,1",
+    ])
+    .unwrap();
+    let Command::Partition {
+        command:
+            PartitionCommand::Reassign {
+                topic,
+                partition,
+                replicas,
+                no_wait,
+                ..
+            },
+    } = cli.command
+    else {
+        panic!("a reassign command");
+    };
+    assert_eq!((topic.as_str(), partition), ("orders", 3));
+    assert_eq!(replicas, vec![2, 3, 1]);
+    assert!(!no_wait);
+    assert!(
+        Cli::try_parse_from(["vltava", "partition", "reassign", "orders", "3"]).is_err(),
+        "--replicas is required"
+    );
+}

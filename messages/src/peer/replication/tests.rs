@@ -562,4 +562,12 @@ fn protocol_md_gives_the_replication_bounds() {
         value("Partitions per forwarded ElectLeaders, and results in its answer"),
         crate::peer::ELECTIONS_MAX.to_string()
     );
+    assert_eq!(
+        value("Partitions per forwarded AlterPartitionReassignments, and results in its answer"),
+        crate::peer::REASSIGNMENTS_MAX.to_string()
+    );
+    assert_eq!(
+        value("Node ids per replica list of a forwarded AlterPartitionReassignments or its answer"),
+        crate::limits::REASSIGNMENT_REPLICAS_MAX.to_string()
+    );
 }

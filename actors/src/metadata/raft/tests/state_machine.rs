@@ -56,6 +56,7 @@ fn rich_records() -> Vec<MetadataRecord> {
             partition_epoch: 0,
             replicas: vec![2, 1],
             isr: vec![2],
+            target_replicas: None,
         },
         topic("gone", 0),
         MetadataRecord::TopicDeleted {
