@@ -1582,6 +1582,15 @@ impl Log {
         if self.epoch_cache.truncate_from_end(self.log_end_offset) {
             self.epoch_cache.write_checkpoint(&*storage, &self.dir)?;
         }
+        if self.cleaner_checkpoint > self.log_end_offset {
+            // A cut inside a gap compaction left ends the log below `offset`, where the
+            // cleaner checkpoint was lowered to: the offsets between are appended again next,
+            // uncleaned, and taken for clean they would never supersede the older records of
+            // their keys. Crash before this lands: nothing was appended yet, and open clamps
+            // the checkpoint to the log end.
+            self.cleaner_checkpoint = self.log_end_offset;
+            compaction::write_cleaner_checkpoint(&*storage, &self.dir, self.log_end_offset)?;
+        }
         self.lower_high_watermark_checkpoint()?;
         // A cut inside a batch (or inside a gap compaction left) ends the log below `offset`;
         // a snapshot between the two would miss the batches appended next.
