@@ -1658,6 +1658,11 @@ impl Log {
         }
         if !removed.is_empty() {
             self.dir_sync_needed = true;
+            // A follower's high watermark is its leader's, not its own flushed offset, so the
+            // deleted segments may reach past the recovery point (they were fdatasynced when
+            // they rolled). Nothing below the log start is left to be unflushed; the
+            // checkpoint on disk may stay lower, which only makes recovery read more.
+            self.recovery_point = self.recovery_point.max(self.log_start_offset);
             if self.epoch_cache.truncate_from_start(self.log_start_offset) {
                 self.epoch_cache.write_checkpoint(&*storage, &self.dir)?;
             }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use vltava_messages::batch::BatchHeader;
 use vltava_messages::{LeaderEpoch, Offset};
+use vltava_storage::epoch::EpochEntry;
 use vltava_storage::producer_state;
 use vltava_storage::{Log, LogConfig, SimStorage, Storage, StorageError};
 
@@ -127,8 +128,11 @@ fn a_full_truncation_empties_the_log_and_starts_it_at_the_offset() {
         Some((LeaderEpoch(3), start.plus(3)))
     );
     assert_eq!(
-        log.end_offset_for_epoch(LeaderEpoch(2)),
-        None,
+        log.epoch_cache().entries(),
+        [EpochEntry {
+            epoch: LeaderEpoch(3),
+            start_offset: start
+        }],
         "the old epochs are gone"
     );
     let batches = log
@@ -366,4 +370,34 @@ fn a_follower_behind_the_leaders_log_start_starts_afresh_there_and_copies_the_sa
     assert_eq!(reopened.log_start_offset(), leader_start);
     assert_eq!(reopened.producer_state(), leader.producer_state());
     assert_eq!(read_all(&mut reopened), read_all(&mut leader));
+}
+
+/// A follower's high watermark is its leader's (capped by its log end), not its own flushed
+/// offset, so retention may delete segments past its recovery point (those were fdatasynced
+/// when they rolled). The recovery point then moves up to the new log start: the offsets below
+/// it are gone, so none is unflushed, and `log start <= recovery point` holds for the replica
+/// state, which asserts it on every transition (it stopped the partition's log thread).
+#[test]
+fn retention_past_the_recovery_point_moves_it_to_the_log_start() {
+    let (_, storage) = sim();
+    let config = LogConfig {
+        retention_bytes: Some(1),
+        ..small_config()
+    };
+    let mut log = open(&storage, &sim_dir(), config);
+    for i in 0..60 {
+        let mut copied = batch(&format!("c{i}"), 1, VALUE_BYTES, 0);
+        vltava_messages::batch::set_base_offset(&mut copied, Offset(i));
+        vltava_messages::batch::set_partition_leader_epoch(&mut copied, LeaderEpoch(1));
+        log.append_as_follower(&copied, 1_000).unwrap();
+    }
+    assert_eq!(log.recovery_point(), Offset(0), "nothing flushed yet");
+    let end = log.log_end_offset();
+    log.set_high_watermark(end);
+    assert!(!log.delete_old_segments(2_000).unwrap().is_empty());
+    assert!(log.log_start_offset() > Offset(0));
+    assert_eq!(log.recovery_point(), log.log_start_offset());
+    // And a flush moves it on as usual.
+    log.flush().unwrap();
+    assert_eq!(log.recovery_point(), end);
 }
