@@ -81,8 +81,10 @@
 //!   offset queries (ListOffsets, consumer fetches) answer the retriable `OffsetNotAvailable`.
 //! - A new follower asks the leader for the end offset of its latest epoch and cuts what the
 //!   leader does not have before it fetches; when the leader knows only an older epoch, it cuts
-//!   from where its own log leaves that epoch and asks again about what is left. Cutting below
-//!   the high watermark is asserted against (unless unclean election is configured).
+//!   from where its own log leaves that epoch and asks again about what is left; when it knows
+//!   no epoch that old (its retention removed them), it cuts what lies past its high
+//!   watermark. Cutting below the high watermark is asserted against (unless unclean election
+//!   is configured).
 //!
 //! # Tests
 //! `tests.rs` has a test per rule, driving the public transitions; `sim.rs` runs thousands of
@@ -243,7 +245,8 @@ pub struct EpochEndAnswer {
     /// The epoch asked about.
     pub requested: LeaderEpoch,
     /// The largest epoch at or below `requested` that the leader's log knows, and its end
-    /// offset (`Log::end_offset_for_epoch`); `None` if it knows none.
+    /// offset (`Log::end_offset_for_epoch`); `None` if it knows none (retention may have
+    /// removed the older epochs).
     pub end: Option<(LeaderEpoch, Offset)>,
 }
 
@@ -904,8 +907,14 @@ impl<W> ReplicaState<W> {
             let log_start = s.log.log_start_offset;
             let log_end = s.log.log_end_offset;
             let (offset, then) = match answer.end {
-                // The leader knows no epoch this old: nothing here is known to match it.
-                None => (log_start, AfterTruncation::Fetch),
+                // The leader knows no epoch this old: retention removed its older epochs (or,
+                // after an unclean election, it never had them). What lies below the high
+                // watermark was committed, so the leader's history holds it; past it nothing
+                // is known to match. (Cutting to the log start cut committed offsets, which a
+                // follower of a leader whose retention had passed its epochs met at once.)
+                // After an unclean election the high watermark vouches for nothing.
+                None if s.config.unclean_leader_election => (log_start, AfterTruncation::Fetch),
+                None => (s.high_watermark, AfterTruncation::Fetch),
                 Some((answered, _)) if answered > epoch => {
                     return Err(ControlError::EpochEndNewerThanAsked {
                         requested: epoch,
@@ -926,7 +935,11 @@ impl<W> ReplicaState<W> {
                 }
             };
             let offset = offset.max(log_start);
-            if offset < log_end {
+            // Asking again, a cut at the log end still matters: the log's epochs after
+            // `answered` start there with no batch (a leader moved away before it wrote in
+            // its epoch), and only a truncation drops them; without it the next question is
+            // the same one, forever.
+            if offset < log_end || then == AfterTruncation::AskAgain {
                 s.role = Role::Follower(FollowerPhase::Truncating { offset, then });
                 effects.push(Effect::Truncate { offset });
             } else {

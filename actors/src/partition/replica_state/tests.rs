@@ -661,9 +661,34 @@ fn a_follower_cutting_below_its_high_watermark_is_a_bug_without_unclean_election
     let now = Instant::now();
     let (mut s, cache) = follower_with_two_epochs(now);
     // Its high watermark is 3; a leader without the offsets below it was not in the ISR.
-    s.epoch_end_answered(epoch_end(2, None), &cache, now)
+    s.epoch_end_answered(epoch_end(2, Some((2, 1))), &cache, now)
         .unwrap();
-    s.log_truncated(log(0, 0, None), now);
+    s.log_truncated(log(1, 1, Some(1)), now);
+}
+
+/// A leader whose retention removed the follower's epochs knows none that old: the follower
+/// keeps what it knows committed (below its high watermark) and cuts the rest, then fetches
+/// (and, if even that lies below the leader's log start, starts afresh there). It used to cut
+/// everything to its log start, committed offsets too, which is a bug without unclean
+/// election (asserted).
+#[test]
+fn a_leader_knowing_no_epoch_that_old_makes_the_follower_cut_to_its_high_watermark() {
+    let now = Instant::now();
+    let (mut s, cache) = follower_with_two_epochs(now);
+    assert_eq!(s.high_watermark(), Offset(3));
+    let effects = s
+        .epoch_end_answered(epoch_end(2, None), &cache, now)
+        .unwrap();
+    assert_eq!(effects, vec![Effect::Truncate { offset: Offset(3) }]);
+    let effects = s.log_truncated(log(3, 3, Some(1)), now);
+    assert_eq!(
+        effects,
+        vec![Effect::StartFetching {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+        }]
+    );
+    assert_eq!(s.high_watermark(), Offset(3));
 }
 
 #[test]
@@ -921,4 +946,67 @@ fn waiting_acks_all_answers_are_bounded() {
         })
     );
     assert_eq!(s.admit_append(Acks::Leader), Ok(()), "acks=1 does not wait");
+}
+
+/// A leader moved away before it wrote anything in its epoch (an idle partition under
+/// `elect-leader` or `elect-preferred`) holds an epoch entry at its log end with no batch.
+/// Its new leader never saw that epoch and answers with the one before, ending at that same
+/// log end: nothing is to be cut, but the entry must go (a truncation to the log end drops
+/// it), or the follower asks about the same epoch again and again and never fetches. It used
+/// to loop so.
+#[test]
+fn a_demoted_idle_leader_drops_its_empty_epoch_and_fetches() {
+    let now = Instant::now();
+    let mut cache = LeaderEpochCache::default();
+    cache.assign(LeaderEpoch(1), Offset(0));
+    let mut s = State::open(C, ReplicaConfig::default(), log(9, 9, Some(1)), None);
+    let effects = s
+        .become_leader(assignment(Some(C), 3, 1, &[B, C]), now)
+        .unwrap();
+    assert!(effects.contains(&Effect::RecordEpochStart {
+        leader_epoch: LeaderEpoch(3),
+        start_offset: Offset(9),
+    }));
+    cache.assign(LeaderEpoch(3), Offset(9));
+    // A flush completes (the high-watermark checkpoint's, say): the state learns the epoch.
+    let _ = s.local_log_changed(log(9, 9, Some(3)), now);
+    let effects = s
+        .become_follower(assignment(Some(B), 4, 2, &[B, C]), now)
+        .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::AskEpochEnd {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+            epoch: LeaderEpoch(3),
+        }]
+    );
+    let effects = s
+        .epoch_end_answered(epoch_end(3, Some((1, 9))), &cache, now)
+        .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::Truncate { offset: Offset(9) }],
+        "a truncation to the log end, which drops the empty epoch's entry"
+    );
+    cache.truncate_from_end(Offset(9));
+    let effects = s.log_truncated(log(9, 9, Some(1)), now);
+    assert_eq!(
+        effects,
+        vec![Effect::AskEpochEnd {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+            epoch: LeaderEpoch(1),
+        }]
+    );
+    let effects = s
+        .epoch_end_answered(epoch_end(1, Some((1, 9))), &cache, now)
+        .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::StartFetching {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+        }]
+    );
 }
