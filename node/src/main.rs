@@ -191,6 +191,7 @@ async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode
         offsets_topic_partitions: config.offsets_topic_partitions,
         offsets_topic_segment_bytes: config.offsets_topic_segment_bytes,
         offsets_retention: config.offsets_retention,
+        retention_check_interval: config.retention_check_interval,
     })
     .await
     .context("node failed to start")?;

@@ -69,8 +69,9 @@ pub const ACK_WAITERS_MAX: usize = 4096;
 /// is: it compares byte counts).
 pub const COMPACTION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How often a partition checks retention and rolls an old active segment.
-pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(300);
+/// How often a partition checks retention and rolls an old active segment by default (Kafka's
+/// `log.retention.check.interval.ms`); a node sets it with `--retention-check-interval-ms`.
+pub const RETENTION_CHECK_INTERVAL_DEFAULT: Duration = Duration::from_secs(300);
 
 /// How often a partition's replica state hears the time: it shrinks the ISR of followers that
 /// lag past `replica.lag.time.max.ms` (10 s by default) and repeats unanswered ISR proposals
@@ -672,6 +673,8 @@ pub struct PartitionArgs {
     pub assignment: Assignment,
     /// `min.insync.replicas`, the lag time, unclean election (durability is `durability`).
     pub replica: ReplicaConfig,
+    /// How often retention runs (and an old active segment rolls).
+    pub retention_check_interval: Duration,
     /// The node's way to the controller, the leader and its replica fetchers.
     pub links: Arc<dyn ReplicaLinks>,
     pub flusher: Arc<Flusher>,
@@ -692,7 +695,7 @@ pub struct PartitionState {
     /// The interval timers started in `pre_start`. Each is a task holding a clone of the
     /// actor's cell (its mailboxes, about 5 KiB), and ractor's task only notices that the actor
     /// stopped at its next tick: for the retention timer that kept a deleted partition's cell
-    /// alive for up to `RETENTION_CHECK_INTERVAL`. They are aborted when the actor stops.
+    /// alive for up to `retention_check_interval`. They are aborted when the actor stops.
     timers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -888,6 +891,7 @@ impl Actor for Partition {
         let id = args.id.clone();
         let durability = args.durability;
         let compacted = args.log_config.cleanup_policy == CleanupPolicy::Compact;
+        let retention_check_interval = args.retention_check_interval;
         let replica = open_replica(&args, &log);
         let assignment = args.assignment.clone();
         let mut state = Core {
@@ -919,7 +923,7 @@ impl Actor for Partition {
         if let Durability::Interval(every) = durability {
             timers.push(myself.send_interval(every, || PartitionMsg::FlushTick));
         }
-        timers.push(myself.send_interval(RETENTION_CHECK_INTERVAL, || PartitionMsg::RetentionTick));
+        timers.push(myself.send_interval(retention_check_interval, || PartitionMsg::RetentionTick));
         if compacted {
             timers.push(
                 myself.send_interval(COMPACTION_CHECK_INTERVAL, || PartitionMsg::CompactionTick),
