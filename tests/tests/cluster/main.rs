@@ -24,6 +24,7 @@ use vltava_tests::{binary, eventually};
 mod elect;
 mod observe;
 mod peer_input;
+mod replica_edges;
 mod replication;
 mod restart;
 
