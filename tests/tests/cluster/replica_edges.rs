@@ -157,6 +157,19 @@ async fn send_all(
     acknowledged
 }
 
+/// An idempotent producer, once the cluster grants it an id (its controller may be slow to
+/// answer on a loaded machine: `ControllerNotAvailable` is retriable).
+async fn new_producer(bootstrap: &[String]) -> Producer {
+    until_ok(FAILOVER_BOUND, || async {
+        Producer::new(
+            Cluster::connect(bootstrap, "edges-test").await?,
+            producer_config(),
+        )
+        .await
+    })
+    .await
+}
+
 /// A producer of its own sends `events` as [`send_all`] does.
 fn produce(
     bootstrap: &[String],
@@ -165,12 +178,7 @@ fn produce(
     history: &History,
 ) -> Acknowledged {
     runtime().block_on(async {
-        let producer = Producer::new(
-            Cluster::connect(bootstrap, "edges-test").await.unwrap(),
-            producer_config(),
-        )
-        .await
-        .unwrap();
+        let producer = new_producer(bootstrap).await;
         let acknowledged = send_all(&producer, events, key, history, async {}).await;
         producer.close().await.unwrap();
         acknowledged
@@ -369,14 +377,7 @@ fn a_follower_behind_its_leaders_log_start_starts_afresh_there_and_rejoins_the_i
         let history = History::new();
         // One idempotent producer for the whole test: its sequences run on across the
         // follower's fresh start and the move of the leadership to it.
-        let producer = rt.block_on(async {
-            Producer::new(
-                Cluster::connect(&bootstrap, "edges-test").await.unwrap(),
-                producer_config(),
-            )
-            .await
-            .unwrap()
-        });
+        let producer = rt.block_on(new_producer(&bootstrap));
         let no_key = |_| None;
         let mut acknowledged = rt.block_on(send_all(
             &producer,
