@@ -68,6 +68,8 @@ pub struct ApplierConfig {
     pub links: Arc<dyn ReplicaLinks>,
     /// How long a follower may lag before it leaves the ISR.
     pub replica_lag_time_max: std::time::Duration,
+    /// How often each partition runs retention (`--retention-check-interval-ms`).
+    pub retention_check_interval: std::time::Duration,
     /// In a cluster, this run of the node: it leads a replicated partition only once the
     /// metadata holds this incarnation (registered with a new leader epoch for each such
     /// partition). `None` on a single node, whose partitions have no other replica.
@@ -478,6 +480,7 @@ impl ApplierState {
                     unclean_leader_election: config.unclean_leader_election,
                     replica_lag_time_max: self.config.replica_lag_time_max,
                 },
+                retention_check_interval: self.config.retention_check_interval,
                 links: Arc::clone(&self.config.links),
                 flusher: Arc::clone(&self.config.flusher),
                 directory: self.config.directory.clone(),

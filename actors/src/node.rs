@@ -170,6 +170,8 @@ pub struct NodeOptions {
     pub offsets_topic_segment_bytes: u64,
     /// How long an empty group keeps its committed offsets.
     pub offsets_retention: Duration,
+    /// How often each partition runs retention (`--retention-check-interval-ms`).
+    pub retention_check_interval: Duration,
 }
 
 /// A read-only view of a running node for the admin endpoint: the actor directory, the
@@ -360,6 +362,7 @@ impl Node {
                 .cluster
                 .as_ref()
                 .map_or(REPLICA_LAG_TIME_MAX_DEFAULT, |c| c.replica_lag_time_max),
+            retention_check_interval: options.retention_check_interval,
             groups: Some(groups.clone()),
             node: node.clone(),
             node_id: options.node_id,

@@ -22,6 +22,7 @@
 pub mod fetcher_gauges;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -36,12 +37,13 @@ use vltava_messages::{LeaderEpoch, NodeId, Offset, PartitionId};
 
 use crate::directory::ActorDirectory;
 use crate::metadata::controller::ControllerHandle;
-use crate::partition::PartitionHandle;
 use crate::partition::replica_state::{
-    CommittedIsr, EpochEndAnswer, FollowerReport, IsrAnswer, IsrProposal, LocalLog, PartitionEpoch,
+    CommittedIsr, EpochEndAnswer, FetchOutOfRange, FollowerReport, IsrAnswer, IsrProposal,
+    LocalLog, PartitionEpoch,
 };
 use crate::partition::replication::ReplicaLinks;
 use crate::partition::supervisor::{PartitionRegistry, PartitionSlot};
+use crate::partition::{PartitionError, PartitionHandle};
 use crate::peer::{PeerChannel, PeerLinks, PeerRequest, PeerResponse};
 use crate::session::partition_error;
 
@@ -77,6 +79,11 @@ type PartitionKey = (Arc<str>, PartitionId);
 #[derive(Clone, Copy, Debug)]
 struct Fetching {
     leader_epoch: LeaderEpoch,
+    /// Which `start_fetching` this entry came from (node-wide, increasing): a round's result
+    /// is written back only into the entry it was made from, so a partition that restarts
+    /// its fetching (a new epoch, or within one after starting its log afresh) keeps its new
+    /// starting point.
+    session: u64,
     log: LocalLog,
     /// The leader's high watermark last applied (an answer with no bytes and no new high
     /// watermark is not worth a message to the partition).
@@ -104,6 +111,8 @@ struct Inner {
     registry: PartitionRegistry,
     controller: OnceLock<ControllerHandle>,
     fetchers: Mutex<HashMap<NodeId, Arc<FetcherShared>>>,
+    /// The next fetch session number (`Fetching::session`).
+    next_session: AtomicU64,
     runtime: tokio::runtime::Handle,
     /// Where fetchers register, under `parent` (the node supervisor's id).
     directory: ActorDirectory,
@@ -128,6 +137,7 @@ impl ReplicaManager {
                 registry,
                 controller: OnceLock::new(),
                 fetchers: Mutex::new(HashMap::new()),
+                next_session: AtomicU64::new(0),
                 runtime: tokio::runtime::Handle::current(),
                 directory,
                 parent: parent.to_owned(),
@@ -272,6 +282,7 @@ impl ReplicaLinks for ReplicaManager {
         }
         let fetching = Fetching {
             leader_epoch,
+            session: self.inner.next_session.fetch_add(1, Ordering::Relaxed),
             log,
             leader_high_watermark: None,
         };
@@ -411,10 +422,10 @@ async fn run_fetcher(manager: ReplicaManager, leader: NodeId, shared: Arc<Fetche
         {
             let mut partitions = shared.partitions.lock().expect("fetcher lock");
             for (key, fetching) in &applied {
-                // Only if the partition still fetches in the same epoch: a restart of its
-                // fetching (a new epoch) keeps its own starting point.
+                // Only if the partition still fetches in the same session: a restart of its
+                // fetching (a new epoch, or a log started afresh) keeps its own starting point.
                 if let Some(current) = partitions.get_mut(key)
-                    && current.leader_epoch == fetching.leader_epoch
+                    && current.session == fetching.session
                 {
                     *current = *fetching;
                 }
@@ -447,13 +458,35 @@ async fn apply_answers(
         if let Some(error) = &answer.error {
             tracing::debug!(%topic, partition = partition.0, error = %error.message, "replica fetch refused");
             next.leader_high_watermark = None;
-            pending.push((key, next, None));
+            let call = match (
+                error.error_code(),
+                answer.log_start_offset,
+                answer.log_end_offset,
+                manager.handle(topic, *partition),
+            ) {
+                // The leader does not hold the fetch offset: the partition starts its log
+                // afresh at the leader's log start, or asks where to truncate. Either way it
+                // restarts its fetching itself, in a new session.
+                (Some(ErrorCode::OffsetOutOfRange), Some(start), Some(end), Some(handle)) => {
+                    let out_of_range = FetchOutOfRange {
+                        leader_epoch: fetching.leader_epoch,
+                        fetch_offset: fetching.log.log_end_offset,
+                        leader_log_start_offset: start,
+                        leader_log_end_offset: end,
+                    };
+                    tracing::info!(%topic, partition = partition.0, fetch_offset = out_of_range.fetch_offset.0, leader_log_start_offset = start.0, leader_log_end_offset = end.0, "fetch offset out of the leader's range");
+                    Some(tokio::spawn(async move {
+                        handle.fetch_out_of_range(out_of_range).await.map(|()| None)
+                    }))
+                }
+                _ => None,
+            };
+            pending.push((key, next, call));
             continue;
         }
         let ReplicaFetchAnswer {
             records,
             high_watermark,
-            log_start_offset,
             ..
         } = answer;
         let high_watermark = high_watermark.unwrap_or_default();
@@ -467,13 +500,9 @@ async fn apply_answers(
         };
         let call = tokio::spawn(async move {
             handle
-                .apply_fetched(
-                    next.leader_epoch,
-                    records,
-                    high_watermark,
-                    log_start_offset.unwrap_or_default(),
-                )
+                .apply_fetched(next.leader_epoch, records, high_watermark)
                 .await
+                .map(Some)
         });
         next.leader_high_watermark = Some(high_watermark);
         pending.push((key, next, Some(call)));
@@ -482,7 +511,8 @@ async fn apply_answers(
     for (key, mut next, call) in pending {
         if let Some(call) = call {
             match call.await {
-                Ok(Ok(log)) => next.log = log,
+                Ok(Ok(Some(log))) => next.log = log,
+                Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     tracing::info!(topic = %key.0, partition = key.1.0, error = %e, "fetched batches not applied");
                     next.leader_high_watermark = None;
@@ -634,7 +664,23 @@ async fn fetch_once(
                     records: ok.records,
                 }
             }
-            Err(e) => refused(p.topic.clone(), p.partition, partition_error(&e)),
+            Err(e) => {
+                let mut answer = refused(p.topic.clone(), p.partition, partition_error(&e));
+                if let PartitionError::OffsetOutOfRange {
+                    log_start_offset,
+                    high_watermark,
+                    log_end_offset,
+                    ..
+                } = e
+                {
+                    // The follower compares its fetch offset with the log's bounds: below
+                    // the start it starts afresh there, past the end it truncates.
+                    answer.log_start_offset = Some(log_start_offset);
+                    answer.log_end_offset = Some(log_end_offset);
+                    answer.high_watermark = Some(high_watermark);
+                }
+                answer
+            }
         });
     }
     ReplicaFetchResponse {

@@ -18,7 +18,9 @@ use vltava_actors::partition::replication::Standalone;
 use vltava_actors::partition::supervisor::{
     PartitionRegistry, PartitionSlot, PartitionSupervisor, PartitionSupervisorHandle, RESTARTS_MAX,
 };
-use vltava_actors::partition::{Acks, Durability, OffsetSpec, PartitionArgs, PartitionError};
+use vltava_actors::partition::{
+    Acks, Durability, OffsetSpec, PartitionArgs, PartitionError, RETENTION_CHECK_INTERVAL_DEFAULT,
+};
 use vltava_messages::metadata_records::MetadataRecord;
 use vltava_messages::{
     BatchBuilder, Compression, LeaderEpoch, NodeId, Offset, PartitionId, ProducerEpoch, ProducerId,
@@ -53,6 +55,7 @@ fn args(
             target_replicas: None,
         },
         replica: ReplicaConfig::default(),
+        retention_check_interval: RETENTION_CHECK_INTERVAL_DEFAULT,
         links: Arc::new(Standalone),
         flusher: Arc::new(Flusher::new(1, 64)),
         directory: directory.clone(),
@@ -332,7 +335,7 @@ async fn a_crashed_partition_restarts_with_its_data_and_goes_offline_past_its_bo
 /// that a leak of one task per partition stands out from the supervisor's own tasks.
 const START_STOP_CYCLES: usize = 20;
 /// How long the stopped partitions get to release what they held; the old retention timers
-/// held on for `RETENTION_CHECK_INTERVAL` (5 minutes).
+/// held on for `RETENTION_CHECK_INTERVAL_DEFAULT` (5 minutes).
 const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Polls `condition` every 10 ms until it holds or `deadline` passes; returns whether it held.
@@ -486,6 +489,7 @@ async fn deleting_a_topic_removes_a_partition_that_failed_to_start() {
             producer_ids: ProducerRegistry::default(),
             links: Arc::new(Standalone),
             replica_lag_time_max: REPLICA_LAG_TIME_MAX_DEFAULT,
+            retention_check_interval: RETENTION_CHECK_INTERVAL_DEFAULT,
             incarnation: None,
         },
         None,
@@ -568,6 +572,7 @@ async fn applier_over(
             producer_ids: producers_issued(8),
             links: Arc::new(Standalone),
             replica_lag_time_max: REPLICA_LAG_TIME_MAX_DEFAULT,
+            retention_check_interval: RETENTION_CHECK_INTERVAL_DEFAULT,
             incarnation: None,
         },
         None,

@@ -127,6 +127,10 @@ pub struct NodeFlags {
     /// How long an empty consumer group keeps its committed offsets, in ms [default: 7 days].
     #[arg(long, env = "VLTAVA_OFFSETS_RETENTION_MS")]
     pub offsets_retention_ms: Option<u64>,
+    /// How often each partition deletes segments past its retention and rolls an old active
+    /// segment, in ms (Kafka's log.retention.check.interval.ms) [default: 300000].
+    #[arg(long, env = "VLTAVA_RETENTION_CHECK_INTERVAL_MS")]
+    pub retention_check_interval_ms: Option<u64>,
     /// How often group members heartbeat, in ms [default: 5000].
     #[arg(long, env = "VLTAVA_GROUP_HEARTBEAT_INTERVAL_MS")]
     pub group_heartbeat_interval_ms: Option<u64>,
@@ -175,6 +179,7 @@ struct FileSettings {
     offsets_topic_replication_factor: Option<u16>,
     offsets_retention_ms: Option<u64>,
     offsets_topic_segment_bytes: Option<u64>,
+    retention_check_interval_ms: Option<u64>,
     group_heartbeat_interval_ms: Option<u64>,
     group_session_timeout_ms: Option<u64>,
 }
@@ -211,6 +216,7 @@ pub struct NodeConfig {
     pub offsets_topic_segment_bytes: u64,
     pub offsets_retention: Duration,
     pub group_settings: GroupSettings,
+    pub retention_check_interval: Duration,
 }
 
 fn parse_addr(what: &str, value: &str) -> anyhow::Result<SocketAddr> {
@@ -239,6 +245,14 @@ pub const REPLICA_LAG_TIME_MAX_MS_MAX: u64 = 3_600_000;
 pub const PREFERRED_LEADER_RETURN_MS_DEFAULT: u64 = 30_000;
 /// The longest: a day; 0 turns the return off.
 pub const PREFERRED_LEADER_RETURN_MS_MAX: u64 = 86_400_000;
+
+/// `--retention-check-interval-ms` by default: Kafka's 5 minutes.
+pub const RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 300_000;
+/// The shortest: each check lists a partition's segments on its log thread, so thousands of
+/// partitions checking more often than ten times a second would keep a core busy.
+pub const RETENTION_CHECK_INTERVAL_MS_MIN: u64 = 100;
+/// The longest: a day, past which an old active segment would not roll, nor expire, for days.
+pub const RETENTION_CHECK_INTERVAL_MS_MAX: u64 = 86_400_000;
 
 /// How this node joins a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -459,6 +473,17 @@ impl NodeConfig {
                 .or(file.offsets_retention_ms)
                 .unwrap_or(OFFSETS_RETENTION_DEFAULT.as_millis() as u64),
         );
+        let retention_check_interval_ms = flags
+            .retention_check_interval_ms
+            .or(file.retention_check_interval_ms)
+            .unwrap_or(RETENTION_CHECK_INTERVAL_MS_DEFAULT);
+        if !(RETENTION_CHECK_INTERVAL_MS_MIN..=RETENTION_CHECK_INTERVAL_MS_MAX)
+            .contains(&retention_check_interval_ms)
+        {
+            bail!(
+                "retention check interval {retention_check_interval_ms} ms is outside {RETENTION_CHECK_INTERVAL_MS_MIN}..={RETENTION_CHECK_INTERVAL_MS_MAX}"
+            );
+        }
         let defaults = GroupSettings::default();
         let group_settings = GroupSettings {
             heartbeat_interval: Duration::from_millis(
@@ -494,6 +519,7 @@ impl NodeConfig {
             offsets_topic_segment_bytes,
             offsets_retention,
             group_settings,
+            retention_check_interval: Duration::from_millis(retention_check_interval_ms),
             admin_token,
             enable_fault_injection,
             node_id: node_id.unwrap_or(1),

@@ -193,6 +193,7 @@ async fn serve(config: NodeConfig, data_dir: DataDir) -> anyhow::Result<ExitCode
         offsets_topic_replication_factor: config.offsets_topic_replication_factor,
         offsets_topic_segment_bytes: config.offsets_topic_segment_bytes,
         offsets_retention: config.offsets_retention,
+        retention_check_interval: config.retention_check_interval,
     })
     .await
     .context("node failed to start")?;

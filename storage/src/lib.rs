@@ -19,8 +19,9 @@
 //! - `compaction`: compaction jobs for logs whose cleanup policy is `compact` (keep the newest
 //!   record per key, drop expired tombstones, merge segments) and their crash-safe swap.
 //! - `log`: `Log`, the partition log: open with recovery, leader and follower appends, a new
-//!   leader's epoch start, reads, offset and timestamp lookups, truncation, roll, retention,
-//!   the high-watermark checkpoint, close.
+//!   leader's epoch start, reads, offset and timestamp lookups, truncation (and a follower's
+//!   fresh start at its leader's log start), roll, retention, the high-watermark checkpoint,
+//!   close.
 //! - `producer_state`: idempotent producers' recent batches, owned by the `Log` (recorded at
 //!   every append, rebuilt at open and after a truncation) and its snapshot files.
 //! - `partition_metadata`: `partition.metadata`, the id of the topic a partition directory

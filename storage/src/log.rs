@@ -1378,6 +1378,91 @@ impl Log {
             .inspect_err(|_| self.poisoned = true)
     }
 
+    /// Empties the log and starts it again at `offset`, which must be at or past the log end:
+    /// a follower does this when its leader's log starts past everything it holds (retention
+    /// removed, on the leader, the offsets it would fetch next), as Kafka's
+    /// `truncateFullyAndStartAt`. Afterwards the log start, the log end, the high watermark,
+    /// the recovery point and the cleaner checkpoint are all `offset`; the leader-epoch cache
+    /// and the producer-state table are empty (nothing is left to derive them from), and the
+    /// next appended batch (a follower's, at or past `offset`) starts them again.
+    ///
+    /// Crash-safe: the producer-state snapshots go first, then the segments newest first (a
+    /// crash leaves a prefix of the old log, whose checkpoints the next open trims to it, as
+    /// after any truncation), the directory is fsynced, and only then is the empty segment at
+    /// `offset` created, fsynced with the directory, and the checkpoints rewritten (a crash
+    /// before they land opens the empty segment with older checkpoints, which open clamps to
+    /// it). A flush or compaction job in flight is invalidated (the flush generation moves).
+    /// A failure part way poisons the log. Blocks on fsyncs.
+    ///
+    /// # Errors
+    /// `OffsetOutOfRange` for an offset below the log end (that is `truncate_to`'s work), and
+    /// the I/O errors of the steps.
+    pub fn truncate_fully_and_start_at(&mut self, offset: Offset, now_ms: u64) -> Result<()> {
+        self.check_usable()?;
+        if offset < self.log_end_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                log_end_offset: self.log_end_offset,
+            });
+        }
+        self.clock_ms = self.clock_ms.max(now_ms);
+        self.start_afresh_at(offset, now_ms)
+            .inspect_err(|_| self.poisoned = true)
+    }
+
+    fn start_afresh_at(&mut self, offset: Offset, now_ms: u64) -> Result<()> {
+        let storage = Arc::clone(&self.storage);
+        // From here no flush job in flight moves the recovery point or writes a checkpoint,
+        // and no compaction job's output is taken: they were made for the old segments.
+        *self.generation() += 1;
+        // Every snapshot describes batches about to go; one left at `offset` would be taken
+        // for the new log's producers at the next open.
+        let snapshots = producer_state::snapshot_offsets(&*storage, &self.dir)?;
+        producer_state::remove_snapshots(&*storage, &self.dir, &snapshots)?;
+        let old_bases: Vec<Offset> = self.segments.keys().rev().copied().collect();
+        for base in old_bases {
+            let segment = self.segments.remove(&base).expect("segment exists");
+            // Newest first: a crash here leaves a prefix of the old log.
+            segment.delete_files(&*storage)?;
+        }
+        // The removals are durable before the new segment exists, so no open ever sees the
+        // new empty segment after old ones that a crash brought back.
+        storage
+            .sync_dir(&self.dir)
+            .map_err(|e| StorageError::io(&self.dir, e))?;
+        let segment = Segment::create(&*storage, &self.dir, offset, now_ms)?;
+        self.segments.insert(offset, segment);
+        // Crash before this lands: no segment at all, and the next open starts an empty log
+        // at 0; the follower's next fetch is out of range again and starts it afresh again.
+        storage
+            .sync_dir(&self.dir)
+            .map_err(|e| StorageError::io(&self.dir, e))?;
+        self.dir_sync_needed = false;
+        self.checkpoint_due = false;
+        self.log_start_offset = offset;
+        self.log_end_offset = offset;
+        self.high_watermark = offset;
+        self.recovery_point = offset;
+        // Each checkpoint below, if a crash keeps the old one, is clamped or trimmed to the
+        // empty log by the next open: old epoch entries are cut to the one in force at the log
+        // start (whose epoch no later batch can be older than, as the old log was a prefix of
+        // the leader's), and the recovery point, high watermark and cleaner checkpoint are
+        // read as at most the log end.
+        self.epoch_cache = LeaderEpochCache::default();
+        self.epoch_cache.write_checkpoint(&*storage, &self.dir)?;
+        self.write_recovery_point()?;
+        self.cleaner_checkpoint = offset;
+        compaction::write_cleaner_checkpoint(&*storage, &self.dir, offset)?;
+        self.tombstone_due_ms = None;
+        self.scan_clean_tombstones = true;
+        self.high_watermark_to_checkpoint = Some(offset);
+        self.high_watermark_checkpoint_due = true;
+        self.producers = ProducerStateTable::default();
+        tracing::info!(dir = %self.dir.display(), log_start_offset = offset.0, "log emptied and started again");
+        Ok(())
+    }
+
     /// Reopens a log poisoned by a failed fsync: cuts it back to its recovery point (the page
     /// cache may hold bytes that never reached the disk and never will, so only what an fsync
     /// confirmed is kept), then opens it again with the usual recovery. Blocks on fsyncs.
@@ -1497,6 +1582,15 @@ impl Log {
         if self.epoch_cache.truncate_from_end(self.log_end_offset) {
             self.epoch_cache.write_checkpoint(&*storage, &self.dir)?;
         }
+        if self.cleaner_checkpoint > self.log_end_offset {
+            // A cut inside a gap compaction left ends the log below `offset`, where the
+            // cleaner checkpoint was lowered to: the offsets between are appended again next,
+            // uncleaned, and taken for clean they would never supersede the older records of
+            // their keys. Crash before this lands: nothing was appended yet, and open clamps
+            // the checkpoint to the log end.
+            self.cleaner_checkpoint = self.log_end_offset;
+            compaction::write_cleaner_checkpoint(&*storage, &self.dir, self.log_end_offset)?;
+        }
         self.lower_high_watermark_checkpoint()?;
         // A cut inside a batch (or inside a gap compaction left) ends the log below `offset`;
         // a snapshot between the two would miss the batches appended next.
@@ -1564,6 +1658,11 @@ impl Log {
         }
         if !removed.is_empty() {
             self.dir_sync_needed = true;
+            // A follower's high watermark is its leader's, not its own flushed offset, so the
+            // deleted segments may reach past the recovery point (they were fdatasynced when
+            // they rolled). Nothing below the log start is left to be unflushed; the
+            // checkpoint on disk may stay lower, which only makes recovery read more.
+            self.recovery_point = self.recovery_point.max(self.log_start_offset);
             if self.epoch_cache.truncate_from_start(self.log_start_offset) {
                 self.epoch_cache.write_checkpoint(&*storage, &self.dir)?;
             }

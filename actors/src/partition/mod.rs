@@ -52,8 +52,8 @@ use crate::directory::{
 use crate::metadata::producer_ids::{Fencing, ProducerRegistry, UnknownProducer};
 use crate::partition::producer_state::SequenceCheck;
 use crate::partition::replica_state::{
-    Assignment, Effect, EpochEndAnswer, FollowerReport, IsrAnswer, LocalLog, ReplicaConfig,
-    ReplicaError, ReplicaState, RoleKind,
+    Assignment, Effect, EpochEndAnswer, FetchOutOfRange, FollowerReport, IsrAnswer, LocalLog,
+    ReplicaConfig, ReplicaError, ReplicaState, RoleKind,
 };
 use crate::partition::replication::ReplicaLinks;
 
@@ -69,8 +69,9 @@ pub const ACK_WAITERS_MAX: usize = 4096;
 /// is: it compares byte counts).
 pub const COMPACTION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How often a partition checks retention and rolls an old active segment.
-pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(300);
+/// How often a partition checks retention and rolls an old active segment by default (Kafka's
+/// `log.retention.check.interval.ms`); a node sets it with `--retention-check-interval-ms`.
+pub const RETENTION_CHECK_INTERVAL_DEFAULT: Duration = Duration::from_secs(300);
 
 /// How often a partition's replica state hears the time: it shrinks the ISR of followers that
 /// lag past `replica.lag.time.max.ms` (10 s by default) and repeats unanswered ISR proposals
@@ -155,11 +156,14 @@ pub enum PartitionError {
         producer_id: ProducerId,
         reason: UnknownProducer,
     },
-    #[error("offset {offset} is outside [{log_start_offset}, {high_watermark}]")]
+    #[error(
+        "offset {offset} is outside the log [{log_start_offset}, {log_end_offset}] (high watermark {high_watermark})"
+    )]
     OffsetOutOfRange {
         offset: Offset,
         log_start_offset: Offset,
         high_watermark: Offset,
+        log_end_offset: Offset,
     },
     /// Refused by the replica state: not the leader, too few in-sync replicas, an offset not
     /// yet available in a new leader's epoch...
@@ -316,8 +320,13 @@ enum CoreMsg {
         leader_epoch: LeaderEpoch,
         records: Vec<u8>,
         leader_high_watermark: Offset,
-        leader_log_start_offset: Offset,
         reply: Reply<LocalLog>,
+    },
+    /// Follower: the leader refused a fetch as out of range; answered once the replica acted
+    /// on it (started its log afresh at the leader's log start, or asks where to truncate).
+    FetchOutOfRange {
+        answer: FetchOutOfRange,
+        reply: Reply<()>,
     },
     /// Follower: the leader's answer to its epoch-end question.
     EpochEndAnswered {
@@ -360,6 +369,7 @@ impl CoreMsg {
             CoreMsg::ReplicaFetch { .. } => "ReplicaFetch",
             CoreMsg::EpochEnd { .. } => "EpochEnd",
             CoreMsg::ApplyFetched { .. } => "ApplyFetched",
+            CoreMsg::FetchOutOfRange { .. } => "FetchOutOfRange",
             CoreMsg::EpochEndAnswered { .. } => "EpochEndAnswered",
             CoreMsg::IsrAnswered { .. } => "IsrAnswered",
             CoreMsg::ReplicaTick => "ReplicaTick",
@@ -498,16 +508,22 @@ impl PartitionHandle {
         leader_epoch: LeaderEpoch,
         records: Vec<u8>,
         leader_high_watermark: Offset,
-        leader_log_start_offset: Offset,
     ) -> Result<LocalLog, PartitionError> {
         self.call(|reply| CoreMsg::ApplyFetched {
             leader_epoch,
             records,
             leader_high_watermark,
-            leader_log_start_offset,
             reply,
         })
         .await
+    }
+
+    /// Follower: the leader refused a fetch as out of range. Answers once the replica acted on
+    /// it: below the leader's log start its log is started afresh there (and the fetcher
+    /// restarted from it), past the leader's log end it asks where to truncate.
+    pub async fn fetch_out_of_range(&self, answer: FetchOutOfRange) -> Result<(), PartitionError> {
+        self.call(|reply| CoreMsg::FetchOutOfRange { answer, reply })
+            .await
     }
 
     /// The log end offset, which moves with every append: a leader's answers to follower
@@ -657,6 +673,8 @@ pub struct PartitionArgs {
     pub assignment: Assignment,
     /// `min.insync.replicas`, the lag time, unclean election (durability is `durability`).
     pub replica: ReplicaConfig,
+    /// How often retention runs (and an old active segment rolls).
+    pub retention_check_interval: Duration,
     /// The node's way to the controller, the leader and its replica fetchers.
     pub links: Arc<dyn ReplicaLinks>,
     pub flusher: Arc<Flusher>,
@@ -677,7 +695,7 @@ pub struct PartitionState {
     /// The interval timers started in `pre_start`. Each is a task holding a clone of the
     /// actor's cell (its mailboxes, about 5 KiB), and ractor's task only notices that the actor
     /// stopped at its next tick: for the retention timer that kept a deleted partition's cell
-    /// alive for up to `RETENTION_CHECK_INTERVAL`. They are aborted when the actor stops.
+    /// alive for up to `retention_check_interval`. They are aborted when the actor stops.
     timers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -873,6 +891,7 @@ impl Actor for Partition {
         let id = args.id.clone();
         let durability = args.durability;
         let compacted = args.log_config.cleanup_policy == CleanupPolicy::Compact;
+        let retention_check_interval = args.retention_check_interval;
         let replica = open_replica(&args, &log);
         let assignment = args.assignment.clone();
         let mut state = Core {
@@ -904,7 +923,7 @@ impl Actor for Partition {
         if let Durability::Interval(every) = durability {
             timers.push(myself.send_interval(every, || PartitionMsg::FlushTick));
         }
-        timers.push(myself.send_interval(RETENTION_CHECK_INTERVAL, || PartitionMsg::RetentionTick));
+        timers.push(myself.send_interval(retention_check_interval, || PartitionMsg::RetentionTick));
         if compacted {
             timers.push(
                 myself.send_interval(COMPACTION_CHECK_INTERVAL, || PartitionMsg::CompactionTick),
@@ -1092,15 +1111,20 @@ impl Core {
                     leader_epoch,
                     records,
                     leader_high_watermark,
-                    leader_log_start_offset,
                     reply,
-                } => self.apply_fetched(
-                    leader_epoch,
-                    &records,
-                    leader_high_watermark,
-                    leader_log_start_offset,
-                    reply,
-                ),
+                } => self.apply_fetched(leader_epoch, &records, leader_high_watermark, reply),
+                CoreMsg::FetchOutOfRange { answer, reply } => {
+                    let outcome = match self.replica.fetch_out_of_range(answer, Instant::now()) {
+                        Ok(effects) => self.carry_out(effects),
+                        Err(e) => {
+                            tracing::warn!(partition = %self.args.id, error = %e, "out-of-range answer refused");
+                            Ok(())
+                        }
+                    };
+                    // A dropped receiver means the fetcher went away; nothing to do.
+                    let _ = reply.send(Ok(()));
+                    outcome
+                }
                 CoreMsg::EpochEndAnswered { answer } => {
                     let epochs = self
                         .log
@@ -1135,10 +1159,7 @@ impl Core {
                     self.start_flush();
                     Ok(())
                 }
-                CoreMsg::RetentionTick => {
-                    self.retention();
-                    Ok(())
-                }
+                CoreMsg::RetentionTick => self.retention(),
                 CoreMsg::CompactionTick => {
                     self.start_compaction();
                     Ok(())
@@ -1578,6 +1599,19 @@ impl Core {
                     queue.extend(self.replica.log_truncated(log, Instant::now()));
                     self.sync_high_watermark();
                 }
+                Effect::TruncateFullyAndStartAt { offset } => {
+                    let end = self.log().log_end_offset();
+                    tracing::warn!(partition = %self.args.id, offset = offset.0, log_end_offset = end.0, "the leader's log starts past this log's end; emptying it to start there");
+                    self.log_mut()
+                        .truncate_fully_and_start_at(offset, now_ms())
+                        .map_err(|e| format!("starting the log afresh at {offset}: {e}"))?;
+                    self.publish_segments();
+                    let log = local_log(self.log());
+                    queue.extend(self.replica.log_started_afresh(log, Instant::now()));
+                    self.sync_high_watermark();
+                    // A held answer waits for a flush past offsets that are gone.
+                    self.answer_flush_waiter();
+                }
                 Effect::StartFetching {
                     leader,
                     leader_epoch,
@@ -1610,6 +1644,18 @@ impl Core {
     ) -> Result<(), String> {
         match self.replica.follower_fetched(report, Instant::now()) {
             Ok(accepted) => self.carry_out(accepted.effects)?,
+            Err(ReplicaError::FetchOffsetPastLogEnd { offset, .. }) => {
+                // With the log's bounds, so the follower can tell this from a fetch below
+                // the log start.
+                let log = self.log();
+                let _ = reply.send(Err(PartitionError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: log.log_start_offset(),
+                    high_watermark: self.replica.high_watermark(),
+                    log_end_offset: log.log_end_offset(),
+                }));
+                return Ok(());
+            }
             Err(e) => {
                 let _ = reply.send(Err(e.into()));
                 return Ok(());
@@ -1633,6 +1679,7 @@ impl Core {
                 offset,
                 log_start_offset,
                 high_watermark: self.replica.high_watermark(),
+                log_end_offset,
             });
         }
         let records = if offset < log_end_offset && bytes_max > 0 {
@@ -1656,7 +1703,6 @@ impl Core {
         leader_epoch: LeaderEpoch,
         records: &[u8],
         leader_high_watermark: Offset,
-        leader_log_start_offset: Offset,
         reply: Reply<LocalLog>,
     ) -> Result<(), String> {
         match self.replica.fetching_from() {
@@ -1669,11 +1715,6 @@ impl Core {
                 })));
                 return Ok(());
             }
-        }
-        if leader_log_start_offset > self.log().log_end_offset() && !records.is_empty() {
-            // The leader no longer holds what this log would need next (retention removed
-            // it); catching up from the leader's log start is not built yet.
-            tracing::warn!(partition = %self.args.id, leader_log_start_offset = leader_log_start_offset.0, "the leader's log starts past this follower's log end");
         }
         let mut rest = records;
         let mut appended = 0u64;
@@ -1777,6 +1818,7 @@ impl Core {
                 offset,
                 log_start_offset,
                 high_watermark,
+                log_end_offset,
             });
         }
         if bytes_max == 0 || offset >= high_watermark {
@@ -1902,15 +1944,26 @@ impl Core {
         }
     }
 
-    fn retention(&mut self) {
+    fn retention(&mut self) -> Result<(), String> {
         let now = now_ms();
         let log = self.log_mut();
         let outcome = log
             .roll_if_old(now)
-            .and_then(|_| log.delete_old_segments(now).map(|_| ()));
+            .and_then(|_| log.delete_old_segments(now));
         self.publish_segments();
-        if let Err(e) = outcome {
-            tracing::warn!(partition = %self.args.id, error = %e, "retention check failed");
+        match outcome {
+            // The replica state hears of the new log start: a follower cuts no lower than
+            // it, and would otherwise ask its log to cut below its start, which fails.
+            Ok(removed) if !removed.is_empty() => {
+                let log = local_log(self.log());
+                let effects = self.replica.local_log_changed(log, Instant::now());
+                self.carry_out(effects)
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(partition = %self.args.id, error = %e, "retention check failed");
+                Ok(())
+            }
         }
     }
 

@@ -23,7 +23,9 @@
 //! - `isr_answered` (the controller's answer to a proposal) and `isr_committed` (a committed
 //!   ISR change seen in the metadata).
 //! - `epoch_end_answered`, `log_truncated`, `fetch_applied` (follower: the leader's
-//!   OffsetForLeaderEpoch answer, a truncation done, a fetched batch appended).
+//!   OffsetForLeaderEpoch answer, a truncation done, a fetched batch appended);
+//!   `fetch_out_of_range` (the leader does not hold the fetch offset) and `log_started_afresh`
+//!   (the log was emptied and starts at the leader's log start).
 //! - `tick`: the monotonic time; shrinks the ISR of lagging followers, retries what was lost.
 //!
 //! # Outputs (`Effect`), and what the actor must do with each
@@ -38,6 +40,8 @@
 //! - `AskEpochEnd`: ask the leader for the end offset of `epoch` (OffsetForLeaderEpoch);
 //!   feed the answer to `epoch_end_answered`.
 //! - `Truncate`: cut the log at `offset` (`Log::truncate_to`), then call `log_truncated`.
+//! - `TruncateFullyAndStartAt`: empty the log and start it at `offset`
+//!   (`Log::truncate_fully_and_start_at`), then call `log_started_afresh`.
 //! - `StartFetching` / `StopFetching`: start or stop the ReplicaFetcher towards the leader.
 //!
 //! # Invariants (asserted after `open` and after every transition, on in release)
@@ -81,8 +85,19 @@
 //!   offset queries (ListOffsets, consumer fetches) answer the retriable `OffsetNotAvailable`.
 //! - A new follower asks the leader for the end offset of its latest epoch and cuts what the
 //!   leader does not have before it fetches; when the leader knows only an older epoch, it cuts
-//!   from where its own log leaves that epoch and asks again about what is left. Cutting below
-//!   the high watermark is asserted against (unless unclean election is configured).
+//!   from where its own log leaves that epoch and asks again about what is left; when it knows
+//!   no epoch that old (its retention removed them), it cuts what lies past its high
+//!   watermark. Cutting below the high watermark is asserted against (unless unclean election
+//!   is configured).
+//! - A follower whose fetch offset is below the leader's log start (retention on the leader
+//!   removed what it would fetch next, while it was away) empties its log and starts it at the
+//!   leader's log start, its high watermark there (every offset below it was committed: the
+//!   leader deletes only below its high watermark), then fetches from there (Kafka's
+//!   `truncateFullyAndStartAt`). One whose fetch offset is past the leader's log end holds
+//!   offsets the leader does not have (the leader's log went back within its epoch, which
+//!   only a bug or a lost disk explains): it asks the epoch-end question again and truncates
+//!   as a new follower does. An answer to an older fetch (another epoch, or a fetch offset
+//!   that is no longer the log end) changes nothing.
 //!
 //! # Tests
 //! `tests.rs` has a test per rule, driving the public transitions; `sim.rs` runs thousands of
@@ -247,8 +262,21 @@ pub struct EpochEndAnswer {
     /// The epoch asked about.
     pub requested: LeaderEpoch,
     /// The largest epoch at or below `requested` that the leader's log knows, and its end
-    /// offset (`Log::end_offset_for_epoch`); `None` if it knows none.
+    /// offset (`Log::end_offset_for_epoch`); `None` if it knows none (retention may have
+    /// removed the older epochs).
     pub end: Option<(LeaderEpoch, Offset)>,
+}
+
+/// The leader's refusal of a fetch whose offset its log does not hold (`OffsetOutOfRange`),
+/// with the leader's log bounds the answer carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchOutOfRange {
+    /// The leader epoch the fetch was made in.
+    pub leader_epoch: LeaderEpoch,
+    /// The fetch offset the leader refused: the follower's log end when it asked.
+    pub fetch_offset: Offset,
+    pub leader_log_start_offset: Offset,
+    pub leader_log_end_offset: Offset,
 }
 
 /// What the actor must do; see the module doc.
@@ -275,6 +303,9 @@ pub enum Effect<W> {
         epoch: LeaderEpoch,
     },
     Truncate {
+        offset: Offset,
+    },
+    TruncateFullyAndStartAt {
         offset: Offset,
     },
     StartFetching {
@@ -395,6 +426,21 @@ pub enum ControlError {
         requested: LeaderEpoch,
         answered: LeaderEpoch,
     },
+    #[error(
+        "fetch offset {fetch_offset} refused as out of range by a leader whose log holds [{leader_log_start_offset}, {leader_log_end_offset}]"
+    )]
+    FetchOffsetInLeaderRange {
+        fetch_offset: Offset,
+        leader_log_start_offset: Offset,
+        leader_log_end_offset: Offset,
+    },
+    #[error(
+        "the leader's log ends at {leader_log_end_offset}, before this log's end {log_end_offset}, and this log holds no epoch to ask about"
+    )]
+    LeaderLogEndsBeforeLogWithoutEpochs {
+        log_end_offset: Offset,
+        leader_log_end_offset: Offset,
+    },
 }
 
 /// The role, for callers that only need to know which.
@@ -461,6 +507,10 @@ enum FollowerPhase {
     Truncating {
         offset: Offset,
         then: AfterTruncation,
+    },
+    /// Emptying the log to start it at the leader's log start.
+    StartingAfresh {
+        offset: Offset,
     },
     Fetching,
 }
@@ -914,8 +964,14 @@ impl<W> ReplicaState<W> {
             let log_start = s.log.log_start_offset;
             let log_end = s.log.log_end_offset;
             let (offset, then) = match answer.end {
-                // The leader knows no epoch this old: nothing here is known to match it.
-                None => (log_start, AfterTruncation::Fetch),
+                // The leader knows no epoch this old: retention removed its older epochs (or,
+                // after an unclean election, it never had them). What lies below the high
+                // watermark was committed, so the leader's history holds it; past it nothing
+                // is known to match. (Cutting to the log start cut committed offsets, which a
+                // follower of a leader whose retention had passed its epochs met at once.)
+                // After an unclean election the high watermark vouches for nothing.
+                None if s.config.unclean_leader_election => (log_start, AfterTruncation::Fetch),
+                None => (s.high_watermark, AfterTruncation::Fetch),
                 Some((answered, _)) if answered > epoch => {
                     return Err(ControlError::EpochEndNewerThanAsked {
                         requested: epoch,
@@ -936,7 +992,11 @@ impl<W> ReplicaState<W> {
                 }
             };
             let offset = offset.max(log_start);
-            if offset < log_end {
+            // Asking again, a cut at the log end still matters: the log's epochs after
+            // `answered` start there with no batch (a leader moved away before it wrote in
+            // its epoch), and only a truncation drops them; without it the next question is
+            // the same one, forever.
+            if offset < log_end || then == AfterTruncation::AskAgain {
                 s.role = Role::Follower(FollowerPhase::Truncating { offset, then });
                 effects.push(Effect::Truncate { offset });
             } else {
@@ -1002,6 +1062,89 @@ impl<W> ReplicaState<W> {
                     high_watermark: candidate,
                 });
             }
+            effects
+        })
+    }
+
+    /// The leader refused a fetch as out of range. Below its log start: start the log afresh
+    /// there (`TruncateFullyAndStartAt`). Past its log end: ask the epoch-end question again
+    /// and truncate. An answer to a fetch of another epoch, or from an offset that is no
+    /// longer the log end, is ignored.
+    ///
+    /// # Errors
+    /// `FetchOffsetInLeaderRange`: the answer's bounds hold the fetch offset (the leader
+    /// contradicts itself); `LeaderLogEndsBeforeLogWithoutEpochs`: the log is past the
+    /// leader's end but holds no batch to ask about. Either way the replica keeps fetching,
+    /// paced by the fetcher's back-off, until a new leader epoch.
+    pub fn fetch_out_of_range(
+        &mut self,
+        answer: FetchOutOfRange,
+        now: Instant,
+    ) -> Result<Vec<Effect<W>>, ControlError> {
+        self.transition(|s| {
+            let mut effects = Vec::new();
+            if s.fetching_from().map(|(_, epoch)| epoch) != Some(answer.leader_epoch)
+                || answer.fetch_offset != s.log.log_end_offset
+            {
+                return Ok(effects);
+            }
+            if answer.fetch_offset < answer.leader_log_start_offset {
+                let offset = answer.leader_log_start_offset;
+                s.role = Role::Follower(FollowerPhase::StartingAfresh { offset });
+                effects.push(Effect::TruncateFullyAndStartAt { offset });
+                return Ok(effects);
+            }
+            if answer.fetch_offset <= answer.leader_log_end_offset {
+                return Err(ControlError::FetchOffsetInLeaderRange {
+                    fetch_offset: answer.fetch_offset,
+                    leader_log_start_offset: answer.leader_log_start_offset,
+                    leader_log_end_offset: answer.leader_log_end_offset,
+                });
+            }
+            if s.log.latest_epoch.is_none() {
+                return Err(ControlError::LeaderLogEndsBeforeLogWithoutEpochs {
+                    log_end_offset: s.log.log_end_offset,
+                    leader_log_end_offset: answer.leader_log_end_offset,
+                });
+            }
+            // No fetching until the question is answered and what the leader lacks is cut;
+            // the answer's truncation starts it again.
+            effects.push(Effect::StopFetching);
+            s.ask_epoch_end_or_fetch(now, &mut effects);
+            Ok(effects)
+        })
+    }
+
+    /// The actor emptied the log and started it at the offset a `TruncateFullyAndStartAt`
+    /// effect named: the high watermark moves up to it (the leader deletes only committed
+    /// offsets), and fetching starts there.
+    pub fn log_started_afresh(&mut self, log: LocalLog, now: Instant) -> Vec<Effect<W>> {
+        self.transition(|s| {
+            let Role::Follower(FollowerPhase::StartingAfresh { offset }) = s.role else {
+                panic!("log_started_afresh without a TruncateFullyAndStartAt effect to answer");
+            };
+            assert_log_offsets(&log);
+            assert!(
+                log.log_start_offset == offset && log.log_end_offset == offset,
+                "the log starts afresh at the offset asked"
+            );
+            assert!(
+                offset >= s.log.log_end_offset,
+                "a fresh start lies past everything the log held"
+            );
+            assert!(
+                log.latest_epoch.is_none(),
+                "a log started afresh holds no epoch"
+            );
+            s.log = log;
+            let mut effects = Vec::new();
+            if offset > s.high_watermark {
+                s.high_watermark = offset;
+                effects.push(Effect::PublishHighWatermark {
+                    high_watermark: offset,
+                });
+            }
+            s.after_truncation(AfterTruncation::Fetch, now, &mut effects);
             effects
         })
     }

@@ -1151,3 +1151,259 @@ fn a_log_with_the_delete_policy_never_compacts() {
     keyed_workload(&mut f, 14, 100, 10, 20, &[Compression::None]);
     assert!(f.log.begin_compaction(BEFORE_EXPIRY).is_none());
 }
+
+/// The (base offset, next offset) of every batch in the log, oldest first.
+fn batch_spans(log: &mut Log) -> Vec<(Offset, Offset)> {
+    let mut spans = Vec::new();
+    log.for_each_header(|h: &BatchHeader| spans.push((h.base_offset, h.next_offset())))
+        .unwrap();
+    spans
+}
+
+/// Per key, the newest record in the log (offset and value; a tombstone's value is `None`).
+fn newest_per_key(log: &mut Log) -> HashMap<Vec<u8>, (Offset, Option<Vec<u8>>)> {
+    let mut newest = HashMap::new();
+    for r in read_records(log) {
+        if let Some(key) = r.key {
+            newest.insert(key, (r.offset, r.value));
+        }
+    }
+    newest
+}
+
+/// A compacted log of `keyed_workload(seed 21)`, cleaned once: 600 keys, so that what
+/// survives still fills a few segments.
+fn compacted_fixture(storage: &Arc<dyn Storage>) -> Fixture {
+    let mut f = Fixture::new(storage, compact_config());
+    keyed_workload(
+        &mut f,
+        21,
+        600,
+        600,
+        30,
+        &[Compression::None, Compression::Lz4],
+    );
+    compact_now(&mut f.log, BEFORE_EXPIRY);
+    f
+}
+
+/// Issue 13, "a truncation into a compacted range": a log truncated to an offset inside a gap
+/// compaction left, inside a batch that compaction re-encoded, and at a segment's base. Each
+/// time whole batches go (those holding offsets at or past the cut), the log ends at the last
+/// batch wholly below it, the producer table is what a rebuild gives, a reopen sees the same
+/// log, and the cleaner checkpoint is within the log: records appended again at the offsets
+/// of the gap are dirty, so the next pass removes the older records of their keys.
+///
+/// The cleaner checkpoint used to be lowered to the truncation offset only, which in a gap
+/// lies past the new log end: records written again between the two were then taken for
+/// clean, and the older records of their keys were kept by every later pass (the next open
+/// clamped the checkpoint to the log end, but only if no append came first).
+#[test]
+fn a_truncation_into_a_compacted_range_cuts_whole_batches_and_keeps_what_follows_dirty() {
+    let (_, storage) = sim();
+    let mut probe = compacted_fixture(&storage);
+    let spans = batch_spans(&mut probe.log);
+    let cleaned_end = probe.log.first_dirty_offset();
+    let segment_bases: Vec<Offset> = probe.log.segments().iter().map(|s| s.base_offset).collect();
+    drop(probe);
+    // Cuts in the second half of the cleaned range, so that the kept part holds keys.
+    let middle = Offset(cleaned_end.0 / 2);
+    let in_gap = spans
+        .windows(2)
+        .find(|w| w[0].0 > middle && w[1].0 > w[0].1.plus(1) && w[1].0 < cleaned_end)
+        .map(|w| w[0].1.plus(1))
+        .expect("compaction left a gap");
+    let in_batch = spans
+        .iter()
+        .find(|(base, next)| *base > middle && next.0 - base.0 >= 2 && *next < cleaned_end)
+        .map(|(base, _)| base.plus(1))
+        .expect("a batch of several records survived");
+    let at_segment = segment_bases
+        .iter()
+        .copied()
+        .find(|b| *b > Offset(0) && *b < cleaned_end)
+        .expect("several cleaned segments");
+    for (what, cut) in [
+        ("in a gap", in_gap),
+        ("inside a batch", in_batch),
+        ("at a segment base", at_segment),
+    ] {
+        let (_, storage) = sim();
+        let mut f = compacted_fixture(&storage);
+        let before = read_records(&mut f.log);
+        let expected_end = spans
+            .iter()
+            .filter(|(_, next)| *next <= cut)
+            .map(|(_, next)| *next)
+            .max()
+            .unwrap_or(Offset(0));
+        f.log.truncate_to(cut).unwrap();
+        assert_eq!(f.log.log_end_offset(), expected_end, "{what}: cut at {cut}");
+        let kept: Vec<Record> = before
+            .into_iter()
+            .filter(|r| r.offset < expected_end)
+            .collect();
+        assert_eq!(read_records(&mut f.log), kept, "{what}: whole batches go");
+        assert!(
+            f.log.first_dirty_offset() <= f.log.log_end_offset(),
+            "{what}: cleaner checkpoint {} past the log end {}",
+            f.log.first_dirty_offset(),
+            f.log.log_end_offset()
+        );
+        let scratch = super::producers::table_from_scratch(&mut f.log);
+        assert_eq!(f.log.producer_state(), &scratch, "{what}");
+
+        // The leader's records for the cut offsets come again (here, one update of a key the
+        // kept part holds), then more; everything is committed and cleaned.
+        let key = kept
+            .iter()
+            .rev()
+            .find_map(|r| r.key.clone().filter(|_| r.value.is_some()))
+            .expect("a kept keyed record");
+        let key = String::from_utf8(key).unwrap();
+        let mut again = build(
+            &[rec(Some(&key), Some("written again"), T0)],
+            Compression::None,
+            None,
+        );
+        let end = f.log.log_end_offset();
+        // Segments the pass wrote were created at its clock: the fixture's moves past it, so
+        // that they roll by age.
+        f.clock = f.clock.max(BEFORE_EXPIRY) + 1;
+        batch::set_base_offset(&mut again, end);
+        batch::set_partition_leader_epoch(&mut again, EPOCH);
+        f.log.append_as_follower(&again, f.clock).unwrap();
+        f.roll();
+        f.append(&[rec(Some("tail"), Some("after"), T0)], Compression::None);
+        f.commit();
+        let mut appended: Vec<(Record, i64)> = kept.into_iter().map(|r| (r, T0)).collect();
+        let again_records = RecordBatchRef::new(&again).unwrap().records().unwrap();
+        appended.extend(again_records.into_iter().map(|r| (r, T0)));
+        let tail = read_records(&mut f.log)
+            .into_iter()
+            .filter(|r| r.offset > end);
+        appended.extend(tail.map(|r| (r, T0)));
+        let range_end = f.sealed_end();
+        compact_now(&mut f.log, BEFORE_EXPIRY);
+        assert_eq!(
+            read_records(&mut f.log),
+            expected_after(&appended, range_end, BEFORE_EXPIRY),
+            "{what}: a record written again after the cut supersedes the older ones"
+        );
+        drop(f);
+        let mut reopened = open(&storage, &sim_dir(), compact_config());
+        assert!(reopened.first_dirty_offset() <= reopened.log_end_offset());
+        let scratch = super::producers::table_from_scratch(&mut reopened);
+        assert_eq!(reopened.producer_state(), &scratch, "{what}");
+    }
+}
+
+/// Issue 13, "a follower catching up across a compacted range": a follower copies part of a
+/// leader's log, the leader compacts (so the follower's next fetch offset falls among offsets
+/// it removed), and the follower copies the rest: it takes the leader's batches unchanged
+/// across the gaps (a batch's base offset may be past its log end) and ends where the
+/// leader's log ends, holding its own prefix and the leader's compacted records after it.
+/// Then the follower compacts on its own: each replica's newest record per key is the same.
+#[test]
+fn a_follower_copies_a_compacted_leaders_batches_across_the_gaps_and_compacts_on_its_own() {
+    let (_, storage) = sim();
+    let mut leader = Fixture::new(&storage, compact_config());
+    keyed_workload(&mut leader, 22, 300, 20, 30, &[Compression::None]);
+    let follower_dir = std::path::PathBuf::from("/sim/follower/topic-0");
+    let mut follower = Log::open(Arc::clone(&storage), &follower_dir, compact_config(), 0).unwrap();
+    // The follower copies the first third of the offsets, then is away while the leader
+    // compacts.
+    let stop = Offset(leader.log.log_end_offset().0 / 3);
+    while follower.log_end_offset() < stop {
+        let read = leader
+            .log
+            .read(follower.log_end_offset(), 4096, None)
+            .unwrap();
+        for b in batch::split_batches(&read.bytes) {
+            let b = b.unwrap();
+            if b.header.base_offset >= stop {
+                break;
+            }
+            follower.append_as_follower(b.bytes, 1).unwrap();
+        }
+    }
+    let prefix = read_records(&mut follower);
+    let away_at = follower.log_end_offset();
+    compact_now(&mut leader.log, BEFORE_EXPIRY);
+    let leader_spans = batch_spans(&mut leader.log);
+    assert!(
+        leader_spans
+            .iter()
+            .all(|(base, next)| !(*base < away_at && away_at < *next)),
+        "compaction keeps batch boundaries within the old batches"
+    );
+    assert!(
+        !leader_spans.iter().any(|(base, _)| *base == away_at),
+        "the follower's fetch offset is among the removed offsets"
+    );
+
+    let mut crossed = 0;
+    while follower.log_end_offset() < leader.log.log_end_offset() {
+        let read = leader
+            .log
+            .read(follower.log_end_offset(), 4096, None)
+            .unwrap();
+        for b in batch::split_batches(&read.bytes) {
+            let b = b.unwrap();
+            if b.header.base_offset > follower.log_end_offset() {
+                crossed += 1;
+            }
+            follower.append_as_follower(b.bytes, 1).unwrap();
+        }
+    }
+    assert!(crossed > 10, "the copy crossed the gaps ({crossed})");
+    assert_eq!(follower.log_end_offset(), leader.log.log_end_offset());
+    let leader_records = read_records(&mut leader.log);
+    let mut expected = prefix;
+    expected.extend(
+        leader_records
+            .iter()
+            .filter(|r| r.offset >= away_at)
+            .cloned(),
+    );
+    let copied = read_records(&mut follower);
+    assert_eq!(copied, expected);
+
+    // The follower's own pass: its sealed segments, committed and durable, cleaned.
+    let records_before = copied.len();
+    follower.roll_if_old(10).unwrap();
+    follower
+        .append_as_follower(&tail_batch_at(follower.log_end_offset()), 10)
+        .unwrap();
+    follower.flush().unwrap();
+    let end = follower.log_end_offset();
+    follower.set_high_watermark(end);
+    leader.roll();
+    leader.append(&[rec(Some("tail"), Some("last"), T0)], Compression::None);
+    leader.commit();
+    compact_now(&mut leader.log, BEFORE_EXPIRY);
+    let report = compact_now(&mut follower, BEFORE_EXPIRY);
+    assert!(
+        report.stats.records_removed > 0,
+        "the follower removed records itself"
+    );
+    assert!(read_records(&mut follower).len() < records_before);
+    let mut leader_newest = newest_per_key(&mut leader.log);
+    let mut follower_newest = newest_per_key(&mut follower);
+    // The last "tail" record differs by construction (each log's own active-segment write).
+    leader_newest.remove(&b"tail"[..]);
+    follower_newest.remove(&b"tail"[..]);
+    assert_eq!(follower_newest, leader_newest);
+}
+
+/// A one-record batch of key "tail" at `offset`, as a leader's batch a follower copies.
+fn tail_batch_at(offset: Offset) -> Vec<u8> {
+    let mut bytes = build(
+        &[rec(Some("tail"), Some("follower"), T0)],
+        Compression::None,
+        None,
+    );
+    batch::set_base_offset(&mut bytes, offset);
+    batch::set_partition_leader_epoch(&mut bytes, EPOCH);
+    bytes
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vltava_messages::{LeaderEpoch, Offset};
 use vltava_storage::epoch::EpochEntry;
-use vltava_storage::{Log, Storage, StorageError};
+use vltava_storage::{Log, LogConfig, Storage, StorageError};
 
 use super::*;
 
@@ -199,4 +199,46 @@ fn a_truncation_to_the_log_end_drops_an_epoch_with_no_batch() {
     vltava_messages::batch::set_partition_leader_epoch(&mut copied, LeaderEpoch(2));
     log.append_as_follower(&copied, 1_000).unwrap();
     assert_eq!(log.latest_epoch(), Some(LeaderEpoch(2)));
+}
+
+/// An epoch older than every epoch the log still knows (retention deleted the segments of
+/// epochs 1 and 2, so the cache starts with epoch 4 at the new log start) is answered with
+/// nothing: where it ended is forgotten (the entry in force moved up to the log start), and
+/// an answer with the oldest entry's start would let a follower keep a suffix of epoch 2 that
+/// the leader's history replaced (the replica simulation found it).
+#[test]
+fn an_epoch_older_than_every_known_one_is_answered_with_nothing_after_retention() {
+    let (_, storage) = sim();
+    let config = LogConfig {
+        retention_bytes: Some(1),
+        ..small_config()
+    };
+    let mut log = open(&storage, &sim_dir(), config);
+    for (epoch, count) in [(1, 30), (2, 30), (4, 60)] {
+        for i in 0..count {
+            log.append_as_leader(
+                &mut batch(&format!("e{epoch}-{i}"), 1, 3000, 0),
+                LeaderEpoch(epoch),
+                1_000,
+            )
+            .unwrap();
+        }
+    }
+    let end = log.log_end_offset();
+    log.set_high_watermark(end);
+    log.delete_old_segments(2_000).unwrap();
+    let start = log.log_start_offset();
+    assert!(start > Offset(60), "epochs 1 and 2 are gone ({start})");
+    assert_eq!(
+        log.epoch_cache().entries(),
+        [EpochEntry {
+            epoch: LeaderEpoch(4),
+            start_offset: start
+        }]
+    );
+    assert_eq!(log.end_offset_for_epoch(LeaderEpoch(2)), None);
+    assert_eq!(
+        log.end_offset_for_epoch(LeaderEpoch(5)),
+        Some((LeaderEpoch(4), end))
+    );
 }

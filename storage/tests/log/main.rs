@@ -6,6 +6,7 @@ mod compact;
 mod crash;
 mod epochs;
 mod faults;
+mod follower;
 mod high_watermark;
 mod producers;
 

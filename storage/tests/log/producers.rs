@@ -21,7 +21,7 @@ use super::*;
 
 /// An idempotent batch of `count` records from `producer` at `epoch`, starting at `sequence`,
 /// values `"{tag}-{i}"` padded to `value_bytes`.
-fn idempotent_batch(
+pub(crate) fn idempotent_batch(
     producer: u64,
     epoch: u16,
     sequence: u32,
@@ -42,12 +42,12 @@ fn idempotent_batch(
     builder.build()
 }
 
-fn header_of(bytes: &[u8]) -> BatchHeader {
+pub(crate) fn header_of(bytes: &[u8]) -> BatchHeader {
     BatchHeader::parse(bytes).expect("a built batch parses")
 }
 
 /// The table a rebuild from nothing but the log's batch headers gives.
-fn table_from_scratch(log: &mut Log) -> ProducerStateTable {
+pub(crate) fn table_from_scratch(log: &mut Log) -> ProducerStateTable {
     let mut table = ProducerStateTable::default();
     log.for_each_header(|h| table.record(h)).unwrap();
     table

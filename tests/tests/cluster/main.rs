@@ -30,6 +30,7 @@ mod failover;
 mod observe;
 mod peer_input;
 mod reassign;
+mod replica_edges;
 mod replication;
 mod restart;
 

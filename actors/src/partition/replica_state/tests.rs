@@ -691,9 +691,34 @@ fn a_follower_cutting_below_its_high_watermark_is_a_bug_without_unclean_election
     let now = Instant::now();
     let (mut s, cache) = follower_with_two_epochs(now);
     // Its high watermark is 3; a leader without the offsets below it was not in the ISR.
-    s.epoch_end_answered(epoch_end(2, None), &cache, now)
+    s.epoch_end_answered(epoch_end(2, Some((2, 1))), &cache, now)
         .unwrap();
-    s.log_truncated(log(0, 0, None), now);
+    s.log_truncated(log(1, 1, Some(1)), now);
+}
+
+/// A leader whose retention removed the follower's epochs knows none that old: the follower
+/// keeps what it knows committed (below its high watermark) and cuts the rest, then fetches
+/// (and, if even that lies below the leader's log start, starts afresh there). It used to cut
+/// everything to its log start, committed offsets too, which is a bug without unclean
+/// election (asserted).
+#[test]
+fn a_leader_knowing_no_epoch_that_old_makes_the_follower_cut_to_its_high_watermark() {
+    let now = Instant::now();
+    let (mut s, cache) = follower_with_two_epochs(now);
+    assert_eq!(s.high_watermark(), Offset(3));
+    let effects = s
+        .epoch_end_answered(epoch_end(2, None), &cache, now)
+        .unwrap();
+    assert_eq!(effects, vec![Effect::Truncate { offset: Offset(3) }]);
+    let effects = s.log_truncated(log(3, 3, Some(1)), now);
+    assert_eq!(
+        effects,
+        vec![Effect::StartFetching {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+        }]
+    );
+    assert_eq!(s.high_watermark(), Offset(3));
 }
 
 #[test]
@@ -951,4 +976,223 @@ fn waiting_acks_all_answers_are_bounded() {
         })
     );
     assert_eq!(s.admit_append(Acks::Leader), Ok(()), "acks=1 does not wait");
+}
+
+/// A leader moved away before it wrote anything in its epoch (an idle partition under
+/// `elect-leader` or `elect-preferred`) holds an epoch entry at its log end with no batch.
+/// Its new leader never saw that epoch and answers with the one before, ending at that same
+/// log end: nothing is to be cut, but the entry must go (a truncation to the log end drops
+/// it), or the follower asks about the same epoch again and again and never fetches. It used
+/// to loop so.
+#[test]
+fn a_demoted_idle_leader_drops_its_empty_epoch_and_fetches() {
+    let now = Instant::now();
+    let mut cache = LeaderEpochCache::default();
+    cache.assign(LeaderEpoch(1), Offset(0));
+    let mut s = State::open(C, ReplicaConfig::default(), log(9, 9, Some(1)), None);
+    let effects = s
+        .become_leader(assignment(Some(C), 3, 1, &[B, C]), now)
+        .unwrap();
+    assert!(effects.contains(&Effect::RecordEpochStart {
+        leader_epoch: LeaderEpoch(3),
+        start_offset: Offset(9),
+    }));
+    cache.assign(LeaderEpoch(3), Offset(9));
+    // A flush completes (the high-watermark checkpoint's, say): the state learns the epoch.
+    let _ = s.local_log_changed(log(9, 9, Some(3)), now);
+    let effects = s
+        .become_follower(assignment(Some(B), 4, 2, &[B, C]), now)
+        .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::AskEpochEnd {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+            epoch: LeaderEpoch(3),
+        }]
+    );
+    let effects = s
+        .epoch_end_answered(epoch_end(3, Some((1, 9))), &cache, now)
+        .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::Truncate { offset: Offset(9) }],
+        "a truncation to the log end, which drops the empty epoch's entry"
+    );
+    cache.truncate_from_end(Offset(9));
+    let effects = s.log_truncated(log(9, 9, Some(1)), now);
+    assert_eq!(
+        effects,
+        vec![Effect::AskEpochEnd {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+            epoch: LeaderEpoch(1),
+        }]
+    );
+    let effects = s
+        .epoch_end_answered(epoch_end(1, Some((1, 9))), &cache, now)
+        .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::StartFetching {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+        }]
+    );
+}
+
+/// A follower fetching in epoch 4 from B over a log ending at 9.
+fn fetching_follower(now: Instant) -> State {
+    let (mut s, cache) = follower_with_two_epochs(now);
+    let effects = s
+        .epoch_end_answered(epoch_end(2, Some((2, 9))), &cache, now)
+        .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::StartFetching {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+        }]
+    );
+    s
+}
+
+fn out_of_range(fetch_offset: u64, start: u64, end: u64) -> FetchOutOfRange {
+    FetchOutOfRange {
+        leader_epoch: LeaderEpoch(4),
+        fetch_offset: Offset(fetch_offset),
+        leader_log_start_offset: Offset(start),
+        leader_log_end_offset: Offset(end),
+    }
+}
+
+/// Issue 13: a follower whose fetch offset is below the leader's log start (retention removed
+/// what it needs next while it was away) empties its log and starts it at the leader's log
+/// start, its high watermark there, then fetches from it.
+#[test]
+fn a_follower_behind_the_leaders_log_start_starts_afresh_there_and_fetches() {
+    let now = Instant::now();
+    let mut s = fetching_follower(now);
+    assert_eq!(s.high_watermark(), Offset(3));
+    let effects = s.fetch_out_of_range(out_of_range(9, 40, 70), now).unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::TruncateFullyAndStartAt { offset: Offset(40) }]
+    );
+    assert_eq!(s.fetching_from(), None, "nothing is appended meanwhile");
+    let fresh = LocalLog {
+        log_start_offset: Offset(40),
+        log_end_offset: Offset(40),
+        flushed_offset: Offset(40),
+        latest_epoch: None,
+    };
+    let effects = s.log_started_afresh(fresh, now);
+    assert_eq!(
+        effects,
+        vec![
+            Effect::PublishHighWatermark {
+                high_watermark: Offset(40)
+            },
+            Effect::StartFetching {
+                leader: B,
+                leader_epoch: LeaderEpoch(4),
+            }
+        ]
+    );
+    assert_eq!(s.high_watermark(), Offset(40));
+    assert_eq!(s.log(), fresh);
+    // It appends from there as any follower.
+    let effects = s.fetch_applied(LeaderEpoch(4), Offset(60), log_from(40, 50, 50, 4), now);
+    assert_eq!(
+        effects,
+        vec![Effect::PublishHighWatermark {
+            high_watermark: Offset(50)
+        }]
+    );
+}
+
+fn log_from(start: u64, end: u64, flushed: u64, latest_epoch: u32) -> LocalLog {
+    LocalLog {
+        log_start_offset: Offset(start),
+        log_end_offset: Offset(end),
+        flushed_offset: Offset(flushed),
+        latest_epoch: Some(LeaderEpoch(latest_epoch)),
+    }
+}
+
+/// A fetch offset past the leader's log end means this log holds offsets the leader does
+/// not (only a leader whose log went back within its epoch explains it): fetching stops and
+/// the follower asks where its latest epoch ends, then truncates as a new follower does.
+/// Before, the fetcher retried the refused fetch forever.
+#[test]
+fn a_follower_past_the_leaders_log_end_asks_where_to_truncate() {
+    let now = Instant::now();
+    let mut s = fetching_follower(now);
+    let effects = s.fetch_out_of_range(out_of_range(9, 0, 7), now).unwrap();
+    assert_eq!(
+        effects,
+        vec![
+            Effect::StopFetching,
+            Effect::AskEpochEnd {
+                leader: B,
+                leader_epoch: LeaderEpoch(4),
+                epoch: LeaderEpoch(2),
+            }
+        ]
+    );
+    assert_eq!(s.fetching_from(), None);
+}
+
+/// Out-of-range answers to an older fetch (another epoch, or an offset that is no longer the
+/// log end) change nothing; one whose bounds hold the fetch offset is refused; a log past the
+/// leader's end with no epoch to ask about is refused (the fetcher keeps retrying until a new
+/// epoch); and a replica that is not fetching ignores them all.
+#[test]
+fn stale_or_contradictory_out_of_range_answers_are_not_acted_on() {
+    let now = Instant::now();
+    let mut s = fetching_follower(now);
+    let mut other_epoch = out_of_range(9, 40, 70);
+    other_epoch.leader_epoch = LeaderEpoch(3);
+    assert!(s.fetch_out_of_range(other_epoch, now).unwrap().is_empty());
+    assert!(
+        s.fetch_out_of_range(out_of_range(8, 40, 70), now)
+            .unwrap()
+            .is_empty(),
+        "a fetch offset that is not the log end any more"
+    );
+    assert_eq!(
+        s.fetch_out_of_range(out_of_range(9, 2, 70), now),
+        Err(ControlError::FetchOffsetInLeaderRange {
+            fetch_offset: Offset(9),
+            leader_log_start_offset: Offset(2),
+            leader_log_end_offset: Offset(70),
+        })
+    );
+    assert_eq!(s.fetching_from(), Some((B, LeaderEpoch(4))));
+
+    let fresh = LocalLog {
+        log_start_offset: Offset(50),
+        log_end_offset: Offset(50),
+        flushed_offset: Offset(50),
+        latest_epoch: None,
+    };
+    let mut empty = State::open(C, ReplicaConfig::default(), fresh, None);
+    empty
+        .become_follower(assignment(Some(B), 4, 1, &[B, C]), now)
+        .unwrap();
+    assert_eq!(
+        empty.fetch_out_of_range(out_of_range(50, 0, 30), now),
+        Err(ControlError::LeaderLogEndsBeforeLogWithoutEpochs {
+            log_end_offset: Offset(50),
+            leader_log_end_offset: Offset(30),
+        })
+    );
+
+    let mut leading = leader(ReplicaConfig::default(), &[A, B, C], now);
+    assert!(
+        leading
+            .fetch_out_of_range(out_of_range(0, 40, 70), now)
+            .unwrap()
+            .is_empty()
+    );
 }

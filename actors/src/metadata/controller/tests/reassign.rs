@@ -36,6 +36,7 @@ async fn controller_and_applier(
             producer_ids: ProducerRegistry::default(),
             links: Arc::new(crate::partition::replication::Standalone),
             replica_lag_time_max: crate::partition::replica_state::REPLICA_LAG_TIME_MAX_DEFAULT,
+            retention_check_interval: crate::partition::RETENTION_CHECK_INTERVAL_DEFAULT,
             incarnation: None,
         },
         None,
