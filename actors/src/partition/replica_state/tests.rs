@@ -405,6 +405,54 @@ fn while_an_expansion_is_pending_the_joining_follower_holds_the_high_watermark()
     );
 }
 
+/// Found by the fault suite (tests/tests/faults, `kills`: SIGKILL of the controller, round 15
+/// of a 20-round run): the controller's node also followed four partitions; once it was
+/// fenced and left their ISRs, their leader proposed it straight back, since its last fetch
+/// still reached the high watermark (held back by a follower that had restarted a moment
+/// before). The controller refused a fenced node, but a proposal's members count for the high
+/// watermark until the partition epoch moves, so the high watermark stayed at the dead node's
+/// last report and acks=all stopped on all four partitions until the node came back. Now a
+/// follower that leaves the ISR forgets its progress and rejoins only on a newer fetch.
+#[test]
+fn a_follower_that_left_the_isr_is_not_proposed_back_on_its_last_report() {
+    let now = Instant::now();
+    let mut s = leader(ReplicaConfig::default(), &[A, B, C], now);
+    append(&mut s, 10, 10, Acks::Leader, 0, now);
+    s.follower_fetched(report(B, 10, 10), now).unwrap();
+    // C restarted a moment ago and is behind: the high watermark waits for it.
+    s.follower_fetched(report(C, 6, 6), now).unwrap();
+    assert_eq!(s.high_watermark(), Offset(6));
+    // B's node dies and the controller fences it: B leaves the ISR.
+    let effects = s
+        .isr_committed(
+            CommittedIsr {
+                leader_epoch: LeaderEpoch(1),
+                partition_epoch: PartitionEpoch(2),
+                isr: isr(&[A, C]),
+            },
+            now,
+        )
+        .unwrap();
+    assert!(
+        proposals(&effects).is_empty(),
+        "B's last report reaches the high watermark, but it predates B's leaving"
+    );
+    let effects = append(&mut s, 20, 20, Acks::All, 7, now);
+    assert!(proposals(&effects).is_empty());
+    assert!(proposals(&s.tick(now + ISR_PROPOSAL_RETRY_INTERVAL)).is_empty());
+    let answer = s.follower_fetched(report(C, 20, 20), now).unwrap();
+    assert!(proposals(&answer.effects).is_empty());
+    assert_eq!(
+        s.high_watermark(),
+        Offset(20),
+        "the ISR A, C alone decides the high watermark"
+    );
+    assert_eq!(acknowledged(&answer.effects), vec![7]);
+    // B fetching again (its node back) is a report made after it left: it rejoins.
+    let answer = s.follower_fetched(report(B, 20, 20), now).unwrap();
+    assert_eq!(proposals(&answer.effects), vec![isr(&[A, B, C])]);
+}
+
 #[test]
 fn a_lost_proposal_is_sent_again_and_a_refused_one_waits_before_the_next() {
     let now = Instant::now();
