@@ -106,6 +106,7 @@ pub(crate) fn acknowledged_counts(history: &History) -> Vec<usize> {
 /// Waits until every partition has more writes acknowledged than `before` (counted at
 /// `since`, when the fault began): the producers carry on. Returns the time from `since`.
 pub(crate) fn wait_for_acknowledgements(
+    cluster: &TestCluster,
     history: &History,
     before: &[usize],
     since: Instant,
@@ -122,7 +123,8 @@ pub(crate) fn wait_for_acknowledgements(
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: nothing acknowledged on partitions {stalled:?} for {FAILOVER_BOUND:?}"
+            "{what}: nothing acknowledged on partitions {stalled:?} for {FAILOVER_BOUND:?}\n{}",
+            replication_state(cluster)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -205,8 +207,62 @@ pub(crate) fn wait_converged(
         };
         assert!(
             Instant::now() < deadline,
-            "{what}: the cluster did not converge within {CONVERGENCE_BOUND:?}: {wrong}"
+            "{what}: the cluster did not converge within {CONVERGENCE_BOUND:?}: {wrong}\n{}",
+            replication_state(cluster)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Each node's replicas of `TOPIC` (role, epoch, offsets, ISR as the replica knows it, and the
+/// leader's view of its followers) and its replica fetchers (which partitions they fetch, their
+/// last error), from the admin endpoints: what a failed convergence shows to explain itself.
+pub(crate) fn replication_state(cluster: &TestCluster) -> String {
+    let mut out = String::new();
+    for (index, node) in cluster.nodes.iter().enumerate() {
+        let id = index + 1;
+        let (_, body) = node.admin_get("/partitions");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        for row in json["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["topic"] == TOPIC)
+        {
+            out.push_str(&format!(
+                "node {id} {TOPIC}/{}: role {} leader {} epoch {} log end {} high watermark {} \
+                 isr {} in_isr {} followers {}\n",
+                row["partition"],
+                row["role"],
+                row["leader"],
+                row["leader_epoch"],
+                row["log_end_offset"],
+                row["high_watermark"],
+                row["isr"],
+                row["in_isr"],
+                row["followers"]
+            ));
+        }
+        let (_, body) = node.admin_get("/actors");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let actors = json["actors"].as_array().cloned().unwrap_or_default();
+        for actor in actors.iter().filter(|a| a["kind"] == "ReplicaFetcher") {
+            let Some(actor_id) = actor["id"].as_str() else {
+                continue;
+            };
+            let (_, body) = node.admin_get(&format!("/actors/{actor_id}"));
+            let detail: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let state = &detail["state"];
+            out.push_str(&format!(
+                "node {id} {actor_id}: status {} partitions {} fetch_requests {} fetch_errors {} \
+                 last_error {}\n",
+                detail["status"],
+                state["partitions"],
+                state["fetch_requests"],
+                state["fetch_errors"],
+                state["last_error"]
+            ));
+        }
+    }
+    out
 }

@@ -141,6 +141,7 @@ fn kill_rounds(name: &str, kind: Victim) {
                 kind == Victim::Controller,
             );
             let acknowledged = wait_for_acknowledgements(
+                cluster,
                 &load.history,
                 &before,
                 killed_at,

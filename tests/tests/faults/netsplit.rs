@@ -61,7 +61,7 @@ fn network_partitions_heal_with_nothing_lost_and_the_cluster_converging() {
         let observer = (1..=3).find(|n| *n != leader).expect("three nodes");
         let moved = wait_for_leaders_avoiding(&rt, cluster, observer, &[leader], false);
         let acknowledged =
-            wait_for_acknowledgements(&load.history, &before, cut_at, "a leader isolated");
+            wait_for_acknowledgements(cluster, &load.history, &before, cut_at, "a leader isolated");
         load.note(&format!(
             "partitions moved after {moved:?}; every partition acknowledged again \
              {acknowledged:?} after the cut"
@@ -85,8 +85,13 @@ fn network_partitions_heal_with_nothing_lost_and_the_cluster_converging() {
         let cut_at = Instant::now();
         let observer = (1..=3).find(|n| *n != controller).expect("three nodes");
         let moved = wait_for_leaders_avoiding(&rt, cluster, observer, &[controller], true);
-        let acknowledged =
-            wait_for_acknowledgements(&load.history, &before, cut_at, "the controller isolated");
+        let acknowledged = wait_for_acknowledgements(
+            cluster,
+            &load.history,
+            &before,
+            cut_at,
+            "the controller isolated",
+        );
         load.note(&format!(
             "partitions and controller moved after {moved:?}; every partition acknowledged \
              again {acknowledged:?} after the cut"
@@ -117,7 +122,8 @@ fn network_partitions_heal_with_nothing_lost_and_the_cluster_converging() {
         std::thread::sleep(CUT_HOLD);
         let before = acknowledged_counts(&load.history);
         let counted_at = Instant::now();
-        let acknowledged = wait_for_acknowledgements(&load.history, &before, counted_at, "split");
+        let acknowledged =
+            wait_for_acknowledgements(cluster, &load.history, &before, counted_at, "split");
         load.note(&format!(
             "{CUT_HOLD:?} into the split every partition acknowledged again within \
              {acknowledged:?}"
