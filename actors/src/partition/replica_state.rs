@@ -83,7 +83,8 @@
 //!   offset queries (ListOffsets, consumer fetches) answer the retriable `OffsetNotAvailable`.
 //! - A new follower asks the leader for the end offset of its latest epoch and cuts what the
 //!   leader does not have before it fetches; when the leader knows only an older epoch, it cuts
-//!   from where its own log leaves that epoch and asks again about what is left. Cutting below
+//!   from where its own log leaves that epoch (even at its log end: the cut drops the entries
+//!   of later epochs, one of which may hold no batch) and asks again about what is left. Cutting below
 //!   the high watermark is asserted against (unless unclean election is configured).
 //!
 //! # Tests
@@ -928,7 +929,10 @@ impl<W> ReplicaState<W> {
                 }
             };
             let offset = offset.max(log_start);
-            if offset < log_end {
+            // Asking again needs the cut even at the log end: it drops the entries of the
+            // epochs the leader never saw (one that never held a batch starts at the log
+            // end), or the next question would be about the same epoch, forever.
+            if offset < log_end || then == AfterTruncation::AskAgain {
                 s.role = Role::Follower(FollowerPhase::Truncating { offset, then });
                 effects.push(Effect::Truncate { offset });
             } else {

@@ -651,6 +651,62 @@ fn a_follower_asks_again_when_the_leader_knows_only_an_older_epoch() {
     );
 }
 
+/// Found by the fault suite (tests/tests/faults, `kills`: SIGKILL of the controller, round
+/// 2): node 3 became leader of epoch 1 at offset 341 (the epoch start recorded) and was killed
+/// before it appended anything; node 2 led epoch 2 from 341. Back as a follower, node 3 asked
+/// about its latest epoch, 1, which node 2 never saw: node 2 answered "epoch 0 ends at 341",
+/// where node 3's log ends, so there was nothing to cut and node 3 asked about epoch 1 again,
+/// forever (no fetch, never back in the ISR, OffsetForLeaderEpoch requests without pause).
+/// The cut must also drop the empty epoch's entry (`Log::truncate_to` at the log end does).
+#[test]
+fn a_follower_whose_latest_epoch_holds_no_batch_drops_it_and_fetches() {
+    let now = Instant::now();
+    let mut cache = LeaderEpochCache::default();
+    cache.assign(LeaderEpoch(0), Offset(0));
+    cache.assign(LeaderEpoch(1), Offset(9));
+    let mut s = State::open(C, ReplicaConfig::default(), log(9, 9, Some(1)), None);
+    let effects = s
+        .become_follower(assignment(Some(B), 4, 1, &[B, C]), now)
+        .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::AskEpochEnd {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+            epoch: LeaderEpoch(1),
+        }]
+    );
+    // The leader knows epochs 0 and 2 (from 9): "epoch 0 ends at 9", this log's end.
+    let effects = s
+        .epoch_end_answered(epoch_end(1, Some((0, 9))), &cache, now)
+        .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::Truncate { offset: Offset(9) }],
+        "a cut at the log end, which drops epoch 1's entry"
+    );
+    cache.truncate_from_end(Offset(9));
+    let effects = s.log_truncated(log(9, 9, Some(0)), now);
+    assert_eq!(
+        effects,
+        vec![Effect::AskEpochEnd {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+            epoch: LeaderEpoch(0),
+        }]
+    );
+    let effects = s
+        .epoch_end_answered(epoch_end(0, Some((0, 9))), &cache, now)
+        .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::StartFetching {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+        }]
+    );
+}
+
 #[test]
 fn a_late_or_impossible_epoch_end_answer_is_not_acted_on() {
     let now = Instant::now();
