@@ -152,7 +152,7 @@ fn kill_rounds(name: &str, kind: Victim) {
                  again {acknowledged:?} after the kill"
             ));
             carried_on.push(acknowledged);
-            cluster.node_mut(victim).restart();
+            load.restart(cluster, victim);
             let took = wait_converged(&rt, cluster, &format!("round {round}: node {victim} back"));
             load.note(&format!(
                 "round {round}: node {victim} restarted; converged in {took:?}"

@@ -112,7 +112,7 @@ fn a_seeded_nemesis_loses_nothing_and_the_cluster_converges_after_every_fault() 
                     ));
                     cluster.node_mut(victim).kill();
                     std::thread::sleep(hold);
-                    cluster.node_mut(victim).restart();
+                    load.restart(cluster, victim);
                     load.note(&format!("node {victim} restarted"));
                 }
                 Fault::KillTwo => {
@@ -125,7 +125,7 @@ fn a_seeded_nemesis_loses_nothing_and_the_cluster_converges_after_every_fault() 
                     std::thread::sleep(hold);
                     // Restarted together: a member is ready only once the quorum has formed.
                     for id in [any, second] {
-                        cluster.node_mut(id).relaunch();
+                        load.relaunch(cluster, id);
                     }
                     for id in [any, second] {
                         cluster.node_mut(id).wait_until_ready();

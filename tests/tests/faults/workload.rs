@@ -91,6 +91,9 @@ pub(crate) struct Load {
     producers: Vec<tokio::task::JoinHandle<u64>>,
     members: Vec<tokio::task::JoinHandle<()>>,
     counts: Arc<MemberCounts>,
+    /// Each node's log lines of its earlier runs, by node id: a restart starts the node's log
+    /// afresh, and a failure may have begun runs ago.
+    earlier_logs: Mutex<BTreeMap<u32, String>>,
 }
 
 /// The figures of a window of the run: acknowledged events per second and produce latency.
@@ -181,7 +184,34 @@ impl Load {
             producers,
             members,
             counts,
+            earlier_logs: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Restarts node `id` (killed before), keeping the log of the run that ended.
+    pub fn restart(&self, cluster: &mut TestCluster, id: u32) {
+        self.keep_log(cluster, id);
+        cluster.node_mut(id).restart();
+    }
+
+    /// Starts node `id` (killed before) without waiting for it, keeping the log of the run
+    /// that ended; `TestNode::wait_until_ready` waits.
+    pub fn relaunch(&self, cluster: &mut TestCluster, id: u32) {
+        self.keep_log(cluster, id);
+        cluster.node_mut(id).relaunch();
+    }
+
+    fn keep_log(&self, cluster: &TestCluster, id: u32) {
+        let mut logs = self
+            .earlier_logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let kept = logs.entry(id).or_default();
+        kept.push_str(&cluster.node(id).log_text());
+        kept.push_str(&format!(
+            "\n--- node {id} restarted at {:.3} s ---\n",
+            self.started.elapsed().as_secs_f64()
+        ));
     }
 
     /// How long since the load started.
@@ -272,7 +302,8 @@ impl Load {
             verdict_path.display()
         );
         if !passed {
-            write_node_logs(cluster, &dir);
+            self.write_node_logs(cluster, &dir);
+            keep_partition_dirs(cluster, &dir);
             match outcome {
                 Err(panic) => std::panic::resume_unwind(panic),
                 Ok(_) => panic!(
@@ -281,6 +312,23 @@ impl Load {
                     verdict_path.display()
                 ),
             }
+        }
+    }
+
+    /// Writes each node's log, of every run of it, to `dir`, for a failed run to explain
+    /// itself.
+    fn write_node_logs(&self, cluster: &TestCluster, dir: &Path) {
+        let earlier = self
+            .earlier_logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (index, node) in cluster.nodes.iter().enumerate() {
+            let id = index as u32 + 1;
+            let path = dir.join(format!("node-{id}.log"));
+            let mut text = earlier.get(&id).cloned().unwrap_or_default();
+            text.push_str(&node.log_text());
+            write_file(&path, text.as_bytes());
+            eprintln!("node {id} log: {}", path.display());
         }
     }
 
@@ -393,14 +441,35 @@ impl Load {
     }
 }
 
-/// Writes each node's log (of its latest start: a restart begins a new one) to `dir`, for a
-/// failed run to explain itself.
-fn write_node_logs(cluster: &TestCluster, dir: &Path) {
-    for (index, node) in cluster.nodes.iter().enumerate() {
-        let path = dir.join(format!("node-{}.log", index + 1));
-        write_file(&path, node.log_text().as_bytes());
-        eprintln!("node {} log: {}", index + 1, path.display());
+/// Copies every node's `TOPIC` partition directories (segments, indexes, checkpoints) to
+/// `dir/data/node-<id>/`, for a failed run to be examined after the cluster's temporary
+/// directory is gone.
+fn keep_partition_dirs(cluster: &TestCluster, dir: &Path) {
+    for id in 1..=cluster.nodes.len() as u32 {
+        for partition in 0..PARTITIONS {
+            let name = format!("{TOPIC}-{partition}");
+            let from = cluster.data_dir(id).join(&name);
+            let to = dir.join("data").join(format!("node-{id}")).join(&name);
+            if let Err(e) = copy_dir(&from, &to) {
+                eprintln!("cannot keep {}: {e}", from.display());
+            }
+        }
     }
+}
+
+/// Copies the files of `from` (and of its subdirectories) into `to`.
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 /// The text of a panic's payload.
