@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 use crate::TestNode;
 
+/// How many times `TestCluster::start` tries fresh ports when a member cannot listen.
+pub const START_ATTEMPTS: u32 = 3;
+
 /// A port free on `ip` a moment ago.
 #[must_use]
 pub fn free_port_on(ip: &str) -> u16 {
@@ -31,13 +34,27 @@ pub struct TestCluster {
 
 impl TestCluster {
     /// Starts `size` members (at most 254) with `extra` flags each, and waits until every
-    /// one is ready.
+    /// one is ready. The ports are picked free a moment before the members bind them, so
+    /// another process can take one in between (any outgoing connection on the machine may
+    /// get it as its source port): a member that cannot listen makes the whole start begin
+    /// again on fresh ports, up to `START_ATTEMPTS` times.
     #[must_use]
     pub fn start(size: u32, extra: &[&str]) -> TestCluster {
         assert!(
             (1..=254).contains(&size),
             "members live on 127.0.0.1 to 127.0.0.254"
         );
+        for _ in 0..START_ATTEMPTS {
+            if let Some(cluster) = TestCluster::try_start(size, extra) {
+                return cluster;
+            }
+        }
+        panic!("a cluster of {size} could not listen on free ports in {START_ATTEMPTS} attempts");
+    }
+
+    /// One attempt of `start`: `None` if a member could not listen (the members started are
+    /// killed as they are dropped).
+    fn try_start(size: u32, extra: &[&str]) -> Option<TestCluster> {
         let temp = Arc::new(tempfile::tempdir().expect("temporary directory"));
         let ips: BTreeMap<u32, String> = (1..=size).map(|i| (i, format!("127.0.0.{i}"))).collect();
         let peers: BTreeMap<u32, String> = ips
@@ -70,13 +87,20 @@ impl TestCluster {
             })
             .collect();
         for node in &mut nodes {
-            node.wait_until_ready();
+            if !node.wait_ready() {
+                eprintln!(
+                    "a cluster member could not listen on {} (a port was taken); starting the \
+                     cluster again on other ports",
+                    node.addr
+                );
+                return None;
+            }
         }
-        TestCluster {
+        Some(TestCluster {
             nodes,
             quorum,
             _temp: temp,
-        }
+        })
     }
 
     /// Member `id` (from 1).

@@ -19,6 +19,11 @@
 //!   failover) is recorded as attempted.
 //! - A missing key (`None`) is recorded as the empty key.
 //!
+//! # Reading a history
+//! [`History::note`] records what the test did (a fault, a heal) among the clients' events,
+//! and [`History::write_to`] writes every event and replica record, one per line, for a person
+//! to read when a long run fails.
+//!
 //! # Checks
 //! 1. [`Violation::Lost`]: an acknowledged write was never read (with
 //!    [`CheckOptions::require_all_acknowledged_read`]).
@@ -503,6 +508,42 @@ enum Event {
         to: Offset,
         counted: bool,
     },
+    /// Something the test did (a fault, a heal), kept in order among what clients saw so that
+    /// a person reading the history sees what happened when; no check reads it.
+    Note { text: String },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Acknowledged {
+                at,
+                offset,
+                payload,
+            } => write!(f, "acknowledged {at} offset {offset} {payload}"),
+            Event::Attempted { at, payload } => write!(f, "attempted {at} {payload}"),
+            Event::Read {
+                reader,
+                at,
+                offset,
+                payload,
+            } => write!(f, "read by {reader} {at} offset {offset} {payload}"),
+            Event::EpochSeen { client, at, epoch } => {
+                write!(f, "epoch seen by {client} {at} epoch {epoch}")
+            }
+            Event::Repositioned {
+                reader,
+                at,
+                from,
+                to,
+                counted,
+            } => {
+                let what = if *counted { "reset" } else { "seek" };
+                write!(f, "{what} by {reader} {at} from offset {from} to {to}")
+            }
+            Event::Note { text } => write!(f, "note: {text}"),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -658,6 +699,40 @@ impl History {
             to,
             counted: false,
         });
+    }
+
+    /// A note of what the test did (a fault injected, a node back), recorded in order among
+    /// the clients' events for a person reading the history; no check reads it.
+    pub fn note(&self, text: impl Into<String>) {
+        self.push(Event::Note { text: text.into() });
+    }
+
+    /// Writes every event recorded so far, one per line in the order recorded, then every
+    /// replica log dumped, one record per line: the history a person reads after a failed
+    /// (or passed) run. Returns the number of lines written.
+    ///
+    /// # Errors
+    /// The first error `out` returns.
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<u64> {
+        let record = self.lock();
+        let mut lines = 0u64;
+        for (index, event) in record.events.iter().enumerate() {
+            writeln!(out, "{index} {event}")?;
+            lines += 1;
+        }
+        for (at, nodes) in &record.replica_logs {
+            for (node, log) in nodes {
+                for (offset, payload) in log {
+                    writeln!(
+                        out,
+                        "replica log of node {} {at} offset {offset} {payload}",
+                        node.0
+                    )?;
+                    lines += 1;
+                }
+            }
+        }
+        Ok(lines)
     }
 
     /// `node`'s log of a partition as dumped at the end, (offset, key, value) per record; a

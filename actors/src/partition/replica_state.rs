@@ -73,6 +73,8 @@
 //!   follower whose measure reaches the high watermark and the leader's epoch start offset,
 //!   and that was caught up within `replica_lag_time_max` (a dead follower's last report
 //!   may still reach the high watermark of an idle partition; it must not come back).
+//!   A follower that leaves the ISR forgets its reported progress: it rejoins only on a fetch
+//!   made after it left (a dead node's last report must not bring it back).
 //!   One proposal at a time, sent again after `ISR_PROPOSAL_RETRY_INTERVAL` if unanswered;
 //!   applied only when the controller's committed answer arrives. A follower that joins gets a
 //!   full lag window.
@@ -85,7 +87,8 @@
 //!   offset queries (ListOffsets, consumer fetches) answer the retriable `OffsetNotAvailable`.
 //! - A new follower asks the leader for the end offset of its latest epoch and cuts what the
 //!   leader does not have before it fetches; when the leader knows only an older epoch, it cuts
-//!   from where its own log leaves that epoch and asks again about what is left; when it knows
+//!   from where its own log leaves that epoch (even at its log end: the cut drops the entries
+//!   of later epochs, one of which may hold no batch) and asks again about what is left; when it knows
 //!   no epoch that old (its retention removed them), it cuts what lies past its high
 //!   watermark. Cutting below the high watermark is asserted against (unless unclean election
 //!   is configured).
@@ -1391,6 +1394,7 @@ impl<W> ReplicaState<W> {
         }
         let assignment = self.assignment.as_mut().expect("checked above");
         let added: Vec<NodeId> = committed.isr.difference(&assignment.isr).copied().collect();
+        let removed: Vec<NodeId> = assignment.isr.difference(&committed.isr).copied().collect();
         assignment.isr = committed.isr;
         assignment.partition_epoch = committed.partition_epoch;
         if let Role::Leader(leading) = &mut self.role {
@@ -1403,6 +1407,17 @@ impl<W> ReplicaState<W> {
                 leading.pending = None;
             }
             leading.proposed.clear();
+            // A follower that just left (the controller fenced its node, say) rejoins only on
+            // a fetch made after it left. Its last report may still reach the high watermark
+            // (which it held back until now), and proposing it back on that report pins the
+            // high watermark to it: a proposal's members count until the partition epoch
+            // moves, which for a dead node's refused proposal is never.
+            for node in removed {
+                if let Some(progress) = leading.followers.get_mut(&node) {
+                    progress.log_end_offset = None;
+                    progress.flushed_offset = None;
+                }
+            }
             // A follower that just joined gets a full lag window: it reached the high
             // watermark, not necessarily the log end.
             for node in added {

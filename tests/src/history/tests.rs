@@ -425,3 +425,28 @@ fn payloads_show_as_text_or_hex() {
             .ends_with(&format!("..({} bytes)", PAYLOAD_SHOWN_BYTES_MAX + 1))
     );
 }
+
+/// A written history has one line per event, notes in their place among the clients' events,
+/// then one line per replica record; the checks ignore notes.
+#[test]
+fn a_written_history_has_one_line_per_event_then_the_replica_logs() {
+    let history = History::new();
+    history.acknowledged(TOPIC, PARTITION, Offset(0), KEY, &value(0));
+    history.note("node 2 killed");
+    history.read("c1", TOPIC, PARTITION, Offset(0), KEY, &value(0));
+    dump(&history, 1, 0..1);
+    let mut out = Vec::new();
+    assert_eq!(history.write_to(&mut out).unwrap(), 4);
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            r#"0 acknowledged orders/0 offset 0 key "k" value "w1-s0""#,
+            "1 note: node 2 killed",
+            r#"2 read by c1 orders/0 offset 0 key "k" value "w1-s0""#,
+            r#"replica log of node 1 orders/0 offset 0 key "k" value "w1-s0""#,
+        ]
+    );
+    history.check(strict()).assert_ok();
+}

@@ -435,6 +435,54 @@ fn while_an_expansion_is_pending_the_joining_follower_holds_the_high_watermark()
     );
 }
 
+/// Found by the fault suite (tests/tests/faults, `kills`: SIGKILL of the controller, round 15
+/// of a 20-round run): the controller's node also followed four partitions; once it was
+/// fenced and left their ISRs, their leader proposed it straight back, since its last fetch
+/// still reached the high watermark (held back by a follower that had restarted a moment
+/// before). The controller refused a fenced node, but a proposal's members count for the high
+/// watermark until the partition epoch moves, so the high watermark stayed at the dead node's
+/// last report and acks=all stopped on all four partitions until the node came back. Now a
+/// follower that leaves the ISR forgets its progress and rejoins only on a newer fetch.
+#[test]
+fn a_follower_that_left_the_isr_is_not_proposed_back_on_its_last_report() {
+    let now = Instant::now();
+    let mut s = leader(ReplicaConfig::default(), &[A, B, C], now);
+    append(&mut s, 10, 10, Acks::Leader, 0, now);
+    s.follower_fetched(report(B, 10, 10), now).unwrap();
+    // C restarted a moment ago and is behind: the high watermark waits for it.
+    s.follower_fetched(report(C, 6, 6), now).unwrap();
+    assert_eq!(s.high_watermark(), Offset(6));
+    // B's node dies and the controller fences it: B leaves the ISR.
+    let effects = s
+        .isr_committed(
+            CommittedIsr {
+                leader_epoch: LeaderEpoch(1),
+                partition_epoch: PartitionEpoch(2),
+                isr: isr(&[A, C]),
+            },
+            now,
+        )
+        .unwrap();
+    assert!(
+        proposals(&effects).is_empty(),
+        "B's last report reaches the high watermark, but it predates B's leaving"
+    );
+    let effects = append(&mut s, 20, 20, Acks::All, 7, now);
+    assert!(proposals(&effects).is_empty());
+    assert!(proposals(&s.tick(now + ISR_PROPOSAL_RETRY_INTERVAL)).is_empty());
+    let answer = s.follower_fetched(report(C, 20, 20), now).unwrap();
+    assert!(proposals(&answer.effects).is_empty());
+    assert_eq!(
+        s.high_watermark(),
+        Offset(20),
+        "the ISR A, C alone decides the high watermark"
+    );
+    assert_eq!(acknowledged(&answer.effects), vec![7]);
+    // B fetching again (its node back) is a report made after it left: it rejoins.
+    let answer = s.follower_fetched(report(B, 20, 20), now).unwrap();
+    assert_eq!(proposals(&answer.effects), vec![isr(&[A, B, C])]);
+}
+
 #[test]
 fn a_lost_proposal_is_sent_again_and_a_refused_one_waits_before_the_next() {
     let now = Instant::now();
@@ -630,6 +678,62 @@ fn a_follower_asks_again_when_the_leader_knows_only_an_older_epoch() {
             leader_epoch: LeaderEpoch(4),
         }],
         "nothing more to cut"
+    );
+}
+
+/// Found by the fault suite (tests/tests/faults, `kills`: SIGKILL of the controller, round
+/// 2): node 3 became leader of epoch 1 at offset 341 (the epoch start recorded) and was killed
+/// before it appended anything; node 2 led epoch 2 from 341. Back as a follower, node 3 asked
+/// about its latest epoch, 1, which node 2 never saw: node 2 answered "epoch 0 ends at 341",
+/// where node 3's log ends, so there was nothing to cut and node 3 asked about epoch 1 again,
+/// forever (no fetch, never back in the ISR, OffsetForLeaderEpoch requests without pause).
+/// The cut must also drop the empty epoch's entry (`Log::truncate_to` at the log end does).
+#[test]
+fn a_follower_whose_latest_epoch_holds_no_batch_drops_it_and_fetches() {
+    let now = Instant::now();
+    let mut cache = LeaderEpochCache::default();
+    cache.assign(LeaderEpoch(0), Offset(0));
+    cache.assign(LeaderEpoch(1), Offset(9));
+    let mut s = State::open(C, ReplicaConfig::default(), log(9, 9, Some(1)), None);
+    let effects = s
+        .become_follower(assignment(Some(B), 4, 1, &[B, C]), now)
+        .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::AskEpochEnd {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+            epoch: LeaderEpoch(1),
+        }]
+    );
+    // The leader knows epochs 0 and 2 (from 9): "epoch 0 ends at 9", this log's end.
+    let effects = s
+        .epoch_end_answered(epoch_end(1, Some((0, 9))), &cache, now)
+        .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::Truncate { offset: Offset(9) }],
+        "a cut at the log end, which drops epoch 1's entry"
+    );
+    cache.truncate_from_end(Offset(9));
+    let effects = s.log_truncated(log(9, 9, Some(0)), now);
+    assert_eq!(
+        effects,
+        vec![Effect::AskEpochEnd {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+            epoch: LeaderEpoch(0),
+        }]
+    );
+    let effects = s
+        .epoch_end_answered(epoch_end(0, Some((0, 9))), &cache, now)
+        .unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::StartFetching {
+            leader: B,
+            leader_epoch: LeaderEpoch(4),
+        }]
     );
 }
 
