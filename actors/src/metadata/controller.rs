@@ -1627,8 +1627,9 @@ impl<L: MetadataLog> ControllerState<L> {
     /// Commits a leader's ISR change if the partition is still where the leader saw it: the
     /// same leader, leader epoch and partition epoch. A stale proposal is refused by doing
     /// nothing (the leader reads the partition's committed state in the answer). A node the
-    /// controller fenced does not join an ISR: it may be cut off from the quorum, and an ISR
-    /// member holds back every `acks=all` answer.
+    /// controller fenced does not join an ISR (it may be cut off from the quorum, and an ISR
+    /// member holds back every `acks=all` answer): it is left out of what is committed, and
+    /// the partition epoch moves on even if nothing else does, which ends the proposal.
     async fn alter_isr(
         &mut self,
         change: IsrChange,
@@ -1676,17 +1677,24 @@ impl<L: MetadataLog> ControllerState<L> {
         if committed == isr {
             return Ok(());
         }
-        if let Some(node) = isr
+        // Fenced newcomers are left out, and what remains is committed even when it is the ISR
+        // as it was (a new partition epoch, nothing else): the leader counts every replica it
+        // proposed at a partition epoch in its high watermark until that epoch ends (a
+        // proposal it sent twice might still commit), so a refusal that left the epoch as it
+        // was would hold its acks=all answers on a dead node until that node came back.
+        let fenced: Vec<u32> = isr
             .iter()
-            .find(|n| !committed.contains(n) && !self.image.is_live(**n))
-        {
+            .copied()
+            .filter(|n| !committed.contains(n) && !self.image.is_live(*n))
+            .collect();
+        if !fenced.is_empty() {
             tracing::info!(
                 topic,
                 partition,
-                node,
-                "ISR expansion refused: the node is fenced"
+                ?fenced,
+                "ISR expansion refused for fenced nodes; the rest of the proposal is committed"
             );
-            return Ok(());
+            isr.retain(|n| !fenced.contains(n));
         }
         tracing::info!(topic, partition, leader, leader_epoch, from = ?committed, to = ?isr, "committing an ISR change");
         // The ISR change that brings a reassignment's whole target in sync completes it in the

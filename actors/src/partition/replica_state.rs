@@ -146,6 +146,12 @@ pub const EPOCH_END_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// while it is pending); the controller's compare-and-set makes a repeat harmless.
 pub const ISR_PROPOSAL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How recently a follower outside the ISR must have fetched to be proposed for it: a live
+/// follower fetches at least every long poll (250 ms) plus its append and fsync, so two
+/// seconds leave room for a loaded disk, and a dead one stops being proposed soon after it
+/// stops fetching.
+pub const ISR_EXPANSION_FETCH_RECENT: Duration = Duration::from_secs(2);
+
 /// A partition's epoch: it grows with every committed change of the partition (leader or
 /// ISR), and an ISR proposal names the one it is based on, so the controller can refuse a
 /// proposal made from a stale view. A `u32`, like the leader epoch.
@@ -796,6 +802,18 @@ impl<W> ReplicaState<W> {
                 return Ok(effects);
             }
             let moved = answer.committed.partition_epoch > s.partition_epoch();
+            // What the answered proposal asked for, to tell a proposal the controller cut
+            // down (a fenced newcomer left out, the partition epoch moved on regardless) from
+            // one it applied.
+            let asked = match &s.role {
+                Role::Leader(leading) => leading
+                    .pending
+                    .as_ref()
+                    .filter(|p| p.proposal.partition_epoch == answer.proposed_at)
+                    .map(|p| p.proposal.isr.clone()),
+                _ => None,
+            };
+            let cut_down = asked.is_some_and(|isr| isr != answer.committed.isr);
             s.apply_committed(answer.committed, now, &mut effects)?;
             let Role::Leader(leading) = &mut s.role else {
                 unreachable!("checked above; applying an ISR does not change the role")
@@ -807,9 +825,10 @@ impl<W> ReplicaState<W> {
             {
                 leading.pending = None;
             }
-            if !moved && leading.pending.is_none() {
-                // Refused: the controller knows better (say, of a newer change we have not
-                // seen). Wait before proposing again rather than ping-pong.
+            if (!moved && leading.pending.is_none()) || cut_down {
+                // Refused, or committed without what it asked (a fenced node left out): the
+                // controller knows better (say, of a newer change we have not seen). Wait
+                // before proposing again rather than ping-pong, each round a metadata commit.
                 leading.propose_after = Some(now + ISR_PROPOSAL_RETRY_INTERVAL);
             }
             s.maybe_propose(now, &mut effects);
@@ -1524,8 +1543,15 @@ impl<W> ReplicaState<W> {
             // here, and on an idle partition it still reaches the high watermark; without
             // this the leader would propose the dead follower back into the ISR right after
             // removing it (and the ISR would flap, failing acks=all answers each time).
+            //
+            // And it fetches now: a follower that died after catching up stops fetching, and
+            // within `ISR_EXPANSION_FETCH_RECENT` is not proposed again (the controller leaves
+            // fenced nodes out of what it commits, but every such round is a commit).
             now.saturating_duration_since(progress.last_caught_up)
                 <= self.config.replica_lag_time_max
+                && progress.last_fetch.is_some_and(|(at, _)| {
+                    now.saturating_duration_since(at) <= ISR_EXPANSION_FETCH_RECENT
+                })
                 && self.measure(log_end, flushed)
                     >= self.high_watermark.max(leading.epoch_start_offset)
         } else {

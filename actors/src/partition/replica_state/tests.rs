@@ -506,6 +506,33 @@ fn a_lost_proposal_is_sent_again_and_a_refused_one_waits_before_the_next() {
     assert_eq!(proposals(&s.tick(later)), vec![isr(&[A, B, C])]);
 }
 
+/// The controller leaves a fenced node out of an expansion and commits the rest at a new
+/// partition epoch (ending the proposal, whose members the high watermark counted). The
+/// leader then waits before proposing the node again, rather than a commit per fetch; and a
+/// follower that stopped fetching is not proposed at all once its last fetch is old.
+#[test]
+fn an_expansion_committed_without_a_fenced_follower_waits_and_a_silent_one_is_not_proposed() {
+    let now = Instant::now();
+    let mut s = leader(ReplicaConfig::default(), &[A, B], now);
+    let answer = s.follower_fetched(report(C, 0, 0), now).unwrap();
+    assert_eq!(proposals(&answer.effects), vec![isr(&[A, B, C])]);
+    // C's node is fenced: the controller commits A, B at partition epoch 2.
+    let effects = s.isr_answered(committed(2, &[A, B]), now).unwrap();
+    assert!(proposals(&effects).is_empty(), "no ping-pong at once");
+    assert_eq!(s.pending_isr(), None);
+    let soon = now + ISR_PROPOSAL_RETRY_INTERVAL / 2;
+    let answer = s.follower_fetched(report(C, 0, 0), soon).unwrap();
+    assert!(proposals(&answer.effects).is_empty(), "still waiting");
+    // C keeps fetching (it is alive, say the controller unfenced it): proposed again.
+    let later = now + ISR_PROPOSAL_RETRY_INTERVAL;
+    let answer = s.follower_fetched(report(C, 0, 0), later).unwrap();
+    assert_eq!(proposals(&answer.effects), vec![isr(&[A, B, C])]);
+    s.isr_answered(committed(3, &[A, B]), later).unwrap();
+    // C stops fetching: once its last fetch is older than the bound it is not proposed.
+    let silent = later + ISR_EXPANSION_FETCH_RECENT + Duration::from_millis(1);
+    assert!(proposals(&s.tick(silent)).is_empty());
+}
+
 #[test]
 fn a_late_answer_to_an_older_proposal_leaves_the_current_one_pending() {
     let now = Instant::now();

@@ -210,3 +210,55 @@ fn the_reassignment_timeout_messages_fit_a_wire_error_message() {
         );
     }
 }
+
+/// A leader's expansion that names a fenced node: the controller leaves the node out and
+/// commits the rest at a new partition epoch, even when the rest is the ISR as it was, so the
+/// proposal ends (the leader counts a pending proposal's members in its high watermark).
+#[tokio::test(start_paused = true)]
+async fn an_expansion_naming_a_fenced_node_commits_without_it_at_a_new_partition_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (controller, applier) = controller_and_applier("r3", dir.path()).await;
+    applier.arm_sweep(0).await;
+    create(&controller, "growing", None).await.unwrap();
+    let registered = controller
+        .serve_forwarded(
+            2,
+            ForwardedAdmin::RegisterNode {
+                host: "127.0.0.2".into(),
+                port: 1,
+                incarnation: 0,
+            },
+        )
+        .await;
+    assert_eq!(registered.error_code, 0, "{registered:?}");
+    // Node 2 becomes a replica, not yet in sync, then its lease runs out.
+    let started = controller
+        .alter_partition_reassignments(
+            vec![ReassignmentWire {
+                topic: "growing".into(),
+                partition: 0,
+                replicas: vec![1, 2],
+            }],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(started[0].error_code, 0, "{started:?}");
+    controller.set_fencing(vec![2], vec![]).await.unwrap();
+    let before = controller.image().borrow().topics["growing"].partitions[0].clone();
+    assert_eq!(before.isr, vec![1]);
+    let committed = controller
+        .alter_isr(
+            "growing".into(),
+            0,
+            1,
+            before.leader_epoch,
+            before.partition_epoch,
+            vec![1, 2],
+        )
+        .await
+        .unwrap();
+    assert_eq!(committed.isr, vec![1], "the fenced node is left out");
+    assert_eq!(committed.partition_epoch, before.partition_epoch + 1);
+    assert_eq!(committed.leader_epoch, before.leader_epoch);
+}
