@@ -94,7 +94,7 @@ struct Fetching {
 #[derive(Debug, Default)]
 struct FetcherShared {
     partitions: Mutex<BTreeMap<PartitionKey, Fetching>>,
-    /// Woken when partitions are added.
+    /// Woken when partitions are added: the fetcher sends a new round at once.
     changed: Notify,
 }
 
@@ -377,16 +377,20 @@ async fn run_fetcher(manager: ReplicaManager, leader: NodeId, shared: Arc<Fetche
                 })
                 .collect(),
         };
-        let answer = manager
-            .inner
-            .links
-            .call(
-                leader,
-                PeerChannel::Data,
-                PeerRequest::ReplicaFetch(request),
-                REPLICA_FETCH_WAIT + FETCH_ANSWER_TIMEOUT,
-            )
-            .await;
+        let call = manager.inner.links.call(
+            leader,
+            PeerChannel::Data,
+            PeerRequest::ReplicaFetch(request),
+            REPLICA_FETCH_WAIT + FETCH_ANSWER_TIMEOUT,
+        );
+        // A partition added meanwhile (a new follower after a leader change, most often)
+        // would wait out this round's long poll; a new round is sent at once instead, which
+        // ends the old one at the leader (`FetchWakers`), whose answer is dropped here (the
+        // leader keeps only what this node reported, never what it sent).
+        let answer = tokio::select! {
+            answer = call => answer,
+            () = shared.changed.notified() => continue,
+        };
         let response = match answer {
             Ok(PeerResponse::ReplicaFetch(response))
                 if response.partitions.len() == batch.len() =>
@@ -542,14 +546,42 @@ fn refused(topic: String, partition: PartitionId, error: ResponseError) -> Repli
     }
 }
 
+/// Leader: what ends a follower's long poll early. A follower's peer connection answers in
+/// request order, so a long-polling fetch holds back whatever the follower asks after it
+/// (its next fetch, with a partition just added; an epoch-end question before that) for up
+/// to the whole wait: a new request from the same follower ends its older long polls at once.
+#[derive(Debug, Default)]
+pub struct FetchWakers {
+    by_follower: Mutex<HashMap<NodeId, Arc<Notify>>>,
+}
+
+impl FetchWakers {
+    /// A request from `follower` arrived: its long polls under way end now. Returns what
+    /// ends the next one.
+    pub fn arrived(&self, follower: NodeId) -> Arc<Notify> {
+        let notify = Arc::clone(
+            self.by_follower
+                .lock()
+                .expect("fetch wakers lock")
+                .entry(follower)
+                .or_default(),
+        );
+        notify.notify_waiters();
+        notify
+    }
+}
+
 /// Leader: answers a follower's ReplicaFetch from the local partitions, holding it (at most
-/// `max_wait_ms`) while none has anything past the follower's log end.
+/// `max_wait_ms`) while none has anything past the follower's log end, or until the same
+/// follower asks something else (`FetchWakers`).
 pub async fn serve_replica_fetch(
     node_id: NodeId,
     from: NodeId,
     registry: &PartitionRegistry,
+    wakers: &FetchWakers,
     request: ReplicaFetchRequest,
 ) -> ReplicaFetchResponse {
+    let woken = wakers.arrived(from);
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(u64::from(request.max_wait_ms)).min(REPLICA_FETCH_WAIT * 4);
     // Each partition's log-end watch with the follower's fetch offset: the wait ends when a
@@ -571,6 +603,8 @@ pub async fn serve_replica_fetch(
         // watch: a clone of a receiver that never marked a value seen reports a change at once,
         // which made this loop spin until the deadline on every idle fetch) ends the wait only
         // when there is something to answer; a value already past it ends it at once.
+        // Registered before the wait is built, so a request arriving from here on ends it.
+        let superseded = woken.notified();
         let moved = async {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
             let mut waits = tokio::task::JoinSet::new();
@@ -586,7 +620,11 @@ pub async fn serve_replica_fetch(
             drop(tx);
             let _ = rx.recv().await;
         };
-        if tokio::time::timeout_at(deadline, moved).await.is_err() {
+        let ended = tokio::select! {
+            timed_out = tokio::time::timeout_at(deadline, moved) => timed_out.is_err(),
+            () = superseded => true,
+        };
+        if ended {
             return fetch_once(node_id, from, registry, &request, &mut log_ends, false).await;
         }
     }
@@ -691,9 +729,14 @@ async fn fetch_once(
 /// Leader: answers a new follower's OffsetForLeaderEpoch from the local partitions.
 pub async fn serve_epoch_end(
     node_id: NodeId,
+    from: NodeId,
     registry: &PartitionRegistry,
+    wakers: &FetchWakers,
     request: OffsetForLeaderEpochRequest,
 ) -> OffsetForLeaderEpochResponse {
+    // The question comes on the connection a long poll of the same follower may hold: end it,
+    // or the answer waits behind it.
+    wakers.arrived(from);
     let mut partitions = Vec::with_capacity(request.partitions.len());
     for q in request.partitions {
         let failed = |error: ResponseError, q: &EpochEndQuery| EpochEndReply {

@@ -71,6 +71,8 @@ pub struct NodePeerService {
     image: watch::Receiver<Arc<MetadataImage>>,
     /// This node's links to the others, told to dial at once when their node connects here.
     links: PeerLinks,
+    /// What ends a follower's long-polling fetch when it asks something else.
+    fetch_wakers: crate::replication::FetchWakers,
 }
 
 impl std::fmt::Debug for NodePeerService {
@@ -101,6 +103,7 @@ impl NodePeerService {
             partitions,
             image,
             links,
+            fetch_wakers: crate::replication::FetchWakers::default(),
         }
     }
 
@@ -184,12 +187,20 @@ impl PeerService for NodePeerService {
                     self.node_id,
                     from,
                     &self.partitions,
+                    &self.fetch_wakers,
                     request,
                 )
                 .await,
             )),
             PeerRequest::OffsetForLeaderEpoch(request) => Ok(PeerResponse::OffsetForLeaderEpoch(
-                crate::replication::serve_epoch_end(self.node_id, &self.partitions, request).await,
+                crate::replication::serve_epoch_end(
+                    self.node_id,
+                    from,
+                    &self.partitions,
+                    &self.fetch_wakers,
+                    request,
+                )
+                .await,
             )),
             raft_request => {
                 let (_, raft) = self.raft.get().ok_or_else(|| starting("Raft member"))?;
