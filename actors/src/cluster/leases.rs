@@ -503,60 +503,28 @@ mod tests {
         tokio::time::advance(Duration::from_millis(300)).await;
         let gone = BTreeMap::from([(2, Instant::now())]);
         let now = Instant::now();
+        // Node 1 is live; node 2 is fenced or not as the image says.
+        let decide = |node_2_fenced: bool, now: Instant| {
+            fencing_decisions(
+                &image(&[(1, false), (2, node_2_fenced)]),
+                &table,
+                elected,
+                &seen,
+                &gone,
+                now,
+                LEASE,
+            )
+        };
         // Well within its lease, node 2 is fenced because its process is gone.
-        assert_eq!(
-            fencing_decisions(
-                &image(&[(1, false), (2, false)]),
-                &table,
-                elected,
-                &seen,
-                &gone,
-                now,
-                LEASE
-            ),
-            (vec![2], vec![])
-        );
+        assert_eq!(decide(false, now), (vec![2], vec![]));
         // Its renewal from before it went is no reason to unfence it.
-        assert_eq!(
-            fencing_decisions(
-                &image(&[(1, false), (2, true)]),
-                &table,
-                elected,
-                &seen,
-                &gone,
-                now,
-                LEASE
-            ),
-            (vec![], vec![])
-        );
+        assert_eq!(decide(true, now), (vec![], vec![]));
         // It restarted and renewed (the link has not redialled yet): unfenced, not fenced.
         tokio::time::advance(Duration::from_millis(100)).await;
         table.renew(2);
         let now = Instant::now();
-        assert_eq!(
-            fencing_decisions(
-                &image(&[(1, false), (2, true)]),
-                &table,
-                elected,
-                &seen,
-                &gone,
-                now,
-                LEASE
-            ),
-            (vec![], vec![2])
-        );
-        assert_eq!(
-            fencing_decisions(
-                &image(&[(1, false), (2, false)]),
-                &table,
-                elected,
-                &seen,
-                &gone,
-                now,
-                LEASE
-            ),
-            (vec![], vec![])
-        );
+        assert_eq!(decide(true, now), (vec![], vec![2]));
+        assert_eq!(decide(false, now), (vec![], vec![]));
     }
 
     #[tokio::test(start_paused = true)]

@@ -562,18 +562,7 @@ async fn read_until(
         let before = consumer.positions().clone();
         // Retriable trouble is the consumer's to handle: `poll` fails only on what is final.
         let records = consumer.poll().await.expect("poll through a failover");
-        let mut read: BTreeMap<u32, u64> = BTreeMap::new();
-        for record in records {
-            read.insert(record.partition, record.offset);
-            history.read(
-                reader,
-                TOPIC,
-                PartitionId(record.partition),
-                Offset(record.offset),
-                record.key.as_deref().unwrap_or_default(),
-                &record.value.unwrap_or_default(),
-            );
-        }
+        let read = record_reads(&history, reader, records);
         for ((_, partition), after) in consumer.positions() {
             let from = before.get(&(TOPIC.to_owned(), *partition)).copied();
             let moved_back = from.is_some_and(|from| *after < from);
@@ -866,18 +855,7 @@ async fn group_read_until(
                 break;
             }
         };
-        let mut read: BTreeMap<u32, u64> = BTreeMap::new();
-        for record in records {
-            read.insert(record.partition, record.offset);
-            history.read(
-                reader,
-                TOPIC,
-                PartitionId(record.partition),
-                Offset(record.offset),
-                record.key.as_deref().unwrap_or_default(),
-                &record.value.unwrap_or_default(),
-            );
-        }
+        let read = record_reads(&history, reader, records);
         for ((_, partition), after) in member.positions() {
             // A partition newly assigned starts where the group's commit (or the reset
             // policy) says: not a reset of a position this member held.
@@ -993,4 +971,25 @@ fn a_group_consumer_keeps_consuming_through_a_leader_kill() {
             "a final error: {errors:?}"
         );
     });
+}
+
+/// Records what `reader` read in `history`; returns the last offset read per partition.
+fn record_reads(
+    history: &History,
+    reader: &str,
+    records: Vec<vltava_client::ConsumerRecord>,
+) -> BTreeMap<u32, u64> {
+    let mut read = BTreeMap::new();
+    for record in records {
+        read.insert(record.partition, record.offset);
+        history.read(
+            reader,
+            TOPIC,
+            PartitionId(record.partition),
+            Offset(record.offset),
+            record.key.as_deref().unwrap_or_default(),
+            &record.value.unwrap_or_default(),
+        );
+    }
+    read
 }
