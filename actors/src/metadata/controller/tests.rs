@@ -50,6 +50,15 @@ async fn controller(
     dir: &std::path::Path,
     append_ms: &Arc<AtomicU64>,
 ) -> ControllerHandle {
+    controller_and_applier(node, dir, append_ms).await.0
+}
+
+/// As `controller`, also handing back the applier (to arm its sweeping).
+async fn controller_and_applier(
+    node: &str,
+    dir: &std::path::Path,
+    append_ms: &Arc<AtomicU64>,
+) -> (ControllerHandle, crate::applier::ApplierHandle) {
     let directory = ActorDirectory::new();
     let partitions = PartitionSupervisor::start(
         format!("{node}/partitions"),
@@ -84,7 +93,7 @@ async fn controller(
     .await
     .unwrap();
     let (publish, _) = watch::channel(Arc::new(MetadataImage::default()));
-    Controller::start(
+    let controller = Controller::start(
         ControllerArgs {
             id: format!("{node}/controller"),
             parent: node.into(),
@@ -95,7 +104,7 @@ async fn controller(
             log: SlowLog {
                 append_ms: Arc::clone(append_ms),
             },
-            applier: Arc::new(applier),
+            applier: Arc::new(applier.clone()),
             directory,
             publish,
             producer_ids: ProducerRegistry::default(),
@@ -105,7 +114,8 @@ async fn controller(
         None,
     )
     .await
-    .unwrap()
+    .unwrap();
+    (controller, applier)
 }
 
 async fn create(

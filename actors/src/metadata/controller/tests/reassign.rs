@@ -5,68 +5,12 @@ use super::*;
 use crate::applier::ApplierHandle;
 use vltava_messages::peer::ReassignmentWire;
 
-/// A controller as in `controller`, node 1, also handing back its applier (to arm sweeping).
+/// A controller as in `controller`, node 1, with its log answering at once, and its applier.
 async fn controller_and_applier(
     node: &str,
     dir: &std::path::Path,
 ) -> (ControllerHandle, ApplierHandle) {
-    let directory = ActorDirectory::new();
-    let partitions = PartitionSupervisor::start(
-        format!("{node}/partitions"),
-        node,
-        directory.clone(),
-        PartitionRegistry::default(),
-        None,
-    )
-    .await
-    .unwrap();
-    let applier = MetadataApplier::start(
-        format!("{node}/applier"),
-        node,
-        ApplierConfig {
-            node: node.into(),
-            node_id: 1,
-            data_dir: dir.to_path_buf(),
-            durability: Durability::Fsync,
-            verify_reads: false,
-            flusher: Arc::new(Flusher::new(1, 16)),
-            directory: directory.clone(),
-            partitions,
-            groups: None,
-            producer_ids: ProducerRegistry::default(),
-            links: Arc::new(crate::partition::replication::Standalone),
-            replica_lag_time_max: crate::partition::replica_state::REPLICA_LAG_TIME_MAX_DEFAULT,
-            retention_check_interval: crate::partition::RETENTION_CHECK_INTERVAL_DEFAULT,
-            incarnation: None,
-        },
-        None,
-    )
-    .await
-    .unwrap();
-    let (publish, _) = watch::channel(Arc::new(MetadataImage::default()));
-    let controller = Controller::start(
-        ControllerArgs {
-            id: format!("{node}/controller"),
-            parent: node.into(),
-            node_id: 1,
-            cluster_id: "c".into(),
-            advertised_host: "127.0.0.1".into(),
-            advertised_port: 1,
-            log: SlowLog {
-                append_ms: Arc::new(AtomicU64::new(0)),
-            },
-            applier: Arc::new(applier.clone()),
-            directory,
-            publish,
-            producer_ids: ProducerRegistry::default(),
-            producer_ids_floor: 0,
-            forwarder: None,
-        },
-        None,
-    )
-    .await
-    .unwrap();
-    (controller, applier)
+    super::controller_and_applier(node, dir, &Arc::new(AtomicU64::new(0))).await
 }
 
 /// Topic `moving` on node 1 alone is moved to node 2 (registered afterwards as another node
