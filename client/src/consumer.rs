@@ -32,6 +32,15 @@ use crate::producer::LEADER_CHECK_INTERVAL;
 /// two a leader change takes.
 pub const FETCH_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How many times `list_offset` asks: once with the metadata it has, and once more after a
+/// refresh when the answer says that metadata is stale (`NotLeader`, `FencedLeaderEpoch`, a
+/// lost connection...). A third failure goes back to the caller, whose retry finds the refreshed
+/// metadata in place.
+const LIST_OFFSETS_ATTEMPTS: u32 = 2;
+
+/// How long one ListOffsets request may wait for its answer.
+const LIST_OFFSETS_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Consumer settings.
 #[derive(Clone, Debug)]
 pub struct ConsumerConfig {
@@ -212,8 +221,36 @@ impl Consumer {
         self.resolve(topic, partition, to).await
     }
 
-    /// Looks an offset up on the partition's leader.
+    /// Looks an offset up on the partition's leader. An answer that says the metadata is
+    /// stale refreshes it before the next attempt (`LIST_OFFSETS_ATTEMPTS`): a partition that is
+    /// looked up but not fetched (one newly assigned in a group, say) has no fetch whose errors
+    /// would refresh it, so without this a lookup after a leader change would ask the old
+    /// leader, with the old leader epoch, for ever.
     pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<Option<u64>, ClientError> {
+        let mut attempt = 1;
+        loop {
+            match self.list_offset_once(topic, partition, spec).await {
+                Err(error) if error.wants_metadata_refresh() => {
+                    tracing::debug!(%topic, partition, %error, attempt, "offset lookup met stale metadata; refreshing");
+                    if let Err(e) = self.cluster.refresh().await {
+                        tracing::debug!(error = %e, "metadata refresh failed");
+                    }
+                    if attempt >= LIST_OFFSETS_ATTEMPTS {
+                        return Err(error);
+                    }
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn list_offset_once(
         &self,
         topic: &str,
         partition: u32,
@@ -230,7 +267,7 @@ impl Consumer {
                 }],
             }],
         };
-        let answer = connection.send(&request, Duration::from_secs(30)).await?;
+        let answer = connection.send(&request, LIST_OFFSETS_TIMEOUT).await?;
         let p = answer
             .topics
             .into_iter()

@@ -239,6 +239,9 @@ struct FakeState {
     commit_errors: VecDeque<ErrorCode>,
     /// The high watermark of every partition.
     latest: u64,
+    /// Every partition's leader epoch, as Metadata tells it; a ListOffsets naming an older one
+    /// is refused with `FencedLeaderEpoch`, as a real leader does.
+    leader_epoch: u32,
 }
 
 struct Fake {
@@ -263,6 +266,7 @@ impl Fake {
                 .map(|(name, count)| ((*name).to_owned(), *count, false))
                 .collect(),
             latest: 42,
+            leader_epoch: 1,
             ..FakeState::default()
         }));
         let shared = Arc::clone(&state);
@@ -394,7 +398,7 @@ async fn answer(
                                 partition: PartitionId(p),
                                 error: None,
                                 leader: Some(NodeId(1)),
-                                leader_epoch: LeaderEpoch(1),
+                                leader_epoch: LeaderEpoch(state.leader_epoch),
                                 replicas: vec![NodeId(1)],
                                 in_sync_replicas: vec![NodeId(1)],
                             })
@@ -491,7 +495,10 @@ async fn answer(
             })
         }
         Request::ListOffsets(list) => {
-            let latest = state.lock().unwrap().latest;
+            let (latest, epoch) = {
+                let state = state.lock().unwrap();
+                (state.latest, state.leader_epoch)
+            };
             Response::ListOffsets(ListOffsetsResponse {
                 topics: list
                     .topics
@@ -501,15 +508,29 @@ async fn answer(
                         partitions: t
                             .partitions
                             .into_iter()
-                            .map(|p| ListOffsetsPartitionResponse {
-                                partition: p.partition,
-                                error: None,
-                                offset: Some(Offset(match p.spec {
-                                    OffsetSpec::Earliest => 0,
-                                    OffsetSpec::Latest | OffsetSpec::Timestamp(_) => latest,
-                                })),
-                                timestamp: None,
-                                leader_epoch: Some(LeaderEpoch(1)),
+                            .map(|p| {
+                                if p.current_leader_epoch.is_some_and(|e| e.0 < epoch) {
+                                    return ListOffsetsPartitionResponse {
+                                        partition: p.partition,
+                                        error: Some(ResponseError::new(
+                                            ErrorCode::FencedLeaderEpoch,
+                                            "scripted: an older leader epoch",
+                                        )),
+                                        offset: None,
+                                        timestamp: None,
+                                        leader_epoch: None,
+                                    };
+                                }
+                                ListOffsetsPartitionResponse {
+                                    partition: p.partition,
+                                    error: None,
+                                    offset: Some(Offset(match p.spec {
+                                        OffsetSpec::Earliest => 0,
+                                        OffsetSpec::Latest | OffsetSpec::Timestamp(_) => latest,
+                                    })),
+                                    timestamp: None,
+                                    leader_epoch: Some(LeaderEpoch(epoch)),
+                                }
                             })
                             .collect(),
                     })
@@ -624,6 +645,36 @@ async fn joining_takes_the_assignment_from_committed_offsets_or_the_reset() {
         })
     })
     .await;
+    consumer.close().await.unwrap();
+}
+
+/// Issue 14 (found by the fault suite's controller kills): a partition assigned after its
+/// leader moved is looked up (ListOffsets for the reset) with the leader epoch the client
+/// learned earlier. The leader refuses it with `FencedLeaderEpoch`; the lookup must refresh
+/// the metadata, or the partition is never fetched (no fetch, whose errors would refresh) and
+/// never read nor committed while the member holds it.
+#[tokio::test]
+async fn a_partition_assigned_after_its_leader_moved_is_looked_up_on_fresh_metadata() {
+    let fake = Fake::start(&[("t", 1)]).await;
+    let mut consumer = fake
+        .consumer(GroupConfig {
+            auto_offset_reset: OffsetReset::Latest,
+            ..quiet("g")
+        })
+        .await;
+    // The client has learned leader epoch 1; the partition's leadership then moves.
+    fake.with(|s| {
+        s.leader_epoch = 2;
+        s.assignment = vec![wire("t", &[0])];
+    });
+    consumer.subscribe(&["t"]).unwrap();
+    poll_until(
+        &mut consumer,
+        "the partition assigned and positioned",
+        |c| c.positions().get(&tp("t", 0)).is_some(),
+    )
+    .await;
+    assert_eq!(consumer.positions().get(&tp("t", 0)), Some(&42));
     consumer.close().await.unwrap();
 }
 
