@@ -25,9 +25,13 @@
 //! - `VLTAVA_FAULT_RATE` (500): events per second each producer offers at most.
 //! - `VLTAVA_FAULT_OUT` (a new temporary directory, printed): where each test writes its
 //!   history (`<test>/history.txt`, one event per line, faults among them) and the checker's
-//!   verdict with the figures (`<test>/verdict.txt`).
+//!   verdict with the figures (`<test>/verdict.txt`), and the clients' log
+//!   (`<test>/client.log`: the Rust client's debug lines, each under the span of the producer
+//!   or group member that wrote it).
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -123,6 +127,48 @@ fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     // A test that panicked left nothing behind that the next one shares.
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where the client's log lines go: the running test's `client.log` (tests take turns, so there
+/// is one at a time), or nowhere between tests.
+static CLIENT_LOG: Mutex<Option<File>> = Mutex::new(None);
+
+/// A writer into `CLIENT_LOG`; a line that cannot be written is dropped (the log is a help for
+/// a person, never part of the verdict).
+struct ClientLogWriter;
+
+impl Write for ClientLogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(file) = CLIENT_LOG
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            let _ = file.write_all(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends the Rust client's debug log (and the test's own) to `path` until the next call; the
+/// subscriber is installed once per process.
+fn client_log_to(path: &Path) {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let filter = tracing_subscriber::EnvFilter::new("vltava_client=debug,faults=debug");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(|| ClientLogWriter)
+            .try_init();
+    });
+    let file = File::create(path)
+        .unwrap_or_else(|e| panic!("creating the client log {}: {e}", path.display()));
+    *CLIENT_LOG.lock().unwrap_or_else(PoisonError::into_inner) = Some(file);
 }
 
 fn runtime() -> tokio::runtime::Runtime {
