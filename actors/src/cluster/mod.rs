@@ -259,11 +259,40 @@ impl Forwarder for PeerForwarder {
             // in request order, and an admin request may take seconds (a topic of thousands
             // of partitions), which on the control connection would hold Raft's heartbeats
             // and lease renewals behind it and cost an election.
-            match self
+            //
+            // A controller that is paused or cut off answers nothing while the others elect a
+            // new one; the request then waits no longer than that election: once another node
+            // is known to lead, it ends with the retriable `ControllerNotAvailable` and the
+            // client asks again (which reaches the new controller). The old one cannot decide
+            // it any more: it no longer leads the metadata log, so it cannot commit.
+            let call = self
                 .links
-                .call(NodeId(to), PeerChannel::Data, request, timeout)
-                .await
-            {
+                .call(NodeId(to), PeerChannel::Data, request, timeout);
+            let mut metrics = self.raft.metrics();
+            let moved = async move {
+                loop {
+                    let leader = metrics.borrow_and_update().current_leader;
+                    if let Some(node) = leader.and_then(vltava_node_id)
+                        && node.0 != to
+                    {
+                        return node;
+                    }
+                    if metrics.changed().await.is_err() {
+                        // The Raft member stopped: the call's own timeout ends the wait.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            let answer = tokio::select! {
+                answer = call => answer,
+                node = moved => {
+                    return Err(ControllerError::NotAvailable(format!(
+                        "node {} leads now, not node {to}, which the request went to; ask again",
+                        node.0
+                    )));
+                }
+            };
+            match answer {
                 Ok(PeerResponse::ControllerForward(answer)) => Ok(answer),
                 Ok(other) => Err(ControllerError::NotAvailable(format!(
                     "node {to} answered a forwarded request with {}",

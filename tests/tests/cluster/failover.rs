@@ -13,8 +13,8 @@ use vltava_client::{
     SeekTo,
 };
 use vltava_messages::protocol::{
-    Acks, ErrorCode, FindCoordinatorRequest, InitProducerIdRequest, ProducePartition,
-    ProduceRequest, ProduceResponse, ProduceTopic,
+    Acks, CreateTopicsRequest, ErrorCode, FindCoordinatorRequest, InitProducerIdRequest, NewTopic,
+    ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic,
 };
 use vltava_messages::{
     BatchBuilder, Compression, Offset, PartitionId, ProducerEpoch, ProducerId, Sequence,
@@ -25,7 +25,9 @@ use vltava_tests::history::{CheckOptions, History};
 use super::replication::{
     PARTITIONS, TOPIC, dump_replication_logs, under_load, under_load_with, wait_for_isr,
 };
-use super::{FAILOVER_BOUND, REQUEST_TIMEOUT, admin, metadata, runtime, until_ok};
+use super::{
+    FAILOVER_BOUND, REQUEST_TIMEOUT, admin, controller_seen_by, metadata, runtime, until_ok,
+};
 
 /// Every partition of `TOPIC`'s leader and leader epoch, as node `addr` sees it (empty if it
 /// does not answer).
@@ -223,6 +225,80 @@ fn two_nodes_killed_at_once_stop_writes_and_one_returning_brings_them_back() {
         wait_for_acknowledgements(history, 1, acknowledged, "node 2 back");
         cluster.node_mut(3).restart();
     });
+}
+
+/// The longest a CreateTopics forwarded to a paused controller may take to be answered: the
+/// other two elect a new controller within about a second (Raft's election timeouts are
+/// 150 to 300 ms), after which the forwarding node stops waiting. It is the peer link's ping
+/// timeout (3 s), so the link's own way of giving up on a silent node (a ping unanswered for
+/// 3 s, which took 6 s here before) cannot pass the test.
+const FORWARD_PAST_PAUSED_CONTROLLER_BOUND: Duration = Duration::from_secs(3);
+
+/// SIGSTOP of the controller with an admin request on its way to it through another node:
+/// once another controller is elected, the forwarding node answers the retriable
+/// `ControllerNotAvailable` at once instead of waiting until its link gives up on the paused
+/// node, and the retry creates the topic on the new controller.
+#[test]
+fn a_request_forwarded_to_a_paused_controller_ends_once_another_is_elected() {
+    let cluster = TestCluster::start(3, &[]);
+    let rt = runtime();
+    let controller = rt.block_on(controller_seen_by(&cluster.node(1).addr));
+    let via = cluster.node(other_than(controller)).addr.clone();
+    let request = CreateTopicsRequest {
+        topics: vec![NewTopic {
+            name: "created-past-a-pause".into(),
+            partitions: Some(1),
+            replication_factor: Some(2),
+            configs: BTreeMap::new(),
+        }],
+        timeout_ms: 60_000,
+        validate_only: false,
+    };
+    cluster.node(controller).pause();
+    let paused_at = Instant::now();
+    let first = rt.block_on(async {
+        let conn = Connection::connect(&via, "cluster-test")
+            .await
+            .expect("the forwarding node is up");
+        conn.send(&request, Duration::from_secs(90)).await
+    });
+    let answered_after = paused_at.elapsed();
+    // Resumed before any assertion, so a failure does not leave a stopped process behind.
+    cluster.node(controller).resume();
+    eprintln!(
+        "a request forwarded to paused node {controller} through {via} answered after {answered_after:?}: {first:?}"
+    );
+    assert!(
+        answered_after < FORWARD_PAST_PAUSED_CONTROLLER_BOUND,
+        "the forwarding node waited {answered_after:?} for a paused controller: {first:?}"
+    );
+    let error = first
+        .expect("the forwarding node answered")
+        .topics
+        .into_iter()
+        .next()
+        .expect("one topic answered")
+        .error;
+    if let Some(error) = error {
+        assert_eq!(
+            error.error_code(),
+            Some(ErrorCode::ControllerNotAvailable),
+            "a forwarded request cut short is retriable: {error:?}"
+        );
+        // The retry reaches the new controller.
+        let created = rt.block_on(async {
+            until_ok(FAILOVER_BOUND, || async {
+                let conn = Connection::connect(&via, "cluster-test").await?;
+                let answer = conn.send(&request, Duration::from_secs(90)).await?;
+                match answer.topics.into_iter().next().and_then(|t| t.error) {
+                    Some(e) if e.retriable => Err(ClientError::Server(e)),
+                    other => Ok(other),
+                }
+            })
+            .await
+        });
+        assert!(created.is_none(), "the retry was refused: {created:?}");
+    }
 }
 
 /// Every partition of `TOPIC`'s replicas (the first is the preferred leader), as `addr` sees
