@@ -18,6 +18,9 @@
 //! - `partition-failover` (issue 14; not part of `all`): SIGKILL the node leading a partition
 //!   of an RF 3 topic (`--kill leader`: not the controller; `--kill controller`), time until
 //!   an acks=all write to it is acknowledged by its new leader; `--rounds` times.
+//! - `group-failover` (issue 14; not part of `all`): a paced acks=all producer and a fresh
+//!   two-member consumer group per round; SIGKILL the node coordinating the group, time how
+//!   long the group stops consuming and committing (see `group_failover`); `--rounds` times.
 //!
 //! The binaries come from `vltava_tests::bin_dir()`: the target directory's profile that this
 //! program was built with (so `cargo run --release` uses `target/release`), or
@@ -29,6 +32,7 @@
 //! leaving nodes running.
 
 mod failover;
+mod group_failover;
 mod partition_failover;
 mod propagation;
 mod replication;
@@ -74,6 +78,7 @@ enum Scenario {
     Throughput,
     Replication,
     PartitionFailover,
+    GroupFailover,
 }
 
 /// Partition failover: whose node is killed.
@@ -91,7 +96,7 @@ struct Args {
     /// Which scenario to run.
     #[arg(long, value_enum, default_value = "all")]
     scenario: Scenario,
-    /// Failover and partition failover: kills.
+    /// Failover, partition failover and group failover: kills.
     #[arg(long, default_value_t = 20)]
     rounds: u32,
     /// Partition failover: whose node is killed.
@@ -106,9 +111,10 @@ struct Args {
     /// normal pace first (see docs/benchmarks.md on why that changes the figure).
     #[arg(long, default_value_t = 0)]
     settle_ms: u64,
-    /// Failover: a directory to write each node's log into at the end of every round
-    /// (`round-NN-node-M.log`), to read why an election was refused (openraft logs its
-    /// reasons at info).
+    /// Failover and group failover: a directory to write each node's log into at the end of
+    /// every round (`round-NN-node-M.log`), to read why an election was refused (openraft logs
+    /// its reasons at info). Group failover writes a failed round's logs even without it, into
+    /// a directory under the system's temporary directory.
     #[arg(long)]
     log_dir: Option<std::path::PathBuf>,
     /// Propagation: topics created through node 1, one at a time.
@@ -193,6 +199,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     if args.scenario == Scenario::PartitionFailover {
         let report = partition_failover::run(&rt, args)?;
+        report.print();
+    }
+    if args.scenario == Scenario::GroupFailover {
+        let report = group_failover::run(&rt, args)?;
         report.print();
     }
     println!("load average at end: {}", load_average());
