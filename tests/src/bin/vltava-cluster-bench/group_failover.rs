@@ -2,16 +2,21 @@
 //! long the group stops consuming and committing.
 //!
 //! One topic of `PARTITIONS` partitions (RF 3, default settings: `min.insync.replicas` 2, fsync
-//! durability) is written all along by one paced acks=all idempotent producer (the Rust
-//! client's `Producer`); every value is the time it was sent, so a reader can tell events sent
-//! after the kill from older ones. Each round starts a fresh group of `MEMBERS` members (the
+//! durability) is written all along by paced acks=all idempotent producers (the Rust client's
+//! `Producer`), one per partition: a single producer stops sending to every partition once one
+//! partition's queue of sealed batches is full (its `send` waits holding the accumulator), so
+//! with one producer the partitions the killed node led would stop the others too and the
+//! group's pause would be the producer's. Every value is the time it was sent, so a reader can
+//! tell events sent after the kill from older ones. Each round starts a fresh group of `MEMBERS` members (the
 //! Rust client's `GroupConsumer`, group id `group-failover-NN`, so that the group's
 //! `__consumer_offsets` partition, and with it its coordinator, differs from round to round).
-//! Each member polls, and after every poll that returned events commits its positions
-//! synchronously (auto commit off): the at-least-once loop that keeps redelivery small, and the
-//! one that shows a coordinator's absence, as a member blocked in a commit does not poll. Once
-//! the group is steady (every partition owned by exactly one member, every partition delivering,
-//! every member committing), the round asks FindCoordinator which node coordinates the group,
+//! With `--commit every-poll` (the default) each member polls, and after every poll that
+//! returned events commits its positions synchronously (auto commit off): the at-least-once
+//! loop that keeps redelivery small, and the one that shows a coordinator's absence, as a
+//! member blocked in a commit does not poll. With `--commit auto` the members use the client's
+//! defaults (auto commit from `poll()` every 5 s) and never commit themselves. Once the group
+//! is steady (every partition owned by exactly one member, every partition delivering, every
+//! member committing with `every-poll`), the round asks FindCoordinator which node coordinates the group,
 //! notes whether that node is also the active controller, and SIGKILLs it. It then waits
 //! (bounded by `RESUME_BOUND`) until the group has recovered, stops the members, checks the
 //! committed offsets through the new coordinator, restarts the killed node and waits until every
@@ -26,13 +31,23 @@
 //!   member missed while blocked in a commit.
 //! - **All partitions resumed**: kill → every partition has delivered, to some member, an event
 //!   sent after the kill (the group is reading everything again, caught up to the kill).
-//! - **First commit**: kill → the first commit, begun after the kill, that succeeded (any
-//!   member). A commit begun after the kill cannot have been answered by the killed node, so it
-//!   was taken by the new coordinator.
+//! - **First commit** (`every-poll` only): kill → the first commit, begun after the kill, that
+//!   succeeded (any member). A commit begun after the kill cannot have been answered by the
+//!   killed node, so it was taken by the new coordinator.
 //! - **All partitions committed**: kill → for every partition, a successful commit of a position
 //!   past the first event sent after the kill that the group read from it (the group's progress
-//!   on every partition is durable again). The known liveness bug of issue 14 (a group that
+//!   on every partition is durable again). With `every-poll` the members see their commits
+//!   succeed; with `auto` the commits happen inside `poll()`, so the round reads the committed
+//!   offsets through the coordinator every `OFFSETS_WATCH_PERIOD` instead, and the figure is
+//!   when a read first showed the offset. The known liveness bug of issue 14 (a group that
 //!   never committed one partition) would show here as a round that does not finish.
+//! - **Production gap**: the longest interval between the send times of two consecutive events
+//!   the group read, over the window of the group pause: the part of a pause that is the
+//!   producers' (a partition whose writes are not acknowledged fills its producer's queue, and
+//!   that producer stops sending) rather than the group's.
+//! - **Longest delay**: the longest time from send to delivery of an event sent between 1 s
+//!   before the kill and the moment every partition resumed: what the failover did to an
+//!   event, leader moves and the group's pause together.
 //!
 //! A round that does not recover within `RESUME_BOUND` is recorded as failed with what was
 //! seen, and the nodes' logs are written to a directory that outlives the cluster.
@@ -58,7 +73,8 @@ use vltava_tests::cluster::TestCluster;
 
 use crate::stats::{Samples, ms};
 use crate::{
-    Args, CLIENT_ID, REQUEST_TIMEOUT, check_interrupted, error_kind, settle, start_cluster,
+    Args, CLIENT_ID, CommitMode, REQUEST_TIMEOUT, check_interrupted, error_kind, settle,
+    start_cluster,
 };
 
 /// The topic the producer writes and every round's group reads.
@@ -68,13 +84,13 @@ const TOPIC: &str = "group-failover";
 const PARTITIONS: u32 = 6;
 /// Two members split the partitions, so the group has a real assignment to keep.
 const MEMBERS: usize = 2;
-/// Events the producer sends a second: one every 3.3 ms over the group, one every 20 ms per
-/// partition, fine enough to time a pause of tens of milliseconds while leaving the two cores
-/// room for the nodes.
-const PRODUCE_RATE_PER_S: u32 = 300;
-/// Sends whose answer has not come yet: 4096 is about 14 s of production, far more than a
-/// failover holds back, so the producer is never paced by a partition that is moving.
-const DELIVERIES_IN_FLIGHT_MAX: usize = 4096;
+/// Events each partition's producer sends a second: one every 20 ms per partition, one every
+/// 3.3 ms over the group, fine enough to time a pause of tens of milliseconds while leaving the
+/// two cores room for the nodes.
+const PRODUCE_RATE_PER_PARTITION_PER_S: u32 = 50;
+/// Sends per producer whose answer has not come yet: 1024 is about 20 s of production, far
+/// more than a failover holds back, so a producer is not paced by its partition moving.
+const DELIVERIES_IN_FLIGHT_MAX: usize = 1024;
 /// A member's fetch wait when nothing arrives: short, so a member polls (and notices a moved
 /// leader) often.
 const MEMBER_FETCH_WAIT: Duration = Duration::from_millis(100);
@@ -98,6 +114,12 @@ const MEMBER_STOP_BOUND: Duration = Duration::from_secs(20);
 const OFFSETS_CHECK_BOUND: Duration = Duration::from_secs(20);
 /// How long the restarted node may take to rejoin every ISR.
 const REJOIN_BOUND: Duration = Duration::from_secs(60);
+/// With `--commit auto`: how often the round reads the group's committed offsets after the
+/// kill. 100 ms is fine against an auto-commit interval of 5 s and costs one small request.
+const OFFSETS_WATCH_PERIOD: Duration = Duration::from_millis(100);
+/// With `--commit auto`: how long one read of the committed offsets may take before it is
+/// abandoned and the next one sent; the client retries inside it while the coordinator moves.
+const OFFSETS_WATCH_REQUEST_BOUND: Duration = Duration::from_secs(2);
 /// How often the round checks whether the group is steady or has recovered.
 const CHECK_PERIOD: Duration = Duration::from_millis(10);
 
@@ -108,10 +130,15 @@ struct RoundLog {
     killed_at: Option<Instant>,
     /// When each poll that returned events ended (any member).
     deliveries: Vec<Instant>,
+    /// Every event read: when it was sent and when a member's poll returned it.
+    reads: Vec<(Instant, Instant)>,
     /// Per partition: when it last delivered.
     last_delivery: BTreeMap<u32, Instant>,
     /// Per partition: the first event sent after the kill that was read, and when.
     first_after_kill: BTreeMap<u32, (u64, Instant)>,
+    /// With `--commit auto`, per partition: when a read of the committed offsets first showed
+    /// one past the first event sent after the kill that the group read.
+    seen_committed: BTreeMap<u32, Instant>,
     /// Per member: the partitions it owns after its last poll.
     owned: BTreeMap<usize, BTreeSet<u32>>,
     commits: Vec<Commit>,
@@ -156,8 +183,17 @@ struct Round {
 struct Figures {
     group_pause: Duration,
     all_resumed: Duration,
-    first_commit: Duration,
+    /// `None` with `--commit auto`, where the members do not see their commits.
+    first_commit: Option<Duration>,
     all_committed: Duration,
+    /// The longest interval between the send times of two consecutive events the group read
+    /// (all partitions), over the same window as `group_pause`: how much of the pause is the
+    /// producers' rather than the group's.
+    production_gap: Duration,
+    /// The longest time from send to delivery of an event sent between `STEADY_FRESHNESS`
+    /// before the kill and the moment every partition resumed: the worst delay the failover
+    /// gave an event, leader moves and the group's pause together.
+    delay_max: Duration,
     errors: BTreeMap<String, u32>,
     rebalances: usize,
     rejoined: Duration,
@@ -165,6 +201,7 @@ struct Figures {
 
 #[derive(Debug)]
 pub struct Report {
+    commit: CommitMode,
     rounds: Vec<Round>,
     produced: u64,
     produce_failures: u64,
@@ -191,13 +228,18 @@ pub fn run(rt: &Runtime, args: &Args) -> anyhow::Result<Report> {
     let stop_producing = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let producer = rt.spawn(produce(
-        cluster.bootstrap(),
-        epoch,
-        Arc::clone(&stop_producing),
-        Arc::clone(&acknowledged),
-        Arc::clone(&failed),
-    ));
+    let producers: Vec<JoinHandle<()>> = (0..PARTITIONS)
+        .map(|partition| {
+            rt.spawn(produce(
+                cluster.bootstrap(),
+                partition,
+                epoch,
+                Arc::clone(&stop_producing),
+                Arc::clone(&acknowledged),
+                Arc::clone(&failed),
+            ))
+        })
+        .collect();
     let mut rounds = Vec::new();
     let result = (|| -> anyhow::Result<()> {
         for index in 0..args.rounds {
@@ -207,10 +249,15 @@ pub fn run(rt: &Runtime, args: &Args) -> anyhow::Result<Report> {
         Ok(())
     })();
     stop_producing.store(true, Ordering::Relaxed);
-    // The producer flushes with the cluster whole; if it does not end, it is left to the
+    // The producers flush with the cluster whole; one that does not end is left to the
     // runtime's shutdown.
-    let _ = rt.block_on(async { tokio::time::timeout(MEMBER_STOP_BOUND, producer).await });
+    rt.block_on(async {
+        for producer in producers {
+            let _ = tokio::time::timeout(MEMBER_STOP_BOUND, producer).await;
+        }
+    });
     let report = Report {
+        commit: args.commit,
         rounds,
         produced: acknowledged.load(Ordering::Relaxed),
         produce_failures: failed.load(Ordering::Relaxed),
@@ -244,13 +291,14 @@ fn run_round(
                 cluster.bootstrap(),
                 group.clone(),
                 member,
+                args.commit,
                 epoch,
                 Arc::clone(&log),
                 Arc::clone(&stop),
             ))
         })
         .collect();
-    let steady = rt.block_on(wait_until_steady(&log));
+    let steady = rt.block_on(wait_until_steady(&log, args.commit));
     let stop_members = |members: Vec<JoinHandle<()>>| {
         stop.store(true, Ordering::Relaxed);
         rt.block_on(async {
@@ -280,7 +328,19 @@ fn run_round(
     cluster.node_mut(coordinator).kill();
     let killed_at = Instant::now();
     lock(&log).killed_at = Some(killed_at);
+    // With auto commit the members do not see their commits, so the round reads the committed
+    // offsets itself until it has recovered.
+    let watcher = (args.commit == CommitMode::Auto).then(|| {
+        rt.spawn(watch_committed(
+            cluster.bootstrap(),
+            group.clone(),
+            Arc::clone(&log),
+        ))
+    });
     let recovered = rt.block_on(wait_until_recovered(&log, killed_at));
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     stop_members(members);
     // The committed offsets, read back through the new coordinator, must cover what the
     // members saw committed: a commit acknowledged and then lost would show here.
@@ -289,7 +349,7 @@ fn run_round(
         Err(_) => Ok(()),
     };
     let outcome = match (recovered, offsets_check) {
-        (Ok(()), Ok(())) => Ok(figures(&lock(&log), killed_at)),
+        (Ok(()), Ok(())) => Ok(figures(&lock(&log), killed_at, args.commit)),
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
     if outcome.is_err() || args.log_dir.is_some() {
@@ -325,7 +385,7 @@ fn run_round(
 
 /// Waits until every partition is owned by exactly one member, every partition delivered and
 /// every member committed within `STEADY_FRESHNESS`.
-async fn wait_until_steady(log: &Shared) -> anyhow::Result<()> {
+async fn wait_until_steady(log: &Shared, commit: CommitMode) -> anyhow::Result<()> {
     let deadline = Instant::now() + STEADY_BOUND;
     loop {
         check_interrupted()?;
@@ -339,11 +399,12 @@ async fn wait_until_steady(log: &Shared) -> anyhow::Result<()> {
                 && owned.len() == PARTITIONS as usize
                 && owned_set.len() == PARTITIONS as usize;
             let delivering = (0..PARTITIONS).all(|p| log.last_delivery.get(&p).is_some_and(fresh));
-            let committing = (0..MEMBERS).all(|m| {
-                log.commits
-                    .iter()
-                    .any(|c| c.member == m && c.succeeded && fresh(&c.ended))
-            });
+            let committing = commit == CommitMode::Auto
+                || (0..MEMBERS).all(|m| {
+                    log.commits
+                        .iter()
+                        .any(|c| c.member == m && c.succeeded && fresh(&c.ended))
+                });
             if split && delivering && committing {
                 return Ok(());
             }
@@ -415,18 +476,57 @@ async fn wait_until_recovered(log: &Shared, killed_at: Instant) -> Result<(), St
 }
 
 /// When a successful commit first covered partition `p` past its first event read that was
-/// sent after the kill.
+/// sent after the kill: as a member saw its commit succeed, or (auto commit) as a read of the
+/// committed offsets first showed it.
 fn committed_past_kill(log: &RoundLog, p: u32) -> Option<Instant> {
     let (offset, _) = log.first_after_kill.get(&p)?;
     log.commits
         .iter()
         .filter(|c| c.succeeded && c.positions.get(&p).is_some_and(|at| at > offset))
         .map(|c| c.ended)
+        .chain(log.seen_committed.get(&p).copied())
         .min()
 }
 
+/// Reads the group's committed offsets every `OFFSETS_WATCH_PERIOD` (each read bounded by
+/// `OFFSETS_WATCH_REQUEST_BOUND`) and notes in `log` when each partition's first passes the
+/// first event sent after the kill that the group read. Runs until aborted.
+async fn watch_committed(bootstrap: Vec<String>, group: String, log: Shared) {
+    let Ok(cluster) = Cluster::connect(&bootstrap, CLIENT_ID).await else {
+        eprintln!("  the offsets watcher could not connect");
+        return;
+    };
+    let admin = Admin::new(cluster);
+    loop {
+        let read = tokio::time::timeout(
+            OFFSETS_WATCH_REQUEST_BOUND,
+            admin.fetch_offsets(&group, None),
+        )
+        .await;
+        let now = Instant::now();
+        if let Ok(Ok(topics)) = read {
+            let mut log = lock(&log);
+            for partition in topics
+                .iter()
+                .filter(|t| t.topic == TOPIC)
+                .flat_map(|t| t.partitions.iter())
+            {
+                let p = partition.partition.0;
+                let past = match (log.first_after_kill.get(&p), partition.offset) {
+                    (Some((first, _)), Some(committed)) => committed.0 > *first,
+                    _ => false,
+                };
+                if past {
+                    log.seen_committed.entry(p).or_insert(now);
+                }
+            }
+        }
+        tokio::time::sleep(OFFSETS_WATCH_PERIOD).await;
+    }
+}
+
 /// The round's figures from a log in which the group recovered.
-fn figures(log: &RoundLog, killed_at: Instant) -> Figures {
+fn figures(log: &RoundLog, killed_at: Instant, commit: CommitMode) -> Figures {
     let resumed_at = log
         .first_after_kill
         .values()
@@ -456,20 +556,47 @@ fn figures(log: &RoundLog, killed_at: Instant) -> Figures {
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or_default();
-    let first_commit = log
-        .commits
-        .iter()
-        .filter(|c| c.succeeded && c.started >= killed_at)
-        .map(|c| c.ended - killed_at)
-        .min()
-        .expect("recovered: a commit after the kill succeeded");
+    let first_commit = (commit == CommitMode::EveryPoll).then(|| {
+        log.commits
+            .iter()
+            .filter(|c| c.succeeded && c.started >= killed_at)
+            .map(|c| c.ended - killed_at)
+            .min()
+            .expect("recovered: a commit after the kill succeeded")
+    });
     let all_committed = (0..PARTITIONS)
         .map(|p| {
             committed_past_kill(log, p).expect("recovered: every partition committed") - killed_at
         })
         .max()
         .unwrap_or_default();
+    let mut sent: Vec<Instant> = log.reads.iter().map(|(sent, _)| *sent).collect();
+    sent.sort();
+    let sent_opened = sent
+        .iter()
+        .rev()
+        .find(|s| **s < killed_at)
+        .copied()
+        .unwrap_or(killed_at);
+    let production_gap = sent
+        .iter()
+        .filter(|s| **s >= sent_opened && **s <= resumed_at)
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| *w[1] - *w[0])
+        .max()
+        .unwrap_or_default();
+    let delay_from = killed_at.checked_sub(STEADY_FRESHNESS).unwrap_or(killed_at);
+    let delay_max = log
+        .reads
+        .iter()
+        .filter(|(sent, _)| *sent >= delay_from && *sent <= resumed_at)
+        .map(|(sent, read)| read.saturating_duration_since(*sent))
+        .max()
+        .unwrap_or_default();
     Figures {
+        production_gap,
+        delay_max,
         group_pause,
         all_resumed: resumed_at - killed_at,
         first_commit,
@@ -563,11 +690,12 @@ fn write_logs(cluster: &TestCluster, dir: &Path, index: u32) -> anyhow::Result<(
     Ok(())
 }
 
-/// Sends `PRODUCE_RATE_PER_S` events a second, round-robin over the partitions, until `stop`;
-/// each value is the send time in nanoseconds since `epoch`, big-endian. Counts acknowledged
-/// and failed events.
+/// Sends `PRODUCE_RATE_PER_PARTITION_PER_S` events a second to `partition` until `stop`; each
+/// value is the send time in nanoseconds since `epoch`, big-endian. Counts acknowledged and
+/// failed events.
 async fn produce(
     bootstrap: Vec<String>,
+    partition: u32,
     epoch: Instant,
     stop: Arc<AtomicBool>,
     acknowledged: Arc<AtomicU64>,
@@ -575,7 +703,7 @@ async fn produce(
 ) {
     let producer = match async {
         Producer::new(
-            Cluster::connect(&bootstrap, "group-failover-producer").await?,
+            Cluster::connect(&bootstrap, &format!("group-failover-producer-{partition}")).await?,
             ProducerConfig::default(),
         )
         .await
@@ -589,18 +717,15 @@ async fn produce(
         }
     };
     let window = Arc::new(Semaphore::new(DELIVERIES_IN_FLIGHT_MAX));
-    let mut pace = tokio::time::interval(Duration::from_secs(1) / PRODUCE_RATE_PER_S);
+    let mut pace = tokio::time::interval(Duration::from_secs(1) / PRODUCE_RATE_PER_PARTITION_PER_S);
     // A producer held back (a slow send) skips the ticks it missed rather than sending them in
     // a burst, so the rate stays even and a stall is not followed by a flood.
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
         pace.tick().await;
         let Ok(permit) = Arc::clone(&window).acquire_owned().await else {
             break;
         };
-        let partition = (seq % u64::from(PARTITIONS)) as u32;
-        seq += 1;
         let sent = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let record = ProducerRecord {
             topic: TOPIC.to_owned(),
@@ -637,6 +762,7 @@ async fn consume(
     bootstrap: Vec<String>,
     group: String,
     member: usize,
+    commit: CommitMode,
     epoch: Instant,
     log: Shared,
     stop: Arc<AtomicBool>,
@@ -650,8 +776,9 @@ async fn consume(
         }
     };
     let mut config = GroupConfig::new(group);
-    // Commits are the member's own, after every poll that read something (see the module doc).
-    config.auto_commit = false;
+    // With `every-poll` the commits are the member's own, after every poll that read something
+    // (see the module doc); with `auto` the client's default auto commit does them.
+    config.auto_commit = commit == CommitMode::Auto;
     // A fresh group starts at the end, so a round does not first read the whole topic back.
     config.auto_offset_reset = OffsetReset::Latest;
     let consumer = ConsumerConfig {
@@ -697,6 +824,9 @@ async fn consume(
                             .as_deref()
                             .and_then(|v| <[u8; 8]>::try_from(v).ok())
                             .map(|v| epoch + Duration::from_nanos(u64::from_be_bytes(v)));
+                        if let Some(sent) = sent {
+                            log.reads.push((sent, now));
+                        }
                         if let (Some(killed_at), Some(sent)) = (log.killed_at, sent)
                             && sent > killed_at
                         {
@@ -719,8 +849,8 @@ async fn consume(
             }
         };
         match read {
-            Ok(true) => {}
-            Ok(false) => continue,
+            Ok(true) if commit == CommitMode::EveryPoll => {}
+            Ok(_) => continue,
             Err(()) => {
                 tokio::time::sleep(MEMBER_ERROR_PAUSE).await;
                 continue;
@@ -770,13 +900,15 @@ impl Round {
         match &self.outcome {
             Ok(f) => println!(
                 "  round {:2}: {who}: group pause {}, all partitions resumed {}, first commit {}, \
-                 all partitions committed {}; errors {:?}, {} rebalance event(s); rejoined every \
-                 ISR {} after relaunch",
+                 all partitions committed {}, production gap {}, longest delay {}; errors {:?}, {} \
+                 rebalance event(s); rejoined every ISR {} after relaunch",
                 self.index,
                 ms(f.group_pause),
                 ms(f.all_resumed),
-                ms(f.first_commit),
+                f.first_commit.map_or("-".into(), ms),
                 ms(f.all_committed),
+                ms(f.production_gap),
+                ms(f.delay_max),
                 f.errors,
                 f.rebalances,
                 ms(f.rejoined),
@@ -800,54 +932,34 @@ impl Report {
             .filter(|r| r.coordinator == r.controller)
             .count();
         println!(
-            "\nGroup failover, the coordinator's node killed ({} rounds, {} recovered, {} failed; \
-             the coordinator was also the controller in {controller}; nearest-rank p99, so with \
-             fewer than 100 rounds p99 is the max)",
+            "\nGroup failover, the coordinator's node killed, members committing {} ({} rounds, \
+             {} recovered, {} failed; the coordinator was also the controller in {controller}; \
+             nearest-rank p99, so with fewer than 100 rounds p99 is the max)",
+            match self.commit {
+                CommitMode::EveryPoll => "after every poll",
+                CommitMode::Auto => "by auto commit every 5 s",
+            },
             self.rounds.len(),
             ok.len(),
             failed.len()
         );
-        let line = |name: &str, pick: fn(&Figures) -> Duration| {
-            if ok.is_empty() {
-                println!("  {name}: no recovered round");
-            } else {
-                println!(
-                    "  {name}: {}",
-                    Samples::new(ok.iter().map(|f| pick(f)).collect())
-                );
-            }
-        };
-        line(
-            "group pause (longest time no member's poll returned an event)",
-            |f| f.group_pause,
+        print_figures("  ", &ok);
+        println!(
+            "  relaunch -> every ISR full again: {}",
+            describe(ok.iter().map(|f| Some(f.rejoined)))
         );
-        line(
-            "kill -> every partition delivered an event sent after the kill",
-            |f| f.all_resumed,
-        );
-        line(
-            "kill -> first successful commit begun after the kill",
-            |f| f.first_commit,
-        );
-        line("kill -> every partition committed past the kill", |f| {
-            f.all_committed
-        });
-        line("relaunch -> every ISR full again", |f| f.rejoined);
-        let split = |r: &&Round| r.coordinator == r.controller;
-        for (name, pick) in [
-            ("coordinator also the controller", true),
-            ("coordinator not the controller", false),
+        for (name, also) in [
+            ("the coordinator also the controller", true),
+            ("the coordinator not the controller", false),
         ] {
-            let pauses: Vec<Duration> = self
+            let subset: Vec<&Figures> = self
                 .rounds
                 .iter()
-                .filter(|r| split(r) == pick)
+                .filter(|r| (r.coordinator == r.controller) == also)
                 .filter_map(|r| r.outcome.as_ref().ok())
-                .map(|f| f.group_pause)
                 .collect();
-            if !pauses.is_empty() {
-                println!("    group pause, {name}: {}", Samples::new(pauses));
-            }
+            println!("  rounds with {name}:");
+            print_figures("    ", &subset);
         }
         let mut errors: BTreeMap<&str, u32> = BTreeMap::new();
         for f in &ok {
@@ -863,5 +975,50 @@ impl Report {
         for round in failed {
             round.print();
         }
+    }
+}
+
+/// Prints the four figures of `rounds`, each line indented by `indent`.
+fn print_figures(indent: &str, rounds: &[&Figures]) {
+    let lines: [(&str, fn(&Figures) -> Option<Duration>); 6] = [
+        (
+            "group pause (longest time no member's poll returned an event)",
+            |f| Some(f.group_pause),
+        ),
+        (
+            "kill -> every partition delivered an event sent after the kill",
+            |f| Some(f.all_resumed),
+        ),
+        (
+            "kill -> first successful commit begun after the kill",
+            |f| f.first_commit,
+        ),
+        ("kill -> every partition committed past the kill", |f| {
+            Some(f.all_committed)
+        }),
+        (
+            "longest gap between send times of the events read, same window as the pause",
+            |f| Some(f.production_gap),
+        ),
+        (
+            "longest send -> delivery of an event sent from 1 s before the kill to resumption",
+            |f| Some(f.delay_max),
+        ),
+    ];
+    for (name, pick) in lines {
+        println!(
+            "{indent}{name}: {}",
+            describe(rounds.iter().map(|f| pick(f)))
+        );
+    }
+}
+
+/// The order statistics of the samples present, or why there are none.
+fn describe(samples: impl Iterator<Item = Option<Duration>>) -> String {
+    let samples: Vec<Duration> = samples.flatten().collect();
+    if samples.is_empty() {
+        "no sample".into()
+    } else {
+        Samples::new(samples).to_string()
     }
 }

@@ -20,7 +20,9 @@
 //!   an acks=all write to it is acknowledged by its new leader; `--rounds` times.
 //! - `group-failover` (issue 14; not part of `all`): a paced acks=all producer and a fresh
 //!   two-member consumer group per round; SIGKILL the node coordinating the group, time how
-//!   long the group stops consuming and committing (see `group_failover`); `--rounds` times.
+//!   long the group stops consuming and committing (see `group_failover`); `--rounds` times;
+//!   `--commit every-poll` (the members commit after every poll) or `auto` (the client's
+//!   default auto commit).
 //!
 //! The binaries come from `vltava_tests::bin_dir()`: the target directory's profile that this
 //! program was built with (so `cargo run --release` uses `target/release`), or
@@ -81,6 +83,15 @@ enum Scenario {
     GroupFailover,
 }
 
+/// Group failover: how the members commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CommitMode {
+    /// After every poll that returned events, synchronously (auto commit off).
+    EveryPoll,
+    /// The client's default: auto commit from `poll()` every 5 s.
+    Auto,
+}
+
 /// Partition failover: whose node is killed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum KillTarget {
@@ -102,6 +113,9 @@ struct Args {
     /// Partition failover: whose node is killed.
     #[arg(long, value_enum, default_value = "leader")]
     kill: KillTarget,
+    /// Group failover: how the members commit.
+    #[arg(long, value_enum, default_value = "every-poll")]
+    commit: CommitMode,
     /// Failover: the pause between attempts of the creation (the issue says 10 to 20 ms).
     #[arg(long, default_value_t = 10)]
     retry_ms: u64,
