@@ -77,7 +77,7 @@ use crate::{
     start_cluster,
 };
 
-/// The topic the producer writes and every round's group reads.
+/// The topic the producers write and every round's group reads.
 const TOPIC: &str = "group-failover";
 /// Six partitions spread two leaders per node, so the killed coordinator also leads about a
 /// third of the partitions the group reads, as it would in a real cluster.
@@ -712,7 +712,7 @@ async fn produce(
     {
         Ok(producer) => producer,
         Err(e) => {
-            eprintln!("  the producer could not start: {e}");
+            eprintln!("  the producer of partition {partition} could not start: {e}");
             return;
         }
     };
@@ -969,7 +969,7 @@ impl Report {
         }
         println!("  failed polls and commits after the kills, by error: {errors:?}");
         println!(
-            "  producer: {} events acknowledged, {} failed",
+            "  producers: {} events acknowledged, {} failed",
             self.produced, self.produce_failures
         );
         for round in failed {
@@ -978,9 +978,12 @@ impl Report {
     }
 }
 
-/// Prints the four figures of `rounds`, each line indented by `indent`.
+/// A figure's name and how to read it from a round (`None`: not measured in that mode).
+type FigureLine = (&'static str, fn(&Figures) -> Option<Duration>);
+
+/// Prints the figures of `rounds`, each line indented by `indent`.
 fn print_figures(indent: &str, rounds: &[&Figures]) {
-    let lines: [(&str, fn(&Figures) -> Option<Duration>); 6] = [
+    let lines: [FigureLine; 6] = [
         (
             "group pause (longest time no member's poll returned an event)",
             |f| Some(f.group_pause),

@@ -18,8 +18,8 @@
 //! - `partition-failover` (issue 14; not part of `all`): SIGKILL the node leading a partition
 //!   of an RF 3 topic (`--kill leader`: not the controller; `--kill controller`), time until
 //!   an acks=all write to it is acknowledged by its new leader; `--rounds` times.
-//! - `group-failover` (issue 14; not part of `all`): a paced acks=all producer and a fresh
-//!   two-member consumer group per round; SIGKILL the node coordinating the group, time how
+//! - `group-failover` (issue 14; not part of `all`): paced acks=all producers (one per
+//!   partition) and a fresh two-member consumer group per round; SIGKILL the node coordinating the group, time how
 //!   long the group stops consuming and committing (see `group_failover`); `--rounds` times;
 //!   `--commit every-poll` (the members commit after every poll) or `auto` (the client's
 //!   default auto commit).
