@@ -18,6 +18,11 @@
 //! - `partition-failover` (issue 14; not part of `all`): SIGKILL the node leading a partition
 //!   of an RF 3 topic (`--kill leader`: not the controller; `--kill controller`), time until
 //!   an acks=all write to it is acknowledged by its new leader; `--rounds` times.
+//! - `group-failover` (issue 14; not part of `all`): paced acks=all producers (one per
+//!   partition) and a fresh two-member consumer group per round; SIGKILL the node coordinating the group, time how
+//!   long the group stops consuming and committing (see `group_failover`); `--rounds` times;
+//!   `--commit every-poll` (the members commit after every poll) or `auto` (the client's
+//!   default auto commit).
 //!
 //! The binaries come from `vltava_tests::bin_dir()`: the target directory's profile that this
 //! program was built with (so `cargo run --release` uses `target/release`), or
@@ -29,6 +34,7 @@
 //! leaving nodes running.
 
 mod failover;
+mod group_failover;
 mod partition_failover;
 mod propagation;
 mod replication;
@@ -74,6 +80,16 @@ enum Scenario {
     Throughput,
     Replication,
     PartitionFailover,
+    GroupFailover,
+}
+
+/// Group failover: how the members commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CommitMode {
+    /// After every poll that returned events, synchronously (auto commit off).
+    EveryPoll,
+    /// The client's default: auto commit from `poll()` every 5 s.
+    Auto,
 }
 
 /// Partition failover: whose node is killed.
@@ -91,12 +107,15 @@ struct Args {
     /// Which scenario to run.
     #[arg(long, value_enum, default_value = "all")]
     scenario: Scenario,
-    /// Failover and partition failover: kills.
+    /// Failover, partition failover and group failover: kills.
     #[arg(long, default_value_t = 20)]
     rounds: u32,
     /// Partition failover: whose node is killed.
     #[arg(long, value_enum, default_value = "leader")]
     kill: KillTarget,
+    /// Group failover: how the members commit.
+    #[arg(long, value_enum, default_value = "every-poll")]
+    commit: CommitMode,
     /// Failover: the pause between attempts of the creation (the issue says 10 to 20 ms).
     #[arg(long, default_value_t = 10)]
     retry_ms: u64,
@@ -106,9 +125,10 @@ struct Args {
     /// normal pace first (see docs/benchmarks.md on why that changes the figure).
     #[arg(long, default_value_t = 0)]
     settle_ms: u64,
-    /// Failover: a directory to write each node's log into at the end of every round
-    /// (`round-NN-node-M.log`), to read why an election was refused (openraft logs its
-    /// reasons at info).
+    /// Failover and group failover: a directory to write each node's log into at the end of
+    /// every round (`round-NN-node-M.log`), to read why an election was refused (openraft logs
+    /// its reasons at info). Group failover writes a failed round's logs even without it, into
+    /// a directory under the system's temporary directory.
     #[arg(long)]
     log_dir: Option<std::path::PathBuf>,
     /// Propagation: topics created through node 1, one at a time.
@@ -193,6 +213,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     if args.scenario == Scenario::PartitionFailover {
         let report = partition_failover::run(&rt, args)?;
+        report.print();
+    }
+    if args.scenario == Scenario::GroupFailover {
+        let report = group_failover::run(&rt, args)?;
         report.print();
     }
     println!("load average at end: {}", load_average());

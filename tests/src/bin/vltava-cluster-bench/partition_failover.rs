@@ -80,7 +80,11 @@ pub fn run(rt: &Runtime, args: &Args) -> anyhow::Result<Report> {
         let conn = Connection::connect(&cluster.node(1).addr, CLIENT_ID).await?;
         create_topic(&conn).await
     })?;
-    rt.block_on(wait_for_full_isr(&cluster.bootstrap()))?;
+    rt.block_on(wait_for_full_isr(
+        &cluster.bootstrap(),
+        &[TOPIC],
+        REJOIN_BOUND,
+    ))?;
     let retry = Duration::from_millis(args.retry_ms);
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
@@ -134,8 +138,12 @@ pub fn run(rt: &Runtime, args: &Args) -> anyhow::Result<Report> {
         let node = cluster.node_mut(victim);
         node.relaunch();
         node.wait_until_ready();
-        rt.block_on(wait_for_full_isr(&cluster.bootstrap()))
-            .with_context(|| format!("round {round}: node {victim} rejoining"))?;
+        rt.block_on(wait_for_full_isr(
+            &cluster.bootstrap(),
+            &[TOPIC],
+            REJOIN_BOUND,
+        ))
+        .with_context(|| format!("round {round}: node {victim} rejoining"))?;
         let figures = Round {
             killed: victim,
             partition,
@@ -299,9 +307,15 @@ async fn leaders(addr: &str) -> anyhow::Result<Vec<Option<u32>>> {
     Ok((0..PARTITIONS).map(|p| leader_of(&answer, p)).collect())
 }
 
-/// Waits until every node answers with every partition led and its ISR holding all three.
-async fn wait_for_full_isr(addrs: &[String]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + REJOIN_BOUND;
+/// Waits until every node answers with every partition of `topics` led and its ISR holding all
+/// three replicas, for at most `bound`. The group failover scenario uses it too, with
+/// `__consumer_offsets` among the topics.
+pub(crate) async fn wait_for_full_isr(
+    addrs: &[String],
+    topics: &[&str],
+    bound: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + bound;
     let mut last = String::new();
     loop {
         check_interrupted()?;
@@ -311,7 +325,7 @@ async fn wait_for_full_isr(addrs: &[String]) -> anyhow::Result<()> {
                 Ok(conn) => conn
                     .send(
                         &MetadataRequest {
-                            topics: Some(vec![TOPIC.to_owned()]),
+                            topics: Some(topics.iter().map(|t| (*t).to_owned()).collect()),
                         },
                         REQUEST_TIMEOUT,
                     )
@@ -320,12 +334,14 @@ async fn wait_for_full_isr(addrs: &[String]) -> anyhow::Result<()> {
                 Err(_) => None,
             };
             let ok = answer.as_ref().is_some_and(|a| {
-                a.topics.iter().any(|t| {
-                    t.name == TOPIC
-                        && t.partitions.len() == PARTITIONS as usize
-                        && t.partitions
-                            .iter()
-                            .all(|p| p.leader.is_some() && p.in_sync_replicas.len() == 3)
+                topics.iter().all(|name| {
+                    a.topics.iter().any(|t| {
+                        t.name == *name
+                            && !t.partitions.is_empty()
+                            && t.partitions
+                                .iter()
+                                .all(|p| p.leader.is_some() && p.in_sync_replicas.len() == 3)
+                    })
                 })
             });
             if !ok {
@@ -338,7 +354,7 @@ async fn wait_for_full_isr(addrs: &[String]) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("the ISRs did not fill within {REJOIN_BOUND:?}: {last}");
+            bail!("the ISRs did not fill within {bound:?}: {last}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
