@@ -63,6 +63,12 @@ pub const REPLICA_FETCH_BYTES: u32 = vltava_messages::peer::REPLICA_FETCH_BYTES_
 /// request up and sends it again: a leader that stopped answering is noticed within seconds.
 pub const FETCH_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long after a refused OffsetForLeaderEpoch a follower asks again, and how many times it
+/// asks in a row before leaving it to the partition's own retry (`EPOCH_END_RETRY_INTERVAL`,
+/// 500 ms): 8 × 50 ms stays within that interval.
+pub const EPOCH_END_REFUSED_RETRY: Duration = Duration::from_millis(50);
+pub const EPOCH_END_REFUSED_ATTEMPTS: u32 = 8;
+
 /// The first back-off after a failed fetch, doubled up to `FETCH_BACKOFF_MAX`.
 pub const FETCH_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// The longest back-off between failed fetches: a leader that comes back is fetched from
@@ -215,38 +221,52 @@ impl ReplicaLinks for ReplicaManager {
         let manager = self.clone();
         let topic = Arc::clone(topic);
         self.inner.runtime.spawn(async move {
-            let request = PeerRequest::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest {
-                partitions: vec![EpochEndQuery {
-                    topic: topic.to_string(),
-                    partition,
-                    leader_epoch,
-                    epoch,
-                }],
-            });
-            let answer = manager
-                .inner
-                .links
-                .call(leader, PeerChannel::Data, request, REPLICATION_CALL_TIMEOUT)
-                .await;
-            let reply = match answer {
-                Ok(PeerResponse::OffsetForLeaderEpoch(mut response))
-                    if response.partitions.len() == 1 =>
-                {
-                    response.partitions.pop().expect("one answer")
-                }
-                Ok(other) => {
-                    tracing::warn!(%topic, partition = partition.0, leader = leader.0, "OffsetForLeaderEpoch answered with {}", other.kind().name());
+            let mut attempt = 1;
+            let reply = loop {
+                let request = PeerRequest::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest {
+                    partitions: vec![EpochEndQuery {
+                        topic: topic.to_string(),
+                        partition,
+                        leader_epoch,
+                        epoch,
+                    }],
+                });
+                let answer = manager
+                    .inner
+                    .links
+                    .call(leader, PeerChannel::Data, request, REPLICATION_CALL_TIMEOUT)
+                    .await;
+                let reply = match answer {
+                    Ok(PeerResponse::OffsetForLeaderEpoch(mut response))
+                        if response.partitions.len() == 1 =>
+                    {
+                        response.partitions.pop().expect("one answer")
+                    }
+                    Ok(other) => {
+                        tracing::warn!(%topic, partition = partition.0, leader = leader.0, "OffsetForLeaderEpoch answered with {}", other.kind().name());
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::info!(%topic, partition = partition.0, leader = leader.0, error = %e, "OffsetForLeaderEpoch failed; the partition asks again");
+                        return;
+                    }
+                };
+                let Some(error) = &reply.error else {
+                    break reply;
+                };
+                // After a failover the followers often ask before the new leader has applied
+                // the metadata that makes it leader; it answers in a few milliseconds once it
+                // has, so a refusal is asked again soon rather than after the partition's own
+                // retry interval (`EPOCH_END_RETRY_INTERVAL`), which the follower's every
+                // acks=all write waits out.
+                if attempt >= EPOCH_END_REFUSED_ATTEMPTS {
+                    tracing::info!(%topic, partition = partition.0, leader = leader.0, error = %error.message, "OffsetForLeaderEpoch refused; the partition asks again");
                     return;
                 }
-                Err(e) => {
-                    tracing::info!(%topic, partition = partition.0, leader = leader.0, error = %e, "OffsetForLeaderEpoch failed; the partition asks again");
-                    return;
-                }
+                tracing::debug!(%topic, partition = partition.0, leader = leader.0, error = %error.message, attempt, "OffsetForLeaderEpoch refused; asking again soon");
+                attempt += 1;
+                tokio::time::sleep(EPOCH_END_REFUSED_RETRY).await;
             };
-            if let Some(error) = reply.error {
-                tracing::info!(%topic, partition = partition.0, leader = leader.0, error = %error.message, "OffsetForLeaderEpoch refused; the partition asks again");
-                return;
-            }
             let end = match (reply.end_epoch, reply.end_offset) {
                 (Some(e), Some(o)) => Some((e, o)),
                 _ => None,
