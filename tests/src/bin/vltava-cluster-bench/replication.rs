@@ -338,7 +338,22 @@ fn create_rf3(rt: &Runtime, cluster: &TestCluster, topic: &str) -> anyhow::Resul
         let all_running = views
             .iter()
             .all(|v| v.as_ref().is_some_and(|p| p["log_end_offset"].is_u64()));
-        if let (Some(leader), true, true) = (leader, isr_full, all_running) {
+        // The gauges above are listed from the moment a partition actor registers, before its
+        // log is open and before the node's registry routes requests to it (which is what
+        // "still opening" means). The leader's own view listing both followers' progress in
+        // its epoch says more: their fetches reached its log thread through that registry, so
+        // a produce is served, and both followers fetch, so the first acks=all batch does not
+        // wait for a follower still asking where its epoch ends.
+        let followers_fetching = leader
+            .and_then(|l| views[l as usize - 1].as_ref())
+            .is_some_and(|p| {
+                p["role"] == "leader"
+                    && p["followers"].as_array().is_some_and(|f| {
+                        f.len() == 2 && f.iter().all(|f| f["log_end_offset"].is_u64())
+                    })
+            });
+        if let (Some(leader), true, true, true) = (leader, isr_full, all_running, followers_fetching)
+        {
             return Ok(leader);
         }
         if Instant::now() >= deadline {
