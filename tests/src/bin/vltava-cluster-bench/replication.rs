@@ -361,7 +361,8 @@ fn create_rf3(rt: &Runtime, cluster: &TestCluster, topic: &str) -> anyhow::Resul
                         f.len() == 2 && f.iter().all(|f| f["log_end_offset"].is_u64())
                     })
             });
-        if let (Some(leader), true, true, true) = (leader, isr_full, all_running, followers_fetching)
+        if let (Some(leader), true, true, true) =
+            (leader, isr_full, all_running, followers_fetching)
         {
             return Ok(leader);
         }
@@ -478,12 +479,9 @@ fn bench_once(
         batch_mb_per_s: f(&produce["batch_mb_per_s"]),
         latency_p50_ms: f(&produce["latency_us"]["p50"]) / 1000.0,
         latency_p99_ms: f(&produce["latency_us"]["p99"]) / 1000.0,
-        send_lag_ms: produce["send_lag_us"]["p50"].as_f64().map(|p50| {
-            (
-                p50 / 1000.0,
-                f(&produce["send_lag_us"]["p99"]) / 1000.0,
-            )
-        }),
+        send_lag_ms: produce["send_lag_us"]["p50"]
+            .as_f64()
+            .map(|p50| (p50 / 1000.0, f(&produce["send_lag_us"]["p99"]) / 1000.0)),
         events: produce["events"].as_u64().unwrap_or(0),
         batch_bytes: produce["batch_bytes"].as_u64().unwrap_or(0),
         nodes_cpu_s: cpu_after - cpu_before,
