@@ -5,21 +5,35 @@
 //!
 //! - One ReplicaFetcher task per leader node this node follows partitions of: one fetch
 //!   session (follower node, leader node) batching all those partitions in one ReplicaFetch
-//!   request on the data connection, one request at a time. Each answer's batches go to their
+//!   request on the data connection, one fetch at a time. Each answer's batches go to their
 //!   partitions unchanged (`PartitionHandle::apply_fetched`), which answer once the bytes are
-//!   appended and, with fsync durability, flushed; the next request goes at once and reports
-//!   the new log ends and flushed offsets, so the leader learns of a follower's fsync within
-//!   one round trip. A leader holds a request while nothing is new (long poll, at most
-//!   `REPLICA_FETCH_WAIT`).
+//!   appended; the next fetch goes at once, reporting the new log ends and the flushed offsets
+//!   as known then. With fsync durability each partition flushes behind its appends (group
+//!   commit), so the follower fetches the next bytes while the last ones sync. A leader holds
+//!   a fetch while nothing is new (long poll, at most `REPLICA_FETCH_WAIT`).
+//! - Flush reports: when a partition's flush completes (`ReplicaLinks::flushed`), its fetcher
+//!   sends the leader a report at once, a ReplicaFetch with no byte budget and no wait that
+//!   carries the same fetch offsets and the new flushed offsets (and, as any request from the
+//!   follower does, ends the fetch parked in the leader's long poll, `FetchWakers`), so the
+//!   leader's high watermark (the lowest flushed offset of the ISR) moves one one-way trip
+//!   after the fsync, not one long poll later. A flushed offset is reported with a log end
+//!   only when both belong to the same `LogGeneration` of the partition's log, and never past
+//!   that log end, so a follower never reports as fsynced an offset it has not fsynced, or
+//!   bytes that are not the ones the reported log end counted.
 //! - Bounds: at most `REPLICA_FETCH_PARTITIONS_MAX` partitions per request (a fetcher with
-//!   more sends several requests in turn), `REPLICA_FETCH_BYTES` per answer; a failed request
-//!   is retried after a back-off doubling from `FETCH_BACKOFF_MIN` to `FETCH_BACKOFF_MAX`.
+//!   more sends several requests in turn), `REPLICA_FETCH_BYTES` per answer, one fetch and at
+//!   most one flush report in flight per fetcher, one `apply_fetched` per partition in flight
+//!   (the fetcher waits for every answer before its next fetch) and one flush per partition
+//!   (the partition's `flush_in_flight`); a failed request is retried after a back-off
+//!   doubling from `FETCH_BACKOFF_MIN` to `FETCH_BACKOFF_MAX`.
 //! - A fetcher with no partitions left ends; the next `start_fetching` towards its leader
 //!   starts a new one.
 //! - Each fetcher is in the node's actor directory as `<node>/replica-fetcher/<leader>` while
 //!   its task runs, with its partitions, traffic and last error (`fetcher_gauges`).
 
 pub mod fetcher_gauges;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +55,7 @@ use crate::partition::replica_state::{
     CommittedIsr, EpochEndAnswer, FetchOutOfRange, FollowerReport, IsrAnswer, IsrProposal,
     LocalLog, PartitionEpoch,
 };
-use crate::partition::replication::ReplicaLinks;
+use crate::partition::replication::{FlushMark, FollowerLog, LogGeneration, ReplicaLinks};
 use crate::partition::supervisor::{PartitionRegistry, PartitionSlot};
 use crate::partition::{PartitionError, PartitionHandle};
 use crate::peer::{PeerChannel, PeerLinks, PeerRequest, PeerResponse};
@@ -90,10 +104,78 @@ struct Fetching {
     /// its fetching (a new epoch, or within one after starting its log afresh) keeps its new
     /// starting point.
     session: u64,
+    /// The partition's log as its last `apply_fetched` answer (or `start_fetching`) gave it:
+    /// the fetch offset is its log end.
     log: LocalLog,
+    /// The generation `log` belongs to.
+    generation: LogGeneration,
+    /// The highest flushed offset the partition reported (`ReplicaLinks::flushed`) in
+    /// `generation`. It may lie past `log`'s end: a flush may complete before the fetcher
+    /// took the answer of the append it covers.
+    flush_mark: Option<Offset>,
     /// The leader's high watermark last applied (an answer with no bytes and no new high
     /// watermark is not worth a message to the partition).
     leader_high_watermark: Option<Offset>,
+}
+
+impl Fetching {
+    fn new(leader_epoch: LeaderEpoch, session: u64, log: FollowerLog) -> Fetching {
+        Fetching {
+            leader_epoch,
+            session,
+            log: log.log,
+            generation: log.generation,
+            flush_mark: None,
+            leader_high_watermark: None,
+        }
+    }
+
+    /// The flushed offset to report with the fetch offset `log.log_end_offset`: the larger of
+    /// the answer's own (a snapshot, so at most its log end and fsynced) and the latest flush
+    /// mark of the same generation, which is cut to the log end. Within a generation the log
+    /// only grows, so every offset below that log end still holds the bytes it held when the
+    /// log end was learned, and a flush mark of the generation says they are fsynced.
+    fn reported_flushed(&self) -> Offset {
+        let mark = self
+            .flush_mark
+            .map_or(Offset(0), |m| m.min(self.log.log_end_offset));
+        self.log.flushed_offset.max(mark)
+    }
+
+    /// Takes a flush mark: only one of this entry's generation counts (a mark from before or
+    /// after a cut says nothing of the bytes below this entry's log end).
+    fn take_flush_mark(&mut self, mark: FlushMark) -> bool {
+        if mark.generation != self.generation {
+            return false;
+        }
+        if self.flush_mark.is_some_and(|m| m >= mark.flushed_offset) {
+            return false;
+        }
+        self.flush_mark = Some(mark.flushed_offset);
+        true
+    }
+
+    /// Takes what `apply_fetched` answered: the log and its generation. A flush mark already
+    /// taken stays if the generation is the same (the flush may have completed before this
+    /// answer reached the fetcher, and no other mark follows it).
+    fn take_applied(&mut self, applied: FollowerLog) {
+        if applied.generation != self.generation {
+            self.flush_mark = None;
+            self.generation = applied.generation;
+        }
+        self.log = applied.log;
+    }
+
+    /// A round's result (`self`), to write back over the entry as it is now (`current`, of
+    /// the same session): the round's log and high watermark, and the newer of the two flush
+    /// marks if both are of one generation (a mark taken while the round was under way must
+    /// not be lost: it may be the last one).
+    fn merged_into(mut self, current: &Fetching) -> Fetching {
+        if current.generation == self.generation {
+            self.flush_mark = self.flush_mark.max(current.flush_mark);
+        }
+        self
+    }
 }
 
 /// The partitions one fetcher fetches, shared with the node's `ReplicaManager`.
@@ -102,6 +184,8 @@ struct FetcherShared {
     partitions: Mutex<BTreeMap<PartitionKey, Fetching>>,
     /// Woken when partitions are added: the fetcher sends a new round at once.
     changed: Notify,
+    /// Woken when a partition's flush completed: the fetcher reports it (`flush_report`).
+    flushed: Notify,
 }
 
 /// The node's replication services; `ReplicaLinks` for its partitions.
@@ -287,7 +371,7 @@ impl ReplicaLinks for ReplicaManager {
         partition: PartitionId,
         leader: NodeId,
         leader_epoch: LeaderEpoch,
-        log: LocalLog,
+        log: FollowerLog,
     ) {
         let key = (Arc::clone(topic), partition);
         let mut fetchers = self.inner.fetchers.lock().expect("fetchers lock");
@@ -300,12 +384,11 @@ impl ReplicaLinks for ReplicaManager {
                     .remove(&key);
             }
         }
-        let fetching = Fetching {
+        let fetching = Fetching::new(
             leader_epoch,
-            session: self.inner.next_session.fetch_add(1, Ordering::Relaxed),
+            self.inner.next_session.fetch_add(1, Ordering::Relaxed),
             log,
-            leader_high_watermark: None,
-        };
+        );
         if let Some(fetcher) = fetchers.get(&leader) {
             fetcher
                 .partitions
@@ -326,6 +409,26 @@ impl ReplicaLinks for ReplicaManager {
         self.inner
             .runtime
             .spawn(run_fetcher(self.clone(), leader, shared));
+    }
+
+    fn flushed(&self, topic: &Arc<str>, partition: PartitionId, leader: NodeId, mark: FlushMark) {
+        let key = (Arc::clone(topic), partition);
+        let fetcher = {
+            let fetchers = self.inner.fetchers.lock().expect("fetchers lock");
+            let Some(fetcher) = fetchers.get(&leader) else {
+                return;
+            };
+            Arc::clone(fetcher)
+        };
+        let taken = fetcher
+            .partitions
+            .lock()
+            .expect("fetcher lock")
+            .get_mut(&key)
+            .is_some_and(|f| f.take_flush_mark(mark));
+        if taken {
+            fetcher.flushed.notify_one();
+        }
     }
 
     fn stop_fetching(&self, topic: &Arc<str>, partition: PartitionId) {
@@ -352,7 +455,7 @@ async fn run_fetcher(manager: ReplicaManager, leader: NodeId, shared: Arc<Fetche
         leader,
     );
     let mut backoff = FETCH_BACKOFF_MIN;
-    loop {
+    'rounds: loop {
         let batch: Vec<(PartitionKey, Fetching)> = {
             // Emptiness is decided under the manager's lock, so a `start_fetching` racing with
             // the end finds either this fetcher still registered or none.
@@ -393,23 +496,44 @@ async fn run_fetcher(manager: ReplicaManager, leader: NodeId, shared: Arc<Fetche
                     partition: *partition,
                     leader_epoch: f.leader_epoch,
                     fetch_offset: f.log.log_end_offset,
-                    flushed_offset: f.log.flushed_offset,
+                    flushed_offset: f.reported_flushed(),
                 })
                 .collect(),
         };
+        // What this round has reported so far, per partition of `batch`: a flush report goes
+        // only when one of them moved.
+        let mut reported: Vec<Offset> = request
+            .partitions
+            .iter()
+            .map(|p| p.flushed_offset)
+            .collect();
         let call = manager.inner.links.call(
             leader,
             PeerChannel::Data,
             PeerRequest::ReplicaFetch(request),
             REPLICA_FETCH_WAIT + FETCH_ANSWER_TIMEOUT,
         );
-        // A partition added meanwhile (a new follower after a leader change, most often)
-        // would wait out this round's long poll; a new round is sent at once instead, which
-        // ends the old one at the leader (`FetchWakers`), whose answer is dropped here (the
-        // leader keeps only what this node reported, never what it sent).
-        let answer = tokio::select! {
-            answer = call => answer,
-            () = shared.changed.notified() => continue,
+        tokio::pin!(call);
+        // At most one flush report in flight: marks that come while it is under way go in
+        // the next one, or in the next fetch.
+        let mut report: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
+        let answer = loop {
+            tokio::select! {
+                answer = &mut call => break answer,
+                // A partition added meanwhile (a new follower after a leader change, most
+                // often) would wait out this round's long poll; a new round is sent at once
+                // instead, which ends the old one at the leader (`FetchWakers`), whose answer
+                // is dropped here (the leader keeps only what this node reported, never what
+                // it sent).
+                () = shared.changed.notified() => continue 'rounds,
+                () = shared.flushed.notified(), if report.is_none() => {
+                    report = flush_report(&manager, leader, &shared, &batch, &mut reported);
+                }
+                () = async { report.as_mut().expect("guarded").await }, if report.is_some() => {
+                    // Marks taken while it was under way: the next report, now.
+                    report = flush_report(&manager, leader, &shared, &batch, &mut reported);
+                }
+            }
         };
         let response = match answer {
             Ok(PeerResponse::ReplicaFetch(response))
@@ -451,7 +575,7 @@ async fn run_fetcher(manager: ReplicaManager, leader: NodeId, shared: Arc<Fetche
                 if let Some(current) = partitions.get_mut(key)
                     && current.session == fetching.session
                 {
-                    *current = *fetching;
+                    *current = fetching.merged_into(current);
                 }
             }
         }
@@ -535,7 +659,7 @@ async fn apply_answers(
     for (key, mut next, call) in pending {
         if let Some(call) = call {
             match call.await {
-                Ok(Ok(Some(log))) => next.log = log,
+                Ok(Ok(Some(applied))) => next.take_applied(applied),
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     tracing::info!(topic = %key.0, partition = key.1.0, error = %e, "fetched batches not applied");
@@ -553,6 +677,71 @@ async fn apply_answers(
     out
 }
 
+/// A flush report for the partitions of `batch` (the round's fetch, still in flight) whose
+/// flushed offset to report moved past `reported`: a ReplicaFetch with the same fetch offsets,
+/// no byte budget and no wait, so the leader answers it at once with no bytes, and its
+/// answer says nothing the fetch's will not. `None` when nothing moved. The report goes
+/// through the leader's ordinary fetch path, which takes each partition's report as the
+/// latest (`follower_fetched`) and moves the high watermark.
+fn flush_report<'a>(
+    manager: &'a ReplicaManager,
+    leader: NodeId,
+    shared: &FetcherShared,
+    batch: &[(PartitionKey, Fetching)],
+    reported: &mut [Offset],
+) -> Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+    let mut partitions = Vec::new();
+    {
+        let current = shared.partitions.lock().expect("fetcher lock");
+        for (((topic, partition), sent), reported) in batch.iter().zip(reported.iter_mut()) {
+            // Only an entry of the same session still fetches from the offset the round
+            // reported; a replaced one starts over (and `changed` ends the round).
+            let Some(now) = current
+                .get(&(Arc::clone(topic), *partition))
+                .filter(|now| now.session == sent.session)
+            else {
+                continue;
+            };
+            // The round's fetch offset, with what is known flushed below it now.
+            let mut fetching = *now;
+            fetching.log = sent.log;
+            let flushed = fetching.reported_flushed();
+            if flushed <= *reported {
+                continue;
+            }
+            *reported = flushed;
+            partitions.push(ReplicaFetchPartition {
+                topic: topic.to_string(),
+                partition: *partition,
+                leader_epoch: sent.leader_epoch,
+                fetch_offset: sent.log.log_end_offset,
+                flushed_offset: flushed,
+            });
+        }
+    }
+    if partitions.is_empty() {
+        return None;
+    }
+    let request = ReplicaFetchRequest {
+        max_wait_ms: 0,
+        bytes_max: 0,
+        partitions,
+    };
+    let call = manager.inner.links.call(
+        leader,
+        PeerChannel::Data,
+        PeerRequest::ReplicaFetch(request),
+        REPLICA_FETCH_WAIT + FETCH_ANSWER_TIMEOUT,
+    );
+    Some(Box::pin(async move {
+        // The answer carries no bytes; a refusal or a failure is met by the round's fetch
+        // too, which handles it.
+        if let Err(e) = call.await {
+            tracing::debug!(leader = leader.0, error = %e, "flush report failed");
+        }
+    }))
+}
+
 /// The answer to one partition of a follower's fetch.
 fn refused(topic: String, partition: PartitionId, error: ResponseError) -> ReplicaFetchAnswer {
     ReplicaFetchAnswer {
@@ -568,26 +757,52 @@ fn refused(topic: String, partition: PartitionId, error: ResponseError) -> Repli
 
 /// Leader: what ends a follower's long poll early. A follower's peer connection answers in
 /// request order, so a long-polling fetch holds back whatever the follower asks after it
-/// (its next fetch, with a partition just added; an epoch-end question before that) for up
-/// to the whole wait: a new request from the same follower ends its older long polls at once.
+/// (its next fetch, with a partition just added; an epoch-end question or a flush report
+/// before that) for up to the whole wait: a new request from the same follower ends its
+/// older long polls at once, including one that had not begun to wait when the new request
+/// arrived (requests of one connection are served concurrently).
 #[derive(Debug, Default)]
 pub struct FetchWakers {
-    by_follower: Mutex<HashMap<NodeId, Arc<Notify>>>,
+    by_follower: Mutex<HashMap<NodeId, Arc<FollowerWaker>>>,
+}
+
+/// One follower's requests: how many arrived, and the long polls waiting to hear of the next.
+#[derive(Debug, Default)]
+struct FollowerWaker {
+    notify: Notify,
+    arrivals: AtomicU64,
+}
+
+/// A request's place among its follower's requests.
+#[derive(Debug)]
+pub struct Arrival {
+    waker: Arc<FollowerWaker>,
+    index: u64,
+}
+
+impl Arrival {
+    /// Whether a newer request from the same follower arrived since this one.
+    fn superseded(&self) -> bool {
+        self.waker.arrivals.load(Ordering::SeqCst) != self.index
+    }
 }
 
 impl FetchWakers {
-    /// A request from `follower` arrived: its long polls under way end now. Returns what
-    /// ends the next one.
-    pub fn arrived(&self, follower: NodeId) -> Arc<Notify> {
-        let notify = Arc::clone(
+    /// A request from `follower` arrived: its long polls under way end now, and one about to
+    /// begin sees it (`Arrival::superseded`). Returns this request's place.
+    pub fn arrived(&self, follower: NodeId) -> Arrival {
+        let waker = Arc::clone(
             self.by_follower
                 .lock()
                 .expect("fetch wakers lock")
                 .entry(follower)
                 .or_default(),
         );
-        notify.notify_waiters();
-        notify
+        // Counted before the wake: a long poll that registers its wait and then reads the
+        // count either sees this arrival or is registered in time to be woken by it.
+        let index = waker.arrivals.fetch_add(1, Ordering::SeqCst) + 1;
+        waker.notify.notify_waiters();
+        Arrival { waker, index }
     }
 }
 
@@ -601,7 +816,7 @@ pub async fn serve_replica_fetch(
     wakers: &FetchWakers,
     request: ReplicaFetchRequest,
 ) -> ReplicaFetchResponse {
-    let woken = wakers.arrived(from);
+    let arrival = wakers.arrived(from);
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(u64::from(request.max_wait_ms)).min(REPLICA_FETCH_WAIT * 4);
     // Each partition's log-end watch with the follower's fetch offset: the wait ends when a
@@ -623,8 +838,17 @@ pub async fn serve_replica_fetch(
         // watch: a clone of a receiver that never marked a value seen reports a change at once,
         // which made this loop spin until the deadline on every idle fetch) ends the wait only
         // when there is something to answer; a value already past it ends it at once.
-        // Registered before the wait is built, so a request arriving from here on ends it.
-        let superseded = woken.notified();
+        // Registered before the wait is built, so a request arriving from here on ends it; one
+        // that arrived before (while this request was still reading) ends it here. A fetch
+        // superseded so is answered with what it found before it waited, without reading or
+        // reporting again: its report is older than the newer request's, which the leader must
+        // take last, and the follower fetches again at once.
+        let superseded = arrival.waker.notify.notified();
+        tokio::pin!(superseded);
+        superseded.as_mut().enable();
+        if arrival.superseded() {
+            return response;
+        }
         let moved = async {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
             let mut waits = tokio::task::JoinSet::new();
@@ -640,11 +864,11 @@ pub async fn serve_replica_fetch(
             drop(tx);
             let _ = rx.recv().await;
         };
-        let ended = tokio::select! {
+        let timed_out = tokio::select! {
             timed_out = tokio::time::timeout_at(deadline, moved) => timed_out.is_err(),
-            () = superseded => true,
+            () = superseded => return response,
         };
-        if ended {
+        if timed_out {
             return fetch_once(node_id, from, registry, &request, &mut log_ends, false).await;
         }
     }

@@ -55,7 +55,7 @@ use crate::partition::replica_state::{
     Assignment, Effect, EpochEndAnswer, FetchOutOfRange, FollowerReport, IsrAnswer, LocalLog,
     ReplicaConfig, ReplicaError, ReplicaState, RoleKind,
 };
-use crate::partition::replication::ReplicaLinks;
+use crate::partition::replication::{FlushMark, FollowerLog, LogGeneration, ReplicaLinks};
 
 /// Messages a partition's mailbox may hold before its handle answers `Overloaded`. Sessions
 /// admit at most a few requests each, so this bounds many sessions hammering one partition.
@@ -315,12 +315,13 @@ enum CoreMsg {
         reply: Reply<Option<(LeaderEpoch, Offset)>>,
     },
     /// Follower: batches fetched from the leader in `leader_epoch`, to append unchanged;
-    /// answered once they are appended (and, with fsync durability, flushed).
+    /// answered once they are appended (the flush runs behind, and its completion reaches the
+    /// fetcher through `ReplicaLinks::flushed`).
     ApplyFetched {
         leader_epoch: LeaderEpoch,
         records: Vec<u8>,
         leader_high_watermark: Offset,
-        reply: Reply<LocalLog>,
+        reply: Reply<FollowerLog>,
     },
     /// Follower: the leader refused a fetch as out of range; answered once the replica acted
     /// on it (started its log afresh at the leader's log start, or asks where to truncate).
@@ -501,14 +502,16 @@ impl PartitionHandle {
         .await
     }
 
-    /// Follower: appends batches fetched from the leader; answers with the log's offsets once
-    /// they are appended and, with fsync durability, flushed.
+    /// Follower: appends batches fetched from the leader; answers with the log's offsets (its
+    /// flushed offset as it is then) once they are appended. With fsync durability a flush
+    /// starts behind the answer, and its completion is reported to the fetcher through
+    /// `ReplicaLinks::flushed`.
     pub async fn apply_fetched(
         &self,
         leader_epoch: LeaderEpoch,
         records: Vec<u8>,
         leader_high_watermark: Offset,
-    ) -> Result<LocalLog, PartitionError> {
+    ) -> Result<FollowerLog, PartitionError> {
         self.call(|reply| CoreMsg::ApplyFetched {
             leader_epoch,
             records,
@@ -737,10 +740,9 @@ struct Core {
     replica: ReplicaState<Waiter>,
     high_watermark: watch::Sender<Offset>,
     log_end: watch::Sender<Offset>,
-    /// Follower: the fetcher's `ApplyFetched` answer, held until a flush reaches the offset
-    /// (fsync durability), so that its next fetch reports the bytes durable. One at a time:
-    /// the node's fetcher sends the next only after this answer.
-    flush_waiter: Option<(Offset, Reply<LocalLog>)>,
+    /// The log's current generation: a new one at open and at every cut of its end, so the
+    /// fetcher never takes a flushed offset from after a cut for a log end from before it.
+    generation: LogGeneration,
     flush_in_flight: bool,
     /// A compaction pass is running on the blocking pool.
     compaction_in_flight: bool,
@@ -902,7 +904,7 @@ impl Actor for Partition {
             replica,
             high_watermark,
             log_end,
-            flush_waiter: None,
+            generation: LogGeneration::next(),
             flush_in_flight: false,
             compaction_in_flight: false,
             replication_published_at: None,
@@ -993,7 +995,7 @@ fn run_log_thread(mut core: Core, inbox: &mpsc::Receiver<CoreMsg>, actor: &Actor
             .unwrap_or_else(|| "a panic".to_owned());
         Stop::Failed(format!("log thread panicked: {what}"))
     });
-    // Waiting `acks=all` answers and a held fetch answer are dropped with the replica state
+    // Waiting `acks=all` answers are dropped with the replica state
     // and the core, which their callers see as `Offline`.
     // A stopped replica fetches no more: without this, a follower stopped because its replica
     // moved away (or its topic went) stayed in its ReplicaFetcher's list, which went on asking
@@ -1451,7 +1453,22 @@ impl Core {
                 let log = local_log(self.log());
                 let effects = self.replica.local_log_changed(log, Instant::now());
                 self.carry_out(effects)?;
-                self.answer_flush_waiter();
+                // A follower's fetcher reports the new flushed offset to the leader at once:
+                // the leader's high watermark (the lowest flushed offset of the ISR) waits for
+                // it. The mark is the recovery point the flush just moved, i.e. only offsets
+                // fsynced, in this log generation (a flush job begun before a cut does not
+                // move the recovery point at all: the storage's flush generation).
+                if let Some((leader, _)) = self.replica.fetching_from() {
+                    self.args.links.flushed(
+                        &self.args.topic,
+                        self.args.partition,
+                        leader,
+                        FlushMark {
+                            generation: self.generation,
+                            flushed_offset: log.flushed_offset,
+                        },
+                    );
+                }
                 self.start_flush();
                 Ok(())
             }
@@ -1465,11 +1482,12 @@ impl Core {
                     .map_err(|e| format!("reopening the log failed: {e}"))?;
                 // The reopened log ends at its recovery point, which no transition of the
                 // replica state allows outside a truncation: it starts afresh over the
-                // reopened log, and the waiting answers and a held fetch answer go with the
-                // old one (their callers see `Offline`). It takes its assignment again; a
-                // replicated partition's leader is refused the same epoch (followers may have
-                // copied what the failed fsync lost) and waits for a new one.
-                self.flush_waiter = None;
+                // reopened log, and the waiting answers go with the old one (their callers see
+                // `Offline`). It takes its assignment again; a replicated partition's leader is
+                // refused the same epoch (followers may have copied what the failed fsync lost)
+                // and waits for a new one. The reopen cut the log to its recovery point: a new
+                // generation.
+                self.generation = LogGeneration::next();
                 // The assignment the old state held (the newest the applier gave), not the
                 // one the partition started with, which may be epochs old.
                 let assignment = self
@@ -1594,6 +1612,7 @@ impl Core {
                     self.log_mut()
                         .truncate_to(offset)
                         .map_err(|e| format!("truncating to {offset}: {e}"))?;
+                    self.generation = LogGeneration::next();
                     self.publish_segments();
                     let log = local_log(self.log());
                     queue.extend(self.replica.log_truncated(log, Instant::now()));
@@ -1605,18 +1624,20 @@ impl Core {
                     self.log_mut()
                         .truncate_fully_and_start_at(offset, now_ms())
                         .map_err(|e| format!("starting the log afresh at {offset}: {e}"))?;
+                    self.generation = LogGeneration::next();
                     self.publish_segments();
                     let log = local_log(self.log());
                     queue.extend(self.replica.log_started_afresh(log, Instant::now()));
                     self.sync_high_watermark();
-                    // A held answer waits for a flush past offsets that are gone.
-                    self.answer_flush_waiter();
                 }
                 Effect::StartFetching {
                     leader,
                     leader_epoch,
                 } => {
-                    let log = local_log(self.log());
+                    let log = FollowerLog {
+                        log: local_log(self.log()),
+                        generation: self.generation,
+                    };
                     self.args.links.start_fetching(
                         &self.args.topic,
                         self.args.partition,
@@ -1696,14 +1717,18 @@ impl Core {
         })
     }
 
-    /// Follower: appends the leader's batches unchanged, then answers (at once, or once
-    /// flushed with fsync durability) with the log's offsets.
+    /// Follower: appends the leader's batches unchanged, then answers at once with the log's
+    /// offsets. With fsync durability the flush runs behind the answer (group commit: one
+    /// flush in flight covers everything appended before it began, and the next starts when
+    /// it completes), so the fetcher fetches the next bytes while these sync; `flushed`
+    /// reports each completion to the fetcher. The answer's flushed offset is the recovery
+    /// point as it is now, i.e. only what is already fsynced.
     fn apply_fetched(
         &mut self,
         leader_epoch: LeaderEpoch,
         records: &[u8],
         leader_high_watermark: Offset,
-        reply: Reply<LocalLog>,
+        reply: Reply<FollowerLog>,
     ) -> Result<(), String> {
         match self.replica.fetching_from() {
             Some((_, epoch)) if epoch == leader_epoch => {}
@@ -1717,7 +1742,6 @@ impl Core {
             }
         }
         let mut rest = records;
-        let mut appended = 0u64;
         while !rest.is_empty() {
             let header = match BatchHeader::parse(rest) {
                 Ok(h) => h,
@@ -1736,10 +1760,7 @@ impl Core {
             };
             let (batch, after) = rest.split_at(len);
             match self.log_mut().append_as_follower(batch, now_ms()) {
-                Ok(info) => {
-                    appended += 1;
-                    self.count_append(batch.len() as u64, &info);
-                }
+                Ok(info) => self.count_append(batch.len() as u64, &info),
                 Err(e) => {
                     tracing::warn!(partition = %self.args.id, error = %e, "a fetched batch was refused");
                     if self.log().is_poisoned() {
@@ -1757,15 +1778,16 @@ impl Core {
                 .fetch_applied(leader_epoch, leader_high_watermark, log, Instant::now());
         self.carry_out(effects)?;
         if self.args.durability == Durability::Fsync && log.flushed_offset < log.log_end_offset {
-            if appended > 0 || self.flush_in_flight {
-                self.start_flush();
-            }
-            // One fetcher per partition sends the next only after this answer, so at most
-            // one waits; a stray second replaces (and drops) the first.
-            self.flush_waiter = Some((log.log_end_offset, reply));
-        } else {
-            let _ = reply.send(Ok(log));
+            // Also when nothing new was appended: a tail left unflushed (by a restart, say)
+            // must reach the disk for the leader to count it. `start_flush` does nothing while
+            // a flush is in flight; its completion starts the next.
+            self.start_flush();
         }
+        // A dropped receiver means the fetcher went away; nothing to do.
+        let _ = reply.send(Ok(FollowerLog {
+            log,
+            generation: self.generation,
+        }));
         Ok(())
     }
 
@@ -1782,18 +1804,6 @@ impl Core {
             self.publish_segments();
         } else {
             g.size_bytes.fetch_add(batch_bytes, Ordering::Relaxed);
-        }
-    }
-
-    /// Answers a held `ApplyFetched` once the flush reached its offsets.
-    fn answer_flush_waiter(&mut self) {
-        let Some((offset, _)) = &self.flush_waiter else {
-            return;
-        };
-        let log = local_log(self.log());
-        if log.flushed_offset >= *offset || log.flushed_offset >= log.log_end_offset {
-            let (_, reply) = self.flush_waiter.take().expect("checked above");
-            let _ = reply.send(Ok(log));
         }
     }
 

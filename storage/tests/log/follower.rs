@@ -401,3 +401,95 @@ fn retention_past_the_recovery_point_moves_it_to_the_log_start() {
     log.flush().unwrap();
     assert_eq!(log.recovery_point(), end);
 }
+
+/// A batch as a leader stamped it: one record of `tag`, at `offset`, in `epoch`.
+fn copied_at(tag: &str, offset: u64, epoch: u32) -> Vec<u8> {
+    let mut copied = batch(tag, 1, VALUE_BYTES, 0);
+    vltava_messages::batch::set_base_offset(&mut copied, Offset(offset));
+    vltava_messages::batch::set_partition_leader_epoch(&mut copied, LeaderEpoch(epoch));
+    copied
+}
+
+/// After a power loss at this point, the reopened log holds every offset below `reported`
+/// with the value `live` (read before the crash) had there.
+fn assert_survives(disk: &SimStorage, reported: Offset, live: &[(Offset, Vec<u8>)], what: &str) {
+    for seed in 0..16 {
+        let image: Arc<dyn Storage> = Arc::new(disk.crash_image(seed));
+        let mut log = open(&image, &follower_dir(), small_config());
+        assert!(
+            log.log_end_offset() >= reported,
+            "{what}, seed {seed}: the log ends at {} below the reported flushed offset {reported}",
+            log.log_end_offset()
+        );
+        let after: Vec<_> = read_all(&mut log)
+            .into_iter()
+            .filter(|(o, _)| *o < reported)
+            .collect();
+        let before: Vec<_> = live
+            .iter()
+            .filter(|(o, _)| *o < reported)
+            .cloned()
+            .collect();
+        assert_eq!(after, before, "{what}, seed {seed}");
+    }
+}
+
+/// A follower's fetcher reports its partition's recovery point to the leader as the flushed
+/// offset that the leader's high watermark counts, and the follower now appends the next
+/// fetched batches while a flush is in flight. So the recovery point a flush returns must
+/// cover only what the flush began with, and a flush begun before a truncation must move
+/// nothing even once the refilled log is longer than its target: otherwise the follower
+/// reports as fsynced offsets no fsync covered (or that now hold another leader's bytes), and
+/// a power loss on it loses a write the leader acknowledged. Each case then loses power (every
+/// unsynced page lost, kept or zeroed) and checks that every offset below the reported
+/// recovery point survived with its bytes.
+#[test]
+fn a_flush_in_flight_vouches_only_for_what_it_began_with() {
+    let (disk, storage) = sim();
+    let mut log = open(&storage, &follower_dir(), small_config());
+    for i in 0..10 {
+        log.append_as_follower(&copied_at(&format!("a{i}"), i, 1), 1_000)
+            .unwrap();
+    }
+    let job = log.begin_flush().expect("ten batches to sync");
+    // The next fetch's batches are appended while the flush runs.
+    for i in 10..20 {
+        log.append_as_follower(&copied_at(&format!("a{i}"), i, 1), 1_000)
+            .unwrap();
+    }
+    let result = job.run();
+    let reported = log.complete_flush(job, result).unwrap();
+    assert_eq!(
+        reported,
+        Offset(10),
+        "the flush vouches for what it began with, not the log end ({})",
+        log.log_end_offset()
+    );
+    let live = read_all(&mut log);
+    assert_survives(&disk, reported, &live, "appends during a flush");
+
+    // A flush of offsets 10 to 20 is under way when a new leader's epoch cuts the log at 15,
+    // and that leader's batches take it past 20 before the flush completes.
+    let job = log.begin_flush().expect("ten more to sync");
+    log.truncate_to(Offset(15)).unwrap();
+    for i in 15..25 {
+        log.append_as_follower(&copied_at(&format!("b{i}"), i, 2), 1_000)
+            .unwrap();
+    }
+    let result = job.run();
+    let reported = log.complete_flush(job, result).unwrap();
+    assert_eq!(
+        reported,
+        Offset(10),
+        "a flush begun before the cut moves nothing (it synced some of the cut bytes, none of \
+         the new ones)"
+    );
+    let live = read_all(&mut log);
+    assert_survives(&disk, reported, &live, "a cut during a flush");
+    // The next flush covers the refilled log.
+    let job = log.begin_flush().expect("the refilled tail to sync");
+    let result = job.run();
+    let reported = log.complete_flush(job, result).unwrap();
+    assert_eq!(reported, Offset(25));
+    assert_survives(&disk, reported, &live, "the next flush");
+}
