@@ -351,7 +351,7 @@ class Connection:
 # retry after a back-off on the other retriable ones, give up on the rest.
 REFRESH_METADATA = {"NotLeader", "FencedLeaderEpoch", "UnknownTopic", "UnknownPartition", "LeaderNotAvailable",
                     "PartitionOffline", "StorageError"}
-RETRY_BACKOFF_S, RETRY_BACKOFF_MAX_S = 0.05, 2.0  # doubled per failure, with jitter, up to the cap
+RETRY_BACKOFF_S, RETRY_BACKOFF_MAX_S = 0.05, 0.25  # doubled per failure, with jitter, up to the cap
 DELIVERY_TIMEOUT_S = 120.0  # how long one write may keep being retried (the Rust default)
 PRODUCE_TIMEOUT_MS = 5000  # the produce request's own timeout_ms
 FETCH_MAX_WAIT_MS = 500

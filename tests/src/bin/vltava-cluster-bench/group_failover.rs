@@ -533,6 +533,17 @@ fn figures(log: &RoundLog, killed_at: Instant, commit: CommitMode) -> Figures {
         .map(|(_, at)| *at)
         .max()
         .expect("recovered: every partition read after the kill");
+    let per_partition: std::collections::BTreeMap<u32, u64> = log
+        .first_after_kill
+        .iter()
+        .map(|(p, (_, at))| {
+            (
+                *p,
+                at.saturating_duration_since(killed_at).as_millis() as u64,
+            )
+        })
+        .collect();
+    eprintln!("    resumed per partition (ms after the kill): {per_partition:?}");
     let mut deliveries = log.deliveries.clone();
     deliveries.sort();
     // The window opens at the last delivery before the kill (the group was steady, so there
