@@ -455,3 +455,21 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// The committed offset of each of `topic`'s partitions in an OffsetFetch answer (`None`:
+/// nothing committed), by partition.
+#[must_use]
+pub fn committed_offsets(
+    topics: &[vltava_messages::protocol::CommittedTopic],
+    topic: &str,
+) -> std::collections::BTreeMap<u32, Option<u64>> {
+    topics
+        .iter()
+        .filter(|t| t.topic == topic)
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (p.partition.0, p.offset.map(|o| o.0)))
+        })
+        .collect()
+}

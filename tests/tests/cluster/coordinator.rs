@@ -251,18 +251,7 @@ fn to_wire(partitions: &BTreeSet<(String, u32)>) -> Vec<TopicPartitions> {
 
 /// The group's committed offset of each partition of `TOPIC`, read through its coordinator.
 async fn committed_offsets(admin: &vltava_client::Admin) -> BTreeMap<u32, Option<u64>> {
-    admin
-        .fetch_offsets(GROUP, None)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|t| t.topic == TOPIC)
-        .flat_map(|t| {
-            t.partitions
-                .iter()
-                .map(|p| (p.partition.0, p.offset.map(|o| o.0)))
-        })
-        .collect()
+    vltava_tests::committed_offsets(&admin.fetch_offsets(GROUP, None).await.unwrap(), TOPIC)
 }
 
 /// Prints, for each move, how long after it the first commit succeeded and the longest pause

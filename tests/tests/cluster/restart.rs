@@ -90,15 +90,7 @@ fn every_topic_config_and_committed_offset_survives_a_restart_of_every_node() {
         }
         let admin = admin(&bootstrap).await;
         let committed = until_ok(FAILOVER_BOUND, || admin.fetch_offsets("keepers", None)).await;
-        let offsets: BTreeMap<u32, Option<u64>> = committed
-            .iter()
-            .filter(|t| t.topic == TOPIC)
-            .flat_map(|t| {
-                t.partitions
-                    .iter()
-                    .map(|p| (p.partition.0, p.offset.map(|o| o.0)))
-            })
-            .collect();
+        let offsets = vltava_tests::committed_offsets(&committed, TOPIC);
         let expected: BTreeMap<u32, Option<u64>> = (0..PARTITIONS)
             .map(|p| (p, Some(EVENTS_PER_PARTITION)))
             .collect();

@@ -787,16 +787,10 @@ where
 /// `GROUP`'s committed offsets of `TOPIC`, by partition.
 async fn committed(bootstrap: &[String]) -> Result<BTreeMap<u32, u64>, vltava_client::ClientError> {
     let admin = Admin::new(Cluster::connect(bootstrap, "fault-admin").await?);
-    Ok(admin
-        .fetch_offsets(GROUP, None)
-        .await?
-        .iter()
-        .filter(|t| t.topic == TOPIC)
-        .flat_map(|t| {
-            t.partitions
-                .iter()
-                .filter_map(|p| p.offset.map(|o| (p.partition.0, o.0)))
-        })
+    let answer = admin.fetch_offsets(GROUP, None).await?;
+    Ok(vltava_tests::committed_offsets(&answer, TOPIC)
+        .into_iter()
+        .filter_map(|(partition, offset)| offset.map(|o| (partition, o)))
         .collect())
 }
 

@@ -639,15 +639,7 @@ async fn check_committed(bootstrap: &[String], group: &str, log: &Shared) -> Res
     .await
     .map_err(|_| format!("the committed offsets were not read within {OFFSETS_CHECK_BOUND:?}"))?
     .map_err(|e| format!("reading the committed offsets: {e}"))?;
-    let committed: BTreeMap<u32, Option<u64>> = read
-        .iter()
-        .filter(|t| t.topic == TOPIC)
-        .flat_map(|t| {
-            t.partitions
-                .iter()
-                .map(|p| (p.partition.0, p.offset.map(|o| o.0)))
-        })
-        .collect();
+    let committed = vltava_tests::committed_offsets(&read, TOPIC);
     let short: Vec<(u32, u64, Option<u64>)> = expected
         .iter()
         .filter(|(p, at)| committed.get(p).copied().flatten().is_none_or(|c| c < **at))
