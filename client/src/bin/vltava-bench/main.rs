@@ -174,6 +174,11 @@ pub struct Cli {
     /// and report the produce batch MB/s as a ratio of that loop's mean MB/s.
     #[arg(long)]
     baseline_dir: Option<PathBuf>,
+    /// With `--baseline-dir`: run that many loops at once, each into its own file, the
+    /// run's bytes shared among them, and compare with the pace of one of them (an RF 3
+    /// cluster on one disk syncs every byte three times). At most 8.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    baseline_writers: u16,
     /// Print one JSON object with every figure and nothing else on stdout.
     #[arg(long)]
     json: bool,
@@ -585,7 +590,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Value, bool)> {
                 .filter(|_| mean > 0.0)
                 .map(|mb| (mb / mean * 1000.0).round() / 1000.0);
             report["baseline"] = json!({
-                "what": "write + fdatasync per batch into a new file, no broker",
+                "what": "write + fdatasync per batch into a new file per writer, no broker",
                 "before": before,
                 "after": after,
                 "mean_mb_per_s": (mean * 10.0).round() / 10.0,
@@ -620,10 +625,12 @@ async fn baseline(cli: &Cli) -> anyhow::Result<Option<Value>> {
     }
     let batch_bytes = produce::batch_bytes(cli.size, cli.batch);
     let total_bytes = cli.messages.div_ceil(u64::from(cli.batch)) * batch_bytes as u64;
-    let value =
-        tokio::task::spawn_blocking(move || disk_baseline::run(&dir, batch_bytes, total_bytes))
-            .await
-            .context("the baseline loop panicked")??;
+    let writers = usize::from(cli.baseline_writers);
+    let value = tokio::task::spawn_blocking(move || {
+        disk_baseline::run(&dir, batch_bytes, total_bytes, writers)
+    })
+    .await
+    .context("the baseline loop panicked")??;
     Ok(Some(value))
 }
 
@@ -721,8 +728,9 @@ fn write_text(report: &Value, out: &mut impl Write) -> std::io::Result<()> {
     if !baseline.is_null() {
         writeln!(
             out,
-            "disk baseline (write + fdatasync of {} bytes per batch, no broker): {} MB/s before, {} MB/s after; produce at {} of their mean",
+            "disk baseline (write + fdatasync of {} bytes per batch, no broker, {} writer(s) at once, MB/s of one): {} MB/s before, {} MB/s after; produce at {} of their mean",
             baseline["before"]["batch_bytes"],
+            baseline["before"]["writers"],
             baseline["before"]["mb_per_s"],
             baseline["after"]["mb_per_s"],
             baseline["produce_ratio"],

@@ -12,7 +12,10 @@
 //!
 //! Per repeat (`--repeats`), one cluster:
 //! 1. acks=all, 1 in flight: single node, then RF 3; acks=all, 4 in flight: single node, then
-//!    RF 3; then RF 3 acks=1 with 1 and 4 in flight.
+//!    RF 3; then RF 3 acks=1 with 1 and 4 in flight. The single node's acks=all 1-in-flight
+//!    run measures the disk loop (one write + fdatasync per batch, no broker) before and
+//!    after it, and each RF 3 acks=all run the same loop as three writers at once, one per
+//!    replica (the physical line of RF 3 on one disk: the pace of one of the three).
 //! 2. Paced: RF 3 acks=all at half the rate of this repeat's RF 3 acks=all 1-in-flight run,
 //!    4 in flight, for `--paced-s`; latency from each batch's intended send time (the bench's
 //!    pacer). Meanwhile a sampler reads the leader's and both followers' `/partitions`
@@ -67,8 +70,11 @@ struct BenchRun {
     /// CPU seconds of the node processes (all three for the cluster) during the run.
     nodes_cpu_s: f64,
     bench_cpu_s: f64,
-    /// `--baseline-dir`'s write + fdatasync loop, mean of before and after, if run.
+    /// `--baseline-dir`'s write + fdatasync loop, mean of before and after, if run (with
+    /// several writers at once, the pace of one).
     disk_loop_mb_per_s: Option<f64>,
+    /// How many loops ran at once.
+    disk_loop_writers: u64,
     load_start: String,
 }
 
@@ -76,7 +82,10 @@ impl BenchRun {
     fn line(&self) -> String {
         let disk = self
             .disk_loop_mb_per_s
-            .map(|d| format!("; disk loop {d:.0} MB/s"))
+            .map(|d| match self.disk_loop_writers {
+                1 => format!("; disk loop {d:.0} MB/s"),
+                n => format!("; disk loop {d:.0} MB/s each of {n} at once"),
+            })
             .unwrap_or_default();
         let lag = self
             .send_lag_ms
@@ -199,14 +208,41 @@ fn one_repeat(rt: &Runtime, args: &Args, r: u32) -> anyhow::Result<Repeat> {
         "  single node, acks=all, 1 in flight: {}",
         single_all_1.line()
     );
-    let rf3_all_1 = on_cluster(rt, &cluster, &format!("all-1-r{r}"), &throughput("all", 1))?.1;
+    // The RF 3 acks=all runs also measure the disk's pace with three writers at once, one per
+    // replica, in the directory that holds node 1's data (`--baseline-writers 3`): the
+    // physical line of a partition whose three replicas each sync every batch on this one
+    // disk, in the same conditions as the run.
+    let line_dir = cluster
+        .node(1)
+        .data_dir
+        .parent()
+        .context("node 1's data directory has a parent")?
+        .display()
+        .to_string();
+    let with_rf3_line = |mut run: Vec<String>| {
+        run.extend(["--baseline-dir", &line_dir, "--baseline-writers", "3"].map(str::to_owned));
+        run
+    };
+    let rf3_all_1 = on_cluster(
+        rt,
+        &cluster,
+        &format!("all-1-r{r}"),
+        &with_rf3_line(throughput("all", 1)),
+    )?
+    .1;
     println!("  RF 3, acks=all, 1 in flight: {}", rf3_all_1.line());
     let single_all_4 = single_node(&throughput("all", 4), false)?;
     println!(
         "  single node, acks=all, 4 in flight: {}",
         single_all_4.line()
     );
-    let rf3_all_4 = on_cluster(rt, &cluster, &format!("all-4-r{r}"), &throughput("all", 4))?.1;
+    let rf3_all_4 = on_cluster(
+        rt,
+        &cluster,
+        &format!("all-4-r{r}"),
+        &with_rf3_line(throughput("all", 4)),
+    )?
+    .1;
     println!("  RF 3, acks=all, 4 in flight: {}", rf3_all_4.line());
     let rf3_one_1 = on_cluster(rt, &cluster, &format!("one-1-r{r}"), &throughput("1", 1))?.1;
     println!("  RF 3, acks=1, 1 in flight: {}", rf3_one_1.line());
@@ -487,6 +523,9 @@ fn bench_once(
         nodes_cpu_s: cpu_after - cpu_before,
         bench_cpu_s: f(&report["bench_cpu_s"]),
         disk_loop_mb_per_s: baseline,
+        disk_loop_writers: report["baseline"]["before"]["writers"]
+            .as_u64()
+            .unwrap_or(1),
         load_start: report["loadavg_start"].to_string(),
     })
 }
@@ -831,6 +870,36 @@ impl Report {
             "  disk loop (1 write + fdatasync per batch, no broker): {} MB/s",
             disks.join(", ")
         );
+        for (name, get) in [
+            (
+                "1 in flight",
+                (|r: &Repeat| &r.rf3_all_1) as fn(&Repeat) -> &BenchRun,
+            ),
+            ("4 in flight", |r: &Repeat| &r.rf3_all_4),
+        ] {
+            let lines: Vec<(f64, f64)> = self
+                .repeats
+                .iter()
+                .filter_map(|r| {
+                    let run = get(r);
+                    run.disk_loop_mb_per_s
+                        .map(|line| (line, run.payload_mb_per_s / line))
+                })
+                .collect();
+            if lines.is_empty() {
+                continue;
+            }
+            let listed: Vec<String> = lines
+                .iter()
+                .map(|(line, ratio)| format!("{ratio:.2} of {line:.0}"))
+                .collect();
+            println!(
+                "  RF 3 acks=all {name} / the disk's line for three replicas (3 loops at once, \
+                 MB/s of one): median {:.2}x (per repeat {} MB/s)",
+                median(lines.iter().map(|(_, ratio)| *ratio).collect()),
+                listed.join(", ")
+            );
+        }
         for (i, r) in self.repeats.iter().enumerate() {
             let p = &r.paced;
             match &p.run {
