@@ -13,16 +13,18 @@
 //!   a fetch while nothing is new (long poll, at most `REPLICA_FETCH_WAIT`).
 //! - Flush reports: when a partition's flush completes (`ReplicaLinks::flushed`), its fetcher
 //!   sends the leader a report at once, a ReplicaFetch with no byte budget and no wait that
-//!   carries the same fetch offsets and the new flushed offsets (and, as any request from the
-//!   follower does, ends the fetch parked in the leader's long poll, `FetchWakers`), so the
-//!   leader's high watermark (the lowest flushed offset of the ISR) moves one one-way trip
-//!   after the fsync, not one long poll later. A flushed offset is reported with a log end
+//!   carries the same fetch offsets and the new flushed offsets, so the leader's high
+//!   watermark (the lowest flushed offset of the ISR) moves one one-way trip after the fsync,
+//!   not one long poll later. Unlike the follower's other requests it leaves the fetch parked
+//!   in the leader's long poll alone (`FetchWakers`), so that fetch carries the next batch the
+//!   moment it is appended; the leader keeps a follower's highest flushed offset whichever of
+//!   the two reports it takes last (`follower_fetched`). A flushed offset is reported with a log end
 //!   only when both belong to the same `LogGeneration` of the partition's log, and never past
 //!   that log end, so a follower never reports as fsynced an offset it has not fsynced, or
 //!   bytes that are not the ones the reported log end counted.
 //! - Bounds: at most `REPLICA_FETCH_PARTITIONS_MAX` partitions per request (a fetcher with
 //!   more sends several requests in turn), `REPLICA_FETCH_BYTES` per answer, one fetch and at
-//!   most one flush report in flight per fetcher, one `apply_fetched` per partition in flight
+//!   most `FLUSH_REPORTS_IN_FLIGHT_MAX` flush reports in flight per fetcher, one `apply_fetched` per partition in flight
 //!   (the fetcher waits for every answer before its next fetch) and one flush per partition
 //!   (the partition's `flush_in_flight`); a failed request is retried after a back-off
 //!   doubling from `FETCH_BACKOFF_MIN` to `FETCH_BACKOFF_MAX`.
@@ -82,6 +84,13 @@ pub const FETCH_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// 500 ms): 8 × 50 ms stays within that interval.
 pub const EPOCH_END_REFUSED_RETRY: Duration = Duration::from_millis(50);
 pub const EPOCH_END_REFUSED_ATTEMPTS: u32 = 8;
+
+/// Flush reports one fetcher may have unanswered: their answers wait behind the fetch parked
+/// in the leader's long poll, so a fetcher that waited for each before the next would report
+/// one flush per long poll. Four leave the data connection's other requests (the fetch,
+/// epoch-end questions) room within its `PEER_INFLIGHT_REQUESTS_MAX`.
+pub const FLUSH_REPORTS_IN_FLIGHT_MAX: usize = 4;
+const _: () = assert!(FLUSH_REPORTS_IN_FLIGHT_MAX + 2 < crate::peer::PEER_INFLIGHT_REQUESTS_MAX);
 
 /// The first back-off after a failed fetch, doubled up to `FETCH_BACKOFF_MAX`.
 pub const FETCH_BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -514,9 +523,12 @@ async fn run_fetcher(manager: ReplicaManager, leader: NodeId, shared: Arc<Fetche
             REPLICA_FETCH_WAIT + FETCH_ANSWER_TIMEOUT,
         );
         tokio::pin!(call);
-        // At most one flush report in flight: marks that come while it is under way go in
-        // the next one, or in the next fetch.
-        let mut report: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
+        // At most `FLUSH_REPORTS_IN_FLIGHT_MAX` flush reports in flight: marks that come
+        // while that many are under way go in the next one, or in the next fetch. A report's
+        // answer comes after the parked fetch's (answers keep request order, and a report does
+        // not end the long poll), so waiting for it before the next report would hold the
+        // next flushed offset back until the long poll ends.
+        let mut reports: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> = Vec::new();
         let answer = loop {
             tokio::select! {
                 answer = &mut call => break answer,
@@ -526,12 +538,12 @@ async fn run_fetcher(manager: ReplicaManager, leader: NodeId, shared: Arc<Fetche
                 // is dropped here (the leader keeps only what this node reported, never what
                 // it sent).
                 () = shared.changed.notified() => continue 'rounds,
-                () = shared.flushed.notified(), if report.is_none() => {
-                    report = flush_report(&manager, leader, &shared, &batch, &mut reported);
+                () = shared.flushed.notified(), if reports.len() < FLUSH_REPORTS_IN_FLIGHT_MAX => {
+                    reports.extend(flush_report(&manager, leader, &shared, &batch, &mut reported));
                 }
-                () = async { report.as_mut().expect("guarded").await }, if report.is_some() => {
-                    // Marks taken while it was under way: the next report, now.
-                    report = flush_report(&manager, leader, &shared, &batch, &mut reported);
+                () = first_done(&mut reports), if !reports.is_empty() => {
+                    // Marks taken while the most were under way: the next report, now.
+                    reports.extend(flush_report(&manager, leader, &shared, &batch, &mut reported));
                 }
             }
         };
@@ -591,6 +603,20 @@ async fn run_fetcher(manager: ReplicaManager, leader: NodeId, shared: Arc<Fetche
             backoff = (backoff * 2).min(FETCH_BACKOFF_MAX);
         }
     }
+}
+
+/// Waits until one of `futures` is done and removes it.
+async fn first_done<F: Future<Output = ()> + Unpin>(futures: &mut Vec<F>) {
+    std::future::poll_fn(|cx| {
+        for i in 0..futures.len() {
+            if std::pin::Pin::new(&mut futures[i]).poll(cx).is_ready() {
+                drop(futures.swap_remove(i));
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await;
 }
 
 /// Hands each partition its answer's batches and returns what each fetches from next.
@@ -757,8 +783,9 @@ fn refused(topic: String, partition: PartitionId, error: ResponseError) -> Repli
 
 /// Leader: what ends a follower's long poll early. A follower's peer connection answers in
 /// request order, so a long-polling fetch holds back whatever the follower asks after it
-/// (its next fetch, with a partition just added; an epoch-end question or a flush report
-/// before that) for up to the whole wait: a new request from the same follower ends its
+/// (its next fetch, with a partition just added; an epoch-end question before that) for up
+/// to the whole wait: a new request from the same follower (but a flush report, whose answer
+/// only holds back the follower's next flush report) ends its
 /// older long polls at once, including one that had not begun to wait when the new request
 /// arrived (requests of one connection are served concurrently).
 #[derive(Debug, Default)]
@@ -816,6 +843,14 @@ pub async fn serve_replica_fetch(
     wakers: &FetchWakers,
     request: ReplicaFetchRequest,
 ) -> ReplicaFetchResponse {
+    // A flush report does not end the follower's parked fetch: that fetch is what carries
+    // the next batch the moment it is appended (ending it costs a round trip per batch), and
+    // the leader keeps the higher flushed offset whichever of the two it takes last
+    // (`follower_fetched`). It is answered at once, behind the parked fetch's answer.
+    if is_flush_report(&request) {
+        let mut log_ends = Vec::new();
+        return fetch_once(node_id, from, registry, &request, &mut log_ends, false).await;
+    }
     let arrival = wakers.arrived(from);
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(u64::from(request.max_wait_ms)).min(REPLICA_FETCH_WAIT * 4);
@@ -872,6 +907,11 @@ pub async fn serve_replica_fetch(
             return fetch_once(node_id, from, registry, &request, &mut log_ends, false).await;
         }
     }
+}
+
+/// A follower's flush report (PROTOCOL.md 12.8): no byte budget and no wait.
+fn is_flush_report(request: &ReplicaFetchRequest) -> bool {
+    request.bytes_max == 0 && request.max_wait_ms == 0
 }
 
 async fn fetch_once(

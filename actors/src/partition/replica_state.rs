@@ -466,6 +466,8 @@ pub enum RoleKind {
 pub struct FollowerProgress {
     /// From its latest fetch in this epoch; `None` until it fetched.
     pub log_end_offset: Option<Offset>,
+    /// The highest flushed offset it reported in this epoch while its log end covered it
+    /// (`follower_fetched`); `None` until it fetched.
     pub flushed_offset: Option<Offset>,
     /// The last time it was caught up to the leader's log end.
     pub last_caught_up: Instant,
@@ -941,10 +943,23 @@ impl<W> ReplicaState<W> {
                     node: report.follower,
                 });
             };
-            // The latest report wins: a stale one can only be lower, which at worst holds
-            // the high watermark (it never moves back) or an expansion for a moment.
+            // The latest report wins, but for a flushed offset an older report lowers: one
+            // follower's reports can be taken out of order (the leader serves a connection's
+            // requests concurrently, and a fetch parked in a long poll reports again when it
+            // wakes), so a flush report can be taken before the fetch sent ahead of it. Within
+            // one leader epoch a follower's fsynced offsets stay: it cuts nothing it copied
+            // in this epoch, and a crash loses only what was not fsynced. So a report whose
+            // log end still covers the flushed offset known is an older one, and the flushed
+            // offset known stays; one whose log end is below it comes from a log that lost
+            // it (emptied by an operator) and is taken as it is. A lower log end is taken
+            // as it is, which at worst holds the high watermark (it never moves back) or an
+            // expansion for a moment.
+            let flushed = match progress.flushed_offset {
+                Some(known) if report.log_end_offset >= known => known.max(report.flushed_offset),
+                _ => report.flushed_offset,
+            };
             progress.log_end_offset = Some(report.log_end_offset);
-            progress.flushed_offset = Some(report.flushed_offset);
+            progress.flushed_offset = Some(flushed);
             if report.log_end_offset >= log_end {
                 progress.last_caught_up = now;
             } else if let Some((at, end_then)) = progress.last_fetch

@@ -132,6 +132,43 @@ fn with_fsync_the_high_watermark_is_the_lowest_flushed_offset_of_the_isr_leader_
     assert_eq!(s.high_watermark(), Offset(9));
 }
 
+/// A flush report sent after a fetch can be taken before it (the leader serves one
+/// connection's requests concurrently, and a parked fetch reports again when it wakes): the
+/// older report, with a lower flushed offset for a log end that covers the known one, must not
+/// take the follower's flushed offset back, or the high watermark waits for the next fetch.
+/// A report whose log end is below the known flushed offset is from a log that lost it and is
+/// taken as it is.
+#[test]
+fn an_older_report_taken_after_a_flush_report_keeps_the_flushed_offset() {
+    let now = Instant::now();
+    let mut s = leader(ReplicaConfig::default(), &[A, B, C], now);
+    append(&mut s, 10, 10, Acks::Leader, 0, now);
+    s.follower_fetched(report(C, 10, 10), now).unwrap();
+    // B's flush report (10 flushed) overtakes the fetch it sent before (4 flushed).
+    s.follower_fetched(report(B, 10, 10), now).unwrap();
+    assert_eq!(s.high_watermark(), Offset(10));
+    s.follower_fetched(report(B, 10, 4), now).unwrap();
+    assert_eq!(s.follower(B).unwrap().flushed_offset, Some(Offset(10)));
+    append(&mut s, 20, 20, Acks::Leader, 1, now);
+    s.follower_fetched(report(C, 20, 20), now).unwrap();
+    s.follower_fetched(report(B, 20, 12), now).unwrap();
+    assert_eq!(
+        s.follower(B).unwrap().flushed_offset,
+        Some(Offset(12)),
+        "a newer flushed offset is taken"
+    );
+    assert_eq!(s.high_watermark(), Offset(12));
+    // A log emptied below what it had flushed: taken as reported.
+    s.follower_fetched(report(B, 3, 3), now).unwrap();
+    assert_eq!(s.follower(B).unwrap().flushed_offset, Some(Offset(3)));
+    assert_eq!(s.follower(B).unwrap().log_end_offset, Some(Offset(3)));
+    assert_eq!(
+        s.high_watermark(),
+        Offset(12),
+        "the high watermark never moves back"
+    );
+}
+
 #[test]
 fn without_fsync_the_high_watermark_is_the_lowest_log_end_of_the_isr() {
     let now = Instant::now();
