@@ -44,6 +44,9 @@ pub struct FlushJob {
     /// high-watermark checkpoint with this value (at most the job's target, so never past
     /// what the job made durable).
     pub(crate) high_watermark: Option<Offset>,
+    /// Once the active segment is synced, drop its cached pages in this byte range
+    /// (`Log::set_drop_cache_when_flushed`).
+    pub(crate) drop_cached: Option<(u64, u64)>,
 }
 
 impl FlushJob {
@@ -93,6 +96,51 @@ impl FlushJob {
             }
         }
         Ok(())
+    }
+}
+
+impl FlushJob {
+    /// Runs the job and hands it to `done`; then, if the job succeeded, drops the pages it
+    /// synced that its log asked to drop (`Log::set_drop_cache_when_flushed`), after `done`
+    /// so that whoever waits for the flush does not wait for that too. Blocks.
+    pub fn run_then(self, done: FlushDone) {
+        let result = self.run();
+        let pages = result.as_ref().ok().and_then(|()| self.synced_pages());
+        done(self, result);
+        if let Some(pages) = pages {
+            pages.drop_cached();
+        }
+    }
+
+    /// The active segment's pages this job syncs, if its log drops them once synced.
+    #[must_use]
+    pub fn synced_pages(&self) -> Option<SyncedPages> {
+        let (from, to) = self.drop_cached.filter(|_| self.sync_active)?;
+        Some(SyncedPages {
+            path: self.active.0.clone(),
+            file: Arc::clone(&self.active.1),
+            from,
+            to,
+        })
+    }
+}
+
+/// Synced bytes of a segment whose pages may leave the page cache.
+#[derive(Debug)]
+pub struct SyncedPages {
+    path: PathBuf,
+    file: Arc<dyn StorageFile>,
+    from: u64,
+    to: u64,
+}
+
+impl SyncedPages {
+    /// Asks the kernel to drop the pages. Only a hint about memory: the bytes are durable
+    /// either way, so a failure is logged and changes nothing else.
+    pub fn drop_cached(self) {
+        if let Err(e) = self.file.drop_cached(self.from, self.to) {
+            tracing::debug!(path = %self.path.display(), error = %e, "dropping synced pages failed");
+        }
     }
 }
 
@@ -178,8 +226,7 @@ fn run_flusher(receiver: &Mutex<Receiver<(FlushJob, FlushDone)>>) {
         let Ok((job, done)) = next else {
             return;
         };
-        let result = job.run();
-        done(job, result);
+        job.run_then(done);
     }
 }
 

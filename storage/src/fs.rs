@@ -44,6 +44,12 @@ pub trait StorageFile: Send + Sync + Debug {
     /// Makes the file's data durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
 
+    /// Asks the kernel to drop the file's cached pages from byte `from` to `to` (bytes
+    /// already synced, so clean): a hint that changes no byte of the file. Nothing by default.
+    fn drop_cached(&self, _from: u64, _to: u64) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Reads exactly `buf.len()` bytes at `position`.
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()> {
         let mut done = 0;
@@ -189,5 +195,25 @@ impl StorageFile for RealFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
+    }
+
+    fn drop_cached(&self, from: u64, to: u64) -> io::Result<()> {
+        let offset =
+            libc::off_t::try_from(from).map_err(|_| io::Error::other("offset past off_t"))?;
+        let len = libc::off_t::try_from(to.saturating_sub(from))
+            .map_err(|_| io::Error::other("length past off_t"))?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: posix_fadvise reads no memory of ours; it takes a descriptor we own. A
+        // length of 0 would mean "to the end of the file", hence the check above.
+        let code = unsafe {
+            libc::posix_fadvise(self.0.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED)
+        };
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(code))
+        }
     }
 }

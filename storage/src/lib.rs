@@ -73,7 +73,7 @@ pub use compaction::{
 };
 pub use config::{CleanupPolicy, LogConfig};
 pub use error::{Result, StorageError};
-pub use flush::{AckQueue, FlushDone, FlushJob, Flusher, SubmitError};
+pub use flush::{AckQueue, FlushDone, FlushJob, Flusher, SubmitError, SyncedPages};
 pub use fs::{RealStorage, Storage, StorageFile};
 pub use log::{AppendInfo, Log, LogRead, RecoveryReport, SegmentInfo, Truncation};
 pub use producer_state::{ProducerBatch, ProducerStateTable, SequenceCheck};

@@ -50,6 +50,11 @@ const HIGH_WATERMARK_VERSION: u8 = 1;
 /// again), so Kafka's default for `replica.high.watermark.checkpoint.interval.ms` is kept.
 pub const HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS: u64 = 5_000;
 
+/// The page size the page cache drops by (`Log::set_drop_cache_when_flushed`): x86-64's and
+/// aarch64's common 4 KiB. On a larger page a range ends inside a page more often, which only
+/// leaves that page cached until the next flush covers it.
+const CACHE_PAGE_BYTES: u64 = 4096;
+
 /// What an append did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -147,6 +152,12 @@ pub struct Log {
     /// compaction. It paces the high-watermark checkpoint without reading the system clock.
     clock_ms: u64,
     flush_in_flight: bool,
+    /// Whether flush jobs drop the active segment's pages they synced from the page cache
+    /// (`set_drop_cache_when_flushed`).
+    drop_cache_when_flushed: bool,
+    /// The active segment (by base offset) and the byte position below which a flush job was
+    /// already given its pages to drop: the next job drops only what lies past it.
+    cache_dropped_below: (Offset, u64),
     /// Bumped by truncation: a flush job from an older generation synced offsets that may
     /// have been cut and written again, so its target no longer means anything. Shared with
     /// flush jobs that write the recovery-point checkpoint (see `FlushJob::checkpoint`).
@@ -249,6 +260,8 @@ impl Log {
             high_watermark_checkpoint_taken_ms: None,
             clock_ms: now_ms,
             flush_in_flight: false,
+            drop_cache_when_flushed: false,
+            cache_dropped_below: (Offset(0), 0),
             flush_generation: Arc::new(Mutex::new(0)),
             poisoned: false,
             recovery: RecoveryReport {
@@ -930,6 +943,17 @@ impl Log {
         Some(self.flush_job(high_watermark))
     }
 
+    /// Whether each flush job, once it has synced the active segment, asks the kernel to drop
+    /// the segment's pages it synced from the page cache. For a log whose bytes are seldom
+    /// read soon after they are written (a follower's copy: nobody reads it until it leads):
+    /// its clean pages go back to the kernel at once and are reused for the next writes,
+    /// instead of filling memory that the leader's readers need (and, in a virtual machine
+    /// that returns free memory to its host, instead of every write needing new memory from
+    /// the host). Reads of dropped bytes come from the disk.
+    pub fn set_drop_cache_when_flushed(&mut self, drop: bool) {
+        self.drop_cache_when_flushed = drop;
+    }
+
     fn generation(&self) -> MutexGuard<'_, u64> {
         self.flush_generation
             .lock()
@@ -954,18 +978,36 @@ impl Log {
             self.high_watermark_checkpoint_max =
                 self.high_watermark_checkpoint_max.max(Some(value));
         }
+        let sync_active = self.recovery_point < self.log_end_offset;
+        let drop_cached = if sync_active && self.drop_cache_when_flushed {
+            let (base, size) = (self.active().base_offset, self.active().size);
+            let (dropped_base, dropped) = self.cache_dropped_below;
+            // A roll or a cut since the last job: from the segment's start.
+            let from = if dropped_base == base {
+                dropped.min(size)
+            } else {
+                0
+            };
+            // The kernel drops whole pages only: the page the range ends in (partly synced,
+            // partly to come) is covered again by the next job.
+            self.cache_dropped_below = (base, size - size % CACHE_PAGE_BYTES);
+            Some((from, size))
+        } else {
+            None
+        };
         FlushJob {
             storage: Arc::clone(&self.storage),
             dir: self.dir.clone(),
             sync_dir: std::mem::take(&mut self.dir_sync_needed),
             sync_parent: std::mem::take(&mut self.parent_sync_needed),
             active,
-            sync_active: self.recovery_point < self.log_end_offset,
+            sync_active,
             target: self.log_end_offset,
             generation,
             generation_cell: Arc::clone(&self.flush_generation),
             write_recovery_point: std::mem::take(&mut self.checkpoint_due),
             high_watermark,
+            drop_cached,
         }
     }
 

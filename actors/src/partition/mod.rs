@@ -1437,10 +1437,7 @@ impl Core {
                 // The pool is busy: run this one on the blocking pool instead; it is still
                 // one job for this partition at a time.
                 let (job, done) = *task;
-                self.runtime.spawn_blocking(move || {
-                    let result = job.run();
-                    done(job, result);
-                });
+                self.runtime.spawn_blocking(move || job.run_then(done));
             }
         }
     }
@@ -1527,6 +1524,11 @@ impl Core {
             Ok(effects) => {
                 tracing::debug!(partition = %self.args.id, leader_epoch = epoch.0, role = ?self.replica.role(), "assignment applied");
                 self.carry_out(effects)?;
+                // A follower's copy is read by nobody until it leads: its synced pages leave
+                // the page cache to the leaders' readers (`Log::set_drop_cache_when_flushed`).
+                if let Some(log) = self.log.as_mut() {
+                    log.set_drop_cache_when_flushed(!leads);
+                }
                 let log = self.log();
                 if leads
                     && self.args.durability == Durability::Fsync

@@ -518,3 +518,85 @@ fn a_new_log_opens_without_an_fsync_and_its_first_flush_syncs_its_directories() 
     let empty = open(&storage, Path::new("/sim/other-0"), small_config());
     assert_eq!(empty.log_end_offset(), Offset(0));
 }
+
+/// Pages of `path` in the page cache, by `mincore` over a read-only mapping; `None` where the
+/// file system keeps every page in memory (tmpfs), so dropping them cannot be observed.
+fn resident_pages(path: &Path) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: statfs writes only into the struct it is given.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::statfs(c_path.as_ptr(), &raw mut fs) }, 0);
+    if fs.f_type == libc::TMPFS_MAGIC {
+        return None;
+    }
+    let len = usize::try_from(file.metadata().unwrap().len()).unwrap();
+    let page = 4096;
+    // SAFETY: a private read-only mapping of a file we hold open, unmapped below; mincore
+    // writes one byte per page into a vector of that many bytes.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED);
+        let mut pages = vec![0u8; len.div_ceil(page)];
+        assert_eq!(libc::mincore(map, len, pages.as_mut_ptr()), 0);
+        libc::munmap(map, len);
+        Some(pages.iter().filter(|p| **p & 1 == 1).count())
+    }
+}
+
+/// A follower's log (`set_drop_cache_when_flushed`) leaves no page it synced in the page
+/// cache (but the one the file ends inside, which is not whole), over several flushes, and
+/// every byte still reads back; a leader's keeps its pages for its readers.
+#[test]
+fn a_log_set_to_drop_its_synced_pages_leaves_none_cached_and_reads_back_whole() {
+    let config = LogConfig {
+        segment_bytes_max: 8 * 1024 * 1024,
+        ..small_config()
+    };
+    let storage: Arc<dyn Storage> = Arc::new(RealStorage);
+    for drop in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(&storage, dir.path(), config.clone());
+        log.set_drop_cache_when_flushed(drop);
+        // Two flushes: the second drops what the first did not cover.
+        for round in 0..2 {
+            for i in 0..50 {
+                log.append_as_leader(&mut batch("p", 10, 1000, i), EPOCH, 1_000)
+                    .unwrap();
+            }
+            let job = log.begin_flush().unwrap();
+            let result = job.run();
+            assert_eq!(job.synced_pages().is_some(), drop);
+            if let Some(pages) = job.synced_pages() {
+                pages.drop_cached();
+            }
+            assert_eq!(
+                log.complete_flush(job, result).unwrap(),
+                Offset(500 * (round + 1))
+            );
+        }
+        let segment = dir.path().join(format!("{:020}.log", 0));
+        if let Some(resident) = resident_pages(&segment) {
+            if drop {
+                // The kernel keeps the last page, which the file ends inside.
+                assert!(
+                    resident <= 1,
+                    "the synced pages left the page cache: {resident}"
+                );
+            } else {
+                assert!(resident > 200, "a leader's pages stay: {resident}");
+            }
+        }
+        let read = read_all(&mut log);
+        assert_eq!(read.len(), 1000);
+        assert!(read[999].1.starts_with(b"p-9"), "{:?}", &read[999].1[..8]);
+    }
+}
