@@ -18,16 +18,17 @@
 //!   not one long poll later. Unlike the follower's other requests it leaves the fetch parked
 //!   in the leader's long poll alone (`FetchWakers`), so that fetch carries the next batch the
 //!   moment it is appended; the leader keeps a follower's highest flushed offset whichever of
-//!   the two reports it takes last (`follower_fetched`). A flushed offset is reported with a log end
-//!   only when both belong to the same `LogGeneration` of the partition's log, and never past
-//!   that log end, so a follower never reports as fsynced an offset it has not fsynced, or
-//!   bytes that are not the ones the reported log end counted.
+//!   the two reports it takes last (`follower_fetched`). A flushed offset is reported with a
+//!   log end only when both belong to the same `LogGeneration` of the partition's log, and
+//!   never past that log end, so a follower never reports as fsynced an offset it has not
+//!   fsynced, or bytes that are not the ones the reported log end counted.
 //! - Bounds: at most `REPLICA_FETCH_PARTITIONS_MAX` partitions per request (a fetcher with
 //!   more sends several requests in turn), `REPLICA_FETCH_BYTES` per answer, one fetch and at
-//!   most `FLUSH_REPORTS_IN_FLIGHT_MAX` flush reports in flight per fetcher, one `apply_fetched` per partition in flight
-//!   (the fetcher waits for every answer before its next fetch) and one flush per partition
-//!   (the partition's `flush_in_flight`); a failed request is retried after a back-off
-//!   doubling from `FETCH_BACKOFF_MIN` to `FETCH_BACKOFF_MAX`.
+//!   most `FLUSH_REPORTS_IN_FLIGHT_MAX` flush reports in flight per fetcher, one
+//!   `apply_fetched` per partition in flight (the fetcher waits for every answer before its
+//!   next fetch) and one flush per partition (the partition's `flush_in_flight`); a failed
+//!   request is retried after a back-off doubling from `FETCH_BACKOFF_MIN` to
+//!   `FETCH_BACKOFF_MAX`.
 //! - A fetcher with no partitions left ends; the next `start_fetching` towards its leader
 //!   starts a new one.
 //! - Each fetcher is in the node's actor directory as `<node>/replica-fetcher/<leader>` while
@@ -785,8 +786,8 @@ fn refused(topic: String, partition: PartitionId, error: ResponseError) -> Repli
 /// request order, so a long-polling fetch holds back whatever the follower asks after it
 /// (its next fetch, with a partition just added; an epoch-end question before that) for up
 /// to the whole wait: a new request from the same follower (but a flush report, whose answer
-/// only holds back the follower's next flush report) ends its
-/// older long polls at once, including one that had not begun to wait when the new request
+/// nothing waits for but the fetcher's count of reports in flight) ends its older long polls
+/// at once, including one that had not begun to wait when the new request
 /// arrived (requests of one connection are served concurrently).
 #[derive(Debug, Default)]
 pub struct FetchWakers {

@@ -97,9 +97,7 @@ impl FlushJob {
         }
         Ok(())
     }
-}
 
-impl FlushJob {
     /// Runs the job and hands it to `done`; then, if the job succeeded, drops the pages it
     /// synced that its log asked to drop (`Log::set_drop_cache_when_flushed`), after `done`
     /// so that whoever waits for the flush does not wait for that too. Blocks.

@@ -51,8 +51,8 @@ const HIGH_WATERMARK_VERSION: u8 = 1;
 pub const HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS: u64 = 5_000;
 
 /// The page size the page cache drops by (`Log::set_drop_cache_when_flushed`): x86-64's and
-/// aarch64's common 4 KiB. On a larger page a range ends inside a page more often, which only
-/// leaves that page cached until the next flush covers it.
+/// aarch64's common 4 KiB. On a larger page some pages a range only partly covers stay cached:
+/// a hint missed, nothing else.
 const CACHE_PAGE_BYTES: u64 = 4096;
 
 /// What an append did.
@@ -949,7 +949,8 @@ impl Log {
     /// its clean pages go back to the kernel at once and are reused for the next writes,
     /// instead of filling memory that the leader's readers need (and, in a virtual machine
     /// that returns free memory to its host, instead of every write needing new memory from
-    /// the host). Reads of dropped bytes come from the disk.
+    /// the host). Reads of dropped bytes come from the disk, and so does the scan of the
+    /// active segment at an open after a crash.
     pub fn set_drop_cache_when_flushed(&mut self, drop: bool) {
         self.drop_cache_when_flushed = drop;
     }
