@@ -37,9 +37,15 @@ pub struct FlushJob {
     /// checkpoints under it only if the generation is still its own, so a job that raced with
     /// a truncation never writes a recovery point or a high watermark the log no longer has.
     pub(crate) generation_cell: Arc<Mutex<u64>>,
-    /// Set after a roll: once the syncs succeed, the job also rewrites the recovery-point
-    /// checkpoint, so recovery after a crash skips the sealed segments.
+    /// Set after a roll and, while appending, every `RECOVERY_POINT_CHECKPOINT_INTERVAL_MS` or
+    /// `RECOVERY_POINT_CHECKPOINT_BYTES`: once
+    /// the syncs succeed, the job also rewrites the recovery-point checkpoint with the active
+    /// segment's position, so recovery after a crash skips the sealed segments and walks the
+    /// synced part of the active one by headers.
     pub(crate) write_recovery_point: bool,
+    /// The active segment's base offset and size when the job was made: where the batches
+    /// below its target end, written with the recovery point.
+    pub(crate) recovery_position: Option<(Offset, u64)>,
     /// Set when the high watermark changed: once the syncs succeed, the job rewrites the
     /// high-watermark checkpoint with this value (at most the job's target, so never past
     /// what the job made durable).
@@ -85,7 +91,12 @@ impl FlushJob {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if *generation == self.generation {
                 if self.write_recovery_point {
-                    crate::log::write_recovery_point(&*self.storage, &self.dir, self.target)?;
+                    crate::log::write_recovery_point(
+                        &*self.storage,
+                        &self.dir,
+                        self.target,
+                        self.recovery_position,
+                    )?;
                 }
                 if let Some(high_watermark) = self.high_watermark {
                     // Everything below the target is durable now, and the value is at most the

@@ -24,6 +24,23 @@ pub const TIME_INDEX_SUFFIX: &str = ".timeindex";
 
 /// Bytes read at a time when scanning a segment: large enough that a scan is a few big reads.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
+/// What a walk of trusted batches reads at once (`Segment::scan_trusting`): many small
+/// batches' headers, or one large batch's header and a little of its records.
+const TRUSTED_WALK_CHUNK_BYTES: usize = 16 << 10;
+
+/// How a scan that trusted a prefix ended.
+#[derive(Debug)]
+pub enum Scanned {
+    /// As [`Segment::scan`]: where and why it stopped, if it did; the bytes of batches whose
+    /// CRC it checked, and of trusted batches it walked by their headers.
+    Whole {
+        stop: Option<ScanStop>,
+        bytes_checked: u64,
+        bytes_walked: u64,
+    },
+    /// The trusted position is not a batch boundary ending at the trusted offset.
+    Misaligned,
+}
 
 /// The file name stem of a segment: its base offset in 20 digits, so names sort by offset.
 #[must_use]
@@ -263,8 +280,29 @@ impl Segment {
         start_position: u64,
         bounds: ScanBounds,
         index_interval_bytes: u32,
-        mut on_batch: impl FnMut(&ScannedBatch),
+        on_batch: impl FnMut(&ScannedBatch),
     ) -> Result<Option<ScanStop>> {
+        match self.scan_trusting(start_position, None, bounds, index_interval_bytes, on_batch)? {
+            Scanned::Whole { stop, .. } => Ok(stop),
+            Scanned::Misaligned => unreachable!("nothing was trusted"),
+        }
+    }
+
+    /// Like [`Segment::scan`], but the batches below `trusted.0` (a byte position a recovery
+    /// point checkpoint recorded once everything below it was fsynced, the batches there
+    /// ending at offset `trusted.1`) are walked by their headers only: no CRC, and only
+    /// their first bytes read, so that a crash's recovery reads what it must check, not the
+    /// whole segment. Every header check but the CRC still applies. `Misaligned` when the walk
+    /// does not reach that position at a batch boundary ending at that offset (the checkpoint
+    /// does not describe this file): the caller resets the accounting and scans it whole.
+    pub fn scan_trusting(
+        &mut self,
+        start_position: u64,
+        trusted: Option<(u64, Offset)>,
+        bounds: ScanBounds,
+        index_interval_bytes: u32,
+        mut on_batch: impl FnMut(&ScannedBatch),
+    ) -> Result<Scanned> {
         let file_len = self
             .file
             .byte_len()
@@ -277,11 +315,30 @@ impl Segment {
         // On a stop the segment logically ends at the last good batch; the caller cuts the
         // file there.
         self.size = position;
+        let (trusted_below, trusted_end) = trusted.unwrap_or((0, Offset(0)));
+        let (mut bytes_checked, mut bytes_walked) = (0u64, 0u64);
+        if trusted_below > file_len {
+            return Ok(Scanned::Misaligned);
+        }
         while position < file_len {
-            let stop = |reason: String| Ok(Some(ScanStop { position, reason }));
+            let stop = |reason: String| {
+                Ok(Scanned::Whole {
+                    stop: Some(ScanStop { position, reason }),
+                    bytes_checked,
+                    bytes_walked,
+                })
+            };
+            let walking = position < trusted_below;
             // Make sure the buffer holds at least a header at `position`.
             if position + HEADER_BYTES as u64 > buf_start + buf.len() as u64 {
-                let want = SCAN_CHUNK_BYTES.min((file_len - position) as usize);
+                // Walking trusted batches, a small read per header: large batches are then
+                // skipped unread, small ones still come many to a read.
+                let chunk = if walking {
+                    TRUSTED_WALK_CHUNK_BYTES
+                } else {
+                    SCAN_CHUNK_BYTES
+                };
+                let want = chunk.min((file_len - position) as usize);
                 buf = self.read_vec(position, want)?;
                 buf_start = position;
             }
@@ -302,7 +359,11 @@ impl Segment {
                     "batch of {total} bytes runs past the end of the file"
                 ));
             }
-            if at + total as usize > buf.len() {
+            if walking {
+                if position + total > trusted_below {
+                    return Ok(Scanned::Misaligned);
+                }
+            } else if at + total as usize > buf.len() {
                 let want = SCAN_CHUNK_BYTES
                     .max(total as usize)
                     .min((file_len - position) as usize);
@@ -310,7 +371,7 @@ impl Segment {
                 buf_start = position;
             }
             let at = (position - buf_start) as usize;
-            if let Err(e) = batch::validate_crc(&buf[at..at + total as usize]) {
+            if !walking && let Err(e) = batch::validate_crc(&buf[at..at + total as usize]) {
                 return stop(e.to_string());
             }
             if header.base_offset < next_offset_min {
@@ -338,8 +399,23 @@ impl Segment {
             next_offset_min = header.next_offset();
             epoch_min = Some(header.partition_leader_epoch);
             position += total;
+            if walking {
+                bytes_walked += total;
+                if position == trusted_below && next_offset_min != trusted_end {
+                    return Ok(Scanned::Misaligned);
+                }
+            } else {
+                bytes_checked += total;
+            }
         }
-        Ok(None)
+        if position < trusted_below {
+            return Ok(Scanned::Misaligned);
+        }
+        Ok(Scanned::Whole {
+            stop: None,
+            bytes_checked,
+            bytes_walked,
+        })
     }
 
     fn read_vec(&self, position: u64, len: usize) -> Result<Vec<u8>> {

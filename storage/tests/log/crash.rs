@@ -75,6 +75,7 @@ fn active_segment(storage: &SimStorage, dir: &Path) -> std::path::PathBuf {
 fn a_thousand_torn_or_corrupt_tails_recover_to_a_durable_prefix() {
     let mut truncations_reported = 0;
     let mut skipped = 0;
+    let mut trusted = 0;
     for seed in 0..1000u64 {
         let mut rng = SimRng::new(seed);
         let (sim, storage) = sim();
@@ -177,6 +178,14 @@ fn a_thousand_torn_or_corrupt_tails_recover_to_a_durable_prefix() {
         sim.overwrite(&path, bytes);
 
         let mut log = open(&storage, &dir, config);
+        // A flip or zeros inside records that the recovery point's position covers is media
+        // corruption of fsynced bytes, which an open walks by their headers only, as it
+        // trusts sealed segments below the recovery point (STORAGE.md, *Recovery*); a read
+        // meets it. Left out here, as flips of the fields outside the CRC are.
+        if (mode == 1 || mode == 2) && (position as u64) < log.recovery_report().bytes_walked {
+            trusted += 1;
+            continue;
+        }
         let damage_after_durable =
             active_base > durable_segment || position as u64 >= durable_position;
         let acked_min = if damage_after_durable {
@@ -200,11 +209,15 @@ fn a_thousand_torn_or_corrupt_tails_recover_to_a_durable_prefix() {
     }
     assert!(
         truncations_reported > 700,
-        "most cases cut a tail ({truncations_reported})"
+        "most cases cut a tail ({truncations_reported}; {trusted} in trusted bytes)"
     );
     assert!(
         skipped < 20,
         "few cases hit the fields outside the CRC ({skipped})"
+    );
+    assert!(
+        trusted > 30 && trusted < 400,
+        "some cases hit what the recovery point's position covers ({trusted})"
     );
 }
 
@@ -328,4 +341,79 @@ fn a_crash_never_keeps_a_later_segment_without_an_earlier_ones_data() {
         let mut log = Log::open(image, &sim_dir(), small_config(), 0).unwrap();
         assert_prefix(&mut log, &appended, 0, &format!("seed {seed}"));
     }
+}
+
+/// The recovery-point checkpoint a flush job writes carries the active segment's synced
+/// position (STORAGE.md, version 2): an open after a crash walks the batches below it by
+/// their headers and checks only what came after; every record reads back. A position that
+/// does not fit the file (here: one byte off) is not trusted, and the segment is checked
+/// whole. A truncation drops the position, so batches written again at the same offsets are
+/// checked, not walked.
+#[test]
+fn an_open_after_a_crash_walks_the_synced_part_of_the_active_segment_and_checks_the_rest() {
+    let config = LogConfig {
+        segment_bytes_max: 1024 * 1024,
+        ..small_config()
+    };
+    let (sim, storage) = sim();
+    let dir = sim_dir();
+    let mut log = open(&storage, &dir, config.clone());
+    for i in 0..20 {
+        log.append_as_leader(&mut batch("w", 5, 200, i), EPOCH, 1_000)
+            .unwrap();
+    }
+    // The first flush after open takes the checkpoint, with the position.
+    log.flush().unwrap();
+    let synced = log.size_bytes();
+    for i in 0..10 {
+        log.append_as_leader(&mut batch("x", 5, 200, i), EPOCH, 1_000)
+            .unwrap();
+    }
+    let total = log.size_bytes();
+    drop(log); // the process dies
+    let mut log = open(&storage, &dir, config.clone());
+    let report = log.recovery_report().clone();
+    assert!(!report.clean_shutdown);
+    assert_eq!(report.bytes_walked, synced, "the synced prefix is walked");
+    assert_eq!(report.bytes_checked, total - synced, "the rest is checked");
+    assert_eq!(read_all(&mut log).len(), 150);
+    drop(log);
+
+    // The checkpoint one byte off: checked whole.
+    let path = dir.join(vltava_storage::log::RECOVERY_POINT_CHECKPOINT);
+    let mut body = vec![2u8];
+    for value in [100u64, 0, synced + 1] {
+        body.extend_from_slice(&value.to_be_bytes());
+    }
+    let crc = crc32c::crc32c(&body);
+    body.extend_from_slice(&crc.to_be_bytes());
+    sim.overwrite(&path, body);
+    let mut log = open(&storage, &dir, config.clone());
+    let report = log.recovery_report().clone();
+    assert_eq!(report.bytes_walked, 0, "a misfit position is not trusted");
+    assert_eq!(report.bytes_checked, total);
+    assert_eq!(read_all(&mut log).len(), 150);
+
+    // Flushed (a checkpoint with the position), then cut below it, other batches written at
+    // those offsets, and a crash before the next flush: the truncation dropped the position,
+    // so the new batches are checked, not walked over as the old ones.
+    log.flush().unwrap();
+    log.truncate_to(Offset(50)).unwrap();
+    for i in 0..10 {
+        log.append_as_leader(&mut batch("y", 5, 300, i), EPOCH, 1_000)
+            .unwrap();
+    }
+    let total = log.size_bytes();
+    drop(log);
+    let mut log = open(&storage, &dir, config);
+    let report = log.recovery_report().clone();
+    assert_eq!(report.bytes_walked, 0, "{report:?}");
+    assert_eq!(report.bytes_checked, total);
+    let records = read_all(&mut log);
+    assert_eq!(records.len(), 100);
+    assert!(
+        records[99].1.starts_with(b"y-4"),
+        "{:?}",
+        &records[99].1[..4]
+    );
 }
