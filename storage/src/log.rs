@@ -1078,7 +1078,6 @@ impl Log {
             self.recovery_point_checkpoint_taken = Some((self.clock_ms, base, size));
         }
         let drop_cached = if sync_active && self.drop_cache_when_flushed {
-            let (base, size) = (self.active().base_offset, self.active().size);
             let (dropped_base, dropped) = self.cache_dropped_below;
             // A roll or a cut since the last job: from the segment's start.
             let from = if dropped_base == base {
@@ -1104,7 +1103,7 @@ impl Log {
             generation,
             generation_cell: Arc::clone(&self.flush_generation),
             write_recovery_point,
-            recovery_position: Some((self.active().base_offset, self.active().size)),
+            recovery_position: Some((base, size)),
             high_watermark,
             drop_cached,
         }
