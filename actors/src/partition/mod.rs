@@ -1558,6 +1558,12 @@ impl Core {
         while let Some(effect) = queue.pop_front() {
             match effect {
                 Effect::Acknowledge { waiters } => {
+                    // The offsets the answers stand on are in the admin endpoint's gauges
+                    // before any answer leaves: a client that reads `/partitions` right after
+                    // its acknowledgement sees at least what was acknowledged (the gauges were
+                    // otherwise stored only after the whole message, a preempted log thread
+                    // later).
+                    self.publish();
                     for (reply, ok) in waiters {
                         let _ = reply.send(Ok(ok));
                     }
