@@ -124,15 +124,6 @@ struct RecoveryCheckpoint {
     within: Option<(Offset, u64)>,
 }
 
-/// From the recovery-point checkpoint: in the segment at `segment_base`, the batches before
-/// byte `position` end at `end_offset` and were fsynced.
-#[derive(Clone, Copy, Debug)]
-struct TrustedPosition {
-    segment_base: Offset,
-    position: u64,
-    end_offset: Offset,
-}
-
 /// A summary of one segment, for operators.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -319,17 +310,7 @@ impl Log {
             (None, _) if !bases.is_empty() => (Offset(0), None),
             (_, true) => (Offset(u64::MAX), None),
             _ => match checkpointed_recovery_point {
-                Some(RecoveryCheckpoint {
-                    recovery_point,
-                    within,
-                }) => (
-                    recovery_point,
-                    within.map(|(base, position)| TrustedPosition {
-                        segment_base: base,
-                        position,
-                        end_offset: recovery_point,
-                    }),
-                ),
+                Some(checkpoint) => (checkpoint.recovery_point, Some(checkpoint)),
                 None => (Offset(0), None),
             },
         };
@@ -426,13 +407,15 @@ impl Log {
     }
 
     /// Loads segments in order. Those wholly below `trust_limit` with well-formed indexes are
-    /// trusted (only their tail is read); the rest are scanned batch by batch. At the first bad
-    /// batch the segment is cut there and every later segment is removed.
+    /// trusted (only their tail is read); the rest are scanned batch by batch, except that the
+    /// segment a version-2 recovery checkpoint names (`trusted_position`) is walked by headers
+    /// below its position. At the first bad batch the segment is cut there and every later
+    /// segment is removed.
     fn load_segments(
         &mut self,
         bases: &[Offset],
         trust_limit: Offset,
-        trusted_position: Option<TrustedPosition>,
+        trusted_position: Option<RecoveryCheckpoint>,
         checkpointed_epochs: LeaderEpochCache,
         now_ms: u64,
     ) -> Result<()> {
@@ -504,9 +487,12 @@ impl Log {
                     // The segment the recovery point lies in, at a known position: its
                     // synced prefix is walked by headers, the rest checked. A position that
                     // does not fit the file is not trusted: the segment is checked whole.
-                    let trusted = trusted_position
-                        .filter(|t| t.segment_base == base)
-                        .map(|t| (t.position, t.end_offset));
+                    let trusted = trusted_position.and_then(|checkpoint| {
+                        checkpoint
+                            .within
+                            .filter(|(segment_base, _)| *segment_base == base)
+                            .map(|(_, position)| (position, checkpoint.recovery_point))
+                    });
                     let mut outcome = segment.scan_trusting(0, trusted, bounds, interval, |b| {
                         record_epoch(&mut epochs_here, b);
                     })?;
