@@ -306,7 +306,7 @@ impl Log {
         };
         // Without a readable epoch checkpoint, every segment is read so that the epoch cache
         // can be rebuilt from batch headers.
-        let (trust_limit, trusted_position) = match (&epoch_checkpoint, clean_shutdown) {
+        let (trust_limit, recovery_checkpoint) = match (&epoch_checkpoint, clean_shutdown) {
             (None, _) if !bases.is_empty() => (Offset(0), None),
             (_, true) => (Offset(u64::MAX), None),
             _ => match checkpointed_recovery_point {
@@ -317,7 +317,7 @@ impl Log {
         log.load_segments(
             &bases,
             trust_limit,
-            trusted_position,
+            recovery_checkpoint,
             epoch_checkpoint.unwrap_or_default(),
             now_ms,
         )?;
@@ -408,14 +408,14 @@ impl Log {
 
     /// Loads segments in order. Those wholly below `trust_limit` with well-formed indexes are
     /// trusted (only their tail is read); the rest are scanned batch by batch, except that the
-    /// segment a version-2 recovery checkpoint names (`trusted_position`) is walked by headers
+    /// segment a version-2 recovery checkpoint names (`recovery_checkpoint`) is walked by headers
     /// below its position. At the first bad batch the segment is cut there and every later
     /// segment is removed.
     fn load_segments(
         &mut self,
         bases: &[Offset],
         trust_limit: Offset,
-        trusted_position: Option<RecoveryCheckpoint>,
+        recovery_checkpoint: Option<RecoveryCheckpoint>,
         checkpointed_epochs: LeaderEpochCache,
         now_ms: u64,
     ) -> Result<()> {
@@ -487,7 +487,7 @@ impl Log {
                     // The segment the recovery point lies in, at a known position: its
                     // synced prefix is walked by headers, the rest checked. A position that
                     // does not fit the file is not trusted: the segment is checked whole.
-                    let trusted = trusted_position.and_then(|checkpoint| {
+                    let trusted = recovery_checkpoint.and_then(|checkpoint| {
                         checkpoint
                             .within
                             .filter(|(segment_base, _)| *segment_base == base)
