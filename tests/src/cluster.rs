@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::TestNode;
+use crate::{START_TIMEOUT, TestNode, eventually};
 
 /// How many times `TestCluster::start` tries fresh ports when a member cannot listen.
 pub const START_ATTEMPTS: u32 = 3;
@@ -86,15 +86,36 @@ impl TestCluster {
                 )
             })
             .collect();
-        for node in &mut nodes {
-            if !node.wait_ready() {
-                eprintln!(
-                    "a cluster member could not listen on {} (a port was taken); starting the \
-                     cluster again on other ports",
-                    node.addr
-                );
-                return None;
-            }
+        // Every member is watched at once: a member that could not listen exits at once,
+        // while the others wait for it (an RF 3 offsets topic needs all three) and would
+        // only time out; waiting for them one by one would take that for a failed start.
+        eventually(START_TIMEOUT, || {
+            nodes
+                .iter_mut()
+                .all(|node| node.logged("vltava-node ready"))
+                || nodes.iter_mut().any(TestNode::exited)
+        });
+        if let Some(taken) = nodes
+            .iter_mut()
+            .position(|node| node.exited() && node.logged("cannot listen"))
+        {
+            eprintln!(
+                "a cluster member could not listen on {} (a port was taken); starting the \
+                 cluster again on other ports",
+                nodes[taken].addr
+            );
+            return None;
+        }
+        if !nodes.iter().all(|node| node.logged("vltava-node ready")) {
+            let logs = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, node)| {
+                    format!("--- member {} ({}):\n{}", i + 1, node.addr, node.log_text())
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!("a cluster of {size} did not start (every member ready within {START_TIMEOUT:?}):\n{logs}");
         }
         Some(TestCluster {
             nodes,
