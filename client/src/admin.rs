@@ -130,11 +130,23 @@ impl Admin {
         &self,
         topics: Option<Vec<String>>,
     ) -> Result<DescribeClusterResponse, ClientError> {
-        let request = DescribeClusterRequest { topics };
-        request
-            .validate()
-            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
-        self.send(&request).await
+        self.send(&describe_cluster_request(topics)?).await
+    }
+
+    /// DescribeCluster asked of the node at `addr` (a `host:port` from an answer's `nodes`):
+    /// the replication progress of a partition is known only to its leader
+    /// (`replica_status`), so a caller that wants every partition's asks each leader.
+    pub async fn describe_cluster_at(
+        &self,
+        addr: &str,
+        topics: Option<Vec<String>>,
+    ) -> Result<DescribeClusterResponse, ClientError> {
+        let request = describe_cluster_request(topics)?;
+        self.cluster
+            .connection_to(addr)
+            .await?
+            .send(&request, ADMIN_TIMEOUT)
+            .await
     }
 
     /// Partitions and effective configs of topics (all when `names` is empty).
@@ -494,4 +506,15 @@ impl Admin {
         let answer = send_to_coordinator(&self.cluster, group_id, &request, |_| None).await?;
         Ok(answer.topics)
     }
+}
+
+/// A DescribeCluster request for `topics`, checked against the wire's bounds.
+fn describe_cluster_request(
+    topics: Option<Vec<String>>,
+) -> Result<DescribeClusterRequest, ClientError> {
+    let request = DescribeClusterRequest { topics };
+    request
+        .validate()
+        .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+    Ok(request)
 }

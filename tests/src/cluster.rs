@@ -115,7 +115,9 @@ impl TestCluster {
                 })
                 .collect::<Vec<_>>()
                 .join("\n");
-            panic!("a cluster of {size} did not start (every member ready within {START_TIMEOUT:?}):\n{logs}");
+            panic!(
+                "a cluster of {size} did not start (every member ready within {START_TIMEOUT:?}):\n{logs}"
+            );
         }
         Some(TestCluster {
             nodes,

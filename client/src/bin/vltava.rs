@@ -426,12 +426,15 @@ async fn cluster_command(admin: Admin, command: ClusterCommand) -> anyhow::Resul
         ClusterCommand::Describe { topics, format } => {
             let named = (!topics.is_empty()).then_some(topics);
             let answer = admin
-                .describe_cluster(named)
+                .describe_cluster(named.clone())
                 .await
                 .context("cannot describe the cluster")?;
             match format {
                 Format::Json => writeln!(out, "{}", serde_json::to_value(&answer)?)?,
-                Format::Text => print_cluster(&mut out, &answer)?,
+                Format::Text => {
+                    let others = other_leaders_status(&admin, &answer, named).await;
+                    print_cluster(&mut out, &answer, &others)?;
+                }
             }
             out.flush()?;
             if let Some(omitted) = answer.topics_omitted.filter(|n| *n > 0) {
@@ -453,10 +456,45 @@ async fn cluster_command(admin: Admin, command: ClusterCommand) -> anyhow::Resul
     Ok(())
 }
 
+/// What each other node leading a listed partition answered to the same DescribeCluster,
+/// or why it did not: only a partition's leader knows its followers' progress. Asked one
+/// node at a time, each within the admin timeout; a node is asked once, whatever it leads.
+async fn other_leaders_status(
+    admin: &Admin,
+    answer: &DescribeClusterResponse,
+    topics: Option<Vec<String>>,
+) -> Vec<(NodeId, Result<DescribeClusterResponse, ClientError>)> {
+    let leaders: std::collections::BTreeSet<NodeId> = answer
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .filter_map(|p| p.leader)
+        .filter(|leader| *leader != answer.node_id)
+        .collect();
+    let mut answers = Vec::with_capacity(leaders.len());
+    for leader in leaders {
+        let Some(node) = answer.nodes.iter().find(|n| n.node_id == leader) else {
+            continue;
+        };
+        let addr = format!("{}:{}", node.host, node.port);
+        answers.push((
+            leader,
+            admin.describe_cluster_at(&addr, topics.clone()).await,
+        ));
+    }
+    answers
+}
+
 /// The text form of a DescribeCluster answer: the cluster, its quorum as the node sees it,
-/// its nodes, then one line per partition, followed, for a partition the answering node
-/// leads, by one line per follower with its ISR membership and lag.
-fn print_cluster(out: &mut impl Write, answer: &DescribeClusterResponse) -> std::io::Result<()> {
+/// its nodes, then one line per partition, followed, for a partition whose leader's
+/// replication progress is known (the answering node's own, or `others`, the other leaders'
+/// answers), by the leader's offsets and one line per follower with its ISR membership and
+/// lag.
+fn print_cluster(
+    out: &mut impl Write,
+    answer: &DescribeClusterResponse,
+    others: &[(NodeId, Result<DescribeClusterResponse, ClientError>)],
+) -> std::io::Result<()> {
     let id =
         |node: Option<vltava_messages::NodeId>| node.map_or("none".into(), |n| n.0.to_string());
     let index = |index: Option<u64>| index.map_or("none".into(), |i| i.to_string());
@@ -498,11 +536,22 @@ fn print_cluster(out: &mut impl Write, answer: &DescribeClusterResponse) -> std:
             .collect::<Vec<_>>()
             .join(",")
     };
-    let listing = answer.replica_status.as_deref();
-    let statuses: std::collections::HashMap<(&str, u32), _> = listing
-        .into_iter()
-        .flat_map(|l| &l.partitions)
-        .map(|s| ((s.topic.as_str(), s.partition.0), s))
+    // Each leader's own listing, the answering node's first.
+    let listings: Vec<(NodeId, &vltava_messages::protocol::ReplicaStatusListing)> =
+        std::iter::once((answer.node_id, answer.replica_status.as_deref()))
+            .chain(
+                others.iter().filter_map(|(node, a)| {
+                    Some((*node, a.as_ref().ok()?.replica_status.as_deref()))
+                }),
+            )
+            .filter_map(|(node, listing)| Some((node, listing?)))
+            .collect();
+    // A partition's status as its leader (by the first answer) published it: a node that
+    // answered after leadership moved lists only what it leads then.
+    let statuses: std::collections::HashMap<(&str, u32, NodeId), _> = listings
+        .iter()
+        .flat_map(|(node, listing)| listing.partitions.iter().map(move |s| (*node, s)))
+        .map(|(node, s)| ((s.topic.as_str(), s.partition.0, node), s))
         .collect();
     let offset = |o: Option<vltava_messages::Offset>| o.map_or("none".into(), |o| o.0.to_string());
     for topic in answer.topics.iter().filter(|t| t.error.is_none()) {
@@ -522,16 +571,14 @@ fn print_cluster(out: &mut impl Write, answer: &DescribeClusterResponse) -> std:
                 list(&p.replicas),
                 list(&p.in_sync_replicas)
             )?;
-            let Some(status) = statuses.get(&(topic.name.as_str(), p.partition.0)) else {
+            let Some(leader) = p.leader else { continue };
+            let Some(status) = statuses.get(&(topic.name.as_str(), p.partition.0, leader)) else {
                 continue;
             };
             writeln!(
                 out,
                 "      leader {}: log_end_offset: {}  high_watermark: {}  flushed_offset: {}",
-                answer.node_id.0,
-                status.log_end_offset.0,
-                status.high_watermark.0,
-                status.flushed_offset.0
+                leader.0, status.log_end_offset.0, status.high_watermark.0, status.flushed_offset.0
             )?;
             for f in &status.followers {
                 writeln!(
@@ -547,11 +594,23 @@ fn print_cluster(out: &mut impl Write, answer: &DescribeClusterResponse) -> std:
             }
         }
     }
-    if let Some(omitted) = listing.and_then(|l| l.partitions_omitted) {
+    for (node, listing) in &listings {
+        if let Some(omitted) = listing.partitions_omitted {
+            writeln!(
+                out,
+                "({omitted} more partitions led by node {} have no replica status here)",
+                node.0
+            )?;
+        }
+    }
+    for (node, failed) in others
+        .iter()
+        .filter_map(|(node, a)| Some((node, a.as_ref().err()?)))
+    {
         writeln!(
             out,
-            "({omitted} more partitions led by node {} have no replica status here)",
-            answer.node_id.0
+            "(node {} did not answer, so the partitions it leads have no replica status here: {failed})",
+            node.0
         )?;
     }
     Ok(())

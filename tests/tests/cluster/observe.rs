@@ -62,7 +62,8 @@ fn local_replica(cluster: &TestCluster, node: u32) -> Value {
 /// time under the lag bound, every follower shows itself as a follower in the ISR, each
 /// follower lists a ReplicaFetcher towards the leader naming the partition, with requests and
 /// bytes counted; and `vltava cluster describe` through the leader shows the ISR and both
-/// followers in it with lag 0, in text and in JSON.
+/// followers in it with lag 0, in text and in JSON, and in text through a follower too (the
+/// CLI asks the leader).
 #[test]
 fn the_leader_shows_its_followers_lag_and_the_followers_their_fetchers() {
     let cluster = TestCluster::start(3, &[]);
@@ -219,4 +220,24 @@ fn the_leader_shows_its_followers_lag_and_the_followers_their_fetchers() {
     assert_eq!(code, Some(0), "{stderr}");
     let answer: Value = serde_json::from_str(json.trim()).expect("JSON");
     assert!(answer.get("replica_status").is_none(), "{answer}");
+    // The text form asks each partition's leader for its replicas' progress, so asked of a
+    // node that leads nothing it shows the leader's and its followers' lines all the same.
+    let (code, text, stderr) = vltava_at(
+        &cluster.node(followers[0]).addr,
+        &["cluster", "describe", "--topic", TOPIC],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        text.contains(&format!("leader {leader}: log_end_offset: {EVENTS}")),
+        "{text}"
+    );
+    for follower in &followers {
+        assert!(
+            text.contains(&format!(
+                "follower {follower}: in isr  log_end_offset: {EVENTS}"
+            )),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("did not answer"), "{text}");
 }
