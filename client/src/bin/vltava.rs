@@ -457,8 +457,9 @@ async fn cluster_command(admin: Admin, command: ClusterCommand) -> anyhow::Resul
 }
 
 /// What each other node leading a listed partition answered to the same DescribeCluster,
-/// or why it did not: only a partition's leader knows its followers' progress. Asked one
-/// node at a time, each within the admin timeout; a node is asked once, whatever it leads.
+/// or why it did not: only a partition's leader knows its followers' progress. The nodes are
+/// asked at once (one request each, at most one per node the answer lists), so a leader that
+/// is paused costs its connection timeout once, not once per node; in node id order.
 async fn other_leaders_status(
     admin: &Admin,
     answer: &DescribeClusterResponse,
@@ -471,17 +472,23 @@ async fn other_leaders_status(
         .filter_map(|p| p.leader)
         .filter(|leader| *leader != answer.node_id)
         .collect();
-    let mut answers = Vec::with_capacity(leaders.len());
+    let mut asks = tokio::task::JoinSet::new();
     for leader in leaders {
         let Some(node) = answer.nodes.iter().find(|n| n.node_id == leader) else {
             continue;
         };
         let addr = format!("{}:{}", node.host, node.port);
-        answers.push((
-            leader,
-            admin.describe_cluster_at(&addr, topics.clone()).await,
-        ));
+        let (admin, topics) = (admin.clone(), topics.clone());
+        asks.spawn(async move { (leader, admin.describe_cluster_at(&addr, topics).await) });
     }
+    let mut answers = Vec::with_capacity(asks.len());
+    while let Some(joined) = asks.join_next().await {
+        // A task only ends by returning: nothing here panics or is aborted.
+        if let Ok(answer) = joined {
+            answers.push(answer);
+        }
+    }
+    answers.sort_unstable_by_key(|(node, _)| *node);
     answers
 }
 
@@ -538,13 +545,13 @@ fn print_cluster(
     };
     // Each leader's own listing, the answering node's first.
     let listings: Vec<(NodeId, &vltava_messages::protocol::ReplicaStatusListing)> =
-        std::iter::once((answer.node_id, answer.replica_status.as_deref()))
+        std::iter::once((answer.node_id, answer))
             .chain(
-                others.iter().filter_map(|(node, a)| {
-                    Some((*node, a.as_ref().ok()?.replica_status.as_deref()))
-                }),
+                others
+                    .iter()
+                    .filter_map(|(node, a)| Some((*node, a.as_ref().ok()?))),
             )
-            .filter_map(|(node, listing)| Some((node, listing?)))
+            .filter_map(|(node, a)| Some((node, a.replica_status.as_deref()?)))
             .collect();
     // A partition's status as its leader (by the first answer) published it: a node that
     // answered after leadership moved lists only what it leads then.
