@@ -2,8 +2,9 @@
 //! generator, one at a time, for `VLTAVA_NEMESIS_SECS`: SIGKILL of a partition's leader, of
 //! the controller, of any node or of two nodes at once, then a restart; SIGSTOP of a node,
 //! then SIGCONT; a node cut off from both others, or two nodes from each other only, then
-//! healed. Each fault lasts a random time (some pauses shorter than a lease, some longer),
-//! and the cluster must converge within `CONVERGENCE_BOUND` after each heal. The history
+//! healed; an operator's controlled leader move (`elect-leader` to another in-sync replica)
+//! with the old or the new leader SIGKILLed while it runs, then a restart. Each fault lasts a
+//! random time (some pauses shorter than a lease, some longer), and the cluster must converge within `CONVERGENCE_BOUND` after each heal. The history
 //! (every client event, with the faults as notes among them) and the verdict, with the seed,
 //! the throughput and the produce latency of the quiet period and of the nemesis, are written
 //! to `VLTAVA_FAULT_OUT/nemesis`.
@@ -17,7 +18,7 @@ use crate::converge::{view_from, wait_converged};
 use crate::kills::{led_by, spread};
 use crate::netsplit::isolate;
 use crate::workload::Load;
-use crate::{Rng, runtime, serial, settings};
+use crate::{FAILOVER_BOUND, Rng, TOPIC, runtime, serial, settings};
 
 /// One fault the nemesis injects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,11 +37,15 @@ enum Fault {
     Isolate,
     /// Two random nodes cut off from each other only.
     Split,
+    /// A random partition's leadership moved to another in-sync replica (ElectLeaders, as
+    /// `vltava partition elect-leader` sends it) and, 0 to 100 ms after it was asked for,
+    /// SIGKILL of the old leader or of the new one: the hand-over interrupted.
+    MoveThenKill,
 }
 
 /// The faults to draw from, each as often as it should come: single-node faults more often
 /// than the loss of two nodes, which stops every partition.
-const FAULTS: [Fault; 11] = [
+const FAULTS: [Fault; 13] = [
     Fault::KillLeader,
     Fault::KillLeader,
     Fault::KillController,
@@ -52,6 +57,8 @@ const FAULTS: [Fault; 11] = [
     Fault::Isolate,
     Fault::Isolate,
     Fault::Split,
+    Fault::MoveThenKill,
+    Fault::MoveThenKill,
 ];
 
 /// How long a fault lasts, in ms: from about a lease (2 s) to several, so that pauses
@@ -163,6 +170,50 @@ fn a_seeded_nemesis_loses_nothing_and_the_cluster_converges_after_every_fault() 
                     std::thread::sleep(hold);
                     net.heal();
                     load.note("healed");
+                }
+                Fault::MoveThenKill => {
+                    let partition = rng.below(0..partitions.len() as u64) as usize;
+                    let view = &partitions[partition];
+                    let from = view
+                        .leader
+                        .expect("a converged cluster has a leader for every partition");
+                    let others: Vec<u32> =
+                        view.isr.iter().copied().filter(|n| *n != from).collect();
+                    // A converged cluster's ISR is whole; were it not, the move is to itself.
+                    let to = if others.is_empty() {
+                        from
+                    } else {
+                        *rng.pick(&others)
+                    };
+                    let victim = if rng.below(0..2) == 0 { from } else { to };
+                    let delay = Duration::from_millis(rng.below(0..100));
+                    load.note(&format!(
+                        "{fault:?}: partition {partition} elected from node {from} to node {to}, \
+                         SIGKILL node {victim} {delay:?} after asking (controller {controller}) \
+                         for {hold:?}"
+                    ));
+                    let bootstrap = cluster.bootstrap();
+                    let election = rt.spawn(async move {
+                        let admin = vltava_client::admin::Admin::new(
+                            vltava_client::Cluster::connect(&bootstrap, "nemesis-admin").await?,
+                        );
+                        admin
+                            .elect_leader(TOPIC, partition as u32, to)
+                            .await
+                            .map(|epoch| epoch.0)
+                    });
+                    std::thread::sleep(delay);
+                    cluster.node_mut(victim).kill();
+                    // The election's answer, whichever it is: a move cut short by the kill may
+                    // fail (retriably) or end after it; only the history decides the verdict.
+                    let answered =
+                        rt.block_on(async { tokio::time::timeout(FAILOVER_BOUND, election).await });
+                    load.note(&format!(
+                        "election of partition {partition} answered: {answered:?}"
+                    ));
+                    std::thread::sleep(hold);
+                    load.restart(cluster, victim);
+                    load.note(&format!("node {victim} restarted"));
                 }
             }
             let took = wait_converged(&rt, cluster, &format!("after {fault:?}"));
