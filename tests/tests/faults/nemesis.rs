@@ -67,6 +67,29 @@ const FAULT_MS: std::ops::Range<u64> = 500..8_000;
 /// The time between a convergence and the next fault, in ms.
 const GAP_MS: std::ops::Range<u64> = 0..3_000;
 
+/// The topic's partitions and the controller, as the first node that answers sees them, once
+/// a controller is known. Convergence is judged on the partitions alone, and the controller
+/// may be between two terms just after it: a node that was cut off may have raised its Raft
+/// term while it was alone (openraft 0.9 has no pre-vote), and its return then makes the
+/// controller step down for an election (a run with seed 1796698647563889361 met this soon
+/// after an isolated node was healed). Bounded by `FAILOVER_BOUND`.
+fn view_with_controller(
+    rt: &tokio::runtime::Runtime,
+    cluster: &vltava_tests::cluster::TestCluster,
+) -> (u32, Vec<crate::converge::PartitionView>) {
+    let deadline = std::time::Instant::now() + FAILOVER_BOUND;
+    loop {
+        if let (Some(controller), partitions) = view_from(rt, cluster, &[1, 2, 3]) {
+            return (controller, partitions);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no node named a controller within {FAILOVER_BOUND:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A seeded run of random faults under load; see the module doc.
 #[test]
 #[ignore = "slow fault suite: run with --ignored"]
@@ -96,8 +119,7 @@ fn a_seeded_nemesis_loses_nothing_and_the_cluster_converges_after_every_fault() 
             let fault = *rng.pick(&FAULTS);
             let hold = Duration::from_millis(rng.below(FAULT_MS));
             *counts.entry(fault).or_default() += 1;
-            let (controller, partitions) = view_from(&rt, cluster, &[1, 2, 3]);
-            let controller = controller.expect("a converged cluster has a controller");
+            let (controller, partitions) = view_with_controller(&rt, cluster);
             let any = 1 + rng.below(0..3) as u32;
             let second = 1 + (any + rng.below(0..2) as u32) % 3;
             match fault {
