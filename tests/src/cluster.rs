@@ -90,9 +90,7 @@ impl TestCluster {
         // while the others wait for it (an RF 3 offsets topic needs all three) and would
         // only time out; waiting for them one by one would take that for a failed start.
         eventually(START_TIMEOUT, || {
-            nodes
-                .iter_mut()
-                .all(|node| node.logged("vltava-node ready"))
+            nodes.iter().all(|node| node.logged("vltava-node ready"))
                 || nodes.iter_mut().any(TestNode::exited)
         });
         if let Some(taken) = nodes
